@@ -1,0 +1,40 @@
+# The README's two commands: `make run` and `make test`. Each bootstraps .venv from the
+# hash-pinned lock file, so a fresh clone needs only python3 and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint check lock clean
+
+$(STAMP): requirements-dev.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+## Serve on http://127.0.0.1:8000 with the embedded SQLite default in ./var
+run: $(STAMP)
+	$(BIN)/carebridge serve
+
+## The whole test suite, on SQLite and on PostgreSQL (CAREBRIDGE_TEST_POSTGRES_URL)
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+check: lint test
+
+## Re-resolve the pinned lock files after editing pyproject.toml
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra build --generate-hashes \
+	  --python-version 3.11 --python-platform linux -q -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra build --extra dev --generate-hashes \
+	  --python-version 3.11 --python-platform linux -q -o requirements-dev.lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

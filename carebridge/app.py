@@ -1,0 +1,74 @@
+"""The web application, composed as plain data from the plumbing and the three packages."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from carebridge.http import health, metrics
+from carebridge.http.middleware import RequestContextMiddleware, SecurityHeadersMiddleware
+from carebridge.http.problems import http_exception_handler, unhandled_exception_handler
+from carebridge.http.templates import templates
+from carebridge.logs import configure_logging
+from carebridge.runtime import Runtime
+from carebridge.settings import load_settings, require_production_ready
+
+STATIC = StaticFiles(packages=[("carebridge.http", "static")])
+
+
+async def home(request: Request) -> Response:
+    return templates.TemplateResponse(request, "home.html")
+
+
+def routes(runtime: Runtime) -> list[BaseRoute]:
+    token = runtime.settings.metrics_token
+    return [
+        Route("/", home, name="home"),
+        Route("/healthz", health.healthz, name="healthz"),
+        Route("/readyz", health.readyz, name="readyz"),
+        Route("/metrics", metrics.make_endpoint(token.get_secret_value() if token else None)),
+        Mount("/static", STATIC, name="static"),
+    ]
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    settings = runtime.settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        runtime.close()
+
+    app = Starlette(
+        routes=routes(runtime),
+        middleware=[
+            # Outermost first: every response, errors included, gets an ID and headers.
+            Middleware(RequestContextMiddleware),
+            Middleware(SecurityHeadersMiddleware, hsts=settings.issuer_is_https),
+            Middleware(TrustedHostMiddleware, allowed_hosts=settings.effective_allowed_hosts),
+        ],
+        exception_handlers={
+            HTTPException: http_exception_handler,
+            Exception: unhandled_exception_handler,
+        },
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn's factory: each worker process builds its own app from the environment."""
+    settings = load_settings()
+    require_production_ready(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(Runtime.build(settings))

@@ -1,0 +1,5 @@
+import sys
+
+from carebridge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""``carebridge keys``: key generation, rotation and listing (never printing secrets)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from carebridge import keyring
+from carebridge.cli.common import CommandError, add_parser
+from carebridge.runtime import load_keyring
+from carebridge.settings import load_settings
+
+
+def register(commands: Any) -> None:
+    group = add_parser(commands, "keys", "Key-encryption and signing keys.")
+    sub = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    rotate_cmd = add_parser(
+        sub, "rotate", "Add a new KEK and signing key; older keys stay for decryption and JWKS."
+    )
+    rotate_cmd.add_argument("--alg", choices=["ES256", "RS256"], help="new signing key algorithm")
+    rotate_cmd.set_defaults(handler=rotate)
+
+    generate_cmd = add_parser(sub, "generate", "Write a new production keyring file (mode 0600).")
+    generate_cmd.add_argument("--out", type=Path, required=True, help="file to create")
+    generate_cmd.add_argument("--alg", choices=["ES256", "RS256"], default="ES256")
+    generate_cmd.set_defaults(handler=generate)
+
+    add_parser(sub, "list", "List key IDs, kinds and ages.").set_defaults(handler=list_keys)
+
+
+def _keyring_path() -> tuple[keyring.Keyring, Path]:
+    settings = load_settings()
+    return load_keyring(settings), settings.effective_keyring_file
+
+
+def rotate(args: argparse.Namespace) -> int:
+    current, path = _keyring_path()
+    rotated = current.rotated(args.alg)
+    keyring.save(rotated, path)
+    print(f"rotated {path}")
+    kept = len(rotated.keks) - 1
+    print(f"  encryption key {rotated.active_kek.kid} now encrypts; {kept} older kept")
+    signing = rotated.active_signing_key
+    print(
+        f"  signing key {signing.kid} ({signing.alg}) now signs; JWKS lists {len(rotated.signing)}"
+    )
+    print("restart every replica so they all sign with the new key")
+    return 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    if args.out.exists():
+        raise CommandError(f"{args.out} already exists; refusing to overwrite a keyring")
+    keyring.save(keyring.Keyring.generate(development=False, alg=args.alg), args.out)
+    print(f"wrote {args.out} (mode 0600); set CAREBRIDGE_KEYRING_FILE={args.out}")
+    return 0
+
+
+def list_keys(args: argparse.Namespace) -> int:
+    ring, path = _keyring_path()
+    print(f"{path}{' (development)' if ring.development else ''}")
+    for kek in ring.keks:
+        active = " active" if kek is ring.active_kek else ""
+        print(f"  kek      {kek.kid}  created {kek.created}{active}")
+    for key in ring.signing:
+        active = " active" if key is ring.active_signing_key else ""
+        print(f"  signing  {key.kid}  {key.alg} created {key.created}{active}")
+    return 0

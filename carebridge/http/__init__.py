@@ -1,0 +1,1 @@
+"""The HTTP shell every package's routes run inside: middleware, errors, health, metrics."""

@@ -1,0 +1,44 @@
+"""Liveness (/healthz: the process answers) and readiness (/readyz: it can do work)."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from carebridge.db import describe_error
+from carebridge.http.problems import problem_json
+from carebridge.migrate import current_revision
+from carebridge.runtime import Runtime
+
+log = logging.getLogger("carebridge.health")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def readiness(runtime: Runtime) -> dict[str, str]:
+    """Each check's state; "ok" or a short public reason (details go to the log)."""
+    try:
+        with runtime.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        log.warning("readiness: database unreachable: %s", describe_error(exc))
+        return {"database": "unreachable", "migrations": "unknown"}
+    revision = current_revision(runtime.engine)
+    migrations = "ok" if revision == runtime.expected_revision else "pending"
+    return {"database": "ok", "migrations": migrations}
+
+
+async def readyz(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    checks = await run_in_threadpool(readiness, runtime)
+    if all(state == "ok" for state in checks.values()):
+        return JSONResponse({"status": "ready", "checks": checks})
+    failing = ", ".join(f"{name} {state}" for name, state in checks.items() if state != "ok")
+    return problem_json(503, f"Not ready: {failing}.", title="Service not ready", checks=checks)

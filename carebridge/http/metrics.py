@@ -1,0 +1,61 @@
+"""Prometheus metrics at /metrics.
+
+With several uvicorn workers, ``carebridge serve`` sets PROMETHEUS_MULTIPROC_DIR before
+they start, and each scrape aggregates every worker's files.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+
+from carebridge.http.problems import problem
+
+HTTP_REQUESTS = Counter(
+    "carebridge_http_requests_total", "HTTP requests served", ["method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "carebridge_http_request_duration_seconds",
+    "Time to serve an HTTP request",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    HTTP_DURATION.labels(method, route).observe(seconds)
+
+
+def _registry() -> CollectorRegistry:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
+
+
+def make_endpoint(token: str | None) -> Callable[[Request], Awaitable[Response]]:
+    expected = f"Bearer {token}".encode() if token else None
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if expected is not None:
+            presented = request.headers.get("authorization", "").encode()
+            if not secrets.compare_digest(presented, expected):
+                return problem(request, 401, "A bearer token is required for metrics.")
+        return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics_endpoint

@@ -1,0 +1,105 @@
+"""Errors: RFC 9457 problem details for API clients, friendly pages for people.
+
+Nothing from an exception reaches a client: an unhandled error answers a generic 500 with
+the request ID, and the traceback goes to the (redacted) log.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from carebridge.http.templates import templates
+
+log = logging.getLogger("carebridge.errors")
+
+PROBLEM_JSON = "application/problem+json"
+# Machine-facing paths answer JSON whatever the Accept header says.
+_API_PATHS = ("/api/", "/.well-known/", "/oauth2/", "/healthz", "/readyz", "/metrics")
+
+_FRIENDLY: dict[int, tuple[str, str]] = {
+    400: ("That request didn't look right", "Please go back and try again."),
+    401: ("Please sign in", "You need to sign in to see this page."),
+    403: ("You can't open this page", "Your account doesn't have access to it."),
+    404: ("Page not found", "We couldn't find that page. Check the link, or start again."),
+    405: ("That didn't work", "This page can't be used that way. Please go back."),
+    413: ("That was too large", "Please send something smaller."),
+    429: ("Please slow down", "Too many attempts. Wait a little, then try again."),
+    500: ("Something went wrong on our side", "Please try again in a moment."),
+    503: ("carebridge is briefly unavailable", "Please try again in a few minutes."),
+}
+
+
+def wants_json(request: Request) -> bool:
+    if request.url.path.startswith(_API_PATHS):
+        return True
+    accept = request.headers.get("accept", "")
+    return "json" in accept and "text/html" not in accept
+
+
+def problem_json(
+    status: int,
+    detail: str | None = None,
+    *,
+    title: str | None = None,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": type_, "title": title or HTTPStatus(status).phrase}
+    body["status"] = status
+    if detail:
+        body["detail"] = detail
+    body.update(extensions)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def error_page(request: Request, status: int, headers: dict[str, str] | None = None) -> Response:
+    fallback = _FRIENDLY[500] if status >= 500 else _FRIENDLY[400]
+    heading, message = _FRIENDLY.get(status, fallback)
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {
+            "status": status,
+            "heading": heading,
+            "message": message,
+            "request_id": getattr(request.state, "request_id", None),
+        },
+        status_code=status,
+        headers=headers,
+    )
+
+
+def problem(
+    request: Request,
+    status: int,
+    detail: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    """The right error for whoever asked: problem details or a page."""
+    if wants_json(request):
+        return problem_json(status, detail, headers=headers, **extensions)
+    return error_page(request, status, headers)
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, HTTPException):  # registered for HTTPException only
+        return await unhandled_exception_handler(request, exc)
+    # Starlette's default detail is the status phrase; repeating it adds nothing.
+    detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return problem(request, exc.status_code, detail, headers=dict(exc.headers or {}))
+
+
+async def unhandled_exception_handler(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc)
+    return problem(request, 500)

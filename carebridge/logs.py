@@ -1,0 +1,123 @@
+"""Structured JSON logs with request IDs, scrubbed of PHI-shaped values.
+
+The redaction filter sits on the handler, so it sees every record that is written,
+whichever logger (ours, uvicorn's, SQLAlchemy's) produced it. It is a safety net, not
+permission: code still logs IDs and generic text only (ARCHITECTURE.md invariant 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+# Order matters: the most specific shapes first, so "123-45-6789" is an SSN, not a phone.
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(
+            r"(?i)\b(ssn\w*|last4|dob|date_?of_?birth|birth_?date|password|passwd|secret|"
+            r"token|authorization|phone\w*|email)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
+        ),
+        r"\1\2[redacted]",
+    ),
+    (re.compile(r"[\w.%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[email]"),
+    (re.compile(r"\b\d{3}[- ]\d{2}[- ]\d{4}\b"), "[ssn]"),
+    (re.compile(r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b"), "[date]"),
+    (re.compile(r"\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b"), "[date]"),
+    (
+        re.compile(r"(?:\+?\b1[\s.-]?)?(?:\(\d{3}\)\s?|\b\d{3}[\s.-]?)\d{3}[\s.-]?\d{4}\b"),
+        "[phone]",
+    ),
+    (re.compile(r"\+\d{8,15}\b"), "[phone]"),
+    # Bare digit runs: 8 (YYYYMMDD), 9 (SSN) or 10+ (phone) digits.
+    (re.compile(r"\b\d{8,15}\b"), "[number]"),
+]
+
+# LogRecord attributes that are not "extra" fields passed by the caller (uvicorn adds a
+# terminal-coloured copy of its message that a JSON log has no use for).
+_STANDARD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+    | {"message", "asctime", "color_message"}
+)
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: object) -> object:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redact_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(item) for item in value]
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        # The traceback is now text; don't let a formatter render the raw one again.
+        record.exc_info = None
+        for key in list(vars(record)):
+            if key not in _STANDARD_ATTRS:
+                setattr(record, key, _redact_value(getattr(record, key)))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id:
+            entry["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class ConsoleFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # uvicorn's own handlers would bypass the filter; route everything through the root.
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # uvicorn's access line carries the query string and client address; ours does not.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
+    # Alembic narrates every migration step at INFO; operators need only problems.
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))

@@ -1,0 +1,8 @@
+"""Every table, so Alembic sees the whole schema. Each package's models register here."""
+
+from __future__ import annotations
+
+from carebridge import audit  # noqa: F401  (registers its tables on Base.metadata)
+from carebridge.db import Base
+
+metadata = Base.metadata

@@ -1,0 +1,61 @@
+"""The process's long-lived collaborators, built once from settings.
+
+The CLI and the web app share this, so ``serve`` and ``carebridge keys rotate`` agree on
+where the keyring and the database are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from carebridge import keyring as keyring_module
+from carebridge.db import make_engine, make_sessionmaker
+from carebridge.keyring import Keyring, KeyringError
+from carebridge.migrate import head_revision
+from carebridge.settings import Settings
+
+
+def load_keyring(settings: Settings) -> Keyring:
+    if settings.is_production:
+        if settings.keyring_file is None:
+            raise KeyringError("CAREBRIDGE_KEYRING_FILE is required in production")
+        keyring = keyring_module.load(settings.keyring_file)
+        if keyring.development:
+            raise KeyringError(
+                f"keyring file {settings.keyring_file} holds generated development keys; "
+                "make a production keyring with 'carebridge keys generate'"
+            )
+        return keyring
+    if settings.keyring_file is not None:
+        return keyring_module.load(settings.keyring_file)
+    return keyring_module.load_or_create_development(settings.effective_keyring_file)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    keyring: Keyring
+    engine: Engine
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        if settings.uses_sqlite or settings.keyring_file is None:
+            # It holds the generated keyring and the SQLite database: owner-only.
+            settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keyring = load_keyring(settings)
+        return cls(settings, keyring, make_engine(settings.effective_database_url))
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return make_sessionmaker(self.engine)
+
+    @cached_property
+    def expected_revision(self) -> str | None:
+        return head_revision()
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,162 @@
+"""Settings from ``CAREBRIDGE_*`` environment variables (documented in docs/configuration.md).
+
+Every problem becomes a :class:`ConfigError` whose message names the setting and never
+echoes its value (a database URL may carry a password).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PREFIX = "CAREBRIDGE_"
+# Variables the test suite reads; not service settings.
+_RESERVED_PREFIXES = (f"{PREFIX}TEST_",)
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or unsafe for the chosen environment."""
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class SmsBackend(StrEnum):
+    CONSOLE = "console"
+    TWILIO = "twilio"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
+
+    env: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    issuer: str = "http://127.0.0.1:8000"
+    keyring_file: Path | None = None
+    sms_backend: SmsBackend = SmsBackend.CONSOLE
+    redis_url: str = ""
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    forwarded_allow_ips: str = "127.0.0.1"
+    metrics_token: SecretStr | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_a_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL such as https://id.example.org")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("must not carry a query, fragment or credentials")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value:
+            return value
+        scheme = value.split(":", 1)[0]
+        if scheme in ("postgres", "postgresql"):
+            # psycopg 3 is the driver we ship; accept the URL every tool prints.
+            return "postgresql+psycopg" + value[len(scheme) :]
+        if scheme not in ("sqlite", "postgresql+psycopg"):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip() for host in value.split(",") if host.strip()]
+        return value
+
+    # Derived values: computed, never configured twice.
+
+    @property
+    def is_production(self) -> bool:
+        return self.env is Environment.PRODUCTION
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'carebridge.db').resolve()}"
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def effective_keyring_file(self) -> Path:
+        return self.keyring_file or self.data_dir / "keyring.json"
+
+    @property
+    def issuer_is_https(self) -> bool:
+        return self.issuer.startswith("https://")
+
+    @property
+    def effective_allowed_hosts(self) -> list[str]:
+        hosts = [urlsplit(self.issuer).hostname or "", *self.allowed_hosts]
+        if not self.is_production:
+            hosts += ["127.0.0.1", "localhost", "testserver"]
+        return sorted({h for h in hosts if h})
+
+    def production_problems(self) -> list[str]:
+        """Why this configuration would run production on development defaults."""
+        if not self.is_production:
+            return []
+        problems = []
+        if not self.issuer_is_https:
+            problems.append("CAREBRIDGE_ISSUER must be an https:// URL in production")
+        if self.uses_sqlite:
+            problems.append("CAREBRIDGE_DATABASE_URL must point at PostgreSQL in production")
+        if self.keyring_file is None:
+            problems.append(
+                "CAREBRIDGE_KEYRING_FILE must name a keyring made with "
+                "'carebridge keys generate' in production"
+            )
+        if self.sms_backend is SmsBackend.CONSOLE:
+            problems.append("CAREBRIDGE_SMS_BACKEND must be 'twilio' in production")
+        return problems
+
+
+def _unknown_variables(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(
+        name
+        for name in environ
+        if name.startswith(PREFIX) and name not in known and not name.startswith(_RESERVED_PREFIXES)
+    )
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment, or raise one ConfigError naming the problem."""
+    for name in _unknown_variables(os.environ):
+        known = [PREFIX + field.upper() for field in Settings.model_fields]
+        guess = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {guess[0]}?)" if guess else ""
+        raise ConfigError(f"unknown setting {name}{hint}")
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        message = error["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{PREFIX}{field.upper()}: {message}") from None
+
+
+def require_production_ready(settings: Settings) -> None:
+    problems = settings.production_problems()
+    if problems:
+        raise ConfigError(f"refusing to start: {problems[0]}")

@@ -1,0 +1,1 @@
+"""Care teams, encrypted threads and messages, read state, retention and export."""

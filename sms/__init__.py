@@ -1,0 +1,1 @@
+"""Contact points and preferences, the notification dispatcher and outbox, Twilio."""

@@ -1,0 +1,175 @@
+"""Fixtures shared by the whole suite.
+
+Every test that asks for ``database_url`` runs twice: on SQLite and on PostgreSQL, each
+time on a fresh database cloned from one migrated at the start of the session.
+
+Real parts the suite needs (PostgreSQL here; later a browser, node peers, the Twilio
+mock) go through :func:`require`: on a developer's machine a missing part skips its
+tests with the reason, under CI (``CI=true``) it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
+from starlette.testclient import TestClient
+
+from carebridge import migrate
+from carebridge.app import create_app
+from carebridge.db import make_engine
+from carebridge.runtime import Runtime
+from carebridge.settings import Settings
+
+POSTGRES_URL = os.environ.get(
+    "CAREBRIDGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = ("sqlite", "postgresql")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(part: str, available: bool, why: str) -> None:
+    """Skip locally when a real part is missing; fail in CI, where it must be there."""
+    if available:
+        return
+    if in_ci():
+        pytest.fail(f"{part} is required in CI and is missing: {why}", pytrace=False)
+    pytest.skip(f"{part} unavailable: {why}")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests set exactly the CAREBRIDGE_* variables they mean to.
+    for name in list(os.environ):
+        if name.startswith("CAREBRIDGE_") and not name.startswith("CAREBRIDGE_TEST_"):
+            monkeypatch.delenv(name)
+
+
+# PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[Engine]:
+    engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        engine.dispose()
+        require("PostgreSQL", False, f"{make_url(POSTGRES_URL).host}: {exc.orig}")
+    yield engine
+    engine.dispose()
+
+
+def _postgres_url(database: str) -> str:
+    return make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_admin: Engine) -> Iterator[str]:
+    name = f"cb_template_{os.getpid()}"
+    with postgres_admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = make_engine(_postgres_url(name))
+    migrate.upgrade(engine)
+    engine.dispose()
+    yield name
+    with postgres_admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def postgres_database(postgres_admin: Engine, postgres_template: str) -> Iterator[str]:
+    name = f"cb_test_{uuid.uuid4().hex[:12]}"
+    with postgres_admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
+    yield _postgres_url(name)
+    with postgres_admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def empty_postgres_database(postgres_admin: Engine) -> Iterator[str]:
+    name = f"cb_empty_{uuid.uuid4().hex[:12]}"
+    with postgres_admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield _postgres_url(name)
+    with postgres_admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# SQLite
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "carebridge.db"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    # Closing the last connection folds the WAL into the file: a plain copy is whole.
+    engine.dispose()
+    return path
+
+
+# Either backend
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database of the test's backend."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("postgres_database"))
+    path = tmp_path / "carebridge.db"
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def empty_database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database of the test's backend with no schema at all."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("empty_postgres_database"))
+    return f"sqlite:///{tmp_path / 'empty.db'}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime.build(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) -> Path:
+    """Point the CLI at this test's database and data directory; returns the data dir."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("CAREBRIDGE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("CAREBRIDGE_DATABASE_URL", database_url)
+    return data_dir
