@@ -26,6 +26,25 @@ def head_revision() -> str | None:
     return script.get_current_head()
 
 
+def known_revisions() -> frozenset[str]:
+    script = ScriptDirectory(str(MIGRATIONS))
+    return frozenset(rev.revision for rev in script.walk_revisions())
+
+
+def schema_state(current: str | None, head: str | None, known: frozenset[str]) -> str:
+    """ "current", "behind" (migrate before serving) or "ahead".
+
+    A revision this release does not know was written by a newer release: during a
+    rolling deploy the migration runs first, and the old replicas keep serving (the
+    project's migrations stay backward compatible for one release).
+    """
+    if current == head:
+        return "current"
+    if current is None or current in known:
+        return "behind"
+    return "ahead"
+
+
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()

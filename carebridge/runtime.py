@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from carebridge import keyring as keyring_module
 from carebridge.db import make_engine, make_sessionmaker
 from carebridge.keyring import Keyring, KeyringError
-from carebridge.migrate import head_revision
+from carebridge.migrate import current_revision, head_revision, known_revisions, schema_state
 from carebridge.settings import Settings
 
 
@@ -56,6 +56,15 @@ class Runtime:
     @cached_property
     def expected_revision(self) -> str | None:
         return head_revision()
+
+    @cached_property
+    def _known_revisions(self) -> frozenset[str]:
+        return known_revisions()
+
+    def schema_state(self) -> str:
+        """Whether the database's schema is this release's: current, behind or ahead."""
+        current = current_revision(self.engine)
+        return schema_state(current, self.expected_revision, self._known_revisions)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 from datetime import UTC, datetime
 
@@ -45,15 +46,19 @@ def test_appends_form_a_linear_chain(runtime: Runtime) -> None:
         records = session.scalars(audit.select(AuditRecord).order_by(AuditRecord.seq)).all()
     assert [r.seq for r in records] == [1, 2, 3, 4, 5]
     assert records[0].prev_hash == audit.GENESIS
-    assert all(b.prev_hash == a.hash for a, b in zip(records, records[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(records))
     result = _verify(runtime)
     assert result.intact and result.records == 5 and result.head == records[-1].hash
 
 
 def test_a_record_rolls_back_with_its_transaction(runtime: Runtime) -> None:
-    with pytest.raises(RuntimeError), transaction(runtime.sessions) as session:
-        audit.append(session, actor="system", action="roster.import", outcome=Outcome.ALLOWED)
-        raise RuntimeError("the change it describes failed")
+    def failing_change() -> None:
+        with transaction(runtime.sessions) as session:
+            audit.append(session, actor="system", action="roster.import", outcome=Outcome.ALLOWED)
+            raise RuntimeError("the change it describes failed")
+
+    with pytest.raises(RuntimeError):
+        failing_change()
     _append(runtime, 1)
     assert _verify(runtime).records == 1
 

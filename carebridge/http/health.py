@@ -12,7 +12,6 @@ from starlette.responses import JSONResponse, Response
 
 from carebridge.db import describe_error
 from carebridge.http.problems import problem_json
-from carebridge.migrate import current_revision
 from carebridge.runtime import Runtime
 
 log = logging.getLogger("carebridge.health")
@@ -30,8 +29,8 @@ def readiness(runtime: Runtime) -> dict[str, str]:
     except SQLAlchemyError as exc:
         log.warning("readiness: database unreachable: %s", describe_error(exc))
         return {"database": "unreachable", "migrations": "unknown"}
-    revision = current_revision(runtime.engine)
-    migrations = "ok" if revision == runtime.expected_revision else "pending"
+    # A newer release's schema ("ahead") still serves: that is a rolling deploy.
+    migrations = "pending" if runtime.schema_state() == "behind" else "ok"
     return {"database": "ok", "migrations": migrations}
 
 

@@ -1,0 +1,47 @@
+"""``carebridge worker``: the background jobs process (one or more per deployment)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from carebridge import worker
+from carebridge.cli.common import add_parser, require_current_schema
+from carebridge.logs import configure_logging
+from carebridge.runtime import Runtime
+from carebridge.settings import load_settings, require_production_ready
+
+# The jobs this release runs; later features (the SMS outbox) add theirs here.
+JOBS = (worker.AUDIT_CHECKPOINT,)
+
+
+def register(commands: Any) -> None:
+    parser = add_parser(commands, "worker", "Run background jobs until SIGTERM or SIGINT.")
+    parser.add_argument("--once", action="store_true", help="run each job once, then exit")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    require_production_ready(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    runtime = Runtime.build(settings)
+    try:
+        require_current_schema(runtime)
+        if args.once:
+            results = [worker.run_once(runtime, job) for job in JOBS]
+            return 0 if all(results) else 1
+        stop = threading.Event()
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        worker.run_jobs(runtime, JOBS, stop)
+    finally:
+        runtime.close()
+    return 0
