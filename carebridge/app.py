@@ -8,14 +8,18 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from carebridge.http import health, metrics
-from carebridge.http.middleware import RequestContextMiddleware, SecurityHeadersMiddleware
+from carebridge.http.middleware import (
+    HostCheckMiddleware,
+    RequestContextMiddleware,
+    SecurityHeadersMiddleware,
+    UnhandledErrorMiddleware,
+)
 from carebridge.http.problems import http_exception_handler, unhandled_exception_handler
 from carebridge.http.templates import templates
 from carebridge.logs import configure_logging
@@ -54,7 +58,8 @@ def create_app(runtime: Runtime) -> Starlette:
             # Outermost first: every response, errors included, gets an ID and headers.
             Middleware(RequestContextMiddleware),
             Middleware(SecurityHeadersMiddleware, hsts=settings.issuer_is_https),
-            Middleware(TrustedHostMiddleware, allowed_hosts=settings.effective_allowed_hosts),
+            Middleware(HostCheckMiddleware, allowed_hosts=settings.effective_allowed_hosts),
+            Middleware(UnhandledErrorMiddleware, handler=unhandled_exception_handler),
         ],
         exception_handlers={
             HTTPException: http_exception_handler,
@@ -71,4 +76,6 @@ def create_app_from_env() -> Starlette:
     settings = load_settings()
     require_production_ready(settings)
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(Runtime.build(settings))
+    runtime = Runtime.build(settings)
+    runtime.keyring  # noqa: B018  (a missing or corrupt keyring stops the worker now)
+    return create_app(runtime)

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 FORMAT = "carebridge-keyring/1"
@@ -41,6 +42,10 @@ _NONCE_BYTES = 12
 
 class KeyringError(Exception):
     """The keyring is missing, unreadable or malformed; the message names the file."""
+
+
+class KeyringExistsError(KeyringError):
+    """A keyring file is already there; it is never replaced by a new one."""
 
 
 class DecryptionError(Exception):
@@ -189,7 +194,9 @@ class Keyring:
 
     def key_id_of(self, blob: bytes) -> str:
         """Which KEK encrypted a blob (to find what a rotation left to re-wrap)."""
-        return blob[2 : 2 + blob[1]].decode("ascii")
+        if len(blob) < 2 or blob[0] != _BLOB_VERSION or len(blob) < 2 + blob[1]:
+            raise DecryptionError("unknown ciphertext format")
+        return blob[2 : 2 + blob[1]].decode("ascii", "replace")
 
     def wrap_data_key(self, data_key: bytes, aad: bytes) -> bytes:
         return self.encrypt(data_key, associated_data("data-key") + aad)
@@ -228,7 +235,12 @@ class Keyring:
                 {"kid": k.kid, "created": k.created, "secret": _b64e(k.secret)} for k in self.keks
             ],
             "signing": [
-                {"kid": s.kid, "alg": s.alg, "created": s.created, "jwk": s.key.as_dict(private=True)}
+                {
+                    "kid": s.kid,
+                    "alg": s.alg,
+                    "created": s.created,
+                    "jwk": s.key.as_dict(private=True),
+                }
                 for s in self.signing
             ],
         }
@@ -239,11 +251,10 @@ class Keyring:
         document = json.loads(text)
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} document")
-        keks = [
-            KeyEncryptionKey(k["kid"], _b64d(k["secret"]), k["created"]) for k in document["kek"]
-        ]
-        if any(len(k.secret) != 32 for k in keks):
-            raise ValueError("every KEK must be 256 bits")
+        # A null or "false" flag would otherwise pass for a production keyring, or block one.
+        if not isinstance(document.get("development"), bool):
+            raise ValueError("'development' must be true or false")
+        keks = [_kek_from(k) for k in document["kek"]]
         signing = [_signing_key_from(s) for s in document["signing"]]
         return cls(keks, signing, _b64d(document["pepper"]), development=document["development"])
 
@@ -252,6 +263,17 @@ def _new_kek() -> KeyEncryptionKey:
     created = _now()
     kid = f"kek-{created[:10].replace('-', '')}-{secrets.token_hex(4)}"
     return KeyEncryptionKey(kid, AESGCM.generate_key(bit_length=256), created)
+
+
+def _kek_from(entry: dict[str, Any]) -> KeyEncryptionKey:
+    kid, secret = entry["kid"], _b64d(entry["secret"])
+    # Every ciphertext header carries the ID as one length-prefixed ASCII field: a bad ID
+    # must fail here, naming the file, not at the first encryption.
+    if not isinstance(kid, str) or not kid.isascii() or not 0 < len(kid) < 256:
+        raise ValueError("every KEK ID must be 1 to 255 ASCII characters")
+    if len(secret) != 32:
+        raise ValueError("every KEK must be 256 bits")
+    return KeyEncryptionKey(kid, secret, entry["created"])
 
 
 def _signing_key_from(entry: dict[str, Any]) -> SigningKey:
@@ -273,30 +295,48 @@ def load(path: Path) -> Keyring:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise KeyringError(f"keyring file {path} does not exist") from None
+    except UnicodeDecodeError:
+        # Its message quotes the offending byte: say less.
+        raise KeyringError(f"keyring file {path} is corrupt: not UTF-8 text") from None
     except OSError as exc:
         raise KeyringError(f"keyring file {path} cannot be read: {exc.strerror}") from None
     try:
         return Keyring.from_json(text)
-    except (ValueError, KeyError, TypeError, KeyringError) as exc:
-        # The reason names a field, never a key's value.
-        reason = exc.args[0] if isinstance(exc, ValueError | KeyringError) else f"missing {exc}"
+    except (ValueError, KeyError, TypeError, AttributeError, KeyringError, JoseError) as exc:
+        # The reason names a field or a type, never a key's value.
+        reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
         raise KeyringError(f"keyring file {path} is corrupt: {reason}") from None
 
 
-def save(keyring: Keyring, path: Path) -> None:
-    """Write atomically with mode 0600: a crash leaves the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save(keyring: Keyring, path: Path, *, overwrite: bool = True) -> None:
+    """Write atomically with mode 0600: a crash leaves the old file or the new, never half.
+
+    With ``overwrite=False`` an existing file wins (:class:`KeyringExistsError`), even one
+    another process created a moment ago.
+    """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    try:
+        # A directory made for key material is owner-only (the SQLite database joins it).
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    except OSError as exc:
+        raise KeyringError(f"keyring file {path} cannot be written: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(keyring.to_json())
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() refuses an existing name atomically; an exists() check first would race.
+            os.link(tmp, path)
+    except FileExistsError:
+        raise KeyringExistsError(f"keyring file {path} already exists") from None
+    except OSError as exc:
+        raise KeyringError(f"keyring file {path} cannot be written: {exc.strerror}") from None
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_or_create_development(path: Path) -> Keyring:
@@ -304,5 +344,10 @@ def load_or_create_development(path: Path) -> Keyring:
     if path.exists():
         return load(path)
     keyring = Keyring.generate(development=True)
-    save(keyring, path)
+    try:
+        save(keyring, path, overwrite=False)
+    except KeyringExistsError:
+        # Another process (serve and worker starting together) made one first. Use it:
+        # replacing it would strand whatever that process already encrypted.
+        return load(path)
     return keyring

@@ -17,16 +17,26 @@ from typing import Any
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-# Order matters: the most specific shapes first, so "123-45-6789" is an SSN, not a phone.
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+# Named fields and email addresses: applied to the whole text, identifiers included (a
+# token=<32 hex> is still a token).
+_FIELDS: list[tuple[re.Pattern[str], str]] = [
     (
+        # Not \b before the name: "_" is a word character, and client_secret=, access_token=
+        # and patient_dob= must match. The optional quote catches JSON and dict reprs; the
+        # optional scheme keeps "Authorization: Bearer <token>" from redacting only "Bearer".
         re.compile(
-            r"(?i)\b(ssn\w*|last4|dob|date_?of_?birth|birth_?date|password|passwd|secret|"
-            r"token|authorization|phone\w*|email)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
+            r"(?i)(?<![a-z0-9])(ssn\w*|last4|dob|date_?of_?birth|birth_?date|password|passwd|"
+            r"secret|token|authorization|phone\w*|email)([\"']?\s*[=:]\s*)((?:bearer|basic)\s+)?"
+            r"(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
         ),
-        r"\1\2[redacted]",
+        r"\1\2\3[redacted]",
     ),
     (re.compile(r"[\w.%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[email]"),
+]
+
+# Digit shapes: applied around identifiers. Order matters: the most specific shapes first,
+# so "123-45-6789" is an SSN, not a phone.
+_SHAPES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b\d{3}[- ]\d{2}[- ]\d{4}\b"), "[ssn]"),
     (re.compile(r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b"), "[date]"),
     (re.compile(r"\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b"), "[date]"),
@@ -39,6 +49,13 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b\d{8,15}\b"), "[number]"),
 ]
 
+# Identifiers the code logs on purpose (request IDs, UUIDs): their digit runs are neither
+# phone numbers nor SSNs, and a mangled ID is useless to whoever reads the log.
+_IDENTIFIER = re.compile(
+    r"\b(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{32})\b"
+)
+
 # LogRecord attributes that are not "extra" fields passed by the caller (uvicorn adds a
 # terminal-coloured copy of its message that a JSON log has no use for).
 _STANDARD_ATTRS = frozenset(
@@ -47,25 +64,52 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
-def redact(text: str) -> str:
-    for pattern, replacement in _PATTERNS:
+def _substitute(patterns: list[tuple[re.Pattern[str], str]], text: str) -> str:
+    for pattern, replacement in patterns:
         text = pattern.sub(replacement, text)
     return text
+
+
+def redact(text: str) -> str:
+    text = _substitute(_FIELDS, text)
+    # Identifiers start and end at a word boundary, so redacting the text between them
+    # sees the same boundaries as redacting the whole.
+    parts: list[str] = []
+    end = 0
+    for match in _IDENTIFIER.finditer(text):
+        parts += [_substitute(_SHAPES, text[end : match.start()]), match.group()]
+        end = match.end()
+    parts.append(_substitute(_SHAPES, text[end:]))
+    return "".join(parts)
 
 
 def _redact_value(value: object) -> object:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {key: _redact_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+        return {redact(str(key)): _redact_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
         return [_redact_value(item) for item in value]
-    return value
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        # A number can be a phone number or an SSN; it stays a number only if it is neither.
+        text = str(value)
+        redacted = redact(text)
+        return value if redacted == text else redacted
+    # Anything else (an exception, a date, an object) is written as its str(): redact that.
+    return redact(str(value))
 
 
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError, KeyError):
+            # A filter's exception reaches the logging call: a malformed call must not fail
+            # the request, nor have logging print its unredacted arguments to stderr.
+            message = f"{record.msg} [unformattable log arguments dropped]"
+        record.msg = redact(message)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

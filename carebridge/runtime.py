@@ -6,7 +6,7 @@ where the keyring and the database are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from sqlalchemy import Engine
@@ -38,16 +38,23 @@ def load_keyring(settings: Settings) -> Keyring:
 @dataclass
 class Runtime:
     settings: Settings
-    keyring: Keyring
     engine: Engine
+    _keyring: Keyring | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
-        if settings.uses_sqlite or settings.keyring_file is None:
-            # It holds the generated keyring and the SQLite database: owner-only.
+        if settings.uses_sqlite:
+            # It holds the SQLite database: owner-only.
             settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        keyring = load_keyring(settings)
-        return cls(settings, keyring, make_engine(settings.effective_database_url))
+        return cls(settings, make_engine(settings.effective_database_url))
+
+    @property
+    def keyring(self) -> Keyring:
+        """Loaded on first use, so schema and audit commands work without key material;
+        ``serve`` and ``worker`` touch it at start to fail before serving."""
+        if self._keyring is None:
+            self._keyring = load_keyring(self.settings)
+        return self._keyring
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

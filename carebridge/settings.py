@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 PREFIX = "CAREBRIDGE_"
 # Variables the test suite reads; not service settings.
@@ -66,6 +68,12 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         if not value:
             return value
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            # Fail here, as a setting, not as a traceback when the engine is made; the
+            # parser's messages quote pieces of the URL, so they are not passed on.
+            raise ValueError("is not a valid database URL") from None
         scheme = value.split(":", 1)[0]
         if scheme in ("postgres", "postgresql"):
             # psycopg 3 is the driver we ship; accept the URL every tool prints.
@@ -143,9 +151,11 @@ def _unknown_variables(environ: dict[str, str] | os._Environ[str]) -> list[str]:
 def load_settings() -> Settings:
     """Read settings from the environment, or raise one ConfigError naming the problem."""
     for name in _unknown_variables(os.environ):
-        known = [PREFIX + field.upper() for field in Settings.model_fields]
-        guess = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean {guess[0]}?)" if guess else ""
+        known = [field.upper() for field in Settings.model_fields]
+        # Compared without the shared prefix, which alone made every name "close" to some
+        # setting (CAREBRIDGE_PORT to CAREBRIDGE_LOG_FORMAT).
+        guess = difflib.get_close_matches(name.removeprefix(PREFIX), known, n=1)
+        hint = f" (did you mean {PREFIX}{guess[0]}?)" if guess else ""
         raise ConfigError(f"unknown setting {name}{hint}")
     try:
         return Settings()

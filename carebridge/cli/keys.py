@@ -51,9 +51,16 @@ def rotate(args: argparse.Namespace) -> int:
 
 
 def generate(args: argparse.Namespace) -> int:
+    refusal = f"{args.out} already exists; refusing to overwrite a keyring"
     if args.out.exists():
-        raise CommandError(f"{args.out} already exists; refusing to overwrite a keyring")
-    keyring.save(keyring.Keyring.generate(development=False, alg=args.alg), args.out)
+        raise CommandError(refusal)
+    try:
+        keyring.save(
+            keyring.Keyring.generate(development=False, alg=args.alg), args.out, overwrite=False
+        )
+    except keyring.KeyringExistsError:
+        # Created while the keys were generated: still never replaced.
+        raise CommandError(refusal) from None
     print(f"wrote {args.out} (mode 0600); set CAREBRIDGE_KEYRING_FILE={args.out}")
     return 0
 

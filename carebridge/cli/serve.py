@@ -43,7 +43,9 @@ def register(commands: Any) -> None:
 
 
 def prepare(runtime: Runtime) -> None:
-    """SQLite (the embedded default) migrates itself; PostgreSQL is migrated by the operator."""
+    """Keys first (development generates them); then the schema: SQLite (the embedded
+    default) migrates itself, PostgreSQL is migrated by the operator."""
+    runtime.keyring  # noqa: B018
     if runtime.settings.uses_sqlite:
         migrate.upgrade(runtime.engine)
     else:

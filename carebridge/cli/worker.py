@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     runtime = Runtime.build(settings)
     try:
+        runtime.keyring  # noqa: B018  (fail now on a missing or corrupt keyring)
         require_current_schema(runtime)
         if args.once:
             results = [worker.run_once(runtime, job) for job in JOBS]

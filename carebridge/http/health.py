@@ -29,8 +29,14 @@ def readiness(runtime: Runtime) -> dict[str, str]:
     except SQLAlchemyError as exc:
         log.warning("readiness: database unreachable: %s", describe_error(exc))
         return {"database": "unreachable", "migrations": "unknown"}
+    try:
+        state = runtime.schema_state()
+    except SQLAlchemyError as exc:
+        # The connection can drop, or a role lack access to alembic_version: still a 503.
+        log.warning("readiness: schema revision unreadable: %s", describe_error(exc))
+        return {"database": "ok", "migrations": "unknown"}
     # A newer release's schema ("ahead") still serves: that is a rolling deploy.
-    migrations = "pending" if runtime.schema_state() == "behind" else "ok"
+    migrations = "pending" if state == "behind" else "ok"
     return {"database": "ok", "migrations": migrations}
 
 

@@ -35,7 +35,12 @@ HTTP_DURATION = Histogram(
 )
 
 
+# Clients choose the method: any other token would add a time series per made-up method.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    method = method if method in _METHODS else "other"
     HTTP_REQUESTS.labels(method, route, str(status)).inc()
     HTTP_DURATION.labels(method, route).observe(seconds)
 
@@ -55,7 +60,12 @@ def make_endpoint(token: str | None) -> Callable[[Request], Awaitable[Response]]
         if expected is not None:
             presented = request.headers.get("authorization", "").encode()
             if not secrets.compare_digest(presented, expected):
-                return problem(request, 401, "A bearer token is required for metrics.")
+                return problem(
+                    request,
+                    401,
+                    "A bearer token is required for metrics.",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
 
     return metrics_endpoint

@@ -6,12 +6,16 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carebridge.http import metrics
-from carebridge.logs import request_id_var
+from carebridge.logs import redact, request_id_var
 
 access_log = logging.getLogger("carebridge.access")
 
@@ -43,7 +47,9 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = Headers(scope=scope).get("x-request-id", "")
-        request_id = incoming if _INCOMING_REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
+        # The ID is written to every log line unredacted, so it must not be PHI-shaped either.
+        well_formed = _INCOMING_REQUEST_ID.fullmatch(incoming) and redact(incoming) == incoming
+        request_id = incoming if well_formed else secrets.token_hex(16)
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
@@ -109,3 +115,55 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class UnhandledErrorMiddleware:
+    """Answers an unhandled exception inside the middleware above it.
+
+    Starlette's own 500 handling sits outside every user middleware, so its response would
+    carry neither the request ID nor the security headers, and its log record would be
+    written after the request ID is gone. Placed innermost, this one renders the same
+    handler's response where both still apply.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, handler: Callable[[Request, Exception], Awaitable[Response]]
+    ) -> None:
+        self.app = app
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if started:  # too late for an error response; let the server close the connection
+                raise
+            response = await self.handler(Request(scope, receive), exc)
+            await response(scope, receive, send)
+
+
+class HostCheckMiddleware(TrustedHostMiddleware):
+    """Rejects a Host header that is not ours (CVE-2026-48710), except on the probes.
+
+    Orchestrators probe by address (a pod IP, 127.0.0.1) and Prometheus scrapes the same
+    way; those endpoints build no URLs from the Host header, so it cannot mislead them.
+    """
+
+    PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

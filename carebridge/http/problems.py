@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from carebridge.http.templates import templates
+from carebridge.logs import request_id_var
 
 log = logging.getLogger("carebridge.errors")
 
@@ -56,6 +57,10 @@ def problem_json(
     if detail:
         body["detail"] = detail
     body.update(extensions)
+    # The reference support asks for, as the error page shows it.
+    request_id = request_id_var.get()
+    if request_id:
+        body.setdefault("request_id", request_id)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
