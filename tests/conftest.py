@@ -3,9 +3,8 @@
 Every test that asks for ``database_url`` runs twice: on SQLite and on PostgreSQL, each
 time on a fresh database cloned from one migrated at the start of the session.
 
-Real parts the suite needs (PostgreSQL here; later a browser, node peers, the Twilio
-mock) go through :func:`require`: on a developer's machine a missing part skips its
-tests with the reason, under CI (``CI=true``) it fails them.
+Real parts the suite needs go through ``realparts.require``: on a developer's machine a
+missing part skips its tests with the reason, under CI (``CI=true``) it fails them.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from realparts import require
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
@@ -32,19 +32,6 @@ POSTGRES_URL = os.environ.get(
     "CAREBRIDGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = ("sqlite", "postgresql")
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(part: str, available: bool, why: str) -> None:
-    """Skip locally when a real part is missing; fail in CI, where it must be there."""
-    if available:
-        return
-    if in_ci():
-        pytest.fail(f"{part} is required in CI and is missing: {why}", pytrace=False)
-    pytest.skip(f"{part} unavailable: {why}")
 
 
 @pytest.fixture(autouse=True)
