@@ -25,6 +25,7 @@ from carebridge.http.templates import templates
 from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
 from carebridge.settings import load_settings, require_production_ready
+from identity import routes as identity_routes
 
 STATIC = StaticFiles(packages=[("carebridge.http", "static")])
 
@@ -41,6 +42,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
         Route("/readyz", health.readyz, name="readyz"),
         Route("/metrics", metrics.make_endpoint(token.get_secret_value() if token else None)),
         Mount("/static", STATIC, name="static"),
+        *identity_routes.routes(),
     ]
 
 
