@@ -13,7 +13,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from carebridge.http import health, metrics
+from carebridge.http import health, metrics, openapi
+from carebridge.http.csrf import CsrfCookieMiddleware
 from carebridge.http.middleware import (
     HostCheckMiddleware,
     RequestContextMiddleware,
@@ -41,6 +42,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
         Route("/healthz", health.healthz, name="healthz"),
         Route("/readyz", health.readyz, name="readyz"),
         Route("/metrics", metrics.make_endpoint(token.get_secret_value() if token else None)),
+        Route("/api/openapi.json", openapi.openapi, name="openapi"),
         Mount("/static", STATIC, name="static"),
         *identity_routes.routes(),
     ]
@@ -61,6 +63,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Middleware(RequestContextMiddleware),
             Middleware(SecurityHeadersMiddleware, hsts=settings.issuer_is_https),
             Middleware(HostCheckMiddleware, allowed_hosts=settings.effective_allowed_hosts),
+            Middleware(CsrfCookieMiddleware),
             Middleware(UnhandledErrorMiddleware, handler=unhandled_exception_handler),
         ],
         exception_handlers={

@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from carebridge import audit  # noqa: F401  (registers its tables on Base.metadata)
 from carebridge.db import Base
+from identity import models as identity_models  # noqa: F401
 
 metadata = Base.metadata

@@ -14,14 +14,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from carebridge.http.paths import MACHINE_PATHS
 from carebridge.http.templates import templates
 from carebridge.logs import request_id_var
 
 log = logging.getLogger("carebridge.errors")
 
 PROBLEM_JSON = "application/problem+json"
-# Machine-facing paths answer JSON whatever the Accept header says.
-_API_PATHS = ("/api/", "/.well-known/", "/oauth2/", "/healthz", "/readyz", "/metrics")
 
 _FRIENDLY: dict[int, tuple[str, str]] = {
     400: ("That request didn't look right", "Please go back and try again."),
@@ -37,7 +36,7 @@ _FRIENDLY: dict[int, tuple[str, str]] = {
 
 
 def wants_json(request: Request) -> bool:
-    if request.url.path.startswith(_API_PATHS):
+    if request.url.path.startswith(MACHINE_PATHS):
         return True
     accept = request.headers.get("accept", "")
     return "json" in accept and "text/html" not in accept
@@ -95,14 +94,30 @@ def problem(
     return error_page(request, status, headers)
 
 
+class Problem(HTTPException):
+    """An HTTP error with RFC 9457 extension members (``errors``, say) for API clients."""
+
+    def __init__(
+        self,
+        status_code: int,
+        detail: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(status_code, detail, headers)
+        self.extensions = extensions
+
+
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, HTTPException):  # registered for HTTPException only
         return await unhandled_exception_handler(request, exc)
     # Starlette's default detail is the status phrase; repeating it adds nothing.
     detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
-    if exc.status_code in (204, 304):
+    if exc.status_code in (204, 304) or (300 <= exc.status_code < 400 and exc.headers):
+        # No body to explain: a redirect raised by a guard, or a not-modified.
         return Response(status_code=exc.status_code, headers=exc.headers)
-    return problem(request, exc.status_code, detail, headers=dict(exc.headers or {}))
+    extensions = exc.extensions if isinstance(exc, Problem) else {}
+    return problem(request, exc.status_code, detail, headers=dict(exc.headers or {}), **extensions)
 
 
 async def unhandled_exception_handler(request: Request, exc: Exception) -> Response:

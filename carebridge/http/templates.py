@@ -1,9 +1,29 @@
-"""Jinja2 templates (autoescaped) for the pages carebridge serves."""
+"""Jinja2 templates (autoescaped). Each package renders its own pages with
+:func:`templates_for`, whose loader also finds the shared layout (``base.html``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import jinja2
 from starlette.templating import Jinja2Templates
 
-templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
+from carebridge.http import csrf
+
+SHARED = Path(__file__).with_name("templates")
+
+
+@jinja2.pass_context
+def _csrf_token(context: jinja2.runtime.Context) -> str:
+    return csrf.token(context["request"])
+
+
+def templates_for(*directories: Path) -> Jinja2Templates:
+    loader = jinja2.FileSystemLoader([*directories, SHARED])
+    environment = jinja2.Environment(loader=loader, autoescape=True)
+    # Every form writes {{ csrf_token() }} into its hidden csrf_token field.
+    environment.globals["csrf_token"] = _csrf_token
+    return Jinja2Templates(env=environment)
+
+
+templates = templates_for()

@@ -1,0 +1,5 @@
+"""Path classes the HTTP shell treats differently."""
+
+# Machine-facing paths: they answer JSON whatever the Accept header says, and set no
+# cookies (probes, scrapers and API clients have no use for them).
+MACHINE_PATHS = ("/api/", "/.well-known/", "/oauth2/", "/healthz", "/readyz", "/metrics")

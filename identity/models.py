@@ -1,0 +1,152 @@
+"""identity's tables. Secrets are stored hashed or encrypted, never as they were typed.
+
+- Sign-in identifiers: a keyed lookup hash (HMAC, keyring pepper) to find the account,
+  and the keyring-encrypted text to show it back to its owner.
+- Passwords: Argon2id strings. Session tokens and recovery codes: keyed hashes (they are
+  random and long, so a fast hash is enough; the pepper keeps a stolen table useless).
+- TOTP seeds: encrypted under the keyring's KEK, bound to their account ID.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from carebridge.db import Base
+
+
+def new_id(prefix: str) -> str:
+    """A random, opaque identifier: 128 bits, URL-safe, with a recognisable prefix."""
+    return f"{prefix}_{secrets.token_urlsafe(16)}"
+
+
+class Account(Base):
+    __tablename__ = "account"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # disabled accounts cannot sign in; locked ones wait out a throttle (see throttle.py).
+    status: Mapped[str] = mapped_column(String(16), default="active")
+
+
+class LoginIdentifier(Base):
+    """What a person types to sign in with a password (an email address, usually)."""
+
+    __tablename__ = "login_identifier"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
+    )
+    lookup_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PasswordCredential(Base):
+    __tablename__ = "password_credential"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
+    )
+    hash: Mapped[str] = mapped_column(String(200))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TotpCredential(Base):
+    """A TOTP seed. Unconfirmed until the first valid code; ``last_step`` rejects replays."""
+
+    __tablename__ = "totp_credential"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
+    )
+    secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    confirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_step: Mapped[int | None] = mapped_column(Integer)
+
+
+class RecoveryCode(Base):
+    __tablename__ = "recovery_code"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True
+    )
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class UpstreamIdentity(Base):
+    """A social sign-in linked to an account, keyed by (issuer, subject), never by email."""
+
+    __tablename__ = "upstream_identity"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="issuer_subject"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True
+    )
+    provider: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(300))
+    subject: Mapped[str] = mapped_column(String(255))
+    linked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuthSession(Base):
+    """A signed-in browser or app. The cookie holds the token; the table only its hash.
+
+    ``level`` is how the session authenticated: 1 after a first factor (password or an
+    upstream provider), 2 once a second factor passed too. ``authenticated_at`` is when
+    the person last proved who they are, for re-authentication before sensitive changes.
+    """
+
+    __tablename__ = "auth_session"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # A public handle for the "active sessions" page: revoking by handle, never by token.
+    handle: Mapped[str] = mapped_column(String(40), unique=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True
+    )
+    level: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    authenticated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    user_agent: Mapped[str] = mapped_column(String(200), default="")
+
+
+class ThrottleCounter(Base):
+    """Consecutive failures for one key ("account:…", "ip:…") and the lock they earned."""
+
+    __tablename__ = "throttle_counter"
+
+    key: Mapped[str] = mapped_column(String(120), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UpstreamLoginState(Base):
+    """One sign-in round trip to an upstream provider, found by its ``state`` (hashed).
+
+    Deleted when the provider sends the browser back, so a state works once; the nonce and
+    PKCE verifier travel encrypted in ``payload``.
+    """
+
+    __tablename__ = "upstream_login_state"
+
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

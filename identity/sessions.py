@@ -1,0 +1,186 @@
+"""Server-side sessions: an opaque token in a cookie (or a bearer header), its hash here.
+
+A session gets a new token whenever its authentication level changes (sign-in, second
+factor, re-authentication), so a token seen before sign-in is worthless after. Sessions
+end after ``session_idle_minutes`` without use and ``session_absolute_hours`` after the
+sign-in that began them, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+
+from carebridge.runtime import Runtime
+from identity.models import AuthSession, new_id
+
+FIRST_FACTOR = 1
+SECOND_FACTOR = 2
+# Writing last_seen_at on every request would turn each page view into a write.
+_TOUCH_EVERY = timedelta(seconds=60)
+_STATE_KEY = "auth_session"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands datetimes back naive; every stored time is UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cookie_name(runtime: Runtime) -> str:
+    return "__Host-carebridge_session" if runtime.settings.issuer_is_https else "carebridge_session"
+
+
+@dataclass(frozen=True)
+class Started:
+    token: str
+    session: AuthSession
+
+
+def _token_hash(runtime: Runtime, token: str) -> str:
+    return runtime.keyring.lookup_hash("session", token)
+
+
+def start(
+    db: Session,
+    runtime: Runtime,
+    *,
+    account_id: str,
+    level: int,
+    user_agent: str = "",
+    replacing: AuthSession | None = None,
+) -> Started:
+    """A new session (sign-in), or the next one for ``replacing`` at a new level.
+
+    Replacing keeps the absolute expiry of the sign-in that began the session, so stepping
+    up or re-authenticating never stretches its lifetime.
+    """
+    now = utcnow()
+    settings = runtime.settings
+    expires = now + timedelta(hours=settings.session_absolute_hours)
+    if replacing is not None:
+        expires = min(expires, _aware(replacing.expires_at))
+        db.delete(replacing)
+        db.flush()
+    token = secrets.token_urlsafe(32)
+    session = AuthSession(
+        token_hash=_token_hash(runtime, token),
+        handle=new_id("ses"),
+        account_id=account_id,
+        level=level,
+        created_at=now if replacing is None else _aware(replacing.created_at),
+        authenticated_at=now,
+        last_seen_at=now,
+        expires_at=expires,
+        user_agent=user_agent[:200],
+    )
+    db.add(session)
+    db.flush()
+    return Started(token, session)
+
+
+def load(db: Session, runtime: Runtime, token: str) -> AuthSession | None:
+    """The live session for a token, or None; an expired one is deleted on the way."""
+    session = db.get(AuthSession, _token_hash(runtime, token))
+    if session is None:
+        return None
+    now = utcnow()
+    idle = timedelta(minutes=runtime.settings.session_idle_minutes)
+    if now >= _aware(session.expires_at) or now - _aware(session.last_seen_at) >= idle:
+        db.delete(session)
+        return None
+    if now - _aware(session.last_seen_at) >= _TOUCH_EVERY:
+        session.last_seen_at = now
+    return session
+
+
+def end(db: Session, session: AuthSession) -> None:
+    db.delete(session)
+
+
+def for_account(db: Session, account_id: str) -> list[AuthSession]:
+    query = select(AuthSession).where(AuthSession.account_id == account_id)
+    return list(db.scalars(query.order_by(AuthSession.last_seen_at.desc())))
+
+
+def revoke(db: Session, account_id: str, handle: str) -> bool:
+    """End one of the account's sessions by its public handle; False if not theirs."""
+    result = db.execute(
+        delete(AuthSession).where(
+            AuthSession.account_id == account_id, AuthSession.handle == handle
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def revoke_all(db: Session, account_id: str, *, keep: AuthSession | None = None) -> None:
+    query = delete(AuthSession).where(AuthSession.account_id == account_id)
+    if keep is not None:
+        query = query.where(AuthSession.token_hash != keep.token_hash)
+    db.execute(query)
+
+
+# Requests
+
+
+def presented_token(connection: HTTPConnection) -> str | None:
+    """The session token a request carries: the cookie (pages) or a bearer header (API)."""
+    authorization = connection.headers.get("authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials:
+        return credentials.strip()
+    runtime: Runtime = connection.app.state.runtime
+    return connection.cookies.get(cookie_name(runtime)) or None
+
+
+async def current(connection: HTTPConnection) -> AuthSession | None:
+    """The request's live session, looked up once per request."""
+    state = connection.scope.setdefault("state", {})
+    if _STATE_KEY in state:
+        cached: AuthSession | None = state[_STATE_KEY]
+        return cached
+    token = presented_token(connection)
+    session = None
+    if token:
+        runtime: Runtime = connection.app.state.runtime
+
+        def lookup() -> AuthSession | None:
+            with runtime.sessions.begin() as db:
+                return load(db, runtime, token)
+
+        session = await run_in_threadpool(lookup)
+    state[_STATE_KEY] = session
+    return session
+
+
+def set_cookie(response: Response, runtime: Runtime, token: str) -> None:
+    # No Max-Age: the cookie ends with the browser, the session on the server at the latest
+    # at its absolute expiry.
+    response.set_cookie(
+        cookie_name(runtime),
+        token,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=runtime.settings.issuer_is_https,
+    )
+
+
+def clear_cookie(response: Response, runtime: Runtime) -> None:
+    response.delete_cookie(
+        cookie_name(runtime),
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=runtime.settings.issuer_is_https,
+    )
