@@ -63,9 +63,17 @@ def problem_json(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def error_page(request: Request, status: int, headers: dict[str, str] | None = None) -> Response:
+def error_page(
+    request: Request,
+    status: int,
+    headers: dict[str, str] | None = None,
+    detail: str | None = None,
+) -> Response:
+    """A page for people. ``detail`` is our own wording (an HTTPException's), never an
+    exception's text: unhandled errors reach here without one."""
     fallback = _FRIENDLY[500] if status >= 500 else _FRIENDLY[400]
     heading, message = _FRIENDLY.get(status, fallback)
+    message = detail or message
     return templates.TemplateResponse(
         request,
         "error.html",
@@ -91,7 +99,7 @@ def problem(
     """The right error for whoever asked: problem details or a page."""
     if wants_json(request):
         return problem_json(status, detail, headers=headers, **extensions)
-    return error_page(request, status, headers)
+    return error_page(request, status, headers, detail)
 
 
 class Problem(HTTPException):
