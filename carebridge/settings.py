@@ -7,13 +7,24 @@ echoes its value (a database URL may carry a password).
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -35,6 +46,104 @@ class Environment(StrEnum):
 class SmsBackend(StrEnum):
     CONSOLE = "console"
     TWILIO = "twilio"
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _provider_url(value: str) -> str:
+    parts = urlsplit(value)
+    secure = parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
+    if not secure or not parts.hostname or parts.fragment or parts.username:
+        raise ValueError("must be an https:// URL (http only on loopback, for tests)")
+    return value
+
+
+ClientAuth = Literal["client_secret_basic", "client_secret_post"]
+
+
+class UpstreamProvider(BaseModel):
+    """One entry of the upstream providers file (docs/configuration.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    display_name: str = Field(min_length=1, max_length=60)
+    kind: Literal["oidc", "oauth2"]
+    client_id: str = Field(min_length=1, max_length=500)
+    client_secret: SecretStr
+    scopes: list[str] = Field(default_factory=list)
+    token_endpoint_auth_method: ClientAuth = "client_secret_basic"  # noqa: S105  (a method name)
+    # OpenID Connect: everything else comes from the discovery document.
+    discovery_url: str | None = None
+    # Plain OAuth 2: the endpoints, and where the profile answer keeps the stable user ID.
+    authorize_url: str | None = None
+    token_url: str | None = None
+    userinfo_url: str | None = None
+    subject_field: str = Field(default="id", pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+    # Names the namespace of an OAuth 2 provider's user IDs; default: authorize_url's origin.
+    issuer: str | None = Field(default=None, min_length=1, max_length=300)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+
+    @field_validator("discovery_url", "authorize_url", "token_url", "userinfo_url")
+    @classmethod
+    def _secure_url(cls, value: str | None) -> str | None:
+        return None if value is None else _provider_url(value)
+
+    @model_validator(mode="after")
+    def _complete_for_its_kind(self) -> UpstreamProvider:
+        if self.kind == "oidc":
+            if not self.discovery_url:
+                raise ValueError("an oidc provider needs discovery_url")
+            if self.authorize_url or self.token_url or self.userinfo_url or self.issuer:
+                raise ValueError("an oidc provider takes its endpoints from discovery_url only")
+        elif not (self.authorize_url and self.token_url and self.userinfo_url):
+            raise ValueError("an oauth2 provider needs authorize_url, token_url and userinfo_url")
+        return self
+
+    @property
+    def request_scopes(self) -> list[str]:
+        """The scopes asked for; an OpenID Connect request always includes "openid"."""
+        if self.kind == "oidc" and "openid" not in self.scopes:
+            return ["openid", *self.scopes]
+        return list(self.scopes)
+
+    @property
+    def subject_issuer(self) -> str:
+        """For OAuth 2 providers, what (issuer, subject) links use as the issuer."""
+        if self.issuer:
+            return self.issuer
+        parts = urlsplit(self.authorize_url or "")
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+_PROVIDERS = TypeAdapter(list[UpstreamProvider])
+
+
+def load_upstream_providers(path: Path) -> tuple[UpstreamProvider, ...]:
+    """The providers file, validated, or one ConfigError naming the file and the problem."""
+    where = f"{PREFIX}UPSTREAM_PROVIDERS_FILE {path}"
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror}") from None
+    except ValueError:  # also UnicodeDecodeError; their messages quote the content
+        raise ConfigError(f"{where} is not a JSON document") from None
+    try:
+        providers = _PROVIDERS.validate_python(document)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        # ("entry 2", "discovery_url"): which provider, then which field.
+        field = ", ".join(
+            f"entry {part}" if isinstance(part, int) else str(part) for part in error["loc"]
+        )
+        field = field or "the document"
+        message = error["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}: {field}: {message}") from None
+    names = [provider.name for provider in providers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: provider names must be unique")
+    return tuple(providers)
 
 
 class Settings(BaseSettings):
@@ -61,6 +170,7 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(default=19 * 1024, ge=8 * 1024)
     argon2_time_cost: int = Field(default=2, ge=1)
     argon2_parallelism: int = Field(default=1, ge=1)
+    upstream_providers_file: Path | None = None
 
     @field_validator("issuer")
     @classmethod
@@ -99,6 +209,13 @@ class Settings(BaseSettings):
         return value
 
     # Derived values: computed, never configured twice.
+
+    @cached_property
+    def upstream_providers(self) -> tuple[UpstreamProvider, ...]:
+        """Social sign-in providers from ``upstream_providers_file`` (none without one)."""
+        if self.upstream_providers_file is None:
+            return ()
+        return load_upstream_providers(self.upstream_providers_file)
 
     @property
     def is_production(self) -> bool:
@@ -167,12 +284,14 @@ def load_settings() -> Settings:
         hint = f" (did you mean {PREFIX}{guess[0]}?)" if guess else ""
         raise ConfigError(f"unknown setting {name}{hint}")
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
         message = error["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{PREFIX}{field.upper()}: {message}") from None
+    settings.upstream_providers  # noqa: B018  (a bad providers file stops the start)
+    return settings
 
 
 def require_production_ready(settings: Settings) -> None:

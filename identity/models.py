@@ -73,6 +73,9 @@ class TotpCredential(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     confirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_step: Mapped[int | None] = mapped_column(Integer)
+    # A replacement seed being enrolled (encrypted like the first): the confirmed seed keeps
+    # working until a code from the new one confirms it.
+    pending_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class RecoveryCode(Base):
@@ -84,6 +87,9 @@ class RecoveryCode(Base):
     )
     code_hash: Mapped[str] = mapped_column(String(64), unique=True)
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The code itself, encrypted to the session that generated it, until that session has
+    # shown it once; then NULL, and only the hash remains.
+    reveal_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class UpstreamIdentity(Base):

@@ -9,6 +9,7 @@ missing part skips its tests with the reason, under CI (``CI=true``) it fails th
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -32,6 +33,16 @@ POSTGRES_URL = os.environ.get(
     "CAREBRIDGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    # serve and worker configure the root logger for real; the next test gets it back.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

@@ -206,7 +206,7 @@ def _assert_security_headers(response: Any) -> None:
     assert "unsafe-eval" not in csp
     assert directives["frame-ancestors"] == "'none'"
     assert headers["x-frame-options"] == "DENY"
-    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["referrer-policy"] == "same-origin"
     assert headers["x-content-type-options"] == "nosniff"
     assert REQUEST_ID.fullmatch(headers["x-request-id"])
 

@@ -13,9 +13,10 @@ from carebridge.cli.common import add_parser, require_current_schema
 from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
 from carebridge.settings import load_settings, require_production_ready
+from identity import throttle
 
 # The jobs this release runs; later features (the SMS outbox) add theirs here.
-JOBS = (worker.AUDIT_CHECKPOINT,)
+JOBS = (worker.AUDIT_CHECKPOINT, worker.Job("throttle-purge", 3600.0, throttle.purge_stale))
 
 
 def register(commands: Any) -> None:

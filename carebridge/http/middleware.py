@@ -90,7 +90,9 @@ class SecurityHeadersMiddleware:
         self.defaults = [
             ("content-security-policy", CONTENT_SECURITY_POLICY),
             ("x-frame-options", "DENY"),
-            ("referrer-policy", "no-referrer"),
+            # Never a Referer to another site; not "no-referrer", which makes browsers send
+            # "Origin: null" with our own forms, and the CSRF check refuses those.
+            ("referrer-policy", "same-origin"),
             ("x-content-type-options", "nosniff"),
             ("cross-origin-opener-policy", "same-origin"),
             ("permissions-policy", "camera=(), microphone=(), geolocation=()"),

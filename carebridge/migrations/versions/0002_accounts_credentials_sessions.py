@@ -98,6 +98,7 @@ def upgrade() -> None:
         sa.Column("account_id", sa.String(length=40), nullable=False),
         sa.Column("code_hash", sa.String(length=64), nullable=False),
         sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("reveal_encrypted", sa.LargeBinary(), nullable=True),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["account.id"],
@@ -119,6 +120,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_step", sa.Integer(), nullable=True),
+        sa.Column("pending_encrypted", sa.LargeBinary(), nullable=True),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["account.id"],

@@ -1,0 +1,1 @@
+"""Credentials, one module per kind: password, totp, recovery codes, upstream providers."""

@@ -1,0 +1,301 @@
+"""The signed-in pages: the account home, security settings and active sessions.
+
+Every page here needs a finished sign-in (with MFA required, a level-2 session).
+Regenerating recovery codes or turning the authenticator off also needs a recent
+re-authentication (``/reauth``). Sessions are revoked by their public handle, and only the
+account's own: someone else's handle is answered exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from carebridge import audit
+from carebridge.audit import Outcome
+from carebridge.db import transaction
+from carebridge.http import openapi
+from carebridge.http.forms import read_form
+from carebridge.http.problems import Problem
+from carebridge.runtime import Runtime
+from identity import authn, sessions
+from identity.credentials import recovery, totp
+from identity.flows import mfa
+from identity.flows.mfa import Status
+from identity.models import AuthSession
+
+_HANDLE = re.compile(r"ses_[A-Za-z0-9_-]{22}")
+
+
+@openapi.component
+class SessionInfo(BaseModel):
+    handle: str = Field(description="Public handle, for revoking; not the token")
+    user_agent: str
+    created_at: datetime
+    last_seen_at: datetime
+    current: bool = Field(description="True for the session making this request")
+
+
+@openapi.component
+class SessionList(BaseModel):
+    sessions: list[SessionInfo]
+
+
+@dataclass(frozen=True)
+class Security:
+    totp_confirmed_at: datetime | None
+    totp_label: str
+    recovery_codes_remaining: int
+    mfa_required: bool
+
+
+# Services
+
+
+def security_status(runtime: Runtime, account_id: str) -> Security:
+    with runtime.sessions() as db:
+        credential = totp.confirmed(db, account_id)
+        return Security(
+            totp_confirmed_at=credential.confirmed_at if credential else None,
+            totp_label=totp.label(runtime, account_id),
+            recovery_codes_remaining=recovery.remaining(db, account_id),
+            mfa_required=runtime.settings.mfa_required,
+        )
+
+
+def regenerate_recovery_codes(
+    runtime: Runtime, session: AuthSession, *, request_id: str | None
+) -> Status:
+    """New codes for this session to see once (Status.WRONG: no authenticator to back)."""
+    if not authn.is_recent(session):
+        return Status.REAUTH
+    actor = f"account:{session.account_id}"
+    with transaction(runtime.sessions) as db:
+        if totp.confirmed(db, session.account_id) is None:
+            return Status.WRONG
+        recovery.regenerate(db, runtime, session.account_id, reveal_to=session.handle)
+        audit.append(
+            db,
+            actor=actor,
+            action="identity.mfa.recovery.regenerate",
+            outcome=Outcome.ALLOWED,
+            target=actor,
+            request_id=request_id,
+        )
+    return Status.OK
+
+
+def remove_totp(runtime: Runtime, session: AuthSession, *, request_id: str | None) -> Status:
+    """Turn two-step verification off: only where the policy leaves it optional."""
+    if runtime.settings.mfa_required:
+        return Status.WRONG
+    if not authn.is_recent(session):
+        return Status.REAUTH
+    actor = f"account:{session.account_id}"
+    with transaction(runtime.sessions) as db:
+        totp.remove(db, session.account_id)
+        recovery.remove_all(db, session.account_id)
+        audit.append(
+            db,
+            actor=actor,
+            action="identity.mfa.totp.remove",
+            outcome=Outcome.ALLOWED,
+            target=actor,
+            request_id=request_id,
+        )
+    return Status.OK
+
+
+def list_sessions(runtime: Runtime, account_id: str) -> list[AuthSession]:
+    with runtime.sessions() as db:
+        return sessions.for_account(db, account_id)
+
+
+def revoke_session(
+    runtime: Runtime, session: AuthSession, handle: str, *, request_id: str | None
+) -> bool:
+    """End one of the account's sessions by handle; False (and audited) if not theirs."""
+    actor = f"account:{session.account_id}"
+    well_formed = _HANDLE.fullmatch(handle) is not None
+    with transaction(runtime.sessions) as db:
+        revoked = well_formed and sessions.revoke(db, session.account_id, handle)
+        audit.append(
+            db,
+            actor=actor,
+            action="identity.session.revoke",
+            outcome=Outcome.ALLOWED if revoked else Outcome.DENIED,
+            target=f"session:{handle if well_formed else 'malformed'}",
+            request_id=request_id,
+        )
+    return revoked
+
+
+# Pages
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def _render(request: Request, name: str, context: dict[str, Any]) -> Response:
+    return mfa.templates.TemplateResponse(request, f"identity/{name}", context)
+
+
+async def home(request: Request) -> Response:
+    await authn.require(request)
+    return _render(request, "account.html", {})
+
+
+async def security_page(request: Request) -> Response:
+    session = await authn.require(request)
+    status = await run_in_threadpool(security_status, _runtime(request), session.account_id)
+    notice = request.query_params.get("done")
+    return _render(request, "account_security.html", {"security": status, "notice": notice})
+
+
+async def regenerate_submit(request: Request) -> Response:
+    session = await authn.require(request)
+    await read_form(request)
+    status = await run_in_threadpool(
+        regenerate_recovery_codes, _runtime(request), session, request_id=_request_id(request)
+    )
+    if status is Status.REAUTH:
+        return mfa.reauth_redirect("/account/security")
+    if status is not Status.OK:
+        return RedirectResponse("/account/security", status_code=303)
+    location = f"/mfa/recovery-codes?{urlencode({'next': '/account/security'})}"
+    return RedirectResponse(location, status_code=303)
+
+
+async def remove_totp_submit(request: Request) -> Response:
+    session = await authn.require(request)
+    await read_form(request)
+    status = await run_in_threadpool(
+        remove_totp, _runtime(request), session, request_id=_request_id(request)
+    )
+    if status is Status.REAUTH:
+        return mfa.reauth_redirect("/account/security")
+    if status is not Status.OK:
+        raise Problem(403, "Two-step verification is required for every account here.")
+    return RedirectResponse("/account/security?done=removed", status_code=303)
+
+
+async def sessions_page(request: Request) -> Response:
+    session = await authn.require(request)
+    listed = await run_in_threadpool(list_sessions, _runtime(request), session.account_id)
+    context = {"sessions": listed, "current": session.handle}
+    return _render(request, "account_sessions.html", context)
+
+
+async def revoke_submit(request: Request) -> Response:
+    session = await authn.require(request)
+    form = await read_form(request)
+    handle = str(form.get("handle") or "")[:64]
+    revoked = await run_in_threadpool(
+        revoke_session, _runtime(request), session, handle, request_id=_request_id(request)
+    )
+    if not revoked:
+        raise Problem(404)
+    response = RedirectResponse("/account/sessions", status_code=303)
+    if handle == session.handle:
+        sessions.clear_cookie(response, _runtime(request))
+    return response
+
+
+# JSON API
+
+
+def _info(session: AuthSession, current: AuthSession) -> SessionInfo:
+    return SessionInfo(
+        handle=session.handle,
+        user_agent=session.user_agent,
+        created_at=sessions._aware(session.created_at),
+        last_seen_at=sessions._aware(session.last_seen_at),
+        current=session.handle == current.handle,
+    )
+
+
+async def api_sessions(request: Request) -> Response:
+    """The account's active sessions.
+    ---
+    get:
+      summary: List the account's active sessions
+      security: [{session: []}]
+      responses:
+        "200":
+          description: Newest activity first
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/SessionList'}
+        "401":
+          description: Not signed in
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    session = await authn.require(request)
+    listed = await run_in_threadpool(list_sessions, _runtime(request), session.account_id)
+    body = SessionList(sessions=[_info(each, session) for each in listed])
+    return JSONResponse(body.model_dump(mode="json"))
+
+
+async def api_revoke(request: Request) -> Response:
+    """End one of the account's sessions.
+    ---
+    delete:
+      summary: Revoke a session by its handle
+      description: >
+        Only the account's own sessions; any other handle answers 404, whether it exists
+        or not. Revoking the session making the request signs it out.
+      security: [{session: []}]
+      parameters:
+        - {name: handle, in: path, required: true, schema: {type: string}}
+      responses:
+        "204":
+          description: Revoked
+        "401":
+          description: Not signed in
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "404":
+          description: No such session of this account
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    session = await authn.require(request)
+    handle = str(request.path_params["handle"])[:64]
+    revoked = await run_in_threadpool(
+        revoke_session, _runtime(request), session, handle, request_id=_request_id(request)
+    )
+    if not revoked:
+        raise Problem(404, "No such session.")
+    return Response(status_code=204)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/account", home, methods=["GET"], name="account"),
+        Route("/account/security", security_page, methods=["GET"], name="account_security"),
+        Route("/account/security/recovery-codes", regenerate_submit, methods=["POST"]),
+        Route("/account/security/totp/remove", remove_totp_submit, methods=["POST"]),
+        Route("/account/sessions", sessions_page, methods=["GET"], name="account_sessions"),
+        Route("/account/sessions/revoke", revoke_submit, methods=["POST"]),
+        Route("/api/v1/sessions", api_sessions, methods=["GET"]),
+        Route("/api/v1/sessions/{handle}", api_revoke, methods=["DELETE"]),
+    ]

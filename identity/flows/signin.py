@@ -1,0 +1,504 @@
+"""Signing in with an email address and a password: the first factor.
+
+``GET/POST /signin`` (page) and ``POST /api/v1/signin`` (JSON) share one service,
+:func:`sign_in`:
+
+1. Count the attempt against the login identifier and the client address *first*
+   (identity/throttle.py): a locked key refuses at once with one generic answer,
+   whether or not the account exists.
+2. Look the account up by the login's lookup hash and check the password with Argon2id,
+   against a dummy hash when there is no such account: the same work either way.
+3. On success: reset the login's counter, re-hash the password if the Argon2 parameters
+   changed, start a new session at level 1 (any session the browser held is ended), and
+   say what comes next (``identity.authn.next_step``: the second factor, its enrolment,
+   or done). On failure: one answer for "no such account", "wrong password" and "account
+   disabled" alike.
+
+Every attempt, success, failure, lock and refusal is audited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from carebridge import audit
+from carebridge.audit import Outcome
+from carebridge.db import transaction
+from carebridge.http import openapi
+from carebridge.http.forms import field_errors, read_form, read_json
+from carebridge.http.problems import Problem
+from carebridge.http.templates import templates_for
+from carebridge.runtime import Runtime
+from identity import accounts, authn, sessions, throttle
+from identity.accounts import PasswordAccount
+from identity.authn import Step
+from identity.credentials import password
+from identity.flows import upstream
+
+templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
+
+DEFAULT_NEXT = "/account"
+SIGNIN_FAILED = "The email address or password is not right. Check them and try again."
+TOO_MANY = (
+    "Too many attempts. Wait a few minutes, then try again. "
+    "If this keeps happening, contact support."
+)
+ENTER_PASSWORD = "Enter your password."  # noqa: S105  (a message)
+PASSWORD_TOO_LONG = f"Your password must be at most {password.MAX_LENGTH} characters long."
+
+
+class InvalidCredentialsError(Exception):
+    """No such account, a wrong password or an account that may not sign in: one answer."""
+
+
+class TooManyAttemptsError(Exception):
+    """The login or the client address is locked for now: one answer, whoever asks."""
+
+
+# Parsing
+
+
+@openapi.component
+class Credentials(BaseModel):
+    """An email address and a password."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    login: str = Field(
+        default="",
+        description="Email address",
+        json_schema_extra={"format": "email", "maxLength": accounts.MAX_LOGIN_LENGTH},
+    )
+    password: str = Field(default="", json_schema_extra={"maxLength": password.MAX_LENGTH})
+
+    @field_validator("login")
+    @classmethod
+    def _login(cls, value: str) -> str:
+        # Checked before normalising too: NFKC of a huge string is work for nothing.
+        if len(value) > 4 * accounts.MAX_LOGIN_LENGTH:
+            raise PydanticCustomError("login", accounts.LOGIN_TOO_LONG)
+        login = accounts.normalise_login(value)
+        problem = accounts.login_problem(login)
+        if problem:
+            raise PydanticCustomError("login", problem)
+        return login
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str) -> str:
+        if not value:
+            raise PydanticCustomError("password", ENTER_PASSWORD)
+        if len(value) > password.MAX_LENGTH:
+            raise PydanticCustomError("password", PASSWORD_TOO_LONG)
+        return value
+
+
+@openapi.component
+class SessionStarted(BaseModel):
+    """A new session at level 1 (first factor). Send the token as ``Authorization: Bearer``."""
+
+    session_token: str
+    next_step: Literal["challenge", "enroll", "done"] = Field(
+        description="challenge: pass the second factor (POST /api/v1/mfa/challenge); "
+        "enroll: enrol one first (POST /api/v1/mfa/totp/enroll); done: signed in"
+    )
+
+
+def form_text(form: FormData, name: str) -> str:
+    value = form.get(name, "")
+    return value if isinstance(value, str) else ""
+
+
+def form_errors(exc: ValidationError) -> dict[str, str]:
+    """Field name → first message, for a page's error summary."""
+    errors: dict[str, str] = {}
+    for error in field_errors(exc):
+        errors.setdefault(error["field"], error["message"])
+    return errors
+
+
+# The service
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    token: str
+    account_id: str
+    step: Step
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """An attempt counted against its keys, and the account it named (if any)."""
+
+    limits: list[throttle.Limit]  # the login's first
+    refund: list[throttle.Limit]  # keys a success takes its attempt back from
+    counts: dict[str, int]
+    found: PasswordAccount | None
+
+    @property
+    def login_limit(self) -> throttle.Limit:
+        return self.limits[0]
+
+    @property
+    def target(self) -> str:
+        if self.found is not None:
+            return f"account:{self.found.account_id}"
+        return self.login_limit.key
+
+
+def begin_attempt(
+    runtime: Runtime,
+    *,
+    login: str,
+    limits: list[throttle.Limit],
+    refund: list[throttle.Limit],
+    action: str,
+    request_id: str | None,
+) -> Attempt:
+    """Count the attempt (or refuse it: :class:`TooManyAttemptsError`) and find the account.
+
+    ``limits`` starts with the login's own.
+    """
+    store = throttle.store_for(runtime.settings)
+    with transaction(runtime.sessions) as db:
+        counts = store.attempt(db, limits, throttle.utcnow())
+        found = accounts.find_by_login(db, runtime.keyring, login)
+        attempt = Attempt(limits, refund, counts or {}, found)
+        if counts is None:
+            audit.append(
+                db,
+                actor="anonymous",
+                action=action,
+                outcome=Outcome.DENIED,
+                target=attempt.target,
+                request_id=request_id,
+            )
+    if counts is None:
+        raise TooManyAttemptsError
+    return attempt
+
+
+def _audit_locks(db: Session, attempt: Attempt, request_id: str | None) -> None:
+    for limit in attempt.limits:
+        count = attempt.counts.get(limit.key, 0)
+        if limit.policy.delay(count) != 0:
+            target = attempt.target if limit is attempt.login_limit else limit.key
+            audit.append(
+                db,
+                actor="anonymous",
+                action="identity.signin.lock",
+                outcome=Outcome.DENIED,
+                target=target,
+                request_id=request_id,
+            )
+
+
+def conclude(
+    runtime: Runtime,
+    attempt: Attempt,
+    checked: password.Checked,
+    *,
+    action: str,
+    user_agent: str,
+    request_id: str | None,
+    replacing_token: str | None,
+) -> SignedIn:
+    """Record a checked password's outcome: a new session, or InvalidCredentialsError."""
+    found = attempt.found
+    store = throttle.store_for(runtime.settings)
+    signed_in: SignedIn | None = None
+    with transaction(runtime.sessions) as db:
+        if not (checked.ok and found is not None and found.status == accounts.ACTIVE):
+            audit.append(
+                db,
+                actor="anonymous",
+                action=action,
+                outcome=Outcome.FAILED,
+                target=attempt.target,
+                request_id=request_id,
+            )
+            _audit_locks(db, attempt, request_id)
+        else:
+            signed_in = start_session(
+                db,
+                runtime,
+                found.account_id,
+                action=action,
+                user_agent=user_agent,
+                request_id=request_id,
+                replacing_token=replacing_token,
+            )
+            store.reset(db, attempt.login_limit)
+            now = throttle.utcnow()
+            for limit in attempt.refund:
+                store.refund(db, limit, now)
+            if checked.new_hash and found.password_hash:
+                accounts.replace_password_hash(
+                    db, found.account_id, old=found.password_hash, new=checked.new_hash
+                )
+    if signed_in is None:
+        raise InvalidCredentialsError
+    return signed_in
+
+
+def start_session(
+    db: Session,
+    runtime: Runtime,
+    account_id: str,
+    *,
+    action: str,
+    user_agent: str,
+    request_id: str | None,
+    replacing_token: str | None,
+) -> SignedIn:
+    """A new level-1 session for the account (ending the one the browser held), audited."""
+    if replacing_token:
+        previous = sessions.load(db, runtime, replacing_token)
+        if previous is not None:
+            sessions.end(db, previous)
+            db.flush()
+    started = sessions.start(
+        db, runtime, account_id=account_id, level=sessions.FIRST_FACTOR, user_agent=user_agent
+    )
+    actor = f"account:{account_id}"
+    audit.append(
+        db, actor=actor, action=action, outcome=Outcome.ALLOWED, target=actor, request_id=request_id
+    )
+    step = authn.next_step(db, runtime, started.session)
+    return SignedIn(started.token, account_id, step)
+
+
+def sign_in(
+    runtime: Runtime,
+    credentials: Credentials,
+    *,
+    client_host: str | None,
+    user_agent: str = "",
+    request_id: str | None = None,
+    replacing_token: str | None = None,
+) -> SignedIn:
+    """Sign in with a password (run it in the thread pool: it hashes)."""
+    action = "identity.signin.password"
+    login_limit = throttle.login_limit(accounts.login_hash(runtime.keyring, credentials.login))
+    address = throttle.address_limit(runtime.keyring, client_host)
+    attempt = begin_attempt(
+        runtime,
+        login=credentials.login,
+        limits=[login_limit, address],
+        refund=[address],
+        action=action,
+        request_id=request_id,
+    )
+    stored = attempt.found.password_hash if attempt.found is not None else None
+    checked = password.verify(runtime.settings, stored, credentials.password)
+    return conclude(
+        runtime,
+        attempt,
+        checked,
+        action=action,
+        user_agent=user_agent,
+        request_id=request_id,
+        replacing_token=replacing_token,
+    )
+
+
+# Adapters
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def request_context(request: Request) -> dict[str, Any]:
+    """What a service needs to know about the request besides its body."""
+    return {
+        "client_host": request.client.host if request.client else None,
+        "user_agent": request.headers.get("user-agent", ""),
+        "request_id": getattr(request.state, "request_id", None),
+    }
+
+
+def next_path(value: str | None) -> str:
+    return authn.safe_next(value, DEFAULT_NEXT)
+
+
+def destination(step: Step, next_to: str) -> str:
+    """Where a page goes after the first factor: the step still missing, or ``next``."""
+    if step is Step.DONE:
+        return next_to
+    if next_to == DEFAULT_NEXT:
+        return step.value
+    return f"{step.value}?{urlencode({'next': next_to})}"
+
+
+StepName = Literal["challenge", "enroll", "done"]
+_STEP_NAMES: dict[Step, StepName] = {
+    Step.CHALLENGE: "challenge",
+    Step.ENROLL: "enroll",
+    Step.DONE: "done",
+}
+
+
+def step_name(step: Step) -> StepName:
+    return _STEP_NAMES[step]
+
+
+def signed_in_redirect(runtime: Runtime, result: SignedIn, next_to: str) -> Response:
+    response = RedirectResponse(destination(result.step, next_to), status_code=303)
+    sessions.set_cookie(response, runtime, result.token)
+    return response
+
+
+def session_started(result: SignedIn) -> Response:
+    body = SessionStarted(session_token=result.token, next_step=step_name(result.step))
+    return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
+
+
+def _page(
+    request: Request,
+    *,
+    login: str = "",
+    next_to: str = DEFAULT_NEXT,
+    errors: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    return templates.TemplateResponse(
+        request,
+        "identity/signin.html",
+        {
+            "login": login,
+            "next": next_to,
+            "errors": errors or {},
+            "signed_out": request.query_params.get("signed_out") == "1",
+            "buttons": upstream.buttons(_runtime(request), next_to),
+        },
+        status_code=status_code,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def signin_page(request: Request) -> Response:
+    return _page(request, next_to=next_path(request.query_params.get("next")))
+
+
+async def signin_submit(request: Request) -> Response:
+    form = await read_form(request)
+    runtime = _runtime(request)
+    raw_login = form_text(form, "login")
+    next_to = next_path(form_text(form, "next"))
+    try:
+        credentials = Credentials.model_validate(
+            {"login": raw_login, "password": form_text(form, "password")}
+        )
+    except ValidationError as exc:
+        return _page(
+            request, login=raw_login, next_to=next_to, errors=form_errors(exc), status_code=400
+        )
+    try:
+        result = await run_in_threadpool(
+            sign_in,
+            runtime,
+            credentials,
+            replacing_token=sessions.presented_token(request),
+            **request_context(request),
+        )
+    except TooManyAttemptsError:
+        return _page(
+            request, login=raw_login, next_to=next_to, errors={"form": TOO_MANY}, status_code=429
+        )
+    except InvalidCredentialsError:
+        errors = {"form": SIGNIN_FAILED}
+        return _page(request, login=raw_login, next_to=next_to, errors=errors, status_code=401)
+    return signed_in_redirect(runtime, result, next_to)
+
+
+async def api_signin(request: Request) -> Response:
+    """Sign in with a password.
+    ---
+    summary: Sign in with an email address and a password
+    description: >
+      Starts a session at level 1 (first factor). `next_step` says what is still missing.
+      A wrong password, an unknown email address and a disabled account get the same 401;
+      a login or client address with too many failures gets 429 until its lock passes.
+    tags: [accounts]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/Credentials'}
+    responses:
+      '200':
+        description: Signed in at level 1
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/SessionStarted'}
+      '400':
+        description: A field is missing, malformed or too long
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      '401':
+        description: The email address or password is not right
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      '429':
+        description: Too many attempts; try again later
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+    """
+    credentials = await read_json(request, Credentials)
+    try:
+        result = await run_in_threadpool(
+            sign_in, _runtime(request), credentials, **request_context(request)
+        )
+    except TooManyAttemptsError:
+        raise Problem(429, TOO_MANY) from None
+    except InvalidCredentialsError:
+        raise Problem(401, SIGNIN_FAILED, headers={"WWW-Authenticate": "Bearer"}) from None
+    return session_started(result)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/signin", signin_page, methods=["GET"], name="signin"),
+        Route("/signin", signin_submit, methods=["POST"], name="signin_submit"),
+        Route("/api/v1/signin", api_signin, methods=["POST"], name="api_signin"),
+    ]
+
+
+# Operators
+
+
+def unlock(runtime: Runtime, login: str, *, actor: str = "operator") -> int:
+    """Clear a login's failure count and lock (the only way out of the lock at 100
+    failures); returns the count it had. ``login`` is normalised. Audited."""
+    store = throttle.store_for(runtime.settings)
+    limit = throttle.login_limit(accounts.login_hash(runtime.keyring, login))
+    with transaction(runtime.sessions) as db:
+        failures = store.state(db, limit, throttle.utcnow()).failures
+        found = accounts.find_by_login(db, runtime.keyring, login)
+        store.reset(db, limit)
+        audit.append(
+            db,
+            actor=actor,
+            action="identity.signin.unlock",
+            outcome=Outcome.ALLOWED,
+            target=f"account:{found.account_id}" if found else limit.key,
+        )
+    return failures

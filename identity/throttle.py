@@ -1,0 +1,364 @@
+"""Throttling password guesses: failures per login identifier and per client address.
+
+Policy (NIST SP 800-63B §5.2.2, "rate limiting"):
+
+- Per login identifier (:data:`LOGIN`): the first 4 consecutive failures cost nothing;
+  failure n >= 5 locks the identifier for 2^(n-5) seconds (1 s, 2 s, 4 s ...), at most
+  15 minutes. At 100 consecutive failures the identifier locks until an operator clears it
+  (``carebridge accounts unlock``), so no account ever sees more than 100 consecutive
+  failures. A success resets the count.
+- Per client address (:data:`ADDRESS`): looser, 20 failures before delays, the same
+  doubling to 15 minutes, never a permanent lock (many people can share an address), and
+  forgotten after an hour without attempts. A success takes back its own attempt but does
+  not reset the address: signing in to one's own account must not buy more guesses at
+  someone else's. IPv6 addresses count per /64, the block one subscriber usually gets.
+- Sign-ups per address (:data:`SIGNUP_ADDRESS`): the same shape, so sign-up cannot be
+  used to probe logins in bulk.
+
+Keys never hold a login or an address in plaintext: the identifier's key is its login
+lookup hash, so a login without an account is counted (and locked) exactly like one
+with an account, and an address is keyed by its own lookup hash.
+
+Every attempt is counted *before* the password is checked, as if it were going to fail,
+and the lock that failure would earn is set in the same step; a success then resets the
+identifier and refunds the address. Concurrent guesses therefore cannot all slip through
+while the first is still being hashed: once one attempt enters the delay range, the
+attempts racing it are refused.
+
+Two stores keep the counters behind one :class:`Store` protocol: the database's
+``throttle_counter`` table (the default), or Redis when ``CAREBRIDGE_REDIS_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, cast
+
+import redis
+from sqlalchemy import Table, bindparam, case, delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from carebridge.keyring import Keyring
+from carebridge.runtime import Runtime
+from carebridge.settings import Settings
+from identity.models import ThrottleCounter
+
+
+@dataclass(frozen=True)
+class Policy:
+    prefix: str
+    free: int  # consecutive failures that cost nothing
+    max_delay: int  # seconds
+    hard_cap: int | None  # failures at which the key locks until an operator clears it
+    forget_after: timedelta  # a key this long without attempts starts again (unless hard-locked)
+
+    def delay(self, failures: int) -> float | None:
+        """Seconds the key stays locked after this many failures; None: until cleared."""
+        if self.hard_cap is not None and failures >= self.hard_cap:
+            return None
+        if failures <= self.free:
+            return 0
+        return float(min(2 ** min(failures - self.free - 1, 30), self.max_delay))
+
+    def hard_locked(self, failures: int) -> bool:
+        return self.hard_cap is not None and failures >= self.hard_cap
+
+
+HARD_CAP = 100  # NIST SP 800-63B §5.2.2: at most 100 consecutive failures per account
+LOGIN = Policy(
+    "login", free=4, max_delay=15 * 60, hard_cap=HARD_CAP, forget_after=timedelta(days=30)
+)
+ADDRESS = Policy("ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1))
+SIGNUP_ADDRESS = Policy(
+    "signup-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+_NEVER_CAPPED = (ADDRESS, SIGNUP_ADDRESS)
+# Longer than any policy's forget_after.
+PURGE_AFTER = timedelta(days=31)
+
+
+@dataclass(frozen=True)
+class Limit:
+    policy: Policy
+    key: str
+
+
+def login_limit(login_lookup_hash: str) -> Limit:
+    return Limit(LOGIN, f"{LOGIN.prefix}:{login_lookup_hash}")
+
+
+def address_of(host: str | None) -> str:
+    """The address a client is counted under: IPv4 as is, IPv6 by its /64."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return (host or "unknown")[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def address_limit(keyring: Keyring, host: str | None, policy: Policy = ADDRESS) -> Limit:
+    hashed = keyring.lookup_hash("client-address", address_of(host))
+    return Limit(policy, f"{policy.prefix}:{hashed}")
+
+
+@dataclass(frozen=True)
+class State:
+    failures: int
+    locked_until: datetime | None  # None: not locked by time (see hard_locked)
+    hard_locked: bool
+
+    def locked(self, now: datetime) -> bool:
+        return self.hard_locked or (self.locked_until is not None and self.locked_until > now)
+
+
+class Store(Protocol):
+    """Where the counters live. ``db`` is the caller's transaction (the database store
+    counts in it; the Redis store ignores it)."""
+
+    def attempt(self, db: Session, limits: Sequence[Limit], now: datetime) -> dict[str, int] | None:
+        """If no key is locked: count one failure on each, set the lock it earns, and return
+        each key's count. If any key is locked: count nothing and return None."""
+
+    def reset(self, db: Session, limit: Limit) -> None:
+        """Forget a key (a success on a login; an operator's unlock)."""
+
+    def refund(self, db: Session, limit: Limit, now: datetime) -> None:
+        """Take back one counted attempt that turned out to succeed."""
+
+    def state(self, db: Session, limit: Limit, now: datetime) -> State:
+        """The key's count and lock, as the next attempt would see them."""
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back naive; every stored time is UTC.
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _lock_after(policy: Policy, failures: int, now: datetime) -> datetime | None:
+    delay = policy.delay(failures)
+    return now + timedelta(seconds=delay) if delay else None
+
+
+_COUNTERS = cast(Table, ThrottleCounter.__table__)
+# Core statements, not the ORM: this runs on every sign-in, and a few fixed statements
+# cost far less than loading and flushing objects.
+_INSERT_MISSING = {
+    "postgresql": postgresql.insert(_COUNTERS).on_conflict_do_nothing(index_elements=["key"]),
+    "sqlite": sqlite.insert(_COUNTERS).on_conflict_do_nothing(index_elements=["key"]),
+}
+_LOCK_COUNTERS = (
+    select(_COUNTERS.c.key, _COUNTERS.c.failures, _COUNTERS.c.locked_until, _COUNTERS.c.updated_at)
+    .where(_COUNTERS.c.key.in_(bindparam("keys", expanding=True)))
+    .order_by(_COUNTERS.c.key)
+    .with_for_update()
+)
+_UPDATE_COUNTER = (
+    update(_COUNTERS)
+    .where(_COUNTERS.c.key == bindparam("k"))
+    .values(failures=bindparam("f"), locked_until=bindparam("u"), updated_at=bindparam("t"))
+)
+
+
+def _state_of(policy: Policy, failures: int, locked_until: datetime | None) -> State:
+    return State(failures, _utc(locked_until), policy.hard_locked(failures))
+
+
+def _forgotten(policy: Policy, failures: int, updated_at: datetime, now: datetime) -> bool:
+    quiet = now - (_utc(updated_at) or now)
+    return quiet >= policy.forget_after and not policy.hard_locked(failures)
+
+
+class DatabaseStore:
+    """Counters in ``throttle_counter``, the attempt's rows locked for its transaction
+    (``SELECT ... FOR UPDATE`` in key order on PostgreSQL; SQLite's transactions begin
+    IMMEDIATE, which serializes them)."""
+
+    def attempt(self, db: Session, limits: Sequence[Limit], now: datetime) -> dict[str, int] | None:
+        policies = {limit.key: limit.policy for limit in limits}
+        keys = sorted(policies)  # one order for everyone: no crosswise waits
+        db.execute(
+            _INSERT_MISSING[db.get_bind().dialect.name],
+            [{"key": k, "failures": 0, "locked_until": None, "updated_at": now} for k in keys],
+        )
+        rows = db.execute(_LOCK_COUNTERS, {"keys": keys}).all()
+        counts: dict[str, int] = {}
+        for key, stored, stored_until, updated_at in rows:
+            policy = policies[key]
+            forgotten = _forgotten(policy, stored, updated_at, now)
+            failures = 0 if forgotten else stored
+            locked_until = None if forgotten else stored_until
+            if _state_of(policy, failures, locked_until).locked(now):
+                return None
+            counts[key] = failures + 1
+        db.execute(
+            _UPDATE_COUNTER,
+            [
+                {"k": key, "f": n, "u": _lock_after(policies[key], n, now), "t": now}
+                for key, n in counts.items()
+            ],
+        )
+        return counts
+
+    def reset(self, db: Session, limit: Limit) -> None:
+        db.execute(delete(_COUNTERS).where(_COUNTERS.c.key == limit.key))
+
+    def refund(self, db: Session, limit: Limit, now: datetime) -> None:
+        # One statement; both sides of SET see the row as it was.
+        db.execute(
+            update(_COUNTERS)
+            .where(_COUNTERS.c.key == limit.key, _COUNTERS.c.failures > 0)
+            .values(
+                failures=_COUNTERS.c.failures - 1,
+                locked_until=case(
+                    (_COUNTERS.c.failures - 1 <= limit.policy.free, None),
+                    else_=_COUNTERS.c.locked_until,
+                ),
+            )
+        )
+
+    def state(self, db: Session, limit: Limit, now: datetime) -> State:
+        row = db.get(ThrottleCounter, limit.key, populate_existing=True)
+        if row is None or _forgotten(limit.policy, row.failures, row.updated_at, now):
+            return State(0, None, hard_locked=False)
+        return _state_of(limit.policy, row.failures, row.locked_until)
+
+    def purge(self, db: Session, now: datetime, older_than: timedelta = PURGE_AFTER) -> int:
+        """Delete counters quiet for ``older_than`` (longer than any policy remembers one).
+        Returns how many went.
+
+        Keeps every counter at 100 failures or more (a lock until an operator clears it,
+        under LOGIN or any other policy capped at 100) except the address ones, which no
+        policy locks for good.
+        """
+        never_capped = or_(
+            *(_COUNTERS.c.key.startswith(f"{policy.prefix}:") for policy in _NEVER_CAPPED)
+        )
+        result = db.execute(
+            delete(_COUNTERS).where(
+                _COUNTERS.c.updated_at < now - older_than,
+                or_(_COUNTERS.c.failures < HARD_CAP, never_capped),
+            )
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# Redis: one hash per key ("f": failures, "u": locked until, epoch seconds; 0 = not by
+# time). Each key expires after its policy's forget_after, except once hard-locked.
+_REDIS_PREFIX = "carebridge:throttle:"
+
+# KEYS: the counters. ARGV: now, then per key: free, max_delay, hard_cap (0: none), ttl.
+_ATTEMPT = """
+local now = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local cap = tonumber(ARGV[4 * i])
+  local f = tonumber(redis.call('HGET', KEYS[i], 'f') or '0')
+  local u = tonumber(redis.call('HGET', KEYS[i], 'u') or '0')
+  if (cap > 0 and f >= cap) or u > now then
+    return false
+  end
+end
+local counts = {}
+for i = 1, #KEYS do
+  local free = tonumber(ARGV[4 * i - 2])
+  local max_delay = tonumber(ARGV[4 * i - 1])
+  local cap = tonumber(ARGV[4 * i])
+  local ttl = tonumber(ARGV[4 * i + 1])
+  local f = redis.call('HINCRBY', KEYS[i], 'f', 1)
+  if cap > 0 and f >= cap then
+    redis.call('HSET', KEYS[i], 'u', 0)
+    redis.call('PERSIST', KEYS[i])
+  else
+    local until_ = 0
+    if f > free then
+      until_ = now + math.min(2 ^ math.min(f - free - 1, 30), max_delay)
+    end
+    redis.call('HSET', KEYS[i], 'u', tostring(until_))
+    redis.call('EXPIRE', KEYS[i], ttl)
+  end
+  counts[i] = f
+end
+return counts
+"""
+
+# KEYS[1]: the counter. ARGV: free.
+_REFUND = """
+local f = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
+if f > 0 then
+  f = redis.call('HINCRBY', KEYS[1], 'f', -1)
+  if f <= tonumber(ARGV[1]) then
+    redis.call('HSET', KEYS[1], 'u', 0)
+  end
+end
+return f
+"""
+
+
+class RedisStore:
+    """Counters in Redis, shared by every replica; each attempt is one atomic script."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._attempt = client.register_script(_ATTEMPT)
+        self._refund = client.register_script(_REFUND)
+
+    def attempt(self, db: Session, limits: Sequence[Limit], now: datetime) -> dict[str, int] | None:
+        args: list[float | int] = [now.timestamp()]
+        for limit in limits:
+            policy = limit.policy
+            ttl = int(policy.forget_after.total_seconds())
+            args += [policy.free, policy.max_delay, policy.hard_cap or 0, ttl]
+        counts = self._attempt(keys=[_REDIS_PREFIX + limit.key for limit in limits], args=args)
+        if counts is None:
+            return None
+        return {limit.key: int(count) for limit, count in zip(limits, counts, strict=True)}
+
+    def reset(self, db: Session, limit: Limit) -> None:
+        self.client.delete(_REDIS_PREFIX + limit.key)
+
+    def refund(self, db: Session, limit: Limit, now: datetime) -> None:
+        self._refund(keys=[_REDIS_PREFIX + limit.key], args=[limit.policy.free])
+
+    def state(self, db: Session, limit: Limit, now: datetime) -> State:
+        fields = self.client.hmget(_REDIS_PREFIX + limit.key, ["f", "u"])
+        failures = int(fields[0] or 0)
+        until = float(fields[1] or 0)
+        locked_until = datetime.fromtimestamp(until, UTC) if until else None
+        return State(failures, locked_until, limit.policy.hard_locked(failures))
+
+
+_DATABASE_STORE = DatabaseStore()
+
+
+@functools.cache
+def _redis_store(url: str) -> RedisStore:
+    # One connection pool per process and URL; short timeouts: a sign-in waits on it.
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return RedisStore(client)
+
+
+def store_for(settings: Settings) -> Store:
+    if settings.redis_url:
+        return _redis_store(settings.redis_url)
+    return _DATABASE_STORE
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def purge_stale(runtime: Runtime) -> None:
+    """The worker's hourly job: drop database counters no policy remembers any more
+    (Redis expires its own keys)."""
+    with runtime.sessions.begin() as db:
+        _DATABASE_STORE.purge(db, utcnow())

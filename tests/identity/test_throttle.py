@@ -1,0 +1,425 @@
+"""Throttling: the delay schedule, the 100-failure lock, per-address limits, both stores
+(the database and Redis), and brute force through the API."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from realparts import require
+from sqlalchemy import func, select
+from starlette.testclient import TestClient
+
+from carebridge.app import create_app
+from carebridge.audit import AuditRecord
+from carebridge.cli import main
+from carebridge.runtime import Runtime
+from carebridge.settings import Settings
+from identity import accounts, throttle
+from identity.models import ThrottleCounter
+
+FAST = {"argon2_memory_kib": 8192, "argon2_time_cost": 1}
+REDIS_URL = "redis://127.0.0.1:6379/0"
+T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+PASSWORD = "quiet harbour lamp"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, **FAST)
+
+
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        require("Redis", False, f"127.0.0.1:6379: {exc}")
+    return client
+
+
+@pytest.fixture(params=["database", "redis"])
+def store(request: pytest.FixtureRequest, runtime: Runtime) -> Iterator[throttle.Store]:
+    if request.param == "database":
+        yield throttle.DatabaseStore()
+        return
+    client = redis_client()
+    yield throttle.RedisStore(client)
+    client.close()
+
+
+def key() -> str:
+    return secrets.token_hex(16)
+
+
+class Counter:
+    """One key of a store, driven through the runtime's transactions."""
+
+    def __init__(self, runtime: Runtime, store: throttle.Store, limit: throttle.Limit) -> None:
+        self.runtime, self.store, self.limit = runtime, store, limit
+
+    def attempt(self, now: datetime) -> int | None:
+        with self.runtime.sessions.begin() as db:
+            counts = self.store.attempt(db, [self.limit], now)
+        return None if counts is None else counts[self.limit.key]
+
+    def state(self, now: datetime) -> throttle.State:
+        with self.runtime.sessions.begin() as db:
+            return self.store.state(db, self.limit, now)
+
+    def reset(self) -> None:
+        with self.runtime.sessions.begin() as db:
+            self.store.reset(db, self.limit)
+
+    def refund(self, now: datetime) -> None:
+        with self.runtime.sessions.begin() as db:
+            self.store.refund(db, self.limit, now)
+
+
+# The schedule
+
+
+def test_login_schedule_four_free_then_doubling_to_fifteen_minutes_then_locked() -> None:
+    delays = [throttle.LOGIN.delay(n) for n in range(1, 101)]
+    assert delays[:4] == [0, 0, 0, 0]
+    assert delays[4:11] == [1, 2, 4, 8, 16, 32, 64]
+    assert delays[14:99] == [900] * 85
+    assert max(d for d in delays[:99] if d is not None) == 900
+    assert delays[99] is None  # the 100th failure: locked until an operator clears it
+
+
+def test_address_schedule_is_looser_and_never_locks_for_good() -> None:
+    assert [throttle.ADDRESS.delay(n) for n in (1, 20, 21, 22)] == [0, 0, 1, 2]
+    assert throttle.ADDRESS.delay(10_000) == 900
+
+
+def test_ipv6_clients_count_per_64_and_mapped_ipv4_as_ipv4() -> None:
+    assert throttle.address_of("2001:db8:1:2:aaaa::1") == throttle.address_of("2001:db8:1:2::ffff")
+    assert throttle.address_of("2001:db8:1:2::1") != throttle.address_of("2001:db8:1:3::1")
+    assert throttle.address_of("::ffff:192.0.2.7") == "192.0.2.7"
+
+
+def test_keys_hold_no_login_or_address_in_plaintext(runtime: Runtime) -> None:
+    login_key = throttle.login_limit(accounts.login_hash(runtime.keyring, "jane@example.org")).key
+    address_key = throttle.address_limit(runtime.keyring, "192.0.2.7").key
+    assert "jane" not in login_key and "192.0.2" not in address_key
+    assert re_hex(login_key.removeprefix("login:")) and re_hex(address_key.removeprefix("ip:"))
+
+
+def re_hex(text: str) -> bool:
+    return len(text) == 64 and all(ch in "0123456789abcdef" for ch in text)
+
+
+# Both stores
+
+
+def test_first_four_failures_are_free_then_each_locks_twice_as_long(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    counter = Counter(runtime, store, throttle.Limit(throttle.LOGIN, f"login:{key()}"))
+    now = T0
+    for expected in range(1, 5):
+        assert counter.attempt(now) == expected
+        assert not counter.state(now).locked(now)
+    for n, delay in ((5, 1), (6, 2), (7, 4), (8, 8)):
+        assert counter.attempt(now) == n
+        assert counter.state(now).locked(now + timedelta(seconds=delay - 0.5))
+        assert counter.attempt(now + timedelta(seconds=delay - 0.5)) is None  # not counted
+        now += timedelta(seconds=delay)
+        assert not counter.state(now).locked(now)
+    assert counter.state(now).failures == 8
+
+
+def test_attempts_racing_into_the_delay_range_are_refused(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    # Counted before the password is checked: of two attempts at the same moment after
+    # four failures, the first is let through (and locks), the second is refused.
+    counter = Counter(runtime, store, throttle.Limit(throttle.LOGIN, f"login:{key()}"))
+    for _ in range(4):
+        counter.attempt(T0)
+    assert counter.attempt(T0) == 5
+    assert counter.attempt(T0) is None
+
+
+def test_hundredth_failure_locks_until_an_operator_resets(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    counter = Counter(runtime, store, throttle.Limit(throttle.LOGIN, f"login:{key()}"))
+    now = T0
+    for _ in range(99):
+        assert counter.attempt(now) is not None
+        now += timedelta(minutes=15)
+    assert counter.attempt(now) == 100  # the 100th attempt is still checked...
+    later = now + timedelta(days=365)
+    assert counter.state(later).hard_locked  # ...and then nothing more, however long
+    assert counter.attempt(later) is None
+    counter.reset()
+    assert counter.attempt(later) == 1
+
+
+def test_a_locked_key_blocks_the_other_keys_of_an_attempt_without_counting_them(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    locked = throttle.Limit(throttle.LOGIN, f"login:{key()}")
+    other = throttle.Limit(throttle.ADDRESS, f"ip:{key()}")
+    for _ in range(5):
+        Counter(runtime, store, locked).attempt(T0)
+    with runtime.sessions.begin() as db:
+        assert store.attempt(db, [locked, other], T0) is None
+    assert Counter(runtime, store, other).state(T0).failures == 0
+
+
+def test_refund_takes_back_one_attempt_and_its_lock(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    counter = Counter(runtime, store, throttle.Limit(throttle.ADDRESS, f"ip:{key()}"))
+    for _ in range(21):
+        counter.attempt(T0)
+    assert counter.state(T0).locked(T0)
+    counter.refund(T0)
+    state = counter.state(T0)
+    assert state.failures == 20 and not state.locked(T0)
+
+
+def test_address_is_forgotten_after_an_hour_quiet_but_a_login_is_not(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    address = Counter(runtime, store, throttle.Limit(throttle.ADDRESS, f"ip:{key()}"))
+    login = Counter(runtime, store, throttle.Limit(throttle.LOGIN, f"login:{key()}"))
+    for _ in range(3):
+        address.attempt(T0)
+        login.attempt(T0)
+    if isinstance(store, throttle.RedisStore):
+        # Redis forgets by expiry: check the TTLs instead of waiting an hour.
+        ttl_address = store.client.ttl(f"carebridge:throttle:{address.limit.key}")
+        ttl_login = store.client.ttl(f"carebridge:throttle:{login.limit.key}")
+        assert 3500 < ttl_address <= 3600
+        assert ttl_login > 29 * 24 * 3600
+        return
+    later = T0 + timedelta(hours=1)
+    assert address.state(later).failures == 0
+    assert address.attempt(later) == 1
+    assert login.state(later).failures == 3
+
+
+def test_hard_lock_survives_in_redis_without_expiry(runtime: Runtime) -> None:
+    client = redis_client()
+    store = throttle.RedisStore(client)
+    counter = Counter(runtime, store, throttle.Limit(throttle.LOGIN, f"login:{key()}"))
+    now = T0
+    for _ in range(100):
+        counter.attempt(now)
+        now += timedelta(minutes=15)
+    assert client.ttl(f"carebridge:throttle:{counter.limit.key}") == -1  # no expiry
+    counter.reset()
+
+
+def test_purge_keeps_hard_locks_and_recent_counters(runtime: Runtime) -> None:
+    old, recent = T0 - timedelta(days=40), T0 - timedelta(days=2)
+    hard_login, hard_mfa = f"login:{key()}", f"mfa:{key()}"
+    stale_login, busy_address = f"login:{key()}", f"ip:{key()}"
+    stale_signups, recent_address = f"signup-ip:{key()}", f"ip:{key()}"
+    rows = {
+        hard_login: (100, old),  # locked until an operator clears it: kept
+        hard_mfa: (100, old),  # another policy's hard lock: kept
+        stale_login: (99, old),  # purged
+        busy_address: (150, old),  # addresses never lock for good: purged
+        stale_signups: (3, old),  # purged
+        recent_address: (3, recent),  # kept
+    }
+    with runtime.sessions.begin() as db:
+        for k, (failures, at) in rows.items():
+            db.add(ThrottleCounter(key=k, failures=failures, locked_until=None, updated_at=at))
+    with runtime.sessions.begin() as db:
+        assert throttle.DatabaseStore().purge(db, T0) == 3
+        remaining = set(db.scalars(select(ThrottleCounter.key)))
+    assert remaining == {hard_login, hard_mfa, recent_address}
+
+
+# Through the API
+
+
+def signin(client: TestClient, login: str, pw: str = PASSWORD) -> tuple[int, dict[str, object]]:
+    response = client.post("/api/v1/signin", json={"login": login, "password": pw})
+    body = response.json()
+    body.pop("request_id", None)
+    return response.status_code, body
+
+
+def signup(client: TestClient, login: str) -> None:
+    response = client.post("/api/v1/signup", json={"login": login, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+
+
+def brute_force(client: TestClient, login: str) -> list[tuple[int, dict[str, object]]]:
+    """Six wrong passwords in quick succession, then the right one."""
+    return [signin(client, login, f"wrong guess {i}") for i in range(6)] + [signin(client, login)]
+
+
+def test_brute_force_locks_after_four_free_failures_even_for_the_right_password(
+    client: TestClient,
+) -> None:
+    signup(client, "jane@example.org")
+    answers = brute_force(client, "jane@example.org")
+    assert [status for status, _ in answers] == [401, 401, 401, 401, 401, 429, 429]
+    assert answers[5][1]["detail"] == answers[6][1]["detail"]
+    assert "Too many attempts" in str(answers[6][1]["detail"])
+
+
+def test_lock_answers_the_same_for_an_unknown_login(client: TestClient) -> None:
+    signup(client, "jane@example.org")
+    known = brute_force(client, "jane@example.org")
+    unknown = brute_force(client, "nobody@example.org")
+    assert known == unknown
+
+
+def test_success_resets_the_login_counter(client: TestClient, runtime: Runtime) -> None:
+    signup(client, "jane@example.org")
+    for _ in range(4):
+        assert signin(client, "jane@example.org", "wrong guess")[0] == 401
+    assert signin(client, "jane@example.org")[0] == 200
+    for _ in range(4):  # four free failures again, not a lock
+        assert signin(client, "jane@example.org", "wrong guess")[0] == 401
+    assert signin(client, "jane@example.org")[0] == 200
+
+
+def seed(runtime: Runtime, limit: throttle.Limit, failures: int, at: datetime) -> None:
+    with runtime.sessions.begin() as db:
+        db.merge(
+            ThrottleCounter(key=limit.key, failures=failures, locked_until=None, updated_at=at)
+        )
+
+
+def test_hundred_failures_lock_the_account_until_an_operator_unlocks_it(
+    client: TestClient,
+    runtime: Runtime,
+    cli_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    signup(client, "jane@example.org")
+    limit = throttle.login_limit(accounts.login_hash(runtime.keyring, "jane@example.org"))
+    seed(runtime, limit, 99, datetime.now(UTC) - timedelta(minutes=16))
+    assert signin(client, "jane@example.org", "wrong guess")[0] == 401  # the 100th
+    assert signin(client, "jane@example.org")[0] == 429
+    with runtime.sessions.begin() as db:
+        state = throttle.DatabaseStore().state(db, limit, datetime.now(UTC) + timedelta(days=90))
+    assert state.hard_locked
+
+    monkeypatch.setattr("sys.stdin", _Stdin(" Jane@Example.org \n"))
+    assert main(["accounts", "unlock"]) == 0
+    assert "100 failed attempts" in capsys.readouterr().out
+    assert signin(client, "jane@example.org")[0] == 200
+    with runtime.sessions() as db:
+        actions = list(db.scalars(select(AuditRecord.action).order_by(AuditRecord.seq)))
+    assert "identity.signin.unlock" in actions
+
+
+class _Stdin:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def readline(self) -> str:
+        return self.text
+
+
+def test_unlock_refuses_input_that_is_not_an_email_address(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", _Stdin("not an address\n"))
+    assert main(["accounts", "unlock"]) == 1
+    assert "one email address" in capsys.readouterr().err
+
+
+def test_password_spraying_from_one_address_is_slowed_across_accounts(
+    client: TestClient, runtime: Runtime
+) -> None:
+    signup(client, "jane@example.org")
+    for i in range(20):
+        assert signin(client, f"person{i}@example.org", "Summer2026!")[0] == 401
+    assert signin(client, "person20@example.org", "Summer2026!")[0] == 401  # 21st: locks
+    assert signin(client, "jane@example.org")[0] == 429  # any login, from this address
+    # Another address is not affected.
+    with TestClient(client.app, client=("198.51.100.9", 40000)) as elsewhere:
+        assert signin(elsewhere, "jane@example.org")[0] == 200
+
+
+def test_signing_in_to_ones_own_account_does_not_reset_the_address(
+    client: TestClient, runtime: Runtime
+) -> None:
+    signup(client, "mallory@example.org")
+    for i in range(20):
+        assert signin(client, f"victim{i}@example.org", "Summer2026!")[0] == 401
+    assert signin(client, "mallory@example.org")[0] == 200  # refunds only itself
+    assert signin(client, "victim20@example.org", "Summer2026!")[0] == 401  # 21st
+    assert signin(client, "victim21@example.org", "Summer2026!")[0] == 429
+
+
+def test_every_lock_is_audited(client: TestClient, runtime: Runtime) -> None:
+    signup(client, "jane@example.org")
+    brute_force(client, "jane@example.org")
+    with runtime.sessions() as db:
+        rows = db.execute(
+            select(AuditRecord.action, AuditRecord.outcome, func.count()).group_by(
+                AuditRecord.action, AuditRecord.outcome
+            )
+        ).all()
+    counts = {(action, outcome): n for action, outcome, n in rows}
+    assert counts[("identity.signin.password", "failed")] == 5
+    assert counts[("identity.signin.lock", "denied")] == 1
+    assert counts[("identity.signin.password", "denied")] == 2
+
+
+def test_redis_store_throttles_sign_in_across_replicas(tmp_path: Path, database_url: str) -> None:
+    redis_client().close()
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=database_url, redis_url=REDIS_URL, **FAST
+    )
+    # Two replicas: separate apps and runtimes, one database, one Redis.
+    first, second = Runtime.build(settings), Runtime.build(settings)
+    login = f"{key()}@example.org"
+    try:
+        with (
+            TestClient(create_app(first), raise_server_exceptions=False) as a,
+            TestClient(create_app(second), raise_server_exceptions=False) as b,
+        ):
+            signup(a, login)
+            statuses = [signin(a if i % 2 else b, login, "wrong guess")[0] for i in range(6)]
+            assert statuses == [401, 401, 401, 401, 401, 429]
+            assert signin(b, login)[0] == 429
+            with first.sessions() as db:
+                assert db.scalar(select(func.count()).select_from(ThrottleCounter)) == 0
+    finally:
+        client = redis_client()
+        keyring = first.keyring
+        for limit in (
+            throttle.login_limit(accounts.login_hash(keyring, login)),
+            throttle.address_limit(keyring, "testclient"),
+            throttle.address_limit(keyring, "testclient", throttle.SIGNUP_ADDRESS),
+        ):
+            client.delete(f"carebridge:throttle:{limit.key}")
+        client.close()
+        first.close()
+        second.close()
+
+
+def test_the_worker_purges_stale_counters_hourly(runtime: Runtime) -> None:
+    from carebridge.cli.worker import JOBS  # noqa: PLC0415
+
+    (job,) = [job for job in JOBS if job.name == "throttle-purge"]
+    assert job.interval == 3600
+    stale = f"login:{key()}"
+    with runtime.sessions.begin() as db:
+        db.add(
+            ThrottleCounter(
+                key=stale, failures=3, locked_until=None, updated_at=T0 - timedelta(days=40)
+            )
+        )
+    job.run(runtime)
+    with runtime.sessions() as db:
+        assert db.get(ThrottleCounter, stale) is None
