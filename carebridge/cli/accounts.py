@@ -8,7 +8,7 @@ from typing import Any
 
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
 from identity import accounts
-from identity.flows import signin
+from identity.flows import mfa, signin
 
 
 def register(commands: Any) -> None:
@@ -17,8 +17,8 @@ def register(commands: Any) -> None:
     add_parser(
         sub,
         "unlock",
-        "Clear the password sign-in lock of the email address read from standard input "
-        "(after 100 failed attempts in a row it stays until cleared).",
+        "Clear the sign-in locks (password and second factor) of the email address read "
+        "from standard input (after 100 failed attempts in a row they stay until cleared).",
     ).set_defaults(handler=unlock)
 
 
@@ -32,7 +32,11 @@ def unlock(args: argparse.Namespace) -> int:
     try:
         require_current_schema(rt)
         failures = signin.unlock(rt, login)
+        with rt.sessions() as db:
+            found = accounts.find_by_login(db, rt.keyring, login)
+        if found is not None:
+            failures += mfa.unlock_second_step(rt, found.account_id)
     finally:
         rt.close()
-    print(f"sign-in lock cleared ({failures} failed attempts forgotten)")
+    print(f"sign-in locks cleared ({failures} failed attempts forgotten)")
     return 0

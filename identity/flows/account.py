@@ -73,16 +73,18 @@ def security_status(runtime: Runtime, account_id: str) -> Security:
 
 
 def regenerate_recovery_codes(
-    runtime: Runtime, session: AuthSession, *, request_id: str | None
-) -> Status:
-    """New codes for this session to see once (Status.WRONG: no authenticator to back)."""
+    runtime: Runtime, session: AuthSession, *, request_id: str | None, reveal: bool = True
+) -> tuple[Status, list[str]]:
+    """New codes (Status.WRONG: no authenticator to back them). With ``reveal`` they wait,
+    encrypted to this session, for the page that shows them once; the API returns them."""
     if not authn.is_recent(session):
-        return Status.REAUTH
+        return Status.REAUTH, []
     actor = f"account:{session.account_id}"
     with transaction(runtime.sessions) as db:
         if totp.confirmed(db, session.account_id) is None:
-            return Status.WRONG
-        recovery.regenerate(db, runtime, session.account_id, reveal_to=session.handle)
+            return Status.WRONG, []
+        reveal_to = session.handle if reveal else None
+        codes = recovery.regenerate(db, runtime, session.account_id, reveal_to=reveal_to)
         audit.append(
             db,
             actor=actor,
@@ -91,7 +93,7 @@ def regenerate_recovery_codes(
             target=actor,
             request_id=request_id,
         )
-    return Status.OK
+    return Status.OK, codes
 
 
 def remove_totp(runtime: Runtime, session: AuthSession, *, request_id: str | None) -> Status:
@@ -170,7 +172,7 @@ async def security_page(request: Request) -> Response:
 async def regenerate_submit(request: Request) -> Response:
     session = await authn.require(request)
     await read_form(request)
-    status = await run_in_threadpool(
+    status, _ = await run_in_threadpool(
         regenerate_recovery_codes, _runtime(request), session, request_id=_request_id(request)
     )
     if status is Status.REAUTH:
@@ -288,11 +290,61 @@ async def api_revoke(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@openapi.component
+class RecoveryCodes(BaseModel):
+    recovery_codes: list[str] = Field(description="Ten single-use codes, shown this once")
+
+
+async def api_regenerate(request: Request) -> Response:
+    """Replace the account's recovery codes.
+    ---
+    post:
+      summary: Replace the recovery codes with ten new ones
+      description: >
+        Needs a recent sign-in (POST /api/v1/reauth first); the old codes stop working.
+        The new ones are in this response only: they are stored hashed.
+      security: [{session: []}]
+      responses:
+        "200":
+          description: The new codes
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/RecoveryCodes'}
+        "401":
+          description: Not signed in
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "403":
+          description: Re-authenticate first
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "409":
+          description: No authenticator app set up
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    session = await authn.require(request)
+    status, codes = await run_in_threadpool(
+        lambda: regenerate_recovery_codes(
+            _runtime(request), session, request_id=_request_id(request), reveal=False
+        )
+    )
+    if status is Status.REAUTH:
+        raise Problem(403, "Confirm it is you first: POST /api/v1/reauth, then try again.")
+    if status is not Status.OK:
+        raise Problem(409, "Set up an authenticator app first.")
+    return JSONResponse(RecoveryCodes(recovery_codes=codes).model_dump())
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/account", home, methods=["GET"], name="account"),
         Route("/account/security", security_page, methods=["GET"], name="account_security"),
         Route("/account/security/recovery-codes", regenerate_submit, methods=["POST"]),
+        Route("/api/v1/mfa/recovery-codes", api_regenerate, methods=["POST"]),
         Route("/account/security/totp/remove", remove_totp_submit, methods=["POST"]),
         Route("/account/sessions", sessions_page, methods=["GET"], name="account_sessions"),
         Route("/account/sessions/revoke", revoke_submit, methods=["POST"]),

@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
+from starlette.testclient import TestClient
 
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from identity.credentials import recovery
-from identity.models import RecoveryCode
+from identity.models import AuthSession, RecoveryCode
 from tests.identity import factories
 
 
@@ -141,3 +143,40 @@ def test_codes_are_revealed_once_and_only_to_the_session_that_made_them(
     with runtime.sessions() as db:
         assert all(r.reveal_encrypted is None for r in db.scalars(select(RecoveryCode)))
     assert _use(runtime, account_id, codes[0])  # shown or not, the codes still work
+
+
+def test_api_regenerates_codes_once_recently_authenticated(
+    client: TestClient, runtime: Runtime
+) -> None:
+    account_id = factories.account(runtime)
+    factories.totp(runtime, account_id)
+    old = _regenerate(runtime, account_id)
+    token = factories.session(runtime, account_id, level=2)
+    bearer = {"authorization": f"Bearer {token}"}
+
+    response = client.post("/api/v1/mfa/recovery-codes", headers=bearer)
+    assert response.status_code == 200
+    codes = response.json()["recovery_codes"]
+    assert len(codes) == 10
+    assert set(codes).isdisjoint(old)
+    with runtime.sessions() as db:
+        stored = set(db.scalars(select(RecoveryCode.code_hash)))
+        assert not any(code.replace("-", "") in str(stored) for code in codes)
+        assert recovery.remaining(db, account_id) == 10
+
+
+def test_api_regeneration_needs_a_recent_sign_in(client: TestClient, runtime: Runtime) -> None:
+    account_id = factories.account(runtime)
+    factories.totp(runtime, account_id)
+    old = _regenerate(runtime, account_id)
+    token = factories.session(runtime, account_id, level=2)
+    with transaction(runtime.sessions) as db:
+        stale = datetime.now(UTC) - timedelta(hours=1)
+        db.execute(update(AuthSession).values(authenticated_at=stale))
+    response = client.post(
+        "/api/v1/mfa/recovery-codes", headers={"authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 403
+    assert "reauth" in response.json()["detail"]
+    with runtime.sessions() as db:
+        assert recovery.remaining(db, account_id) == len(old)

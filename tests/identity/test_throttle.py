@@ -320,6 +320,31 @@ def test_hundred_failures_lock_the_account_until_an_operator_unlocks_it(
     assert "identity.signin.unlock" in actions
 
 
+def test_unlock_also_clears_a_second_factor_lock(
+    client: TestClient,
+    runtime: Runtime,
+    cli_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from identity.flows import mfa  # noqa: PLC0415
+
+    signup(client, "jane@example.org")
+    with runtime.sessions() as db:
+        found = accounts.find_by_login(db, runtime.keyring, "jane@example.org")
+    assert found is not None
+    limit = mfa.second_step_limit(found.account_id)
+    seed(runtime, limit, 100, datetime.now(UTC))
+    monkeypatch.setattr("sys.stdin", _Stdin("jane@example.org\n"))
+    assert main(["accounts", "unlock"]) == 0
+    assert "100 failed attempts" in capsys.readouterr().out
+    with runtime.sessions.begin() as db:
+        assert throttle.DatabaseStore().state(db, limit, datetime.now(UTC)).failures == 0
+    with runtime.sessions() as db:
+        actions = list(db.scalars(select(AuditRecord.action)))
+    assert "identity.mfa.unlock" in actions
+
+
 class _Stdin:
     def __init__(self, text: str) -> None:
         self.text = text
