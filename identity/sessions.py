@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
+from carebridge.http.paths import MACHINE_PATHS
 from carebridge.runtime import Runtime
 from identity.models import AuthSession, new_id
 
@@ -70,8 +71,7 @@ def start(
     expires = now + timedelta(hours=settings.session_absolute_hours)
     if replacing is not None:
         expires = min(expires, _aware(replacing.expires_at))
-        db.delete(replacing)
-        db.flush()
+        _discard(db, replacing)
     token = secrets.token_urlsafe(32)
     session = AuthSession(
         token_hash=_token_hash(runtime, token),
@@ -97,15 +97,26 @@ def load(db: Session, runtime: Runtime, token: str) -> AuthSession | None:
     now = utcnow()
     idle = timedelta(minutes=runtime.settings.session_idle_minutes)
     if now >= _aware(session.expires_at) or now - _aware(session.last_seen_at) >= idle:
-        db.delete(session)
+        _discard(db, session)
         return None
     if now - _aware(session.last_seen_at) >= _TOUCH_EVERY:
         session.last_seen_at = now
     return session
 
 
+def _discard(db: Session, session: AuthSession) -> None:
+    """Delete a session row that a concurrent request may have deleted already.
+
+    ``db.delete()`` would fail that request (the ORM expects to delete exactly one row);
+    two sign-ins racing in one browser, or a sign-out racing an expiry, are no error.
+    """
+    if session in db:
+        db.expunge(session)
+    db.execute(delete(AuthSession).where(AuthSession.token_hash == session.token_hash))
+
+
 def end(db: Session, session: AuthSession) -> None:
-    db.delete(session)
+    _discard(db, session)
 
 
 def for_account(db: Session, account_id: str) -> list[AuthSession]:
@@ -134,11 +145,16 @@ def revoke_all(db: Session, account_id: str, *, keep: AuthSession | None = None)
 
 
 def presented_token(connection: HTTPConnection) -> str | None:
-    """The session token a request carries: the cookie (pages) or a bearer header (API)."""
+    """The session token a request carries: the cookie (pages) or a bearer header (API).
+
+    The API never reads the cookie: it has no CSRF check, so a cookie must not act there.
+    """
     authorization = connection.headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials:
         return credentials.strip()
+    if connection.url.path.startswith(MACHINE_PATHS):
+        return None
     runtime: Runtime = connection.app.state.runtime
     return connection.cookies.get(cookie_name(runtime)) or None
 

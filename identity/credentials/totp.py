@@ -5,6 +5,9 @@
 - A seed is unconfirmed until a valid code from it arrives: enrolment proves the
   authenticator app really holds it. Replacing an app keeps the confirmed seed working
   until the new one (``pending_encrypted``) is confirmed the same way.
+- A seed being enrolled is encrypted to the session that made it (its handle in the
+  associated data): another session of the account, say of someone who learnt the
+  password, can neither see it nor confirm it, and gets a seed of its own instead.
 - A code is accepted one time step (30 s) either side of now, for clock drift, and each
   time step at most once (RFC 6238 §5.2): ``last_step`` holds the newest step accepted and
   only a conditional UPDATE moves it forward, so two concurrent submissions of one code
@@ -29,7 +32,7 @@ import segno
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
-from carebridge.keyring import associated_data
+from carebridge.keyring import DecryptionError, associated_data
 from carebridge.runtime import Runtime
 from identity.models import Account, TotpCredential
 
@@ -64,16 +67,27 @@ class Enrolment:
         return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _aad(account_id: str) -> bytes:
-    return associated_data("totp", account_id)
+def _aad(account_id: str, owner: str | None) -> bytes:
+    # owner: the handle of the session enrolling the seed; None once it is confirmed.
+    if owner is None:
+        return associated_data("totp", account_id)
+    return associated_data("totp-enrolment", account_id, owner)
 
 
-def _encrypt(runtime: Runtime, account_id: str, secret: str) -> bytes:
-    return runtime.keyring.encrypt(secret.encode("ascii"), _aad(account_id))
+def _encrypt(runtime: Runtime, account_id: str, secret: str, owner: str | None = None) -> bytes:
+    return runtime.keyring.encrypt(secret.encode("ascii"), _aad(account_id, owner))
 
 
-def _decrypt(runtime: Runtime, account_id: str, blob: bytes) -> str:
-    return runtime.keyring.decrypt(blob, _aad(account_id)).decode("ascii")
+def _decrypt(runtime: Runtime, account_id: str, blob: bytes, owner: str | None = None) -> str:
+    return runtime.keyring.decrypt(blob, _aad(account_id, owner)).decode("ascii")
+
+
+def _own_seed(runtime: Runtime, account_id: str, blob: bytes, owner: str) -> str | None:
+    """The seed ``owner`` is enrolling, or None if another session made this one."""
+    try:
+        return _decrypt(runtime, account_id, blob, owner)
+    except DecryptionError:
+        return None
 
 
 def label(runtime: Runtime, account_id: str) -> str:
@@ -106,8 +120,11 @@ def confirmed(db: Session, account_id: str) -> TotpCredential | None:
     return credential if credential is not None and credential.confirmed_at else None
 
 
-def begin(db: Session, runtime: Runtime, account_id: str, *, restart: bool) -> Enrolment:
-    """The seed being enrolled: the one already waiting unless ``restart``, else a new one.
+def begin(
+    db: Session, runtime: Runtime, account_id: str, *, restart: bool, owner: str
+) -> Enrolment:
+    """The seed ``owner`` (a session handle) is enrolling: the one it already has waiting
+    unless ``restart``, else a new one (also when the waiting one is another session's).
 
     Callers check who may do this: anyone signed in without a confirmed seed yet, and for a
     replacement only a recently re-authenticated session.
@@ -116,25 +133,27 @@ def begin(db: Session, runtime: Runtime, account_id: str, *, restart: bool) -> E
     db.get(Account, account_id, with_for_update=True)
     credential = db.get(TotpCredential, account_id, populate_existing=True)
     secret = pyotp.random_base32(_SECRET_CHARS)
+    fresh = _encrypt(runtime, account_id, secret, owner)
     created = True
     if credential is None:
         db.add(
             TotpCredential(
-                account_id=account_id,
-                secret_encrypted=_encrypt(runtime, account_id, secret),
-                created_at=datetime.now(UTC),
+                account_id=account_id, secret_encrypted=fresh, created_at=datetime.now(UTC)
             )
         )
-    elif credential.confirmed_at is None:
-        if restart:
-            credential.secret_encrypted = _encrypt(runtime, account_id, secret)
-            credential.created_at = datetime.now(UTC)
-        else:
-            secret, created = _decrypt(runtime, account_id, credential.secret_encrypted), False
-    elif credential.pending_encrypted is None or restart:
-        credential.pending_encrypted = _encrypt(runtime, account_id, secret)
     else:
-        secret, created = _decrypt(runtime, account_id, credential.pending_encrypted), False
+        confirmed = credential.confirmed_at is not None
+        waiting = credential.pending_encrypted if confirmed else credential.secret_encrypted
+        own = None
+        if waiting is not None and not restart:
+            own = _own_seed(runtime, account_id, waiting, owner)
+        if own is not None:
+            secret, created = own, False
+        elif confirmed:
+            credential.pending_encrypted = fresh
+        else:
+            credential.secret_encrypted = fresh
+            credential.created_at = datetime.now(UTC)
     db.flush()
     replacing = credential is not None and credential.confirmed_at is not None
     uri = provisioning_uri(runtime, account_id, secret)
@@ -143,9 +162,16 @@ def begin(db: Session, runtime: Runtime, account_id: str, *, restart: bool) -> E
 
 
 def confirm(
-    db: Session, runtime: Runtime, account_id: str, code: str, *, at: float | None = None
+    db: Session,
+    runtime: Runtime,
+    account_id: str,
+    code: str,
+    *,
+    owner: str,
+    at: float | None = None,
 ) -> bool:
-    """Activate the seed being enrolled with a code from it; False if the code is wrong.
+    """Activate the seed ``owner`` is enrolling with a code from it; False if the code is
+    wrong or the seed is another session's.
 
     Conditional on the very seed the code was checked against, so a concurrent restart or a
     second confirmation of the same code changes nothing.
@@ -157,19 +183,21 @@ def confirm(
     blob = credential.pending_encrypted if replacing else credential.secret_encrypted
     if blob is None:
         return False
-    step = matching_step(_decrypt(runtime, account_id, blob), code, at)
-    if step is None:
+    secret = _own_seed(runtime, account_id, blob, owner)
+    step = None if secret is None else matching_step(secret, code, at)
+    if secret is None or step is None:
         return False
     now = datetime.now(UTC)
+    active = _encrypt(runtime, account_id, secret)  # no longer bound to one session
     query = update(TotpCredential).where(TotpCredential.account_id == account_id)
     if replacing:
         query = query.where(TotpCredential.pending_encrypted == blob).values(
-            secret_encrypted=blob, pending_encrypted=None, confirmed_at=now, last_step=step
+            secret_encrypted=active, pending_encrypted=None, confirmed_at=now, last_step=step
         )
     else:
         query = query.where(
             TotpCredential.confirmed_at.is_(None), TotpCredential.secret_encrypted == blob
-        ).values(confirmed_at=now, last_step=step)
+        ).values(secret_encrypted=active, confirmed_at=now, last_step=step)
     result = db.execute(query.execution_options(synchronize_session=False))
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 

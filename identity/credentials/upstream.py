@@ -301,7 +301,9 @@ async def finish(
             profile = response.json()
         except OAuthError as exc:
             raise RefusedError(f"token endpoint answered {exc.error}") from None
-        except (httpx2.HTTPError, ValueError) as exc:
+        except (httpx2.HTTPError, ValueError, TypeError, AttributeError) as exc:
+            # TypeError, AttributeError: Authlib reading a token response of the wrong shape
+            # ({"token_type": 5}, {"expires_in": [1]}).
             raise UnavailableError(f"{provider.name} failed: {type(exc).__name__}") from None
     return Identity(provider.subject_issuer, _subject_from_profile(provider, profile))
 

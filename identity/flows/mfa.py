@@ -216,7 +216,9 @@ def start_enrolment(
     with transaction(runtime.sessions) as db:
         if not may_change_factors(db, runtime, session):
             return None
-        enrolment = totp.begin(db, runtime, session.account_id, restart=restart)
+        enrolment = totp.begin(
+            db, runtime, session.account_id, restart=restart, owner=session.handle
+        )
         if enrolment.created:
             audit.append(
                 db,
@@ -267,7 +269,7 @@ def confirm_enrolment(
         if not may_change_factors(db, runtime, session):
             return Result(Status.REAUTH)
         first = totp.confirmed(db, account_id) is None
-        if not totp.confirm(db, runtime, account_id, code):
+        if not totp.confirm(db, runtime, account_id, code, owner=session.handle):
             audit.append(
                 db,
                 actor=_actor(session),

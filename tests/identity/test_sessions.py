@@ -106,3 +106,24 @@ def test_revoke_all_can_keep_the_current_session(runtime: Runtime) -> None:
         sessions.revoke_all(db, account_id, keep=keep)
     assert _load(runtime, current.token) is not None
     assert _load(runtime, other.token) is None
+
+
+def test_replacing_a_session_another_request_replaced_first_is_no_error(
+    runtime: Runtime,
+) -> None:
+    # Two step-ups racing in one browser: both hold the same old session; the second to
+    # commit finds it gone already and must still succeed instead of answering 500.
+    account_id = _account(runtime)
+    first = _start(runtime, account_id)
+    with transaction(runtime.sessions) as db:
+        held_by_second = sessions.load(db, runtime, first.token)
+    with transaction(runtime.sessions) as db:
+        held_by_first = sessions.load(db, runtime, first.token)
+        assert held_by_first is not None
+        sessions.start(db, runtime, account_id=account_id, level=2, replacing=held_by_first)
+    assert held_by_second is not None
+    with transaction(runtime.sessions) as db:
+        late = sessions.start(db, runtime, account_id=account_id, level=2, replacing=held_by_second)
+        sessions.end(db, held_by_second)  # and a sign-out of the same, already gone
+    assert _load(runtime, late.token) is not None
+    assert _load(runtime, first.token) is None

@@ -21,6 +21,8 @@ from tests.identity import factories
 
 # 15 s into a time step, so "one step away" is unambiguous.
 T = 60_000_000 * 30 + 15
+# The handle of the session enrolling (a seed being enrolled is bound to it).
+OWNER = "ses_enrolling"
 
 
 def _verify(runtime: Runtime, account_id: str, code: str, at: float = T) -> bool:
@@ -129,7 +131,7 @@ def test_secret_is_stored_encrypted_and_bound_to_its_account(
 ) -> None:
     account_id = factories.account(runtime)
     with transaction(runtime.sessions) as db:
-        enrolment = totp.begin(db, runtime, account_id, restart=False)
+        enrolment = totp.begin(db, runtime, account_id, restart=False, owner=OWNER)
     secret = enrolment.secret
     raw = base64.b32decode(secret)
     assert len(raw) * 8 == 160
@@ -143,9 +145,12 @@ def test_secret_is_stored_encrypted_and_bound_to_its_account(
             assert raw.hex() not in dump
     assert secret.encode() not in blob
     assert raw not in blob
-    assert runtime.keyring.decrypt(blob, associated_data("totp", account_id)) == secret.encode()
+    aad = associated_data("totp-enrolment", account_id, OWNER)
+    assert runtime.keyring.decrypt(blob, aad) == secret.encode()
     with pytest.raises(DecryptionError):  # moved to another account's row, it won't open
-        runtime.keyring.decrypt(blob, associated_data("totp", "acc_someone_else"))
+        runtime.keyring.decrypt(blob, associated_data("totp-enrolment", "acc_else", OWNER))
+    with pytest.raises(DecryptionError):  # nor for another session of the same account
+        runtime.keyring.decrypt(blob, associated_data("totp-enrolment", account_id, "ses_else"))
     if backend == "sqlite":
         runtime.engine.dispose()  # fold the WAL into the file
         path = Path(runtime.settings.effective_database_url.removeprefix("sqlite:///"))
@@ -157,19 +162,19 @@ def test_secret_is_stored_encrypted_and_bound_to_its_account(
 def test_enrolment_requires_a_valid_first_code(runtime: Runtime) -> None:
     account_id = factories.account(runtime)
     with transaction(runtime.sessions) as db:
-        enrolment = totp.begin(db, runtime, account_id, restart=False)
+        enrolment = totp.begin(db, runtime, account_id, restart=False, owner=OWNER)
     app = pyotp.TOTP(enrolment.secret)
     with transaction(runtime.sessions) as db:
         valid = {app.at(T + offset) for offset in (-30, 0, 30)}
         wrong = next(f"{n:06d}" for n in range(10) if f"{n:06d}" not in valid)
-        assert not totp.confirm(db, runtime, account_id, wrong, at=T)
+        assert not totp.confirm(db, runtime, account_id, wrong, owner=OWNER, at=T)
         assert not totp.verify(db, runtime, account_id, app.at(T), at=T)  # not active yet
     with runtime.sessions() as db:
         row = db.get(TotpCredential, account_id)
         assert row is not None
         assert row.confirmed_at is None
     with transaction(runtime.sessions) as db:
-        assert totp.confirm(db, runtime, account_id, app.at(T), at=T)
+        assert totp.confirm(db, runtime, account_id, app.at(T), owner=OWNER, at=T)
     with transaction(runtime.sessions) as db:
         # The confirming code is used up; the next step's code passes.
         assert not totp.verify(db, runtime, account_id, app.at(T), at=T)
@@ -179,40 +184,42 @@ def test_enrolment_requires_a_valid_first_code(runtime: Runtime) -> None:
 def test_a_code_confirms_an_enrolment_once(runtime: Runtime) -> None:
     account_id = factories.account(runtime)
     with transaction(runtime.sessions) as db:
-        enrolment = totp.begin(db, runtime, account_id, restart=False)
+        enrolment = totp.begin(db, runtime, account_id, restart=False, owner=OWNER)
     code = pyotp.TOTP(enrolment.secret).at(T)
     with transaction(runtime.sessions) as db:
-        assert totp.confirm(db, runtime, account_id, code, at=T)
+        assert totp.confirm(db, runtime, account_id, code, owner=OWNER, at=T)
     with transaction(runtime.sessions) as db:
-        assert not totp.confirm(db, runtime, account_id, code, at=T)
+        assert not totp.confirm(db, runtime, account_id, code, owner=OWNER, at=T)
 
 
 def test_reloading_enrolment_keeps_the_seed_and_restarting_replaces_it(runtime: Runtime) -> None:
     account_id = factories.account(runtime)
     with transaction(runtime.sessions) as db:
-        first = totp.begin(db, runtime, account_id, restart=False)
+        first = totp.begin(db, runtime, account_id, restart=False, owner=OWNER)
     with transaction(runtime.sessions) as db:
-        again = totp.begin(db, runtime, account_id, restart=False)
+        again = totp.begin(db, runtime, account_id, restart=False, owner=OWNER)
     with transaction(runtime.sessions) as db:
-        restarted = totp.begin(db, runtime, account_id, restart=True)
+        restarted = totp.begin(db, runtime, account_id, restart=True, owner=OWNER)
     assert (first.created, again.created, restarted.created) == (True, False, True)
     assert again.secret == first.secret
     assert restarted.secret != first.secret
     with transaction(runtime.sessions) as db:  # the abandoned seed confirms nothing
-        assert not totp.confirm(db, runtime, account_id, pyotp.TOTP(first.secret).at(T), at=T)
+        assert not totp.confirm(
+            db, runtime, account_id, pyotp.TOTP(first.secret).at(T), owner=OWNER, at=T
+        )
 
 
 def test_replacement_keeps_the_old_seed_until_the_new_one_is_confirmed(runtime: Runtime) -> None:
     account_id = factories.account(runtime)
     old_app = factories.totp(runtime, account_id)
     with transaction(runtime.sessions) as db:
-        enrolment = totp.begin(db, runtime, account_id, restart=False)
+        enrolment = totp.begin(db, runtime, account_id, restart=False, owner=OWNER)
     assert enrolment.replacing
     new_app = pyotp.TOTP(enrolment.secret)
     assert _verify(runtime, account_id, old_app.at(T))
     assert not _verify(runtime, account_id, new_app.at(T + 30))  # not confirmed yet
     with transaction(runtime.sessions) as db:
-        assert totp.confirm(db, runtime, account_id, new_app.at(T + 30), at=T + 30)
+        assert totp.confirm(db, runtime, account_id, new_app.at(T + 30), owner=OWNER, at=T + 30)
     assert not _verify(runtime, account_id, old_app.at(T + 60), at=T + 60)
     assert _verify(runtime, account_id, new_app.at(T + 60), at=T + 60)
     with runtime.sessions() as db:
@@ -223,7 +230,7 @@ def test_replacement_keeps_the_old_seed_until_the_new_one_is_confirmed(runtime: 
 def test_uri_names_the_issuer_and_a_hint_never_an_email(runtime: Runtime) -> None:
     account_id = factories.account(runtime)
     with transaction(runtime.sessions) as db:
-        enrolment = totp.begin(db, runtime, account_id, restart=False)
+        enrolment = totp.begin(db, runtime, account_id, restart=False, owner=OWNER)
     parts = urlsplit(enrolment.uri)
     assert (parts.scheme, parts.netloc) == ("otpauth", "totp")
     assert unquote(parts.path) == f"/carebridge:{enrolment.label}"
@@ -239,10 +246,31 @@ def test_uri_names_the_issuer_and_a_hint_never_an_email(runtime: Runtime) -> Non
 def test_qr_code_is_an_svg_image_in_a_data_uri(runtime: Runtime) -> None:
     account_id = factories.account(runtime)
     with transaction(runtime.sessions) as db:
-        enrolment = totp.begin(db, runtime, account_id, restart=False)
+        enrolment = totp.begin(db, runtime, account_id, restart=False, owner=OWNER)
     prefix = "data:image/svg+xml;base64,"
     assert enrolment.qr_data_uri.startswith(prefix)
     svg = base64.b64decode(enrolment.qr_data_uri.removeprefix(prefix)).decode()
     assert svg.startswith("<svg")
     assert 'xmlns="http://www.w3.org/2000/svg"' in svg
     assert "<script" not in svg
+
+
+def test_another_session_can_neither_see_nor_confirm_a_seed_being_enrolled(
+    runtime: Runtime,
+) -> None:
+    account_id = factories.account(runtime)
+    with transaction(runtime.sessions) as db:
+        mine = totp.begin(db, runtime, account_id, restart=False, owner=OWNER)
+    code = pyotp.TOTP(mine.secret).at(T)
+    with transaction(runtime.sessions) as db:
+        assert not totp.confirm(db, runtime, account_id, code, owner="ses_other", at=T)
+    with transaction(runtime.sessions) as db:
+        theirs = totp.begin(db, runtime, account_id, restart=False, owner="ses_other")
+    assert theirs.created and theirs.secret != mine.secret
+    with transaction(runtime.sessions) as db:  # and the seed it replaced confirms nothing
+        assert not totp.confirm(db, runtime, account_id, code, owner=OWNER, at=T)
+    with transaction(runtime.sessions) as db:
+        confirmed = pyotp.TOTP(theirs.secret).at(T)
+        assert totp.confirm(db, runtime, account_id, confirmed, owner="ses_other", at=T)
+    # Once confirmed the seed is the account's, whichever session signs in with it.
+    assert _verify(runtime, account_id, pyotp.TOTP(theirs.secret).at(T + 30))
