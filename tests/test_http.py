@@ -486,3 +486,24 @@ def test_metrics_token_is_compared_in_constant_time(
     client = make_client(metrics_token="metrics-token")
     assert "carebridge_http_requests_total" in _scrape(client, authorization="Bearer metrics-token")
     assert compared == [(b"Bearer metrics-token", b"Bearer metrics-token")]
+
+
+def test_readiness_is_checked_at_most_once_a_second(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from carebridge.http import health  # noqa: PLC0415
+
+    calls: list[int] = []
+    real = health.readiness
+
+    def counting(runtime: Runtime) -> dict[str, str]:
+        calls.append(1)
+        return real(runtime)
+
+    monkeypatch.setattr(health, "readiness", counting)
+    for _ in range(5):
+        assert client.get("/readyz").status_code == 200
+    assert len(calls) == 1
+    monkeypatch.setattr(health, "FRESH_FOR", 0.0)
+    assert client.get("/readyz").status_code == 200
+    assert len(calls) == 2

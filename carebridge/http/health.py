@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -40,9 +41,20 @@ def readiness(runtime: Runtime) -> dict[str, str]:
     return {"database": "ok", "migrations": migrations}
 
 
+# Probes arrive every few seconds from each balancer; under load a check per request
+# would queue on the database (SQLite's write lock, the pool) for nothing.
+FRESH_FOR = 1.0
+
+
 async def readyz(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    checks = await run_in_threadpool(readiness, runtime)
+    state = request.app.state
+    cached: tuple[float, dict[str, str]] | None = getattr(state, "readiness", None)
+    if cached is not None and time.monotonic() - cached[0] < FRESH_FOR:
+        checks = cached[1]
+    else:
+        checks = await run_in_threadpool(readiness, runtime)
+        state.readiness = (time.monotonic(), checks)
     if all(state == "ok" for state in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
     failing = ", ".join(f"{name} {state}" for name, state in checks.items() if state != "ok")
