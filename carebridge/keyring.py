@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -183,6 +184,19 @@ class Keyring:
         header = bytes([_BLOB_VERSION, len(kid)]) + kid
         return _seal(kek.secret, header, plaintext, aad)
 
+    def encryptor(self) -> Callable[[bytes, bytes], bytes]:
+        """``encrypt`` for many records in a row (a roster import): one AES-GCM key setup."""
+        kek = self.active_kek
+        kid = kek.kid.encode("ascii")
+        header = bytes([_BLOB_VERSION, len(kid)]) + kid
+        aead = AESGCM(kek.secret)
+
+        def encrypt(plaintext: bytes, aad: bytes) -> bytes:
+            nonce = os.urandom(_NONCE_BYTES)
+            return header + nonce + aead.encrypt(nonce, plaintext, header + aad)
+
+        return encrypt
+
     def decrypt(self, blob: bytes, aad: bytes) -> bytes:
         if len(blob) < 2 or blob[0] != _BLOB_VERSION:
             raise DecryptionError("unknown ciphertext format")
@@ -223,6 +237,18 @@ class Keyring:
         """HMAC-SHA256 of a normalized value, scoped by purpose so hashes don't cross uses."""
         message = associated_data(purpose, value)
         return hmac.new(self._pepper, message, hashlib.sha256).hexdigest()
+
+    def lookup_hasher(self, purpose: str) -> Callable[[str], str]:
+        """``lookup_hash`` for many values of one purpose (a roster import): the HMAC is
+        keyed and fed the purpose once, then copied per value."""
+        keyed = hmac.new(self._pepper, associated_data(purpose), hashlib.sha256)
+
+        def lookup_hash(value: str) -> str:
+            mac = keyed.copy()
+            mac.update(associated_data(value))
+            return mac.hexdigest()
+
+        return lookup_hash
 
     # Serialization
 

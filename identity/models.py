@@ -13,6 +13,8 @@ import secrets
 from datetime import datetime
 
 from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Integer,
@@ -156,3 +158,71 @@ class UpstreamLoginState(Base):
     provider: Mapped[str] = mapped_column(String(64))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RosterImport(Base):
+    """One run of ``carebridge roster import``: counts only, never a value from the file.
+
+    ``outcome`` is "imported" (committed) or "refused" (bad input: nothing was written but
+    this row, recorded in a transaction of its own with the audit event).
+    """
+
+    __tablename__ = "roster_import"
+    __table_args__ = (
+        CheckConstraint("mode IN ('full', 'partial')", name="mode"),
+        CheckConstraint("outcome IN ('running', 'imported', 'refused')", name="outcome"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), index=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    imported: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    ineligible: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RosterMember(Base):
+    """A person on a source's eligibility roster, known from then on by ``patient_id``.
+
+    Nothing personal in plaintext: ``member_key`` (source + the source's member ID),
+    ``identity_hash`` (DOB + SSN last 4), ``dob_hash``, ``last_name_hash`` and ``zip_hash``
+    are keyed lookup hashes (identity.roster.hashes); first and last name, ZIP, group and
+    member ID are in ``details_encrypted``, bound to the row's ``id``. ``patient_id`` is
+    random, assigned at the first import and kept by every later one.
+    """
+
+    __tablename__ = "roster_member"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), index=True)
+    member_key: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(40), unique=True)
+    # Several people can share a DOB and SSN last 4: not unique.
+    identity_hash: Mapped[str] = mapped_column(String(64), index=True)
+    dob_hash: Mapped[str] = mapped_column(String(64))
+    last_name_hash: Mapped[str] = mapped_column(String(64))
+    zip_hash: Mapped[str] = mapped_column(String(64))
+    details_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    # False once terminated or missing from a full re-import: verification refuses it.
+    eligible: Mapped[bool] = mapped_column(Boolean)
+    terminated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_import_id: Mapped[str] = mapped_column(ForeignKey("roster_import.id"))
+
+
+class PatientLink(Base):
+    """An account is at most one patient, a patient at most one account."""
+
+    __tablename__ = "patient_link"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
+    )
+    patient_id: Mapped[str] = mapped_column(ForeignKey("roster_member.patient_id"), unique=True)
+    linked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

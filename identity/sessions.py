@@ -18,9 +18,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
+from carebridge import audit
+from carebridge.audit import Outcome
 from carebridge.http.paths import MACHINE_PATHS
 from carebridge.runtime import Runtime
-from identity.models import AuthSession, new_id
+from identity.accounts import ACTIVE
+from identity.models import Account, AuthSession, new_id
 
 FIRST_FACTOR = 1
 SECOND_FACTOR = 2
@@ -90,13 +93,16 @@ def start(
 
 
 def load(db: Session, runtime: Runtime, token: str) -> AuthSession | None:
-    """The live session for a token, or None; an expired one is deleted on the way."""
+    """The live session for a token, or None; an expired one, or one of an account that
+    is no longer active (disabled), is deleted on the way."""
     session = db.get(AuthSession, _token_hash(runtime, token))
     if session is None:
         return None
     now = utcnow()
     idle = timedelta(minutes=runtime.settings.session_idle_minutes)
-    if now >= _aware(session.expires_at) or now - _aware(session.last_seen_at) >= idle:
+    expired = now >= _aware(session.expires_at) or now - _aware(session.last_seen_at) >= idle
+    status = db.scalar(select(Account.status).where(Account.id == session.account_id))
+    if expired or status != ACTIVE:
         _discard(db, session)
         return None
     if now - _aware(session.last_seen_at) >= _TOUCH_EVERY:
@@ -139,6 +145,21 @@ def revoke_all(db: Session, account_id: str, *, keep: AuthSession | None = None)
     if keep is not None:
         query = query.where(AuthSession.token_hash != keep.token_hash)
     db.execute(query)
+
+
+def revoke_others(db: Session, current: AuthSession, *, request_id: str | None) -> None:
+    """End the account's sessions other than ``current``, audited: after a factor change
+    made for fear of compromise, an intruder's session must not outlive it."""
+    revoke_all(db, current.account_id, keep=current)
+    actor = f"account:{current.account_id}"
+    audit.append(
+        db,
+        actor=actor,
+        action="identity.session.revoke_others",
+        outcome=Outcome.ALLOWED,
+        target=actor,
+        request_id=request_id,
+    )
 
 
 # Requests

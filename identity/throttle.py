@@ -14,6 +14,8 @@ Policy (NIST SP 800-63B §5.2.2, "rate limiting"):
   someone else's. IPv6 addresses count per /64, the block one subscriber usually gets.
 - Sign-ups per address (:data:`SIGNUP_ADDRESS`): the same shape, so sign-up cannot be
   used to probe logins in bulk.
+- Upstream sign-ins started per address (:data:`UPSTREAM_START_ADDRESS`): 30 free, then
+  the same delays; each start stores a round trip's state for anyone who asks.
 
 Keys never hold a login or an address in plaintext: the identifier's key is its login
 lookup hash, so a login without an account is counted (and locked) exactly like one
@@ -77,7 +79,10 @@ ADDRESS = Policy("ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=t
 SIGNUP_ADDRESS = Policy(
     "signup-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
 )
-_NEVER_CAPPED = (ADDRESS, SIGNUP_ADDRESS)
+UPSTREAM_START_ADDRESS = Policy(
+    "upstream-ip", free=30, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+_NEVER_CAPPED = (ADDRESS, SIGNUP_ADDRESS, UPSTREAM_START_ADDRESS)
 # Longer than any policy's forget_after.
 PURGE_AFTER = timedelta(days=31)
 

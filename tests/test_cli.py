@@ -96,6 +96,12 @@ def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         ["keys", "list"],
         ["audit"],
         ["audit", "verify"],
+        ["worker"],
+        ["accounts", "unlock"],
+        ["accounts", "disable"],
+        ["accounts", "enable"],
+        ["roster", "import"],
+        ["roster", "stats"],
     ],
 )
 def test_help_exits_zero_without_touching_anything(

@@ -11,6 +11,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 from starlette.requests import Request
+from starlette.types import Message
 
 from carebridge.http import csrf
 from carebridge.http.problems import Problem
@@ -36,9 +37,18 @@ async def _body(request: Request) -> bytes:
 
 
 async def read_form(request: Request) -> FormData:
-    """A page's posted form, CSRF-checked (403 otherwise). Files are not accepted."""
-    _check_size(request)
-    form = await request.form(max_files=0, max_fields=50, max_part_size=MAX_BODY)
+    """A page's posted form, CSRF-checked (403 otherwise). Files are not accepted.
+
+    The whole body is read first, bounded like a JSON body (a chunked one has no length
+    to check), and the form parsed from those bytes.
+    """
+    body = await _body(request)
+
+    async def replay() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    bounded = Request(request.scope, replay)
+    form = await bounded.form(max_files=0, max_fields=50, max_part_size=MAX_BODY)
     csrf.verify(request, form)
     return form
 

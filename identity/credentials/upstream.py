@@ -9,7 +9,8 @@ with a profile endpoint, both through Authlib's httpx client driven by hand.
   browser signs no one in (login CSRF).
 - ID tokens are checked in full: signature against the provider's JWKS (asymmetric
   algorithms only), ``iss`` = the discovery document's issuer, ``aud`` = our client ID
-  (and ``azp`` when there are several audiences), ``exp``, ``iat`` and ``nonce``.
+  (and ``azp`` when there are several audiences or an ``azp`` at all), ``exp``, ``iat``
+  and ``nonce``.
 - A person upstream is (issuer, subject), never an email address.
 - Every HTTP call has a timeout; discovery documents and key sets are cached briefly. A
   provider that is down, slow or answers nonsense raises :class:`UnavailableError`.
@@ -351,8 +352,9 @@ def validate_id_token(
     except (JoseError, ValueError, TypeError, KeyError) as exc:
         raise InvalidIdTokenError(f"ID token refused: {type(exc).__name__}") from None
     audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
-    if len(audiences) > 1 and claims.get("azp") != client_id:
-        raise InvalidIdTokenError("ID token refused: several audiences and azp is not us")
+    # OIDC Core 3.1.3.7: with several audiences azp must be us; an azp present must be us.
+    if (len(audiences) > 1 or "azp" in claims) and claims.get("azp") != client_id:
+        raise InvalidIdTokenError("ID token refused: azp is not us")
     if not isinstance(claims["sub"], str) or not 0 < len(claims["sub"]) <= 255:
         raise InvalidIdTokenError("ID token refused: unusable sub")
     return claims

@@ -93,6 +93,7 @@ def regenerate_recovery_codes(
             target=actor,
             request_id=request_id,
         )
+        sessions.revoke_others(db, session, request_id=request_id)
     return Status.OK, codes
 
 

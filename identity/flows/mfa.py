@@ -285,6 +285,8 @@ def confirm_enrolment(
         if first:
             reveal_to = started.session.handle if reveal_codes else None
             codes = recovery.regenerate(db, runtime, account_id, reveal_to=reveal_to)
+        else:  # a replaced authenticator: whoever else is signed in is signed out
+            sessions.revoke_others(db, started.session, request_id=request_id)
         audit.append(
             db,
             actor=_actor(session),

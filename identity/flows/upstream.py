@@ -1,6 +1,8 @@
 """Signing in through an upstream provider, linking one to an account, and unlinking.
 
-- ``GET /signin/upstream/{name}`` starts a round trip; ``…/callback`` finishes it. A known
+- ``GET /signin/upstream/{name}`` starts a round trip (at most 30 per client address
+  before delays, :data:`identity.throttle.UPSTREAM_START_ADDRESS`); ``…/callback``
+  finishes it. A known
   (issuer, subject) signs in to its account (first factor; the usual second-factor steps
   follow). An unknown one creates a new account silently: never linked by email.
 - Linking starts from ``/account/methods`` (a POST, with a sign-in in the last five
@@ -38,7 +40,7 @@ from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
 from carebridge.runtime import Runtime
 from carebridge.settings import UpstreamProvider
-from identity import authn, sessions
+from identity import authn, sessions, throttle
 from identity.credentials import upstream
 from identity.models import (
     Account,
@@ -135,6 +137,12 @@ _TROUBLE: dict[str, tuple[int, str, str]] = {
         "Please sign in again to link {provider}",
         "Linking needs the account that started it to be signed in. Nothing was changed.",
     ),
+    "throttled": (
+        429,
+        "Too many sign-ins started",
+        "Too many sign-ins with {provider} were started from your network. Nothing was "
+        "changed. Please wait a few minutes, then try again.",
+    ),
     "disabled": (
         403,
         "You can't sign in with this account",
@@ -199,8 +207,29 @@ async def _to_provider(
     return RedirectResponse(url, status_code=303)
 
 
+def _count_start(request: Request) -> bool:
+    """Count a started sign-in against the client's address; False (audited): too many."""
+    runtime = _runtime(request)
+    host = request.client.host if request.client else None
+    limit = throttle.address_limit(runtime.keyring, host, throttle.UPSTREAM_START_ADDRESS)
+    with runtime.sessions.begin() as db:
+        counts = throttle.store_for(runtime.settings).attempt(db, [limit], throttle.utcnow())
+        if counts is None:
+            audit.append(
+                db,
+                actor="anonymous",
+                action="identity.signin.upstream",
+                outcome=Outcome.DENIED,
+                target=limit.key,
+                request_id=request.state.request_id,
+            )
+    return counts is not None
+
+
 async def start(request: Request) -> Response:
     provider = _provider(request)
+    if not await run_in_threadpool(_count_start, request):
+        return trouble(request, "throttled", provider)
     next_path = authn.safe_next(request.query_params.get("next"))
     return await _to_provider(
         request,
@@ -502,9 +531,11 @@ def methods_of(db: Session, runtime: Runtime, account_id: str) -> SignInMethods:
 
 
 def unlink(
-    db: Session, *, account_id: str, link_id: str, request_id: str | None
+    db: Session, current: AuthSession, *, link_id: str, request_id: str | None
 ) -> Literal["unlinked", "not_found", "last_method"]:
-    """Remove one of the account's own links, unless it is the last way to sign in."""
+    """Remove one of the account's own links, unless it is the last way to sign in; the
+    account's other sessions end (whoever signed in with that link is signed out)."""
+    account_id = current.account_id
     # Serialize changes to one account's methods, so two unlinks can't both pass the count.
     db.execute(select(Account.id).where(Account.id == account_id).with_for_update())
     link = db.scalars(
@@ -536,6 +567,8 @@ def unlink(
         target=f"upstream:{link_id}",
         request_id=request_id,
     )
+    if outcome == "unlinked":
+        sessions.revoke_others(db, current, request_id=request_id)
     return outcome
 
 
@@ -632,7 +665,7 @@ async def _unlink(request: Request, session: Any, link_id: str) -> str:
         with runtime.sessions.begin() as db:
             return unlink(
                 db,
-                account_id=session.account_id,
+                session,
                 link_id=link_id,
                 request_id=request.state.request_id,
             )

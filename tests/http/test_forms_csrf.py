@@ -127,6 +127,35 @@ def test_oversize_form_is_refused_before_parsing(app_client: TestClient) -> None
     assert posted == []
 
 
+def _chunked_form(token: str, fields: int, size: int) -> Iterator[bytes]:
+    yield f"csrf_token={token}&name=a".encode()
+    for i in range(fields):
+        yield f"&f{i}=".encode() + b"a" * size
+
+
+def test_oversize_form_without_a_length_is_refused(app_client: TestClient) -> None:
+    # Each field is well under the limit, together they are not; no Content-Length to check.
+    token = _token(app_client)
+    fields = MAX_BODY // 8192 + 2
+    response = app_client.post(
+        "/form",
+        content=_chunked_form(token, fields, 8192),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 413
+    assert posted == []
+
+
+def test_small_form_without_a_length_is_accepted_and_csrf_checked(app_client: TestClient) -> None:
+    token = _token(app_client)
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    ok = app_client.post("/form", content=_chunked_form(token, 2, 100), headers=headers)
+    assert ok.text == "ok"
+    forged = app_client.post("/form", content=_chunked_form("forged", 2, 100), headers=headers)
+    assert forged.status_code == 403
+    assert posted == ["a"]
+
+
 def test_json_errors_name_fields_without_echoing_values(app_client: TestClient) -> None:
     response = app_client.post(
         "/api/v1/greet", json={"name": "x" * 21 + "SECRETVALUE", "count": "many"}

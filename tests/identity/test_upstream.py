@@ -518,6 +518,8 @@ def test_a_genuine_id_token_is_accepted(provider_key: ECKey) -> None:
     assert _validate(_sign(_claims(), provider_key), provider_key)["sub"] == "alice"
     several = _claims(aud=[CLIENT_ID, "other"], azp=CLIENT_ID)
     assert _validate(_sign(several, provider_key), provider_key)["sub"] == "alice"
+    with_azp = _claims(azp=CLIENT_ID)
+    assert _validate(_sign(with_azp, provider_key), provider_key)["sub"] == "alice"
 
 
 @pytest.mark.parametrize(
@@ -525,6 +527,7 @@ def test_a_genuine_id_token_is_accepted(provider_key: ECKey) -> None:
     [
         pytest.param(lambda: _claims(aud="someone-else"), id="wrong-audience"),
         pytest.param(lambda: _claims(aud=["other", CLIENT_ID]), id="several-audiences-no-azp"),
+        pytest.param(lambda: _claims(azp="another-client"), id="one-audience-azp-not-us"),
         pytest.param(lambda: _claims(aud=None), id="no-audience"),
         pytest.param(lambda: _claims(iss="https://evil.example"), id="wrong-issuer"),
         pytest.param(lambda: _claims(iss=None), id="no-issuer"),
