@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(default=2, ge=1)
     argon2_parallelism: int = Field(default=1, ge=1)
     upstream_providers_file: Path | None = None
+    # Identity verification: what tells apart people sharing a DOB and SSN last 4.
+    verify_tiebreaker: Literal["last_name", "zip"] = "last_name"
+    activation_code_days: int = Field(default=30, ge=1, le=365)
 
     @field_validator("issuer")
     @classmethod

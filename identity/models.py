@@ -226,3 +226,38 @@ class PatientLink(Base):
     )
     patient_id: Mapped[str] = mapped_column(ForeignKey("roster_member.patient_id"), unique=True)
     linked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ActivationCode(Base):
+    """A one-time code staff issue for a patient ID; the patient redeems it with their DOB.
+
+    Only ``code_hash`` (a keyed lookup hash of the normalised code) is kept; the code is
+    shown once. Issuing a new code for a patient ends its earlier unused ones (their
+    ``expires_at`` becomes the moment of reissue). ``reason`` is the operator's stated
+    reason: an explanation, never personal data.
+    """
+
+    __tablename__ = "activation_code"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("roster_member.patient_id"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(500))
+
+
+class StaffAction(Base):
+    """Why staff did something to a patient or an account (the audit log has IDs only)."""
+
+    __tablename__ = "staff_action"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    account_id: Mapped[str | None] = mapped_column(String(40))
+    reason: Mapped[str] = mapped_column(String(500))

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from identity.flows import account, mfa, reauth, signin, signout, signup, upstream
+from identity.flows import (
+    account,
+    activate,
+    mfa,
+    reauth,
+    signin,
+    signout,
+    signup,
+    upstream,
+    verify,
+)
 from identity.oidc import jwks
 
 
@@ -18,4 +28,6 @@ def routes() -> list[BaseRoute]:
         *mfa.routes(),
         *reauth.routes(),
         *account.routes(),
+        *activate.routes(),
+        *verify.routes(),
     ]

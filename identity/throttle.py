@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol, cast
 
 import redis
-from sqlalchemy import Table, bindparam, case, delete, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, not_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -82,7 +82,41 @@ SIGNUP_ADDRESS = Policy(
 UPSTREAM_START_ADDRESS = Policy(
     "upstream-ip", free=30, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
 )
-_NEVER_CAPPED = (ADDRESS, SIGNUP_ADDRESS, UPSTREAM_START_ADDRESS)
+# Identity verification (identity/flows/verify.py): four SSN digits are 10,000 guesses.
+# Per account: 5 failures within a day lock it until staff review. Per address: looser, and
+# delays only. Per roster identity (DOB + SSN last 4): 10 failures lock it for good (a
+# record targeted by several accounts). Per DOB: delays after 10, against cycling SSN
+# digits for a known birthday from many accounts and addresses.
+VERIFY_ACCOUNT = Policy(
+    "verify-account", free=5, max_delay=0, hard_cap=5, forget_after=timedelta(hours=24)
+)
+VERIFY_ADDRESS = Policy(
+    "verify-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+VERIFY_RECORD = Policy(
+    "verify-record", free=10, max_delay=0, hard_cap=10, forget_after=timedelta(days=30)
+)
+VERIFY_DOB = Policy(
+    "verify-dob", free=10, max_delay=60 * 60, hard_cap=None, forget_after=timedelta(hours=24)
+)
+# Activation codes (identity/flows/activate.py): 5 failures lock redemption until staff
+# review (`carebridge roster activation-unlock`); per address, delays only.
+ACTIVATE_ACCOUNT = Policy(
+    "activate", free=4, max_delay=15 * 60, hard_cap=5, forget_after=timedelta(hours=24)
+)
+ACTIVATE_ADDRESS = Policy(
+    "activate-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+_NEVER_CAPPED = (
+    ADDRESS,
+    SIGNUP_ADDRESS,
+    UPSTREAM_START_ADDRESS,
+    VERIFY_ADDRESS,
+    VERIFY_DOB,
+    ACTIVATE_ADDRESS,
+)
+# Policies that lock for good below HARD_CAP: purge keeps their locked counters too.
+_CAPPED_LOW = (VERIFY_ACCOUNT, VERIFY_RECORD, ACTIVATE_ACCOUNT)
 # Longer than any policy's forget_after.
 PURGE_AFTER = timedelta(days=31)
 
@@ -245,14 +279,26 @@ class DatabaseStore:
         Keeps every counter at 100 failures or more (a lock until an operator clears it,
         under LOGIN or any other policy capped at 100) except the address ones, which no
         policy locks for good.
+        Keeps verification counters locked at their lower caps (VERIFY_ACCOUNT,
+        VERIFY_RECORD) as well: those wait for staff review.
         """
         never_capped = or_(
             *(_COUNTERS.c.key.startswith(f"{policy.prefix}:") for policy in _NEVER_CAPPED)
+        )
+        locked_low = or_(
+            *(
+                and_(
+                    _COUNTERS.c.key.startswith(f"{policy.prefix}:"),
+                    _COUNTERS.c.failures >= cast(int, policy.hard_cap),
+                )
+                for policy in _CAPPED_LOW
+            )
         )
         result = db.execute(
             delete(_COUNTERS).where(
                 _COUNTERS.c.updated_at < now - older_than,
                 or_(_COUNTERS.c.failures < HARD_CAP, never_capped),
+                not_(locked_low),
             )
         )
         return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,15 +1,21 @@
-"""``carebridge roster``: the eligibility roster (import, counts)."""
+"""``carebridge roster``: the eligibility roster (import, counts) and staff operations on
+patient IDs (activation codes, unlink, re-verify, look-up), each with a stated reason."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
-from identity.roster import importer
+from carebridge.runtime import Runtime
+from identity.flows import activate
+from identity.roster import importer, staff
 from identity.roster.csv_format import FIELDS, RowError
+
+_T = TypeVar("_T")
 
 
 def register(commands: Any) -> None:
@@ -40,6 +46,99 @@ def register(commands: Any) -> None:
     show = add_parser(sub, "stats", "Counts for one source (no personal data).")
     show.add_argument("--source", required=True)
     show.set_defaults(handler=stats)
+    _staff_command(
+        sub,
+        "activation-code",
+        "Issue a one-time activation code for an eligible, unlinked patient ID (shown once; "
+        "earlier unused codes for the patient stop working).",
+        activation_code,
+    )
+    _staff_command(
+        sub,
+        "unlink",
+        "Unlink a patient ID from its account (the account keeps its sign-in).",
+        unlink,
+    )
+    _staff_command(
+        sub,
+        "reverify",
+        "Unlink a patient ID and end its unused activation codes: the account must verify again.",
+        reverify,
+    )
+    _staff_command(
+        sub,
+        "lookup",
+        "Show a patient's roster details (names, ZIP, group, eligibility, linked or not).",
+        lookup,
+    )
+    unlock = add_parser(
+        sub,
+        "activation-unlock",
+        "Clear an account's activation lock (5 wrong codes or dates of birth lock it).",
+    )
+    unlock.add_argument("account_id", metavar="ACCOUNT_ID")
+    unlock.add_argument("--reason", required=True, help=_REASON_HELP)
+    unlock.set_defaults(handler=activation_unlock)
+
+
+_REASON_HELP = "why (kept with the record; an explanation, never personal data)"
+
+
+def _staff_command(sub: Any, name: str, help_text: str, handler: Any) -> None:
+    parser = add_parser(sub, name, help_text + " Requires --reason; audited.")
+    parser.add_argument("patient_id", metavar="PATIENT_ID")
+    parser.add_argument("--reason", required=True, help=_REASON_HELP)
+    parser.set_defaults(handler=handler)
+
+
+def _staff(operation: Callable[[Runtime], _T]) -> _T:
+    rt = runtime()
+    try:
+        require_current_schema(rt)
+        return operation(rt)
+    except staff.StaffError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        rt.close()
+
+
+def activation_code(args: argparse.Namespace) -> int:
+    issued = _staff(lambda rt: staff.issue_code(rt, args.patient_id, reason=args.reason))
+    print(f"activation code for {args.patient_id}: {issued.code}")
+    print(f"expires {issued.expires_at:%Y-%m-%d %H:%M} UTC; it is shown only this once")
+    return 0
+
+
+def unlink(args: argparse.Namespace) -> int:
+    account_id = _staff(lambda rt: staff.unlink(rt, args.patient_id, reason=args.reason))
+    print(f"patient {args.patient_id} unlinked from account {account_id}")
+    return 0
+
+
+def reverify(args: argparse.Namespace) -> int:
+    account_id = _staff(
+        lambda rt: staff.unlink(rt, args.patient_id, reason=args.reason, action="roster.reverify")
+    )
+    print(f"patient {args.patient_id} unlinked from account {account_id}; it must verify again")
+    return 0
+
+
+def lookup(args: argparse.Namespace) -> int:
+    found = _staff(lambda rt: staff.lookup(rt, args.patient_id, reason=args.reason))
+    print(f"patient ID:  {found.patient_id}")
+    print(f"name:        {found.first_name} {found.last_name}")
+    print(f"ZIP:         {found.zip}")
+    print(f"group:       {found.group or '-'}")
+    print(f"source:      {found.source} (member ID {found.member_id})")
+    print(f"eligible:    {'yes' if found.eligible else 'no'}")
+    print(f"linked:      {'yes' if found.linked else 'no'}")
+    return 0
+
+
+def activation_unlock(args: argparse.Namespace) -> int:
+    failures = _staff(lambda rt: activate.unlock(rt, args.account_id, reason=args.reason))
+    print(f"activation lock cleared for account {args.account_id} ({failures} failures forgotten)")
+    return 0
 
 
 class _Progress:

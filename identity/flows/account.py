@@ -31,7 +31,7 @@ from identity import authn, sessions
 from identity.credentials import recovery, totp
 from identity.flows import mfa
 from identity.flows.mfa import Status
-from identity.models import AuthSession
+from identity.models import AuthSession, PatientLink
 
 _HANDLE = re.compile(r"ses_[A-Za-z0-9_-]{22}")
 
@@ -118,6 +118,12 @@ def remove_totp(runtime: Runtime, session: AuthSession, *, request_id: str | Non
     return Status.OK
 
 
+def is_verified(runtime: Runtime, account_id: str) -> bool:
+    """Whether the account is linked to a patient (the patient ID itself is for systems)."""
+    with runtime.sessions() as db:
+        return db.get(PatientLink, account_id) is not None
+
+
 def list_sessions(runtime: Runtime, account_id: str) -> list[AuthSession]:
     with runtime.sessions() as db:
         return sessions.for_account(db, account_id)
@@ -159,8 +165,9 @@ def _render(request: Request, name: str, context: dict[str, Any]) -> Response:
 
 
 async def home(request: Request) -> Response:
-    await authn.require(request)
-    return _render(request, "account.html", {})
+    session = await authn.require(request)
+    verified = await run_in_threadpool(is_verified, _runtime(request), session.account_id)
+    return _render(request, "account.html", {"verified": verified})
 
 
 async def security_page(request: Request) -> Response:

@@ -224,9 +224,13 @@ def test_purge_keeps_hard_locks_and_recent_counters(runtime: Runtime) -> None:
     hard_login, hard_mfa = f"login:{key()}", f"mfa:{key()}"
     stale_login, busy_address = f"login:{key()}", f"ip:{key()}"
     stale_signups, recent_address = f"signup-ip:{key()}", f"ip:{key()}"
+    staff_review = [f"activate:{key()}", f"verify-account:{key()}", f"verify-record:{key()}"]
     rows = {
         hard_login: (100, old),  # locked until an operator clears it: kept
         hard_mfa: (100, old),  # another policy's hard lock: kept
+        staff_review[0]: (5, old),  # locked until staff review, below 100: kept
+        staff_review[1]: (5, old),
+        staff_review[2]: (10, old),
         stale_login: (99, old),  # purged
         busy_address: (150, old),  # addresses never lock for good: purged
         stale_signups: (3, old),  # purged
@@ -238,7 +242,7 @@ def test_purge_keeps_hard_locks_and_recent_counters(runtime: Runtime) -> None:
     with runtime.sessions.begin() as db:
         assert throttle.DatabaseStore().purge(db, T0) == 3
         remaining = set(db.scalars(select(ThrottleCounter.key)))
-    assert remaining == {hard_login, hard_mfa, recent_address}
+    assert remaining == {hard_login, hard_mfa, recent_address, *staff_review}
 
 
 # Through the API

@@ -1,0 +1,483 @@
+"""Verifying who a signed-in account is: DOB + SSN last 4 against the eligibility roster.
+
+``GET/POST /verify`` (page) and ``POST /api/v1/verify`` (JSON) share one service,
+:func:`verify`. Only a finished sign-in (MFA done) without a patient link may verify.
+
+1. Parse: a real date of birth in the past, exactly four SSN digits (a full nine-digit
+   number is refused with a message that only the last four are needed; it is never
+   echoed, stored or logged).
+2. Count the attempt *first*, as a failure, against the account (5, then locked until
+   staff review), the client address (delays), the roster identity (DOB + SSN4 hash: 10,
+   then locked for good, logged) and the DOB (delays): identity/throttle.py. Any locked
+   key refuses at once with one "contact support" answer.
+3. Match ``RosterHashes.identity(dob, ssn4)`` over the roster. Exactly one eligible row,
+   not linked to anyone → a ``PatientLink`` (its unique constraints settle concurrent
+   claims: the loser gets the failure answer). Anything else without a tie-breaker → ask
+   for the tie-breaker (``CAREBRIDGE_VERIFY_TIEBREAKER``: last name or ZIP), the same
+   answer whether the pair is shared, unknown, ineligible or claimed; with a tie-breaker,
+   the one failure answer. Every path does the same hashes and queries.
+
+Every attempt is audited (``identity.verify``, allowed/failed/denied, target the account
+and on success the patient ID; never a value) and counted in
+``carebridge_verification_total{outcome}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from carebridge import audit
+from carebridge.audit import Outcome
+from carebridge.db import transaction
+from carebridge.http import openapi
+from carebridge.http.forms import read_form, read_json
+from carebridge.http.problems import Problem
+from carebridge.http.templates import templates_for
+from carebridge.runtime import Runtime
+from identity import authn, throttle
+from identity.flows.account import is_verified
+from identity.flows.signin import form_errors, form_text
+from identity.models import PatientLink, RosterMember
+from identity.roster.hashes import RosterHashes
+
+log = logging.getLogger(__name__)
+templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
+
+ACTION = "identity.verify"
+VERIFICATIONS = Counter(
+    "carebridge_verification_total",
+    "Identity verification attempts by outcome (verified, failed, locked)",
+    ["outcome"],
+)
+
+FAILED = (
+    "We couldn't verify your identity with those details. Check them and try again, "
+    "or contact support."
+)
+NEED_MORE = "We need one more detail to find your record. Enter your details again, with it."
+LOCKED = (
+    "We can't verify your identity online right now. Contact support and we'll help you finish."
+)
+ALREADY = "Your identity is already verified."
+ENTER_DOB = "Enter your date of birth."
+REAL_DOB = "Enter a real date of birth, like 1980-03-27."
+PAST_DOB = "Your date of birth must be in the past."
+ENTER_SSN4 = "Enter the last four digits of your Social Security number."
+SSN4_DIGITS = "Enter exactly 4 digits: the last four of your Social Security number."
+FULL_SSN = (
+    "Enter only the last four digits of your Social Security number. We don't need the full number."
+)
+ENTER_LAST_NAME = "Enter your last name."
+ENTER_ZIP = "Enter your 5-digit ZIP code."
+
+_ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+_SSN4 = re.compile(r"\d{4}")
+_FULL_SSN = re.compile(r"\d{3}[- ]?\d{2}[- ]?\d{4}")
+_ZIP = re.compile(r"\d{5}(-\d{4})?")
+MAX_LAST_NAME = 100
+
+Tiebreaker = Literal["last_name", "zip"]
+
+
+# Parsing
+
+
+@openapi.component
+class VerifyDetails(BaseModel):
+    """Date of birth and SSN last 4; a tie-breaker when asked for one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dob: date = Field(description="Date of birth, YYYY-MM-DD", json_schema_extra={"format": "date"})
+    ssn4: str = Field(
+        description="The last four digits of the Social Security number (never the full one)",
+        json_schema_extra={"pattern": r"^\d{4}$"},
+    )
+    last_name: str = Field(
+        default="",
+        description="Tie-breaker, when CAREBRIDGE_VERIFY_TIEBREAKER is last_name",
+        json_schema_extra={"maxLength": MAX_LAST_NAME},
+    )
+    zip: str = Field(
+        default="", description="Tie-breaker, when CAREBRIDGE_VERIFY_TIEBREAKER is zip"
+    )
+
+    @field_validator("dob", mode="before")
+    @classmethod
+    def _dob(cls, value: object) -> date:
+        if isinstance(value, date):
+            return value
+        text = value.strip() if isinstance(value, str) else ""
+        if not text:
+            raise PydanticCustomError("dob", ENTER_DOB)
+        match = _ISO_DATE.fullmatch(text)
+        if not match:
+            raise PydanticCustomError("dob", REAL_DOB)
+        try:
+            dob = date(*(int(part) for part in match.groups()))
+        except ValueError:
+            raise PydanticCustomError("dob", REAL_DOB) from None
+        if dob >= datetime.now(UTC).date():
+            raise PydanticCustomError("dob", PAST_DOB)
+        if dob.year < 1900:
+            raise PydanticCustomError("dob", REAL_DOB)
+        return dob
+
+    @field_validator("ssn4", mode="before")
+    @classmethod
+    def _ssn4(cls, value: object) -> str:
+        text = value.strip() if isinstance(value, str) else ""
+        if _SSN4.fullmatch(text):
+            return text
+        if not text:
+            raise PydanticCustomError("ssn4", ENTER_SSN4)
+        if _FULL_SSN.fullmatch(text):
+            raise PydanticCustomError("ssn4", FULL_SSN)
+        raise PydanticCustomError("ssn4", SSN4_DIGITS)
+
+    @field_validator("last_name")
+    @classmethod
+    def _last_name(cls, value: str) -> str:
+        if len(value) > MAX_LAST_NAME:
+            raise PydanticCustomError("last_name", f"Enter at most {MAX_LAST_NAME} characters.")
+        return value.strip()
+
+    @field_validator("zip")
+    @classmethod
+    def _zip(cls, value: str) -> str:
+        text = value.strip()
+        if text and not _ZIP.fullmatch(text):
+            raise PydanticCustomError("zip", ENTER_ZIP)
+        return text
+
+    def tiebreaker(self, kind: Tiebreaker) -> str:
+        return self.last_name if kind == "last_name" else self.zip
+
+
+@openapi.component
+class Verified(BaseModel):
+    """The account is a verified patient (its patient ID is for systems, not shown)."""
+
+    status: Literal["verified"] = "verified"
+
+
+# The service
+
+
+class Result(StrEnum):
+    VERIFIED = "verified"
+    NEED_TIEBREAKER = "need_tiebreaker"
+    FAILED = "failed"
+    LOCKED = "locked"
+    ALREADY = "already"
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: str
+    patient_id: str
+    eligible: bool
+    tiebreaker_hash: str
+    linked_to: str | None
+
+
+def _limits(
+    runtime: Runtime, account_id: str, client_host: str | None, identity: str, dob: str
+) -> list[throttle.Limit]:
+    return [
+        throttle.Limit(throttle.VERIFY_ACCOUNT, f"{throttle.VERIFY_ACCOUNT.prefix}:{account_id}"),
+        throttle.address_limit(runtime.keyring, client_host, throttle.VERIFY_ADDRESS),
+        throttle.Limit(throttle.VERIFY_RECORD, f"{throttle.VERIFY_RECORD.prefix}:{identity}"),
+        throttle.Limit(throttle.VERIFY_DOB, f"{throttle.VERIFY_DOB.prefix}:{dob}"),
+    ]
+
+
+def verify(
+    runtime: Runtime,
+    account_id: str,
+    details: VerifyDetails,
+    *,
+    client_host: str | None,
+    request_id: str | None = None,
+) -> Result:
+    """Try to link the account to its roster record (run it in the thread pool)."""
+    kind: Tiebreaker = runtime.settings.verify_tiebreaker
+    hashes = RosterHashes(runtime.keyring)
+    identity = hashes.identity(details.dob, details.ssn4)
+    dob_hash = hashes.dob(details.dob)
+    offered = details.tiebreaker(kind)
+    # Hashed on every path, given or not: the same work whatever the answer.
+    offered_hash = hashes.last_name(offered) if kind == "last_name" else hashes.zip(offered)
+    limits = _limits(runtime, account_id, client_host, identity, dob_hash)
+    account_limit, record_limit = limits[0], limits[2]
+    actor = f"account:{account_id}"
+    store = throttle.store_for(runtime.settings)
+
+    with transaction(runtime.sessions) as db:
+        if db.get(PatientLink, account_id) is not None:
+            return Result.ALREADY
+        counts = store.attempt(db, limits, throttle.utcnow())
+        if counts is None:
+            audit.append(
+                db,
+                actor=actor,
+                action=ACTION,
+                outcome=Outcome.DENIED,
+                target=actor,
+                request_id=request_id,
+            )
+    if counts is None:
+        VERIFICATIONS.labels("locked").inc()
+        return Result.LOCKED
+
+    column = RosterMember.last_name_hash if kind == "last_name" else RosterMember.zip_hash
+    query = (
+        select(
+            RosterMember.id,
+            RosterMember.patient_id,
+            RosterMember.eligible,
+            column,
+            PatientLink.account_id,
+        )
+        .outerjoin(PatientLink, PatientLink.patient_id == RosterMember.patient_id)
+        .where(RosterMember.identity_hash == identity)
+    )
+    linked: str | None = None
+    rows: list[_Row] = []
+    try:
+        with transaction(runtime.sessions) as db:
+            rows = [_Row(*row) for row in db.execute(query).all()]
+            candidates = [row for row in rows if row.eligible]
+            if offered:
+                candidates = [
+                    row
+                    for row in candidates
+                    if hmac.compare_digest(row.tiebreaker_hash, offered_hash)
+                ]
+            if len(candidates) == 1 and candidates[0].linked_to is None:
+                linked = candidates[0].patient_id
+                db.add(
+                    PatientLink(
+                        account_id=account_id, patient_id=linked, linked_at=throttle.utcnow()
+                    )
+                )
+                db.flush()
+                now = throttle.utcnow()
+                store.reset(db, account_limit)
+                for limit in limits[1:]:
+                    store.refund(db, limit, now)
+                audit.append(
+                    db,
+                    actor=actor,
+                    action=ACTION,
+                    outcome=Outcome.ALLOWED,
+                    target=f"{actor} patient:{linked}",
+                    request_id=request_id,
+                )
+    except IntegrityError:
+        # Someone else claimed the patient (or this account verified) at the same moment.
+        linked = None
+    if linked is not None:
+        VERIFICATIONS.labels("verified").inc()
+        return Result.VERIFIED
+
+    with transaction(runtime.sessions) as db:
+        audit.append(
+            db,
+            actor=actor,
+            action=ACTION,
+            outcome=Outcome.FAILED,
+            target=actor,
+            request_id=request_id,
+        )
+        if account_limit.policy.hard_locked(counts.get(account_limit.key, 0)):
+            audit.append(
+                db,
+                actor=actor,
+                action=f"{ACTION}.lock",
+                outcome=Outcome.DENIED,
+                target=actor,
+                request_id=request_id,
+            )
+    if counts.get(record_limit.key, 0) == record_limit.policy.hard_cap and rows:
+        # Row IDs only: an operator looks the record up from there.
+        log.warning("roster record locked", extra={"roster_member_ids": [r.id for r in rows]})
+    VERIFICATIONS.labels("failed").inc()
+    return Result.FAILED if offered else Result.NEED_TIEBREAKER
+
+
+# Pages
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _render(request: Request, context: dict[str, Any], status_code: int = 200) -> Response:
+    runtime = _runtime(request)
+    base = {
+        "errors": {},
+        "verified": False,
+        "tiebreaker": None,
+        "kind": runtime.settings.verify_tiebreaker,
+        "dob": {"day": "", "month": "", "year": ""},
+    }
+    response = templates.TemplateResponse(
+        request, "identity/verify.html", {**base, **context}, status_code=status_code
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def verify_page(request: Request) -> Response:
+    session = await authn.require(request)
+    verified = await run_in_threadpool(is_verified, _runtime(request), session.account_id)
+    return _render(request, {"verified": verified})
+
+
+def _page_dob(day: str, month: str, year: str) -> str:
+    """Three fields as the one YYYY-MM-DD the model parses ("" if any is not digits)."""
+    parts = (year.strip(), month.strip(), day.strip())
+    if not all(part.isdigit() and len(part) <= 4 for part in parts):
+        return "" if not any(parts) else "invalid"
+    return f"{parts[0].zfill(4)}-{parts[1].zfill(2)}-{parts[2].zfill(2)}"
+
+
+async def verify_submit(request: Request) -> Response:
+    session = await authn.require(request)
+    form = await read_form(request)
+    runtime = _runtime(request)
+    kind = runtime.settings.verify_tiebreaker
+    shown = {name: form_text(form, f"dob_{name}")[:4] for name in ("day", "month", "year")}
+    fields = {
+        "dob": _page_dob(shown["day"], shown["month"], shown["year"]),
+        "ssn4": form_text(form, "ssn4"),
+        "last_name": form_text(form, "last_name")[: 4 * MAX_LAST_NAME],
+        "zip": form_text(form, "zip")[:16],
+    }
+    # The SSN field is never filled back in, whatever the answer.
+    context: dict[str, Any] = {
+        "dob": shown,
+        "tiebreaker": kind if form.get(kind) is not None else None,
+    }
+    try:
+        details = VerifyDetails.model_validate(fields)
+    except ValidationError as exc:
+        return _render(request, {**context, "errors": form_errors(exc)}, status_code=400)
+    result = await run_in_threadpool(
+        lambda: verify(
+            runtime,
+            session.account_id,
+            details,
+            client_host=request.client.host if request.client else None,
+            request_id=getattr(request.state, "request_id", None),
+        )
+    )
+    if result in (Result.VERIFIED, Result.ALREADY):
+        return RedirectResponse("/account", status_code=303)
+    if result is Result.LOCKED:
+        return _render(request, {**context, "errors": {"form": LOCKED}}, status_code=403)
+    if result is Result.NEED_TIEBREAKER:
+        return _render(request, {**context, "tiebreaker": kind, "errors": {"form": NEED_MORE}}, 422)
+    return _render(request, {**context, "errors": {"form": FAILED}}, status_code=422)
+
+
+# JSON API
+
+
+async def api_verify(request: Request) -> Response:
+    """Verify the account's identity against the eligibility roster.
+    ---
+    post:
+      summary: Link the account to its patient record by DOB and SSN last 4
+      description: >
+        Needs a finished sign-in (second factor done) and an account not yet verified.
+        "No such person", "ineligible", "already claimed" and "shared by several people"
+        get one answer: 422 asking for the tie-breaker (extension ``tiebreaker``: last_name
+        or zip) when none was sent, the failure answer when one was. Five failures lock
+        the account until staff review (403); so do repeated failures against one record.
+      security: [{session: []}]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/VerifyDetails'}
+      responses:
+        "200":
+          description: Verified; the account is linked to its patient record
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/Verified'}
+        "400":
+          description: A field is missing or malformed (a full SSN is refused here)
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "401":
+          description: Not signed in, or the second factor is missing
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "403":
+          description: Locked; contact support
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "409":
+          description: Already verified
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "422":
+          description: Not verified (one answer for every reason)
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    session = await authn.require(request)
+    details = await read_json(request, VerifyDetails)
+    runtime = _runtime(request)
+    result = await run_in_threadpool(
+        lambda: verify(
+            runtime,
+            session.account_id,
+            details,
+            client_host=request.client.host if request.client else None,
+            request_id=getattr(request.state, "request_id", None),
+        )
+    )
+    if result is Result.VERIFIED:
+        return JSONResponse(Verified().model_dump())
+    if result is Result.ALREADY:
+        raise Problem(409, ALREADY)
+    if result is Result.LOCKED:
+        raise Problem(403, LOCKED)
+    if result is Result.NEED_TIEBREAKER:
+        raise Problem(422, NEED_MORE, tiebreaker=runtime.settings.verify_tiebreaker)
+    raise Problem(422, FAILED)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/verify", verify_page, methods=["GET"], name="verify"),
+        Route("/verify", verify_submit, methods=["POST"], name="verify_submit"),
+        Route("/api/v1/verify", api_verify, methods=["POST"], name="api_verify"),
+    ]

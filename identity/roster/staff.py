@@ -1,0 +1,221 @@
+"""Staff operations on patient IDs: activation codes, unlink, re-verify, look-up.
+
+Each takes a stated reason, kept on a ``staff_action`` row (or the activation code's row)
+beside an audit event that carries IDs only. Reasons are explanations ("patient called
+the help desk"), never personal data: the operations guide says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from carebridge import audit
+from carebridge.audit import Outcome
+from carebridge.db import transaction
+from carebridge.keyring import Keyring, associated_data
+from carebridge.runtime import Runtime
+from identity.models import ActivationCode, PatientLink, RosterMember, StaffAction, new_id
+
+# Crockford's base32: no I, L, O or U. 12 characters = 60 bits.
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+CODE_LENGTH = 12
+_READ_AS = str.maketrans({"I": "1", "L": "1", "O": "0"})
+_PATIENT_ID = re.compile(r"pt_[A-Za-z0-9_-]{1,37}")
+MAX_REASON = 500
+
+
+class StaffError(Exception):
+    """The operation was refused; the message is one line without personal data."""
+
+
+def check_patient_id(patient_id: str) -> str:
+    if not _PATIENT_ID.fullmatch(patient_id):
+        raise StaffError("a patient ID looks like pt_ followed by letters, digits, '_' or '-'")
+    return patient_id
+
+
+def check_reason(reason: str) -> str:
+    reason = " ".join(reason.split())
+    if not reason:
+        raise StaffError("--reason must say why")
+    if len(reason) > MAX_REASON:
+        raise StaffError(f"--reason is at most {MAX_REASON} characters")
+    return reason
+
+
+def new_code() -> str:
+    """A fresh code, grouped for reading aloud: XXXX-XXXX-XXXX."""
+    raw = "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
+    return "-".join(raw[i : i + 4] for i in range(0, CODE_LENGTH, 4))
+
+
+def normalise_code(code: str) -> str | None:
+    """The code as stored (hashed): case, spaces and dashes don't matter; I and L read as
+    1, O as 0 (Crockford). None if it cannot be a code."""
+    cleaned = "".join(ch for ch in code.upper() if ch not in " -").translate(_READ_AS)
+    if len(cleaned) != CODE_LENGTH or any(ch not in ALPHABET for ch in cleaned):
+        return None
+    return cleaned
+
+
+def code_hash(keyring: Keyring, normalised: str) -> str:
+    return keyring.lookup_hash("activation-code", normalised)
+
+
+def _member(db: Session, patient_id: str) -> RosterMember:
+    member = db.scalars(select(RosterMember).where(RosterMember.patient_id == patient_id)).first()
+    if member is None:
+        raise StaffError(f"no roster member has patient ID {patient_id}")
+    return member
+
+
+def _linked_account(db: Session, patient_id: str) -> str | None:
+    return db.scalar(select(PatientLink.account_id).where(PatientLink.patient_id == patient_id))
+
+
+def record(
+    db: Session,
+    *,
+    actor: str,
+    action: str,
+    reason: str,
+    patient_id: str | None = None,
+    account_id: str | None = None,
+) -> None:
+    db.add(
+        StaffAction(
+            id=new_id("sa"),
+            at=datetime.now(UTC),
+            actor=actor,
+            action=action,
+            patient_id=patient_id,
+            account_id=account_id,
+            reason=reason,
+        )
+    )
+    target = patient_id if patient_id is not None else f"account:{account_id}"
+    audit.append(db, actor=actor, action=action, outcome=Outcome.ALLOWED, target=target)
+
+
+def _end_unused_codes(db: Session, patient_id: str, now: datetime) -> None:
+    db.execute(
+        update(ActivationCode)
+        .where(
+            ActivationCode.patient_id == patient_id,
+            ActivationCode.used_at.is_(None),
+            ActivationCode.expires_at > now,
+        )
+        .values(expires_at=now)
+    )
+
+
+@dataclass(frozen=True)
+class IssuedCode:
+    code: str
+    expires_at: datetime
+
+
+def issue_code(rt: Runtime, patient_id: str, *, reason: str, actor: str = "operator") -> IssuedCode:
+    """A new activation code for an eligible, unlinked patient; earlier unused codes end."""
+    check_patient_id(patient_id)
+    reason = check_reason(reason)
+    code = new_code()
+    now = datetime.now(UTC)
+    expires_at = now + timedelta(days=rt.settings.activation_code_days)
+    with transaction(rt.sessions) as db:
+        member = _member(db, patient_id)
+        if not member.eligible:
+            raise StaffError(f"patient {patient_id} is not eligible (no longer on the roster)")
+        if _linked_account(db, patient_id) is not None:
+            raise StaffError(f"patient {patient_id} is already linked to an account")
+        _end_unused_codes(db, patient_id, now)
+        db.add(
+            ActivationCode(
+                id=new_id("ac"),
+                patient_id=patient_id,
+                code_hash=code_hash(rt.keyring, normalise_code(code) or ""),
+                created_at=now,
+                expires_at=expires_at,
+                used_at=None,
+                created_by=actor,
+                reason=reason,
+            )
+        )
+        audit.append(
+            db,
+            actor=actor,
+            action="roster.activation_code.issue",
+            outcome=Outcome.ALLOWED,
+            target=patient_id,
+        )
+    return IssuedCode(code, expires_at)
+
+
+def unlink(
+    rt: Runtime,
+    patient_id: str,
+    *,
+    reason: str,
+    action: str = "roster.unlink",
+    actor: str = "operator",
+) -> str:
+    """Delete the patient's link to its account (the account keeps its sign-in); returns
+    the account ID. ``roster.reverify`` also ends the patient's unused activation codes, so
+    the account must verify again with DOB and SSN last 4 (or a newly issued code)."""
+    check_patient_id(patient_id)
+    reason = check_reason(reason)
+    with transaction(rt.sessions) as db:
+        _member(db, patient_id)
+        account_id = _linked_account(db, patient_id)
+        if account_id is None:
+            raise StaffError(f"patient {patient_id} is not linked to an account")
+        db.execute(delete(PatientLink).where(PatientLink.patient_id == patient_id))
+        if action == "roster.reverify":
+            _end_unused_codes(db, patient_id, datetime.now(UTC))
+        record(db, actor=actor, action=action, reason=reason, patient_id=patient_id)
+    return account_id
+
+
+@dataclass(frozen=True)
+class PatientDetails:
+    patient_id: str
+    source: str
+    first_name: str
+    last_name: str
+    zip: str
+    group: str
+    member_id: str
+    eligible: bool
+    linked: bool
+
+
+def lookup(rt: Runtime, patient_id: str, *, reason: str, actor: str = "operator") -> PatientDetails:
+    """The roster's decrypted details of a patient (DOB and SSN last 4 are only hashes)."""
+    check_patient_id(patient_id)
+    reason = check_reason(reason)
+    with transaction(rt.sessions) as db:
+        member = _member(db, patient_id)
+        linked = _linked_account(db, patient_id) is not None
+        record(db, actor=actor, action="roster.lookup", reason=reason, patient_id=patient_id)
+    plain = rt.keyring.decrypt(
+        member.details_encrypted, associated_data("roster-member", member.id)
+    )
+    details: dict[str, str | None] = json.loads(plain)
+    return PatientDetails(
+        patient_id=patient_id,
+        source=member.source,
+        first_name=details.get("first_name") or "",
+        last_name=details.get("last_name") or "",
+        zip=details.get("zip") or "",
+        group=details.get("group") or "",
+        member_id=details.get("member_id") or "",
+        eligible=member.eligible,
+        linked=linked,
+    )
