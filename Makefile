@@ -17,8 +17,17 @@ $(STAMP): requirements-dev.lock pyproject.toml
 run: $(STAMP)
 	$(BIN)/carebridge serve
 
+# The npm test peers (oidc-provider, axe-core), pinned by their package-lock.json files.
+# Without npm the tests that need them skip locally and fail under CI=true.
+NODE_PEERS := tests/peers/node_modules/.package-lock.json tests/browser/node_modules/.package-lock.json
+
+tests/%/node_modules/.package-lock.json: tests/%/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/$* --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: tests needing tests/$* will skip (fail under CI=true)"; fi
+
 ## The whole test suite, on SQLite and on PostgreSQL (CAREBRIDGE_TEST_POSTGRES_URL)
-test: $(STAMP)
+test: $(STAMP) $(NODE_PEERS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
