@@ -102,6 +102,7 @@ def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         ["accounts", "enable"],
         ["roster", "import"],
         ["roster", "stats"],
+        ["roster", "verify-unlock"],
     ],
 )
 def test_help_exits_zero_without_touching_anything(

@@ -11,7 +11,7 @@ from typing import Any, TextIO, TypeVar
 
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
 from carebridge.runtime import Runtime
-from identity.flows import activate
+from identity.flows import activate, verify
 from identity.roster import importer, staff
 from identity.roster.csv_format import FIELDS, RowError
 
@@ -79,6 +79,15 @@ def register(commands: Any) -> None:
     unlock.add_argument("account_id", metavar="ACCOUNT_ID")
     unlock.add_argument("--reason", required=True, help=_REASON_HELP)
     unlock.set_defaults(handler=activation_unlock)
+    verify_unlock = add_parser(
+        sub,
+        "verify-unlock",
+        "Clear an account's verification lock (5 failed DOB + SSN last 4 attempts lock it "
+        "until staff review).",
+    )
+    verify_unlock.add_argument("account_id", metavar="ACCOUNT_ID")
+    verify_unlock.add_argument("--reason", required=True, help=_REASON_HELP)
+    verify_unlock.set_defaults(handler=verification_unlock)
 
 
 _REASON_HELP = "why (kept with the record; an explanation, never personal data)"
@@ -138,6 +147,14 @@ def lookup(args: argparse.Namespace) -> int:
 def activation_unlock(args: argparse.Namespace) -> int:
     failures = _staff(lambda rt: activate.unlock(rt, args.account_id, reason=args.reason))
     print(f"activation lock cleared for account {args.account_id} ({failures} failures forgotten)")
+    return 0
+
+
+def verification_unlock(args: argparse.Namespace) -> int:
+    failures = _staff(lambda rt: verify.unlock(rt, args.account_id, reason=args.reason))
+    print(
+        f"verification lock cleared for account {args.account_id} ({failures} failures forgotten)"
+    )
     return 0
 
 

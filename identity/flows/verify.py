@@ -55,6 +55,7 @@ from identity import authn, throttle
 from identity.flows.account import is_verified
 from identity.flows.signin import form_errors, form_text
 from identity.models import PatientLink, RosterMember
+from identity.roster import staff
 from identity.roster.hashes import RosterHashes
 
 log = logging.getLogger(__name__)
@@ -321,6 +322,23 @@ def verify(
         log.warning("roster record locked", extra={"roster_member_ids": [r.id for r in rows]})
     VERIFICATIONS.labels("failed").inc()
     return Result.FAILED if offered else Result.NEED_TIEBREAKER
+
+
+def unlock(runtime: Runtime, account_id: str, *, reason: str, actor: str = "operator") -> int:
+    """Staff clear an account's verification lock after review; returns the failures
+    forgotten. Audited, the reason kept on a ``staff_action`` row."""
+    reason = staff.check_reason(reason)
+    store = throttle.store_for(runtime.settings)
+    limit = throttle.Limit(
+        throttle.VERIFY_ACCOUNT, f"{throttle.VERIFY_ACCOUNT.prefix}:{account_id}"
+    )
+    with transaction(runtime.sessions) as db:
+        failures = store.state(db, limit, throttle.utcnow()).failures
+        store.reset(db, limit)
+        staff.record(
+            db, actor=actor, action="identity.verify.unlock", reason=reason, account_id=account_id
+        )
+    return failures
 
 
 # Pages

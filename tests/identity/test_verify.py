@@ -375,6 +375,26 @@ def test_an_account_locks_after_five_failures_until_staff_review(
     assert any(r.action == "identity.verify.lock" for r in audits(runtime))
 
 
+def test_staff_clear_a_verification_lock_after_review(
+    client: TestClient,
+    runtime: Runtime,
+    roster: None,
+    cli_env: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from carebridge.cli import main  # noqa: PLC0415
+
+    account_id, token = signed_in_account(runtime)
+    cycle(client, token, ZEB[2], 0, 5)
+    assert api(client, token, person(ZEB)).status_code == 403
+    assert main(["roster", "verify-unlock", account_id, "--reason", "   "]) == 1  # blank
+    assert main(["roster", "verify-unlock", account_id, "--reason", "checked by phone"]) == 0
+    assert "5 failures forgotten" in capsys.readouterr().out
+    assert api(client, token, person(ZEB)).status_code == 200
+    assert link_of(runtime, account_id) == patient_of(runtime, ZEB)
+    assert any(r.action == "identity.verify.unlock" for r in audits(runtime))
+
+
 def test_many_accounts_from_one_address_are_slowed_by_the_address_limit(
     client: TestClient, runtime: Runtime, roster: None
 ) -> None:
