@@ -341,7 +341,7 @@ async def api_regenerate(request: Request) -> Response:
         )
     )
     if status is Status.REAUTH:
-        raise Problem(403, "Confirm it is you first: POST /api/v1/reauth, then try again.")
+        raise mfa.reauth_problem()
     if status is not Status.OK:
         raise Problem(409, "Set up an authenticator app first.")
     return JSONResponse(RecoveryCodes(recovery_codes=codes).model_dump())

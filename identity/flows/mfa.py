@@ -419,7 +419,7 @@ def _locked_problem() -> Problem:
     return Problem(429, "Too many wrong codes. Wait a few minutes, then try again.")
 
 
-def _reauth_problem() -> Problem:
+def reauth_problem() -> Problem:
     return Problem(403, "Confirm it is you first: POST /api/v1/reauth, then try again.")
 
 
@@ -603,7 +603,7 @@ async def api_enroll(request: Request) -> Response:
         start_enrolment, _runtime(request), session, restart=True, request_id=_request_id(request)
     )
     if enrolment is None:
-        raise _reauth_problem()
+        raise reauth_problem()
     body = TotpEnrolment(
         otpauth_uri=enrolment.uri, secret=enrolment.secret, replacing=enrolment.replacing
     )
@@ -659,7 +659,7 @@ async def api_confirm(request: Request) -> Response:
         request_id=_request_id(request),
     )
     if result.status is Status.REAUTH:
-        raise _reauth_problem()
+        raise reauth_problem()
     if result.status is Status.GONE:
         raise _gone_problem()
     if result.status is Status.WRONG:
