@@ -27,6 +27,8 @@ from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
 from carebridge.settings import load_settings, require_production_ready
 from identity import routes as identity_routes
+from messaging import routes as messaging_routes
+from sms import routes as sms_routes
 
 STATIC = StaticFiles(packages=[("carebridge.http", "static")])
 
@@ -45,6 +47,8 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
         Route("/api/openapi.json", openapi.openapi, name="openapi"),
         Mount("/static", STATIC, name="static"),
         *identity_routes.routes(),
+        *messaging_routes.routes(),
+        *sms_routes.routes(),
     ]
 
 

@@ -175,6 +175,12 @@ class Settings(BaseSettings):
     verify_tiebreaker: Literal["last_name", "zip"] = "last_name"
     activation_code_days: int = Field(default=30, ge=1, le=365)
 
+    # OpenID Connect provider (identity/oidc/)
+
+    # Secure messaging (messaging/)
+
+    # Notifications (sms/)
+
     @field_validator("issuer")
     @classmethod
     def _issuer_is_a_base_url(cls, value: str) -> str:
@@ -237,6 +243,11 @@ class Settings(BaseSettings):
     @property
     def effective_keyring_file(self) -> Path:
         return self.keyring_file or self.data_dir / "keyring.json"
+
+    @property
+    def api_audience(self) -> str:
+        """The ``aud`` of every access token this issuer mints for its own APIs."""
+        return f"{self.issuer}/api"
 
     @property
     def issuer_is_https(self) -> bool:

@@ -9,14 +9,35 @@ from typing import NoReturn
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from carebridge.cli import accounts, audit, db, keys, roster, serve, worker
+from carebridge.cli import (
+    accounts,
+    audit,
+    clients,
+    db,
+    keys,
+    messaging,
+    notifications,
+    roster,
+    serve,
+    worker,
+)
 from carebridge.cli.common import CommandError
 from carebridge.db import DatabaseError, describe_error
 from carebridge.keyring import KeyringError
 from carebridge.settings import ConfigError
 
-# Later issues add their groups here (clients).
-COMMAND_GROUPS = (serve, worker, db, keys, audit, accounts, roster)
+COMMAND_GROUPS = (
+    serve,
+    worker,
+    db,
+    keys,
+    audit,
+    accounts,
+    roster,
+    clients,
+    messaging,
+    notifications,
+)
 
 
 class Parser(argparse.ArgumentParser):

@@ -14,9 +14,16 @@ from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
 from carebridge.settings import load_settings, require_production_ready
 from identity import throttle
+from messaging import jobs as messaging_jobs
+from sms import jobs as sms_jobs
 
-# The jobs this release runs; later features (the SMS outbox) add theirs here.
-JOBS = (worker.AUDIT_CHECKPOINT, worker.Job("throttle-purge", 3600.0, throttle.purge_stale))
+# The jobs this release runs: the plumbing's, identity's, then each feature's own list.
+JOBS = (
+    worker.AUDIT_CHECKPOINT,
+    worker.Job("throttle-purge", 3600.0, throttle.purge_stale),
+    *messaging_jobs.JOBS,
+    *sms_jobs.JOBS,
+)
 
 
 def register(commands: Any) -> None:

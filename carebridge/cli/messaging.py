@@ -1,0 +1,9 @@
+"""``carebridge messaging``: (being built)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(commands: Any) -> None:
+    """Adds no command yet."""

@@ -1,0 +1,127 @@
+"""OAuth 2.0 bearer access tokens (RFC 6750) in the JWT profile (RFC 9068), checked offline.
+
+The APIs check the identity part's tokens the way an external resource server would:
+signature against the published key set, then ``typ``, issuer, audience, lifetime and
+scope. Nothing here reads the database; mapping ``sub`` to a person is the caller's job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from authlib.jose import JsonWebToken, KeySet
+from authlib.jose.errors import JoseError
+from starlette.requests import HTTPConnection
+
+from carebridge.http.problems import Problem
+
+# Asymmetric algorithms only: "none" and HS256 (keyed with a public key) are refused here.
+_JWT = JsonWebToken(["ES256", "RS256"])
+MAX_TOKEN_LENGTH = 4096
+LEEWAY_SECONDS = 30
+
+
+class InvalidTokenError(Exception):
+    """Why a presented token was refused (safe to show: it names no claim value)."""
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    subject: str
+    client_id: str
+    scopes: frozenset[str]
+    jti: str
+    expires_at: int
+    claims: dict[str, Any]
+
+    @property
+    def is_client_only(self) -> bool:
+        """A client-credentials token: it acts for the client, not for a person."""
+        return self.subject == self.client_id
+
+
+def verify(
+    token: str, keys: KeySet, *, issuer: str, audience: str, now: float | None = None
+) -> AccessToken:
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidTokenError("The access token is malformed.")
+    try:
+        claims = _JWT.decode(token, keys)
+    except (JoseError, ValueError):
+        # Unknown kid, bad signature, refused alg, not a JWS at all: one answer.
+        raise InvalidTokenError("The access token is invalid.") from None
+    if claims.header.get("typ", "").lower() not in ("at+jwt", "application/at+jwt"):
+        raise InvalidTokenError("The token is not an access token.")
+    moment = time.time() if now is None else now
+    audiences = claims.get("aud")
+    audiences = [audiences] if isinstance(audiences, str) else audiences or []
+    if claims.get("iss") != issuer or audience not in audiences:
+        raise InvalidTokenError("The access token was not issued for this API.")
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not isinstance(exp, int) or not isinstance(iat, int):
+        raise InvalidTokenError("The access token is malformed.")
+    if exp + LEEWAY_SECONDS < moment:
+        raise InvalidTokenError("The access token has expired.")
+    if iat - LEEWAY_SECONDS > moment:
+        raise InvalidTokenError("The access token is not valid yet.")
+    subject, client_id, jti = claims.get("sub"), claims.get("client_id"), claims.get("jti")
+    scope = claims.get("scope", "")
+    fields = (subject, client_id, jti, scope)
+    if not all(isinstance(value, str) for value in fields) or not (subject and client_id):
+        raise InvalidTokenError("The access token is malformed.")
+    return AccessToken(
+        subject=subject,
+        client_id=client_id,
+        scopes=frozenset(scope.split()),
+        jti=jti,
+        expires_at=exp,
+        claims=dict(claims),
+    )
+
+
+def presented(connection: HTTPConnection) -> str | None:
+    header = connection.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def _challenge(error: str | None = None, description: str | None = None, scope: str = "") -> str:
+    parts = ['Bearer realm="carebridge"']
+    if error:
+        parts.append(f'error="{error}"')
+    if description:
+        parts.append(f'error_description="{description}"')
+    if scope:
+        parts.append(f'scope="{scope}"')
+    return ", ".join(parts)
+
+
+def require(connection: HTTPConnection, *scopes: str) -> AccessToken:
+    """The request's valid access token carrying every one of ``scopes``, or a problem:
+    401 with a ``WWW-Authenticate`` challenge (RFC 6750 §3), 403 for a missing scope."""
+    runtime = connection.app.state.runtime
+    token = presented(connection)
+    if token is None:
+        raise Problem(401, "An access token is required.", {"WWW-Authenticate": _challenge()})
+    try:
+        access = verify(
+            token,
+            runtime.keyring.verification_keys(),
+            issuer=runtime.settings.issuer,
+            audience=runtime.settings.api_audience,
+        )
+    except InvalidTokenError as exc:
+        challenge = _challenge("invalid_token", str(exc))
+        raise Problem(401, str(exc), {"WWW-Authenticate": challenge}) from None
+    missing = [scope for scope in scopes if scope not in access.scopes]
+    if missing:
+        wanted = " ".join(scopes)
+        challenge = _challenge("insufficient_scope", "The token lacks a required scope.", wanted)
+        raise Problem(
+            403, "The access token lacks a required scope.", {"WWW-Authenticate": challenge}
+        )
+    return access

@@ -1,0 +1,51 @@
+"""Who is a patient: the account's link to an opaque patient ID, for pages and other parts.
+
+Messaging and notifications ask here rather than reading ``patient_link`` themselves.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from carebridge.http.problems import Problem, wants_json
+from carebridge.runtime import Runtime
+from identity import authn
+from identity.models import AuthSession, PatientLink
+
+
+def patient_id_of(db: Session, account_id: str) -> str | None:
+    link = db.get(PatientLink, account_id)
+    return link.patient_id if link is not None else None
+
+
+def account_of(db: Session, patient_id: str) -> str | None:
+    query = select(PatientLink.account_id).where(PatientLink.patient_id == patient_id)
+    return db.execute(query).scalar_one_or_none()
+
+
+async def require_patient(request: Request) -> tuple[AuthSession, str]:
+    """The signed-in (MFA done) session and its patient ID.
+
+    An account that has not verified yet is sent to /verify (a page) and back, or gets a
+    403 problem (an API call).
+    """
+    session = await authn.require(request)
+    runtime: Runtime = request.app.state.runtime
+
+    def lookup() -> str | None:
+        with runtime.sessions() as db:
+            return patient_id_of(db, session.account_id)
+
+    patient_id = await run_in_threadpool(lookup)
+    if patient_id is not None:
+        return session, patient_id
+    if wants_json(request):
+        raise Problem(403, "Verify your identity first.", verify_url="/verify")
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    raise HTTPException(303, headers={"Location": f"/verify?{urlencode({'next': target})}"})

@@ -1,0 +1,3 @@
+"""Care teams, threads, messages and attachments (registered by carebridge.models)."""
+
+from __future__ import annotations
