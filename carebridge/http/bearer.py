@@ -11,14 +11,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from authlib.jose import JsonWebToken, KeySet
-from authlib.jose.errors import JoseError
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 from starlette.requests import HTTPConnection
 
 from carebridge.http.problems import Problem
 
 # Asymmetric algorithms only: "none" and HS256 (keyed with a public key) are refused here.
-_JWT = JsonWebToken(["ES256", "RS256"])
+ALGORITHMS = ["ES256", "RS256"]
 MAX_TOKEN_LENGTH = 4096
 LEEWAY_SECONDS = 30
 
@@ -48,11 +49,13 @@ def verify(
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise InvalidTokenError("The access token is malformed.")
     try:
-        claims = _JWT.decode(token, keys)
-    except (JoseError, ValueError):
+        decoded = jwt.decode(token, keys, algorithms=ALGORITHMS)
+    except (JoseError, ValueError, KeyError, TypeError):
         # Unknown kid, bad signature, refused alg, not a JWS at all: one answer.
         raise InvalidTokenError("The access token is invalid.") from None
-    if claims.header.get("typ", "").lower() not in ("at+jwt", "application/at+jwt"):
+    claims = decoded.claims
+    typ = decoded.header.get("typ")
+    if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
         raise InvalidTokenError("The token is not an access token.")
     moment = time.time() if now is None else now
     audiences = claims.get("aud")
@@ -66,10 +69,11 @@ def verify(
         raise InvalidTokenError("The access token has expired.")
     if iat - LEEWAY_SECONDS > moment:
         raise InvalidTokenError("The access token is not valid yet.")
-    subject, client_id, jti = claims.get("sub"), claims.get("client_id"), claims.get("jti")
-    scope = claims.get("scope", "")
-    fields = (subject, client_id, jti, scope)
-    if not all(isinstance(value, str) for value in fields) or not (subject and client_id):
+    subject, client_id = claims.get("sub"), claims.get("client_id")
+    jti, scope = claims.get("jti"), claims.get("scope", "")
+    if not (isinstance(subject, str) and subject and isinstance(client_id, str) and client_id):
+        raise InvalidTokenError("The access token is malformed.")
+    if not (isinstance(jti, str) and isinstance(scope, str)):
         raise InvalidTokenError("The access token is malformed.")
     return AccessToken(
         subject=subject,
