@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, String, select, text
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, String, Table, insert, select, text
+from sqlalchemy.orm import Mapped, Session, make_transient_to_detached, mapped_column
 
 from carebridge.db import Base
 
@@ -93,6 +93,14 @@ def _hash_of(record: AuditRecord) -> str:
     )
 
 
+_RECORDS: Table = AuditRecord.__table__  # type: ignore[assignment]
+_COLUMNS = tuple(column.key for column in _RECORDS.columns)
+# Built once: every request that changes anything appends, and building and caching a
+# statement costs more than running it.
+_HEAD = select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
+_INSERT = insert(_RECORDS)
+
+
 def _lock_chain(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK_KEY})
@@ -113,9 +121,7 @@ def append(
     denial or failure whose own transaction rolls back use a transaction of their own.
     """
     _lock_chain(session)
-    last = session.execute(
-        select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
-    ).first()
+    last = session.execute(_HEAD).first()
     seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
     record = AuditRecord(
         seq=seq,
@@ -128,8 +134,13 @@ def append(
         prev_hash=prev_hash,
     )
     record.hash = _hash_of(record)
-    session.add(record)
+    # A plain INSERT, then the record joins the session as if loaded: what add() + flush()
+    # did (pending changes flushed, the row written, a persistent object returned) without
+    # the unit of work's cost on every request.
     session.flush()
+    session.connection().execute(_INSERT, {name: getattr(record, name) for name in _COLUMNS})
+    make_transient_to_detached(record)
+    session.add(record)
     return record
 
 

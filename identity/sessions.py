@@ -12,8 +12,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, delete, insert, select
+from sqlalchemy.orm import Session, make_transient_to_detached
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
@@ -30,6 +30,9 @@ SECOND_FACTOR = 2
 # Writing last_seen_at on every request would turn each page view into a write.
 _TOUCH_EVERY = timedelta(seconds=60)
 _STATE_KEY = "auth_session"
+_SESSIONS: Table = AuthSession.__table__  # type: ignore[assignment]
+_INSERT_SESSION = insert(_SESSIONS)
+_COLUMNS = tuple(column.key for column in _SESSIONS.columns)
 
 
 def utcnow() -> datetime:
@@ -87,8 +90,13 @@ def start(
         expires_at=expires,
         user_agent=user_agent[:200],
     )
-    db.add(session)
+    # A plain INSERT, then the object joins the session as if loaded: the same row and
+    # the same persistent object as add() + flush(), for a fraction of the unit of work's
+    # cost on the sign-in path. Anything pending is flushed first, as flush() would.
     db.flush()
+    db.connection().execute(_INSERT_SESSION, {name: getattr(session, name) for name in _COLUMNS})
+    make_transient_to_detached(session)
+    db.add(session)
     return Started(token, session)
 
 

@@ -41,8 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol, cast
 
 import redis
-from sqlalchemy import Table, and_, bindparam, case, delete, not_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, and_, bindparam, case, delete, not_, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from carebridge.keyring import Keyring
@@ -192,10 +191,13 @@ def _lock_after(policy: Policy, failures: int, now: datetime) -> datetime | None
 _COUNTERS = cast(Table, ThrottleCounter.__table__)
 # Core statements, not the ORM: this runs on every sign-in, and a few fixed statements
 # cost far less than loading and flushing objects.
-_INSERT_MISSING = {
-    "postgresql": postgresql.insert(_COUNTERS).on_conflict_do_nothing(index_elements=["key"]),
-    "sqlite": sqlite.insert(_COUNTERS).on_conflict_do_nothing(index_elements=["key"]),
-}
+# Written out: SQLAlchemy does not cache the compiled form of a dialect's
+# ``insert().on_conflict_do_nothing()``, and compiling it costs more than running it.
+# PostgreSQL and SQLite (3.24+) spell the upsert alike.
+_INSERT_MISSING = text(
+    'INSERT INTO throttle_counter ("key", failures, locked_until, updated_at) '
+    'VALUES (:key, 0, NULL, :updated_at) ON CONFLICT ("key") DO NOTHING'
+).bindparams(bindparam("updated_at", type_=_COUNTERS.c.updated_at.type))
 _LOCK_COUNTERS = (
     select(_COUNTERS.c.key, _COUNTERS.c.failures, _COUNTERS.c.locked_until, _COUNTERS.c.updated_at)
     .where(_COUNTERS.c.key.in_(bindparam("keys", expanding=True)))
@@ -206,6 +208,30 @@ _UPDATE_COUNTER = (
     update(_COUNTERS)
     .where(_COUNTERS.c.key == bindparam("k"))
     .values(failures=bindparam("f"), locked_until=bindparam("u"), updated_at=bindparam("t"))
+)
+# SQLite: its IMMEDIATE transactions already serialize attempts, so there is no row to
+# lock first; one upsert writes the counts.
+_UPSERT_COUNTER = text(
+    'INSERT INTO throttle_counter ("key", failures, locked_until, updated_at) '
+    'VALUES (:k, :f, :u, :t) ON CONFLICT ("key") DO UPDATE SET '
+    "failures = excluded.failures, locked_until = excluded.locked_until, "
+    "updated_at = excluded.updated_at"
+).bindparams(
+    bindparam("u", type_=_COUNTERS.c.locked_until.type),
+    bindparam("t", type_=_COUNTERS.c.updated_at.type),
+)
+_DELETE_COUNTER = delete(_COUNTERS).where(_COUNTERS.c.key == bindparam("k"))
+# One statement; both sides of SET see the row as it was.
+_REFUND_COUNTER = (
+    update(_COUNTERS)
+    .where(_COUNTERS.c.key == bindparam("k"), _COUNTERS.c.failures > 0)
+    .values(
+        failures=_COUNTERS.c.failures - 1,
+        locked_until=case(
+            (_COUNTERS.c.failures - 1 <= bindparam("free"), None),
+            else_=_COUNTERS.c.locked_until,
+        ),
+    )
 )
 
 
@@ -226,13 +252,15 @@ class DatabaseStore:
     def attempt(self, db: Session, limits: Sequence[Limit], now: datetime) -> dict[str, int] | None:
         policies = {limit.key: limit.policy for limit in limits}
         keys = sorted(policies)  # one order for everyone: no crosswise waits
-        db.execute(
-            _INSERT_MISSING[db.get_bind().dialect.name],
-            [{"key": k, "failures": 0, "locked_until": None, "updated_at": now} for k in keys],
-        )
-        rows = db.execute(_LOCK_COUNTERS, {"keys": keys}).all()
+        serialized = db.get_bind().dialect.name == "sqlite"
+        if not serialized:
+            # Rows to lock must exist: two first attempts on a new key must not both
+            # count from zero.
+            db.execute(_INSERT_MISSING, [{"key": k, "updated_at": now} for k in keys])
+        rows = {row[0]: row[1:] for row in db.execute(_LOCK_COUNTERS, {"keys": keys})}
         counts: dict[str, int] = {}
-        for key, stored, stored_until, updated_at in rows:
+        for key in keys:
+            stored, stored_until, updated_at = rows.get(key, (0, None, now))
             policy = policies[key]
             forgotten = _forgotten(policy, stored, updated_at, now)
             failures = 0 if forgotten else stored
@@ -241,7 +269,7 @@ class DatabaseStore:
                 return None
             counts[key] = failures + 1
         db.execute(
-            _UPDATE_COUNTER,
+            _UPSERT_COUNTER if serialized else _UPDATE_COUNTER,
             [
                 {"k": key, "f": n, "u": _lock_after(policies[key], n, now), "t": now}
                 for key, n in counts.items()
@@ -250,21 +278,10 @@ class DatabaseStore:
         return counts
 
     def reset(self, db: Session, limit: Limit) -> None:
-        db.execute(delete(_COUNTERS).where(_COUNTERS.c.key == limit.key))
+        db.execute(_DELETE_COUNTER, {"k": limit.key})
 
     def refund(self, db: Session, limit: Limit, now: datetime) -> None:
-        # One statement; both sides of SET see the row as it was.
-        db.execute(
-            update(_COUNTERS)
-            .where(_COUNTERS.c.key == limit.key, _COUNTERS.c.failures > 0)
-            .values(
-                failures=_COUNTERS.c.failures - 1,
-                locked_until=case(
-                    (_COUNTERS.c.failures - 1 <= limit.policy.free, None),
-                    else_=_COUNTERS.c.locked_until,
-                ),
-            )
-        )
+        db.execute(_REFUND_COUNTER, {"k": limit.key, "free": limit.policy.free})
 
     def state(self, db: Session, limit: Limit, now: datetime) -> State:
         row = db.get(ThrottleCounter, limit.key, populate_existing=True)

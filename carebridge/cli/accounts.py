@@ -1,4 +1,10 @@
-"""``carebridge accounts``: operator actions on patient accounts."""
+"""``carebridge accounts``: operator actions on patient accounts.
+
+An account is named by its email address, read from standard input (never an argument:
+it must not land in the shell history or the process list), or by ``--account-id`` (an
+opaque ID, fine on the command line; the only name an account that signs in through a
+provider has).
+"""
 
 from __future__ import annotations
 
@@ -10,73 +16,102 @@ from carebridge.cli.common import CommandError, add_parser, require_current_sche
 from identity import accounts
 from identity.flows import mfa, signin, status
 
+_ACCOUNT_ID_HELP = "the account's ID (acc_...) instead of an email address on standard input"
+
 
 def register(commands: Any) -> None:
     group = add_parser(commands, "accounts", "Patient accounts.")
     sub = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    add_parser(
+    unlock_command = add_parser(
         sub,
         "unlock",
         "Clear the sign-in locks (password and second factor) of the email address read "
-        "from standard input (after 100 failed attempts in a row they stay until cleared).",
-    ).set_defaults(handler=unlock)
-    add_parser(
+        "from standard input, or of --account-id (after 100 failed attempts in a row they "
+        "stay until cleared).",
+    )
+    unlock_command.set_defaults(handler=unlock)
+    disable_command = add_parser(
         sub,
         "disable",
-        "Disable the account of the email address read from standard input: it can no "
-        "longer sign in, and all its sessions end.",
-    ).set_defaults(handler=disable)
-    add_parser(
+        "Disable the account of the email address read from standard input (or "
+        "--account-id): it can no longer sign in, and all its sessions end.",
+    )
+    disable_command.set_defaults(handler=disable)
+    enable_command = add_parser(
         sub,
         "enable",
-        "Enable again the account of the email address read from standard input.",
-    ).set_defaults(handler=enable)
+        "Enable again the account of the email address read from standard input (or --account-id).",
+    )
+    enable_command.set_defaults(handler=enable)
+    for command in (unlock_command, disable_command, enable_command):
+        command.add_argument("--account-id", metavar="ACCOUNT_ID", help=_ACCOUNT_ID_HELP)
 
 
 def _login_from_stdin() -> str:
-    # From standard input, not an argument: an email address must not land in the shell
-    # history or the process list.
     login = accounts.normalise_login(sys.stdin.readline())
     if accounts.login_problem(login):
-        raise CommandError("standard input must hold one email address")
+        raise CommandError("standard input must hold one email address (or use --account-id)")
     return login
 
 
+def _account_id(args: argparse.Namespace) -> str | None:
+    account_id: str | None = args.account_id
+    if account_id is not None and not account_id.startswith("acc_"):
+        raise CommandError("--account-id: an account ID looks like acc_...")
+    return account_id
+
+
 def unlock(args: argparse.Namespace) -> int:
-    login = _login_from_stdin()
+    account_id = _account_id(args)
+    login = _login_from_stdin() if account_id is None else None
     rt = runtime()
     try:
         require_current_schema(rt)
-        failures = signin.unlock(rt, login)
-        with rt.sessions() as db:
-            found = accounts.find_by_login(db, rt.keyring, login)
-        if found is not None:
-            failures += mfa.unlock_second_step(rt, found.account_id)
+        if login is not None:
+            failures = signin.unlock(rt, login)
+            with rt.sessions() as db:
+                found = accounts.find_by_login(db, rt.keyring, login)
+            account_id = found.account_id if found is not None else None
+        else:
+            assert account_id is not None  # noqa: S101  (one of the two is given)
+            counted = signin.unlock_account(rt, account_id)
+            if counted is None:
+                raise CommandError("no account has this ID")
+            failures = counted
+        if account_id is not None:
+            failures += mfa.unlock_second_step(rt, account_id)
     finally:
         rt.close()
     print(f"sign-in locks cleared ({failures} failed attempts forgotten)")
     return 0
 
 
-def _set_active(active: bool) -> None:
-    login = _login_from_stdin()
+def _set_active(args: argparse.Namespace, active: bool) -> None:
+    account_id = _account_id(args)
+    login = _login_from_stdin() if account_id is None else None
     rt = runtime()
     try:
         require_current_schema(rt)
-        found = status.set_active(rt, login, active=active)
+        if login is not None:
+            found = status.set_active(rt, login, active=active)
+        else:
+            assert account_id is not None  # noqa: S101  (one of the two is given)
+            found = status.set_active_by_id(rt, account_id, active=active)
     finally:
         rt.close()
     if not found:
-        raise CommandError("no account has this email address")
+        raise CommandError(
+            "no account has this email address" if login is not None else "no account has this ID"
+        )
 
 
 def disable(args: argparse.Namespace) -> int:
-    _set_active(False)
+    _set_active(args, False)
     print("account disabled; its sessions have ended")
     return 0
 
 
 def enable(args: argparse.Namespace) -> int:
-    _set_active(True)
+    _set_active(args, True)
     print("account enabled")
     return 0

@@ -10,7 +10,9 @@ IS NULL``, so two people redeeming one code at once get exactly one link.
 Every failure gets the same answer. Attempts are counted before the check, like password
 guesses (identity/throttle.py): per account (:data:`ACCOUNT`: 5 failures lock activation
 until staff clear it with ``carebridge roster activation-unlock``) and per client address
-(:data:`ADDRESS`). Each attempt is an audit event without values.
+(:data:`ADDRESS`). Each attempt is an audit event without values, and is counted in
+``carebridge_activation_total{outcome}`` (linked, failed, locked). Every failure does the
+same work, so its timing tells nothing either.
 
 ``GET/POST /activate`` (page) and ``POST /api/v1/activate`` (JSON, bearer session).
 """
@@ -25,6 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -51,6 +54,11 @@ templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
 ACCOUNT = throttle.ACTIVATE_ACCOUNT
 ADDRESS = throttle.ACTIVATE_ADDRESS
+ACTIVATIONS = Counter(
+    "carebridge_activation_total",
+    "Activation code redemptions by outcome (linked, failed, locked)",
+    ["outcome"],
+)
 
 FAILED = (
     "That code and date of birth did not match an activation code we can use. Check "
@@ -113,28 +121,39 @@ def account_limit(account_id: str) -> throttle.Limit:
     return throttle.Limit(ACCOUNT, f"{ACCOUNT.prefix}:{account_id}")
 
 
+# What an unknown (or malformed) code is compared with: the length of a real DOB hash, so
+# the comparison costs the same; no DOB hashes to it.
+_NO_DOB_HASH = "0" * 64
+# Looked up for a code that cannot be one: no code normalises to it, so nothing matches.
+_NOT_A_CODE = "-"
+
+
 def _usable_code(
     db: Session, runtime: Runtime, code: str, dob: date | None, now: datetime
 ) -> ActivationCode | None:
-    """The code's row if it may link now; the DOB hash is computed and compared anyway."""
+    """The code's row if it may link now.
+
+    Every path does the same work, so the time taken says nothing about why a code
+    failed: both hashes, one query (the code, its roster row and any link to its patient
+    together), one constant-time comparison, whether the code is malformed, unknown,
+    used, expired, for an ineligible or already linked patient, or the DOB is wrong.
+    """
     normalised = staff.normalise_code(code)
+    lookup = staff.code_hash(runtime.keyring, normalised or _NOT_A_CODE)
     dob_hash = RosterHashes(runtime.keyring).dob(dob or date(1, 1, 1))
-    if normalised is None or dob is None:
-        return None
     found = db.execute(
-        select(ActivationCode, RosterMember.dob_hash, RosterMember.eligible)
+        select(ActivationCode, RosterMember.dob_hash, RosterMember.eligible, PatientLink.account_id)
         .join(RosterMember, RosterMember.patient_id == ActivationCode.patient_id)
-        .where(ActivationCode.code_hash == staff.code_hash(runtime.keyring, normalised))
+        .outerjoin(PatientLink, PatientLink.patient_id == ActivationCode.patient_id)
+        .where(ActivationCode.code_hash == lookup)
     ).first()
-    if found is None:
+    stored_dob_hash = found[1] if found is not None else _NO_DOB_HASH
+    matches = secrets.compare_digest(dob_hash, stored_dob_hash)
+    if found is None or normalised is None or dob is None:
         return None
     row: ActivationCode = found[0]
-    stored_dob_hash, eligible = found[1], found[2]
+    eligible, linked = found[2], found[3]
     expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
-    linked = db.scalar(
-        select(PatientLink.account_id).where(PatientLink.patient_id == row.patient_id)
-    )
-    matches = secrets.compare_digest(dob_hash, stored_dob_hash)
     if not matches or row.used_at is not None or expires_at <= now or not eligible or linked:
         return None
     return row
@@ -168,7 +187,25 @@ def redeem(
     client_host: str | None,
     request_id: str | None,
 ) -> Result:
-    """Link ``account_id`` to the code's patient if code and DOB match; one transaction."""
+    """Link ``account_id`` to the code's patient if code and DOB match; one transaction.
+    Counted in ``carebridge_activation_total{outcome}`` once committed."""
+    result = _redeem_in_transaction(
+        runtime, account_id, code, dob, client_host=client_host, request_id=request_id
+    )
+    if result.status is not Status.ALREADY:
+        ACTIVATIONS.labels(result.status.value).inc()
+    return result
+
+
+def _redeem_in_transaction(
+    runtime: Runtime,
+    account_id: str,
+    code: str,
+    dob: date | None,
+    *,
+    client_host: str | None,
+    request_id: str | None,
+) -> Result:
     actor = f"account:{account_id}"
     store = throttle.store_for(runtime.settings)
     now = throttle.utcnow()
@@ -255,9 +292,22 @@ def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
+DEFAULT_NEXT = "/activate"
+
+
+def next_path(value: str | None) -> str:
+    """Where to go after activating: a same-site path only, else this page (which says
+    the record is linked)."""
+    return authn.safe_next(value, DEFAULT_NEXT)
+
+
 def _render(request: Request, context: dict[str, Any], *, status_code: int = 200) -> Response:
     return templates.TemplateResponse(
-        request, "identity/activate.html", {"errors": {}, **context}, status_code=status_code
+        request,
+        "identity/activate.html",
+        {"errors": {}, "next": DEFAULT_NEXT, **context},
+        status_code=status_code,
+        headers={"Cache-Control": "no-store"},
     )
 
 
@@ -285,68 +335,72 @@ async def _redeem(request: Request, account_id: str, code: str, dob: date) -> Re
 
 async def activate_page(request: Request) -> Response:
     session = await authn.require(request)
+    next_to = next_path(request.query_params.get("next"))
     linked = await run_in_threadpool(_is_linked, _runtime(request), session.account_id)
-    return _render(request, {"linked": linked})
+    if linked and next_to != DEFAULT_NEXT:
+        return RedirectResponse(next_to, status_code=303)
+    return _render(request, {"linked": linked, "next": next_to})
 
 
 async def activate_submit(request: Request) -> Response:
     session = await authn.require(request)
     form = await read_form(request)
     code, dob_text = str(form.get("code", "")), str(form.get("dob", ""))
+    next_to = next_path(str(form.get("next", "")))
+    shown = {"linked": False, "next": next_to}
     dob, errors = _parse(code, dob_text)
     if errors or dob is None:
-        return _render(request, {"linked": False, "errors": errors}, status_code=400)
+        return _render(request, {**shown, "errors": errors}, status_code=400)
     result = await _redeem(request, session.account_id, code, dob)
     if result.status in (Status.LINKED, Status.ALREADY):
-        return RedirectResponse("/activate", status_code=303)
+        return RedirectResponse(next_to, status_code=303)
     if result.status is Status.LOCKED:
-        return _render(request, {"linked": False, "errors": {"form": LOCKED}}, status_code=429)
-    return _render(request, {"linked": False, "errors": {"form": FAILED}}, status_code=400)
+        return _render(request, {**shown, "errors": {"form": LOCKED}}, status_code=429)
+    return _render(request, {**shown, "errors": {"form": FAILED}}, status_code=400)
 
 
 async def api_activate(request: Request) -> Response:
     """Link the account to a patient with an activation code.
     ---
-    post:
-      summary: Redeem an activation code
-      description: >
-        For a fully signed-in account without a patient link. The code (from staff) and the
-        patient's date of birth must match; each code works once. Every mismatch gets the
-        same 400 answer; five of them lock activation for the account until staff unlock it
-        (429).
-      tags: [patients]
-      security: [{session: []}]
-      requestBody:
-        required: true
+    summary: Redeem an activation code
+    description: >
+      For a fully signed-in account without a patient link. The code (from staff) and the
+      patient's date of birth must match; each code works once. Every mismatch gets the
+      same 400 answer; five of them lock activation for the account until staff unlock it
+      (429).
+    tags: [patients]
+    security: [{session: []}]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/Activation'}
+    responses:
+      "200":
+        description: Linked
         content:
           application/json:
-            schema: {$ref: '#/components/schemas/Activation'}
-      responses:
-        "200":
-          description: Linked
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/Activated'}
-        "400":
-          description: The code and date of birth do not match a usable code
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "409":
-          description: The account is already linked to a patient
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "429":
-          description: Activation is locked for this account (or this address, for a while)
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+            schema: {$ref: '#/components/schemas/Activated'}
+      "400":
+        description: The code and date of birth do not match a usable code
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "401":
+        description: Not signed in
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "409":
+        description: The account is already linked to a patient
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "429":
+        description: Activation is locked for this account (or this address, for a while)
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
     """
     session = await authn.require(request)
     body = await read_json(request, Activation)

@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -46,6 +47,7 @@ from identity.accounts import PasswordAccount
 from identity.authn import Step
 from identity.credentials import password
 from identity.flows import upstream
+from identity.models import Account, LoginIdentifier
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
@@ -219,6 +221,7 @@ def conclude(
     """Record a checked password's outcome: a new session, or InvalidCredentialsError."""
     found = attempt.found
     store = throttle.store_for(runtime.settings)
+    now = throttle.utcnow()
     signed_in: SignedIn | None = None
     with transaction(runtime.sessions) as db:
         if not (checked.ok and found is not None and found.status == accounts.ACTIVE):
@@ -240,9 +243,9 @@ def conclude(
                 user_agent=user_agent,
                 request_id=request_id,
                 replacing_token=replacing_token,
+                has_second_factor=found.has_second_factor,
             )
             store.reset(db, attempt.login_limit)
-            now = throttle.utcnow()
             for limit in attempt.refund:
                 store.refund(db, limit, now)
             if checked.new_hash and found.password_hash:
@@ -263,8 +266,13 @@ def start_session(
     user_agent: str,
     request_id: str | None,
     replacing_token: str | None,
+    has_second_factor: bool | None = None,
 ) -> SignedIn:
-    """A new level-1 session for the account (ending the one the browser held), audited."""
+    """A new level-1 session for the account (ending the one the browser held), audited.
+
+    ``has_second_factor``: whether the account has a confirmed authenticator, when the
+    caller already knows (password sign-in reads it with the account); else looked up.
+    """
     if replacing_token:
         previous = sessions.load(db, runtime, replacing_token)
         if previous is not None:
@@ -277,7 +285,12 @@ def start_session(
     audit.append(
         db, actor=actor, action=action, outcome=Outcome.ALLOWED, target=actor, request_id=request_id
     )
-    step = authn.next_step(db, runtime, started.session)
+    if has_second_factor is None:
+        step = authn.next_step(db, runtime, started.session)
+    elif has_second_factor:
+        step = Step.CHALLENGE
+    else:
+        step = Step.ENROLL if runtime.settings.mfa_required else Step.DONE
     return SignedIn(started.token, account_id, step)
 
 
@@ -483,6 +496,32 @@ def routes() -> list[BaseRoute]:
 
 
 # Operators
+
+
+def unlock_account(runtime: Runtime, account_id: str, *, actor: str = "operator") -> int | None:
+    """:func:`unlock` by account ID, for the account's login if it has one (an account
+    that signs in only through a provider has none); returns the count it had, or None
+    if there is no such account. Audited."""
+    store = throttle.store_for(runtime.settings)
+    with transaction(runtime.sessions) as db:
+        if db.get(Account, account_id) is None:
+            return None
+        lookup_hash = db.scalar(
+            select(LoginIdentifier.lookup_hash).where(LoginIdentifier.account_id == account_id)
+        )
+        failures = 0
+        if lookup_hash is not None:
+            limit = throttle.login_limit(lookup_hash)
+            failures = store.state(db, limit, throttle.utcnow()).failures
+            store.reset(db, limit)
+        audit.append(
+            db,
+            actor=actor,
+            action="identity.signin.unlock",
+            outcome=Outcome.ALLOWED,
+            target=f"account:{account_id}",
+        )
+    return failures
 
 
 def unlock(runtime: Runtime, login: str, *, actor: str = "operator") -> int:

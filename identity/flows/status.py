@@ -7,6 +7,8 @@ account that is not active.
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
@@ -22,16 +24,30 @@ def set_active(runtime: Runtime, login: str, *, active: bool, actor: str = "oper
         found = accounts.find_by_login(db, runtime.keyring, login)
         if found is None:
             return False
-        account = db.get(Account, found.account_id, with_for_update=True)
-        assert account is not None  # noqa: S101  (found by its login a moment ago)
-        account.status = accounts.ACTIVE if active else accounts.DISABLED
-        if not active:
-            sessions.revoke_all(db, account.id)
-        audit.append(
-            db,
-            actor=actor,
-            action="identity.account.enable" if active else "identity.account.disable",
-            outcome=Outcome.ALLOWED,
-            target=f"account:{account.id}",
-        )
+        return _set(db, found.account_id, active=active, actor=actor)
+
+
+def set_active_by_id(
+    runtime: Runtime, account_id: str, *, active: bool, actor: str = "operator"
+) -> bool:
+    """:func:`set_active` by account ID: accounts that sign in only through a provider
+    have no email address. False if there is no such account."""
+    with transaction(runtime.sessions) as db:
+        return _set(db, account_id, active=active, actor=actor)
+
+
+def _set(db: Session, account_id: str, *, active: bool, actor: str) -> bool:
+    account = db.get(Account, account_id, with_for_update=True)
+    if account is None:
+        return False
+    account.status = accounts.ACTIVE if active else accounts.DISABLED
+    if not active:
+        sessions.revoke_all(db, account.id)
+    audit.append(
+        db,
+        actor=actor,
+        action="identity.account.enable" if active else "identity.account.disable",
+        outcome=Outcome.ALLOWED,
+        target=f"account:{account.id}",
+    )
     return True

@@ -19,7 +19,8 @@
 
 Every attempt is audited (``identity.verify``, allowed/failed/denied, target the account
 and on success the patient ID; never a value) and counted in
-``carebridge_verification_total{outcome}``.
+``carebridge_verification_total{outcome}``; each lock set in
+``carebridge_verification_locks_total{kind}`` (account, record).
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ VERIFICATIONS = Counter(
     "carebridge_verification_total",
     "Identity verification attempts by outcome (verified, failed, locked)",
     ["outcome"],
+)
+LOCKS = Counter(
+    "carebridge_verification_locks_total",
+    "Verification locks set, by what locked: an account (5 failures) or a roster record "
+    "(10 failures from any accounts: alert on it)",
+    ["kind"],
 )
 
 FAILED = (
@@ -177,6 +184,10 @@ class Verified(BaseModel):
     """The account is a verified patient (its patient ID is for systems, not shown)."""
 
     status: Literal["verified"] = "verified"
+    next: str | None = Field(
+        default=None,
+        description="Where to go on: the request's same-site `next` path, when it sent one",
+    )
 
 
 # The service
@@ -210,6 +221,44 @@ def _limits(
     ]
 
 
+def _record_failure(
+    runtime: Runtime,
+    actor: str,
+    *,
+    counts: dict[str, int],
+    limits: list[throttle.Limit],
+    rows: list[_Row],
+    request_id: str | None,
+) -> None:
+    """Audit a failed attempt, and the locks it set (audited, logged, counted)."""
+    account_limit, record_limit = limits[0], limits[2]
+    with transaction(runtime.sessions) as db:
+        audit.append(
+            db,
+            actor=actor,
+            action=ACTION,
+            outcome=Outcome.FAILED,
+            target=actor,
+            request_id=request_id,
+        )
+        account_locked = account_limit.policy.hard_locked(counts.get(account_limit.key, 0))
+        if account_locked:
+            audit.append(
+                db,
+                actor=actor,
+                action=f"{ACTION}.lock",
+                outcome=Outcome.DENIED,
+                target=actor,
+                request_id=request_id,
+            )
+    if account_locked:
+        LOCKS.labels("account").inc()
+    if counts.get(record_limit.key, 0) == record_limit.policy.hard_cap and rows:
+        # Row IDs only: an operator looks the record up from there.
+        log.warning("roster record locked", extra={"roster_member_ids": [r.id for r in rows]})
+        LOCKS.labels("record").inc()
+
+
 def verify(
     runtime: Runtime,
     account_id: str,
@@ -227,7 +276,7 @@ def verify(
     # Hashed on every path, given or not: the same work whatever the answer.
     offered_hash = hashes.last_name(offered) if kind == "last_name" else hashes.zip(offered)
     limits = _limits(runtime, account_id, client_host, identity, dob_hash)
-    account_limit, record_limit = limits[0], limits[2]
+    account_limit = limits[0]
     actor = f"account:{account_id}"
     store = throttle.store_for(runtime.settings)
 
@@ -299,27 +348,7 @@ def verify(
         VERIFICATIONS.labels("verified").inc()
         return Result.VERIFIED
 
-    with transaction(runtime.sessions) as db:
-        audit.append(
-            db,
-            actor=actor,
-            action=ACTION,
-            outcome=Outcome.FAILED,
-            target=actor,
-            request_id=request_id,
-        )
-        if account_limit.policy.hard_locked(counts.get(account_limit.key, 0)):
-            audit.append(
-                db,
-                actor=actor,
-                action=f"{ACTION}.lock",
-                outcome=Outcome.DENIED,
-                target=actor,
-                request_id=request_id,
-            )
-    if counts.get(record_limit.key, 0) == record_limit.policy.hard_cap and rows:
-        # Row IDs only: an operator looks the record up from there.
-        log.warning("roster record locked", extra={"roster_member_ids": [r.id for r in rows]})
+    _record_failure(runtime, actor, counts=counts, limits=limits, rows=rows, request_id=request_id)
     VERIFICATIONS.labels("failed").inc()
     return Result.FAILED if offered else Result.NEED_TIEBREAKER
 
@@ -349,10 +378,20 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
+DEFAULT_NEXT = "/account"
+
+
+def next_path(value: str | None) -> str:
+    """Where to go after verifying: a same-site path only (an open redirect is an attack
+    path), else the account page."""
+    return authn.safe_next(value, DEFAULT_NEXT)
+
+
 def _render(request: Request, context: dict[str, Any], status_code: int = 200) -> Response:
     runtime = _runtime(request)
     base = {
         "errors": {},
+        "next": DEFAULT_NEXT,
         "verified": False,
         "tiebreaker": None,
         "kind": runtime.settings.verify_tiebreaker,
@@ -367,8 +406,12 @@ def _render(request: Request, context: dict[str, Any], status_code: int = 200) -
 
 async def verify_page(request: Request) -> Response:
     session = await authn.require(request)
+    next_to = next_path(request.query_params.get("next"))
     verified = await run_in_threadpool(is_verified, _runtime(request), session.account_id)
-    return _render(request, {"verified": verified})
+    if verified and next_to != DEFAULT_NEXT:
+        # Verified meanwhile (another tab): straight on to where the patient was going.
+        return RedirectResponse(next_to, status_code=303)
+    return _render(request, {"verified": verified, "next": next_to})
 
 
 def _page_dob(day: str, month: str, year: str) -> str:
@@ -384,6 +427,7 @@ async def verify_submit(request: Request) -> Response:
     form = await read_form(request)
     runtime = _runtime(request)
     kind = runtime.settings.verify_tiebreaker
+    next_to = next_path(form_text(form, "next"))
     shown = {name: form_text(form, f"dob_{name}")[:4] for name in ("day", "month", "year")}
     fields = {
         "dob": _page_dob(shown["day"], shown["month"], shown["year"]),
@@ -395,6 +439,7 @@ async def verify_submit(request: Request) -> Response:
     context: dict[str, Any] = {
         "dob": shown,
         "tiebreaker": kind if form.get(kind) is not None else None,
+        "next": next_to,
     }
     try:
         details = VerifyDetails.model_validate(fields)
@@ -410,7 +455,7 @@ async def verify_submit(request: Request) -> Response:
         )
     )
     if result in (Result.VERIFIED, Result.ALREADY):
-        return RedirectResponse("/account", status_code=303)
+        return RedirectResponse(next_to, status_code=303)
     if result is Result.LOCKED:
         return _render(request, {**context, "errors": {"form": LOCKED}}, status_code=403)
     if result is Result.NEED_TIEBREAKER:
@@ -424,55 +469,65 @@ async def verify_submit(request: Request) -> Response:
 async def api_verify(request: Request) -> Response:
     """Verify the account's identity against the eligibility roster.
     ---
-    post:
-      summary: Link the account to its patient record by DOB and SSN last 4
-      description: >
-        Needs a finished sign-in (second factor done) and an account not yet verified.
-        "No such person", "ineligible", "already claimed" and "shared by several people"
-        get one answer: 422 asking for the tie-breaker (extension ``tiebreaker``: last_name
-        or zip) when none was sent, the failure answer when one was. Five failures lock
-        the account until staff review (403); so do repeated failures against one record.
-      security: [{session: []}]
-      requestBody:
-        required: true
+    summary: Link the account to its patient record by DOB and SSN last 4
+    description: >
+      Needs a finished sign-in (second factor done) and an account not yet verified.
+      "No such person", "ineligible", "already claimed" and "shared by several people"
+      get one answer: 422 asking for the tie-breaker (extension ``tiebreaker``: last_name
+      or zip) when none was sent, the failure answer when one was. Five failures lock
+      the account until staff review (403); so do repeated failures against one record.
+    security: [{session: []}]
+    parameters:
+      - name: next
+        in: query
+        required: false
+        schema: {type: string}
+        description: >
+          A same-site path to go on to afterwards (a page that sent the patient here);
+          echoed as ``next`` on success and on 409. Anything else (another site, "//host")
+          is ignored.
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/VerifyDetails'}
+    responses:
+      "200":
+        description: Verified; the account is linked to its patient record
         content:
           application/json:
-            schema: {$ref: '#/components/schemas/VerifyDetails'}
-      responses:
-        "200":
-          description: Verified; the account is linked to its patient record
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/Verified'}
-        "400":
-          description: A field is missing or malformed (a full SSN is refused here)
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "401":
-          description: Not signed in, or the second factor is missing
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "403":
-          description: Locked; contact support
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "409":
-          description: Already verified
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "422":
-          description: Not verified (one answer for every reason)
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+            schema: {$ref: '#/components/schemas/Verified'}
+      "400":
+        description: A field is missing or malformed (a full SSN is refused here)
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "401":
+        description: Not signed in, or the second factor is missing
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "403":
+        description: Locked; contact support
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "409":
+        description: Already verified
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "422":
+        description: Not verified (one answer for every reason)
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
     """
     session = await authn.require(request)
     details = await read_json(request, VerifyDetails)
     runtime = _runtime(request)
+    asked = request.query_params.get("next")
+    next_to = next_path(asked) if asked else None
     result = await run_in_threadpool(
         lambda: verify(
             runtime,
@@ -483,8 +538,10 @@ async def api_verify(request: Request) -> Response:
         )
     )
     if result is Result.VERIFIED:
-        return JSONResponse(Verified().model_dump())
+        return JSONResponse(Verified(next=next_to).model_dump(exclude_none=True))
     if result is Result.ALREADY:
+        if next_to:
+            raise Problem(409, ALREADY, next=next_to)
         raise Problem(409, ALREADY)
     if result is Result.LOCKED:
         raise Problem(403, LOCKED)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import IO
 
 FIELDS = ("first_name", "last_name", "dob", "ssn4", "zip", "group", "member_id", "status")
 REQUIRED = ("first_name", "last_name", "dob", "ssn4", "zip", "member_id")
@@ -97,7 +99,7 @@ def _header_key(name: str) -> str:
     return name.strip().casefold()
 
 
-def _decoded_lines(handle: Iterator[bytes], path: Path) -> Iterator[str]:
+def _decoded_lines(handle: Iterator[bytes], path: Path | str) -> Iterator[str]:
     for number, raw in enumerate(handle, 1):
         line = raw[len(_BOM) :] if number == 1 and raw.startswith(_BOM) else raw
         try:
@@ -110,7 +112,7 @@ def _decoded_lines(handle: Iterator[bytes], path: Path) -> Iterator[str]:
             ) from None
 
 
-def _positions(header: list[str], columns: dict[str, str], path: Path) -> dict[str, int]:
+def _positions(header: list[str], columns: dict[str, str], path: Path | str) -> dict[str, int]:
     # Only the expected names are ever printed: a file without a header line would
     # otherwise have its first person's details quoted back.
     keys = [_header_key(name) for name in header]
@@ -133,15 +135,22 @@ def _positions(header: list[str], columns: dict[str, str], path: Path) -> dict[s
     return positions
 
 
-def read(path: Path, columns: dict[str, str]) -> Iterator[RosterRow | RejectedRow]:
-    """Every data row of the file in order, valid or rejected. Blank lines are skipped."""
+def read(
+    source: Path | IO[bytes], columns: dict[str, str], *, name: str | None = None
+) -> Iterator[RosterRow | RejectedRow]:
+    """Every data row of the file in order, valid or rejected. Blank lines are skipped.
+
+    ``source`` is a path or an open binary file (an upload; left open); ``name`` is what
+    messages call it (default: the path).
+    """
     today = datetime.now(UTC).date()
+    path: Path | str = name or (source if isinstance(source, Path) else "upload")
     try:
-        handle = path.open("rb")
+        handle = source.open("rb") if isinstance(source, Path) else nullcontext(source)
     except OSError as exc:
         raise RosterFormatError(f"{path}: cannot be read: {exc.strerror}") from None
-    with handle:
-        reader = csv.reader(_decoded_lines(iter(handle), path), strict=True)
+    with handle as stream:
+        reader = csv.reader(_decoded_lines(iter(stream), path), strict=True)
         try:
             header = next(reader, None)
             if header is None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import Connection, Table, bindparam, case, func, insert, select, text, update
 from sqlalchemy.orm import Session
@@ -121,7 +121,7 @@ def check_source(source: str) -> str:
 
 def import_roster(
     rt: Runtime,
-    path: Path,
+    path: Path | IO[bytes],
     *,
     source: str,
     partial: bool = False,
@@ -129,8 +129,12 @@ def import_roster(
     columns: str | None = None,
     on_error: Callable[[RowError], None] = lambda error: None,
     on_progress: Callable[[int], None] | None = None,
+    actor: str = "operator",
+    name: str | None = None,
 ) -> ImportResult:
-    """Import ``path`` for ``source``; raises :class:`ImportRefusedError` when nothing was."""
+    """Import ``path`` (a file, or an open binary stream: the admin API's upload) for
+    ``source``; raises :class:`ImportRefusedError` when nothing was. ``name`` is what
+    messages call the file (default: its path); ``actor`` is who the audit log names."""
     check_source(source)
     result = ImportResult(new_id("ri"), source, "partial" if partial else "full")
     started = datetime.now(UTC)
@@ -141,6 +145,8 @@ def import_roster(
                 db,
                 rt=rt,
                 path=path,
+                name=name or (str(path) if isinstance(path, Path) else "upload"),
+                actor=actor,
                 columns=mapping,
                 result=result,
                 started=started,
@@ -149,7 +155,7 @@ def import_roster(
                 on_progress=on_progress,
             )
     except (RosterFormatError, _RefusedError) as exc:
-        _record_refusal(rt, result, started)
+        _record_refusal(rt, result, started, actor)
         raise ImportRefusedError(str(exc), result) from None
     log.info(
         "roster import committed",
@@ -166,7 +172,9 @@ def _run(
     db: Session,
     *,
     rt: Runtime,
-    path: Path,
+    path: Path | IO[bytes],
+    name: str,
+    actor: str,
     columns: dict[str, str],
     result: ImportResult,
     started: datetime,
@@ -198,7 +206,7 @@ def _run(
     )
     batcher = _Batcher(rt, writer, result, started, on_error)
     batch: list[RosterRow | RejectedRow] = []
-    for row in read(path, columns):
+    for row in read(path, columns, name=name):
         batch.append(row)
         if len(batch) >= BATCH:
             batcher.write(batch)
@@ -212,28 +220,28 @@ def _run(
     if result.rejected and not skip_invalid:
         noun = "row" if result.rejected == 1 else "rows"
         raise _RefusedError(
-            f"{path}: {result.rejected} invalid {noun}; nothing was imported "
+            f"{name}: {result.rejected} invalid {noun}; nothing was imported "
             "(correct them, or rerun with --skip-invalid)"
         )
     if result.imported + result.updated == 0:
         # A full import of nothing would make every member ineligible: never on purpose.
-        raise _RefusedError(f"{path}: no valid rows; nothing was imported")
+        raise _RefusedError(f"{name}: no valid rows; nothing was imported")
     if result.mode == "full":
         result.ineligible += writer.retire_absent(result.source, result.import_id, started)
-    for name in ("rows", "imported", "updated", "ineligible", "rejected"):
-        setattr(record, name, getattr(result, name))
+    for count in ("rows", "imported", "updated", "ineligible", "rejected"):
+        setattr(record, count, getattr(result, count))
     record.outcome = "imported"
     record.finished_at = datetime.now(UTC)
     audit.append(
         db,
-        actor="operator",
+        actor=actor,
         action="roster.import",
         target=f"roster-source:{result.source}",
         outcome=Outcome.ALLOWED,
     )
 
 
-def _record_refusal(rt: Runtime, result: ImportResult, started: datetime) -> None:
+def _record_refusal(rt: Runtime, result: ImportResult, started: datetime, actor: str) -> None:
     with transaction(rt.sessions) as db:
         db.add(
             RosterImport(
@@ -252,7 +260,7 @@ def _record_refusal(rt: Runtime, result: ImportResult, started: datetime) -> Non
         )
         audit.append(
             db,
-            actor="operator",
+            actor=actor,
             action="roster.import",
             target=f"roster-source:{result.source}",
             outcome=Outcome.DENIED,

@@ -35,6 +35,15 @@ class StaffError(Exception):
     """The operation was refused; the message is one line without personal data."""
 
 
+class NotFoundError(StaffError):
+    """No roster member has the patient ID (or no account the account ID)."""
+
+
+class ConflictError(StaffError):
+    """The patient is not in a state the operation applies to (linked, unlinked,
+    ineligible)."""
+
+
 def check_patient_id(patient_id: str) -> str:
     if not _PATIENT_ID.fullmatch(patient_id):
         raise StaffError("a patient ID looks like pt_ followed by letters, digits, '_' or '-'")
@@ -72,7 +81,7 @@ def code_hash(keyring: Keyring, normalised: str) -> str:
 def _member(db: Session, patient_id: str) -> RosterMember:
     member = db.scalars(select(RosterMember).where(RosterMember.patient_id == patient_id)).first()
     if member is None:
-        raise StaffError(f"no roster member has patient ID {patient_id}")
+        raise NotFoundError(f"no roster member has patient ID {patient_id}")
     return member
 
 
@@ -132,9 +141,9 @@ def issue_code(rt: Runtime, patient_id: str, *, reason: str, actor: str = "opera
     with transaction(rt.sessions) as db:
         member = _member(db, patient_id)
         if not member.eligible:
-            raise StaffError(f"patient {patient_id} is not eligible (no longer on the roster)")
+            raise ConflictError(f"patient {patient_id} is not eligible (no longer on the roster)")
         if _linked_account(db, patient_id) is not None:
-            raise StaffError(f"patient {patient_id} is already linked to an account")
+            raise ConflictError(f"patient {patient_id} is already linked to an account")
         _end_unused_codes(db, patient_id, now)
         db.add(
             ActivationCode(
@@ -175,7 +184,7 @@ def unlink(
         _member(db, patient_id)
         account_id = _linked_account(db, patient_id)
         if account_id is None:
-            raise StaffError(f"patient {patient_id} is not linked to an account")
+            raise ConflictError(f"patient {patient_id} is not linked to an account")
         db.execute(delete(PatientLink).where(PatientLink.patient_id == patient_id))
         if action == "roster.reverify":
             _end_unused_codes(db, patient_id, datetime.now(UTC))

@@ -1,0 +1,742 @@
+"""The roster's admin API: what ``carebridge roster`` does, for an operator's backend.
+
+Callers are OAuth clients, not people: every request needs an access token with scope
+``admin.roster`` obtained with the client-credentials grant (``sub == client_id``). A
+token bound to a person is refused whatever its scopes: a patient (or staff member)
+signed in to some app must never reach the roster through it. The audit log names the
+caller ``client:<client_id>``.
+
+The operations are the CLI's, through the same code (identity/roster/importer.py and
+identity/roster/staff.py, identity/flows/activate.py and verify.py for the unlocks):
+
+- ``POST /api/v1/admin/roster/sources/{source}/imports``: a CSV body (``text/csv``),
+  all or nothing unless ``skip_invalid=true``; bad rows are reported by line, field and
+  reason, never by value.
+- ``GET /api/v1/admin/roster/sources/{source}``: counts.
+- ``POST .../patients/{patient_id}/activation-codes``: a new code, in this answer only.
+- ``POST .../patients/{patient_id}/unlink`` and ``.../reverify``.
+- ``POST .../accounts/{account_id}/activation-unlock`` and ``.../verify-unlock``.
+
+Staff operations take a stated reason (an explanation, never personal data), kept on a
+``staff_action`` row beside the audit event, as from the CLI. The patient look-up, which
+would send decrypted roster details over the network, stays CLI-only.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import textwrap
+from datetime import datetime
+from typing import IO, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from carebridge import audit
+from carebridge.audit import Outcome
+from carebridge.db import transaction
+from carebridge.http import bearer, openapi
+from carebridge.http.forms import read_json
+from carebridge.http.problems import Problem
+from carebridge.runtime import Runtime
+from identity.flows import activate, verify
+from identity.models import Account
+from identity.roster import importer, staff
+from identity.roster.csv_format import RowError
+
+SCOPE = "admin.roster"
+PREFIX = "/api/v1/admin/roster"
+# Row errors listed in one answer; the counts say how many there were in all.
+MAX_LISTED_ERRORS = 1000
+# An upload stays in memory up to this size, then spills to a private temporary file.
+_SPOOL_BYTES = 8 * 1024 * 1024
+_ACCOUNT_ID = re.compile(r"acc_[A-Za-z0-9_-]{1,36}")
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+
+CLIENT_ONLY = (
+    "This API needs a client-credentials token: a token issued for a person is not accepted."
+)
+
+
+# Models
+
+
+@openapi.component
+class StaffReason(BaseModel):
+    """Why the operation is done: kept with the record. An explanation, never personal data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(
+        description="For example: patient called the help desk, identity checked by phone",
+        json_schema_extra={"maxLength": staff.MAX_REASON},
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise PydanticCustomError("reason", "Say why (an explanation, never personal data).")
+        if len(value) > staff.MAX_REASON:
+            raise PydanticCustomError("reason", f"At most {staff.MAX_REASON} characters.")
+        return value
+
+
+@openapi.component
+class RowProblem(BaseModel):
+    """A bad row of an upload: where and why, never the value."""
+
+    line: int
+    field: str
+    message: str
+
+
+@openapi.component
+class RosterImportReport(BaseModel):
+    """A committed import: counts, and the rows left out under ``skip_invalid``."""
+
+    import_id: str
+    source: str
+    mode: Literal["full", "partial"]
+    rows: int
+    imported: int = Field(description="New members")
+    updated: int
+    rejected: int = Field(description="Invalid rows (left out: skip_invalid)")
+    ineligible: int = Field(description="Members made ineligible (terminated, or absent)")
+    errors: list[RowProblem]
+    errors_truncated: bool = Field(description=f"More than {MAX_LISTED_ERRORS} row errors")
+
+
+@openapi.component
+class LastImport(BaseModel):
+    import_id: str
+    started_at: datetime
+    mode: str
+    outcome: str
+    rows: int
+    imported: int
+    updated: int
+    rejected: int
+    ineligible: int
+
+
+@openapi.component
+class RosterSourceStats(BaseModel):
+    """Counts for one roster source; no personal data."""
+
+    source: str
+    members: int
+    eligible: int
+    ineligible: int
+    terminated: int
+    linked: int = Field(description="Members linked to an account")
+    last_import: LastImport | None
+
+
+@openapi.component
+class IssuedActivationCode(BaseModel):
+    """A one-time activation code. It is shown in this answer only (stored hashed)."""
+
+    patient_id: str
+    code: str = Field(examples=["ABCD-EFGH-JKMN"])
+    expires_at: datetime
+
+
+@openapi.component
+class Unlinked(BaseModel):
+    patient_id: str
+    account_id: str = Field(description="The account that was linked (it keeps its sign-in)")
+    must_verify_again: bool
+
+
+@openapi.component
+class Unlocked(BaseModel):
+    account_id: str
+    failures_forgotten: int
+
+
+# Guards
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+async def require_operator(request: Request) -> str:
+    """The calling client as the audit log names it, or a 401/403 problem."""
+    access = bearer.require(request, SCOPE)
+    actor = f"client:{access.client_id}"
+    if not access.is_client_only:
+        runtime = _runtime(request)
+
+        def record_refusal() -> None:
+            with transaction(runtime.sessions) as db:
+                audit.append(
+                    db,
+                    actor=actor,
+                    action="roster.admin",
+                    outcome=Outcome.DENIED,
+                    request_id=_request_id(request),
+                )
+
+        await run_in_threadpool(record_refusal)
+        raise Problem(403, CLIENT_ONLY)
+    return actor
+
+
+def _source(request: Request) -> str:
+    source = str(request.path_params["source"])
+    try:
+        return importer.check_source(source)
+    except importer.SourceError as exc:
+        raise Problem(404, f"No such roster source: {exc}.") from None
+
+
+def _patient_id(request: Request) -> str:
+    patient_id = str(request.path_params["patient_id"])
+    try:
+        return staff.check_patient_id(patient_id)
+    except staff.StaffError:
+        raise Problem(404, "No roster member has this patient ID.") from None
+
+
+async def _account_id(request: Request) -> str:
+    account_id = str(request.path_params["account_id"])
+    runtime = _runtime(request)
+
+    def exists() -> bool:
+        with runtime.sessions() as db:
+            return db.get(Account, account_id) is not None
+
+    if not _ACCOUNT_ID.fullmatch(account_id) or not await run_in_threadpool(exists):
+        raise Problem(404, "No account has this ID.")
+    return account_id
+
+
+def _staff_problem(exc: staff.StaffError) -> Problem:
+    if isinstance(exc, staff.NotFoundError):
+        return Problem(404, f"{str(exc).capitalize()}.")
+    if isinstance(exc, staff.ConflictError):
+        return Problem(409, f"{str(exc).capitalize()}.")
+    return Problem(400, f"{str(exc).capitalize()}.")
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise Problem(
+        400,
+        "The request is not valid.",
+        errors=[{"field": name, "message": "Use true or false."}],
+    )
+
+
+def _no_store(body: BaseModel, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(
+        body.model_dump(mode="json"), status_code=status_code, headers={"Cache-Control": "no-store"}
+    )
+
+
+# Import
+
+
+async def _spool_upload(request: Request, limit: int) -> IO[bytes]:
+    """The body in a spooled temporary file (memory first), bounded by ``limit`` bytes."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "text/csv":
+        raise Problem(415, "Send the roster as text/csv.")
+    too_large = Problem(413, f"The roster upload is over {limit // (1024 * 1024)} MiB.")
+    length = request.headers.get("content-length", "")
+    if length and (not length.isdigit() or int(length) > limit):
+        raise too_large
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115
+    try:
+        size = 0
+        async for chunk in request.stream():  # a chunked body has no length to check first
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            spool.write(chunk)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+def _row_problems(errors: list[RowError]) -> list[dict[str, object]]:
+    return [{"line": e.line, "field": e.field, "message": e.reason} for e in errors]
+
+
+async def import_roster(request: Request) -> Response:
+    """Import a roster CSV for a source.
+    ---
+    summary: Import an eligibility roster (CSV)
+    description: >
+      The same importer as `carebridge roster import`: every row is validated, and the
+      import is all or nothing unless `skip_invalid=true`. Bad rows are reported by line
+      number, field and reason, never by value. A full import (the default) makes the
+      source's members missing from the file ineligible; `partial=true` updates only the
+      rows sent. Needs a client-credentials token with scope `admin.roster`.
+    tags: [admin]
+    security: [{accessToken: [admin.roster]}]
+    parameters:
+      - {name: source, in: path, required: true, schema: {type: string},
+         description: "The organization's roster name (1-64 letters, digits, . _ -)"}
+      - {name: skip_invalid, in: query, schema: {type: boolean, default: false},
+         description: Import the valid rows and report the others}
+      - {name: partial, in: query, schema: {type: boolean, default: false},
+         description: Leave the source's members absent from the file as they are}
+      - {name: columns, in: query, schema: {type: string},
+         description: "Header names other than the field names: FIELD=HEADER,..."}
+    requestBody:
+      required: true
+      content:
+        text/csv:
+          schema: {type: string}
+    responses:
+      "200":
+        description: Imported
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/RosterImportReport'}
+      "400":
+        description: A query parameter is not valid
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "401":
+        description: No valid access token
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "403":
+        description: The token lacks admin.roster, or is bound to a person
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "404":
+        description: Not a usable source name
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "413":
+        description: Over CAREBRIDGE_ROSTER_UPLOAD_MAX_MIB
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "415":
+        description: Not text/csv
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "422":
+        description: >
+          Nothing was imported: invalid rows (`errors`: line, field, message) without
+          `skip_invalid`, or a file that is not a roster (encoding, header, CSV syntax)
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+    """
+    actor = await require_operator(request)
+    source = _source(request)
+    skip_invalid, partial = _flag(request, "skip_invalid"), _flag(request, "partial")
+    columns = request.query_params.get("columns") or None
+    runtime = _runtime(request)
+    upload = await _spool_upload(request, runtime.settings.roster_upload_max_mib * 1024 * 1024)
+    errors: list[RowError] = []
+
+    def collect(error: RowError) -> None:
+        if len(errors) <= MAX_LISTED_ERRORS:
+            errors.append(error)
+
+    def run() -> importer.ImportResult:
+        with upload:
+            return importer.import_roster(
+                runtime,
+                upload,
+                source=source,
+                partial=partial,
+                skip_invalid=skip_invalid,
+                columns=columns,
+                on_error=collect,
+                actor=actor,
+                name="upload",
+            )
+
+    try:
+        result = await run_in_threadpool(run)
+    except importer.ImportRefusedError as exc:
+        refused = exc.result
+        detail = str(exc)
+        if refused.rejected:
+            noun = "row" if refused.rejected == 1 else "rows"
+            detail = (
+                f"{refused.rejected} invalid {noun}; nothing was imported (correct them, "
+                "or send skip_invalid=true)"
+            )
+        raise Problem(
+            422,
+            detail,
+            import_id=refused.import_id,
+            rows=refused.rows,
+            rejected=refused.rejected,
+            errors=_row_problems(errors[:MAX_LISTED_ERRORS]),
+            errors_truncated=len(errors) > MAX_LISTED_ERRORS,
+        ) from None
+    report = RosterImportReport(
+        import_id=result.import_id,
+        source=result.source,
+        mode="partial" if partial else "full",
+        rows=result.rows,
+        imported=result.imported,
+        updated=result.updated,
+        rejected=result.rejected,
+        ineligible=result.ineligible,
+        errors=[RowProblem.model_validate(e) for e in _row_problems(errors[:MAX_LISTED_ERRORS])],
+        errors_truncated=len(errors) > MAX_LISTED_ERRORS,
+    )
+    return _no_store(report)
+
+
+async def source_stats(request: Request) -> Response:
+    """Counts for one roster source.
+    ---
+    summary: Roster counts for a source (no personal data)
+    tags: [admin]
+    security: [{accessToken: [admin.roster]}]
+    parameters:
+      - {name: source, in: path, required: true, schema: {type: string}}
+    responses:
+      "200":
+        description: Counts, and the last import
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/RosterSourceStats'}
+      "401":
+        description: No valid access token
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "403":
+        description: The token lacks admin.roster, or is bound to a person
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "404":
+        description: No roster has been imported for this source
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+    """
+    await require_operator(request)
+    source = _source(request)
+    found = await run_in_threadpool(importer.stats, _runtime(request), source)
+    if found is None:
+        raise Problem(404, "No roster has been imported for this source.")
+    last = found.last_import
+    stats = RosterSourceStats(
+        source=source,
+        members=found.members,
+        eligible=found.eligible,
+        ineligible=found.members - found.eligible,
+        terminated=found.terminated,
+        linked=found.linked,
+        last_import=None
+        if last is None
+        else LastImport(
+            import_id=last.id,
+            started_at=last.started_at,
+            mode=last.mode,
+            outcome=last.outcome,
+            rows=last.rows,
+            imported=last.imported,
+            updated=last.updated,
+            rejected=last.rejected,
+            ineligible=last.ineligible,
+        ),
+    )
+    return _no_store(stats)
+
+
+# Staff operations
+
+_STAFF_RESPONSES = """
+        "400":
+          description: The reason is missing or too long
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "401":
+          description: No valid access token
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "403":
+          description: The token lacks admin.roster, or is bound to a person
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "404":
+          description: No such patient ID (or account ID)
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+"""
+
+
+async def issue_activation_code(request: Request) -> Response:
+    """Issue an activation code for a patient.
+    ---
+    summary: Issue a one-time activation code for an eligible, unlinked patient ID
+    description: >
+      The code is in this answer only (the database keeps its hash). Earlier unused
+      codes for the patient stop working. It expires after
+      CAREBRIDGE_ACTIVATION_CODE_DAYS.
+    tags: [admin]
+    security: [{accessToken: [admin.roster]}]
+    parameters:
+      - {name: patient_id, in: path, required: true, schema: {type: string}}
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/StaffReason'}
+    responses:
+      "201":
+        description: Issued
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/IssuedActivationCode'}
+      "409":
+        description: The patient is ineligible or already linked to an account
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+    """
+    actor = await require_operator(request)
+    patient_id = _patient_id(request)
+    body = await read_json(request, StaffReason)
+    try:
+        issued = await run_in_threadpool(
+            lambda: staff.issue_code(_runtime(request), patient_id, reason=body.reason, actor=actor)
+        )
+    except staff.StaffError as exc:
+        raise _staff_problem(exc) from None
+    code = IssuedActivationCode(
+        patient_id=patient_id, code=issued.code, expires_at=issued.expires_at
+    )
+    return _no_store(code, status_code=201)
+
+
+async def _unlink(request: Request, action: str) -> Response:
+    actor = await require_operator(request)
+    patient_id = _patient_id(request)
+    body = await read_json(request, StaffReason)
+    try:
+        account_id = await run_in_threadpool(
+            lambda: staff.unlink(
+                _runtime(request), patient_id, reason=body.reason, action=action, actor=actor
+            )
+        )
+    except staff.StaffError as exc:
+        raise _staff_problem(exc) from None
+    return _no_store(
+        Unlinked(
+            patient_id=patient_id,
+            account_id=account_id,
+            must_verify_again=action == "roster.reverify",
+        )
+    )
+
+
+async def unlink(request: Request) -> Response:
+    """Unlink a patient ID from its account.
+    ---
+    summary: Unlink a patient ID from its account (the account keeps its sign-in)
+    tags: [admin]
+    security: [{accessToken: [admin.roster]}]
+    parameters:
+      - {name: patient_id, in: path, required: true, schema: {type: string}}
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/StaffReason'}
+    responses:
+      "200":
+        description: Unlinked
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/Unlinked'}
+      "409":
+        description: The patient is not linked to an account
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+    """
+    return await _unlink(request, "roster.unlink")
+
+
+async def reverify(request: Request) -> Response:
+    """Make a patient's account verify again.
+    ---
+    summary: Unlink a patient ID and end its unused activation codes
+    description: The account must verify again (DOB and SSN last 4, or a new code).
+    tags: [admin]
+    security: [{accessToken: [admin.roster]}]
+    parameters:
+      - {name: patient_id, in: path, required: true, schema: {type: string}}
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/StaffReason'}
+    responses:
+      "200":
+        description: Unlinked; the account must verify again
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/Unlinked'}
+      "409":
+        description: The patient is not linked to an account
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+    """
+    return await _unlink(request, "roster.reverify")
+
+
+async def _unlock(request: Request, kind: Literal["activation", "verification"]) -> Response:
+    actor = await require_operator(request)
+    account_id = await _account_id(request)
+    body = await read_json(request, StaffReason)
+    operation = activate.unlock if kind == "activation" else verify.unlock
+    try:
+        failures = await run_in_threadpool(
+            lambda: operation(_runtime(request), account_id, reason=body.reason, actor=actor)
+        )
+    except staff.StaffError as exc:
+        raise _staff_problem(exc) from None
+    return _no_store(Unlocked(account_id=account_id, failures_forgotten=failures))
+
+
+async def activation_unlock(request: Request) -> Response:
+    """Clear an account's activation lock.
+    ---
+    summary: Clear an account's activation lock (5 wrong codes or dates of birth lock it)
+    tags: [admin]
+    security: [{accessToken: [admin.roster]}]
+    parameters:
+      - {name: account_id, in: path, required: true, schema: {type: string}}
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/StaffReason'}
+    responses:
+      "200":
+        description: Cleared
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/Unlocked'}
+    """
+    return await _unlock(request, "activation")
+
+
+async def verify_unlock(request: Request) -> Response:
+    """Clear an account's verification lock.
+    ---
+    summary: Clear an account's verification lock after staff review
+    description: Five failed DOB + SSN last 4 attempts lock verification for the account.
+    tags: [admin]
+    security: [{accessToken: [admin.roster]}]
+    parameters:
+      - {name: account_id, in: path, required: true, schema: {type: string}}
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: '#/components/schemas/StaffReason'}
+    responses:
+      "200":
+        description: Cleared
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/Unlocked'}
+    """
+    return await _unlock(request, "verification")
+
+
+def _with_staff_responses(doc: str) -> str:
+    """``doc`` with the error answers every staff operation shares, indented to match its
+    own responses (written once, above)."""
+    (heading,) = [line for line in doc.splitlines() if line.strip() == "responses:"]
+    indent = heading[: len(heading) - len(heading.lstrip())] + "  "
+    ours = textwrap.dedent(_STAFF_RESPONSES).strip("\n")
+    return doc.rstrip() + "\n" + textwrap.indent(ours, indent)
+
+
+for _endpoint in (issue_activation_code, unlink, reverify, activation_unlock, verify_unlock):
+    _endpoint.__doc__ = _with_staff_responses(_endpoint.__doc__ or "")
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route(
+            f"{PREFIX}/sources/{{source}}/imports",
+            import_roster,
+            methods=["POST"],
+            name="admin_roster_import",
+        ),
+        Route(
+            f"{PREFIX}/sources/{{source}}",
+            source_stats,
+            methods=["GET"],
+            name="admin_roster_stats",
+        ),
+        Route(
+            f"{PREFIX}/patients/{{patient_id}}/activation-codes",
+            issue_activation_code,
+            methods=["POST"],
+            name="admin_roster_activation_code",
+        ),
+        Route(
+            f"{PREFIX}/patients/{{patient_id}}/unlink",
+            unlink,
+            methods=["POST"],
+            name="admin_roster_unlink",
+        ),
+        Route(
+            f"{PREFIX}/patients/{{patient_id}}/reverify",
+            reverify,
+            methods=["POST"],
+            name="admin_roster_reverify",
+        ),
+        Route(
+            f"{PREFIX}/accounts/{{account_id}}/activation-unlock",
+            activation_unlock,
+            methods=["POST"],
+            name="admin_roster_activation_unlock",
+        ),
+        Route(
+            f"{PREFIX}/accounts/{{account_id}}/verify-unlock",
+            verify_unlock,
+            methods=["POST"],
+            name="admin_roster_verify_unlock",
+        ),
+    ]
