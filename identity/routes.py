@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from identity.flows import (
     account,
     activate,
+    admin,
     mfa,
     reauth,
     signin,
@@ -15,12 +16,12 @@ from identity.flows import (
     upstream,
     verify,
 )
-from identity.oidc import jwks
+from identity.oidc import routes as oidc_routes
 
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/.well-known/jwks.json", jwks.jwks, name="jwks"),
+        *oidc_routes.routes(),
         *signup.routes(),
         *signin.routes(),
         *signout.routes(),
@@ -30,4 +31,5 @@ def routes() -> list[BaseRoute]:
         *account.routes(),
         *activate.routes(),
         *verify.routes(),
+        *admin.routes(),
     ]

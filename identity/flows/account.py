@@ -32,6 +32,7 @@ from identity.credentials import recovery, totp
 from identity.flows import mfa
 from identity.flows.mfa import Status
 from identity.models import AuthSession, PatientLink
+from identity.oidc import consents
 
 _HANDLE = re.compile(r"ses_[A-Za-z0-9_-]{22}")
 
@@ -167,7 +168,23 @@ def _render(request: Request, name: str, context: dict[str, Any]) -> Response:
 async def home(request: Request) -> Response:
     session = await authn.require(request)
     verified = await run_in_threadpool(is_verified, _runtime(request), session.account_id)
-    return _render(request, "account.html", {"verified": verified})
+    apps = await run_in_threadpool(consents.connected_apps, _runtime(request), session.account_id)
+    return _render(request, "account.html", {"verified": verified, "apps": apps})
+
+
+async def revoke_app_submit(request: Request) -> Response:
+    """Connected apps: forget a grant and revoke that app's refresh tokens."""
+    session = await authn.require(request)
+    form = await read_form(request)
+    client_id = str(form.get("client_id") or "")[:100]
+    revoked = await run_in_threadpool(
+        lambda: consents.revoke(
+            _runtime(request), session.account_id, client_id, request_id=_request_id(request)
+        )
+    )
+    if not revoked:
+        raise Problem(404)
+    return RedirectResponse("/account?done=app-revoked", status_code=303)
 
 
 async def security_page(request: Request) -> Response:
@@ -350,6 +367,7 @@ async def api_regenerate(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     return [
         Route("/account", home, methods=["GET"], name="account"),
+        Route("/account/apps/revoke", revoke_app_submit, methods=["POST"]),
         Route("/account/security", security_page, methods=["GET"], name="account_security"),
         Route("/account/security/recovery-codes", regenerate_submit, methods=["POST"]),
         Route("/api/v1/mfa/recovery-codes", api_regenerate, methods=["POST"]),

@@ -1,0 +1,202 @@
+"""The machine-facing endpoints: token, revocation, introspection, userinfo and the
+metadata documents (OpenID Connect Discovery, RFC 8414, SMART App Launch)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from carebridge.http import bearer
+from carebridge.http.problems import Problem
+from carebridge.runtime import Runtime
+from identity.oidc import clients, subjects, tokens
+from identity.oidc import scopes as scope_rules
+from identity.oidc.context import (
+    AUTHORIZE_PATH,
+    END_SESSION_PATH,
+    INTROSPECT_PATH,
+    REVOKE_PATH,
+    TOKEN_PATH,
+    USERINFO_PATH,
+)
+from identity.oidc.grants import ASSERTION_ALGORITHMS
+from identity.oidc.server import (
+    Answer,
+    ParameterError,
+    invalid_request,
+    read_oauth_form,
+    server_for,
+)
+
+
+async def _client_endpoint(request: Request, path: str, name: str | None) -> Response:
+    server = server_for(request)
+    try:
+        form = await read_oauth_form(request)
+        oauth = server.oauth2_request(request, path, form, with_query=False)
+    except ParameterError as exc:
+        return invalid_request(str(exc))
+    answer: Answer
+    if name is None:
+        answer = await server.run(lambda: server.create_token_response(oauth))
+    else:
+        answer = await server.run(lambda: server.create_endpoint_response(name, oauth))
+    return answer.response()
+
+
+async def token(request: Request) -> Response:
+    """The token endpoint (RFC 6749 §3.2): authorization_code, refresh_token and
+    client_credentials grants; the hot path, so the body is parsed from its bytes."""
+    return await _client_endpoint(request, TOKEN_PATH, None)
+
+
+async def revoke(request: Request) -> Response:
+    """Token revocation (RFC 7009)."""
+    return await _client_endpoint(request, REVOKE_PATH, "revocation")
+
+
+async def introspect(request: Request) -> Response:
+    """Token introspection (RFC 7662), for confidential clients and their own tokens."""
+    return await _client_endpoint(request, INTROSPECT_PATH, "introspection")
+
+
+def _invalid_token(description: str) -> Problem:
+    challenge = (
+        f'Bearer realm="carebridge", error="invalid_token", error_description="{description}"'
+    )
+    return Problem(401, description, {"WWW-Authenticate": challenge})
+
+
+async def userinfo(request: Request) -> Response:
+    """The UserInfo endpoint (OpenID Connect Core §5.3), written for Starlette: Authlib's
+    relies on a Flask/Django-only token lookup."""
+    access = bearer.require(request, scope_rules.OPENID)
+    runtime: Runtime = request.app.state.runtime
+    server = server_for(request)
+
+    def claims() -> dict[str, Any] | None:
+        with server.transaction() as db:
+            if access.is_client_only or tokens.is_access_token_revoked(db, access.jti):
+                return None
+            account_id = subjects.account_for(
+                db, client_id=access.client_id, subject=access.subject
+            )
+            client = clients.find(db, access.client_id)
+            if account_id is None or client is None:
+                return None
+            auth_time = access.claims.get("auth_time")
+            moment = datetime.fromtimestamp(auth_time if isinstance(auth_time, int) else 0, UTC)
+            user = tokens.end_user(db, runtime, client, account_id, moment)
+            if user is None:
+                return None
+            return tokens.user_claims(db, runtime, user, " ".join(sorted(access.scopes)))
+
+    found = await run_in_threadpool(claims)
+    if found is None:
+        raise _invalid_token("The access token is no longer valid.")
+    return JSONResponse(found, headers={"Cache-Control": "no-store"})
+
+
+# Metadata
+
+
+def _scopes_supported() -> list[str]:
+    return [*sorted(scope_rules.FIXED), "patient/*.rs", "patient/*.read"]
+
+
+def _authorization_server(issuer: str) -> dict[str, Any]:
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}{AUTHORIZE_PATH}",
+        "token_endpoint": f"{issuer}{TOKEN_PATH}",
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "revocation_endpoint": f"{issuer}{REVOKE_PATH}",
+        "introspection_endpoint": f"{issuer}{INTROSPECT_PATH}",
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": list(clients.AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "revocation_endpoint_auth_methods_supported": list(clients.AUTH_METHODS),
+        "introspection_endpoint_auth_methods_supported": [
+            m for m in clients.AUTH_METHODS if m != "none"
+        ],
+        "scopes_supported": _scopes_supported(),
+        "authorization_response_iss_parameter_supported": True,
+    }
+
+
+def _metadata_response(document: dict[str, Any]) -> Response:
+    return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})
+
+
+async def openid_configuration(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    issuer = runtime.settings.issuer
+    document = _authorization_server(issuer)
+    document.update(
+        {
+            "userinfo_endpoint": f"{issuer}{USERINFO_PATH}",
+            "end_session_endpoint": f"{issuer}{END_SESSION_PATH}",
+            "subject_types_supported": ["pairwise", "public"],
+            "id_token_signing_alg_values_supported": [runtime.keyring.active_signing_key.alg],
+            "claims_supported": [
+                "sub",
+                "iss",
+                "aud",
+                "exp",
+                "iat",
+                "auth_time",
+                "nonce",
+                "at_hash",
+                "azp",
+                "email",
+                "fhirUser",
+            ],
+            "claims_parameter_supported": False,
+            "request_parameter_supported": False,
+            "request_uri_parameter_supported": False,
+        }
+    )
+    return _metadata_response(document)
+
+
+async def oauth_authorization_server(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    return _metadata_response(_authorization_server(runtime.settings.issuer))
+
+
+async def smart_configuration(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    issuer = runtime.settings.issuer
+    document = {
+        "issuer": issuer,
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "authorization_endpoint": f"{issuer}{AUTHORIZE_PATH}",
+        "token_endpoint": f"{issuer}{TOKEN_PATH}",
+        "userinfo_endpoint": f"{issuer}{USERINFO_PATH}",
+        "revocation_endpoint": f"{issuer}{REVOKE_PATH}",
+        "introspection_endpoint": f"{issuer}{INTROSPECT_PATH}",
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": list(clients.AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "scopes_supported": _scopes_supported(),
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": [
+            "launch-standalone",
+            "client-public",
+            "client-confidential-symmetric",
+            "client-confidential-asymmetric",
+            "context-standalone-patient",
+            "permission-offline",
+            "permission-patient",
+            "sso-openid-connect",
+        ],
+    }
+    return _metadata_response(document)

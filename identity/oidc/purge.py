@@ -1,0 +1,43 @@
+"""The worker's hourly clean-up of what the provider keeps only until it expires: used
+and expired codes, dead refresh tokens, remembered assertion IDs, revoked access-token IDs.
+
+Codes are kept a day past expiry and refresh tokens a day past death, so a late second
+use is still recognised as reuse (and answered as such) rather than as an unknown token.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import delete, or_
+
+from carebridge.runtime import Runtime
+from identity.oidc import grants
+from identity.oidc.models import (
+    OidcAuthorizationCode,
+    OidcRefreshToken,
+    OidcRevokedAccessToken,
+    OidcUsedAssertion,
+)
+from identity.oidc.tokens import utcnow
+
+GRACE = timedelta(days=1)
+
+
+def purge_expired(runtime: Runtime) -> None:
+    now = utcnow()
+    before = now - GRACE
+    with runtime.sessions.begin() as db:
+        db.execute(delete(OidcAuthorizationCode).where(OidcAuthorizationCode.expires_at < before))
+        db.execute(
+            delete(OidcRefreshToken).where(
+                or_(
+                    OidcRefreshToken.expires_at < before,
+                    OidcRefreshToken.revoked_at < before,
+                )
+            )
+        )
+        # An assertion verifies until exp + the leeway: its jti must be kept that long.
+        kept_until = now - timedelta(seconds=grants.ASSERTION_LEEWAY_SECONDS)
+        db.execute(delete(OidcUsedAssertion).where(OidcUsedAssertion.expires_at < kept_until))
+        db.execute(delete(OidcRevokedAccessToken).where(OidcRevokedAccessToken.expires_at < now))

@@ -1,0 +1,356 @@
+"""Authlib's authorization server on Starlette: the glue, written once.
+
+Authlib ships Flask and Django integrations only. Here: an ``OAuth2Request`` built from
+a body we parsed ourselves (never ``request.form()``, ten times slower), Authlib's answers
+turned into Starlette responses, and the synchronous server run in a worker thread with
+one database transaction per request (reachable from Authlib's callbacks through
+:func:`identity.oidc.context.db`). The grants it runs are in :mod:`identity.oidc.grants`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+import anyio.to_thread
+from authlib.oauth2 import AuthorizationServer as _AuthorizationServer
+from authlib.oauth2.rfc6749 import InvalidScopeError, OAuth2Request
+from authlib.oauth2.rfc6749.requests import JsonRequest, OAuth2Payload
+from authlib.oauth2.rfc9207 import IssuerParameter
+from sqlalchemy.orm import Session
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+
+from carebridge.db import transaction
+from carebridge.http.forms import MAX_BODY
+from carebridge.runtime import Runtime
+from identity.oidc import clients, tokens
+from identity.oidc import scopes as scope_rules
+from identity.oidc.clients import Client
+from identity.oidc.context import MAX_NONCE, MAX_PARAMETER, MAX_STATE, bound, db
+from identity.oidc.grants import (
+    AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    CodeRecord,
+    Introspection,
+    OpenIDCode,
+    PrivateKeyJwt,
+    RefreshTokenGrant,
+    Revocation,
+    S256CodeChallenge,
+)
+from identity.oidc.tokens import EndUser
+
+T = TypeVar("T")
+
+
+# Requests and responses
+
+
+class _Payload(OAuth2Payload):  # type: ignore[misc]
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._datalist: defaultdict[str, list[str]] = defaultdict(list)
+        for key, value in pairs:
+            self._datalist[key].append(value)
+        self._data = {key: values[0] for key, values in self._datalist.items()}
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> defaultdict[str, list[str]]:
+        return self._datalist
+
+
+class StarletteOAuth2Request(OAuth2Request):  # type: ignore[misc]
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: Headers,
+        query: list[tuple[str, str]],
+        form: list[tuple[str, str]],
+    ) -> None:
+        super().__init__(method, uri, headers=headers)
+        self._args = dict(query)
+        self._form = dict(form)
+        self.payload = _Payload([*query, *form])
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self._args
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._form
+
+
+@dataclass
+class Answer:
+    """What Authlib answered, until it becomes a Starlette response (outside the thread)."""
+
+    status: int
+    body: Any
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def location(self) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == "location"), None)
+
+    @location.setter
+    def location(self, value: str) -> None:
+        self.headers = [(k, v) for k, v in self.headers if k.lower() != "location"]
+        self.headers.append(("Location", value))
+
+    def response(self) -> Response:
+        if isinstance(self.body, dict):
+            content = json.dumps(self.body, separators=(",", ":")).encode()
+        else:
+            content = (self.body or "").encode()
+        headers = dict(self.headers)
+        return Response(content, status_code=self.status, headers=headers)
+
+
+def _check_parameters(pairs: list[tuple[str, str]]) -> None:
+    for key, value in pairs:
+        if len(key) > 100 or len(value) > MAX_PARAMETER:
+            raise ParameterError("A request parameter is too long.")
+        if key == "nonce" and len(value) > MAX_NONCE:
+            raise ParameterError("The nonce is too long.")
+        if key == "state" and len(value) > MAX_STATE:
+            raise ParameterError("The state is too long.")
+
+
+class ParameterError(ValueError):
+    """A parameter over the limits: answered invalid_request before Authlib sees it."""
+
+
+async def read_oauth_form(request: Request) -> list[tuple[str, str]]:
+    """The urlencoded body of a client-authenticated endpoint, parsed from the bytes.
+
+    Raises ParameterError for a wrong content type, a body over the limit, a malformed
+    body or an oversized parameter.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise ParameterError("Send the body as application/x-www-form-urlencoded.")
+    length = request.headers.get("content-length", "")
+    if length and (not length.isdigit() or int(length) > MAX_BODY):
+        raise ParameterError("The request body is too large.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise ParameterError("The request body is too large.")
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=False, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise ParameterError("The request body is not UTF-8.") from None
+    _check_parameters(pairs)
+    names = [key for key, _ in pairs]
+    if len(set(names)) != len(names):
+        # RFC 6749 §3.2: request parameters must not be included more than once.
+        raise ParameterError("A parameter is repeated.")
+    return pairs
+
+
+def invalid_request(description: str) -> Response:
+    body = {"error": "invalid_request", "error_description": description}
+    return Answer(400, body, _NO_STORE).response()
+
+
+_NO_STORE = [
+    ("Content-Type", "application/json"),
+    ("Cache-Control", "no-store"),
+    ("Pragma", "no-cache"),
+]
+
+
+# The server
+
+
+class Issuer(IssuerParameter):  # type: ignore[misc]
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer
+
+    def get_issuer(self) -> str:
+        return self.issuer
+
+
+class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(scopes_supported=None)
+        self.runtime = runtime
+        issuer = runtime.settings.issuer
+        parts = urlsplit(issuer)
+        if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"):
+            # Development and tests on loopback only; production issuers are https.
+            os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
+        # Authlib logs every issued token (access and refresh) at DEBUG: never let it.
+        authlib_log = logging.getLogger("authlib")
+        authlib_log.setLevel(max(authlib_log.getEffectiveLevel(), logging.INFO))
+        self.register_token_generator("default", self._generate_token)
+        self.register_client_auth_method("private_key_jwt", PrivateKeyJwt(runtime))
+        self.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(), OpenIDCode(runtime)])
+        self.register_grant(RefreshTokenGrant)
+        self.register_grant(ClientCredentialsGrant)
+        self.register_endpoint(Revocation)
+        self.register_endpoint(Introspection)
+        self._clients: dict[str, tuple[float, Client | None]] = {}
+        self._recorded: set[tuple[str, str]] = set()
+        # Token work holds a pooled connection; more threads than connections only queue
+        # (and on SQLite, whose writers take turns, one at a time avoids busy-waiting).
+        self.limiter = anyio.CapacityLimiter(1 if runtime.settings.uses_sqlite else 8)
+        self.issuer_parameter = Issuer(issuer)
+        self.register_extension(self.issuer_parameter)
+
+    # Authlib's integration points
+
+    def query_client(self, client_id: str) -> Client | None:
+        """A client by ID, from a short-lived cache (``client_cache_seconds``): every token
+        request asks, and a registration changes rarely."""
+        ttl = self.runtime.settings.client_cache_seconds
+        now = time.monotonic()
+        cached = self._clients.get(client_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = clients.find(db(), client_id)
+        if ttl and len(client_id) <= 100:
+            if len(self._clients) > 10_000:
+                self._clients.clear()
+            self._clients[client_id] = (now + ttl, found)
+        return found
+
+    def end_user(self, client: Client, account_id: str, auth_time: datetime) -> EndUser | None:
+        return tokens.end_user(
+            db(), self.runtime, client, account_id, auth_time, recorded=self._recorded
+        )
+
+    def save_token(self, token: dict[str, Any], request: Any) -> None:
+        refresh = token.get("refresh_token")
+        if not refresh or request.user is None:
+            return
+        if request.refresh_token is not None:
+            # RFC 6749 §6: the new refresh token keeps the old one's scope, even when this
+            # request narrowed the access token's.
+            previous = request.refresh_token
+            family, auth_time, scope = previous.family_id, previous.auth_time, previous.scope
+        else:
+            code: CodeRecord = request.authorization_code
+            family, auth_time, scope = code.family_id, code.auth_time, token["scope"]
+        tokens.store_refresh_token(
+            db(),
+            self.runtime,
+            request.client,
+            token=refresh,
+            family_id=family,
+            account_id=request.user.account_id,
+            scope=scope,
+            auth_time=auth_time,
+        )
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Authlib signals every token and revocation request; nothing listens."""
+
+    def create_oauth2_request(self, request: Any) -> OAuth2Request:
+        if isinstance(request, OAuth2Request):
+            return request
+        raise TypeError("build the OAuth2Request with oauth2_request() first")
+
+    def create_json_request(self, request: Any) -> JsonRequest:
+        raise NotImplementedError("no JSON-bodied endpoint here")
+
+    def handle_response(self, status: int, body: Any, headers: Any) -> Answer:
+        return Answer(status, body, list(headers))
+
+    def validate_requested_scope(self, scope: str | None) -> None:
+        for item in scope_rules.split(scope):
+            if not scope_rules.is_known(item):
+                raise InvalidScopeError()
+
+    def _generate_token(
+        self,
+        grant_type: str,
+        client: Client,
+        *,
+        user: EndUser | None = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        scope = scope or ""
+        access, lifetime = tokens.mint_access_token(self.runtime, client, scope=scope, user=user)
+        token: dict[str, Any] = {
+            "token_type": "Bearer",
+            "access_token": access,
+            "expires_in": lifetime,
+            "scope": scope,
+        }
+        granted = scope.split()
+        if user is not None:
+            if include_refresh_token and scope_rules.OFFLINE_ACCESS in granted:
+                token["refresh_token"] = tokens.new_token()
+            if scope_rules.LAUNCH_PATIENT in granted and user.patient is not None:
+                token["patient"] = user.patient
+        return token
+
+    # Running it
+
+    def oauth2_request(
+        self,
+        request: Request,
+        path: str,
+        form: list[tuple[str, str]] | None = None,
+        *,
+        with_query: bool = True,
+    ) -> StarletteOAuth2Request:
+        query = list(request.query_params.multi_items()) if with_query else []
+        _check_parameters(query)
+        # The consent form echoes the checked query, but is itself a request: check again.
+        _check_parameters(form or [])
+        # URLs come from the configured issuer, never from the Host header.
+        oauth = StarletteOAuth2Request(
+            request.method,
+            f"{self.runtime.settings.issuer}{path}",
+            request.headers,
+            query,
+            form or [],
+        )
+        oauth.request_id = getattr(request.state, "request_id", None)
+        return oauth
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """Run synchronous Authlib work in a worker thread, in one transaction."""
+
+        def in_transaction() -> T:
+            with self.transaction():
+                return work()
+
+        return await anyio.to_thread.run_sync(in_transaction, limiter=self.limiter)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with transaction(self.runtime.sessions) as session, bound(session):
+            yield session
+
+
+def server_for(request: Request) -> AuthorizationServer:
+    """The app's one server (built on first use from its runtime)."""
+    state = request.app.state
+    server: AuthorizationServer | None = getattr(state, "oidc_server", None)
+    if server is None:
+        server = AuthorizationServer(request.app.state.runtime)
+        state.oidc_server = server
+    return server

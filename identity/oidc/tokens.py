@@ -1,0 +1,265 @@
+"""Tokens: JWT access tokens (RFC 9068), opaque refresh tokens stored hashed, families,
+and who the end user is as a given client sees them."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from joserfc import jwt
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from carebridge.http import bearer
+from carebridge.runtime import Runtime
+from identity import accounts
+from identity.models import Account, PatientLink
+from identity.oidc import scopes as scope_rules
+from identity.oidc import subjects
+from identity.oidc.clients import Client
+from identity.oidc.models import OidcRefreshToken, OidcRevokedAccessToken
+
+
+def digest(value: str) -> str:
+    """Codes and refresh tokens are 256-bit random values: SHA-256 is enough at rest."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Authorizing:
+    """The signed-in person approving an authorization request."""
+
+    account_id: str
+    auth_time: datetime
+
+
+_RECORDED_MAX = 100_000
+_REFRESH = cast(Table, OidcRefreshToken.__table__)
+_ACCOUNT = cast(Table, Account.__table__)
+_LINK = cast(Table, PatientLink.__table__)
+# Hot-path statements, built once: building a statement and its cache key on every
+# request costs more than running it.
+_FIND_REFRESH = select(_REFRESH).where(_REFRESH.c.token_hash == bindparam("token_hash"))
+_USE_REFRESH = (
+    update(_REFRESH)
+    .where(
+        _REFRESH.c.token_hash == bindparam("hash"),
+        _REFRESH.c.used_at.is_(None),
+        _REFRESH.c.revoked_at.is_(None),
+    )
+    .values(used_at=bindparam("now"))
+)
+_INSERT_REFRESH = insert(_REFRESH)
+_ACCOUNT_STATE = (
+    select(_ACCOUNT.c.status, _LINK.c.patient_id)
+    .select_from(_ACCOUNT.outerjoin(_LINK, _LINK.c.account_id == _ACCOUNT.c.id))
+    .where(_ACCOUNT.c.id == bindparam("account_id"))
+)
+
+
+@dataclass(frozen=True)
+class EndUser:
+    """The person a grant is for, as one client sees them.
+
+    ``patient`` is the patient identifier this client may see: for a first-party client the
+    opaque patient ID (which is also its ``sub``), for any other client its pairwise
+    ``sub`` (so two unrelated apps still cannot correlate); None while unverified.
+    """
+
+    account_id: str
+    auth_time: int
+    subject: str
+    patient: str | None
+
+
+def end_user(
+    db: Session,
+    runtime: Runtime,
+    client: Client,
+    account_id: str,
+    auth_time: datetime,
+    *,
+    recorded: set[tuple[str, str]] | None = None,
+) -> EndUser | None:
+    """The end user for a token, or None if the account can no longer have one.
+
+    ``recorded`` remembers (client, subject) pairs already written by this process:
+    the mapping never changes once written, and the token endpoint is a hot path.
+    """
+    found = db.execute(_ACCOUNT_STATE, {"account_id": account_id}).first()
+    if found is None or found.status != accounts.ACTIVE:
+        return None
+    patient_id: str | None = found.patient_id
+    if client.first_party:
+        if patient_id is None:
+            return None
+        subject = patient_id
+    else:
+        subject = subjects.pairwise(runtime.keyring, sector=client.sector, account_id=account_id)
+    pair = (client.client_id, subject)
+    if recorded is None or pair not in recorded:
+        subjects.record(db, client_id=client.client_id, subject=subject, account_id=account_id)
+        if recorded is not None:
+            if len(recorded) > _RECORDED_MAX:
+                recorded.clear()
+            recorded.add(pair)
+    return EndUser(
+        account_id=account_id,
+        auth_time=int(aware(auth_time).timestamp()),
+        subject=subject,
+        patient=subject if patient_id is not None else None,
+    )
+
+
+def user_claims(db: Session, runtime: Runtime, user: EndUser, scope: str) -> dict[str, Any]:
+    """Claims for the ID token and userinfo: only what the granted scopes cover."""
+    granted = set(scope.split())
+    claims: dict[str, Any] = {"sub": user.subject}
+    if "email" in granted:
+        login = accounts.login_of(db, runtime.keyring, user.account_id)
+        if login and "@" in login:
+            claims["email"] = login
+    if user.patient is not None and scope_rules.FHIR_USER in granted:
+        claims["fhirUser"] = f"Patient/{user.patient}"
+    return claims
+
+
+def mint_access_token(
+    runtime: Runtime, client: Client, *, scope: str, user: EndUser | None
+) -> tuple[str, int]:
+    """A signed access token (the contract in docs/oidc.md) and its lifetime in seconds."""
+    settings = runtime.settings
+    lifetime = client.access_token_seconds or settings.access_token_seconds
+    key = runtime.keyring.active_signing_key
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": settings.issuer,
+        "aud": settings.api_audience,
+        "sub": user.subject if user else client.client_id,
+        "client_id": client.client_id,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": secrets.token_urlsafe(16),
+        "scope": scope,
+    }
+    if user is not None:
+        claims["auth_time"] = user.auth_time
+    header = {"typ": "at+jwt", "alg": key.alg, "kid": key.kid}
+    return jwt.encode(header, claims, key.key, algorithms=[key.alg]), lifetime
+
+
+def store_refresh_token(
+    db: Session,
+    runtime: Runtime,
+    client: Client,
+    *,
+    token: str,
+    family_id: str,
+    account_id: str,
+    scope: str,
+    auth_time: datetime,
+) -> None:
+    now = utcnow()
+    days = runtime.settings.refresh_token_days
+    lifetime = timedelta(seconds=client.refresh_token_seconds or days * 86400)
+    # Core statements on the hot path: the ORM's unit of work costs more than the query.
+    db.execute(
+        _INSERT_REFRESH,
+        {
+            "token_hash": digest(token),
+            "family_id": family_id,
+            "client_id": client.client_id,
+            "account_id": account_id,
+            "scope": scope,
+            "auth_time": auth_time,
+            "issued_at": now,
+            "expires_at": now + lifetime,
+        },
+    )
+
+
+def find_refresh_token(db: Session, token_hash: str) -> Any:
+    """The refresh token row (a Core row: attributes named like the columns), or None."""
+    return db.execute(_FIND_REFRESH, {"token_hash": token_hash}).first()
+
+
+def use_refresh_token(db: Session, token_hash: str) -> bool:
+    """Mark a refresh token used, atomically: exactly one of two racing uses gets True."""
+    result = db.execute(_USE_REFRESH, {"hash": token_hash, "now": utcnow()})
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def revoke_family(db: Session, family_id: str) -> int:
+    result = db.execute(
+        update(OidcRefreshToken)
+        .where(OidcRefreshToken.family_id == family_id, OidcRefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def revoke_for(db: Session, *, account_id: str, client_id: str) -> int:
+    result = db.execute(
+        update(OidcRefreshToken)
+        .where(
+            OidcRefreshToken.account_id == account_id,
+            OidcRefreshToken.client_id == client_id,
+            OidcRefreshToken.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def revoke_for_client(db: Session, client_id: str) -> int:
+    result = db.execute(
+        update(OidcRefreshToken)
+        .where(OidcRefreshToken.client_id == client_id, OidcRefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def verify_access_token(runtime: Runtime, token: str) -> bearer.AccessToken | None:
+    try:
+        return bearer.verify(
+            token,
+            runtime.keyring.verification_keys(),
+            issuer=runtime.settings.issuer,
+            audience=runtime.settings.api_audience,
+        )
+    except bearer.InvalidTokenError:
+        return None
+
+
+def is_access_token_revoked(db: Session, jti: str) -> bool:
+    return db.get(OidcRevokedAccessToken, jti[:64]) is not None
+
+
+def revoke_access_token(db: Session, access: bearer.AccessToken) -> None:
+    if is_access_token_revoked(db, access.jti):
+        return
+    db.add(
+        OidcRevokedAccessToken(
+            jti=access.jti[:64], expires_at=datetime.fromtimestamp(access.expires_at, UTC)
+        )
+    )
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)

@@ -1,0 +1,139 @@
+"""Builders for the OIDC tests: clients, signed-in patients, PKCE, driving the
+authorization page over HTTP (a TestClient in process, or httpx against a live server)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from html import unescape
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+from starlette.testclient import TestClient
+
+from carebridge.db import transaction
+from carebridge.runtime import Runtime
+from identity.oidc import clients
+from tests.identity import factories
+from tests.identity.roster_helpers import import_roster, link
+
+REDIRECT = "https://app.example.org/callback"
+_HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
+
+
+@dataclass(frozen=True)
+class Registered:
+    client_id: str
+    secret: str | None
+    redirect_uri: str
+
+
+def register(
+    runtime: Runtime,
+    *,
+    client_type: str = "confidential",
+    scopes: str = "openid offline_access email messaging.read messaging.write",
+    redirect_uri: str = REDIRECT,
+    **options: Any,
+) -> Registered:
+    with transaction(runtime.sessions) as db:
+        created = clients.create(
+            db,
+            runtime.settings,
+            name=options.pop("name", "Clinic Scheduler"),
+            client_type=client_type,
+            redirect_uris=[redirect_uri],
+            scopes=scopes.split(),
+            **options,
+        )
+    return Registered(created.client_id, created.secret, redirect_uri)
+
+
+@dataclass(frozen=True)
+class Person:
+    account_id: str
+    session_token: str
+    patient_id: str | None
+
+
+def person(runtime: Runtime, tmp_path: Path | None = None, *, verified: bool = True) -> Person:
+    """An account past MFA (a level-2 session); verified = linked to a roster patient."""
+    account_id = factories.account(runtime)
+    factories.totp(runtime, account_id)
+    token = factories.session(runtime, account_id, level=2)
+    patient_id = None
+    if verified:
+        assert tmp_path is not None
+        patient_id = import_roster(runtime, tmp_path)["zeb"]
+        link(runtime, account_id, patient_id)
+    return Person(account_id, token, patient_id)
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    return verifier, challenge.rstrip(b"=").decode()
+
+
+def authorization_params(
+    registered: Registered, challenge: str, *, scope: str = "openid offline_access", **extra: str
+) -> dict[str, str]:
+    return {
+        "response_type": "code",
+        "client_id": registered.client_id,
+        "redirect_uri": registered.redirect_uri,
+        "scope": scope,
+        "state": secrets.token_urlsafe(8),
+        "nonce": secrets.token_urlsafe(8),
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        **extra,
+    }
+
+
+def consent_fields(html: str) -> list[tuple[str, str]]:
+    return [(name, unescape(value)) for name, value in _HIDDEN.findall(html)]
+
+
+def approve(client: TestClient | httpx.Client, params: dict[str, str]) -> dict[str, list[str]]:
+    """Open the authorization URL, approve on the consent page if asked; returns the
+    redirect's query parameters (code, state, iss or error)."""
+    response = client.get(f"/authorize?{urlencode(params)}", follow_redirects=False)
+    if response.status_code == 200:
+        fields = consent_fields(response.text)
+        response = client.post(
+            "/authorize",
+            content=urlencode([*fields, ("decision", "allow")]),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            follow_redirects=False,
+        )
+    assert response.status_code in (302, 303), response.text[:500]
+    location = response.headers["location"]
+    assert location.startswith(params["redirect_uri"]), location
+    return parse_qs(urlsplit(location).query)
+
+
+def use_session(client: TestClient, runtime: Runtime, token: str) -> None:
+    factories.use_token(client, runtime, token)
+
+
+def exchange(
+    client: TestClient, registered: Registered, code: str, verifier: str, **extra: str
+) -> httpx.Response:
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": registered.redirect_uri,
+        "code_verifier": verifier,
+        **extra,
+    }
+    return client.post("/oauth2/token", data=data, auth=basic(registered))
+
+
+def basic(registered: Registered) -> tuple[str, str] | None:
+    return (registered.client_id, registered.secret) if registered.secret else None

@@ -1,0 +1,145 @@
+"""Refresh tokens: rotated on every use; a rotated token presented again revokes its
+family; of two concurrent uses of one token exactly one succeeds (on a live server)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from carebridge.audit import AuditRecord
+from carebridge.runtime import Runtime
+from identity.oidc.models import OidcRefreshToken
+from tests.browser.harness import LiveApp
+from tests.oidc import helpers
+
+
+def _tokens(client: TestClient | httpx.Client, registered: helpers.Registered) -> dict[str, str]:
+    verifier, challenge = helpers.pkce()
+    answer = helpers.approve(client, helpers.authorization_params(registered, challenge))
+    response = client.post(
+        "/oauth2/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": answer["code"][0],
+            "redirect_uri": registered.redirect_uri,
+            "code_verifier": verifier,
+        },
+        auth=helpers.basic(registered),
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, str] = response.json()
+    return body
+
+
+def _refresh(
+    client: TestClient | httpx.Client, registered: helpers.Registered, token: str
+) -> httpx.Response:
+    return client.post(
+        "/oauth2/token",
+        data={"grant_type": "refresh_token", "refresh_token": token},
+        auth=helpers.basic(registered),
+    )
+
+
+def test_each_refresh_rotates_and_reuse_revokes_the_family(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    registered = helpers.register(runtime)
+    someone = helpers.person(runtime, tmp_path)
+    helpers.use_session(client, runtime, someone.session_token)
+    first = _tokens(client, registered)["refresh_token"]
+    second_response = _refresh(client, registered, first)
+    assert second_response.status_code == 200, second_response.text
+    second = second_response.json()
+    assert second["refresh_token"] != first
+    assert second["access_token"] and second["scope"] == "openid offline_access"
+    third = _refresh(client, registered, second["refresh_token"]).json()["refresh_token"]
+    # The first token, presented again: refused, and everything descended from it dies.
+    replay = _refresh(client, registered, first)
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+    assert _refresh(client, registered, third).json()["error"] == "invalid_grant"
+    with runtime.sessions() as db:
+        rows = db.scalars(select(OidcRefreshToken)).all()
+        actions = db.scalars(select(AuditRecord.action)).all()
+    assert len(rows) == 3 and all(row.revoked_at is not None or row.used_at for row in rows)
+    assert "identity.oidc.refresh.reused" in actions
+
+
+def test_a_refresh_may_narrow_but_not_widen_the_scope(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    registered = helpers.register(runtime)
+    helpers.use_session(client, runtime, helpers.person(runtime, tmp_path).session_token)
+    token = _tokens(client, registered)["refresh_token"]
+    wider = client.post(
+        "/oauth2/token",
+        data={"grant_type": "refresh_token", "refresh_token": token, "scope": "openid email"},
+        auth=helpers.basic(registered),
+    )
+    assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
+
+
+def test_another_clients_refresh_token_is_refused(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    registered = helpers.register(runtime)
+    other = helpers.register(runtime, name="Other")
+    helpers.use_session(client, runtime, helpers.person(runtime, tmp_path).session_token)
+    token = _tokens(client, registered)["refresh_token"]
+    response = _refresh(client, other, token)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
+    # ...and that failed attempt did not use the token up.
+    assert _refresh(client, registered, token).status_code == 200
+
+
+def test_two_concurrent_refreshes_exactly_one_succeeds(live_app: LiveApp, tmp_path: Path) -> None:
+    runtime = live_app.runtime
+    registered = helpers.register(runtime)
+    someone = helpers.person(runtime, tmp_path)
+    with httpx.Client(base_url=live_app.url) as browser:
+        browser.cookies.set("carebridge_session", someone.session_token)
+        token = _tokens(browser, registered)["refresh_token"]
+    barrier = threading.Barrier(2)
+    results: list[httpx.Response] = []
+
+    def use() -> None:
+        with httpx.Client(base_url=live_app.url, timeout=30) as http:
+            barrier.wait()
+            results.append(_refresh(http, registered, token))
+
+    threads = [threading.Thread(target=use) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(response.status_code for response in results)
+    assert statuses == [200, 400], [r.text for r in results]
+    loser = next(r for r in results if r.status_code == 400)
+    assert loser.json()["error"] == "invalid_grant"
+    # The family is revoked: even the winner's new refresh token no longer works.
+    winner = next(r for r in results if r.status_code == 200).json()
+    with httpx.Client(base_url=live_app.url) as http:
+        after = _refresh(http, registered, winner["refresh_token"])
+    assert after.status_code == 400 and after.json()["error"] == "invalid_grant"
+
+
+def test_a_narrowed_refresh_keeps_the_grant_and_its_scope(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    registered = helpers.register(runtime)
+    helpers.use_session(client, runtime, helpers.person(runtime, tmp_path).session_token)
+    token = _tokens(client, registered)["refresh_token"]
+    narrowed = client.post(
+        "/oauth2/token",
+        data={"grant_type": "refresh_token", "refresh_token": token, "scope": "openid"},
+        auth=helpers.basic(registered),
+    ).json()
+    assert narrowed["scope"] == "openid" and narrowed["refresh_token"]
+    # RFC 6749 §6: the new refresh token has the original scope, so the next refresh may
+    # ask for all of it again.
+    again = _refresh(client, registered, narrowed["refresh_token"]).json()
+    assert again["scope"] == "openid offline_access"

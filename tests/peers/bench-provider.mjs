@@ -1,0 +1,124 @@
+// The baseline for bench/token_endpoint.py: node oidc-provider, one process, on loopback.
+//
+//   node bench-provider.mjs <port> <count> <out-dir>
+//
+// One confidential client (bench-client / bench-secret-..., client_secret_basic), ES256
+// keys, PKCE required, refresh tokens rotated on every use (as carebridge does). Before it
+// listens it mints <count> authorization codes and <count> refresh tokens through its own
+// models (in memory) and writes their values, one a line, to
+// <out-dir>/node-codes.txt and <out-dir>/node-refresh.txt. Prints "ready" when listening.
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+
+import Provider from 'oidc-provider';
+
+const [port, count, outDir] = [Number(process.argv[2]), Number(process.argv[3]), process.argv[4]];
+const issuer = `http://127.0.0.1:${port}`;
+const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const signingKey = { ...privateKey.export({ format: 'jwk' }), alg: 'ES256', use: 'sig', kid: 'bench' };
+const verifier = process.env.BENCH_VERIFIER;
+const challenge = createHash('sha256').update(verifier).digest('base64url');
+const redirectUri = 'https://app.example.org/callback';
+
+// The quick-start adapter is an LRU of 1,000 entries: the minted tokens would be evicted.
+// This one is the same idea (memory), unbounded.
+const stores = new Map();
+class MemoryAdapter {
+  constructor(name) {
+    this.name = name;
+    if (!stores.has(name)) stores.set(name, new Map());
+    this.store = stores.get(name);
+  }
+  async upsert(id, payload) { this.store.set(id, payload); }
+  async find(id) { return this.store.get(id); }
+  async findByUid(uid) { for (const p of this.store.values()) if (p.uid === uid) return p; return undefined; }
+  async findByUserCode(code) { for (const p of this.store.values()) if (p.userCode === code) return p; return undefined; }
+  async consume(id) { const p = this.store.get(id); if (p) p.consumed = Math.floor(Date.now() / 1000); }
+  async destroy(id) { this.store.delete(id); }
+  async revokeByGrantId(grantId) {
+    for (const store of stores.values()) for (const [id, p] of store) if (p.grantId === grantId) store.delete(id);
+  }
+}
+
+const provider = new Provider(issuer, {
+  adapter: MemoryAdapter,
+  clients: [
+    {
+      client_id: 'bench-client',
+      client_secret: process.env.BENCH_SECRET,
+      grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+      response_types: ['code'],
+      redirect_uris: [redirectUri],
+      token_endpoint_auth_method: 'client_secret_basic',
+      id_token_signed_response_alg: 'ES256',
+      scope: 'openid offline_access messaging.read',
+    },
+  ],
+  jwks: { keys: [signingKey] },
+  cookies: { keys: [randomBytes(32).toString('hex')] },
+  scopes: ['openid', 'offline_access', 'messaging.read'],
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    // BENCH_JWT=1: ES256 JWT access tokens (RFC 9068), as carebridge issues, instead of
+    // the default opaque ones kept in memory.
+    ...(process.env.BENCH_JWT
+      ? {
+          resourceIndicators: {
+            enabled: true,
+            defaultResource: () => 'https://api.example',
+            useGrantedResource: () => true,
+            getResourceServerInfo: () => ({
+              scope: 'messaging.read',
+              audience: 'https://api.example',
+              accessTokenFormat: 'jwt',
+              jwt: { sign: { alg: 'ES256' } },
+            }),
+          },
+        }
+      : {}),
+  },
+  findAccount: async (ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
+  pkce: { required: () => true },
+  rotateRefreshToken: true,
+  ttl: { AccessToken: 600, ClientCredentials: 600, AuthorizationCode: 3600, RefreshToken: 86400, Grant: 86400, IdToken: 600 },
+});
+
+const client = await provider.Client.find('bench-client');
+const codes = [];
+const refresh = [];
+for (let i = 0; i < count; i += 1) {
+  const accountId = `account-${i}`;
+  const grant = new provider.Grant({ accountId, clientId: 'bench-client' });
+  grant.addOIDCScope('openid offline_access');
+  const grantId = await grant.save();
+  codes.push(
+    await new provider.AuthorizationCode({
+      accountId,
+      grantId,
+      client,
+      redirectUri,
+      scope: 'openid offline_access',
+      codeChallenge: challenge,
+      codeChallengeMethod: 'S256',
+      nonce: 'n',
+    }).save(),
+  );
+  refresh.push(
+    await new provider.RefreshToken({
+      accountId,
+      grantId,
+      client,
+      scope: 'openid offline_access',
+      gty: 'authorization_code',
+    }).save(),
+  );
+}
+writeFileSync(path.join(outDir, 'node-codes.txt'), `${codes.join('\n')}\n`);
+writeFileSync(path.join(outDir, 'node-refresh.txt'), `${refresh.join('\n')}\n`);
+
+const server = http.createServer(provider.callback());
+server.listen(port, '127.0.0.1', () => console.log('ready'));
+for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => server.close(() => process.exit(0)));
