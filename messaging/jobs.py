@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from carebridge.runtime import Runtime
 from carebridge.worker import Job
+from messaging import keys, retention
 
-JOBS: tuple[Job, ...] = ()
+DAY = 24 * 3600.0
+
+
+def expire(runtime: Runtime) -> None:
+    retention.expire(runtime, actor="worker")
+
+
+JOBS: tuple[Job, ...] = (
+    # Run first at start: a keyring without the KEKs the stored thread keys need is an error.
+    Job("messaging-key-check", DAY, keys.check_at_start),
+    Job("messaging-expire", DAY, expire),
+)

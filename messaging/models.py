@@ -1,3 +1,136 @@
-"""Care teams, threads, messages and attachments (registered by carebridge.models)."""
+"""Care teams, threads, messages and attachments (registered by carebridge.models).
+
+Content columns (``*_encrypted``) hold AES-256-GCM ciphertexts under the thread's own
+data key (messaging.crypto); the data key is stored wrapped by a keyring KEK. A thread
+whose ``data_key_wrapped`` is NULL has been crypto-shredded: its rows stay as tombstones
+that nothing can open.
+"""
 
 from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from carebridge.db import Base
+
+
+class CareTeam(Base):
+    """A provider organization, or a team inside one, registered by an operator."""
+
+    __tablename__ = "care_team"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # An operator's label ("Northside clinic"): an organization's name, never a patient's.
+    name: Mapped[str] = mapped_column(String(200))
+    retention_days: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CareTeamClient(Base):
+    """An OIDC client acting for a care team; a client belongs to at most one team."""
+
+    __tablename__ = "care_team_client"
+
+    client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    care_team_id: Mapped[str] = mapped_column(
+        ForeignKey("care_team.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CareTeamStaff(Base):
+    """A staff account of a care team: its user-bound tokens act for the team."""
+
+    __tablename__ = "care_team_staff"
+
+    care_team_id: Mapped[str] = mapped_column(
+        ForeignKey("care_team.id", ondelete="CASCADE"), primary_key=True
+    )
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Thread(Base):
+    __tablename__ = "thread"
+    __table_args__ = (
+        CheckConstraint("status IN ('open', 'closed')", name="status"),
+        # Inboxes list a patient's or a team's threads by last activity.
+        Index(None, "patient_id", "last_message_at"),
+        Index(None, "care_team_id", "last_message_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(40))
+    care_team_id: Mapped[str] = mapped_column(ForeignKey("care_team.id"))
+    subject_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16))
+    # NULL once crypto-shredded; kek_id says which KEK wrapped it (for re-wrapping).
+    data_key_wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
+    kek_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    legal_hold_reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_message_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    shredded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ThreadReadState(Base):
+    """How far one participant has read a thread (by message sequence number)."""
+
+    __tablename__ = "thread_read_state"
+
+    thread_id: Mapped[str] = mapped_column(
+        ForeignKey("thread.id", ondelete="CASCADE"), primary_key=True
+    )
+    # "patient:<patient ID>", "account:<staff account ID>" or "app:<client ID>".
+    participant: Mapped[str] = mapped_column(String(120), primary_key=True)
+    last_read_seq: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Message(Base):
+    __tablename__ = "message"
+    __table_args__ = (
+        UniqueConstraint("thread_id", "seq"),
+        CheckConstraint("author_kind IN ('patient', 'staff', 'app')", name="author_kind"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("thread.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    author_kind: Mapped[str] = mapped_column(String(16))
+    author_id: Mapped[str] = mapped_column(String(100))
+    body_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Attachment(Base):
+    __tablename__ = "attachment"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("message.id", ondelete="CASCADE"), index=True
+    )
+    thread_id: Mapped[str] = mapped_column(ForeignKey("thread.id", ondelete="CASCADE"), index=True)
+    filename_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    # Detected from the content, never taken from the upload's claim.
+    content_type: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    content_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
+from messaging import api, pages
+
 
 def routes() -> list[BaseRoute]:
-    return []
+    return [*api.routes(), *pages.routes()]

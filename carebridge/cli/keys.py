@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from carebridge import keyring
-from carebridge.cli.common import CommandError, add_parser
+from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
 from carebridge.runtime import load_keyring
 from carebridge.settings import load_settings
 
@@ -20,6 +20,11 @@ def register(commands: Any) -> None:
         sub, "rotate", "Add a new KEK and signing key; older keys stay for decryption and JWKS."
     )
     rotate_cmd.add_argument("--alg", choices=["ES256", "RS256"], help="new signing key algorithm")
+    rotate_cmd.add_argument(
+        "--rewrap",
+        action="store_true",
+        help="then re-wrap every message thread's data key under the new KEK",
+    )
     rotate_cmd.set_defaults(handler=rotate)
 
     generate_cmd = add_parser(sub, "generate", "Write a new production keyring file (mode 0600).")
@@ -46,8 +51,30 @@ def rotate(args: argparse.Namespace) -> int:
     print(
         f"  signing key {signing.kid} ({signing.alg}) now signs; JWKS lists {len(rotated.signing)}"
     )
+    if args.rewrap:
+        _rewrap_threads()
     print("restart every replica so they all sign with the new key")
     return 0
+
+
+def _rewrap_threads() -> None:
+    # Loaded anew from the saved file: the keyring every replica will read after restart.
+    from messaging import keys as thread_keys  # noqa: PLC0415  (only with --rewrap)
+
+    rt = runtime()
+    try:
+        require_current_schema(rt)
+        done = thread_keys.rewrap_all(rt)
+        left = {kid: n for kid, n in thread_keys.kek_usage(rt).items() if kid != done.kek_id}
+    finally:
+        rt.close()
+    print(f"  re-wrapped {done.rewrapped} thread data key(s) under {done.kek_id}")
+    if left:
+        # A replica still running on the old keyring may have made new threads meanwhile.
+        print(
+            f"  {sum(left.values())} still under older KEKs: after restarting every replica, "
+            "run 'carebridge messaging rewrap'"
+        )
 
 
 def generate(args: argparse.Namespace) -> int:

@@ -1,0 +1,228 @@
+"""Who is asking, what they may reach, and the audit record of every attempt.
+
+The contract (docs/architecture.md, "Care teams and staff"): a token whose client belongs
+to care team T acts for T, as the app itself (client credentials) or as a staff account of
+T (user-bound); any other token is a patient's, resolved from (client, sub) to account to
+verified patient ID. A thread that is not the actor's answers exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from carebridge import audit
+from carebridge.audit import Outcome
+from carebridge.db import transaction
+from carebridge.http.bearer import AccessToken
+from carebridge.runtime import Runtime
+from identity import patients
+from identity.accounts import ACTIVE
+from identity.models import Account
+from identity.oidc import subjects
+from messaging.crypto import ContentUnavailableError, KeyUnavailableError, ShreddedError
+from messaging.models import CareTeamClient, CareTeamStaff, Thread
+
+log = logging.getLogger("carebridge.messaging")
+T = TypeVar("T")
+
+THREAD_ID = re.compile(r"th_[A-Za-z0-9_-]{22}")
+ATTACHMENT_ID = re.compile(r"att_[A-Za-z0-9_-]{22}")
+_PARTICIPANT_PREFIX = {"patient": "patient", "staff": "account", "app": "app"}
+
+
+@dataclass(frozen=True)
+class Actor:
+    kind: Literal["patient", "staff", "app"]
+    id: str
+    care_team_id: str | None = None
+
+    @property
+    def participant(self) -> str:
+        """How read state and the audit log name this actor."""
+        return f"{_PARTICIPANT_PREFIX[self.kind]}:{self.id}"
+
+    @property
+    def for_care_team(self) -> bool:
+        return self.care_team_id is not None
+
+
+class RefusedError(Exception):
+    """The request may not proceed; ``status`` and ``detail`` are safe to show."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def not_found() -> RefusedError:
+    return RefusedError(404, "No such conversation.")
+
+
+def gone() -> RefusedError:
+    return RefusedError(410, "This conversation passed its retention period and was deleted.")
+
+
+# Who the caller is
+
+
+def actor_for_token(db: Session, token: AccessToken) -> Actor | None:
+    team = db.get(CareTeamClient, token.client_id)
+    if team is not None:
+        if token.is_client_only:
+            return Actor("app", token.client_id, team.care_team_id)
+        account_id = _active_account(db, token)
+        if account_id is None:
+            return None
+        staff = db.get(CareTeamStaff, (team.care_team_id, account_id))
+        return Actor("staff", account_id, team.care_team_id) if staff is not None else None
+    if token.is_client_only:
+        return None
+    account_id = _active_account(db, token)
+    if account_id is None:
+        return None
+    patient_id = patients.patient_id_of(db, account_id)
+    return Actor("patient", patient_id) if patient_id is not None else None
+
+
+def _active_account(db: Session, token: AccessToken) -> str | None:
+    """The account a user-bound token stands for, unless it was disabled since: a token
+    outlives the sessions that disabling ends, for up to its lifetime."""
+    account_id = subjects.account_for(db, client_id=token.client_id, subject=token.subject)
+    if account_id is None:
+        return None
+    account = db.get(Account, account_id)
+    return account_id if account is not None and account.status == ACTIVE else None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A not-yet-resolved caller: how to find its actor, and its name if that fails."""
+
+    label: str
+    resolve: Callable[[Session], Actor | None]
+
+    @classmethod
+    def of_token(cls, token: AccessToken) -> Caller:
+        return cls(f"client:{token.client_id}", lambda db: actor_for_token(db, token))
+
+    @classmethod
+    def of_patient(cls, patient_id: str) -> Caller:
+        """A signed-in, verified patient on the web pages (identity.patients.require_patient)."""
+        actor = Actor("patient", patient_id)
+        return cls(actor.participant, lambda db: actor)
+
+
+# What they may reach
+
+
+def thread_target(thread_id: str) -> str:
+    return f"thread:{thread_id}" if THREAD_ID.fullmatch(thread_id) else "thread:malformed"
+
+
+def load_thread(db: Session, actor: Actor, thread_id: str, *, lock: bool = False) -> Thread:
+    """The actor's thread, or a 404 whether it exists or not; 410 once shredded."""
+    if not THREAD_ID.fullmatch(thread_id):
+        raise not_found()
+    query = select(Thread).where(Thread.id == thread_id)
+    if lock:
+        query = query.with_for_update()
+    thread = db.execute(query).scalar_one_or_none()
+    if thread is None or not may_see(actor, thread):
+        raise not_found()
+    if thread.shredded_at is not None or thread.data_key_wrapped is None:
+        raise gone()
+    return thread
+
+
+def may_see(actor: Actor, thread: Thread) -> bool:
+    if actor.for_care_team:
+        return thread.care_team_id == actor.care_team_id
+    return thread.patient_id == actor.id
+
+
+# Every attempt, audited
+
+
+def perform(
+    runtime: Runtime,
+    caller: Caller,
+    *,
+    action: str,
+    target: str,
+    request_id: str | None,
+    work: Callable[[Session, Actor], T],
+) -> T:
+    """Run ``work`` for the caller in one transaction that also holds its audit record.
+
+    A refusal rolls the work back and is audited as denied in a transaction of its own;
+    content that does not open is audited as failed and logged with IDs only.
+    """
+    label = caller.label
+    try:
+        with transaction(runtime.sessions) as db:
+            actor = caller.resolve(db)
+            if actor is None:
+                raise RefusedError(404 if target.startswith("thread:") else 403, _NO_ACCESS)
+            label = actor.participant
+            result = work(db, actor)
+            # Everything else is written first: the audit append serializes all writers
+            # on the chain's lock until commit, so it comes last and alone.
+            db.flush()
+            audit.append(
+                db,
+                actor=label,
+                action=action,
+                outcome=Outcome.ALLOWED,
+                target=target,
+                request_id=request_id,
+            )
+            return result
+    except RefusedError as exc:
+        outcome = Outcome.DENIED if exc.status in (403, 404, 410) else Outcome.FAILED
+        _record(
+            runtime, label, action=action, target=target, outcome=outcome, request_id=request_id
+        )
+        raise
+    except ContentUnavailableError as exc:
+        # IDs and key IDs only: the reason names no content.
+        level = logging.INFO if isinstance(exc, ShreddedError) else logging.ERROR
+        log.log(level, "message content unavailable: %s", exc, extra={"target": target})
+        _record(
+            runtime,
+            label,
+            action=action,
+            target=target,
+            outcome=Outcome.FAILED,
+            request_id=request_id,
+        )
+        if isinstance(exc, KeyUnavailableError):
+            raise RefusedError(503, "Messages cannot be decrypted right now.") from None
+        raise RefusedError(
+            500, "This content failed its integrity check and cannot be shown."
+        ) from None
+
+
+_NO_ACCESS = "This token does not act for a patient or a care team."
+
+
+def _record(
+    runtime: Runtime,
+    actor: str,
+    *,
+    action: str,
+    target: str,
+    outcome: Outcome,
+    request_id: str | None,
+) -> None:
+    with transaction(runtime.sessions) as db:
+        audit.append(
+            db, actor=actor, action=action, outcome=outcome, target=target, request_id=request_id
+        )

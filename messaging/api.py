@@ -1,0 +1,738 @@
+"""The messaging JSON API: an OAuth resource server for patients' and care teams' tokens.
+
+Every endpoint checks the bearer token offline (carebridge.http.bearer: signature through
+the keyring's published keys, issuer, audience, lifetime, scope), resolves who it acts for
+(messaging.access) and answers 404 for any thread that is not theirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from carebridge import audit
+from carebridge.db import transaction
+from carebridge.http import bearer, openapi
+from carebridge.http.forms import field_errors
+from carebridge.http.problems import Problem
+from carebridge.runtime import Runtime
+from messaging import export, files, threads
+from messaging.access import (
+    ATTACHMENT_ID,
+    Actor,
+    Caller,
+    RefusedError,
+    perform,
+    thread_target,
+)
+from messaging.threads import AttachmentView, MessageView, ThreadView
+
+READ = "messaging.read"
+WRITE = "messaging.write"
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+# Bodies
+
+
+@openapi.component
+class NewThread(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    patient_id: str = Field(min_length=1, max_length=40, description="The opaque patient ID")
+    subject: str = Field(min_length=1, max_length=threads.MAX_SUBJECT)
+    body: str = Field(min_length=1, description="Plain text; never rendered as HTML")
+
+
+@openapi.component
+class NewMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    body: str = Field(min_length=1, description="Plain text; never rendered as HTML")
+
+
+@openapi.component
+class MarkRead(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    through: int | None = Field(
+        default=None, ge=0, description="Last message seq read; default: all"
+    )
+
+
+@openapi.component
+class AttachmentOut(BaseModel):
+    id: str
+    filename: str = Field(description="Sanitised; show as text")
+    content_type: str = Field(description="Detected from the content")
+    size: int
+
+
+@openapi.component
+class MessageOut(BaseModel):
+    id: str
+    seq: int
+    author_kind: str = Field(description="patient, staff or app")
+    author_id: str | None = Field(description="For care teams; always null for patients")
+    body: str
+    created_at: datetime
+    attachments: list[AttachmentOut]
+
+
+@openapi.component
+class ThreadOut(BaseModel):
+    id: str
+    patient_id: str | None = Field(
+        description="The opaque patient ID, for care teams; null for a patient's own apps"
+    )
+    care_team_id: str
+    care_team_name: str
+    subject: str
+    status: str = Field(description="open or closed")
+    created_at: datetime
+    last_message_at: datetime
+    unread: int = Field(description="Messages this caller has not marked read")
+
+
+@openapi.component
+class ThreadList(BaseModel):
+    threads: list[ThreadOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page")
+
+
+@openapi.component
+class ThreadDetail(BaseModel):
+    thread: ThreadOut
+    messages: list[MessageOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page")
+
+
+@openapi.component
+class ReadState(BaseModel):
+    last_read_seq: int
+
+
+def _thread_out(view: ThreadView) -> ThreadOut:
+    return ThreadOut(**view.__dict__)
+
+
+def _attachment_out(view: AttachmentView) -> AttachmentOut:
+    return AttachmentOut(**view.__dict__)
+
+
+def _message_out(view: MessageView) -> MessageOut:
+    data = {k: v for k, v in view.__dict__.items() if k not in ("attachments", "mine")}
+    return MessageOut(**data, attachments=[_attachment_out(a) for a in view.attachments])
+
+
+# Plumbing
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+async def _caller(request: Request, scope: str, action: str, target: str) -> Caller:
+    try:
+        return Caller.of_token(bearer.require(request, scope))
+    except Problem:
+        # A refused token is a denied attempt too; it names no one, so neither does this.
+        runtime = _runtime(request)
+        await run_in_threadpool(
+            _deny_token, runtime, action=action, target=target, request_id=_request_id(request)
+        )
+        raise
+
+
+def _deny_token(runtime: Runtime, *, action: str, target: str, request_id: str | None) -> None:
+    with transaction(runtime.sessions) as db:
+        audit.append(
+            db,
+            actor="token:refused",
+            action=action,
+            outcome=audit.Outcome.DENIED,
+            target=target,
+            request_id=request_id,
+        )
+
+
+async def _perform(
+    request: Request,
+    caller: Caller,
+    *,
+    action: str,
+    target: str,
+    work: Callable[[Session, Actor], T],
+) -> T:
+    runtime = _runtime(request)
+    try:
+        return await run_in_threadpool(
+            perform,
+            runtime,
+            caller,
+            action=action,
+            target=target,
+            request_id=_request_id(request),
+            work=work,
+        )
+    except RefusedError as exc:
+        raise Problem(exc.status, exc.detail) from None
+
+
+def json_limit(runtime: Runtime) -> int:
+    # Room for the longest body with every character escaped as \uXXXX, plus the envelope.
+    return runtime.settings.message_max_chars * 12 + 16 * 1024
+
+
+async def read_bounded(request: Request, limit: int, what: str) -> bytes:
+    """The whole body, refused (413) as soon as it is known to be over ``limit``."""
+    length = request.headers.get("content-length", "")
+    too_large = Problem(413, f"The {what} is over the limit of {limit:,} bytes.")
+    if length and (not length.isdigit() or int(length) > limit):
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+async def _read_json(request: Request, model: type[M]) -> M:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type != "application/json":
+        raise Problem(415, "Send the body as application/json.")
+    body = await read_bounded(request, json_limit(_runtime(request)), "request body")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise Problem(400, "The request body is not valid.", errors=field_errors(exc)) from None
+
+
+def _limit(request: Request) -> int:
+    try:
+        return threads.page_size(request.query_params.get("limit"))
+    except RefusedError as exc:
+        raise Problem(exc.status, exc.detail) from None
+
+
+def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+# Endpoints
+
+
+async def list_threads(request: Request) -> Response:
+    """The caller's conversations.
+    ---
+    get:
+      summary: List threads, most recent activity first, with unread counts
+      description: >
+        A patient token lists that patient's threads; a care team's token lists the team's.
+      security: [{accessToken: [messaging.read]}]
+      parameters:
+        - {name: cursor, in: query, required: false, schema: {type: string}}
+        - {name: limit, in: query, required: false, schema: {type: integer, maximum: 100}}
+      responses:
+        "200":
+          description: One page of threads
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/ThreadList'}
+        "400":
+          description: A malformed cursor or limit
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "401":
+          description: No valid access token
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "403":
+          description: The token lacks the scope, or acts for no patient or care team
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    caller = await _caller(request, READ, "messaging.thread.list", "threads")
+    runtime = _runtime(request)
+    cursor, limit = request.query_params.get("cursor"), _limit(request)
+    page = await _perform(
+        request,
+        caller,
+        action="messaging.thread.list",
+        target="threads",
+        work=lambda db, actor: threads.list_threads(
+            db, runtime.keyring, actor, cursor=cursor, limit=limit
+        ),
+    )
+    items = [_thread_out(view) for view in page.items]
+    return _json(ThreadList(threads=items, next_cursor=page.next_cursor))
+
+
+async def create_thread(request: Request) -> Response:
+    """Start a conversation with a patient (care teams only).
+    ---
+    post:
+      summary: Open a thread with a patient, by patient ID, with its first message
+      description: >
+        The patient is notified (by SMS, per their preferences) that a secure message is
+        waiting; the notice carries no content.
+      security: [{accessToken: [messaging.write]}]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/NewThread'}
+      responses:
+        "201":
+          description: The new thread
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/ThreadDetail'}
+        "400":
+          description: The body is not valid
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "401":
+          description: No valid access token
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "403":
+          description: Not a care team's token, or the scope is missing
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "413":
+          description: The message is too long
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "422":
+          description: No such patient
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    caller = await _caller(request, WRITE, "messaging.thread.create", "threads")
+    payload = await _read_json(request, NewThread)
+    runtime = _runtime(request)
+
+    def work(db: Session, actor: Actor) -> tuple[ThreadView, threads.Page[MessageView]]:
+        thread, _ = threads.create_thread(
+            db,
+            runtime.keyring,
+            runtime.settings,
+            actor,
+            patient_id=payload.patient_id,
+            subject=payload.subject,
+            body=payload.body,
+        )
+        return threads.get_thread(db, runtime.keyring, actor, thread.id, cursor=None, limit=1)
+
+    view, page = await _perform(
+        request, caller, action="messaging.thread.create", target="threads", work=work
+    )
+    detail = ThreadDetail(
+        thread=_thread_out(view),
+        messages=[_message_out(m) for m in page.items],
+        next_cursor=page.next_cursor,
+    )
+    return _json(detail, 201, {"Location": f"/api/v1/messaging/threads/{view.id}"})
+
+
+async def get_thread(request: Request) -> Response:
+    """One conversation and a page of its messages.
+    ---
+    get:
+      summary: Read a thread and its messages, oldest first
+      description: >
+        Reading does not mark messages read; POST .../read does. Any thread that is not
+        the caller's answers 404, whether it exists or not.
+      security: [{accessToken: [messaging.read]}]
+      parameters:
+        - {name: thread_id, in: path, required: true, schema: {type: string}}
+        - {name: cursor, in: query, required: false, schema: {type: string}}
+        - {name: limit, in: query, required: false, schema: {type: integer, maximum: 100}}
+      responses:
+        "200":
+          description: The thread and one page of messages
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/ThreadDetail'}
+        "401":
+          description: No valid access token
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "404":
+          description: No such thread of this caller
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "410":
+          description: The thread passed its retention period and was crypto-shredded
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    thread_id = str(request.path_params["thread_id"])
+    target = thread_target(thread_id)
+    caller = await _caller(request, READ, "messaging.thread.read", target)
+    runtime = _runtime(request)
+    cursor, limit = request.query_params.get("cursor"), _limit(request)
+    view, page = await _perform(
+        request,
+        caller,
+        action="messaging.thread.read",
+        target=target,
+        work=lambda db, actor: threads.get_thread(
+            db, runtime.keyring, actor, thread_id, cursor=cursor, limit=limit
+        ),
+    )
+    detail = ThreadDetail(
+        thread=_thread_out(view),
+        messages=[_message_out(m) for m in page.items],
+        next_cursor=page.next_cursor,
+    )
+    return _json(detail)
+
+
+async def post_message(request: Request) -> Response:
+    """Add a message to a conversation.
+    ---
+    post:
+      summary: Post a message to an open thread
+      description: >
+        A care team's message notifies the patient (in the same transaction).
+      security: [{accessToken: [messaging.write]}]
+      parameters:
+        - {name: thread_id, in: path, required: true, schema: {type: string}}
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/NewMessage'}
+      responses:
+        "201":
+          description: The message
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/MessageOut'}
+        "400":
+          description: The body is not valid
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "404":
+          description: No such thread of this caller
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "409":
+          description: The thread is closed
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "413":
+          description: The message is too long
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    thread_id = str(request.path_params["thread_id"])
+    target = thread_target(thread_id)
+    caller = await _caller(request, WRITE, "messaging.message.post", target)
+    payload = await _read_json(request, NewMessage)
+    runtime = _runtime(request)
+
+    def work(db: Session, actor: Actor) -> MessageView:
+        message = threads.post_message(
+            db, runtime.keyring, runtime.settings, actor, thread_id, body=payload.body
+        )
+        return MessageView(
+            id=message.id,
+            seq=message.seq,
+            author_kind=message.author_kind,
+            author_id=None if actor.kind == "patient" else message.author_id,
+            body=payload.body,
+            created_at=threads.aware(message.created_at),
+        )
+
+    view = await _perform(
+        request, caller, action="messaging.message.post", target=target, work=work
+    )
+    return _json(_message_out(view), 201)
+
+
+async def upload_attachment(request: Request) -> Response:
+    """Attach a file to a conversation.
+    ---
+    post:
+      summary: Upload an attachment (PDF, PNG or JPEG) as a new message
+      description: >
+        The request body is the file's bytes. The type is detected from the content, not
+        from the name or the Content-Type header; the name is sanitised.
+      security: [{accessToken: [messaging.write]}]
+      parameters:
+        - {name: thread_id, in: path, required: true, schema: {type: string}}
+        - {name: filename, in: query, required: true, schema: {type: string, maxLength: 255}}
+      requestBody:
+        required: true
+        content:
+          application/octet-stream:
+            schema: {type: string, format: binary}
+      responses:
+        "201":
+          description: The message carrying the attachment
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/MessageOut'}
+        "404":
+          description: No such thread of this caller
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "409":
+          description: The thread is closed
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "413":
+          description: The file is too large
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "415":
+          description: Not an allowed type
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    thread_id = str(request.path_params["thread_id"])
+    target = thread_target(thread_id)
+    caller = await _caller(request, WRITE, "messaging.attachment.upload", target)
+    runtime = _runtime(request)
+    filename = request.query_params.get("filename", "")[:255]
+    content = await read_bounded(request, runtime.settings.attachment_max_bytes, "file")
+
+    def work(db: Session, actor: Actor) -> MessageView:
+        message, attachment = threads.post_attachment(
+            db,
+            runtime.keyring,
+            runtime.settings,
+            actor,
+            thread_id,
+            filename=filename,
+            content=content,
+        )
+        name = files.clean_filename(filename, attachment.content_type)
+        return MessageView(
+            id=message.id,
+            seq=message.seq,
+            author_kind=message.author_kind,
+            author_id=None if actor.kind == "patient" else message.author_id,
+            body="",
+            created_at=threads.aware(message.created_at),
+            attachments=[
+                AttachmentView(attachment.id, name, attachment.content_type, attachment.size)
+            ],
+        )
+
+    view = await _perform(
+        request, caller, action="messaging.attachment.upload", target=target, work=work
+    )
+    return _json(_message_out(view), 201)
+
+
+def attachment_response(download: threads.Download) -> Response:
+    """The file as a download, never rendered inline or sniffed as another type."""
+    return Response(
+        download.content,
+        media_type=download.content_type,
+        headers={
+            "Content-Disposition": files.content_disposition(download.filename),
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "sandbox; default-src 'none'",
+        },
+    )
+
+
+async def download_attachment(request: Request) -> Response:
+    """Download an attachment.
+    ---
+    get:
+      summary: Download an attachment's bytes
+      security: [{accessToken: [messaging.read]}]
+      parameters:
+        - {name: thread_id, in: path, required: true, schema: {type: string}}
+        - {name: attachment_id, in: path, required: true, schema: {type: string}}
+      responses:
+        "200":
+          description: The file, as an attachment, with its detected content type
+          content:
+            application/pdf: {schema: {type: string, format: binary}}
+            image/png: {schema: {type: string, format: binary}}
+            image/jpeg: {schema: {type: string, format: binary}}
+        "404":
+          description: No such attachment in a thread of this caller
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    thread_id = str(request.path_params["thread_id"])
+    attachment_id = str(request.path_params["attachment_id"])
+    target = (
+        f"attachment:{attachment_id}"
+        if ATTACHMENT_ID.fullmatch(attachment_id)
+        else thread_target(thread_id)
+    )
+    caller = await _caller(request, READ, "messaging.attachment.download", target)
+    runtime = _runtime(request)
+    download = await _perform(
+        request,
+        caller,
+        action="messaging.attachment.download",
+        target=target,
+        work=lambda db, actor: threads.download(
+            db, runtime.keyring, actor, thread_id, attachment_id
+        ),
+    )
+    return attachment_response(download)
+
+
+async def mark_read(request: Request) -> Response:
+    """Mark messages read.
+    ---
+    post:
+      summary: Mark a thread read, up to a message seq or entirely
+      security: [{accessToken: [messaging.read]}]
+      parameters:
+        - {name: thread_id, in: path, required: true, schema: {type: string}}
+      requestBody:
+        required: false
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/MarkRead'}
+      responses:
+        "200":
+          description: The caller's read position
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/ReadState'}
+        "404":
+          description: No such thread of this caller
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    thread_id = str(request.path_params["thread_id"])
+    target = thread_target(thread_id)
+    caller = await _caller(request, READ, "messaging.thread.mark_read", target)
+    through: int | None = None
+    if request.headers.get("content-length", "0") not in ("", "0"):
+        through = (await _read_json(request, MarkRead)).through
+    seq = await _perform(
+        request,
+        caller,
+        action="messaging.thread.mark_read",
+        target=target,
+        work=lambda db, actor: threads.mark_read(db, actor, thread_id, through),
+    )
+    return _json(ReadState(last_read_seq=seq))
+
+
+async def close_thread(request: Request) -> Response:
+    """Close a conversation (care teams only).
+    ---
+    post:
+      summary: Close a thread; no more messages can be posted
+      security: [{accessToken: [messaging.write]}]
+      parameters:
+        - {name: thread_id, in: path, required: true, schema: {type: string}}
+      responses:
+        "204":
+          description: Closed
+        "403":
+          description: A patient's token
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "404":
+          description: No such thread of this caller
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    thread_id = str(request.path_params["thread_id"])
+    target = thread_target(thread_id)
+    caller = await _caller(request, WRITE, "messaging.thread.close", target)
+    await _perform(
+        request,
+        caller,
+        action="messaging.thread.close",
+        target=target,
+        work=lambda db, actor: threads.close_thread(db, actor, thread_id),
+    )
+    return Response(status_code=204)
+
+
+async def export_threads(request: Request) -> Response:
+    """A patient's copy of all their conversations (right of access).
+    ---
+    get:
+      summary: Export every thread of the patient as a zip (JSON plus attachments)
+      security: [{accessToken: [messaging.read]}]
+      responses:
+        "200":
+          description: A zip holding threads.json and the attachments
+          content:
+            application/zip: {schema: {type: string, format: binary}}
+        "403":
+          description: Not a patient's token
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    caller = await _caller(request, READ, "messaging.export", "threads")
+    runtime = _runtime(request)
+    archive = await _perform(
+        request,
+        caller,
+        action="messaging.export",
+        target="threads",
+        work=lambda db, actor: export.build(db, runtime.keyring, actor),
+    )
+    return export.response(archive)
+
+
+def routes() -> list[BaseRoute]:
+    base = "/api/v1/messaging"
+    thread = f"{base}/threads/{{thread_id}}"
+    return [
+        Route(f"{base}/threads", list_threads, methods=["GET"]),
+        Route(f"{base}/threads", create_thread, methods=["POST"]),
+        Route(thread, get_thread, methods=["GET"]),
+        Route(f"{thread}/messages", post_message, methods=["POST"]),
+        Route(f"{thread}/attachments", upload_attachment, methods=["POST"]),
+        Route(f"{thread}/attachments/{{attachment_id}}", download_attachment, methods=["GET"]),
+        Route(f"{thread}/read", mark_read, methods=["POST"]),
+        Route(f"{thread}/close", close_thread, methods=["POST"]),
+        Route(f"{base}/export", export_threads, methods=["GET"]),
+    ]

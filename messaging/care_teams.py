@@ -1,0 +1,129 @@
+"""Care teams, the OIDC clients that act for them, and their staff (operator actions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from carebridge import audit
+from carebridge.audit import Outcome
+from carebridge.db import transaction
+from carebridge.runtime import Runtime
+from identity.models import Account, new_id
+from messaging.models import CareTeam, CareTeamClient, CareTeamStaff
+
+
+class CareTeamError(Exception):
+    """An operator's request that cannot be carried out; the message is one line."""
+
+
+@dataclass(frozen=True)
+class TeamInfo:
+    id: str
+    name: str
+    retention_days: int
+    clients: list[str]
+    staff: int
+
+
+def _audit(db: Session, actor: str, action: str, target: str) -> None:
+    audit.append(db, actor=actor, action=action, outcome=Outcome.ALLOWED, target=target)
+
+
+def create(runtime: Runtime, *, name: str, retention_days: int | None, actor: str) -> str:
+    name = " ".join(name.split())
+    if not 1 <= len(name) <= 200:
+        raise CareTeamError("the name must be 1 to 200 characters")
+    days = retention_days or runtime.settings.retention_days_default
+    if not 1 <= days <= 36500:
+        raise CareTeamError("retention must be 1 to 36500 days")
+    team_id = new_id("ct")
+    with transaction(runtime.sessions) as db:
+        db.add(CareTeam(id=team_id, name=name, retention_days=days, created_at=datetime.now(UTC)))
+        db.flush()
+        _audit(db, actor, "messaging.care_team.create", f"care_team:{team_id}")
+    return team_id
+
+
+def set_retention(runtime: Runtime, team_id: str, *, days: int, actor: str) -> None:
+    if not 1 <= days <= 36500:
+        raise CareTeamError("retention must be 1 to 36500 days")
+    with transaction(runtime.sessions) as db:
+        team = db.get(CareTeam, team_id)
+        if team is None:
+            raise CareTeamError(f"no care team {team_id}")
+        team.retention_days = days
+        _audit(db, actor, "messaging.care_team.retention", f"care_team:{team_id}")
+
+
+def add_client(runtime: Runtime, team_id: str, client_id: str, *, actor: str) -> None:
+    with transaction(runtime.sessions) as db:
+        if db.get(CareTeam, team_id) is None:
+            raise CareTeamError(f"no care team {team_id}")
+        existing = db.get(CareTeamClient, client_id)
+        if existing is not None:
+            if existing.care_team_id == team_id:
+                return
+            raise CareTeamError(f"client {client_id} already acts for {existing.care_team_id}")
+        db.add(
+            CareTeamClient(client_id=client_id, care_team_id=team_id, created_at=datetime.now(UTC))
+        )
+        db.flush()
+        _audit(db, actor, "messaging.care_team.add_client", f"client:{client_id}")
+
+
+def remove_client(runtime: Runtime, team_id: str, client_id: str, *, actor: str) -> None:
+    with transaction(runtime.sessions) as db:
+        existing = db.get(CareTeamClient, client_id)
+        if existing is None or existing.care_team_id != team_id:
+            raise CareTeamError(f"client {client_id} does not act for {team_id}")
+        db.delete(existing)
+        _audit(db, actor, "messaging.care_team.remove_client", f"client:{client_id}")
+
+
+def add_staff(runtime: Runtime, team_id: str, account_id: str, *, actor: str) -> None:
+    with transaction(runtime.sessions) as db:
+        if db.get(CareTeam, team_id) is None:
+            raise CareTeamError(f"no care team {team_id}")
+        if db.get(Account, account_id) is None:
+            raise CareTeamError(f"no account {account_id}")
+        if db.get(CareTeamStaff, (team_id, account_id)) is not None:
+            return
+        db.add(
+            CareTeamStaff(care_team_id=team_id, account_id=account_id, created_at=datetime.now(UTC))
+        )
+        db.flush()
+        _audit(db, actor, "messaging.care_team.add_staff", f"account:{account_id}")
+
+
+def remove_staff(runtime: Runtime, team_id: str, account_id: str, *, actor: str) -> None:
+    with transaction(runtime.sessions) as db:
+        existing = db.get(CareTeamStaff, (team_id, account_id))
+        if existing is None:
+            raise CareTeamError(f"account {account_id} is not staff of {team_id}")
+        db.delete(existing)
+        _audit(db, actor, "messaging.care_team.remove_staff", f"account:{account_id}")
+
+
+def list_teams(runtime: Runtime) -> list[TeamInfo]:
+    with runtime.sessions() as db:
+        counts = select(CareTeamStaff.care_team_id, func.count()).group_by(
+            CareTeamStaff.care_team_id
+        )
+        staff: dict[str, int] = {team_id: int(n) for team_id, n in db.execute(counts)}
+        clients: dict[str, list[str]] = {}
+        for client in db.scalars(select(CareTeamClient).order_by(CareTeamClient.client_id)):
+            clients.setdefault(client.care_team_id, []).append(client.client_id)
+        return [
+            TeamInfo(
+                team.id,
+                team.name,
+                team.retention_days,
+                clients.get(team.id, []),
+                int(staff.get(team.id, 0)),
+            )
+            for team in db.scalars(select(CareTeam).order_by(CareTeam.created_at, CareTeam.id))
+        ]

@@ -1,0 +1,123 @@
+"""Envelope encryption of a thread's content (ARCHITECTURE.md invariant 4).
+
+Each thread has its own 256-bit data key, stored wrapped by the keyring's active KEK.
+Subjects, bodies, attachment names and bytes are sealed under it with AES-256-GCM (a random
+nonce each time, carebridge.keyring.seal). The associated data names the schema version, the
+thread, the record and the field, so a ciphertext copied to another row, another field or
+another thread does not open. Deleting the wrapped key (crypto-shredding) leaves nothing
+that opens the content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from carebridge.keyring import (
+    DecryptionError,
+    Keyring,
+    associated_data,
+    new_data_key,
+    open_sealed,
+    seal,
+)
+from messaging.models import Thread
+
+SCHEMA_VERSION = "1"
+
+SUBJECT = "subject"
+BODY = "body"
+FILENAME = "filename"
+CONTENT = "content"
+
+
+class ContentUnavailableError(Exception):
+    """A thread's content cannot be opened. The message names IDs only."""
+
+
+class ShreddedError(ContentUnavailableError):
+    """The thread's data key was deleted (retention): the content is gone for good."""
+
+
+class KeyUnavailableError(ContentUnavailableError):
+    """The data key does not unwrap: the KEK that wrapped it is missing or not the same key."""
+
+
+class TamperedError(ContentUnavailableError):
+    """A ciphertext failed its integrity check (altered, or moved from another row)."""
+
+
+def _key_context(thread_id: str) -> bytes:
+    return associated_data("messaging.thread", SCHEMA_VERSION, thread_id)
+
+
+def _content_context(thread_id: str, record_id: str, field_name: str) -> bytes:
+    return associated_data("messaging.content", SCHEMA_VERSION, thread_id, record_id, field_name)
+
+
+@dataclass(frozen=True)
+class ThreadCipher:
+    thread_id: str
+    key: bytes = field(repr=False)
+
+    def seal(self, record_id: str, field_name: str, plaintext: bytes) -> bytes:
+        return seal(self.key, plaintext, _content_context(self.thread_id, record_id, field_name))
+
+    def open(self, record_id: str, field_name: str, blob: bytes) -> bytes:
+        try:
+            return open_sealed(
+                self.key, blob, _content_context(self.thread_id, record_id, field_name)
+            )
+        except DecryptionError:
+            raise TamperedError(
+                f"{field_name} of {record_id} in thread {self.thread_id} failed its integrity check"
+            ) from None
+
+    def seal_text(self, record_id: str, field_name: str, text: str) -> bytes:
+        return self.seal(record_id, field_name, text.encode("utf-8"))
+
+    def open_text(self, record_id: str, field_name: str, blob: bytes) -> str:
+        return self.open(record_id, field_name, blob).decode("utf-8")
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    wrapped: bytes = field(repr=False)
+    kek_id: str
+
+
+def new_thread_key(keyring: Keyring, thread_id: str) -> tuple[ThreadCipher, WrappedKey]:
+    key = new_data_key()
+    wrapped = keyring.wrap_data_key(key, _key_context(thread_id))
+    return ThreadCipher(thread_id, key), WrappedKey(wrapped, keyring.key_id_of(wrapped))
+
+
+def cipher_for(keyring: Keyring, thread: Thread) -> ThreadCipher:
+    """The thread's cipher, or :class:`ShreddedError` / :class:`KeyUnavailableError`."""
+    return open_thread_key(keyring, thread.id, thread.data_key_wrapped, thread.kek_id)
+
+
+def open_thread_key(
+    keyring: Keyring, thread_id: str, wrapped: bytes | None, kek_id: str | None
+) -> ThreadCipher:
+    if wrapped is None:
+        raise ShreddedError(f"thread {thread_id} was crypto-shredded")
+    try:
+        key = keyring.unwrap_data_key(wrapped, _key_context(thread_id))
+    except DecryptionError:
+        raise KeyUnavailableError(
+            f"the data key of thread {thread_id} does not unwrap: key-encryption key "
+            f"{kek_id} is missing from the keyring or is not the key that wrapped it"
+        ) from None
+    return ThreadCipher(thread_id, key)
+
+
+def rewrap(keyring: Keyring, thread: Thread) -> bool:
+    """Wrap the thread's data key under the active KEK; False if it already was (or is
+    shredded). Content rows are untouched: the data key itself does not change."""
+    if thread.data_key_wrapped is None or thread.kek_id == keyring.active_kek.kid:
+        return False
+    cipher = cipher_for(keyring, thread)
+    wrapped = keyring.wrap_data_key(cipher.key, _key_context(thread.id))
+    thread.data_key_wrapped = wrapped
+    thread.kek_id = keyring.key_id_of(wrapped)
+    return True

@@ -1,0 +1,245 @@
+"""The patient's pages: inbox, thread view, reply with an attachment, download, export.
+
+Every page needs a finished sign-in and a verified patient ID
+(identity.patients.require_patient). Message text is rendered by autoescaping templates as
+text; another patient's thread shows the same 404 page as one that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Message
+
+from carebridge.http import csrf
+from carebridge.http.problems import Problem
+from carebridge.http.templates import templates_for
+from carebridge.runtime import Runtime
+from identity.patients import require_patient
+from messaging import export, files, threads
+from messaging.access import Actor, Caller, RefusedError, perform, thread_target
+from messaging.api import attachment_response, read_bounded
+from messaging.threads import MessageView, Page, ThreadView
+
+T = TypeVar("T")
+templates = templates_for(Path(__file__).resolve().parent / "templates")
+_KINDS = {"application/pdf": "PDF", "image/png": "PNG image", "image/jpeg": "JPEG image"}
+_ACCEPT = {"pdf": ".pdf,application/pdf", "png": ".png,image/png", "jpeg": ".jpg,.jpeg,image/jpeg"}
+_PAGE = 50
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+async def _run(
+    request: Request,
+    caller: Caller,
+    action: str,
+    target: str,
+    work: Callable[[Session, Actor], T],
+) -> T:
+    try:
+        return await run_in_threadpool(
+            perform,
+            _runtime(request),
+            caller,
+            action=action,
+            target=target,
+            request_id=_request_id(request),
+            work=work,
+        )
+    except RefusedError as exc:
+        raise Problem(exc.status, exc.detail) from None
+
+
+async def inbox(request: Request) -> Response:
+    _, patient_id = await require_patient(request)
+    runtime = _runtime(request)
+    cursor = request.query_params.get("cursor")
+
+    def work(db: Session, actor: Actor) -> tuple[Page[ThreadView], int]:
+        page = threads.list_threads(db, runtime.keyring, actor, cursor=cursor, limit=_PAGE)
+        return page, threads.unread_total(db, actor)
+
+    page, unread = await _run(
+        request, Caller.of_patient(patient_id), "messaging.thread.list", "threads", work
+    )
+    return templates.TemplateResponse(
+        request, "messaging/inbox.html", {"page": page, "unread": unread}
+    )
+
+
+def _thread_context(runtime: Runtime) -> dict[str, Any]:
+    settings = runtime.settings
+    return {
+        "kinds": _KINDS,
+        "max_chars": settings.message_max_chars,
+        "max_mb": round(settings.attachment_max_bytes / (1024 * 1024), 1),
+        "allowed": files.allowed_names(settings.attachment_types),
+        "accept": ",".join(_ACCEPT[kind] for kind in settings.attachment_types),
+    }
+
+
+async def _show_thread(
+    request: Request,
+    patient_id: str,
+    thread_id: str,
+    *,
+    cursor: str | None = None,
+    error: str | None = None,
+    draft: str = "",
+    status_code: int = 200,
+) -> Response:
+    runtime = _runtime(request)
+
+    def work(db: Session, actor: Actor) -> tuple[ThreadView, Page[MessageView]]:
+        return threads.get_thread(
+            db, runtime.keyring, actor, thread_id, cursor=cursor, limit=_PAGE, mark_read=True
+        )
+
+    thread, page = await _run(
+        request,
+        Caller.of_patient(patient_id),
+        "messaging.thread.read",
+        thread_target(thread_id),
+        work,
+    )
+    context = {
+        **_thread_context(runtime),
+        "thread": thread,
+        "page": page,
+        "error": error,
+        "draft": draft,
+        "notice": "Your message was sent." if request.query_params.get("sent") else None,
+    }
+    return templates.TemplateResponse(
+        request, "messaging/thread.html", context, status_code=status_code
+    )
+
+
+async def thread_page(request: Request) -> Response:
+    _, patient_id = await require_patient(request)
+    thread_id = str(request.path_params["thread_id"])
+    return await _show_thread(
+        request, patient_id, thread_id, cursor=request.query_params.get("cursor")
+    )
+
+
+async def _reply_form(request: Request, runtime: Runtime) -> tuple[str, UploadFile | None]:
+    """The multipart reply, bounded before it is parsed, CSRF-checked."""
+    settings = runtime.settings
+    text_limit = settings.message_max_chars * 4 + 1024
+    body = await read_bounded(request, settings.attachment_max_bytes + text_limit, "upload")
+
+    async def replay() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form(
+        max_files=1, max_fields=4, max_part_size=text_limit
+    )
+    csrf.verify(request, form)
+    text = form.get("body")
+    upload = form.get("file")
+    has_file = isinstance(upload, UploadFile) and bool(upload.filename)
+    return (text if isinstance(text, str) else ""), (
+        upload if has_file and isinstance(upload, UploadFile) else None
+    )
+
+
+async def reply(request: Request) -> Response:
+    _, patient_id = await require_patient(request)
+    runtime = _runtime(request)
+    thread_id = str(request.path_params["thread_id"])
+    text, upload = await _reply_form(request, runtime)
+    content = await upload.read() if upload is not None else None
+    filename = (upload.filename or "") if upload is not None else ""
+    text = text.replace("\r\n", "\n")
+
+    def work(db: Session, actor: Actor) -> int:
+        if content is None:
+            message = threads.post_message(
+                db, runtime.keyring, runtime.settings, actor, thread_id, body=text
+            )
+        else:
+            message, _ = threads.post_attachment(
+                db,
+                runtime.keyring,
+                runtime.settings,
+                actor,
+                thread_id,
+                filename=filename,
+                content=content,
+                body=text,
+            )
+        return message.seq
+
+    action = "messaging.message.post" if content is None else "messaging.attachment.upload"
+    try:
+        seq = await run_in_threadpool(
+            perform,
+            runtime,
+            Caller.of_patient(patient_id),
+            action=action,
+            target=thread_target(thread_id),
+            request_id=_request_id(request),
+            work=work,
+        )
+    except RefusedError as exc:
+        if exc.status in (404, 410):
+            raise Problem(exc.status, exc.detail) from None
+        return await _show_thread(
+            request, patient_id, thread_id, error=exc.detail, draft=text, status_code=exc.status
+        )
+    return RedirectResponse(f"/messages/{thread_id}?sent=1#message-{seq}", status_code=303)
+
+
+async def download(request: Request) -> Response:
+    _, patient_id = await require_patient(request)
+    runtime = _runtime(request)
+    thread_id = str(request.path_params["thread_id"])
+    attachment_id = str(request.path_params["attachment_id"])
+    found = await _run(
+        request,
+        Caller.of_patient(patient_id),
+        "messaging.attachment.download",
+        thread_target(thread_id),
+        lambda db, actor: threads.download(db, runtime.keyring, actor, thread_id, attachment_id),
+    )
+    return attachment_response(found)
+
+
+async def export_page(request: Request) -> Response:
+    _, patient_id = await require_patient(request)
+    runtime = _runtime(request)
+    archive = await _run(
+        request,
+        Caller.of_patient(patient_id),
+        "messaging.export",
+        "threads",
+        lambda db, actor: export.build(db, runtime.keyring, actor),
+    )
+    return export.response(archive)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/messages", inbox, methods=["GET"], name="messages"),
+        Route("/messages/export", export_page, methods=["GET"]),
+        Route("/messages/{thread_id}", thread_page, methods=["GET"], name="message_thread"),
+        Route("/messages/{thread_id}/reply", reply, methods=["POST"]),
+        Route("/messages/{thread_id}/attachments/{attachment_id}", download, methods=["GET"]),
+    ]
