@@ -1,4 +1,9 @@
-"""The outbox: other parts enqueue notifications here, inside their own transaction."""
+"""The outbox: other parts enqueue notifications here, inside their own transaction.
+
+A row written here commits or rolls back with the event that caused it (a new message),
+so a notification is never lost to a crash nor sent for an event that did not happen.
+The worker (:mod:`sms.delivery`) takes it from there.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,43 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
+from sms.dispatcher import NEW_MESSAGE, PHONE_VERIFICATION
 from sms.models import Notification
 
-NEW_MESSAGE = "new_message"
+__all__ = ["NEW_MESSAGE", "PHONE_VERIFICATION", "enqueue", "enqueue_code"]
 
 
-def enqueue(db: Session, *, patient_id: str, kind: str, thread_id: str | None = None) -> str:
-    """Add a notification to the caller's transaction; it commits or rolls back with it."""
+def _add(
+    db: Session,
+    *,
+    patient_id: str,
+    kind: str,
+    thread_id: str | None = None,
+    contact_point_id: str | None = None,
+) -> str:
+    now = datetime.now(UTC)
     notification = Notification(
         id=f"ntf_{secrets.token_urlsafe(16)}",
         patient_id=patient_id,
         kind=kind,
         thread_id=thread_id,
-        created_at=datetime.now(UTC),
+        contact_point_id=contact_point_id,
+        created_at=now,
+        updated_at=now,
         state="pending",
+        attempts=0,
     )
     db.add(notification)
     return notification.id
+
+
+def enqueue(db: Session, *, patient_id: str, kind: str, thread_id: str | None = None) -> str:
+    """Add a notification to the caller's transaction; it commits or rolls back with it."""
+    return _add(db, patient_id=patient_id, kind=kind, thread_id=thread_id)
+
+
+def enqueue_code(db: Session, *, patient_id: str, contact_point_id: str) -> str:
+    """A verification code for a number the patient just gave (made when it is sent)."""
+    return _add(
+        db, patient_id=patient_id, kind=PHONE_VERIFICATION, contact_point_id=contact_point_id
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
+from sms import api, links, pages, webhooks
+
 
 def routes() -> list[BaseRoute]:
-    return []
+    return [*pages.routes(), *api.routes(), *links.routes(), *webhooks.routes()]

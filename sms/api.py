@@ -1,0 +1,314 @@
+"""The notification settings as a JSON API, for the patient's own apps.
+
+Authenticated like identity's account API: the session token as a bearer header (the API
+never acts on the cookie), with a finished sign-in and a verified patient.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from carebridge.http import openapi
+from carebridge.http.forms import read_json
+from carebridge.http.problems import Problem
+from carebridge.runtime import Runtime
+from identity.patients import require_patient
+from sms import contacts, preferences
+from sms.phone import InvalidNumberError
+from sms.preferences import PreferenceChanges, PreferenceError
+
+openapi.component(PreferenceChanges)
+
+
+@openapi.component
+class PhoneState(BaseModel):
+    last_digits: str = Field(description="The number's last four digits")
+    verified: bool
+    sms_usable: bool = Field(description="False once Twilio said it cannot take SMS")
+    voice_usable: bool
+    opted_out: bool = Field(description="The number replied STOP (or Twilio said 21610)")
+    code_pending: bool = Field(description="A verification code was sent and is still valid")
+
+
+@openapi.component
+class NotificationSettings(BaseModel):
+    sms_enabled: bool
+    voice_enabled: bool
+    voicemail_enabled: bool
+    time_zone: str
+    quiet_start: str
+    quiet_end: str
+    daily_cap: int
+    weekly_cap: int
+    insecure_consent: bool
+    insecure_consent_version: str | None
+    insecure_consent_at: datetime | None
+    phone: PhoneState | None
+
+
+@openapi.component
+class PhoneNumber(BaseModel):
+    number: str = Field(max_length=40, description="A mobile number; E.164 or national")
+
+
+@openapi.component
+class PhoneVerificationCode(BaseModel):
+    code: str = Field(max_length=12)
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def _phone(contact: contacts.ContactView | None) -> PhoneState | None:
+    if contact is None:
+        return None
+    return PhoneState(
+        last_digits=contact.last_digits,
+        verified=contact.verified,
+        sms_usable=contact.sms_usable,
+        voice_usable=contact.voice_usable,
+        opted_out=contact.opted_out,
+        code_pending=contact.code_pending,
+    )
+
+
+def _body(runtime: Runtime, patient_id: str) -> JSONResponse:
+    snap = preferences.snapshot(runtime, patient_id)
+    prefs = snap.prefs
+    body = NotificationSettings(
+        sms_enabled=prefs.sms_enabled,
+        voice_enabled=prefs.voice_enabled,
+        voicemail_enabled=prefs.voicemail_enabled,
+        time_zone=prefs.time_zone,
+        quiet_start=prefs.quiet_start,
+        quiet_end=prefs.quiet_end,
+        daily_cap=prefs.daily_cap,
+        weekly_cap=prefs.weekly_cap,
+        insecure_consent=prefs.insecure_consent,
+        insecure_consent_version=prefs.insecure_consent_version,
+        insecure_consent_at=contacts.aware(prefs.insecure_consent_at),
+        phone=_phone(snap.contact),
+    )
+    return JSONResponse(body.model_dump(mode="json"))
+
+
+async def get_preferences(request: Request) -> Response:
+    """The patient's notification settings.
+    ---
+    get:
+      summary: Read notification preferences and the phone number's state
+      security: [{session: []}]
+      responses:
+        "200":
+          description: The settings (defaults if never changed)
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/NotificationSettings'}
+        "401":
+          description: Not signed in
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "403":
+          description: Not a verified patient
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    _, patient_id = await require_patient(request)
+    return await run_in_threadpool(_body, _runtime(request), patient_id)
+
+
+async def put_preferences(request: Request) -> Response:
+    """Replace the patient's notification settings.
+    ---
+    put:
+      summary: Set notification preferences (audited)
+      description: >
+        SMS and calls need a verified phone number. Turning SMS on is the explicit opt-in;
+        giving insecure-channel consent records the consent text's version and the time.
+      security: [{session: []}]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/PreferenceChanges'}
+      responses:
+        "200":
+          description: The stored settings
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/NotificationSettings'}
+        "400":
+          description: A field is not valid
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "401":
+          description: Not signed in
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "409":
+          description: Not possible yet (no verified number)
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    session, patient_id = await require_patient(request)
+    changes = await read_json(request, PreferenceChanges)
+    runtime = _runtime(request)
+    try:
+        await run_in_threadpool(
+            lambda: preferences.update(
+                runtime,
+                patient_id=patient_id,
+                actor=f"account:{session.account_id}",
+                changes=changes,
+                request_id=_request_id(request),
+            )
+        )
+    except PreferenceError as exc:
+        status = 400 if exc.field in ("daily_cap", "weekly_cap") else 409
+        raise Problem(
+            status, exc.message, errors=[{"field": exc.field, "message": exc.message}]
+        ) from None
+    return await run_in_threadpool(_body, runtime, patient_id)
+
+
+async def put_phone(request: Request) -> Response:
+    """Register or replace the phone number.
+    ---
+    put:
+      summary: Set the phone number and text it a verification code
+      description: >
+        The number is unverified until the code comes back (POST
+        /api/v1/notifications/phone/verify); SMS and calls are off until then.
+      security: [{session: []}]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/PhoneNumber'}
+      responses:
+        "202":
+          description: The code is on its way
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/NotificationSettings'}
+        "400":
+          description: Not a valid number of a region we serve
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+        "429":
+          description: Too many codes today
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    session, patient_id = await require_patient(request)
+    body = await read_json(request, PhoneNumber)
+    runtime = _runtime(request)
+    try:
+        await run_in_threadpool(
+            lambda: contacts.set_number(
+                runtime,
+                patient_id=patient_id,
+                actor=f"account:{session.account_id}",
+                raw=body.number,
+                request_id=_request_id(request),
+            )
+        )
+    except InvalidNumberError as exc:
+        raise Problem(400, str(exc), errors=[{"field": "number", "message": str(exc)}]) from None
+    except contacts.TooManyCodesError:
+        raise Problem(429, "Too many codes today. Try again tomorrow.") from None
+    response = await run_in_threadpool(_body, runtime, patient_id)
+    response.status_code = 202
+    return response
+
+
+async def verify_phone(request: Request) -> Response:
+    """Confirm the phone number with the texted code.
+    ---
+    post:
+      summary: Verify the phone number
+      security: [{session: []}]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/PhoneVerificationCode'}
+      responses:
+        "200":
+          description: Verified
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/NotificationSettings'}
+        "400":
+          description: Wrong, expired or no code (five wrong tries void a code)
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
+    """
+    session, patient_id = await require_patient(request)
+    body = await read_json(request, PhoneVerificationCode)
+    runtime = _runtime(request)
+    result = await run_in_threadpool(
+        lambda: contacts.confirm_code(
+            runtime,
+            patient_id=patient_id,
+            actor=f"account:{session.account_id}",
+            code=body.code,
+            request_id=_request_id(request),
+        )
+    )
+    if result is not contacts.CodeResult.OK:
+        raise Problem(400, "The code is not valid.", code_status=result.value)
+    return await run_in_threadpool(_body, runtime, patient_id)
+
+
+async def delete_phone(request: Request) -> Response:
+    """Remove the phone number.
+    ---
+    delete:
+      summary: Forget the phone number (SMS and calls turn off)
+      security: [{session: []}]
+      responses:
+        "204":
+          description: Removed (or there was none)
+    """
+    session, patient_id = await require_patient(request)
+    await run_in_threadpool(
+        lambda: contacts.remove(
+            _runtime(request),
+            patient_id=patient_id,
+            actor=f"account:{session.account_id}",
+            request_id=_request_id(request),
+        )
+    )
+    return Response(status_code=204)
+
+
+def routes() -> list[BaseRoute]:
+    base = "/api/v1/notifications"
+    return [
+        Route(f"{base}/preferences", get_preferences, methods=["GET"]),
+        Route(f"{base}/preferences", put_preferences, methods=["PUT"]),
+        Route(f"{base}/phone", put_phone, methods=["PUT"]),
+        Route(f"{base}/phone", delete_phone, methods=["DELETE"]),
+        Route(f"{base}/phone/verify", verify_phone, methods=["POST"]),
+    ]

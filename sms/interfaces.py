@@ -1,0 +1,69 @@
+"""sms's contracts: what a sender backend does, and how its errors are classified.
+
+:mod:`sms.delivery` is the only caller of a :class:`Sender`; :mod:`sms.backends` builds
+the configured one (the console for development, :mod:`sms.twilio_client` for production).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Protocol
+
+
+class ErrorKind(StrEnum):
+    RETRY = "retry"  # try again later: rate limited, Twilio unavailable, not sent at all
+    UNKNOWN = "unknown"  # it may have been sent (a read timeout): wait for Twilio's callback
+    OPTED_OUT = "opted_out"  # 21610: the recipient sent STOP to this sender
+    SMS_UNUSABLE = "sms_unusable"  # the number cannot receive SMS
+    VOICE_UNUSABLE = "voice_unusable"  # the number cannot be called
+    FATAL = "fatal"  # our request is wrong: retrying cannot help
+
+
+class SendError(Exception):
+    """A send that did not go through; ``code`` is Twilio's error code when there is one."""
+
+    def __init__(self, kind: ErrorKind, *, code: int | None = None, status: int | None = None):
+        super().__init__(f"{kind} (code {code}, HTTP {status})")
+        self.kind = kind
+        self.code = code
+        self.status = status
+
+
+# Twilio's error codes (https://www.twilio.com/docs/api/errors), as PITFALLS.md lists them.
+_OPTED_OUT = frozenset({21610})
+_SMS_UNUSABLE = frozenset({21211, 21612, 21614, 30006, 30005})
+_VOICE_UNUSABLE = frozenset({13223, 13224, 21215, 21217})
+_RETRY = frozenset({20429, 30001, 21611, 30003, 20003, 20005, 30008, 30500})
+
+
+def classify(code: int | None, status: int | None) -> ErrorKind:
+    """What an error code or HTTP status from Twilio means for the notification."""
+    if code in _OPTED_OUT:
+        return ErrorKind.OPTED_OUT
+    if code in _SMS_UNUSABLE:
+        return ErrorKind.SMS_UNUSABLE
+    if code in _VOICE_UNUSABLE:
+        return ErrorKind.VOICE_UNUSABLE
+    if code in _RETRY:
+        return ErrorKind.RETRY
+    # 401/403: credentials an operator will fix; 408, 429 and 5xx: Twilio asks us to wait.
+    if status is None or status in (401, 403, 408, 429) or status >= 500:
+        return ErrorKind.RETRY
+    return ErrorKind.FATAL
+
+
+class Sender(Protocol):
+    """Sends SMS and places calls. Implementations raise :class:`SendError`."""
+
+    @property
+    def key(self) -> str:
+        """The sender the rate limit applies to (a From number or Messaging Service)."""
+
+    def send_sms(self, to: str, body: str, status_callback: str) -> str:
+        """Hand one SMS to the provider; returns its SID."""
+
+    def place_call(self, to: str, twiml_url: str, amd_callback: str, status_callback: str) -> str:
+        """Start a call with asynchronous answering-machine detection; returns its SID."""
+
+    def update_call(self, call_sid: str, twiml: str) -> None:
+        """Replace what a call in progress does (after detection said who answered)."""

@@ -1,0 +1,273 @@
+"""Twilio's webhooks: message and call status, inbound SMS keywords, call TwiML.
+
+Every request must carry a valid X-Twilio-Signature, computed over the URL Twilio called
+(rebuilt from CAREBRIDGE_PUBLIC_BASE_URL, not from the Host header a proxy rewrote) and
+the posted parameters, under the auth token. Unsigned or wrongly signed: 403, and nothing
+is read or changed. Signatures carry no timestamp, so a replayed request is valid; every
+handler is therefore idempotent (a status never moves backwards, STOP twice is STOP).
+
+The paths sit under /api/ (carebridge.http.paths.MACHINE_PATHS): no cookies, no CSRF
+token (Twilio cannot have one; the signature does that job).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from urllib.parse import parse_qsl
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from carebridge import audit
+from carebridge.audit import Outcome
+from carebridge.db import transaction
+from carebridge.http.problems import Problem
+from carebridge.runtime import Runtime
+from sms import backends, delivery, phone, texts, twilio_client
+from sms.contacts import utcnow
+from sms.interfaces import Sender, SendError
+from sms.models import ContactPoint, OptOut, Preferences
+
+log = logging.getLogger("carebridge.sms")
+
+MAX_BODY = 16 * 1024
+XML = "application/xml"
+_ATTEMPT = re.compile(r"at[0-9a-f]{32}")
+_SID = re.compile(r"[A-Z]{2}[0-9a-zA-Z]{32}")
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+STOP_WORDS = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
+)
+START_WORDS = frozenset({"START", "YES", "UNSTOP"})
+HELP_WORDS = frozenset({"HELP", "INFO"})
+Params = Mapping[str, Sequence[str]]
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def sender_for(request: Request) -> Sender:
+    """The app's sender, built once (tests may put their own on app.state.sms_sender)."""
+    sender: Sender | None = getattr(request.app.state, "sms_sender", None)
+    if sender is None:
+        sender = backends.for_settings(_runtime(request).settings)
+        request.app.state.sms_sender = sender
+    return sender
+
+
+async def _signed_params(request: Request) -> dict[str, list[str]]:
+    """The posted parameters, if Twilio signed them; otherwise a 403 problem."""
+    settings = _runtime(request).settings
+    length = request.headers.get("content-length", "")
+    if length and (not length.isdigit() or int(length) > MAX_BODY):
+        raise Problem(413, "The request body is too large.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise Problem(413, "The request body is too large.")
+    params: dict[str, list[str]] = {}
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
+    except (UnicodeDecodeError, ValueError):
+        pairs = []
+    for name, value in pairs:
+        params.setdefault(name, []).append(value)
+    url = settings.effective_public_base_url + request.url.path
+    if request.url.query:
+        url += "?" + request.url.query
+    token = settings.twilio_auth_token
+    signature = request.headers.get("x-twilio-signature", "")
+    if token is None or not twilio_client.valid_signature(
+        token.get_secret_value(), url, params, signature
+    ):
+        log.warning("webhook signature refused", extra={"route": request.url.path})
+        raise Problem(403, "The request is not signed by Twilio.")
+    return params
+
+
+def _one(params: Params, name: str, limit: int = 64) -> str:
+    values = params.get(name) or [""]
+    return values[0][:limit]
+
+
+def _xml(twiml: str) -> Response:
+    return Response(twiml, media_type=XML)
+
+
+def _attempt_id(request: Request) -> str:
+    attempt_id = str(request.path_params["attempt_id"])
+    if not _ATTEMPT.fullmatch(attempt_id):
+        raise Problem(404, "No such attempt.")
+    return attempt_id
+
+
+def _error_code(params: Params) -> int | None:
+    raw = _one(params, "ErrorCode", 8)
+    return int(raw) if raw.isdigit() else None
+
+
+async def message_status(request: Request) -> Response:
+    attempt_id = _attempt_id(request)
+    params = await _signed_params(request)
+    sid = _one(params, "MessageSid")
+    known = await run_in_threadpool(
+        lambda: delivery.apply_status(
+            _runtime(request),
+            attempt_id,
+            sid=sid if _SID.fullmatch(sid) else "",
+            status=_one(params, "MessageStatus", 16).lower(),
+            error_code=_error_code(params),
+            now=utcnow(),
+        )
+    )
+    # 200 either way: Twilio would only retry a callback for an attempt we do not have.
+    return Response(status_code=204 if known else 200)
+
+
+async def call_status(request: Request) -> Response:
+    attempt_id = _attempt_id(request)
+    params = await _signed_params(request)
+    sid = _one(params, "CallSid")
+    await run_in_threadpool(
+        lambda: delivery.apply_status(
+            _runtime(request),
+            attempt_id,
+            sid=sid if _SID.fullmatch(sid) else "",
+            status=_one(params, "CallStatus", 16).lower(),
+            error_code=_error_code(params),
+            now=utcnow(),
+        )
+    )
+    return Response(status_code=204)
+
+
+# Handlers here carry comments, not docstrings: the OpenAPI generator would read a
+# docstring as YAML and list Twilio's webhooks with the patients' API.
+
+
+async def call_twiml(request: Request) -> Response:
+    # While detection listens, the call holds silently.
+    _attempt_id(request)
+    await _signed_params(request)
+    return _xml(twilio_client.hold_twiml())
+
+
+def twiml_for(answered_by: str, voicemail_allowed: bool, label: str, callback: str) -> str:
+    """HHS's model: a name and a number to call back; nothing else, to anyone."""
+    if answered_by == "human":
+        return twilio_client.say_twiml(texts.voice_notice(label, callback))
+    if answered_by in ("machine_end_beep", "machine_end_silence", "machine_end_other"):
+        if voicemail_allowed:
+            return twilio_client.say_twiml(texts.voice_notice(label, callback))
+        return twilio_client.hangup_twiml()
+    # fax, unknown, machine_start (not a final answer with DetectMessageEnd): end the call.
+    return twilio_client.hangup_twiml()
+
+
+async def call_amd(request: Request) -> Response:
+    # Detection's result decides: say the notice, leave a voicemail, or hang up.
+    attempt_id = _attempt_id(request)
+    params = await _signed_params(request)
+    runtime = _runtime(request)
+    answered_by = _one(params, "AnsweredBy", 24)
+    call_sid = _one(params, "CallSid")
+    context = await run_in_threadpool(delivery.call_context, runtime, attempt_id, answered_by)
+    if context is None or not _SID.fullmatch(call_sid):
+        return Response(status_code=204)
+    settings = runtime.settings
+    twiml = twiml_for(
+        answered_by,
+        context.voicemail_allowed,
+        settings.sms_sender_label,
+        settings.voice_callback_number,
+    )
+    try:
+        await run_in_threadpool(sender_for(request).update_call, call_sid, twiml)
+    except SendError as exc:
+        # The call goes on holding, then hangs up by itself: nothing was said.
+        log.warning("call update failed", extra={"error_kind": exc.kind.value, "code": exc.code})
+    return Response(status_code=204)
+
+
+def _keyword(body: str) -> str:
+    words = body.strip().split()
+    return words[0].upper().strip(".!") if len(words) == 1 else ""
+
+
+def handle_keyword(runtime: Runtime, number: str, keyword: str) -> None:
+    """STOP words opt the number out (of SMS, for every patient on it); START words opt it
+    back in for patients who had opted in before. Audited by contact point, never number."""
+    if not _E164.fullmatch(number):
+        return  # Twilio sends E.164; anything else is not a number we could have texted
+    e164 = number
+    now = utcnow()
+    number_hash = phone.number_hash(runtime.keyring, e164)
+    stop = keyword in STOP_WORDS
+    with transaction(runtime.sessions) as db:
+        listed = db.get(OptOut, number_hash)
+        if stop and listed is None:
+            db.add(OptOut(number_hash=number_hash, opted_out_at=now, source="keyword"))
+        elif not stop and listed is not None:
+            db.delete(listed)
+        query = select(ContactPoint).where(ContactPoint.number_hash == number_hash)
+        matched = list(db.execute(query).scalars())
+        for contact in matched:
+            prefs = db.get(Preferences, contact.patient_id)
+            if prefs is not None:
+                if stop:
+                    prefs.sms_enabled = False
+                elif prefs.sms_opted_in_at is not None and contact.verified_at is not None:
+                    prefs.sms_enabled = True
+                prefs.updated_at = now
+            audit.append(
+                db,
+                actor="twilio",
+                action="sms.optout" if stop else "sms.optin",
+                outcome=Outcome.ALLOWED,
+                target=f"contact:{contact.id}",
+                request_id=None,
+            )
+        if not matched:
+            audit.append(
+                db,
+                actor="twilio",
+                action="sms.optout" if stop else "sms.optin",
+                outcome=Outcome.ALLOWED,
+                target="contact:unknown",
+                request_id=None,
+            )
+
+
+async def inbound(request: Request) -> Response:
+    # An SMS to our number. Only single keywords mean anything; the text is not kept.
+    params = await _signed_params(request)
+    runtime = _runtime(request)
+    keyword = _keyword(_one(params, "Body", 160))
+    if keyword in STOP_WORDS or keyword in START_WORDS:
+        await run_in_threadpool(handle_keyword, runtime, _one(params, "From", 32), keyword)
+        # Twilio's own opt-out handling confirms to the sender; we add nothing.
+        return _xml(twilio_client.messaging_twiml(None))
+    if keyword in HELP_WORDS:
+        settings = runtime.settings
+        reply = texts.help_sms(settings.sms_sender_label, settings.voice_callback_number)
+        return _xml(twilio_client.messaging_twiml(reply))
+    return _xml(twilio_client.messaging_twiml(None))
+
+
+def routes() -> list[BaseRoute]:
+    base = "/api/twilio"
+    return [
+        Route(f"{base}/messages/inbound", inbound, methods=["POST"]),
+        Route(f"{base}/messages/{{attempt_id}}/status", message_status, methods=["POST"]),
+        Route(f"{base}/calls/{{attempt_id}}/twiml", call_twiml, methods=["POST"]),
+        Route(f"{base}/calls/{{attempt_id}}/amd", call_amd, methods=["POST"]),
+        Route(f"{base}/calls/{{attempt_id}}/status", call_status, methods=["POST"]),
+    ]
