@@ -13,9 +13,9 @@ $(STAMP): requirements-dev.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-## Serve on http://127.0.0.1:8000 with the embedded SQLite default in ./var
+## The demo on http://127.0.0.1:8000 with the embedded SQLite default in ./var
 run: $(STAMP)
-	$(BIN)/carebridge serve
+	$(BIN)/carebridge serve --demo
 
 # The npm test peers (oidc-provider, axe-core), pinned by their package-lock.json files.
 # Without npm the tests that need them skip locally and fail under CI=true.

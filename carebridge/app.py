@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from carebridge.demo import provider_app
 from carebridge.http import health, metrics, openapi
 from carebridge.http.csrf import CsrfCookieMiddleware
 from carebridge.http.middleware import (
@@ -49,6 +50,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
         *identity_routes.routes(),
         *messaging_routes.routes(),
         *sms_routes.routes(),
+        *(provider_app.routes() if runtime.settings.demo else []),
     ]
 
 

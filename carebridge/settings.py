@@ -161,6 +161,8 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    # Demo mode (`carebridge serve --demo` sets it): synthetic data and the demo provider app.
+    demo: bool = False
 
     # Accounts and sessions (identity/)
     session_idle_minutes: int = Field(default=15, ge=1, le=24 * 60)
@@ -174,12 +176,90 @@ class Settings(BaseSettings):
     # Identity verification: what tells apart people sharing a DOB and SSN last 4.
     verify_tiebreaker: Literal["last_name", "zip"] = "last_name"
     activation_code_days: int = Field(default=30, ge=1, le=365)
+    # The admin API's roster upload (1,000,000 rows are about 80 MiB).
+    roster_upload_max_mib: int = Field(default=256, ge=1, le=4096)
 
     # OpenID Connect provider (identity/oidc/)
+    # Defaults for every client; a client may set its own (carebridge clients create).
+    access_token_seconds: int = Field(default=600, ge=60, le=3600)
+    refresh_token_days: int = Field(default=30, ge=1, le=365)
+    authorization_code_seconds: int = Field(default=60, ge=10, le=600)
+    id_token_seconds: int = Field(default=600, ge=60, le=3600)
+    # How long a process may answer from its copy of a client registration (0: never).
+    client_cache_seconds: int = Field(default=5, ge=0, le=60)
 
     # Secure messaging (messaging/)
+    message_max_chars: int = Field(default=20_000, ge=1, le=200_000)
+    attachment_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    attachment_types: Annotated[list[Literal["pdf", "png", "jpeg"]], NoDecode] = Field(
+        default=["pdf", "png", "jpeg"], min_length=1
+    )
+    retention_days_default: int = Field(default=2555, ge=1, le=36500)
+
+    @field_validator("attachment_types", mode="before")
+    @classmethod
+    def _attachment_types_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [kind.strip().lower() for kind in value.split(",") if kind.strip()]
+        return value
 
     # Notifications (sms/)
+    twilio_account_sid: str = Field(default="", pattern=r"^(AC[0-9a-fA-F]{32})?$")
+    twilio_auth_token: SecretStr | None = None
+    # Either a Messaging Service (its sender pool) or one From number sends SMS; calls
+    # always need the From number.
+    twilio_messaging_service_sid: str = Field(default="", pattern=r"^(MG[0-9a-fA-F]{32})?$")
+    twilio_from_number: str = Field(default="", pattern=r"^(\+[1-9][0-9]{6,14})?$")
+    # Another base URL for Twilio's API (tests and benchmarks point it at Prism).
+    twilio_api_base_url: str = ""
+    twilio_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # Where Twilio reaches us (webhook URLs, signature checks); default: the issuer.
+    public_base_url: str = ""
+    # GSM-7 letters only: anything else turns each SMS into a 70-character UCS-2 one.
+    sms_sender_label: str = Field(
+        default="carebridge", max_length=30, pattern=r"^[A-Za-z0-9 .&'-]*$"
+    )
+    # Regions (ISO 3166 codes, comma-separated) whose numbers patients may register;
+    # the first is where a number typed without +country code is read.
+    sms_regions: str = Field(default="US", pattern=r"^[A-Z]{2}(,[A-Z]{2})*$")
+    sms_link_hours: int = Field(default=72, ge=1, le=24 * 14)
+    sms_rate_per_second: float = Field(default=1.0, gt=0, le=1000)
+    voice_rate_per_second: float = Field(default=1.0, gt=0, le=100)
+    notify_daily_cap: int = Field(default=1, ge=0, le=10)
+    notify_weekly_cap: int = Field(default=3, ge=0, le=50)
+    notify_quiet_start: str = Field(default="21:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    notify_quiet_end: str = Field(default="08:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    notify_time_zone: str = "America/New_York"
+    voice_callback_number: str = Field(default="", pattern=r"^(\+[1-9][0-9]{6,14})?$")
+    sms_max_attempts: int = Field(default=8, ge=1, le=50)
+    # How long an attempt whose outcome is unknown (the worker died, Twilio timed out) waits
+    # for Twilio's status callback before it is sent again.
+    sms_reconcile_seconds: float = Field(default=600.0, gt=0)
+    sms_batch_size: int = Field(default=50, ge=1, le=1000)
+
+    @field_validator("notify_time_zone")
+    @classmethod
+    def _known_time_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as America/New_York") from None
+        return value
+
+    @field_validator("twilio_api_base_url", "public_base_url")
+    @classmethod
+    def _optional_base_url(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+                raise ValueError("must be an absolute http(s) URL without a query")
+        return value.rstrip("/")
+
+    @property
+    def effective_public_base_url(self) -> str:
+        return self.public_base_url or self.issuer
 
     @field_validator("issuer")
     @classmethod
@@ -276,6 +356,8 @@ class Settings(BaseSettings):
             )
         if self.sms_backend is SmsBackend.CONSOLE:
             problems.append("CAREBRIDGE_SMS_BACKEND must be 'twilio' in production")
+        if self.demo:
+            problems.append("CAREBRIDGE_DEMO (serve --demo) is refused in production")
         return problems
 
 

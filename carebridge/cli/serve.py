@@ -6,16 +6,20 @@ import argparse
 import logging
 import os
 import tempfile
+import threading
 from typing import Any
 
 import uvicorn
 
-from carebridge import migrate
+from carebridge import migrate, worker
 from carebridge.cli.common import add_parser, require_current_schema
 from carebridge.db import safe_url
+from carebridge.demo import seed as demo_seed
+from carebridge.keyring import KeyringError
 from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
-from carebridge.settings import load_settings, require_production_ready
+from carebridge.settings import Settings, load_settings, require_production_ready
+from messaging import keys as message_keys
 
 log = logging.getLogger("carebridge.serve")
 
@@ -39,6 +43,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     parser.add_argument("--workers", type=_workers, default=1, help="processes (default 1)")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="seed synthetic demo data, serve the demo provider app and run the worker "
+        "in-process (refused in production)",
+    )
     parser.set_defaults(handler=serve)
 
 
@@ -50,17 +60,55 @@ def prepare(runtime: Runtime) -> None:
         migrate.upgrade(runtime.engine)
     else:
         require_current_schema(runtime)
+    # Thread keys wrapped by a key-encryption key this keyring lacks (a wrong keyring
+    # file, a KEK retired too early) would make every such thread unreadable: refuse.
+    problems = message_keys.problems(runtime)
+    if problems:
+        raise KeyringError("; ".join(problems))
+
+
+def _demo_environment(args: argparse.Namespace) -> None:
+    # The uvicorn workers build their settings from the environment: say it there.
+    os.environ["CAREBRIDGE_DEMO"] = "true"
+    if "CAREBRIDGE_ISSUER" not in os.environ:
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
+        os.environ["CAREBRIDGE_ISSUER"] = f"http://{host}:{args.port}"
+
+
+def _start_demo_worker(settings: Settings) -> tuple[threading.Event, threading.Thread]:
+    """The demo's notifications are delivered by the worker's jobs, in this process, so
+    the newcomer sees the SMS in this terminal without starting a second command."""
+    from carebridge.cli.worker import JOBS  # noqa: PLC0415  (only demo mode needs it)
+
+    stop = threading.Event()
+    runtime = Runtime.build(settings)
+
+    def run() -> None:
+        try:
+            worker.run_jobs(runtime, JOBS, stop)
+        finally:
+            runtime.close()
+
+    thread = threading.Thread(target=run, name="demo-worker", daemon=True)
+    thread.start()
+    return stop, thread
 
 
 def serve(args: argparse.Namespace) -> int:
+    if args.demo:
+        _demo_environment(args)
     settings = load_settings()
     require_production_ready(settings)
     configure_logging(settings.log_level, settings.log_format)
     runtime = Runtime.build(settings)
     try:
         prepare(runtime)
+        if settings.demo:
+            config = demo_seed.seed(runtime)
+            print(demo_seed.instructions(config), flush=True)
     finally:
         runtime.close()
+    demo_worker = _start_demo_worker(settings) if settings.demo else None
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="carebridge-metrics-")
     log.info(
@@ -83,4 +131,8 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,
         server_header=False,
     )
+    if demo_worker is not None:
+        stop, thread = demo_worker
+        stop.set()
+        thread.join(timeout=10)
     return 0

@@ -14,6 +14,7 @@ from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
 from carebridge.settings import load_settings, require_production_ready
 from identity import throttle
+from identity.oidc import purge as oidc_purge
 from messaging import jobs as messaging_jobs
 from sms import jobs as sms_jobs
 
@@ -21,6 +22,7 @@ from sms import jobs as sms_jobs
 JOBS = (
     worker.AUDIT_CHECKPOINT,
     worker.Job("throttle-purge", 3600.0, throttle.purge_stale),
+    worker.Job("oidc-purge", 3600.0, oidc_purge.purge_expired),
     *messaging_jobs.JOBS,
     *sms_jobs.JOBS,
 )

@@ -44,13 +44,23 @@ def component(model: M) -> M:
     return model
 
 
+def _unwrapped(method: str, operation: Any) -> Any:
+    """A docstring may name its method again (``get:`` then the operation); Starlette's
+    generator already keys operations by method, so the inner mapping is the operation."""
+    if isinstance(operation, dict) and set(operation) == {method}:
+        return operation[method]
+    return operation
+
+
 def document(routes: list[Any], version: str) -> dict[str, Any]:
     generator = SchemaGenerator(
         {"openapi": "3.1.0", "info": {"title": "carebridge API", "version": version}}
     )
     schema: dict[str, Any] = generator.get_schema(routes=routes)
     schema["paths"] = {
-        path: item for path, item in schema.get("paths", {}).items() if path.startswith("/api/")
+        path: {method: _unwrapped(method, operation) for method, operation in item.items()}
+        for path, item in schema.get("paths", {}).items()
+        if path.startswith("/api/")
     }
     schemas: dict[str, Any] = {"Problem": PROBLEM_SCHEMA}
     for name, model in sorted(_COMPONENTS.items()):
@@ -64,7 +74,13 @@ def document(routes: list[Any], version: str) -> dict[str, Any]:
                 "type": "http",
                 "scheme": "bearer",
                 "description": "The session token from POST /api/v1/signin",
-            }
+            },
+            "accessToken": {
+                # An RFC 9068 JWT from this issuer's token endpoint (docs/oidc.md).
+                "type": "openIdConnect",
+                "openIdConnectUrl": "/.well-known/openid-configuration",
+                "description": "An access token (JWT) from the OpenID Connect provider",
+            },
         },
     }
     return schema

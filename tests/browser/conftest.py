@@ -16,6 +16,7 @@ A failing test leaves a screenshot of its page in its tmp_path (failure-<n>.png)
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -29,6 +30,7 @@ from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from realparts import require
 
 from carebridge.app import create_app
+from carebridge.demo import seed
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from tests.browser.harness import LiveApp
@@ -49,20 +51,13 @@ CHROMIUM_ARGS = [
 # The app
 
 
-@pytest.fixture
-def live_app(tmp_path: Path, database_url: str) -> Iterator[LiveApp]:
-    """The real app served by uvicorn on a free loopback port, on the test's database."""
-    # The port comes first: the issuer (and so the app's allowed host) names it.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    settings = Settings(
-        issuer=f"http://127.0.0.1:{port}", data_dir=tmp_path / "data", database_url=database_url
-    )
+@contextlib.contextmanager
+def serve(settings: Settings, port_socket: socket.socket) -> Iterator[LiveApp]:
+    """uvicorn in a background thread on ``port_socket``, until the block ends."""
     runtime = Runtime.build(settings)
     config = uvicorn.Config(create_app(runtime), log_config=None, access_log=False)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [port_socket]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:
@@ -74,8 +69,47 @@ def live_app(tmp_path: Path, database_url: str) -> Iterator[LiveApp]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        sock.close()
+        port_socket.close()
         runtime.close()
+
+
+def free_socket() -> socket.socket:
+    # The port comes first: the issuer (and so the app's allowed host) names it.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest.fixture
+def live_app(tmp_path: Path, database_url: str) -> Iterator[LiveApp]:
+    """The real app served by uvicorn on a free loopback port, on the test's database."""
+    sock = free_socket()
+    settings = Settings(
+        issuer=f"http://127.0.0.1:{sock.getsockname()[1]}",
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+    )
+    with serve(settings, sock) as app:
+        yield app
+
+
+@pytest.fixture
+def demo_app(tmp_path: Path, database_url: str) -> Iterator[LiveApp]:
+    """The app in demo mode (``serve --demo``): seeded, with the demo provider app."""
+    sock = free_socket()
+    settings = Settings(
+        issuer=f"http://127.0.0.1:{sock.getsockname()[1]}",
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        demo=True,
+    )
+    seeding = Runtime.build(settings)
+    try:
+        seed.seed(seeding)
+    finally:
+        seeding.close()
+    with serve(settings, sock) as app:
+        yield app
 
 
 # The browser
