@@ -158,19 +158,47 @@ def verification_unlock(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Progress:
-    """A ``\\r`` row counter on a terminal; nothing when stderr is a file or a pipe."""
+def count_rows(path: Path) -> int | None:
+    """Data lines in a CSV file (lines after the header), for the progress bar's total;
+    a quoted field holding a line break makes it a slight overestimate."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+            if size:
+                handle.seek(-1, 2)
+                if handle.read(1) != b"\n":
+                    lines += 1  # a last line without its line break
+    except OSError:
+        return None
+    return max(lines - 1, 0)
 
-    def __init__(self, stream: TextIO) -> None:
+
+class _Progress:
+    """A ``\\r`` progress bar on a terminal; nothing when stderr is a file or a pipe."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO, total: int | None = None) -> None:
         self.stream = stream
         self.active = stream.isatty()
         self.shown = False
+        self.total = total
 
     def rows(self, count: int) -> None:
-        if self.active:
-            self.stream.write(f"\rroster import: {count:,} rows")
-            self.stream.flush()
-            self.shown = True
+        if not self.active:
+            return
+        if self.total:
+            # Never 100% before the end: the total can overestimate (quoted line breaks).
+            fraction = min(count / self.total, 0.99)
+            filled = int(fraction * self.WIDTH)
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            line = f"roster import [{bar}] {fraction:4.0%} {count:,} of ~{self.total:,} rows"
+        else:
+            line = f"roster import: {count:,} rows"
+        self.stream.write(f"\r{line}")
+        self.stream.flush()
+        self.shown = True
 
     def error(self, error: RowError) -> None:
         if self.shown:
@@ -189,7 +217,8 @@ def import_file(args: argparse.Namespace) -> int:
         importer.check_source(args.source)
     except importer.SourceError as exc:
         raise CommandError(f"--source: {exc}") from None
-    progress = _Progress(sys.stderr)
+    total = count_rows(Path(args.file)) if sys.stderr.isatty() else None
+    progress = _Progress(sys.stderr, total)
     rt = runtime()
     try:
         require_current_schema(rt)
