@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,3 +173,41 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) 
     monkeypatch.setenv("CAREBRIDGE_DATA_DIR", str(data_dir))
     monkeypatch.setenv("CAREBRIDGE_DATABASE_URL", database_url)
     return data_dir
+
+
+# Peers that fail: a port nobody answers on, and one that accepts and never answers.
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on: a peer (upstream provider, Twilio) that is down."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers: a peer that hangs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    server.close()

@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,36 +111,3 @@ def upstream_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on: an upstream that is down."""
-    return free_port()
-
-
-@pytest.fixture(scope="session")
-def silent_port() -> Iterator[int]:
-    """A loopback port that accepts connections and never answers: an upstream that hangs."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield int(server.getsockname()[1])
-    stop.set()
-    thread.join()
-    for connection in held:
-        connection.close()
-    server.close()

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from io import StringIO
@@ -94,39 +92,6 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     # Twilio's settings on top of the suite's: webhooks need the auth token to verify.
     base = Settings(data_dir=tmp_path / "data", database_url=database_url)
     return twilio_settings(base, "http://127.0.0.1:9")
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on: Twilio down."""
-    return free_port()
-
-
-@pytest.fixture(scope="session")
-def silent_port() -> Iterator[int]:
-    """A loopback port that accepts connections and never answers: Twilio hanging."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield int(server.getsockname()[1])
-    stop.set()
-    thread.join()
-    for connection in held:
-        connection.close()
-    server.close()
 
 
 @pytest.fixture
