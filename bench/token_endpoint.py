@@ -1,17 +1,29 @@
-"""Token endpoint throughput and p99, carebridge next to node oidc-provider (same run).
+"""Token endpoint throughput, p99 and CPU per request: carebridge next to node oidc-provider.
 
 For each grant (client_credentials, refresh_token, authorization_code) wrk loads one
-server at a time for a bounded time: carebridge (`carebridge serve`, one process,
-persisting to the real database: PostgreSQL by default) and then oidc-provider 9
-(tests/peers/bench-provider.mjs, one node process, its default in-memory store).
+server at a time for a bounded time, all in the same run:
+
+- carebridge (`carebridge serve`, one process), persisting to the real database
+  (PostgreSQL by default);
+- "oidc-provider (PostgreSQL)": oidc-provider 9 (tests/peers/bench-provider.mjs, one node
+  process) persisting through an adapter over npm `pg` to a JSONB table in the same bench
+  database: both persist to the real database, side by side (PostgreSQL runs only);
+- "oidc-provider (memory)": the same, keeping everything in process memory;
+- "oidc-provider/jwt": client credentials only, ES256 JWT access tokens as carebridge
+  issues (oidc-provider's default ones are opaque and stored); JWTs are stored nowhere.
+
 Both use client_secret_basic, ES256, PKCE S256 and refresh-token rotation; both have
 their codes and refresh tokens minted beforehand, one per request, fed to wrk by a Lua
-script. oidc-provider's access tokens are opaque by default: for client credentials a
-second oidc-provider process ("oidc-provider/jwt") issues ES256 JWTs as carebridge does.
-wrk shares the machine's cores with the server under test: read the figures as a floor. Usage:
+script. wrk and PostgreSQL share the machine's cores with the server under test, so
+requests per second are a floor; the per-core figures are the server's own CPU time
+(utime + stime from /proc/PID/stat, before and after each run): "cpu ms/req" and
+"req/cpu-s" (requests per CPU-second, i.e. throughput per core if the server had one to
+itself). "db ms/req" is the CPU time of the PostgreSQL backends serving the bench
+database in that run (pg_stat_activity), the database's share of the work. Each grant
+ends with carebridge / oidc-provider ratios for every variant. Usage:
     .venv/bin/python bench/token_endpoint.py [--seconds 6] [--connections 16]
         [--count 40000] [--database-url postgresql://...|sqlite]
-Needs wrk (apt-get install wrk), node and tests/peers/node_modules.
+Needs wrk (apt-get install wrk), node and tests/peers/node_modules (npm ci there).
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
@@ -57,6 +70,7 @@ DEFAULT_POSTGRES = os.environ.get(
     "CAREBRIDGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIRECT = "https://app.example.org/callback"
+ALL = {"client_credentials", "refresh_token", "authorization_code"}
 SCOPE = "openid offline_access"
 LUA = """
 local tokens, i = {}, 0
@@ -193,7 +207,88 @@ def seed(settings: Settings, count: int, secret: str, challenge: str, out: Path)
     return created.client_id
 
 
-def wrk(url: str, seconds: int, connections: int, env: dict[str, str], script: Path) -> str:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants, all threads (/proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        todo.extend(children.get(current, []))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class DatabaseCpu:
+    """CPU time of the PostgreSQL backends connected to the bench database (same host)."""
+
+    def __init__(self, admin_url: str, name: str | None) -> None:
+        self.name = name
+        self.engine = create_engine(admin_url, isolation_level="AUTOCOMMIT") if name else None
+
+    def sample(self) -> dict[int, float]:
+        if self.engine is None:
+            return {}
+        with self.engine.connect() as connection:
+            pids = connection.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = :name"),
+                {"name": self.name},
+            ).scalars()
+            return {pid: cpu_seconds(pid) for pid in pids}
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+@dataclass
+class Result:
+    rate: float
+    p50: str
+    p99: str
+    failed: int
+    total: int
+    cpu: float  # server CPU seconds over the run
+    db_cpu: float | None  # PostgreSQL backends' CPU seconds over the run
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.total / self.cpu if self.cpu else float("inf")
+
+    def line(self) -> str:
+        db = (
+            f"  db {1000 * self.db_cpu / self.total:5.2f} ms/req" if self.db_cpu is not None else ""
+        )
+        return (
+            f"{self.rate:7.0f} req/s  p50 {self.p50:>8}  p99 {self.p99:>8}  "
+            f"errors {self.failed}/{self.total}  "
+            f"cpu {1000 * self.cpu / self.total:5.2f} ms/req = {self.per_cpu_second:6.0f} req/cpu-s"
+            f"{db}"
+        )
+
+
+def wrk(
+    url: str,
+    seconds: int,
+    connections: int,
+    env: dict[str, str],
+    script: Path,
+    *,
+    pid: int,
+    database_cpu: DatabaseCpu,
+) -> Result:
+    db_before = database_cpu.sample()
+    before = cpu_seconds(pid)
     result = subprocess.run(  # noqa: S603
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],  # noqa: S607
         capture_output=True,
@@ -201,6 +296,8 @@ def wrk(url: str, seconds: int, connections: int, env: dict[str, str], script: P
         check=True,
         env={**os.environ, **env},
     )
+    cpu = cpu_seconds(pid) - before
+    db_after = database_cpu.sample()
     output = result.stdout
     if result.stderr.strip():
         print(result.stderr.strip()[:500])
@@ -210,10 +307,26 @@ def wrk(url: str, seconds: int, connections: int, env: dict[str, str], script: P
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     total = re.search(r"(\d+) requests in", output)
     assert rate and p50 and p99 and total, output
-    failed = int(errors[1]) if errors else 0
-    return (
-        f"{float(rate[1]):8.0f} req/s  p50 {p50[1]:>8}  p99 {p99[1]:>8}  errors {failed}/{total[1]}"
+    # A backend that started during the run started from zero.
+    db_cpu = (
+        sum(after - db_before.get(backend, 0.0) for backend, after in db_after.items())
+        if database_cpu.engine is not None
+        else None
     )
+    return Result(
+        rate=float(rate[1]),
+        p50=p50[1],
+        p99=p99[1],
+        failed=int(errors[1]) if errors else 0,
+        total=max(int(total[1]), 1),
+        cpu=cpu,
+        db_cpu=db_cpu,
+    )
+
+
+def libpq_url(url: str) -> str:
+    """The SQLAlchemy URL as node's `pg` takes it (no driver suffix)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
@@ -231,13 +344,14 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
     challenge_text = challenge.rstrip(b"=").decode()
     url, dropped = database(args.database_url)
+    database_cpu = DatabaseCpu(args.database_url, dropped)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         with tempfile.TemporaryDirectory() as directory:
             out = Path(directory)
             script = out / "feed.lua"
             script.write_text(LUA)
-            cb_port, node_port = free_port(), free_port()
+            cb_port = free_port()
             settings = Settings(
                 issuer=f"http://127.0.0.1:{cb_port}", data_dir=out / "data", database_url=url
             )
@@ -262,14 +376,20 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
                 )
             )
             wait_until_up(f"http://127.0.0.1:{cb_port}/healthz", processes[-1])
+            backend = "SQLite" if url == "" else "PostgreSQL"
+            # name -> (port, client ID, token files prefix, process, grants it runs)
+            servers: dict[str, tuple[int, str, Path, subprocess.Popen[bytes], set[str]]] = {
+                f"carebridge ({backend})": (cb_port, client_id, out / "cb-", processes[-1], ALL)
+            }
             started = time.monotonic()
-            jwt_port = free_port()
-            jwt_dir = out / "jwt"
-            jwt_dir.mkdir()
-            for port, count, where, jwt in (
-                (node_port, args.count, out, ""),
-                (jwt_port, 1, jwt_dir, "1"),
-            ):
+            peers = [("oidc-provider (memory)", args.count, "", "", ALL)]
+            if dropped is not None:
+                peers.insert(0, ("oidc-provider (PostgreSQL)", args.count, "", libpq_url(url), ALL))
+            # JWT client credentials tokens are stored nowhere: no store to choose.
+            peers.append(("oidc-provider/jwt", 1, "1", "", {"client_credentials"}))
+            for name, count, jwt, postgres, grants_run in peers:
+                port, where = free_port(), out / f"node-{len(servers)}"
+                where.mkdir()
                 processes.append(
                     subprocess.Popen(  # noqa: S603
                         [node, "bench-provider.mjs", str(port), str(count), str(where)],
@@ -279,6 +399,7 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
                             "BENCH_SECRET": secret,
                             "BENCH_VERIFIER": verifier,
                             "BENCH_JWT": jwt,
+                            "BENCH_POSTGRES": postgres,
                         },
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
@@ -287,20 +408,18 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
                 wait_until_up(
                     f"http://127.0.0.1:{port}/.well-known/openid-configuration", processes[-1]
                 )
+                servers[name] = (port, "bench-client", where / "node-", processes[-1], grants_run)
             print(f"oidc-provider minted its tokens in {time.monotonic() - started:.1f} s")
-            backend = "SQLite" if url == "" else "PostgreSQL"
             print(
                 f"{args.connections} connections, {args.seconds} s per run, wrk on the same "
-                f"machine ({os.cpu_count()} cores); carebridge persists to {backend}, "
-                "oidc-provider to memory"
+                f"machine ({os.cpu_count()} cores); one process per server; "
+                + (
+                    "carebridge and oidc-provider (PostgreSQL) persist to the same PostgreSQL"
+                    if dropped is not None
+                    else "carebridge persists to SQLite (no oidc-provider PostgreSQL run)"
+                )
+                + "; oidc-provider (memory) to its process memory"
             )
-            servers = {
-                "carebridge": (cb_port, client_id, out / "cb-"),
-                "oidc-provider": (node_port, "bench-client", out / "node-"),
-                # Its client credentials tokens as JWTs (ES256), like carebridge's; its
-                # default ones are opaque strings kept in memory.
-                "oidc-provider/jwt": (jwt_port, "bench-client", jwt_dir / "node-"),
-            }
             grants = {
                 "client_credentials": ("grant_type=client_credentials&scope=messaging.read", None),
                 "refresh_token": ("grant_type=refresh_token&refresh_token=TOKEN", "refresh.txt"),
@@ -310,9 +429,11 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
                     "codes.txt",
                 ),
             }
+            width = max(len(name) for name in servers)
             for grant, (body, tokens) in grants.items():
-                for name, (port, cid, prefix) in servers.items():
-                    if name.endswith("/jwt") and grant != "client_credentials":
+                results: dict[str, Result] = {}
+                for name, (port, cid, prefix, process, grants_run) in servers.items():
+                    if grant not in grants_run:
                         continue
                     auth = base64.b64encode(f"{cid}:{secret}".encode()).decode()
                     feed = {
@@ -320,19 +441,28 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
                         "BENCH_AUTH": f"Basic {auth}",
                         "BENCH_TOKENS": f"{prefix}{tokens}" if tokens else "",
                     }
-                    path = "oauth2/token" if name == "carebridge" else "token"
-                    figures = wrk(
+                    path = "oauth2/token" if name.startswith("carebridge") else "token"
+                    results[name] = wrk(
                         f"http://127.0.0.1:{port}/{path}",
                         args.seconds,
                         args.connections,
                         feed,
                         script,
+                        pid=process.pid,
+                        database_cpu=database_cpu,
                     )
-                    print(f"{grant:19} {name:17} {figures}")
+                    print(f"{grant:19} {name:{width}} {results[name].line()}")
+                ours = next(iter(results.values()))
+                for name, theirs in list(results.items())[1:]:
+                    print(
+                        f"{'':19} carebridge / {name}: {ours.rate / theirs.rate:4.2f}x req/s, "
+                        f"{ours.per_cpu_second / theirs.per_cpu_second:4.2f}x req/cpu-s"
+                    )
     finally:
         for process in processes:
             process.terminate()
             process.wait(timeout=10)
+        database_cpu.close()
         drop(args.database_url, dropped)
 
 

@@ -21,12 +21,30 @@ MAX_PARAMETER = 4096
 MAX_NONCE = 255
 MAX_STATE = 1024
 
-_DB: ContextVar[Session] = ContextVar("oidc_db")
+_DB: ContextVar[Session | None] = ContextVar("oidc_db", default=None)
+
+
+class NoTransactionError(RuntimeError):
+    """:func:`db` was called where no transaction is open: the work needs the database
+    (the token endpoint then runs it again, in a worker thread, in a transaction)."""
 
 
 def db() -> Session:
     """The transaction of the request being handled (Authlib's callbacks take none)."""
-    return _DB.get()
+    session = _DB.get()
+    if session is None:
+        raise NoTransactionError("no transaction is open here")
+    return session
+
+
+@contextmanager
+def unbound() -> Iterator[None]:
+    """No transaction for the duration of the block: :func:`db` raises NoTransactionError."""
+    reset = _DB.set(None)
+    try:
+        yield
+    finally:
+        _DB.reset(reset)
 
 
 @contextmanager

@@ -6,7 +6,7 @@ private_key_jwt with asymmetric algorithms and jti replay protection only."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -37,7 +37,7 @@ from identity.oidc import tokens
 from identity.oidc.clients import Client
 from identity.oidc.context import INTROSPECT_PATH, REVOKE_PATH, TOKEN_PATH, db
 from identity.oidc.models import OidcAuthorizationCode, OidcUsedAssertion
-from identity.oidc.tokens import Authorizing, EndUser
+from identity.oidc.tokens import AccountState, Authorizing, EndUser
 
 if TYPE_CHECKING:
     from identity.oidc.server import AuthorizationServer
@@ -47,7 +47,8 @@ CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key
 
 _CODES = cast(Table, OidcAuthorizationCode.__table__)
 # Built once (see identity.oidc.tokens): the code exchange is a hot path.
-_FIND_CODE = select(_CODES).where(_CODES.c.code_hash == bindparam("code_hash"))
+# The code, and its account's state (AccountState) in the same statement.
+_FIND_CODE = tokens.with_account_state(_CODES).where(_CODES.c.code_hash == bindparam("code_hash"))
 _USE_CODE = (
     update(_CODES)
     .where(_CODES.c.code_hash == bindparam("hash"), _CODES.c.used_at.is_(None))
@@ -150,6 +151,7 @@ class CodeRecord:
     code_challenge: str
     code_challenge_method: str
     auth_time: datetime
+    account: AccountState | None = field(default=None, compare=False)
 
     def get_redirect_uri(self) -> str:
         return self.redirect_uri
@@ -226,6 +228,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
             code_challenge=row.code_challenge,
             code_challenge_method=row.code_challenge_method,
             auth_time=row.auth_time,
+            account=AccountState.of(row),
         )
         if row.used_at is not None:
             self._reused(record)
@@ -245,7 +248,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         if not result.rowcount:  # type: ignore[attr-defined]
             self._reused(record)
             raise InvalidGrantError("The code was already used.")
-        return self.server.end_user(self.request.client, record.account_id, record.auth_time)
+        return self.server.end_user(
+            self.request.client, record.account_id, record.auth_time, state=record.account
+        )
 
     def delete_authorization_code(self, record: CodeRecord) -> None:
         """Kept, marked used, until it expires: a second use must be recognised."""
@@ -299,9 +304,10 @@ class RefreshRecord:
     issued_at: datetime
     expires_at: datetime
     revoked: bool
+    account: AccountState | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, row: Any) -> RefreshRecord:
+    def of(cls, row: Any, account: AccountState | None = None) -> RefreshRecord:
         return cls(
             token_hash=row.token_hash,
             family_id=row.family_id,
@@ -312,6 +318,7 @@ class RefreshRecord:
             issued_at=row.issued_at,
             expires_at=row.expires_at,
             revoked=row.revoked_at is not None or row.used_at is not None,
+            account=account,
         )
 
     def check_client(self, client: Client) -> bool:
@@ -336,10 +343,13 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
         if len(refresh_token) > 128:
             return None
-        row = tokens.find_refresh_token(db(), tokens.digest(refresh_token))
+        found = db().execute(
+            tokens.FIND_REFRESH_WITH_ACCOUNT, {"token_hash": tokens.digest(refresh_token)}
+        )
+        row = found.first()
         if row is None or row.revoked_at is not None:
             return None
-        record = RefreshRecord.of(row)
+        record = RefreshRecord.of(row, AccountState.of(row))
         if row.used_at is not None:
             self._reused(record)
             return None
@@ -356,7 +366,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         if not tokens.use_refresh_token(db(), record.token_hash):
             self._reused(record)
             raise InvalidGrantError("The refresh token was already used.")
-        return self.server.end_user(self.request.client, record.account_id, record.auth_time)
+        return self.server.end_user(
+            self.request.client, record.account_id, record.auth_time, state=record.account
+        )
 
     def revoke_old_credential(self, record: RefreshRecord) -> None:
         """Already marked used by authenticate_user."""

@@ -5,15 +5,18 @@ opaque patient ID for first-party clients, and the way back from (client, sub) t
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, select
+from sqlalchemy.dialects.postgresql import insert as _pg_insert
+from sqlalchemy.dialects.sqlite import insert as _sqlite_insert
 from sqlalchemy.orm import Session
 
 from carebridge.keyring import Keyring
 from identity.oidc.models import OidcSubject
 
 PAIRWISE_PURPOSE = "oidc-pairwise-sub"
+_SUBJECT = cast(Table, OidcSubject.__table__)
 
 
 def pairwise(keyring: Keyring, *, sector: str, account_id: str) -> str:
@@ -22,26 +25,26 @@ def pairwise(keyring: Keyring, *, sector: str, account_id: str) -> str:
 
 
 def record(db: Session, *, client_id: str, subject: str, account_id: str) -> None:
-    """Remember that ``subject`` given to ``client_id`` is ``account_id`` (idempotent)."""
-    existing = db.get(OidcSubject, (client_id, subject))
-    if existing is not None:
-        if existing.account_id != account_id:  # a hash collision or a changed patient link
-            raise ValueError("subject already stands for another account")
+    """Remember that ``subject`` given to ``client_id`` is ``account_id`` (idempotent).
+
+    One statement when the pair is new: ``INSERT … ON CONFLICT DO NOTHING`` (no savepoint,
+    and a concurrent request recording the same pair is no error). Raises ValueError if
+    the client's ``sub`` already stands for another account or the account already has
+    another ``sub`` with this client (a hash collision or a changed patient link).
+    """
+    row = {
+        "client_id": client_id,
+        "subject": subject,
+        "account_id": account_id,
+        "created_at": datetime.now(UTC),
+    }
+    dialect = db.get_bind().dialect.name
+    statement = (_pg_insert if dialect == "postgresql" else _sqlite_insert)(_SUBJECT)
+    result = db.execute(statement.on_conflict_do_nothing(), row)
+    if result.rowcount == 1:  # type: ignore[attr-defined]
         return
-    try:
-        with db.begin_nested():
-            db.add(
-                OidcSubject(
-                    client_id=client_id,
-                    subject=subject,
-                    account_id=account_id,
-                    created_at=datetime.now(UTC),
-                )
-            )
-    except IntegrityError:
-        # A concurrent request recorded the same pair first.
-        if account_for(db, client_id=client_id, subject=subject) != account_id:
-            raise
+    if account_for(db, client_id=client_id, subject=subject) != account_id:
+        raise ValueError("subject already stands for another account")
 
 
 def account_for(db: Session, *, client_id: str, subject: str) -> str | None:

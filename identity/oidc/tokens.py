@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from joserfc import jwt
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Select, Table, and_, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from carebridge.http import bearer
@@ -21,7 +21,7 @@ from identity.models import Account, PatientLink
 from identity.oidc import scopes as scope_rules
 from identity.oidc import subjects
 from identity.oidc.clients import Client
-from identity.oidc.models import OidcRefreshToken, OidcRevokedAccessToken
+from identity.oidc.models import OidcRefreshToken, OidcRevokedAccessToken, OidcSubject
 
 
 def digest(value: str) -> str:
@@ -45,13 +45,57 @@ class Authorizing:
     auth_time: datetime
 
 
-_RECORDED_MAX = 100_000
 _REFRESH = cast(Table, OidcRefreshToken.__table__)
 _ACCOUNT = cast(Table, Account.__table__)
 _LINK = cast(Table, PatientLink.__table__)
+_SUBJECT = cast(Table, OidcSubject.__table__)
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """What a grant needs to know of the account, read with the code or refresh token in
+    the same statement: its status (None: gone), its patient (None: unverified), and the
+    ``sub`` already recorded for the client (None: not yet)."""
+
+    status: str | None
+    patient_id: str | None
+    recorded_subject: str | None
+
+    @classmethod
+    def of(cls, row: Any) -> AccountState:
+        return cls(row.account_status, row.patient_id, row.recorded_subject)
+
+
+_STATE_COLUMNS = (
+    _ACCOUNT.c.status.label("account_status"),
+    _LINK.c.patient_id.label("patient_id"),
+    _SUBJECT.c.subject.label("recorded_subject"),
+)
+
+
+def with_account_state(table: Table) -> Select[Any]:
+    """``SELECT table.*`` and the :class:`AccountState` of its row's account as its row's
+    client sees it (by the table's ``account_id`` and ``client_id``): one round trip."""
+    joined = (
+        table.outerjoin(_ACCOUNT, _ACCOUNT.c.id == table.c.account_id)
+        .outerjoin(_LINK, _LINK.c.account_id == table.c.account_id)
+        .outerjoin(
+            _SUBJECT,
+            and_(
+                _SUBJECT.c.client_id == table.c.client_id,
+                _SUBJECT.c.account_id == table.c.account_id,
+            ),
+        )
+    )
+    return select(table, *_STATE_COLUMNS).select_from(joined)
+
+
 # Hot-path statements, built once: building a statement and its cache key on every
 # request costs more than running it.
 _FIND_REFRESH = select(_REFRESH).where(_REFRESH.c.token_hash == bindparam("token_hash"))
+FIND_REFRESH_WITH_ACCOUNT = with_account_state(_REFRESH).where(
+    _REFRESH.c.token_hash == bindparam("token_hash")
+)
 _USE_REFRESH = (
     update(_REFRESH)
     .where(
@@ -63,8 +107,16 @@ _USE_REFRESH = (
 )
 _INSERT_REFRESH = insert(_REFRESH)
 _ACCOUNT_STATE = (
-    select(_ACCOUNT.c.status, _LINK.c.patient_id)
-    .select_from(_ACCOUNT.outerjoin(_LINK, _LINK.c.account_id == _ACCOUNT.c.id))
+    select(*_STATE_COLUMNS)
+    .select_from(
+        _ACCOUNT.outerjoin(_LINK, _LINK.c.account_id == _ACCOUNT.c.id).outerjoin(
+            _SUBJECT,
+            and_(
+                _SUBJECT.c.client_id == bindparam("client_id"),
+                _SUBJECT.c.account_id == _ACCOUNT.c.id,
+            ),
+        )
+    )
     .where(_ACCOUNT.c.id == bindparam("account_id"))
 )
 
@@ -91,30 +143,30 @@ def end_user(
     account_id: str,
     auth_time: datetime,
     *,
-    recorded: set[tuple[str, str]] | None = None,
+    state: AccountState | None = None,
 ) -> EndUser | None:
     """The end user for a token, or None if the account can no longer have one.
 
-    ``recorded`` remembers (client, subject) pairs already written by this process:
-    the mapping never changes once written, and the token endpoint is a hot path.
+    ``state``: the account as read with the code or refresh token (the token endpoint's
+    grants); without it, it is read here. The subject is recorded the first time it is
+    given to the client (one INSERT), never looked up again once the state shows it.
     """
-    found = db.execute(_ACCOUNT_STATE, {"account_id": account_id}).first()
-    if found is None or found.status != accounts.ACTIVE:
+    if state is None:
+        found = db.execute(
+            _ACCOUNT_STATE, {"account_id": account_id, "client_id": client.client_id}
+        ).first()
+        state = AccountState.of(found) if found is not None else None
+    if state is None or state.status != accounts.ACTIVE:
         return None
-    patient_id: str | None = found.patient_id
+    patient_id = state.patient_id
     if client.first_party:
         if patient_id is None:
             return None
         subject = patient_id
     else:
         subject = subjects.pairwise(runtime.keyring, sector=client.sector, account_id=account_id)
-    pair = (client.client_id, subject)
-    if recorded is None or pair not in recorded:
+    if state.recorded_subject != subject:
         subjects.record(db, client_id=client.client_id, subject=subject, account_id=account_id)
-        if recorded is not None:
-            if len(recorded) > _RECORDED_MAX:
-                recorded.clear()
-            recorded.add(pair)
     return EndUser(
         account_id=account_id,
         auth_time=int(aware(auth_time).timestamp()),

@@ -9,6 +9,7 @@ import hmac
 import json
 import secrets
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from starlette.testclient import TestClient
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from identity.oidc import clients
+from identity.oidc import server as server_module
 from tests.oidc import helpers
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -148,6 +150,7 @@ def test_a_replayed_assertion_is_refused(
 ) -> None:
     assertion = _assertion(runtime, jwt_client.client_id, signing_key)
     assert _with_assertion(client, jwt_client, assertion).status_code == 200
+    # The client is cached now: the assertion still goes through a transaction (its jti).
     again = _with_assertion(client, jwt_client, assertion)
     assert again.status_code in (400, 401) and again.json()["error"] == "invalid_client"
 
@@ -229,3 +232,34 @@ def test_a_clients_own_token_lifetime_applies(client: TestClient, runtime: Runti
     body = _cc(client, short).json()
     claims = jwt.decode(body["access_token"], runtime.keyring.verification_keys()).claims
     assert body["expires_in"] == 120 and claims["exp"] - claims["iat"] == 120
+
+
+def test_a_cached_clients_grant_needs_no_transaction_until_the_cache_expires(
+    client: TestClient,
+    runtime: Runtime,
+    backend_client: helpers.Registered,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert _cc(client, backend_client).status_code == 200  # reads the client: a transaction
+    server = client.app.state.oidc_server  # type: ignore[attr-defined]
+    in_transaction: list[object] = []
+    run = server.run
+
+    async def counting_run(work: Any) -> Any:
+        in_transaction.append(work)
+        return await run(work)
+
+    monkeypatch.setattr(server, "run", counting_run)
+    assert _cc(client, backend_client).status_code == 200
+    wrong = helpers.Registered(backend_client.client_id, "wrong", backend_client.redirect_uri)
+    assert _cc(client, wrong).status_code == 401
+    assert in_transaction == []  # answered on the event loop, from the cached client
+    with transaction(runtime.sessions) as db:
+        clients.disable(db, backend_client.client_id)
+    # Within CAREBRIDGE_CLIENT_CACHE_SECONDS the cached copy answers (documented); after,
+    # the registration is read again, in a transaction, and the disabled client refused.
+    later = time.monotonic() + runtime.settings.client_cache_seconds + 1
+    monkeypatch.setattr(server_module, "time", SimpleNamespace(monotonic=lambda: later))
+    response = _cc(client, backend_client)
+    assert response.status_code == 401 and response.json()["error"] == "invalid_client"
+    assert len(in_transaction) == 1

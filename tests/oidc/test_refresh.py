@@ -7,12 +7,16 @@ import threading
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select
+from joserfc import jwt
+from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from carebridge.audit import AuditRecord
+from carebridge.db import transaction
 from carebridge.runtime import Runtime
-from identity.oidc.models import OidcRefreshToken
+from identity.accounts import DISABLED
+from identity.models import Account
+from identity.oidc.models import OidcRefreshToken, OidcSubject
 from tests.browser.harness import LiveApp
 from tests.oidc import helpers
 
@@ -143,3 +147,25 @@ def test_a_narrowed_refresh_keeps_the_grant_and_its_scope(
     # ask for all of it again.
     again = _refresh(client, registered, narrowed["refresh_token"]).json()
     assert again["scope"] == "openid offline_access"
+
+
+def test_a_refresh_keeps_the_subject_and_a_disabled_account_gets_nothing(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    # The grant reads the account (status, patient, recorded sub) with the token itself.
+    registered = helpers.register(runtime)
+    someone = helpers.person(runtime, tmp_path)
+    helpers.use_session(client, runtime, someone.session_token)
+    first = _tokens(client, registered)
+    keys = runtime.keyring.verification_keys()
+    subject = jwt.decode(first["access_token"], keys).claims["sub"]
+    second = _refresh(client, registered, first["refresh_token"])
+    assert second.status_code == 200, second.text
+    assert jwt.decode(second.json()["access_token"], keys).claims["sub"] == subject
+    with runtime.sessions() as db:
+        recorded = db.scalars(select(OidcSubject.subject)).all()
+    assert recorded == [subject]
+    with transaction(runtime.sessions) as db:
+        db.execute(update(Account).where(Account.id == someone.account_id).values(status=DISABLED))
+    refused = _refresh(client, registered, second.json()["refresh_token"])
+    assert refused.status_code == 400 and "access_token" not in refused.json()
