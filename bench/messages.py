@@ -120,8 +120,14 @@ def disable(features: str) -> None:
     wanted = {f for f in features.split(",") if f}
     if "audit" in wanted:
         audit.append = lambda *args, **kwargs: None  # type: ignore[assignment,return-value]
+        audit.stage = lambda *args, **kwargs: None  # type: ignore[assignment,return-value]
     if "outbox" in wanted:
-        threads.outbox.enqueue = lambda *args, **kwargs: ""  # type: ignore[assignment]
+        together = threads.insert_together
+
+        def without_notifications(db, rows):  # type: ignore[no-untyped-def]
+            together(db, [row for row in rows if row[0].name != "notification"])
+
+        threads.insert_together = without_notifications
     if "crypto" in wanted:
         crypto.cipher_for = lambda keyring, thread: crypto.ThreadCipher(thread.id, b"")  # type: ignore[assignment]
         crypto.ThreadCipher.seal = lambda self, record, field, data: data  # type: ignore[assignment,method-assign]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -13,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from carebridge import audit
 from carebridge.demo import provider_app
 from carebridge.http import health, metrics, openapi
 from carebridge.http.csrf import CsrfCookieMiddleware
@@ -32,6 +36,7 @@ from messaging import routes as messaging_routes
 from sms import routes as sms_routes
 
 STATIC = StaticFiles(packages=[("carebridge.http", "static")])
+log = logging.getLogger("carebridge.audit")
 
 
 async def home(request: Request) -> Response:
@@ -54,12 +59,27 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
     ]
 
 
+async def chain_audit_records(runtime: Runtime) -> None:
+    """Link new audit records into the chain every ``audit_chain_seconds`` (PostgreSQL):
+    requests write them without waiting on the chain (carebridge.audit)."""
+    while True:
+        await anyio.sleep(runtime.settings.audit_chain_seconds)
+        try:
+            await anyio.to_thread.run_sync(audit.chain_all, runtime.sessions)
+        except Exception:
+            log.exception("audit chaining failed; retrying")
+
+
 def create_app(runtime: Runtime) -> Starlette:
     settings = runtime.settings
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+        async with anyio.create_task_group() as tasks:
+            if not settings.uses_sqlite:
+                tasks.start_soon(chain_audit_records, runtime)
+            yield
+            tasks.cancel_scope.cancel()
         runtime.close()
 
     app = Starlette(

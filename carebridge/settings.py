@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     # Demo mode (`carebridge serve --demo` sets it): synthetic data and the demo provider app.
     demo: bool = False
+    # How often each web process links new audit records into the chain (PostgreSQL):
+    # also the longest a record stays written but unchained while the service is up.
+    audit_chain_seconds: float = Field(default=1.0, gt=0, le=60)
 
     # Accounts and sessions (identity/)
     session_idle_minutes: int = Field(default=15, ge=1, le=24 * 60)

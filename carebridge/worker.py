@@ -52,10 +52,14 @@ def audit_checkpoint(runtime: Runtime) -> None:
     The chain alone cannot show that its newest records were cut off; a head recorded
     outside the database (shipped logs) can. A broken chain is an error for alerting.
     """
+    audit.chain_all(runtime.sessions)
     with runtime.sessions() as session:
         result = audit.verify(session)
     if result.intact:
-        log.info("audit checkpoint", extra={"records": result.records, "head": result.head})
+        log.info(
+            "audit checkpoint",
+            extra={"records": result.records, "head": result.head, "pending": result.pending},
+        )
     else:
         log.error(
             "audit chain broken",
@@ -63,4 +67,11 @@ def audit_checkpoint(runtime: Runtime) -> None:
         )
 
 
+def audit_chain(runtime: Runtime) -> None:
+    """Link the audit records written since the last run (PostgreSQL; SQLite chains
+    inline). The web processes do this too; the chainer lock lets one at a time work."""
+    audit.chain_all(runtime.sessions)
+
+
+AUDIT_CHAIN = Job("audit-chain", 1.0, audit_chain)
 AUDIT_CHECKPOINT = Job("audit-checkpoint", 3600.0, audit_checkpoint)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from carebridge import audit
@@ -22,10 +24,9 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.http.bearer import AccessToken
 from carebridge.runtime import Runtime
-from identity import patients
 from identity.accounts import ACTIVE
-from identity.models import Account
-from identity.oidc import subjects
+from identity.models import Account, PatientLink
+from identity.oidc.models import OidcSubject
 from messaging.crypto import ContentUnavailableError, KeyUnavailableError, ShreddedError
 from messaging.models import CareTeamClient, CareTeamStaff, Thread
 
@@ -73,33 +74,81 @@ def gone() -> RefusedError:
 # Who the caller is
 
 
+_TEAM_CLIENTS = cast(Table, CareTeamClient.__table__)
+_TEAM_STAFF = cast(Table, CareTeamStaff.__table__)
+_SUBJECTS = cast(Table, OidcSubject.__table__)
+_ACCOUNTS = cast(Table, Account.__table__)
+_LINKS = cast(Table, PatientLink.__table__)
+# Built once: every API request resolves its caller.
+_TEAM_OF_CLIENT = select(_TEAM_CLIENTS.c.care_team_id).where(
+    _TEAM_CLIENTS.c.client_id == bindparam("client_id")
+)
+# (client, sub) -> the account, whether it is active, and its verified patient ID.
+_PERSON = (
+    select(_ACCOUNTS.c.id, _ACCOUNTS.c.status, _LINKS.c.patient_id)
+    .select_from(
+        _SUBJECTS.join(_ACCOUNTS, _ACCOUNTS.c.id == _SUBJECTS.c.account_id).outerjoin(
+            _LINKS, _LINKS.c.account_id == _ACCOUNTS.c.id
+        )
+    )
+    .where(
+        _SUBJECTS.c.client_id == bindparam("client_id"),
+        _SUBJECTS.c.subject == bindparam("subject"),
+    )
+)
+_IS_STAFF = select(_TEAM_STAFF.c.account_id).where(
+    _TEAM_STAFF.c.care_team_id == bindparam("team"),
+    _TEAM_STAFF.c.account_id == bindparam("account"),
+)
+
+
+# A client's care team as this process last read it: every API request asks, and
+# membership changes rarely. Only found teams are kept (a client just added acts at
+# once); removing a client from its team takes effect within TEAM_CACHE_SECONDS.
+TEAM_CACHE_SECONDS = 5.0
+_teams: WeakKeyDictionary[object, dict[str, tuple[float, str]]] = WeakKeyDictionary()
+
+
+def _team_of(db: Session, client_id: str) -> str | None:
+    cache = _teams.setdefault(db.get_bind(), {})
+    now = time.monotonic()
+    cached = cache.get(client_id)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    team: str | None = db.execute(_TEAM_OF_CLIENT, {"client_id": client_id}).scalar()
+    if team is None:
+        cache.pop(client_id, None)
+    else:
+        if len(cache) >= 10_000:
+            cache.clear()
+        cache[client_id] = (now + TEAM_CACHE_SECONDS, team)
+    return team
+
+
 def actor_for_token(db: Session, token: AccessToken) -> Actor | None:
-    team = db.get(CareTeamClient, token.client_id)
+    team = _team_of(db, token.client_id)
     if team is not None:
         if token.is_client_only:
-            return Actor("app", token.client_id, team.care_team_id)
-        account_id = _active_account(db, token)
-        if account_id is None:
+            return Actor("app", token.client_id, team)
+        person = _person(db, token)
+        if person is None:
             return None
-        staff = db.get(CareTeamStaff, (team.care_team_id, account_id))
-        return Actor("staff", account_id, team.care_team_id) if staff is not None else None
+        staff = db.execute(_IS_STAFF, {"team": team, "account": person.id}).first()
+        return Actor("staff", person.id, team) if staff is not None else None
     if token.is_client_only:
         return None
-    account_id = _active_account(db, token)
-    if account_id is None:
+    person = _person(db, token)
+    if person is None or person.patient_id is None:
         return None
-    patient_id = patients.patient_id_of(db, account_id)
-    return Actor("patient", patient_id) if patient_id is not None else None
+    return Actor("patient", person.patient_id)
 
 
-def _active_account(db: Session, token: AccessToken) -> str | None:
-    """The account a user-bound token stands for, unless it was disabled since: a token
-    outlives the sessions that disabling ends, for up to its lifetime."""
-    account_id = subjects.account_for(db, client_id=token.client_id, subject=token.subject)
-    if account_id is None:
-        return None
-    account = db.get(Account, account_id)
-    return account_id if account is not None and account.status == ACTIVE else None
+def _person(db: Session, token: AccessToken) -> Any:
+    """The active account a user-bound token stands for (with its patient ID), or None if
+    it was disabled since: a token outlives the sessions that disabling ends, for up to
+    its lifetime."""
+    found = db.execute(_PERSON, {"client_id": token.client_id, "subject": token.subject}).first()
+    return found if found is not None and found.status == ACTIVE else None
 
 
 @dataclass(frozen=True)
@@ -172,11 +221,9 @@ def perform(
             if actor is None:
                 raise RefusedError(404 if target.startswith("thread:") else 403, _NO_ACCESS)
             label = actor.participant
-            result = work(db, actor)
-            # Everything else is written first: the audit append serializes all writers
-            # on the chain's lock until commit, so it comes last and alone.
-            db.flush()
-            audit.append(
+            # Staged before the work (a refusal rolls it back with the work), so a hot
+            # path can write it along with its own rows (messaging.threads).
+            audit.stage(
                 db,
                 actor=label,
                 action=action,
@@ -184,7 +231,7 @@ def perform(
                 target=target,
                 request_id=request_id,
             )
-            return result
+            return work(db, actor)
     except RefusedError as exc:
         outcome = Outcome.DENIED if exc.status in (403, 404, 410) else Outcome.FAILED
         _record(

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from carebridge import audit
@@ -118,17 +118,28 @@ class ReadState(BaseModel):
     last_read_seq: int
 
 
+# Responses are built from our own typed views: construct, don't validate again (a page
+# of messages is a hundred models; validating each is most of a read's CPU time).
+
+
 def _thread_out(view: ThreadView) -> ThreadOut:
-    return ThreadOut(**view.__dict__)
+    return ThreadOut.model_construct(**view.__dict__)
 
 
 def _attachment_out(view: AttachmentView) -> AttachmentOut:
-    return AttachmentOut(**view.__dict__)
+    return AttachmentOut.model_construct(**view.__dict__)
 
 
 def _message_out(view: MessageView) -> MessageOut:
-    data = {k: v for k, v in view.__dict__.items() if k not in ("attachments", "mine")}
-    return MessageOut(**data, attachments=[_attachment_out(a) for a in view.attachments])
+    return MessageOut.model_construct(
+        id=view.id,
+        seq=view.seq,
+        author_kind=view.author_kind,
+        author_id=view.author_id,
+        body=view.body,
+        created_at=view.created_at,
+        attachments=[_attachment_out(a) for a in view.attachments] if view.attachments else [],
+    )
 
 
 # Plumbing
@@ -228,7 +239,10 @@ def _limit(request: Request) -> int:
 
 
 def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
+    # pydantic serializes straight to JSON bytes: no dict of dicts for json.dumps to walk.
+    return Response(
+        model.model_dump_json(), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
 # Endpoints
@@ -348,7 +362,7 @@ async def create_thread(request: Request) -> Response:
     view, page = await _perform(
         request, caller, action="messaging.thread.create", target="threads", work=work
     )
-    detail = ThreadDetail(
+    detail = ThreadDetail.model_construct(
         thread=_thread_out(view),
         messages=[_message_out(m) for m in page.items],
         next_cursor=page.next_cursor,
@@ -405,7 +419,7 @@ async def get_thread(request: Request) -> Response:
             db, runtime.keyring, actor, thread_id, cursor=cursor, limit=limit
         ),
     )
-    detail = ThreadDetail(
+    detail = ThreadDetail.model_construct(
         thread=_thread_out(view),
         messages=[_message_out(m) for m in page.items],
         next_cursor=page.next_cursor,

@@ -11,12 +11,13 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
-from sqlalchemy import and_, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import DateTime, Table, and_, bindparam, func, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
+from carebridge import audit
+from carebridge.db import insert_together
 from carebridge.keyring import Keyring
 from carebridge.settings import Settings
 from identity.models import RosterMember, new_id
@@ -134,21 +135,137 @@ def _parse_seq_cursor(cursor: str | None) -> int:
 # Reading
 
 
+_READ_STATES = cast(Table, ThreadReadState.__table__)
+_MESSAGES = cast(Table, Message.__table__)
+_THREADS = cast(Table, Thread.__table__)
+# Hot-path statements, built once (building one and its cache key costs more than
+# running it): the read-state upsert, the message insert, and the claim of a thread's
+# next message number for each kind of actor.
+# The upsert is written out: the dialects' insert().on_conflict_do_update() is not
+# cacheable and was compiled again on every request. PostgreSQL and SQLite (3.24+) both
+# speak this form.
+_ADVANCE = text(
+    "INSERT INTO thread_read_state (thread_id, participant, last_read_seq, updated_at) "
+    "VALUES (:thread_id, :participant, :seq, :now) "
+    "ON CONFLICT (thread_id, participant) DO UPDATE "
+    "SET last_read_seq = excluded.last_read_seq, updated_at = excluded.updated_at "
+    "WHERE thread_read_state.last_read_seq < excluded.last_read_seq"
+).bindparams(bindparam("now", type_=DateTime(timezone=True)))
+
+
+def _claim_next_seq(mine: Any) -> Any:
+    return (
+        update(_THREADS)
+        .where(
+            _THREADS.c.id == bindparam("thread_id"),
+            mine,
+            _THREADS.c.status == "open",
+            _THREADS.c.data_key_wrapped.is_not(None),
+        )
+        .values(last_seq=_THREADS.c.last_seq + 1, last_message_at=bindparam("moment"))
+        .returning(
+            _THREADS.c.last_seq,
+            _THREADS.c.patient_id,
+            _THREADS.c.data_key_wrapped,
+            _THREADS.c.kek_id,
+        )
+    )
+
+
+_TEAMS = cast(Table, CareTeam.__table__)
+_ATTACHMENTS = cast(Table, Attachment.__table__)
+_THREAD_FOR_READER = (
+    select(
+        _THREADS,
+        _TEAMS.c.name.label("team_name"),
+        func.coalesce(_READ_STATES.c.last_read_seq, 0).label("last_read"),
+    )
+    .select_from(
+        _THREADS.join(_TEAMS, _TEAMS.c.id == _THREADS.c.care_team_id).outerjoin(
+            _READ_STATES,
+            and_(
+                _READ_STATES.c.thread_id == _THREADS.c.id,
+                _READ_STATES.c.participant == bindparam("participant"),
+            ),
+        )
+    )
+    .where(_THREADS.c.id == bindparam("thread_id"))
+)
+# A page of messages with their attachments (usually none) in one round trip: the page
+# first, then each message's attachment rows, if any, joined on.
+_PAGE = (
+    select(
+        _MESSAGES.c.id.label("message_id"),
+        _MESSAGES.c.seq.label("message_seq"),
+        _MESSAGES.c.author_kind,
+        _MESSAGES.c.author_id,
+        _MESSAGES.c.body_encrypted,
+        _MESSAGES.c.created_at.label("message_created_at"),
+    )
+    .where(_MESSAGES.c.thread_id == bindparam("thread_id"), _MESSAGES.c.seq > bindparam("after"))
+    .order_by(_MESSAGES.c.seq)
+    .limit(bindparam("limit"))
+    .subquery("page")
+)
+# What a reader sees, in one round trip: the thread, its team's name and the reader's
+# position, then a page of messages (none: one row of NULLs) with their attachments, if
+# any, joined on. Every row repeats the thread's columns.
+_READER_THREAD = _THREAD_FOR_READER.subquery("t")
+_READ_PAGE = (
+    select(
+        _READER_THREAD,
+        _PAGE,
+        _ATTACHMENTS.c.id.label("attachment_id"),
+        _ATTACHMENTS.c.filename_encrypted,
+        _ATTACHMENTS.c.content_type,
+        _ATTACHMENTS.c.size,
+    )
+    .select_from(
+        _READER_THREAD.outerjoin(_PAGE, true()).outerjoin(
+            _ATTACHMENTS, _ATTACHMENTS.c.message_id == _PAGE.c.message_id
+        )
+    )
+    .order_by(_PAGE.c.message_seq, _ATTACHMENTS.c.created_at, _ATTACHMENTS.c.id)
+)
+# PostgreSQL: the request's audit record written by the same statement.
+_READ_PAGE_AUDITED = audit.with_record(_READ_PAGE)
+# Keyed by "acts for a care team": which column names the owner.
+_CLAIM = {
+    True: _claim_next_seq(_THREADS.c.care_team_id == bindparam("owner")),
+    False: _claim_next_seq(_THREADS.c.patient_id == bindparam("owner")),
+}
+
+
+def _claim_and_advance(owner_column: Literal["care_team_id", "patient_id"]) -> Any:
+    """PostgreSQL: the claim and the writer's read-state upsert in one statement."""
+    # The column is one of two fixed names; every value is bound.
+    return text(
+        "WITH claimed AS ("  # noqa: S608
+        " UPDATE thread SET last_seq = last_seq + 1, last_message_at = :moment"
+        f" WHERE id = :thread_id AND {owner_column} = :owner AND status = 'open'"
+        " AND data_key_wrapped IS NOT NULL"
+        " RETURNING last_seq, patient_id, data_key_wrapped, kek_id"
+        "), advanced AS ("
+        " INSERT INTO thread_read_state (thread_id, participant, last_read_seq, updated_at)"
+        " SELECT :thread_id, :participant, last_seq, :moment FROM claimed"
+        " ON CONFLICT (thread_id, participant) DO UPDATE"
+        " SET last_read_seq = excluded.last_read_seq, updated_at = excluded.updated_at"
+        " WHERE thread_read_state.last_read_seq < excluded.last_read_seq"
+        ") SELECT last_seq, patient_id, data_key_wrapped, kek_id FROM claimed"
+    )
+
+
+_CLAIM_AND_ADVANCE = {
+    True: _claim_and_advance("care_team_id"),
+    False: _claim_and_advance("patient_id"),
+}
+
+
 def _advance(db: Session, thread_id: str, participant: str, seq: int) -> None:
     """Move a participant's read position forward (never back), in one statement."""
-    insert = postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(ThreadReadState).values(
-        thread_id=thread_id, participant=participant, last_read_seq=seq, updated_at=now()
-    )
     db.execute(
-        statement.on_conflict_do_update(
-            index_elements=[ThreadReadState.thread_id, ThreadReadState.participant],
-            set_={
-                "last_read_seq": statement.excluded.last_read_seq,
-                "updated_at": statement.excluded.updated_at,
-            },
-            where=ThreadReadState.last_read_seq < statement.excluded.last_read_seq,
-        )
+        _ADVANCE,
+        {"thread_id": thread_id, "participant": participant, "seq": seq, "now": now()},
     )
 
 
@@ -219,29 +336,6 @@ def unread_total(db: Session, actor: Actor) -> int:
     return int(db.execute(query).scalar_one())
 
 
-def _attachments_of(
-    db: Session, cipher: ThreadCipher, message_ids: list[str]
-) -> dict[str, list[AttachmentView]]:
-    found: dict[str, list[AttachmentView]] = {}
-    if not message_ids:
-        return found
-    query = (
-        select(
-            Attachment.id,
-            Attachment.message_id,
-            Attachment.filename_encrypted,
-            Attachment.content_type,
-            Attachment.size,
-        )
-        .where(Attachment.message_id.in_(message_ids))
-        .order_by(Attachment.created_at, Attachment.id)
-    )
-    for att_id, message_id, name_blob, content_type, size in db.execute(query):
-        name = cipher.open_text(att_id, crypto.FILENAME, name_blob)
-        found.setdefault(message_id, []).append(AttachmentView(att_id, name, content_type, size))
-    return found
-
-
 def _message_view(
     actor: Actor,
     *,
@@ -287,56 +381,54 @@ def get_thread(
     after = _parse_seq_cursor(cursor)
     if not THREAD_ID.fullmatch(thread_id):
         raise not_found()
-    state = ThreadReadState
-    # The thread, its team's name and the reader's position in one round trip.
-    row = db.execute(
-        select(Thread, CareTeam.name, func.coalesce(state.last_read_seq, 0))
-        .join(CareTeam, CareTeam.id == Thread.care_team_id)
-        .outerjoin(
-            state, and_(state.thread_id == Thread.id, state.participant == actor.participant)
-        )
-        .where(Thread.id == thread_id)
-    ).first()
-    if row is None or not may_see(actor, row[0]):
+    params: dict[str, Any] = {
+        "thread_id": thread_id,
+        "participant": actor.participant,
+        "after": after,
+        "limit": limit + 1,
+    }
+    record = audit.take_staged_params(db)
+    if record is not None:
+        params.update(record)
+    found = db.execute(_READ_PAGE if record is None else _READ_PAGE_AUDITED, params).all()
+    # The thread: a Core row with the Thread model's attribute names.
+    thread: Any = found[0] if found else None
+    if thread is None or not may_see(actor, thread):
         raise not_found()
-    thread, team_name, last_read = row
     if thread.data_key_wrapped is None:
         raise gone()
     cipher = crypto.cipher_for(keyring, thread)
-    view = _view(keyring, thread, team_name, last_read, cipher, actor=actor)
-    query = (
-        select(
-            Message.id,
-            Message.seq,
-            Message.author_kind,
-            Message.author_id,
-            Message.body_encrypted,
-            Message.created_at,
-        )
-        .where(Message.thread_id == thread.id, Message.seq > after)
-        .order_by(Message.seq)
-        .limit(limit + 1)
-    )
-    rows = db.execute(query).all()
+    view = _view(keyring, thread, thread.team_name, thread.last_read, cipher, actor=actor)
+    rows: list[Any] = []
+    attachments: dict[str, list[AttachmentView]] = {}
+    for row in found:
+        if row.message_id is None:
+            break  # no messages after the cursor
+        if not rows or rows[-1].message_id != row.message_id:
+            rows.append(row)
+        if row.attachment_id is not None:
+            name = cipher.open_text(row.attachment_id, crypto.FILENAME, row.filename_encrypted)
+            attachments.setdefault(row.message_id, []).append(
+                AttachmentView(row.attachment_id, name, row.content_type, row.size)
+            )
     shown = rows[:limit]
-    attachments = _attachments_of(db, cipher, [m.id for m in shown])
     messages = [
         _message_view(
             actor,
-            message_id=m.id,
-            seq=m.seq,
+            message_id=m.message_id,
+            seq=m.message_seq,
             author_kind=m.author_kind,
             author_id=m.author_id,
-            created_at=m.created_at,
-            body=cipher.open_text(m.id, crypto.BODY, m.body_encrypted),
-            attachments=attachments.get(m.id, []),
+            created_at=m.message_created_at,
+            body=cipher.open_text(m.message_id, crypto.BODY, m.body_encrypted),
+            attachments=attachments.get(m.message_id, []),
         )
         for m in shown
     ]
     if mark_read and shown:
-        _advance(db, thread.id, actor.participant, shown[-1].seq)
+        _advance(db, thread.id, actor.participant, shown[-1].message_seq)
     more = len(rows) > limit
-    return view, Page(messages, str(shown[-1].seq) if more else None)
+    return view, Page(messages, str(shown[-1].message_seq) if more else None)
 
 
 # Writing
@@ -377,23 +469,23 @@ def _insert_message(
 ) -> Posted:
     # Core statements, not the unit of work: this is the hot path of the service.
     posted = Posted(new_id("msg"), seq, actor.kind, actor.id, moment)
-    db.execute(
-        insert(Message).values(
-            id=posted.id,
-            thread_id=cipher.thread_id,
-            seq=seq,
-            author_kind=actor.kind,
-            author_id=actor.id,
-            body_encrypted=cipher.seal_text(posted.id, crypto.BODY, body),
-            created_at=moment,
-        )
-    )
-    _advance(db, cipher.thread_id, actor.participant, seq)
+    message = {
+        "id": posted.id,
+        "thread_id": cipher.thread_id,
+        "seq": seq,
+        "author_kind": actor.kind,
+        "author_id": actor.id,
+        "body_encrypted": cipher.seal_text(posted.id, crypto.BODY, body),
+        "created_at": moment,
+    }
+    rows: list[tuple[Table, dict[str, Any]]] = [(_MESSAGES, message)]
     if actor.for_care_team:
         # Same transaction: the notice exists if and only if the message does.
-        outbox.enqueue(
-            db, patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id=cipher.thread_id
+        rows.append(
+            outbox.row(patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id=cipher.thread_id)
         )
+    # The message, its notice and the audit record of this request: one round trip.
+    insert_together(db, [*rows, *audit.take_staged(db)])
     return posted
 
 
@@ -437,6 +529,7 @@ def create_thread(
     )
     db.add(thread)
     db.flush()
+    _advance(db, thread_id, actor.participant, 1)
     posted = _insert_message(
         db, cipher, actor, patient_id=patient_id, seq=1, moment=moment, body=body
     )
@@ -446,25 +539,20 @@ def create_thread(
 def _next_seq(
     db: Session, keyring: Keyring, actor: Actor, thread_id: str, moment: datetime
 ) -> tuple[ThreadCipher, str, int]:
-    """Take the thread's next message number, locking its row until commit, in one
-    statement; a refusal says why only to someone who may see the thread."""
-    mine = (
-        Thread.care_team_id == actor.care_team_id
-        if actor.for_care_team
-        else Thread.patient_id == actor.id
-    )
+    """Take the thread's next message number (locking its row until commit) and move the
+    writer's read position to it; a refusal says why only to someone who may see the
+    thread. On PostgreSQL both in one statement."""
+    postgresql = db.get_bind().dialect.name == "postgresql"
+    claims = _CLAIM_AND_ADVANCE if postgresql else _CLAIM
     claimed = (
         db.execute(
-            update(Thread)
-            .where(
-                Thread.id == thread_id,
-                mine,
-                Thread.status == "open",
-                Thread.data_key_wrapped.is_not(None),
-            )
-            .values(last_seq=Thread.last_seq + 1, last_message_at=moment)
-            .returning(Thread.last_seq, Thread.patient_id, Thread.data_key_wrapped, Thread.kek_id)
-            .execution_options(synchronize_session=False)
+            claims[actor.for_care_team],
+            {
+                "thread_id": thread_id,
+                "owner": actor.care_team_id if actor.for_care_team else actor.id,
+                "moment": moment,
+                "participant": actor.participant,
+            },
         ).first()
         if THREAD_ID.fullmatch(thread_id)
         else None
@@ -475,6 +563,8 @@ def _next_seq(
             raise RefusedError(409, "This conversation is closed.")
         raise not_found()
     seq, patient_id, wrapped, kek_id = claimed
+    if not postgresql:
+        _advance(db, thread_id, actor.participant, seq)
     return crypto.open_thread_key(keyring, thread_id, wrapped, kek_id), patient_id, seq
 
 

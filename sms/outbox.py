@@ -9,37 +9,55 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from typing import Any, cast
 
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
 from sms.dispatcher import NEW_MESSAGE, PHONE_VERIFICATION
 from sms.models import Notification
 
-__all__ = ["NEW_MESSAGE", "PHONE_VERIFICATION", "enqueue", "enqueue_code"]
+__all__ = ["NEW_MESSAGE", "PHONE_VERIFICATION", "enqueue", "enqueue_code", "row"]
+
+_TABLE = cast(Table, Notification.__table__)
+_INSERT = insert(_TABLE)
 
 
-def _add(
-    db: Session,
+def _values(
     *,
     patient_id: str,
     kind: str,
     thread_id: str | None = None,
     contact_point_id: str | None = None,
-) -> str:
+) -> dict[str, Any]:
     now = datetime.now(UTC)
-    notification = Notification(
-        id=f"ntf_{secrets.token_urlsafe(16)}",
-        patient_id=patient_id,
-        kind=kind,
-        thread_id=thread_id,
-        contact_point_id=contact_point_id,
-        created_at=now,
-        updated_at=now,
-        state="pending",
-        attempts=0,
-    )
-    db.add(notification)
-    return notification.id
+    return {
+        "id": f"ntf_{secrets.token_urlsafe(16)}",
+        "patient_id": patient_id,
+        "kind": kind,
+        "thread_id": thread_id,
+        "contact_point_id": contact_point_id,
+        "created_at": now,
+        "updated_at": now,
+        "state": "pending",
+        "attempts": 0,
+    }
+
+
+def _add(db: Session, **fields: Any) -> str:
+    values = _values(**fields)
+    # A Core insert: enqueuing rides on hot paths (every care-team message).
+    db.execute(_INSERT, values)
+    return str(values["id"])
+
+
+def row(
+    *, patient_id: str, kind: str, thread_id: str | None = None
+) -> tuple[Table, dict[str, Any]]:
+    """A notification as a row for the caller to insert in its own transaction, along
+    with its other rows (carebridge.db.insert_together): what :func:`enqueue` does, in
+    the caller's statement."""
+    return _TABLE, _values(patient_id=patient_id, kind=kind, thread_id=thread_id)
 
 
 def enqueue(db: Session, *, patient_id: str, kind: str, thread_id: str | None = None) -> str:

@@ -19,7 +19,11 @@ def test_audit_checkpoint_logs_the_chain_head(
     runtime: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:
     with transaction(runtime.sessions) as session:
-        head = audit.append(session, actor="system", action="test", outcome=Outcome.ALLOWED).hash
+        audit.append(session, actor="system", action="test", outcome=Outcome.ALLOWED)
+    audit.chain_all(runtime.sessions)
+    with runtime.sessions() as session:
+        head = audit.verify(session).head
+    assert head != audit.GENESIS
     with caplog.at_level(logging.INFO, logger="carebridge.worker"):
         worker.audit_checkpoint(runtime)
     (record,) = [r for r in caplog.records if r.message == "audit checkpoint"]
@@ -32,8 +36,9 @@ def test_audit_checkpoint_reports_a_broken_chain_as_an_error(
     with transaction(runtime.sessions) as session:
         for _ in range(2):
             audit.append(session, actor="system", action="test", outcome=Outcome.ALLOWED)
+    audit.chain_all(runtime.sessions)
     with runtime.engine.begin() as connection:
-        connection.execute(text("UPDATE audit_log SET action = 'other' WHERE seq = 1"))
+        connection.execute(text("UPDATE audit_log SET action = 'other' WHERE link = 1"))
     worker.audit_checkpoint(runtime)
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert record.broken_at == 1  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from sms import jobs as sms_jobs
 
 # The jobs this release runs: the plumbing's, identity's, then each feature's own list.
 JOBS = (
+    worker.AUDIT_CHAIN,
     worker.AUDIT_CHECKPOINT,
     worker.Job("throttle-purge", 3600.0, throttle.purge_stale),
     worker.Job("oidc-purge", 3600.0, oidc_purge.purge_expired),

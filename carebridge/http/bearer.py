@@ -85,6 +85,38 @@ def verify(
     )
 
 
+class VerifiedTokens:
+    """Tokens this process has verified, remembered until they expire.
+
+    The signature check is the costliest step of an API request, and an app presents the
+    same token many times in its ten-minute life. Only successful verifications are kept,
+    keyed by the whole token and by the runtime that checked it (its key set, issuer and
+    audience): a token is never accepted here that :func:`verify` would refuse, expiry
+    included. Bounded; when full it starts over.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._seen: dict[str, tuple[object, AccessToken]] = {}
+
+    def get(self, token: str, owner: object, now: float) -> AccessToken | None:
+        found = self._seen.get(token)
+        if found is None or found[0] is not owner:
+            return None
+        if found[1].expires_at + LEEWAY_SECONDS < now:
+            del self._seen[token]
+            return None
+        return found[1]
+
+    def put(self, token: str, owner: object, access: AccessToken) -> None:
+        if len(self._seen) >= self.capacity:
+            self._seen.clear()
+        self._seen[token] = (owner, access)
+
+
+VERIFIED = VerifiedTokens()
+
+
 def presented(connection: HTTPConnection) -> str | None:
     header = connection.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -111,16 +143,19 @@ def require(connection: HTTPConnection, *scopes: str) -> AccessToken:
     token = presented(connection)
     if token is None:
         raise Problem(401, "An access token is required.", {"WWW-Authenticate": _challenge()})
-    try:
-        access = verify(
-            token,
-            runtime.keyring.verification_keys(),
-            issuer=runtime.settings.issuer,
-            audience=runtime.settings.api_audience,
-        )
-    except InvalidTokenError as exc:
-        challenge = _challenge("invalid_token", str(exc))
-        raise Problem(401, str(exc), {"WWW-Authenticate": challenge}) from None
+    access = VERIFIED.get(token, runtime, time.time())
+    if access is None:
+        try:
+            access = verify(
+                token,
+                runtime.keyring.verification_keys(),
+                issuer=runtime.settings.issuer,
+                audience=runtime.settings.api_audience,
+            )
+        except InvalidTokenError as exc:
+            challenge = _challenge("invalid_token", str(exc))
+            raise Problem(401, str(exc), {"WWW-Authenticate": challenge}) from None
+        VERIFIED.put(token, runtime, access)
     missing = [scope for scope in scopes if scope not in access.scopes]
     if missing:
         wanted = " ".join(scopes)

@@ -142,3 +142,45 @@ def test_alg_none_and_hs256_with_the_public_key_are_refused(
 def test_garbage_and_oversized_tokens_are_refused(api: TestClient) -> None:
     assert call(api, "not.a.jwt")[0] == 401
     assert call(api, "a" * 5000)[0] == 401
+
+
+# The cache of verified tokens
+
+
+def test_a_verified_token_is_remembered_only_until_it_expires(
+    api: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = mint(runtime, sub="abc", client_id="app", scope="messaging.read", lifetime=60)
+    assert call(api, token)[0] == 200
+    assert bearer.VERIFIED.get(token, runtime, time.time()) is not None
+    later = time.time() + 60 + bearer.LEEWAY_SECONDS + 1
+    monkeypatch.setattr(bearer.time, "time", lambda: later)
+    status, _, challenge = call(api, token)
+    assert status == 401 and "expired" in challenge
+    assert bearer.VERIFIED.get(token, runtime, later) is None
+
+
+def test_a_token_verified_by_one_runtime_is_checked_again_by_another(
+    api: TestClient, runtime: Runtime, tmp_path: object
+) -> None:
+    token = mint(runtime, sub="abc", client_id="app", scope="messaging.read")
+    assert call(api, token)[0] == 200
+    # Another deployment (another key set) must not take this process's word for it.
+    other = Runtime.build(
+        Settings(data_dir=tmp_path / "other", issuer="https://id.example.org")  # type: ignore[operator]
+    )
+    try:
+        api.app.state.runtime = other  # type: ignore[attr-defined]
+        assert call(api, token)[0] == 401
+    finally:
+        other.close()
+
+
+def test_the_cache_is_bounded_and_kept_per_runtime(runtime: Runtime) -> None:
+    cache = bearer.VerifiedTokens(capacity=2)
+    access = bearer.AccessToken("s", "c", frozenset(), "j", int(time.time()) + 60, {})
+    for name in ("a", "b", "c"):
+        cache.put(name, runtime, access)
+    assert cache.get("a", runtime, time.time()) is None  # started over when full
+    assert cache.get("c", runtime, time.time()) is access
+    assert cache.get("c", object(), time.time()) is None

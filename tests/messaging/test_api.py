@@ -3,6 +3,9 @@ written, and that every attempt is audited with IDs only (both backends)."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 from tokens import mint
@@ -12,6 +15,7 @@ from carebridge.db import transaction
 from carebridge.keyring import SigningKey
 from carebridge.runtime import Runtime
 from identity.oidc import subjects
+from messaging import access, care_teams
 from messaging.models import Message, Thread
 from sms.models import Notification
 
@@ -243,6 +247,21 @@ def test_a_client_credentials_token_of_a_client_without_a_team_acts_for_no_one(
 ) -> None:
     lonely = world.app("lonely-app")
     assert client.get("/api/v1/messaging/threads", headers=lonely).status_code == 403
+
+
+def test_a_client_removed_from_its_team_loses_access_within_the_cache_time(
+    client: TestClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_id = start_thread(client, world)
+    app = world.app()
+    assert client.get(f"/api/v1/messaging/threads/{thread_id}", headers=app).status_code == 200
+    care_teams.remove_client(world.runtime, world.team, PROVIDER_APP, actor="test")
+    later = time.monotonic() + access.TEAM_CACHE_SECONDS + 1
+    monkeypatch.setattr(access.time, "monotonic", lambda: later)
+    assert client.get(f"/api/v1/messaging/threads/{thread_id}", headers=app).status_code == 404
+    # Added back (to its team, as an operator would), it acts again at once.
+    care_teams.add_client(world.runtime, world.team, PROVIDER_APP, actor="test")
+    assert client.get(f"/api/v1/messaging/threads/{thread_id}", headers=app).status_code == 200
 
 
 # Pagination

@@ -1,0 +1,70 @@
+"""carebridge.db.insert_together: rows for several tables in one round trip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, select
+
+from carebridge.db import insert_together, make_engine, make_sessionmaker, transaction
+
+metadata = MetaData()
+first = Table("together_a", metadata, Column("id", String(10), primary_key=True))
+second = Table(
+    "together_b",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("a_id", String(10)),
+    Column("note", String(50)),
+)
+
+
+def test_rows_for_several_tables_are_written_in_one_statement_on_postgresql(
+    database_url: str,
+) -> None:
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    statements: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    try:
+        sessions = make_sessionmaker(engine)
+        with transaction(sessions) as session:
+            session.connection()  # begun: only our statements are counted below
+            statements.clear()
+            insert_together(
+                session,
+                [(first, {"id": "a1"}), (second, {"id": 1, "a_id": "a1", "note": "it's; fine"})],
+            )
+            insert_together(
+                session,
+                [(first, {"id": "a2"}), (second, {"id": 2, "a_id": "a2", "note": None})],
+            )
+        expected = 2 if engine.dialect.name == "postgresql" else 4
+        assert len(statements) == expected
+        with engine.connect() as connection:
+            assert connection.execute(select(first.c.id).order_by(first.c.id)).scalars().all() == [
+                "a1",
+                "a2",
+            ]
+            rows = connection.execute(select(second).order_by(second.c.id)).all()
+        assert [tuple(row) for row in rows] == [(1, "a1", "it's; fine"), (2, "a2", None)]
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+
+
+def test_a_column_the_table_does_not_have_is_refused(database_url: str) -> None:
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    try:
+        sessions = make_sessionmaker(engine)
+        with pytest.raises(ValueError, match="no column"), transaction(sessions) as session:
+            insert_together(session, [(first, {"id": "a"}), (second, {"id": 1, "oops": 1})])
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
