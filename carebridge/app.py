@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 
 from carebridge import audit
 from carebridge.demo import provider_app
-from carebridge.http import health, metrics, openapi
+from carebridge.http import health, metrics, openapi, routing
 from carebridge.http.csrf import CsrfCookieMiddleware
 from carebridge.http.middleware import (
     HostCheckMiddleware,
@@ -45,18 +45,21 @@ async def home(request: Request) -> Response:
 
 def routes(runtime: Runtime) -> list[BaseRoute]:
     token = runtime.settings.metrics_token
-    return [
-        Route("/", home, name="home"),
-        Route("/healthz", health.healthz, name="healthz"),
-        Route("/readyz", health.readyz, name="readyz"),
-        Route("/metrics", metrics.make_endpoint(token.get_secret_value() if token else None)),
-        Route("/api/openapi.json", openapi.openapi, name="openapi"),
-        Mount("/static", STATIC, name="static"),
-        *identity_routes.routes(),
-        *messaging_routes.routes(),
-        *sms_routes.routes(),
-        *(provider_app.routes() if runtime.settings.demo else []),
-    ]
+    # Grouped by path prefix: a request is matched without trying every route's regex.
+    return routing.grouped(
+        [
+            Route("/", home, name="home"),
+            Route("/healthz", health.healthz, name="healthz"),
+            Route("/readyz", health.readyz, name="readyz"),
+            Route("/metrics", metrics.make_endpoint(token.get_secret_value() if token else None)),
+            Route("/api/openapi.json", openapi.openapi, name="openapi"),
+            Mount("/static", STATIC, name="static"),
+            *identity_routes.routes(),
+            *messaging_routes.routes(),
+            *sms_routes.routes(),
+            *(provider_app.routes() if runtime.settings.demo else []),
+        ]
+    )
 
 
 async def chain_audit_records(runtime: Runtime) -> None:

@@ -174,9 +174,24 @@ def _claim_next_seq(mine: Any) -> Any:
 
 _TEAMS = cast(Table, CareTeam.__table__)
 _ATTACHMENTS = cast(Table, Attachment.__table__)
+# Only what a reader's view needs: every row of the page repeats these.
 _THREAD_FOR_READER = (
     select(
-        _THREADS,
+        *(
+            _THREADS.c[name]
+            for name in (
+                "id",
+                "patient_id",
+                "care_team_id",
+                "subject_encrypted",
+                "status",
+                "data_key_wrapped",
+                "kek_id",
+                "last_seq",
+                "created_at",
+                "last_message_at",
+            )
+        ),
         _TEAMS.c.name.label("team_name"),
         func.coalesce(_READ_STATES.c.last_read_seq, 0).label("last_read"),
     )

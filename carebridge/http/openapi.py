@@ -14,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.schemas import SchemaGenerator
 
+from carebridge.http import routing
+
 M = TypeVar("M", bound=type[BaseModel])
 _COMPONENTS: dict[str, type[BaseModel]] = {}
 
@@ -56,7 +58,7 @@ def document(routes: list[Any], version: str) -> dict[str, Any]:
     generator = SchemaGenerator(
         {"openapi": "3.1.0", "info": {"title": "carebridge API", "version": version}}
     )
-    schema: dict[str, Any] = generator.get_schema(routes=routes)
+    schema: dict[str, Any] = generator.get_schema(routes=list(routing.flatten(routes)))
     schema["paths"] = {
         path: {method: _unwrapped(method, operation) for method, operation in item.items()}
         for path, item in schema.get("paths", {}).items()

@@ -1,0 +1,88 @@
+"""carebridge.http.routing: routes grouped by path prefix answer exactly as before."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.testclient import TestClient
+
+from carebridge.http.routing import RouteGroup, flatten, grouped
+
+
+async def echo(request: Request) -> Response:
+    route = request.scope["route"]
+    return JSONResponse({"route": route.path, "params": request.path_params})
+
+
+def flat_routes() -> list[BaseRoute]:
+    return [
+        Route("/", echo),
+        Route("/api/things/{thing_id}", echo, methods=["GET"], name="thing"),
+        Route("/other", echo),
+        Route("/api/things/{thing_id}/parts", echo, methods=["POST"]),
+        Route("/api/things", echo, methods=["GET"]),
+        Route("/api/things-list", echo),
+        Route("/api/people/{person_id}", echo, methods=["GET", "DELETE"]),
+        Route("/api/things/{thing_id}", echo, methods=["DELETE"], name="thing-delete"),
+    ]
+
+
+REQUESTS = [
+    ("GET", "/"),
+    ("GET", "/api/things/t1"),
+    ("DELETE", "/api/things/t1"),
+    ("POST", "/api/things/t1/parts"),
+    ("GET", "/api/things/t1/parts"),  # 405
+    ("PUT", "/api/things/t1"),  # 405
+    ("GET", "/api/things"),
+    ("GET", "/api/things-list"),
+    ("DELETE", "/api/people/p1"),
+    ("GET", "/api/nothing/here"),  # 404
+    ("GET", "/other"),
+    ("GET", "/api/things/t1/"),  # redirected to the slashless path
+]
+
+
+def answers(routes: list[BaseRoute]) -> list[tuple[int, str]]:
+    client = TestClient(Starlette(routes=routes))
+    return [(r.status_code, r.text) for r in (client.request(m, p) for m, p in REQUESTS)]
+
+
+def test_grouped_routes_give_the_same_answer_to_every_request() -> None:
+    routes = grouped(flat_routes())
+    assert any(isinstance(route, RouteGroup) for route in routes)
+    assert answers(routes) == answers(flat_routes())
+    assert answers(routes)[1] == (
+        200,
+        '{"route":"/api/things/{thing_id}","params":{"thing_id":"t1"}}',
+    )
+
+
+def test_urls_are_built_by_name_and_groups_open_for_the_schema() -> None:
+    application = Starlette(routes=grouped(flat_routes()))
+    assert application.url_path_for("thing-delete", thing_id="t9") == "/api/things/t9"
+    paths = sorted(str(getattr(route, "path", "")) for route in flatten(application.routes))
+    assert paths == sorted(str(getattr(route, "path", "")) for route in flat_routes())
+
+
+def test_a_level_with_a_parameter_keeps_its_order() -> None:
+    # "/api/{kind}" could match what "/api/things" matches: the first one wins, as listed.
+    routes = [
+        Route("/api/{kind}", echo),
+        Route("/api/things", echo),
+        Route("/api/a", echo),
+        Route("/api/b", echo),
+        Route("/api/c", echo),
+    ]
+    (group,) = grouped(routes)
+    assert isinstance(group, RouteGroup)
+    assert [getattr(route, "path", "") for route in group.routes] == [r.path for r in routes]
+    assert TestClient(Starlette(routes=[group])).get("/api/things").json()["route"] == "/api/{kind}"
+
+
+def test_a_route_outside_the_prefix_is_refused() -> None:
+    with pytest.raises(ValueError, match="not under"):
+        RouteGroup("/api/things", [Route("/api/other", echo)])
