@@ -163,6 +163,33 @@ def _postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def _values(
+    *, actor: str, action: str, outcome: Outcome, target: str | None, request_id: str | None
+) -> dict[str, Any]:
+    # No seq: on PostgreSQL the sequence numbers the record when it is written.
+    return {
+        "at": datetime.now(UTC),
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "outcome": outcome.value,
+        "request_id": request_id,
+    }
+
+
+def _write(session: Session, values: dict[str, Any]) -> None:
+    connection = session.connection()
+    if _postgresql(session):
+        connection.execute(_INSERT, values)  # chained later
+        return
+    # SQLite: this transaction holds the write lock; chain the record now.
+    head = connection.execute(_HEAD).first()
+    position, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
+    values.update(seq=position, link=position, prev_hash=prev_hash)
+    values["hash"] = record_hash(prev_hash, **{k: values[k] for k in _HASHED})
+    connection.execute(_INSERT, values)
+
+
 def append(
     session: Session,
     *,
@@ -177,24 +204,10 @@ def append(
     The record commits or rolls back with the change it describes. Callers recording a
     denial or failure whose own transaction rolls back use a transaction of their own.
     """
-    values: dict[str, Any] = {
-        "at": datetime.now(UTC),
-        "actor": actor,
-        "action": action,
-        "target": target,
-        "outcome": outcome.value,
-        "request_id": request_id,
-    }
-    connection = session.connection()
-    if _postgresql(session):
-        connection.execute(_INSERT, values)  # seq from the sequence; chained later
-        return
-    # SQLite: this transaction holds the write lock; chain the record now.
-    head = connection.execute(_HEAD).first()
-    position, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
-    values.update(seq=position, link=position, prev_hash=prev_hash)
-    values["hash"] = record_hash(prev_hash, **{k: values[k] for k in _HASHED})
-    connection.execute(_INSERT, values)
+    values = _values(
+        actor=actor, action=action, outcome=outcome, target=target, request_id=request_id
+    )
+    _write(session, values)
 
 
 def stage(
@@ -210,25 +223,13 @@ def stage(
     commit, or for a hot path that writes it along with its own rows
     (:func:`take_staged` and carebridge.db.insert_together): one round trip fewer.
     A rollback discards it with everything else."""
-    if not _postgresql(session):
-        append(
-            session,
-            actor=actor,
-            action=action,
-            outcome=outcome,
-            target=target,
-            request_id=request_id,
-        )
-        return
-    values = {  # no seq: the sequence numbers the record when it is written
-        "at": datetime.now(UTC),
-        "actor": actor,
-        "action": action,
-        "target": target,
-        "outcome": outcome.value,
-        "request_id": request_id,
-    }
-    session.info.setdefault(_STAGED, []).append(values)
+    values = _values(
+        actor=actor, action=action, outcome=outcome, target=target, request_id=request_id
+    )
+    if _postgresql(session):
+        session.info.setdefault(_STAGED, []).append(values)
+    else:
+        _write(session, values)
 
 
 def take_staged(session: Session) -> list[tuple[Table, dict[str, Any]]]:
