@@ -47,7 +47,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column, sessionmaker
 
 from carebridge.db import Base, transaction
 
@@ -269,9 +269,12 @@ def _write_staged(session: Session) -> None:
         session.connection().execute(_INSERT, staged)
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_staged(session: Session) -> None:
-    session.info.pop(_STAGED, None)
+@event.listens_for(Session, "after_transaction_end")
+def _drop_staged(session: Session, transaction: SessionTransaction) -> None:
+    # The whole transaction ended (rolled back: a commit already wrote them). Not a
+    # savepoint's rollback: that leaves the transaction, and its records, going on.
+    if transaction.parent is None:
+        session.info.pop(_STAGED, None)
 
 
 def chain_pending(session: Session, *, limit: int = 5000) -> int:

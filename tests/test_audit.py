@@ -277,6 +277,16 @@ def test_a_staged_record_is_written_at_commit_and_dropped_on_rollback(runtime: R
     assert _verify(runtime).intact
 
 
+def test_a_staged_record_outlives_a_savepoint_rolled_back_in_its_transaction(
+    runtime: Runtime,
+) -> None:
+    with transaction(runtime.sessions) as session:
+        audit.stage(session, actor="system", action="kept", outcome=Outcome.ALLOWED)
+        with pytest.raises(RuntimeError), session.begin_nested():
+            raise RuntimeError("a part of the work that is retried or skipped")
+    assert _actions(runtime) == ["kept"]
+
+
 def test_a_staged_record_taken_by_a_hot_path_is_written_once(runtime: Runtime) -> None:
     with transaction(runtime.sessions) as session:
         audit.stage(session, actor="system", action="taken", outcome=Outcome.ALLOWED)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
 
-from carebridge import migrate
-from carebridge.db import make_engine
+from carebridge import audit, migrate
+from carebridge.audit import Outcome
+from carebridge.db import make_engine, make_sessionmaker, transaction
 from carebridge.models import metadata
 
 
@@ -28,5 +32,45 @@ def test_migrations_match_the_models(database_url: str) -> None:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_an_audit_chain_written_before_0008_still_verifies_and_grows(
+    empty_database_url: str,
+) -> None:
+    engine = make_engine(empty_database_url)
+    try:
+        migrate.upgrade(engine, "0007")
+        prev = audit.GENESIS
+        with engine.begin() as connection:
+            for seq in (1, 2, 3):  # chained as before 0008: by seq, under the lock
+                row = {
+                    "seq": seq,
+                    "at": datetime(2026, 11, 30, 12, 0, seq, tzinfo=UTC),
+                    "actor": "system",
+                    "action": "test.old",
+                    "target": None,
+                    "outcome": "allowed",
+                    "request_id": None,
+                }
+                digest = audit.record_hash(prev, **row)  # type: ignore[arg-type]
+                connection.execute(
+                    text(
+                        "INSERT INTO audit_log (seq, at, actor, action, target, outcome, "
+                        "request_id, prev_hash, hash) VALUES (:seq, :at, :actor, :action, "
+                        ":target, :outcome, :request_id, :prev, :digest)"
+                    ),
+                    {**row, "prev": prev, "digest": digest},
+                )
+                prev = digest
+        migrate.upgrade(engine)
+        sessions = make_sessionmaker(engine)
+        with transaction(sessions) as session:
+            audit.append(session, actor="system", action="test.new", outcome=Outcome.ALLOWED)
+        audit.chain_all(sessions)
+        with sessions() as session:
+            result = audit.verify(session)
+        assert result.intact and result.records == 4
     finally:
         engine.dispose()
