@@ -3,10 +3,12 @@
 Both endpoints run in the same server process against the same database in the same run:
 - secure: POST /api/v1/messaging/threads/{id}/messages and GET .../threads/{id}?limit=20,
   with everything the service does (bearer token check, care-team resolution, per-thread
-  key unwrap, AES-256-GCM, the hash-chained audit record, the SMS outbox row);
+  key unwrap, AES-256-GCM, the audit record, the SMS outbox row; the chainer linking
+  audit records runs in the same process, and its CPU time counts);
 - plain: POST/GET /bench/plain/threads/{id}/messages of the same shape (JSON in, one row
   inserted or 20 rows selected, JSON out), unencrypted, unaudited, no token.
-The goal: secure >= 0.7x plain. The server (one uvicorn worker) is pinned to one core,
+Reads happen after the posts, so each page holds 20 messages. The goal: secure >= 0.7x
+plain. The server (one uvicorn worker) is pinned to one core,
 wrk (Debian package `wrk`) to the other when there are two; PostgreSQL shares them.
 Memory: the worker's resident set (VmRSS) after each run, and its peak (VmHWM).
 Usage:
