@@ -74,28 +74,33 @@ def associated_data(*parts: str) -> bytes:
     return bytes(out)
 
 
-def _seal(key: bytes, header: bytes, plaintext: bytes, aad: bytes) -> bytes:
+def _aead(key: bytes | AESGCM) -> AESGCM:
+    # A caller opening many records under one key passes the AESGCM object it keeps.
+    return key if isinstance(key, AESGCM) else AESGCM(key)
+
+
+def _seal(key: bytes | AESGCM, header: bytes, plaintext: bytes, aad: bytes) -> bytes:
     nonce = os.urandom(_NONCE_BYTES)
     # The header (version, key ID) is authenticated too: it cannot be swapped.
-    return header + nonce + AESGCM(key).encrypt(nonce, plaintext, header + aad)
+    return header + nonce + _aead(key).encrypt(nonce, plaintext, header + aad)
 
 
-def _open(key: bytes, header: bytes, body: bytes, aad: bytes) -> bytes:
+def _open(key: bytes | AESGCM, header: bytes, body: bytes, aad: bytes) -> bytes:
     if len(body) < _NONCE_BYTES + 16:
         raise DecryptionError("ciphertext is truncated")
     nonce, ciphertext = body[:_NONCE_BYTES], body[_NONCE_BYTES:]
     try:
-        return AESGCM(key).decrypt(nonce, ciphertext, header + aad)
+        return _aead(key).decrypt(nonce, ciphertext, header + aad)
     except InvalidTag:
         raise DecryptionError("ciphertext does not open with this key and context") from None
 
 
-def seal(data_key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+def seal(data_key: bytes | AESGCM, plaintext: bytes, aad: bytes) -> bytes:
     """Encrypt content under a record's own data key."""
     return _seal(data_key, bytes([_BLOB_VERSION]), plaintext, aad)
 
 
-def open_sealed(data_key: bytes, blob: bytes, aad: bytes) -> bytes:
+def open_sealed(data_key: bytes | AESGCM, blob: bytes, aad: bytes) -> bytes:
     if not blob or blob[0] != _BLOB_VERSION:
         raise DecryptionError("unknown ciphertext format")
     return _open(data_key, blob[:1], blob[1:], aad)

@@ -11,6 +11,9 @@ that opens the content.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from carebridge.keyring import (
     DecryptionError,
@@ -59,14 +62,26 @@ class ThreadCipher:
     thread_id: str
     key: bytes = field(repr=False)
 
+    # A page of messages opens twenty records under one key: the AES-GCM object and the
+    # thread's part of the associated data are made once (the bytes are the same as
+    # _content_context's: length-prefixed parts simply concatenate).
+    @cached_property
+    def _aead(self) -> AESGCM:
+        return AESGCM(self.key)
+
+    @cached_property
+    def _context_prefix(self) -> bytes:
+        return associated_data("messaging.content", SCHEMA_VERSION, self.thread_id)
+
+    def context(self, record_id: str, field_name: str) -> bytes:
+        return self._context_prefix + associated_data(record_id, field_name)
+
     def seal(self, record_id: str, field_name: str, plaintext: bytes) -> bytes:
-        return seal(self.key, plaintext, _content_context(self.thread_id, record_id, field_name))
+        return seal(self._aead, plaintext, self.context(record_id, field_name))
 
     def open(self, record_id: str, field_name: str, blob: bytes) -> bytes:
         try:
-            return open_sealed(
-                self.key, blob, _content_context(self.thread_id, record_id, field_name)
-            )
+            return open_sealed(self._aead, blob, self.context(record_id, field_name))
         except DecryptionError:
             raise TamperedError(
                 f"{field_name} of {record_id} in thread {self.thread_id} failed its integrity check"

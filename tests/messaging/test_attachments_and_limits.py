@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from carebridge.runtime import Runtime
 from messaging import files
+from messaging.api import AttachmentOut, MessageOut, ThreadDetail, ThreadOut
 from messaging.models import Attachment, Message
 from sms.models import Notification
 
@@ -190,3 +191,22 @@ def test_content_disposition_carries_an_ascii_fallback_and_the_exact_name() -> N
         'attachment; filename="r_sum_ _final_.pdf"; '
         "filename*=UTF-8''r%C3%A9sum%C3%A9%20%22final%22.pdf"
     )
+
+
+def test_a_thread_read_has_exactly_the_documented_shape(client: TestClient, world: World) -> None:
+    """The read is serialized straight from the views: it must stay ThreadDetail's shape
+    (the OpenAPI document's), attachments included, and carry nothing more."""
+    thread_id = start_thread(client, world)
+    assert upload(client, world, thread_id, PNG, "scan.png").status_code == 201
+    for headers in (world.app(), world.patient("zeb")):
+        response = client.get(f"/api/v1/messaging/threads/{thread_id}", headers=headers)
+        assert response.status_code == 200
+        detail = ThreadDetail.model_validate_json(response.content)
+        body = response.json()
+        assert set(body) == set(ThreadDetail.model_fields)
+        assert set(body["thread"]) == set(ThreadOut.model_fields)
+        for message in body["messages"]:
+            assert set(message) == set(MessageOut.model_fields)
+        [attachment] = detail.messages[1].attachments
+        assert set(body["messages"][1]["attachments"][0]) == set(AttachmentOut.model_fields)
+        assert (attachment.filename, attachment.content_type) == ("scan.png", "image/png")

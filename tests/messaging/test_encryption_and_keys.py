@@ -76,6 +76,27 @@ def test_ciphertexts_do_not_move_between_threads_or_fields(world: World) -> None
         moved.open_text("msg_1", crypto.BODY, blob)
 
 
+def test_the_associated_data_is_the_schemas_known_bytes(world: World) -> None:
+    """Content written by earlier releases must keep opening: the context a cipher builds
+    is byte for byte the one the schema defines (length-prefixed, in this order)."""
+    cipher, _ = crypto.new_thread_key(world.runtime.keyring, "th_one")
+    expected = (
+        b"\x00\x11messaging.content"
+        + b"\x00\x011"
+        + b"\x00\x06th_one"
+        + b"\x00\x05msg_1"
+        + b"\x00\x04body"
+    )
+    assert cipher.context("msg_1", crypto.BODY) == expected
+    assert crypto._content_context("th_one", "msg_1", crypto.BODY) == expected
+    # Sealed with the key's bytes and the schema's context, it opens with the cipher, and
+    # the other way round.
+    blob = keyring_module.seal(cipher.key, b"hello", expected)
+    assert cipher.open("msg_1", crypto.BODY, blob) == b"hello"
+    sealed = cipher.seal("msg_1", crypto.BODY, b"again")
+    assert keyring_module.open_sealed(cipher.key, sealed, expected) == b"again"
+
+
 def test_a_wrapped_key_copied_to_another_thread_does_not_unwrap(
     client: TestClient, world: World
 ) -> None:
