@@ -52,7 +52,7 @@ from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column, s
 from carebridge.db import Base, transaction
 
 GENESIS = "0" * 64
-# An arbitrary constant naming "the audit chain" among PostgreSQL advisory locks.
+# An arbitrary constant naming "the audit chainer" among PostgreSQL advisory locks.
 _CHAIN_LOCK_KEY = 0x0CA7EB1D6E
 
 
@@ -150,8 +150,6 @@ _LINK = text(
     "WHERE audit_log.seq = v.seq AND audit_log.link IS NULL"
 )
 _COUNT_PENDING = select(func.count()).select_from(_RECORDS).where(_C.link.is_(None))
-# An arbitrary constant naming "the audit chainer" among PostgreSQL advisory locks.
-_CHAIN_LOCK_KEY = 0x0CA7EB1D6E
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 
 
@@ -237,7 +235,8 @@ def take_staged(session: Session) -> list[tuple[Table, dict[str, Any]]]:
     return [(_RECORDS, values) for values in session.info.pop(_STAGED, [])]
 
 
-_STAGED_COLUMNS = ("at", "actor", "action", "target", "outcome", "request_id")
+# What a record is written with (_values): all it hashes but the seq, numbered on insert.
+_STAGED_COLUMNS = tuple(column for column in _HASHED if column != "seq")
 # A record written by another statement (PostgreSQL's data-modifying CTEs).
 _INSERT_CTE = (
     insert(_RECORDS)

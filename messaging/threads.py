@@ -139,17 +139,19 @@ _READ_STATES = cast(Table, ThreadReadState.__table__)
 _MESSAGES = cast(Table, Message.__table__)
 _THREADS = cast(Table, Thread.__table__)
 # Hot-path statements, built once (building one and its cache key costs more than
-# running it): the read-state upsert, the message insert, and the claim of a thread's
+# running it): the read-state upsert, the reader's page, and the claim of a thread's
 # next message number for each kind of actor.
 # The upsert is written out: the dialects' insert().on_conflict_do_update() is not
 # cacheable and was compiled again on every request. PostgreSQL and SQLite (3.24+) both
-# speak this form.
-_ADVANCE = text(
+# speak this form. A read position only moves forward.
+_READ_STATE_UPSERT = (
     "INSERT INTO thread_read_state (thread_id, participant, last_read_seq, updated_at) "
-    "VALUES (:thread_id, :participant, :seq, :now) "
-    "ON CONFLICT (thread_id, participant) DO UPDATE "
+    "{rows} ON CONFLICT (thread_id, participant) DO UPDATE "
     "SET last_read_seq = excluded.last_read_seq, updated_at = excluded.updated_at "
     "WHERE thread_read_state.last_read_seq < excluded.last_read_seq"
+)
+_ADVANCE = text(
+    _READ_STATE_UPSERT.format(rows="VALUES (:thread_id, :participant, :seq, :now)")
 ).bindparams(bindparam("now", type_=DateTime(timezone=True)))
 
 
@@ -261,12 +263,10 @@ def _claim_and_advance(owner_column: Literal["care_team_id", "patient_id"]) -> A
         " AND data_key_wrapped IS NOT NULL"
         " RETURNING last_seq, patient_id, data_key_wrapped, kek_id"
         "), advanced AS ("
-        " INSERT INTO thread_read_state (thread_id, participant, last_read_seq, updated_at)"
-        " SELECT :thread_id, :participant, last_seq, :moment FROM claimed"
-        " ON CONFLICT (thread_id, participant) DO UPDATE"
-        " SET last_read_seq = excluded.last_read_seq, updated_at = excluded.updated_at"
-        " WHERE thread_read_state.last_read_seq < excluded.last_read_seq"
-        ") SELECT last_seq, patient_id, data_key_wrapped, kek_id FROM claimed"
+        + _READ_STATE_UPSERT.format(
+            rows="SELECT :thread_id, :participant, last_seq, :moment FROM claimed"
+        )
+        + ") SELECT last_seq, patient_id, data_key_wrapped, kek_id FROM claimed"
     )
 
 

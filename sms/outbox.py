@@ -46,7 +46,6 @@ def _values(
 
 def _add(db: Session, **fields: Any) -> str:
     values = _values(**fields)
-    # A Core insert: enqueuing rides on hot paths (every care-team message).
     db.execute(_INSERT, values)
     return str(values["id"])
 
