@@ -235,6 +235,13 @@ def take_staged(session: Session) -> list[tuple[Table, dict[str, Any]]]:
     return [(_RECORDS, values) for values in session.info.pop(_STAGED, [])]
 
 
+def restage(session: Session, records: list[tuple[Table, dict[str, Any]]]) -> None:
+    """Stage again records taken with :func:`take_staged` that were not written after
+    all (a statement that wrote nothing): the transaction's commit writes them."""
+    if records:
+        session.info.setdefault(_STAGED, []).extend(values for _, values in records)
+
+
 # What a record is written with (_values): all it hashes but the seq, numbered on insert.
 _STAGED_COLUMNS = tuple(column for column in _HASHED if column != "seq")
 # A record written by another statement (PostgreSQL's data-modifying CTEs).

@@ -10,9 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, TextClause, create_engine, event, insert, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    MetaData,
+    Row,
+    Table,
+    TextClause,
+    create_engine,
+    event,
+    insert,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -89,7 +101,25 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 # Rows for several tables, inserted together (see insert_together).
 Rows = Sequence[tuple[Table, dict[str, Any]]]
-_TOGETHER: dict[tuple[tuple[str, tuple[str, ...]], ...], TextClause] = {}
+_TOGETHER: dict[tuple[object, ...], TextClause] = {}
+
+
+@dataclass(frozen=True)
+class FromGate:
+    """A value that :func:`insert_gated` takes from its gate's row (``column``)."""
+
+    column: str
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The leading CTEs of a gated insert: ``ctes`` defines them (``name AS (...)``,
+    data-modifying ones included); the rows go in once for each row of the one called
+    ``name``, and the statement answers with its ``returning`` columns."""
+
+    ctes: str
+    name: str
+    returning: tuple[str, ...]
 
 
 def insert_together(session: Session, rows: Rows) -> None:
@@ -103,33 +133,94 @@ def insert_together(session: Session, rows: Rows) -> None:
     """
     if not rows:
         return
-    for table, values in rows:
-        unknown = [column for column in values if column not in table.c]
-        if unknown:
-            raise ValueError(f"{table.name} has no column {unknown[0]!r}")
+    _check(rows, gated=False)
     connection = session.connection()
     if connection.dialect.name != "postgresql" or len(rows) == 1:
         for table, values in rows:
             connection.execute(insert(table), values)
         return
-    shape = tuple((table.name, tuple(values)) for table, values in rows)
-    statement = _TOGETHER.get(shape)
-    if statement is None:
-        quote = connection.dialect.identifier_preparer
-        # Only the schema's own table and column names, quoted; every value is bound.
-        inserts = [
-            f"INSERT INTO {quote.format_table(table)} "  # noqa: S608
-            f"({', '.join(quote.quote(column) for column in values)}) "
-            f"VALUES ({', '.join(f':p{n}_{column}' for column in values)})"
-            for n, (table, values) in enumerate(rows)
-        ]
-        ctes = ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(inserts[:-1]))
-        statement = _TOGETHER[shape] = text(f"WITH {ctes} {inserts[-1]}")
-    connection.execute(
-        statement,
-        {
-            f"p{n}_{column}": value
-            for n, (_, values) in enumerate(rows)
-            for column, value in values.items()
-        },
+    statement = _statement(connection, None, rows)
+    connection.execute(statement, _params(rows))
+
+
+def insert_gated(
+    session: Session, gate: Gate, params: dict[str, Any], rows: Rows
+) -> Row[Any] | None:
+    """PostgreSQL: run ``gate`` (with ``params``) and, if its gating CTE yields a row,
+    insert ``rows`` with the values marked :class:`FromGate` taken from it, all in one
+    statement. Returns that row, or None when nothing was written.
+
+    For a hot path whose rows depend on a claim (the next number in a sequence, say)
+    that may fail: one round trip where a claim and then an insert would take two.
+    """
+    _check(rows, gated=True)
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        raise NotImplementedError("insert_gated needs PostgreSQL's data-modifying CTEs")
+    statement = _statement(connection, gate, rows)
+    return connection.execute(statement, {**params, **_params(rows)}).first()
+
+
+def _check(rows: Rows, *, gated: bool) -> None:
+    for table, values in rows:
+        unknown = [column for column in values if column not in table.c]
+        if unknown:
+            raise ValueError(f"{table.name} has no column {unknown[0]!r}")
+        if not gated and any(isinstance(value, FromGate) for value in values.values()):
+            raise ValueError("a value from a gate needs insert_gated")
+
+
+def _params(rows: Rows) -> dict[str, Any]:
+    return {
+        f"p{n}_{column}": value
+        for n, (_, values) in enumerate(rows)
+        for column, value in values.items()
+        if not isinstance(value, FromGate)
+    }
+
+
+def _statement(connection: Connection, gate: Gate | None, rows: Rows) -> TextClause:
+    # Built once per shape: the tables, their columns, which values come from the gate.
+    shape = (
+        gate,
+        *(
+            (
+                table.name,
+                tuple(
+                    (column, value.column if isinstance(value, FromGate) else None)
+                    for column, value in values.items()
+                ),
+            )
+            for table, values in rows
+        ),
     )
+    statement = _TOGETHER.get(shape)
+    if statement is not None:
+        return statement
+    quote = connection.dialect.identifier_preparer
+    # Only the schema's own table and column names, quoted; every value is bound, or a
+    # column of the gate's row.
+    inserts = []
+    for n, (table, values) in enumerate(rows):
+        names = ", ".join(quote.quote(column) for column in values)
+        sources = ", ".join(
+            f"{gate.name}.{quote.quote(value.column)}"
+            if gate is not None and isinstance(value, FromGate)
+            else f":p{n}_{column}"
+            for column, value in values.items()
+        )
+        into = f"INSERT INTO {quote.format_table(table)} ({names}) "
+        inserts.append(
+            f"{into}VALUES ({sources})"
+            if gate is None
+            else f"{into}SELECT {sources} FROM {gate.name}"  # noqa: S608
+        )
+    if gate is None:
+        ctes = ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(inserts[:-1]))
+        sql = f"WITH {ctes} {inserts[-1]}"
+    else:
+        ctes = ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(inserts))
+        answer = ", ".join(quote.quote(column) for column in gate.returning)
+        sql = f"WITH {gate.ctes}, {ctes} SELECT {answer} FROM {gate.name}"  # noqa: S608
+    statement = _TOGETHER[shape] = text(sql)
+    return statement

@@ -67,11 +67,11 @@ def _now() -> str:
 
 def associated_data(*parts: str) -> bytes:
     """Unambiguous associated data from record identifiers: each part length-prefixed."""
-    out = bytearray()
+    out = b""
     for part in parts:
         raw = part.encode("utf-8")
         out += len(raw).to_bytes(2, "big") + raw
-    return bytes(out)
+    return out
 
 
 def _aead(key: bytes | AESGCM) -> AESGCM:

@@ -10,8 +10,10 @@ that opens the content.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
+from weakref import WeakKeyDictionary
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -57,6 +59,11 @@ def _content_context(thread_id: str, record_id: str, field_name: str) -> bytes:
     return associated_data("messaging.content", SCHEMA_VERSION, thread_id, record_id, field_name)
 
 
+@cache
+def _field_part(field_name: str) -> bytes:
+    return associated_data(field_name)
+
+
 @dataclass(frozen=True)
 class ThreadCipher:
     thread_id: str
@@ -74,7 +81,7 @@ class ThreadCipher:
         return associated_data("messaging.content", SCHEMA_VERSION, self.thread_id)
 
     def context(self, record_id: str, field_name: str) -> bytes:
-        return self._context_prefix + associated_data(record_id, field_name)
+        return self._context_prefix + associated_data(record_id) + _field_part(field_name)
 
     def seal(self, record_id: str, field_name: str, plaintext: bytes) -> bytes:
         return seal(self._aead, plaintext, self.context(record_id, field_name))
@@ -106,6 +113,27 @@ def new_thread_key(keyring: Keyring, thread_id: str) -> tuple[ThreadCipher, Wrap
     return ThreadCipher(thread_id, key), WrappedKey(wrapped, keyring.key_id_of(wrapped))
 
 
+# Thread keys this process unwrapped lately, by keyring (one per runtime) and thread: a
+# read or a post would otherwise unwrap the same key again on every request. An entry
+# is used only with the wrapped key it came from: a reader compares it with the row it
+# just read, and a writer claims a message number only while the thread still holds it
+# (messaging.threads), so a re-wrapped or crypto-shredded thread is never opened or
+# written under a stale entry. Entries last KEY_CACHE_SECONDS; the bound keeps it small.
+KEY_CACHE_SECONDS = 60.0
+KEY_CACHE_SIZE = 4096
+_recent: WeakKeyDictionary[Keyring, dict[str, tuple[float, bytes, ThreadCipher]]] = (
+    WeakKeyDictionary()
+)
+
+
+def recent_key(keyring: Keyring, thread_id: str) -> tuple[bytes, ThreadCipher] | None:
+    """The wrapped key and cipher of a thread this process opened lately, if any."""
+    found = _recent.get(keyring, {}).get(thread_id)
+    if found is None or found[0] < time.monotonic():
+        return None
+    return found[1], found[2]
+
+
 def cipher_for(keyring: Keyring, thread: Thread) -> ThreadCipher:
     """The thread's cipher, or :class:`ShreddedError` / :class:`KeyUnavailableError`."""
     return open_thread_key(keyring, thread.id, thread.data_key_wrapped, thread.kek_id)
@@ -116,6 +144,11 @@ def open_thread_key(
 ) -> ThreadCipher:
     if wrapped is None:
         raise ShreddedError(f"thread {thread_id} was crypto-shredded")
+    recent = _recent.setdefault(keyring, {})
+    now = time.monotonic()
+    found = recent.get(thread_id)
+    if found is not None and found[0] >= now and found[1] == wrapped:
+        return found[2]
     try:
         key = keyring.unwrap_data_key(wrapped, _key_context(thread_id))
     except DecryptionError:
@@ -123,7 +156,11 @@ def open_thread_key(
             f"the data key of thread {thread_id} does not unwrap: key-encryption key "
             f"{kek_id} is missing from the keyring or is not the key that wrapped it"
         ) from None
-    return ThreadCipher(thread_id, key)
+    cipher = ThreadCipher(thread_id, key)
+    if len(recent) >= KEY_CACHE_SIZE:
+        recent.clear()
+    recent[thread_id] = (now + KEY_CACHE_SECONDS, wrapped, cipher)
+    return cipher
 
 
 def rewrap(keyring: Keyring, thread: Thread) -> bool:

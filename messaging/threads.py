@@ -17,7 +17,7 @@ from sqlalchemy import DateTime, Table, and_, bindparam, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from carebridge import audit
-from carebridge.db import insert_together
+from carebridge.db import FromGate, Gate, insert_gated, insert_together
 from carebridge.keyring import Keyring
 from carebridge.settings import Settings
 from identity.models import RosterMember, new_id
@@ -244,6 +244,21 @@ _READ_PAGE = (
     )
     .order_by(_PAGE.c.message_seq, _ATTACHMENTS.c.created_at, _ATTACHMENTS.c.id)
 )
+_AT = {name: n for n, name in enumerate(_READ_PAGE.selected_columns.keys())}
+_AT_MESSAGE_ID, _AT_SEQ, _AT_AUTHOR_KIND, _AT_AUTHOR_ID, _AT_BODY, _AT_CREATED_AT = (
+    _AT[name]
+    for name in (
+        "message_id",
+        "message_seq",
+        "author_kind",
+        "author_id",
+        "body_encrypted",
+        "message_created_at",
+    )
+)
+_AT_ATTACHMENT_ID, _AT_FILENAME, _AT_CONTENT_TYPE, _AT_SIZE = (
+    _AT[name] for name in ("attachment_id", "filename_encrypted", "content_type", "size")
+)
 # PostgreSQL: the request's audit record written by the same statement.
 _READ_PAGE_AUDITED = audit.with_record(_READ_PAGE)
 # Keyed by "acts for a care team": which column names the owner.
@@ -255,24 +270,41 @@ _CLAIM = {
 
 def _claim_and_advance(owner_column: Literal["care_team_id", "patient_id"]) -> Any:
     """PostgreSQL: the claim and the writer's read-state upsert in one statement."""
+    ctes = _claiming(owner_column, known_key=False)
+    return text(f"WITH {ctes} SELECT {_CLAIMED} FROM claimed")  # noqa: S608
+
+
+_CLAIMED = "last_seq, patient_id, data_key_wrapped, kek_id"
+
+
+def _claiming(owner_column: Literal["care_team_id", "patient_id"], *, known_key: bool) -> str:
+    """The CTEs claiming a thread's next message number (``claimed``) and moving the
+    writer's read position to it. With ``known_key``, only while the thread still holds
+    the wrapped key the writer sealed its message under (``:wrapped``)."""
+    key = "data_key_wrapped = :wrapped" if known_key else "data_key_wrapped IS NOT NULL"
     # The column is one of two fixed names; every value is bound.
-    return text(
-        "WITH claimed AS ("  # noqa: S608
+    return (
+        "claimed AS ("  # noqa: S608
         " UPDATE thread SET last_seq = last_seq + 1, last_message_at = :moment"
-        f" WHERE id = :thread_id AND {owner_column} = :owner AND status = 'open'"
-        " AND data_key_wrapped IS NOT NULL"
-        " RETURNING last_seq, patient_id, data_key_wrapped, kek_id"
+        f" WHERE id = :thread_id AND {owner_column} = :owner AND status = 'open' AND {key}"
+        f" RETURNING {_CLAIMED}"
         "), advanced AS ("
         + _READ_STATE_UPSERT.format(
             rows="SELECT :thread_id, :participant, last_seq, :moment FROM claimed"
         )
-        + ") SELECT last_seq, patient_id, data_key_wrapped, kek_id FROM claimed"
+        + ")"
     )
 
 
 _CLAIM_AND_ADVANCE = {
     True: _claim_and_advance("care_team_id"),
     False: _claim_and_advance("patient_id"),
+}
+# A post under a key this process already holds: the claim and the rows that depend on
+# it in one statement (insert_gated).
+_CLAIM_GATE = {
+    True: Gate(_claiming("care_team_id", known_key=True), "claimed", ("last_seq",)),
+    False: Gate(_claiming("patient_id", known_key=True), "claimed", ("last_seq",)),
 }
 
 
@@ -364,21 +396,20 @@ def _message_view(
 ) -> MessageView:
     # A patient sees who wrote by "mine" and the team's name: no author IDs, their own
     # (the patient ID) included.
-    hidden = actor.kind == "patient"
-    mine = (
-        author_kind == "patient"
-        if actor.kind == "patient"
-        else author_kind == actor.kind and author_id == actor.id
-    )
+    if actor.kind == "patient":
+        return MessageView(
+            message_id,
+            seq,
+            author_kind,
+            None,
+            body,
+            aware(created_at),
+            attachments,
+            author_kind == "patient",
+        )
+    mine = author_kind == actor.kind and author_id == actor.id
     return MessageView(
-        id=message_id,
-        seq=seq,
-        author_kind=author_kind,
-        author_id=None if hidden else author_id,
-        body=body,
-        created_at=aware(created_at),
-        attachments=attachments,
-        mine=mine,
+        message_id, seq, author_kind, author_id, body, aware(created_at), attachments, mine
     )
 
 
@@ -414,36 +445,42 @@ def get_thread(
         raise gone()
     cipher = crypto.cipher_for(keyring, thread)
     view = _view(keyring, thread, thread.team_name, thread.last_read, cipher, actor=actor)
-    rows: list[Any] = []
+    # Message and attachment columns by position: a page is a hundred-odd cell reads,
+    # and a Row's attribute lookup costs about a hundred times its index.
+    shown: list[Any] = []
     attachments: dict[str, list[AttachmentView]] = {}
+    more = False
     for row in found:
-        if row.message_id is None:
+        message_id = row[_AT_MESSAGE_ID]
+        if message_id is None:
             break  # no messages after the cursor
-        if not rows or rows[-1].message_id != row.message_id:
-            rows.append(row)
-        if row.attachment_id is not None:
-            name = cipher.open_text(row.attachment_id, crypto.FILENAME, row.filename_encrypted)
-            attachments.setdefault(row.message_id, []).append(
-                AttachmentView(row.attachment_id, name, row.content_type, row.size)
+        if not shown or shown[-1][_AT_MESSAGE_ID] != message_id:
+            if len(shown) == limit:
+                more = True
+                break
+            shown.append(row)
+        attachment_id = row[_AT_ATTACHMENT_ID]
+        if attachment_id is not None:
+            name = cipher.open_text(attachment_id, crypto.FILENAME, row[_AT_FILENAME])
+            attachments.setdefault(message_id, []).append(
+                AttachmentView(attachment_id, name, row[_AT_CONTENT_TYPE], row[_AT_SIZE])
             )
-    shown = rows[:limit]
     messages = [
         _message_view(
             actor,
-            message_id=m.message_id,
-            seq=m.message_seq,
-            author_kind=m.author_kind,
-            author_id=m.author_id,
-            created_at=m.message_created_at,
-            body=cipher.open_text(m.message_id, crypto.BODY, m.body_encrypted),
-            attachments=attachments.get(m.message_id, []),
+            message_id=m[_AT_MESSAGE_ID],
+            seq=m[_AT_SEQ],
+            author_kind=m[_AT_AUTHOR_KIND],
+            author_id=m[_AT_AUTHOR_ID],
+            created_at=m[_AT_CREATED_AT],
+            body=cipher.open_text(m[_AT_MESSAGE_ID], crypto.BODY, m[_AT_BODY]),
+            attachments=attachments.get(m[_AT_MESSAGE_ID], []),
         )
         for m in shown
     ]
     if mark_read and shown:
-        _advance(db, thread.id, actor.participant, shown[-1].message_seq)
-    more = len(rows) > limit
-    return view, Page(messages, str(shown[-1].message_seq) if more else None)
+        _advance(db, thread.id, actor.participant, shown[-1][_AT_SEQ])
+    return view, Page(messages, str(shown[-1][_AT_SEQ]) if more else None)
 
 
 # Writing
@@ -472,6 +509,35 @@ class Posted:
     created_at: datetime
 
 
+def _message_rows(
+    cipher: ThreadCipher,
+    actor: Actor,
+    message_id: str,
+    moment: datetime,
+    body: str,
+    *,
+    patient_id: str | FromGate,
+    seq: int | FromGate,
+) -> list[tuple[Table, dict[str, Any]]]:
+    """The message (sealed) and, from a care team, the patient's notice of it."""
+    message = {
+        "id": message_id,
+        "thread_id": cipher.thread_id,
+        "seq": seq,
+        "author_kind": actor.kind,
+        "author_id": actor.id,
+        "body_encrypted": cipher.seal_text(message_id, crypto.BODY, body),
+        "created_at": moment,
+    }
+    rows: list[tuple[Table, dict[str, Any]]] = [(_MESSAGES, message)]
+    if actor.for_care_team:
+        # Same transaction: the notice exists if and only if the message does.
+        rows.append(
+            outbox.row(patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id=cipher.thread_id)
+        )
+    return rows
+
+
 def _insert_message(
     db: Session,
     cipher: ThreadCipher,
@@ -483,25 +549,11 @@ def _insert_message(
     body: str,
 ) -> Posted:
     # Core statements, not the unit of work: this is the hot path of the service.
-    posted = Posted(new_id("msg"), seq, actor.kind, actor.id, moment)
-    message = {
-        "id": posted.id,
-        "thread_id": cipher.thread_id,
-        "seq": seq,
-        "author_kind": actor.kind,
-        "author_id": actor.id,
-        "body_encrypted": cipher.seal_text(posted.id, crypto.BODY, body),
-        "created_at": moment,
-    }
-    rows: list[tuple[Table, dict[str, Any]]] = [(_MESSAGES, message)]
-    if actor.for_care_team:
-        # Same transaction: the notice exists if and only if the message does.
-        rows.append(
-            outbox.row(patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id=cipher.thread_id)
-        )
+    message_id = new_id("msg")
+    rows = _message_rows(cipher, actor, message_id, moment, body, patient_id=patient_id, seq=seq)
     # The message, its notice and the audit record of this request: one round trip.
     insert_together(db, [*rows, *audit.take_staged(db)])
-    return posted
+    return Posted(message_id, seq, actor.kind, actor.id, moment)
 
 
 def create_thread(
@@ -588,10 +640,54 @@ def post_message(
 ) -> Posted:
     check_body(settings, body)
     moment = now()
+    posted = _post_under_recent_key(db, keyring, actor, thread_id, moment=moment, body=body)
+    if posted is not None:
+        return posted
     cipher, patient_id, seq = _next_seq(db, keyring, actor, thread_id, moment)
     return _insert_message(
         db, cipher, actor, patient_id=patient_id, seq=seq, moment=moment, body=body
     )
+
+
+def _post_under_recent_key(
+    db: Session, keyring: Keyring, actor: Actor, thread_id: str, *, moment: datetime, body: str
+) -> Posted | None:
+    """PostgreSQL, with the thread's key at hand (crypto.recent_key): seal first, then
+    claim the number and write the message, its notice, the read position and the audit
+    record in one statement. None, with nothing written, when the claim fails (not the
+    actor's thread, closed, or its key re-wrapped or shredded since): the caller takes
+    the long way, which says why."""
+    recent = crypto.recent_key(keyring, thread_id) if THREAD_ID.fullmatch(thread_id) else None
+    if recent is None or db.get_bind().dialect.name != "postgresql":
+        return None
+    wrapped, cipher = recent
+    message_id = new_id("msg")
+    rows = _message_rows(
+        cipher,
+        actor,
+        message_id,
+        moment,
+        body,
+        patient_id=FromGate("patient_id"),
+        seq=FromGate("last_seq"),
+    )
+    records = audit.take_staged(db)
+    claimed = insert_gated(
+        db,
+        _CLAIM_GATE[actor.for_care_team],
+        {
+            "thread_id": thread_id,
+            "owner": actor.care_team_id if actor.for_care_team else actor.id,
+            "moment": moment,
+            "participant": actor.participant,
+            "wrapped": wrapped,
+        },
+        [*rows, *records],
+    )
+    if claimed is None:
+        audit.restage(db, records)
+        return None
+    return Posted(message_id, claimed[0], actor.kind, actor.id, moment)
 
 
 def check_attachment(settings: Settings, content: bytes) -> str:

@@ -14,6 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
+from carebridge.db import FromGate
 from sms.dispatcher import NEW_MESSAGE, PHONE_VERIFICATION
 from sms.models import Notification
 
@@ -25,7 +26,7 @@ _INSERT = insert(_TABLE)
 
 def _values(
     *,
-    patient_id: str,
+    patient_id: str | FromGate,
     kind: str,
     thread_id: str | None = None,
     contact_point_id: str | None = None,
@@ -51,11 +52,11 @@ def _add(db: Session, **fields: Any) -> str:
 
 
 def row(
-    *, patient_id: str, kind: str, thread_id: str | None = None
+    *, patient_id: str | FromGate, kind: str, thread_id: str | None = None
 ) -> tuple[Table, dict[str, Any]]:
     """A notification as a row for the caller to insert in its own transaction, along
-    with its other rows (carebridge.db.insert_together): what :func:`enqueue` does, in
-    the caller's statement."""
+    with its other rows (carebridge.db.insert_together, or insert_gated, whose gate may
+    supply the patient ID): what :func:`enqueue` does, in the caller's statement."""
     return _TABLE, _values(patient_id=patient_id, kind=kind, thread_id=thread_id)
 
 

@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, select
 
-from carebridge.db import insert_together, make_engine, make_sessionmaker, transaction
+from carebridge.db import (
+    FromGate,
+    Gate,
+    insert_gated,
+    insert_together,
+    make_engine,
+    make_sessionmaker,
+    transaction,
+)
 
 metadata = MetaData()
 first = Table("together_a", metadata, Column("id", String(10), primary_key=True))
@@ -65,6 +73,76 @@ def test_a_column_the_table_does_not_have_is_refused(database_url: str) -> None:
         sessions = make_sessionmaker(engine)
         with pytest.raises(ValueError, match="no column"), transaction(sessions) as session:
             insert_together(session, [(first, {"id": "a"}), (second, {"id": 1, "oops": 1})])
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+
+
+counter = Table(
+    "together_counter",
+    metadata,
+    Column("id", String(10), primary_key=True),
+    Column("last", Integer, nullable=False),
+)
+_BUMP = Gate(
+    "bumped AS (UPDATE together_counter SET last = last + 1 WHERE id = :counter"
+    " RETURNING id, last)",
+    "bumped",
+    ("last",),
+)
+
+
+def test_gated_rows_go_in_with_the_gates_values_in_one_statement(postgres_database: str) -> None:
+    engine = make_engine(postgres_database)
+    metadata.create_all(engine)
+    statements: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    try:
+        sessions = make_sessionmaker(engine)
+        with transaction(sessions) as session:
+            session.execute(counter.insert().values(id="c", last=0))
+            session.execute(first.insert().values(id="a1"))
+            statements.clear()
+            row = insert_gated(
+                session,
+                _BUMP,
+                {"counter": "c"},
+                [(second, {"id": FromGate("last"), "a_id": "a1", "note": "first"})],
+            )
+            assert row is not None and tuple(row) == (1,)
+            # A gate that yields nothing writes nothing.
+            missing = insert_gated(
+                session,
+                _BUMP,
+                {"counter": "nope"},
+                [(second, {"id": FromGate("last"), "a_id": "a1", "note": "never"})],
+            )
+            assert missing is None
+        assert len(statements) == 2
+        with engine.connect() as connection:
+            rows = connection.execute(select(second)).all()
+            assert [tuple(r) for r in rows] == [(1, "a1", "first")]
+            assert connection.execute(select(counter.c.last)).scalar_one() == 1
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+
+
+def test_gated_inserts_need_postgresql_and_a_gate(database_url: str) -> None:
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    try:
+        sessions = make_sessionmaker(engine)
+        gated = [(second, {"id": FromGate("last"), "a_id": "a1"})]
+        with pytest.raises(ValueError, match="insert_gated"), transaction(sessions) as session:
+            insert_together(session, [(first, {"id": "a1"}), *gated])
+        if engine.dialect.name != "postgresql":
+            with pytest.raises(NotImplementedError), transaction(sessions) as session:
+                insert_gated(session, _BUMP, {"counter": "c"}, gated)
     finally:
         metadata.drop_all(engine)
         engine.dispose()
