@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 from sqlalchemy import DateTime, Table, and_, bindparam, func, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
 from carebridge import audit
-from carebridge.db import FromGate, Gate, insert_gated, insert_together
+from carebridge.db import DirectStatement, FromGate, Gate, insert_gated, insert_together
 from carebridge.keyring import Keyring
 from carebridge.settings import Settings
 from identity.models import RosterMember, new_id
@@ -259,8 +260,31 @@ _AT_MESSAGE_ID, _AT_SEQ, _AT_AUTHOR_KIND, _AT_AUTHOR_ID, _AT_BODY, _AT_CREATED_A
 _AT_ATTACHMENT_ID, _AT_FILENAME, _AT_CONTENT_TYPE, _AT_SIZE = (
     _AT[name] for name in ("attachment_id", "filename_encrypted", "content_type", "size")
 )
-# PostgreSQL: the request's audit record written by the same statement.
+# PostgreSQL: the request's audit record written by the same statement; both run direct.
 _READ_PAGE_AUDITED = audit.with_record(_READ_PAGE)
+_READ_PAGE_DIRECT = DirectStatement(_READ_PAGE)
+_READ_PAGE_AUDITED_DIRECT = DirectStatement(_READ_PAGE_AUDITED)
+
+
+class _ReaderThread(NamedTuple):
+    """The thread's part of a _READ_PAGE row: its leading columns, in this order."""
+
+    id: str
+    patient_id: str
+    care_team_id: str
+    subject_encrypted: bytes
+    status: str
+    data_key_wrapped: bytes | None
+    kek_id: str | None
+    last_seq: int
+    created_at: datetime
+    last_message_at: datetime
+    team_name: str
+    last_read: int
+
+
+if tuple(_AT)[: len(_ReaderThread._fields)] != _ReaderThread._fields:
+    raise RuntimeError("_ReaderThread does not name _READ_PAGE's leading columns")
 # Keyed by "acts for a care team": which column names the owner.
 _CLAIM = {
     True: _claim_next_seq(_THREADS.c.care_team_id == bindparam("owner")),
@@ -436,9 +460,15 @@ def get_thread(
     record = audit.take_staged_params(db)
     if record is not None:
         params.update(record)
-    found = db.execute(_READ_PAGE if record is None else _READ_PAGE_AUDITED, params).all()
-    # The thread: a Core row with the Thread model's attribute names.
-    thread: Any = found[0] if found else None
+    found: Sequence[Sequence[Any]]
+    if db.get_bind().dialect.name == "postgresql":
+        found = (_READ_PAGE_DIRECT if record is None else _READ_PAGE_AUDITED_DIRECT).rows(
+            db, params
+        )
+    else:
+        found = db.execute(_READ_PAGE, params).all()
+    # The thread, with the Thread model's attribute names.
+    thread: Any = _ReaderThread._make(found[0][: len(_ReaderThread._fields)]) if found else None
     if thread is None or not may_see(actor, thread):
         raise not_found()
     if thread.data_key_wrapped is None:

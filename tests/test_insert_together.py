@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, event, select
+from sqlalchemy.exc import IntegrityError
 
 from carebridge.db import (
+    DirectStatement,
     FromGate,
     Gate,
     insert_gated,
@@ -96,15 +99,17 @@ def test_gated_rows_go_in_with_the_gates_values_in_one_statement(postgres_databa
     engine = make_engine(postgres_database)
     metadata.create_all(engine)
     statements: list[str] = []
+    execute = psycopg.Cursor.execute
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def count(*args: Any) -> None:
-        statements.append(args[2])
+    def count(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))  # as the driver gets it: direct statements skip events
+        return execute(self, query, *args, **kwargs)
 
     try:
         sessions = make_sessionmaker(engine)
-        with transaction(sessions) as session:
+        with transaction(sessions) as session, pytest.MonkeyPatch.context() as patch:
             session.execute(counter.insert().values(id="c", last=0))
+            patch.setattr(psycopg.Cursor, "execute", count)
             session.execute(first.insert().values(id="a1"))
             statements.clear()
             row = insert_gated(
@@ -145,4 +150,35 @@ def test_gated_inserts_need_postgresql_and_a_gate(database_url: str) -> None:
                 insert_gated(session, _BUMP, {"counter": "c"}, gated)
     finally:
         metadata.drop_all(engine)
+        engine.dispose()
+
+
+def test_a_direct_statement_runs_in_the_sessions_transaction(postgres_database: str) -> None:
+    engine = make_engine(postgres_database)
+    metadata.create_all(engine)
+    names = DirectStatement(select(first.c.id).order_by(first.c.id))
+    add = DirectStatement(first.insert().values(id=bindparam("id")))
+    try:
+        sessions = make_sessionmaker(engine)
+        with transaction(sessions) as session:
+            assert add.rows(session, {"id": "d1"}) == []
+            assert names.rows(session, {}) == [("d1",)]
+        # A failure is SQLAlchemy's error, and the transaction rolls back whole.
+        with pytest.raises(IntegrityError), transaction(sessions) as session:  # noqa: PT012
+            add.rows(session, {"id": "d2"})
+            add.rows(session, {"id": "d1"})
+        with transaction(sessions) as session:
+            assert names.rows(session, {}) == [("d1",)]
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+
+
+def test_direct_statements_are_for_postgresql_only(tmp_path: Any) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'direct.db'}")
+    metadata.create_all(engine)
+    try:
+        with pytest.raises(NotImplementedError), transaction(make_sessionmaker(engine)) as s:
+            DirectStatement(select(first.c.id)).rows(s, {})
+    finally:
         engine.dispose()
