@@ -45,8 +45,8 @@ async def home(request: Request) -> Response:
 
 def routes(runtime: Runtime) -> list[BaseRoute]:
     token = runtime.settings.metrics_token
-    # Grouped by path prefix: a request is matched without trying every route's regex.
-    return routing.grouped(
+    # A tree by path segment: a request is matched without trying every route's regex.
+    return routing.tree(
         [
             Route("/", home, name="home"),
             Route("/healthz", health.healthz, name="healthz"),

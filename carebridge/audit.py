@@ -29,11 +29,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    CompoundSelect,
     DateTime,
     Index,
     Select,
@@ -49,7 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column, sessionmaker
 
-from carebridge.db import Base, transaction
+from carebridge.db import Base, DirectStatement, transaction
 
 GENESIS = "0" * 64
 # An arbitrary constant naming "the audit chainer" among PostgreSQL advisory locks.
@@ -95,7 +96,8 @@ def _canonical_time(at: datetime) -> str:
     # SQLite hands datetimes back naive; every stored time is UTC.
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # "%Y-%m-%dT%H:%M:%S.%fZ", in a third less time than strftime.
+    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def record_hash(
@@ -142,11 +144,17 @@ _PENDING = (
     .order_by(_C.seq)
     .limit(bindparam("limit"))
 )
+# The chainer's reads, thousands of rows a batch: tuples, past SQLAlchemy's result rows.
+_PENDING_DIRECT = DirectStatement(_PENDING)
 # A whole batch in one statement (PostgreSQL arrays): an executemany costs ~0.2 ms a row.
+# The arrays travel as comma-joined text (numbers and hex digests hold no commas): the
+# driver adapts a list element by element, ~5 µs a record, more than hashing it.
 _LINK = text(
     "UPDATE audit_log SET link = v.link, prev_hash = v.prev, hash = v.digest "
-    "FROM unnest(CAST(:seqs AS bigint[]), CAST(:links AS bigint[]), "
-    "CAST(:prevs AS varchar[]), CAST(:digests AS varchar[])) AS v(seq, link, prev, digest) "
+    "FROM unnest(CAST(string_to_array(:seqs, ',') AS bigint[]), "
+    "CAST(string_to_array(:links, ',') AS bigint[]), "
+    "string_to_array(:prevs, ','), string_to_array(:digests, ',')) "
+    "AS v(seq, link, prev, digest) "
     "WHERE audit_log.seq = v.seq AND audit_log.link IS NULL"
 )
 _COUNT_PENDING = select(func.count()).select_from(_RECORDS).where(_C.link.is_(None))
@@ -155,6 +163,7 @@ _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 
 _HASHED = ("seq", "at", "actor", "action", "target", "outcome", "request_id")
 _STAGED = "carebridge.audit.staged"
+Q = TypeVar("Q", Select[Any], CompoundSelect[Any])
 
 
 def _postgresql(session: Session) -> bool:
@@ -252,7 +261,7 @@ _INSERT_CTE = (
 )
 
 
-def with_record(statement: Select[Any]) -> Select[Any]:
+def with_record(statement: Q) -> Q:
     """``statement``, also writing one audit record when run with the parameters
     :func:`take_staged_params` gives (PostgreSQL only). Build it once, at import."""
     return statement.add_cte(_INSERT_CTE)
@@ -292,22 +301,37 @@ def chain_pending(session: Session, *, limit: int = 5000) -> int:
     connection = session.connection()
     if not connection.execute(_TRY_LOCK, {"key": _CHAIN_LOCK_KEY}).scalar():
         return 0
-    pending = connection.execute(_PENDING, {"limit": limit}).all()
+    pending = _PENDING_DIRECT.rows(session, {"limit": limit})
     if not pending:
         return 0
     head = connection.execute(_HEAD).first()
     position, prev_hash = (head[0], head[1]) if head else (0, GENESIS)
     seqs, links, prevs, digests = [], [], [], []
-    for record in pending:
+    for seq, at, actor, action, target, outcome, request_id in pending:
         position += 1
-        digest = _hash_of(record, prev_hash)
-        seqs.append(record.seq)
+        digest = record_hash(
+            prev_hash,
+            seq=seq,
+            at=at,
+            actor=actor,
+            action=action,
+            target=target,
+            outcome=outcome,
+            request_id=request_id,
+        )
+        seqs.append(seq)
         links.append(position)
         prevs.append(prev_hash)
         digests.append(digest)
         prev_hash = digest
     linked = connection.execute(
-        _LINK, {"seqs": seqs, "links": links, "prevs": prevs, "digests": digests}
+        _LINK,
+        {
+            "seqs": ",".join(map(str, seqs)),
+            "links": ",".join(map(str, links)),
+            "prevs": ",".join(prevs),
+            "digests": ",".join(digests),
+        },
     )
     if linked.rowcount != len(seqs):
         # Only chainers link, under the lock: anything else is a fault, not a race.

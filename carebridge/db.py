@@ -13,7 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.pq import ExecStatus
 from sqlalchemy import (
+    CompoundSelect,
     Connection,
     Dialect,
     Engine,
@@ -118,7 +120,7 @@ class DirectStatement:
     (strings, numbers, bytes, aware datetimes).
     """
 
-    def __init__(self, statement: Select[Any] | TextClause) -> None:
+    def __init__(self, statement: Select[Any] | CompoundSelect[Any] | TextClause) -> None:
         self.statement = statement
         self._compiled: tuple[Dialect, str, dict[str, Any]] | None = None
 
@@ -137,7 +139,10 @@ class DirectStatement:
         cursor = driver.cursor(binary=True)
         try:
             cursor.execute(sql, values)
-            return cursor.fetchall() if cursor.description is not None else []
+            # Rows, if the statement returns any (the status, not .description: that
+            # builds a column object for every column).
+            result = cursor.pgresult
+            return cursor.fetchall() if result and result.status == ExecStatus.TUPLES_OK else []
         except dialect.loaded_dbapi.Error as exc:
             # SQLAlchemy's own handling (pinned): the wrapped error, invalidation on a
             # disconnect, the handle_error event.

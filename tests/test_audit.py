@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import multiprocessing
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,19 @@ def test_a_record_rolls_back_with_its_transaction(runtime: Runtime) -> None:
         failing_change()
     _append(runtime, 1)
     assert _verify(runtime).records == 1
+
+
+def test_the_hash_is_of_the_documented_canonical_form() -> None:
+    # Chains already written verify only while these bytes stay the same.
+    content = '[7,"2026-01-02T03:04:05.000000Z","account:a","x",null,"allowed","r\\u00e9"]'
+    expected = hashlib.sha256(("0" * 64 + content).encode("ascii")).hexdigest()
+    fields = {"seq": 7, "actor": "account:a", "action": "x", "target": None}
+    for at in (
+        datetime(2026, 1, 2, 5, 4, 5, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 1, 2, 3, 4, 5),  # SQLite hands UTC back naive
+    ):
+        digest = audit.record_hash("0" * 64, at=at, outcome="allowed", request_id="ré", **fields)  # type: ignore[arg-type]
+        assert digest == expected
 
 
 def test_hash_covers_every_field() -> None:

@@ -3,7 +3,9 @@
 Starlette's router tries each route's path regex in turn. With a hundred routes, finding
 one near the end of the list (the messaging API) cost ~50 µs of every request.
 :func:`grouped` arranges the app's routes into a tree of :class:`RouteGroup` by literal
-path segments: a path outside a group costs one string comparison. The router still sees
+path segments (:func:`tree` puts a root group on top), and a group tries only the routes
+whose next literal segment is the path's (and those with a parameter there): a request
+is matched in a few dictionary lookups and the regexes of one small group. The router still sees
 the matched route (``scope["route"]``: metrics are labelled by its path template), the
 same FULL / PARTIAL (405) answers and the same first-match order, and ``url_for`` finds
 routes by name as before.
@@ -33,12 +35,26 @@ class RouteGroup(BaseRoute):
         self.prefix = prefix
         self.path = prefix  # for tools that print routes
         self.routes = list(routes)
+        # Which routes can match, by the path's next segment under the prefix: those
+        # whose own next segment is that literal, and those whose next segment is not a
+        # literal (a parameter, or the prefix itself), kept in their order. A route with
+        # another literal there cannot match, so leaving it out changes no answer.
+        keys = [_next_segment(_path(route), prefix) for route in self.routes]
+        self._anywhere = [r for r, key in zip(self.routes, keys, strict=True) if key is None]
+        self._by_segment = {
+            key: [r for r, k in zip(self.routes, keys, strict=True) if k in (key, None)]
+            for key in keys
+            if key is not None
+        }
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http" or not _under(get_route_path(scope), self.prefix):
+        path = get_route_path(scope)
+        if scope["type"] != "http" or not _under(path, self.prefix):
             return Match.NONE, {}
+        segment = _next_segment(path, self.prefix)
+        candidates = self._anywhere if segment is None else self._by_segment.get(segment)
         partial: tuple[BaseRoute, Scope] | None = None
-        for route in self.routes:
+        for route in candidates if candidates is not None else self._anywhere:
             match, child_scope = route.matches(scope)
             # A nested group already named the route it found.
             if match is Match.FULL:
@@ -71,6 +87,15 @@ def _path(route: BaseRoute) -> str:
 
 def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
+
+
+def _next_segment(path: str, prefix: str) -> str | None:
+    """The literal segment of ``path`` right under ``prefix``; None for the prefix itself,
+    a parameter, or a route without a path under it."""
+    if not path.startswith(prefix + "/"):
+        return None
+    segment = path[len(prefix) + 1 :].split("/", 1)[0]
+    return None if "{" in segment else segment
 
 
 def _segment(path: str, depth: int) -> str | None:
@@ -122,6 +147,12 @@ def grouped(routes: Iterable[BaseRoute], depth: int = 1, parent: str = "") -> li
         else:
             result.extend(members[entry])
     return result
+
+
+def tree(routes: Iterable[BaseRoute]) -> list[BaseRoute]:
+    """``routes`` grouped (:func:`grouped`) under one root group: even the top level is
+    found by the path's first segment instead of by trying each route in turn."""
+    return [RouteGroup("", grouped(routes))]
 
 
 def flatten(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:

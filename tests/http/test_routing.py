@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.testclient import TestClient
+from starlette.types import Scope
 
-from carebridge.http.routing import RouteGroup, flatten, grouped
+from carebridge.http.routing import RouteGroup, flatten, grouped, tree
 
 
 async def echo(request: Request) -> Response:
@@ -43,6 +46,9 @@ REQUESTS = [
     ("GET", "/api/nothing/here"),  # 404
     ("GET", "/other"),
     ("GET", "/api/things/t1/"),  # redirected to the slashless path
+    ("GET", "/api"),  # 404: a prefix, not a route
+    ("GET", "/api/things-list/"),  # redirected
+    ("GET", "/api/{thing_id}"),  # 404: braces in a path are not a parameter
 ]
 
 
@@ -59,6 +65,27 @@ def test_grouped_routes_give_the_same_answer_to_every_request() -> None:
         200,
         '{"route":"/api/things/{thing_id}","params":{"thing_id":"t1"}}',
     )
+
+
+def test_the_tree_gives_the_same_answers_and_tries_only_the_routes_that_could_match() -> None:
+    routes = tree(flat_routes())
+    assert answers(routes) == answers(flat_routes())
+    (root,) = routes
+    assert isinstance(root, RouteGroup)
+    tried: list[str] = []
+    for route in flatten(routes):
+        assert isinstance(route, Route)
+        original = route.matches
+
+        def spy(scope: Scope, route: Route = route, original: Any = original) -> Any:
+            tried.append(route.path)
+            return original(scope)
+
+        route.matches = spy  # type: ignore[method-assign]
+    client = TestClient(Starlette(routes=routes))
+    assert client.delete("/api/people/p1").status_code == 200
+    # The one route under /api/people; none of /api/things's, nor / or /other.
+    assert tried == ["/api/people/{person_id}"]
 
 
 def test_urls_are_built_by_name_and_groups_open_for_the_schema() -> None:
