@@ -442,33 +442,23 @@ def unread_total(db: Session, actor: Actor) -> int:
 
 
 def _message_view(
-    actor: Actor,
-    *,
-    message_id: str,
-    seq: int,
-    author_kind: str,
-    author_id: str,
-    created_at: datetime,
-    body: str,
-    attachments: list[AttachmentView],
+    actor: Actor, row: Sequence[Any], body: str, attachments: list[AttachmentView]
 ) -> MessageView:
+    """A message of a page row (_READ_PAGE's columns), its body opened."""
+    message_id, seq, author_kind, author_id = (
+        row[_AT_MESSAGE_ID],
+        row[_AT_SEQ],
+        row[_AT_AUTHOR_KIND],
+        row[_AT_AUTHOR_ID],
+    )
+    created_at = aware(row[_AT_CREATED_AT])
     # A patient sees who wrote by "mine" and the team's name: no author IDs, their own
     # (the patient ID) included.
     if actor.kind == "patient":
-        return MessageView(
-            message_id,
-            seq,
-            author_kind,
-            None,
-            body,
-            aware(created_at),
-            attachments,
-            author_kind == "patient",
-        )
+        mine = author_kind == "patient"
+        return MessageView(message_id, seq, author_kind, None, body, created_at, attachments, mine)
     mine = author_kind == actor.kind and author_id == actor.id
-    return MessageView(
-        message_id, seq, author_kind, author_id, body, aware(created_at), attachments, mine
-    )
+    return MessageView(message_id, seq, author_kind, author_id, body, created_at, attachments, mine)
 
 
 def get_thread(
@@ -529,16 +519,13 @@ def get_thread(
             attachments.setdefault(message_id, []).append(
                 AttachmentView(attachment_id, name, row[_AT_CONTENT_TYPE], row[_AT_SIZE])
             )
+    open_body = cipher.opener(crypto.BODY)
     messages = [
         _message_view(
             actor,
-            message_id=m[_AT_MESSAGE_ID],
-            seq=m[_AT_SEQ],
-            author_kind=m[_AT_AUTHOR_KIND],
-            author_id=m[_AT_AUTHOR_ID],
-            created_at=m[_AT_CREATED_AT],
-            body=cipher.open_text(m[_AT_MESSAGE_ID], crypto.BODY, m[_AT_BODY]),
-            attachments=attachments.get(m[_AT_MESSAGE_ID], []),
+            m,
+            open_body(m[_AT_MESSAGE_ID], m[_AT_BODY]),
+            attachments.get(m[_AT_MESSAGE_ID], []),
         )
         for m in shown
     ]
