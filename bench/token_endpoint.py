@@ -13,11 +13,13 @@ server at a time for a bounded time, all in the same run:
   issues (oidc-provider's default ones are opaque and stored); JWTs are stored nowhere.
 
 Both use client_secret_basic, ES256, PKCE S256 and refresh-token rotation; both have
-their codes and refresh tokens minted beforehand, one per request, fed to wrk by a Lua
-script. wrk and PostgreSQL share the machine's cores with the server under test, so
-requests per second are a floor; the per-core figures are the server's own CPU time
-(utime + stime from /proc/PID/stat, before and after each run): "cpu ms/req" and
-"req/cpu-s" (requests per CPU-second, i.e. throughput per core if the server had one to
+their codes and refresh tokens minted beforehand, one per request, for returning users
+(carebridge has their subjects for the client recorded, as their first sign-in did), fed
+to wrk by a Lua script. Each server runs pinned to one core and wrk to the other
+(taskset, when there are two); PostgreSQL shares them, so requests per second are a
+floor. The per-core figures are the server's own CPU time (utime + stime from
+/proc/PID/stat, before and after each run): "cpu ms/req" and "req/cpu-s" (requests per
+CPU-second, i.e. throughput per core if the server had one to
 itself). "db ms/req" is the CPU time of the PostgreSQL backends serving the bench
 database in that run (pg_stat_activity), the database's share of the work. Each grant
 ends with carebridge / oidc-provider ratios for every variant. Usage:
@@ -57,11 +59,12 @@ from carebridge.db import make_engine, transaction  # noqa: E402
 from carebridge.runtime import Runtime  # noqa: E402
 from carebridge.settings import Settings  # noqa: E402
 from identity.models import Account  # noqa: E402
-from identity.oidc import clients  # noqa: E402
+from identity.oidc import clients, subjects  # noqa: E402
 from identity.oidc.models import (  # noqa: E402
     OidcAuthorizationCode,
     OidcClient,
     OidcRefreshToken,
+    OidcSubject,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +74,10 @@ DEFAULT_POSTGRES = os.environ.get(
 )
 REDIRECT = "https://app.example.org/callback"
 ALL = {"client_credentials", "refresh_token", "authorization_code"}
+# Each server on one core, wrk on the other, when there are two (PostgreSQL floats): a
+# server's throughput per core, measured as such. Both servers are pinned alike.
+_TWO_CORES = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+SERVER_PIN, WRK_PIN = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if _TWO_CORES else ([], [])
 SCOPE = "openid offline_access"
 LUA = """
 local tokens, i = {}, 0
@@ -162,6 +169,23 @@ def seed(settings: Settings, count: int, secret: str, challenge: str, out: Path)
             db.execute(
                 insert(Account),
                 [{"id": a, "created_at": now, "status": "active"} for a in accounts],
+            )
+            # Returning users: an earlier sign-in recorded each one's subject for this client.
+            client = clients.find(db, created.client_id)
+            assert client is not None
+            db.execute(
+                insert(OidcSubject),
+                [
+                    {
+                        "client_id": created.client_id,
+                        "subject": subjects.pairwise(
+                            runtime.keyring, sector=client.sector, account_id=a
+                        ),
+                        "account_id": a,
+                        "created_at": now,
+                    }
+                    for a in accounts
+                ],
             )
             codes, refresh = [], []
             code_rows, refresh_rows = [], []
@@ -290,7 +314,17 @@ def wrk(
     db_before = database_cpu.sample()
     before = cpu_seconds(pid)
     result = subprocess.run(  # noqa: S603
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],  # noqa: S607
+        [
+            *WRK_PIN,
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -369,7 +403,7 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
             binary = Path(sys.executable).with_name("carebridge")
             processes.append(
                 subprocess.Popen(  # noqa: S603
-                    [str(binary), "serve", "--port", str(cb_port), "--workers", "1"],
+                    [*SERVER_PIN, str(binary), "serve", "--port", str(cb_port), "--workers", "1"],
                     env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -392,7 +426,14 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
                 where.mkdir()
                 processes.append(
                     subprocess.Popen(  # noqa: S603
-                        [node, "bench-provider.mjs", str(port), str(count), str(where)],
+                        [
+                            *SERVER_PIN,
+                            node,
+                            "bench-provider.mjs",
+                            str(port),
+                            str(count),
+                            str(where),
+                        ],
                         cwd=PEERS,
                         env={
                             **os.environ,

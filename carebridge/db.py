@@ -8,21 +8,19 @@ what a web process with several threads does all day.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from psycopg.pq import ExecStatus
 from sqlalchemy import (
-    CompoundSelect,
     Connection,
     Dialect,
     Engine,
     MetaData,
-    Select,
     Table,
-    TextClause,
     create_engine,
     event,
     insert,
@@ -31,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql import ClauseElement, Executable
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -103,34 +102,54 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 
 class DirectStatement:
-    """A hot statement run straight on the session's DBAPI connection (PostgreSQL).
+    """A hot statement run straight on the session's DBAPI connection on PostgreSQL.
 
     SQLAlchemy's execution machinery (cache lookup, parameter processing, execution
     context, result object) costs ~70 µs a statement here: more than a cheap statement
-    itself. The few statements every message post and read runs skip it:
+    itself. The few statements every message post and read, and every token grant, runs
+    skip it on PostgreSQL:
 
     - the statement is compiled once, to SQLAlchemy's own SQL for the dialect;
     - it runs in the session's transaction, on the session's connection;
-    - rows come back as plain tuples, read in PostgreSQL's binary format;
+    - rows come back as plain tuples (:meth:`first`: named ones), read in PostgreSQL's
+      binary format;
     - a database error is raised as SQLAlchemy raises it, and a connection the driver
       reports gone is invalidated, as SQLAlchemy would.
 
     SQLAlchemy's events and echo do not see these statements, and parameters pass to the
     driver as given: only for statements whose parameters need no type processing
-    (strings, numbers, bytes, aware datetimes).
+    (strings, numbers, bytes, aware datetimes). Elsewhere (SQLite) they run through
+    SQLAlchemy as usual.
     """
 
-    def __init__(self, statement: Select[Any] | CompoundSelect[Any] | TextClause) -> None:
+    def __init__(self, statement: Executable) -> None:
         self.statement = statement
         self._compiled: tuple[Dialect, str, dict[str, Any]] | None = None
+        # Rows of a SELECT as named tuples, named like its columns.
+        columns = getattr(statement, "selected_columns", None)
+        names = list(columns.keys()) if columns is not None else []
+        self._named: Any = namedtuple("Row", names, rename=True) if names else None
 
-    def rows(self, session: Session, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    def rows(self, session: Session, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
         connection = session.connection()
+        if connection.dialect.name != "postgresql":
+            return connection.execute(self.statement, params).all()
+        return self._run(connection, params)
+
+    def first(self, session: Session, params: dict[str, Any]) -> Any:
+        """The first row (attributes named like the columns), or None."""
+        connection = session.connection()
+        if connection.dialect.name != "postgresql":
+            return connection.execute(self.statement, params).first()
+        found = self._run(connection, params)
+        if not found:
+            return None
+        return self._named._make(found[0]) if self._named is not None else found[0]
+
+    def _run(self, connection: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         dialect = connection.dialect
-        if dialect.name != "postgresql":
-            raise NotImplementedError("direct statements are for PostgreSQL (psycopg)")
         if self._compiled is None or self._compiled[0] is not dialect:
-            compiled = self.statement.compile(dialect=dialect)
+            compiled = cast(ClauseElement, self.statement).compile(dialect=dialect)
             # Values the statement binds itself (literals SQLAlchemy turned into parameters).
             self._compiled = (dialect, str(compiled), dict(compiled.params))
         _, sql, defaults = self._compiled
@@ -211,7 +230,7 @@ def insert_gated(
     if connection.dialect.name != "postgresql":
         raise NotImplementedError("insert_gated needs PostgreSQL's data-modifying CTEs")
     found = _statement(connection, gate, rows).rows(session, {**params, **_params(rows)})
-    return found[0] if found else None
+    return tuple(found[0]) if found else None
 
 
 def _check(rows: Rows, *, gated: bool) -> None:
@@ -272,8 +291,8 @@ def _statement(connection: Connection, gate: Gate | None, rows: Rows) -> DirectS
         ctes = ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(inserts[:-1]))
         sql = f"WITH {ctes} {inserts[-1]}"
     else:
-        ctes = ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(inserts))
+        ctes = ", ".join([gate.ctes, *(f"w{n} AS ({sql})" for n, sql in enumerate(inserts))])
         answer = ", ".join(quote.quote(column) for column in gate.returning)
-        sql = f"WITH {gate.ctes}, {ctes} SELECT {answer} FROM {gate.name}"  # noqa: S608
+        sql = f"WITH {ctes} SELECT {answer} FROM {gate.name}"  # noqa: S608
     statement = _TOGETHER[shape] = DirectStatement(text(sql))
     return statement

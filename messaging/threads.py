@@ -294,7 +294,7 @@ _AT_MESSAGE_ID, _AT_SEQ, _AT_AUTHOR_KIND, _AT_AUTHOR_ID, _AT_BODY, _AT_CREATED_A
 _AT_ATTACHMENT_ID, _AT_FILENAME, _AT_CONTENT_TYPE, _AT_SIZE, _AT_PART = (
     _AT[name] for name in ("attachment_id", "filename_encrypted", "content_type", "size", "part")
 )
-# PostgreSQL: the request's audit record written by the same statement; both run direct.
+# PostgreSQL: the request's audit record written by the same statement. Both run direct.
 _READ_PAGE_AUDITED = audit.with_record(_READ_PAGE)
 _READ_PAGE_DIRECT = DirectStatement(_READ_PAGE)
 _READ_PAGE_AUDITED_DIRECT = DirectStatement(_READ_PAGE_AUDITED)
@@ -484,13 +484,8 @@ def get_thread(
     record = audit.take_staged_params(db)
     if record is not None:
         params.update(record)
-    found: Sequence[Sequence[Any]]
-    if db.get_bind().dialect.name == "postgresql":
-        found = (_READ_PAGE_DIRECT if record is None else _READ_PAGE_AUDITED_DIRECT).rows(
-            db, params
-        )
-    else:
-        found = db.execute(_READ_PAGE, params).all()
+    read = _READ_PAGE_DIRECT if record is None else _READ_PAGE_AUDITED_DIRECT
+    found = read.rows(db, params)
     # The thread (the first row, if it exists), with the Thread model's attribute names.
     thread: Any = None
     if found and found[0][_AT_PART] == 0:

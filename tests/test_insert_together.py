@@ -174,11 +174,18 @@ def test_a_direct_statement_runs_in_the_sessions_transaction(postgres_database: 
         engine.dispose()
 
 
-def test_direct_statements_are_for_postgresql_only(tmp_path: Any) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'direct.db'}")
+def test_direct_statements_answer_alike_on_both_backends(database_url: str) -> None:
+    engine = make_engine(database_url)
     metadata.create_all(engine)
     try:
-        with pytest.raises(NotImplementedError), transaction(make_sessionmaker(engine)) as s:
-            DirectStatement(select(first.c.id)).rows(s, {})
+        sessions = make_sessionmaker(engine)
+        with transaction(sessions) as session:
+            session.execute(second.insert().values(id=7, a_id="x", note="n"))
+            found = DirectStatement(select(second).where(second.c.id == bindparam("id")))
+            assert [tuple(row) for row in found.rows(session, {"id": 7})] == [(7, "x", "n")]
+            row = found.first(session, {"id": 7})
+            assert (row.id, row.a_id, row.note) == (7, "x", "n")
+            assert found.first(session, {"id": 8}) is None
     finally:
+        metadata.drop_all(engine)
         engine.dispose()

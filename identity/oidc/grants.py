@@ -24,11 +24,12 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.core import grants as oidc_grants
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from carebridge import audit
 from carebridge.audit import Outcome
+from carebridge.db import DirectStatement
 from carebridge.http import bearer
 from carebridge.runtime import Runtime
 from identity.models import new_id
@@ -48,11 +49,8 @@ CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key
 _CODES = cast(Table, OidcAuthorizationCode.__table__)
 # Built once (see identity.oidc.tokens): the code exchange is a hot path.
 # The code, and its account's state (AccountState) in the same statement.
-_FIND_CODE = tokens.with_account_state(_CODES).where(_CODES.c.code_hash == bindparam("code_hash"))
-_USE_CODE = (
-    update(_CODES)
-    .where(_CODES.c.code_hash == bindparam("hash"), _CODES.c.used_at.is_(None))
-    .values(used_at=bindparam("now"))
+_FIND_CODE = DirectStatement(
+    tokens.with_account_state(_CODES).where(_CODES.c.code_hash == bindparam("code_hash"))
 )
 
 # private_key_jwt assertions verify until exp + this (clock skew); their jti is kept as long.
@@ -214,7 +212,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
     def query_authorization_code(self, code: str, client: Client) -> CodeRecord | None:
         if len(code) > 128:
             return None
-        row = db().execute(_FIND_CODE, {"code_hash": tokens.digest(code)}).first()
+        row = _FIND_CODE.first(db(), {"code_hash": tokens.digest(code)})
         if row is None or row.client_id != client.client_id:
             return None
         record = CodeRecord(
@@ -243,14 +241,18 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         _security_event("identity.oidc.code.reused", record.client_id, self.request)
 
     def authenticate_user(self, record: CodeRecord) -> EndUser | None:
-        # The single use itself: of two exchanges racing, one updates the row.
-        result = db().execute(_USE_CODE, {"hash": record.code_hash, "now": tokens.utcnow()})
-        if not result.rowcount:  # type: ignore[attr-defined]
-            self._reused(record)
-            raise InvalidGrantError("The code was already used.")
         return self.server.end_user(
             self.request.client, record.account_id, record.auth_time, state=record.account
         )
+
+    def save_token(self, token: dict[str, Any]) -> None:
+        # The single use itself, with the refresh token it gives: of two exchanges racing,
+        # one marks the code used (and stores its refresh token), the other is refused.
+        record: CodeRecord = self.request.authorization_code
+        successor = self.server.successor(token, self.request)
+        if not tokens.redeem(db(), "authorization_code", record.code_hash, successor):
+            self._reused(record)
+            raise InvalidGrantError("The code was already used.")
 
     def delete_authorization_code(self, record: CodeRecord) -> None:
         """Kept, marked used, until it expires: a second use must be recognised."""
@@ -343,10 +345,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
         if len(refresh_token) > 128:
             return None
-        found = db().execute(
-            tokens.FIND_REFRESH_WITH_ACCOUNT, {"token_hash": tokens.digest(refresh_token)}
+        row = tokens.FIND_REFRESH_WITH_ACCOUNT.first(
+            db(), {"token_hash": tokens.digest(refresh_token)}
         )
-        row = found.first()
         if row is None or row.revoked_at is not None:
             return None
         record = RefreshRecord.of(row, AccountState.of(row))
@@ -363,15 +364,21 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         _security_event("identity.oidc.refresh.reused", record.client_id, self.request)
 
     def authenticate_user(self, record: RefreshRecord) -> EndUser | None:
-        if not tokens.use_refresh_token(db(), record.token_hash):
-            self._reused(record)
-            raise InvalidGrantError("The refresh token was already used.")
         return self.server.end_user(
             self.request.client, record.account_id, record.auth_time, state=record.account
         )
 
+    def save_token(self, token: dict[str, Any]) -> None:
+        # Rotation: the token is marked used and its successor stored together; of two
+        # uses racing, the second is refused and revokes the family (RFC 9700 §4.14.2).
+        record: RefreshRecord = self.request.refresh_token
+        successor = self.server.successor(token, self.request)
+        if not tokens.redeem(db(), "refresh_token", record.token_hash, successor):
+            self._reused(record)
+            raise InvalidGrantError("The refresh token was already used.")
+
     def revoke_old_credential(self, record: RefreshRecord) -> None:
-        """Already marked used by authenticate_user."""
+        """Already marked used by save_token."""
 
     def issue_token(self, user: EndUser, record: RefreshRecord) -> dict[str, Any]:
         scope = self.request.payload.scope or record.scope

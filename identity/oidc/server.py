@@ -262,9 +262,17 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         return tokens.end_user(db(), self.runtime, client, account_id, auth_time, state=state)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
+        """Client credentials store nothing (the access token is a JWT); the code and
+        refresh grants store their refresh token as they redeem what they were given
+        (grants: ``save_token``, with :meth:`successor`)."""
+        if token.get("refresh_token"):
+            raise RuntimeError("a refresh token is stored by the grant that redeems")
+
+    def successor(self, token: dict[str, Any], request: Any) -> dict[str, Any] | None:
+        """The row of the refresh token in ``token``, if it has one (tokens.refresh_row)."""
         refresh = token.get("refresh_token")
         if not refresh or request.user is None:
-            return
+            return None
         if request.refresh_token is not None:
             # RFC 6749 §6: the new refresh token keeps the old one's scope, even when this
             # request narrowed the access token's.
@@ -273,8 +281,7 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         else:
             code: CodeRecord = request.authorization_code
             family, auth_time, scope = code.family_id, code.auth_time, token["scope"]
-        tokens.store_refresh_token(
-            db(),
+        return tokens.refresh_row(
             self.runtime,
             request.client,
             token=refresh,

@@ -5,18 +5,22 @@ opaque patient ID for first-party clients, and the way back from (client, sub) t
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import cast
 
-from sqlalchemy import Table, select
-from sqlalchemy.dialects.postgresql import insert as _pg_insert
-from sqlalchemy.dialects.sqlite import insert as _sqlite_insert
+from sqlalchemy import DateTime, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from carebridge.keyring import Keyring
 from identity.oidc.models import OidcSubject
 
 PAIRWISE_PURPOSE = "oidc-pairwise-sub"
-_SUBJECT = cast(Table, OidcSubject.__table__)
+# Written out (PostgreSQL and SQLite 3.35+ both speak it): the dialects' insert with
+# on_conflict_do_nothing() is compiled again on every use, and its rowcount is not
+# reported on PostgreSQL; RETURNING says whether the row went in.
+_RECORD = text(
+    "INSERT INTO oidc_subject (client_id, subject, account_id, created_at)"
+    " VALUES (:client_id, :subject, :account_id, :created_at)"
+    " ON CONFLICT DO NOTHING RETURNING account_id"
+).bindparams(bindparam("created_at", type_=DateTime(timezone=True)))
 
 
 def pairwise(keyring: Keyring, *, sector: str, account_id: str) -> str:
@@ -38,11 +42,8 @@ def record(db: Session, *, client_id: str, subject: str, account_id: str) -> Non
         "account_id": account_id,
         "created_at": datetime.now(UTC),
     }
-    dialect = db.get_bind().dialect.name
-    statement = (_pg_insert if dialect == "postgresql" else _sqlite_insert)(_SUBJECT)
-    result = db.execute(statement.on_conflict_do_nothing(), row)
-    if result.rowcount == 1:  # type: ignore[attr-defined]
-        return
+    if db.execute(_RECORD, row).first() is not None:
+        return  # recorded now
     if account_for(db, client_id=client_id, subject=subject) != account_id:
         raise ValueError("subject already stands for another account")
 

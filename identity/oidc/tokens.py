@@ -8,12 +8,13 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from joserfc import jwt
-from sqlalchemy import Select, Table, and_, bindparam, insert, select, update
+from sqlalchemy import Select, Table, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from carebridge.db import DirectStatement, Gate, insert_gated, insert_together
 from carebridge.http import bearer
 from carebridge.runtime import Runtime
 from identity import accounts
@@ -21,7 +22,12 @@ from identity.models import Account, PatientLink
 from identity.oidc import scopes as scope_rules
 from identity.oidc import subjects
 from identity.oidc.clients import Client
-from identity.oidc.models import OidcRefreshToken, OidcRevokedAccessToken, OidcSubject
+from identity.oidc.models import (
+    OidcAuthorizationCode,
+    OidcRefreshToken,
+    OidcRevokedAccessToken,
+    OidcSubject,
+)
 
 
 def digest(value: str) -> str:
@@ -93,8 +99,8 @@ def with_account_state(table: Table) -> Select[Any]:
 # Hot-path statements, built once: building a statement and its cache key on every
 # request costs more than running it.
 _FIND_REFRESH = select(_REFRESH).where(_REFRESH.c.token_hash == bindparam("token_hash"))
-FIND_REFRESH_WITH_ACCOUNT = with_account_state(_REFRESH).where(
-    _REFRESH.c.token_hash == bindparam("token_hash")
+FIND_REFRESH_WITH_ACCOUNT = DirectStatement(
+    with_account_state(_REFRESH).where(_REFRESH.c.token_hash == bindparam("token_hash"))
 )
 _USE_REFRESH = (
     update(_REFRESH)
@@ -105,7 +111,31 @@ _USE_REFRESH = (
     )
     .values(used_at=bindparam("now"))
 )
-_INSERT_REFRESH = insert(_REFRESH)
+_CODES = cast(Table, OidcAuthorizationCode.__table__)
+_USE_CODE = (
+    update(_CODES)
+    .where(_CODES.c.code_hash == bindparam("hash"), _CODES.c.used_at.is_(None))
+    .values(used_at=bindparam("now"))
+)
+# A code's or refresh token's single use: marked used if it was not, and the refresh
+# token it is exchanged for stored only then (PostgreSQL: one statement, the claim gating
+# the insert; carebridge.db.insert_gated).
+_USE = {"authorization_code": _USE_CODE, "refresh_token": _USE_REFRESH}
+_CLAIM = {
+    "authorization_code": Gate(
+        "used AS (UPDATE oidc_authorization_code SET used_at = :now"
+        " WHERE code_hash = :hash AND used_at IS NULL RETURNING code_hash)",
+        "used",
+        ("code_hash",),
+    ),
+    "refresh_token": Gate(
+        "used AS (UPDATE oidc_refresh_token SET used_at = :now"
+        " WHERE token_hash = :hash AND used_at IS NULL AND revoked_at IS NULL"
+        " RETURNING token_hash)",
+        "used",
+        ("token_hash",),
+    ),
+}
 _ACCOUNT_STATE = (
     select(*_STATE_COLUMNS)
     .select_from(
@@ -212,8 +242,7 @@ def mint_access_token(
     return jwt.encode(header, claims, key.key, algorithms=[key.alg]), lifetime
 
 
-def store_refresh_token(
-    db: Session,
+def refresh_row(
     runtime: Runtime,
     client: Client,
     *,
@@ -222,35 +251,45 @@ def store_refresh_token(
     account_id: str,
     scope: str,
     auth_time: datetime,
-) -> None:
+) -> dict[str, Any]:
+    """A refresh token as stored: its hash, never the token."""
     now = utcnow()
     days = runtime.settings.refresh_token_days
     lifetime = timedelta(seconds=client.refresh_token_seconds or days * 86400)
-    # Core statements on the hot path: the ORM's unit of work costs more than the query.
-    db.execute(
-        _INSERT_REFRESH,
-        {
-            "token_hash": digest(token),
-            "family_id": family_id,
-            "client_id": client.client_id,
-            "account_id": account_id,
-            "scope": scope,
-            "auth_time": auth_time,
-            "issued_at": now,
-            "expires_at": now + lifetime,
-        },
-    )
+    return {
+        "token_hash": digest(token),
+        "family_id": family_id,
+        "client_id": client.client_id,
+        "account_id": account_id,
+        "scope": scope,
+        "auth_time": auth_time,
+        "issued_at": now,
+        "expires_at": now + lifetime,
+    }
+
+
+def redeem(
+    db: Session,
+    kind: Literal["authorization_code", "refresh_token"],
+    token_hash: str,
+    successor: dict[str, Any] | None,
+) -> bool:
+    """Use a code or refresh token, storing the refresh token it is exchanged for
+    (``successor``, from :func:`refresh_row`), atomically: of two racing uses exactly one
+    gets True; the other, and any use of a revoked token, gets False and writes nothing."""
+    params = {"hash": token_hash, "now": utcnow()}
+    rows = [(_REFRESH, successor)] if successor is not None else []
+    if db.get_bind().dialect.name == "postgresql":
+        return insert_gated(db, _CLAIM[kind], params, rows) is not None
+    if not db.execute(_USE[kind], params).rowcount:  # type: ignore[attr-defined]
+        return False
+    insert_together(db, rows)
+    return True
 
 
 def find_refresh_token(db: Session, token_hash: str) -> Any:
     """The refresh token row (a Core row: attributes named like the columns), or None."""
     return db.execute(_FIND_REFRESH, {"token_hash": token_hash}).first()
-
-
-def use_refresh_token(db: Session, token_hash: str) -> bool:
-    """Mark a refresh token used, atomically: exactly one of two racing uses gets True."""
-    result = db.execute(_USE_REFRESH, {"hash": token_hash, "now": utcnow()})
-    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def revoke_family(db: Session, family_id: str) -> int:

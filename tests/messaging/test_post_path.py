@@ -4,56 +4,21 @@ since the key was cached sends it the long way, which answers as before (both ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from starlette.testclient import TestClient
+from statements import statements
 
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
-from carebridge.runtime import Runtime
 from messaging import crypto
 from messaging.models import Message, Thread, ThreadReadState
 from sms.models import Notification
 
 from .conftest import OTHER_APP, PROVIDER_APP, World, start_thread
-
-
-@contextmanager
-def statements(runtime: Runtime) -> Iterator[list[str]]:
-    """The SQL of the statements that touch a message, run inside the block: as the
-    driver receives them on PostgreSQL (hot statements skip SQLAlchemy's events)."""
-    seen: list[str] = []
-
-    def record(sql: Any) -> None:
-        if "message" in str(sql):
-            seen.append(str(sql))
-
-    if runtime.settings.uses_sqlite:
-
-        def on_event(*args: Any) -> None:
-            record(args[2])
-
-        event.listen(runtime.engine, "before_cursor_execute", on_event)
-        try:
-            yield seen
-        finally:
-            event.remove(runtime.engine, "before_cursor_execute", on_event)
-        return
-    execute = psycopg.Cursor.execute
-
-    def recording(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        record(query)
-        return execute(self, query, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(psycopg.Cursor, "execute", recording)
-        yield seen
 
 
 def post(client: TestClient, world: World, thread_id: str, body: str, headers: Any = None) -> Any:
@@ -79,7 +44,7 @@ def test_a_post_under_a_key_in_hand_writes_everything_in_one_statement(
 ) -> None:
     thread_id = start_thread(client, world)  # its answer opened the thread's key
     assert crypto.recent_key(world.runtime.keyring, thread_id) is not None
-    with statements(world.runtime) as seen:
+    with statements(world.runtime, "message") as seen:
         posted = post(client, world, thread_id, "Your prescription is ready.")
     assert posted.status_code == 201, posted.text
     assert posted.json()["seq"] == 2
@@ -129,7 +94,7 @@ def test_a_key_rewrapped_since_it_was_cached_takes_the_long_way(
     cached = crypto.recent_key(world.runtime.keyring, thread_id)
     assert cached is not None
     rewrap_in_place(world, thread_id)
-    with statements(world.runtime) as seen:
+    with statements(world.runtime, "message") as seen:
         posted = post(client, world, thread_id, "After the rewrap")
     assert posted.status_code == 201, posted.text
     if not world.runtime.settings.uses_sqlite:
