@@ -8,6 +8,7 @@ what a web process with several threads does all day.
 
 from __future__ import annotations
 
+import time
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql import ClauseElement, Executable
 
@@ -80,14 +81,42 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=10,
         max_overflow=10,
         pool_timeout=10,
         connect_args={"connect_timeout": 5, "application_name": "carebridge"},
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+# A pooled connection is checked with a round trip before use only if it sat idle longer
+# than this (as HikariCP does): one used a moment ago is alive, and pinging it cost ~60 µs
+# of every request. One that died within that moment (a database restart) fails its
+# request; SQLAlchemy then discards the pool's connections, and the next requests connect
+# afresh.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    def fresh(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool discards this connection and checks out another (or a new one).
+            raise DisconnectionError(type(exc).__name__) from exc
+
+    event.listen(engine, "connect", fresh)
+    event.listen(engine, "checkout", ping)
+    event.listen(engine, "checkin", fresh)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
