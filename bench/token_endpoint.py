@@ -77,7 +77,8 @@ ALL = {"client_credentials", "refresh_token", "authorization_code"}
 # Each server on one core, wrk on the other, when there are two (PostgreSQL floats): a
 # server's throughput per core, measured as such. Both servers are pinned alike.
 _TWO_CORES = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
-SERVER_PIN, WRK_PIN = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if _TWO_CORES else ([], [])
+PINS = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if _TWO_CORES else ([], [])
+SERVER_PIN, WRK_PIN = PINS
 SCOPE = "openid offline_access"
 LUA = """
 local tokens, i = {}, 0
@@ -369,7 +370,16 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--count", type=int, default=40000)
     parser.add_argument("--database-url", default=DEFAULT_POSTGRES)
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let servers and wrk float over the cores (threads of one process then contend "
+        "for Python's lock across cores)",
+    )
     args = parser.parse_args()
+    if args.no_pin:
+        global SERVER_PIN, WRK_PIN  # a script setting, read by wrk() too
+        SERVER_PIN, WRK_PIN = [], []
     node = shutil.which("node")
     if shutil.which("wrk") is None or node is None:
         sys.exit("bench/token_endpoint.py needs wrk and node")
