@@ -32,6 +32,7 @@ from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
 from carebridge.settings import load_settings, require_production_ready
 from identity import routes as identity_routes
+from messaging import crypto
 from messaging import routes as messaging_routes
 from sms import routes as sms_routes
 
@@ -73,6 +74,14 @@ async def chain_audit_records(runtime: Runtime) -> None:
             log.exception("audit chaining failed; retrying")
 
 
+async def forget_expired_keys() -> None:
+    """Drop thread keys past their time in this process even when no request comes
+    (messaging.crypto keeps recently unwrapped ones)."""
+    while True:
+        await anyio.sleep(5)
+        crypto.forget_expired()
+
+
 def create_app(runtime: Runtime) -> Starlette:
     settings = runtime.settings
 
@@ -81,6 +90,7 @@ def create_app(runtime: Runtime) -> Starlette:
         async with anyio.create_task_group() as tasks:
             if not settings.uses_sqlite:
                 tasks.start_soon(chain_audit_records, runtime)
+            tasks.start_soon(forget_expired_keys)
             yield
             tasks.cancel_scope.cancel()
         runtime.close()

@@ -28,9 +28,15 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DisconnectionError,
+    InvalidatePoolError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql import ClauseElement, Executable
+from sqlalchemy.sql.compiler import SQLCompiler
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -94,8 +100,9 @@ def make_engine(url: str) -> Engine:
 
 # A pooled connection is checked with a round trip before use only if it sat idle longer
 # than this (as HikariCP does): one used a moment ago is alive, and pinging it cost ~60 µs
-# of every request. One that died within that moment (a database restart) fails its
-# request; SQLAlchemy then discards the pool's connections, and the next requests connect
+# of every request. One found dead is replaced, and the pool's other connections as old
+# are discarded too (a database restart killed them all). One that died within that
+# moment fails its request; SQLAlchemy then does the same, and the next requests connect
 # afresh.
 PING_AFTER_IDLE_SECONDS = 1.0
 
@@ -108,10 +115,14 @@ def _ping_when_idle(engine: Engine) -> None:
         idle_since = record.info.get("idle_since")
         if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
             return
+        dialect = engine.dialect
         try:
-            engine.dialect.do_ping(dbapi_connection)
-        except engine.dialect.loaded_dbapi.Error as exc:
-            # The pool discards this connection and checks out another (or a new one).
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            # The pool reconnects this slot; on a disconnect it also drops the connections
+            # older than this one (SQLAlchemy's own pre-ping does the same).
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                raise InvalidatePoolError(type(exc).__name__) from exc
             raise DisconnectionError(type(exc).__name__) from exc
 
     event.listen(engine, "connect", fresh)
@@ -145,19 +156,21 @@ class DirectStatement:
     - a database error is raised as SQLAlchemy raises it, and a connection the driver
       reports gone is invalidated, as SQLAlchemy would.
 
-    SQLAlchemy's events and echo do not see these statements, and parameters pass to the
-    driver as given: only for statements whose parameters need no type processing
-    (strings, numbers, bytes, aware datetimes). Elsewhere (SQLite) they run through
+    SQLAlchemy's events and echo do not see these statements; parameters pass to the driver
+    as given and rows come back as the driver reads them: only for statements whose
+    parameters and columns need no SQLAlchemy type processing (strings, numbers, bytes,
+    aware datetimes; no enums or type decorators). A parameter the statement needs and
+    the call lacks is an error, as in SQLAlchemy. Elsewhere (SQLite) they run through
     SQLAlchemy as usual.
     """
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        self._compiled: tuple[Dialect, str, dict[str, Any]] | None = None
+        self._compiled: tuple[Dialect, str, dict[str, Any], frozenset[str]] | None = None
         # Rows of a SELECT as named tuples, named like its columns.
         columns = getattr(statement, "selected_columns", None)
         names = list(columns.keys()) if columns is not None else []
-        self._named: Any = namedtuple("Row", names, rename=True) if names else None
+        self._named: Any = namedtuple("Row", names) if names else None
 
     def rows(self, session: Session, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
         connection = session.connection()
@@ -178,14 +191,24 @@ class DirectStatement:
     def _run(self, connection: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         dialect = connection.dialect
         if self._compiled is None or self._compiled[0] is not dialect:
-            compiled = cast(ClauseElement, self.statement).compile(dialect=dialect)
-            # Values the statement binds itself (literals SQLAlchemy turned into parameters).
-            self._compiled = (dialect, str(compiled), dict(compiled.params))
-        _, sql, defaults = self._compiled
+            compiled = cast(
+                SQLCompiler, cast(ClauseElement, self.statement).compile(dialect=dialect)
+            )
+            binds = compiled.binds
+            # Values the statement binds itself (literals SQLAlchemy turned into
+            # parameters); the others the caller must give.
+            required = frozenset(name for name, bind in binds.items() if bind.required)
+            defaults = {k: v for k, v in compiled.params.items() if k not in required}
+            self._compiled = (dialect, str(compiled), defaults, required)
+        _, sql, defaults, required = self._compiled
+        if not required <= params.keys():
+            missing = sorted(required - params.keys())
+            raise ArgumentError(f"a value is required for the parameter {missing[0]!r}")
         values = {**defaults, **params}
-        driver: Any = connection.connection.driver_connection
-        cursor = driver.cursor(binary=True)
+        cursor = None
         try:
+            driver: Any = connection.connection.driver_connection
+            cursor = driver.cursor(binary=True)
             cursor.execute(sql, values)
             # Rows, if the statement returns any (the status, not .description: that
             # builds a column object for every column).
@@ -197,7 +220,8 @@ class DirectStatement:
             connection._handle_dbapi_exception(exc, sql, values, cursor, None)
             raise  # not reached: the call above raises
         finally:
-            cursor.close()
+            if cursor is not None:
+                cursor.close()
 
 
 # Rows for several tables, inserted together (see insert_together).
@@ -258,7 +282,10 @@ def insert_gated(
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         raise NotImplementedError("insert_gated needs PostgreSQL's data-modifying CTEs")
-    found = _statement(connection, gate, rows).rows(session, {**params, **_params(rows)})
+    values = _params(rows)
+    if params.keys() & values.keys():
+        raise ValueError("a gate parameter is named like a row value (p<n>_<column>)")
+    found = _statement(connection, gate, rows).rows(session, {**params, **values})
     return tuple(found[0]) if found else None
 
 
@@ -286,7 +313,7 @@ def _statement(connection: Connection, gate: Gate | None, rows: Rows) -> DirectS
         gate,
         *(
             (
-                table.name,
+                table,
                 tuple(
                     (column, value.column if isinstance(value, FromGate) else None)
                     for column, value in values.items()

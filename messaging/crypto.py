@@ -136,20 +136,61 @@ def new_thread_key(keyring: Keyring, thread_id: str) -> tuple[ThreadCipher, Wrap
 # is used only with the wrapped key it came from: a reader compares it with the row it
 # just read, and a writer claims a message number only while the thread still holds it
 # (messaging.threads), so a re-wrapped or crypto-shredded thread is never opened or
-# written under a stale entry. Entries last KEY_CACHE_SECONDS; the bound keeps it small.
+# written under a stale entry. An entry is dropped KEY_CACHE_SECONDS after the key was
+# unwrapped (by the next use of the cache, and by the web process's sweep, forget_expired),
+# and at once when its thread is seen shredded; the bound keeps it small.
 KEY_CACHE_SECONDS = 60.0
 KEY_CACHE_SIZE = 4096
-_recent: WeakKeyDictionary[Keyring, dict[str, tuple[float, bytes, ThreadCipher]]] = (
-    WeakKeyDictionary()
-)
+
+
+class _RecentKeys:
+    """Thread ID -> (expiry, wrapped key, cipher), oldest first (one lifetime for all)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, bytes, ThreadCipher]] = {}
+
+    def get(self, thread_id: str, now: float) -> tuple[bytes, ThreadCipher] | None:
+        self.forget_expired(now)
+        found = self._entries.get(thread_id)
+        return (found[1], found[2]) if found is not None else None
+
+    def put(self, thread_id: str, wrapped: bytes, cipher: ThreadCipher, now: float) -> None:
+        self._entries.pop(thread_id, None)  # re-added last: the order stays by expiry
+        if len(self._entries) >= KEY_CACHE_SIZE:
+            self._entries.clear()
+        self._entries[thread_id] = (now + KEY_CACHE_SECONDS, wrapped, cipher)
+
+    def drop(self, thread_id: str) -> None:
+        self._entries.pop(thread_id, None)
+
+    def forget_expired(self, now: float) -> None:
+        while self._entries:
+            oldest = next(iter(self._entries))
+            if self._entries[oldest][0] > now:
+                return
+            self._entries.pop(oldest, None)
+
+
+_recent: WeakKeyDictionary[Keyring, _RecentKeys] = WeakKeyDictionary()
+
+
+def _recent_of(keyring: Keyring) -> _RecentKeys:
+    found = _recent.get(keyring)
+    if found is None:
+        found = _recent.setdefault(keyring, _RecentKeys())
+    return found
 
 
 def recent_key(keyring: Keyring, thread_id: str) -> tuple[bytes, ThreadCipher] | None:
     """The wrapped key and cipher of a thread this process opened lately, if any."""
-    found = _recent.get(keyring, {}).get(thread_id)
-    if found is None or found[0] < time.monotonic():
-        return None
-    return found[1], found[2]
+    return _recent_of(keyring).get(thread_id, time.monotonic())
+
+
+def forget_expired() -> None:
+    """Drop the keys past their time, of every keyring, even when no request comes."""
+    now = time.monotonic()
+    for recent in list(_recent.values()):
+        recent.forget_expired(now)
 
 
 def cipher_for(keyring: Keyring, thread: Thread) -> ThreadCipher:
@@ -160,13 +201,14 @@ def cipher_for(keyring: Keyring, thread: Thread) -> ThreadCipher:
 def open_thread_key(
     keyring: Keyring, thread_id: str, wrapped: bytes | None, kek_id: str | None
 ) -> ThreadCipher:
+    recent = _recent_of(keyring)
     if wrapped is None:
+        recent.drop(thread_id)
         raise ShreddedError(f"thread {thread_id} was crypto-shredded")
-    recent = _recent.setdefault(keyring, {})
     now = time.monotonic()
-    found = recent.get(thread_id)
-    if found is not None and found[0] >= now and found[1] == wrapped:
-        return found[2]
+    found = recent.get(thread_id, now)
+    if found is not None and found[0] == wrapped:
+        return found[1]
     try:
         key = keyring.unwrap_data_key(wrapped, _key_context(thread_id))
     except DecryptionError:
@@ -175,9 +217,7 @@ def open_thread_key(
             f"{kek_id} is missing from the keyring or is not the key that wrapped it"
         ) from None
     cipher = ThreadCipher(thread_id, key)
-    if len(recent) >= KEY_CACHE_SIZE:
-        recent.clear()
-    recent[thread_id] = (now + KEY_CACHE_SECONDS, wrapped, cipher)
+    recent.put(thread_id, wrapped, cipher, now)
     return cipher
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, event, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError
 
 from carebridge.db import (
     DirectStatement,
@@ -169,6 +169,9 @@ def test_a_direct_statement_runs_in_the_sessions_transaction(postgres_database: 
             add.rows(session, {"id": "d1"})
         with transaction(sessions) as session:
             assert names.rows(session, {}) == [("d1",)]
+            # A parameter left out is an error, not a NULL.
+            with pytest.raises(ArgumentError, match="'id'"):
+                add.rows(session, {})
     finally:
         metadata.drop_all(engine)
         engine.dispose()

@@ -49,7 +49,8 @@ class RouteGroup(BaseRoute):
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         path = get_route_path(scope)
-        if scope["type"] != "http" or not _under(path, self.prefix):
+        # Websocket routes match websocket scopes themselves; lifespan never gets here.
+        if scope["type"] not in ("http", "websocket") or not _under(path, self.prefix):
             return Match.NONE, {}
         segment = _next_segment(path, self.prefix)
         candidates = self._anywhere if segment is None else self._by_segment.get(segment)

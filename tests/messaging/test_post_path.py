@@ -4,6 +4,7 @@ since the key was cached sends it the long way, which answers as before (both ba
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -160,3 +161,26 @@ def test_an_expired_key_entry_is_not_used(
     assert crypto.recent_key(world.runtime.keyring, thread_id) is None
     posted = post(client, world, thread_id, "The long way")
     assert posted.status_code == 201 and posted.json()["seq"] == 2
+
+
+def test_thread_keys_are_forgotten_once_expired_even_without_requests(
+    client: TestClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(crypto, "KEY_CACHE_SECONDS", 0.2)
+    thread_id = start_thread(client, world)
+    held = crypto._recent_of(world.runtime.keyring)
+    assert crypto.recent_key(world.runtime.keyring, thread_id) is not None
+    time.sleep(0.3)
+    crypto.forget_expired()  # what the web process's sweep runs every few seconds
+    assert held._entries == {}
+
+
+def test_a_thread_seen_shredded_drops_its_key(world: World, client: TestClient) -> None:
+    thread_id = start_thread(client, world)
+    shred(world, thread_id)
+    with world.runtime.sessions() as db:
+        thread = db.get(Thread, thread_id)
+        assert thread is not None
+        with pytest.raises(crypto.ShreddedError):
+            crypto.cipher_for(world.runtime.keyring, thread)
+    assert crypto.recent_key(world.runtime.keyring, thread_id) is None
