@@ -425,6 +425,26 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def settle(
+    store: Store,
+    db: Session,
+    *,
+    reset: Sequence[Limit] = (),
+    refund: Sequence[Limit] = (),
+    now: datetime,
+) -> None:
+    """After a success: forget the ``reset`` keys and take back one attempt on each of the
+    ``refund`` ones, in key order. That is the order :meth:`DatabaseStore.attempt` locks
+    counters in, so a concurrent attempt sharing a counter (the same address, birth date
+    or record) waits its turn instead of deadlocking with this transaction."""
+    work = [(limit.key, 0, limit) for limit in reset] + [(limit.key, 1, limit) for limit in refund]
+    for _, kind, limit in sorted(work, key=lambda item: (item[0], item[1])):
+        if kind == 0:
+            store.reset(db, limit)
+        else:
+            store.refund(db, limit, now)
+
+
 def purge_stale(runtime: Runtime) -> None:
     """The worker's hourly job: drop database counters no policy remembers any more
     (Redis expires its own keys)."""

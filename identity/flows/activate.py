@@ -229,8 +229,7 @@ def _redeem_in_transaction(
             return Result(Status.LOCKED)
         row = _usable_code(db, runtime, code, dob, now)
         if row is not None and _link(db, row, account_id, now):
-            store.reset(db, limits[0])
-            store.refund(db, limits[1], now)
+            throttle.settle(store, db, reset=[limits[0]], refund=[limits[1]], now=now)
             audit.append(
                 db,
                 actor=actor,

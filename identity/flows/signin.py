@@ -245,9 +245,7 @@ def conclude(
                 replacing_token=replacing_token,
                 has_second_factor=found.has_second_factor,
             )
-            store.reset(db, attempt.login_limit)
-            for limit in attempt.refund:
-                store.refund(db, limit, now)
+            throttle.settle(store, db, reset=[attempt.login_limit], refund=attempt.refund, now=now)
             if checked.new_hash and found.password_hash:
                 accounts.replace_password_hash(
                     db, found.account_id, old=found.password_hash, new=checked.new_hash

@@ -150,10 +150,9 @@ def _create(
             request_id=request_id,
             replacing_token=replacing_token,
         )
-        store.reset(db, attempt.login_limit)
-        now = throttle.utcnow()
-        for limit in attempt.refund:
-            store.refund(db, limit, now)
+        throttle.settle(
+            store, db, reset=[attempt.login_limit], refund=attempt.refund, now=throttle.utcnow()
+        )
     return signed_in
 
 

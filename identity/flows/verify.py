@@ -329,10 +329,9 @@ def verify(
                     )
                 )
                 db.flush()
-                now = throttle.utcnow()
-                store.reset(db, account_limit)
-                for limit in limits[1:]:
-                    store.refund(db, limit, now)
+                throttle.settle(
+                    store, db, reset=[account_limit], refund=limits[1:], now=throttle.utcnow()
+                )
                 audit.append(
                     db,
                     actor=actor,

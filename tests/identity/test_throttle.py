@@ -452,3 +452,37 @@ def test_the_worker_purges_stale_counters_hourly(runtime: Runtime) -> None:
     job.run(runtime)
     with runtime.sessions() as db:
         assert db.get(ThrottleCounter, stale) is None
+
+
+class _Recording:
+    """A store that notes what settle asks of it, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def reset(self, db: object, limit: throttle.Limit) -> None:
+        self.calls.append(("reset", limit.key))
+
+    def refund(self, db: object, limit: throttle.Limit, now: datetime) -> None:
+        self.calls.append(("refund", limit.key))
+
+
+def test_settling_after_a_success_touches_counters_in_key_order() -> None:
+    # The order attempt() locks them in: a concurrent attempt sharing the address, birth
+    # date or record then waits instead of deadlocking (it did, in the verify flow).
+    account = throttle.Limit(throttle.VERIFY_ACCOUNT, "verify-account:acc_z")
+    record = throttle.Limit(throttle.VERIFY_RECORD, "verify-record:r")
+    dob = throttle.Limit(throttle.VERIFY_DOB, "verify-dob:d")
+    store = _Recording()
+    throttle.settle(
+        store,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        reset=[account],
+        refund=[record, dob],
+        now=datetime.now(UTC),
+    )
+    assert store.calls == [
+        ("reset", "verify-account:acc_z"),
+        ("refund", "verify-dob:d"),
+        ("refund", "verify-record:r"),
+    ]
