@@ -138,8 +138,10 @@ _C = _RECORDS.c
 # statement costs more than running it.
 _HEAD = select(_C.link, _C.hash).where(_C.link.is_not(None)).order_by(_C.link.desc()).limit(1)
 _INSERT = insert(_RECORDS)
+# What a record's hash covers, in order (record_hash's fields).
+_HASHED = ("seq", "at", "actor", "action", "target", "outcome", "request_id")
 _PENDING = (
-    select(_C.seq, _C.at, _C.actor, _C.action, _C.target, _C.outcome, _C.request_id)
+    select(*(_C[column] for column in _HASHED))
     .where(_C.link.is_(None))
     .order_by(_C.seq)
     .limit(bindparam("limit"))
@@ -161,7 +163,6 @@ _COUNT_PENDING = select(func.count()).select_from(_RECORDS).where(_C.link.is_(No
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 
 
-_HASHED = ("seq", "at", "actor", "action", "target", "outcome", "request_id")
 _STAGED = "carebridge.audit.staged"
 Q = TypeVar("Q", Select[Any], CompoundSelect[Any])
 
@@ -307,19 +308,11 @@ def chain_pending(session: Session, *, limit: int = 5000) -> int:
     head = connection.execute(_HEAD).first()
     position, prev_hash = (head[0], head[1]) if head else (0, GENESIS)
     seqs, links, prevs, digests = [], [], [], []
-    for seq, at, actor, action, target, outcome, request_id in pending:
+    for row in pending:
+        record = dict(zip(_HASHED, row, strict=True))
         position += 1
-        digest = record_hash(
-            prev_hash,
-            seq=seq,
-            at=at,
-            actor=actor,
-            action=action,
-            target=target,
-            outcome=outcome,
-            request_id=request_id,
-        )
-        seqs.append(seq)
+        digest = record_hash(prev_hash, **record)
+        seqs.append(record["seq"])
         links.append(position)
         prevs.append(prev_hash)
         digests.append(digest)

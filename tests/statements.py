@@ -10,13 +10,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import event
-
-from carebridge.runtime import Runtime
+from sqlalchemy import Engine, event
 
 
 @contextmanager
-def statements(runtime: Runtime, mentioning: str) -> Iterator[list[str]]:
+def statements(engine: Engine, mentioning: str = "") -> Iterator[list[str]]:
     """The statements run inside the block whose SQL mentions ``mentioning``."""
     seen: list[str] = []
 
@@ -24,16 +22,16 @@ def statements(runtime: Runtime, mentioning: str) -> Iterator[list[str]]:
         if mentioning in str(sql):
             seen.append(str(sql))
 
-    if runtime.settings.uses_sqlite:
+    if engine.dialect.name != "postgresql":
 
         def on_event(*args: Any) -> None:
             record(args[2])
 
-        event.listen(runtime.engine, "before_cursor_execute", on_event)
+        event.listen(engine, "before_cursor_execute", on_event)
         try:
             yield seen
         finally:
-            event.remove(runtime.engine, "before_cursor_execute", on_event)
+            event.remove(engine, "before_cursor_execute", on_event)
         return
     execute = psycopg.Cursor.execute
 

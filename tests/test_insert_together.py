@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, event, select
 from sqlalchemy.exc import ArgumentError, IntegrityError
+from statements import statements
 
 from carebridge.db import (
     DirectStatement,
@@ -98,36 +98,29 @@ _BUMP = Gate(
 def test_gated_rows_go_in_with_the_gates_values_in_one_statement(postgres_database: str) -> None:
     engine = make_engine(postgres_database)
     metadata.create_all(engine)
-    statements: list[str] = []
-    execute = psycopg.Cursor.execute
-
-    def count(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        statements.append(str(query))  # as the driver gets it: direct statements skip events
-        return execute(self, query, *args, **kwargs)
-
     try:
         sessions = make_sessionmaker(engine)
-        with transaction(sessions) as session, pytest.MonkeyPatch.context() as patch:
+        with transaction(sessions) as session:
             session.execute(counter.insert().values(id="c", last=0))
-            patch.setattr(psycopg.Cursor, "execute", count)
             session.execute(first.insert().values(id="a1"))
-            statements.clear()
-            row = insert_gated(
-                session,
-                _BUMP,
-                {"counter": "c"},
-                [(second, {"id": FromGate("last"), "a_id": "a1", "note": "first"})],
-            )
-            assert row is not None and tuple(row) == (1,)
-            # A gate that yields nothing writes nothing.
-            missing = insert_gated(
-                session,
-                _BUMP,
-                {"counter": "nope"},
-                [(second, {"id": FromGate("last"), "a_id": "a1", "note": "never"})],
-            )
-            assert missing is None
-        assert len(statements) == 2
+            # As the driver gets them: direct statements skip SQLAlchemy's events.
+            with statements(engine) as seen:
+                row = insert_gated(
+                    session,
+                    _BUMP,
+                    {"counter": "c"},
+                    [(second, {"id": FromGate("last"), "a_id": "a1", "note": "first"})],
+                )
+                assert row is not None and tuple(row) == (1,)
+                # A gate that yields nothing writes nothing.
+                missing = insert_gated(
+                    session,
+                    _BUMP,
+                    {"counter": "nope"},
+                    [(second, {"id": FromGate("last"), "a_id": "a1", "note": "never"})],
+                )
+                assert missing is None
+        assert len(seen) == 2
         with engine.connect() as connection:
             rows = connection.execute(select(second)).all()
             assert [tuple(r) for r in rows] == [(1, "a1", "first")]

@@ -45,7 +45,7 @@ def test_a_post_under_a_key_in_hand_writes_everything_in_one_statement(
 ) -> None:
     thread_id = start_thread(client, world)  # its answer opened the thread's key
     assert crypto.recent_key(world.runtime.keyring, thread_id) is not None
-    with statements(world.runtime, "message") as seen:
+    with statements(world.runtime.engine, "message") as seen:
         posted = post(client, world, thread_id, "Your prescription is ready.")
     assert posted.status_code == 201, posted.text
     assert posted.json()["seq"] == 2
@@ -95,7 +95,7 @@ def test_a_key_rewrapped_since_it_was_cached_takes_the_long_way(
     cached = crypto.recent_key(world.runtime.keyring, thread_id)
     assert cached is not None
     rewrap_in_place(world, thread_id)
-    with statements(world.runtime, "message") as seen:
+    with statements(world.runtime.engine, "message") as seen:
         posted = post(client, world, thread_id, "After the rewrap")
     assert posted.status_code == 201, posted.text
     if not world.runtime.settings.uses_sqlite:

@@ -179,7 +179,7 @@ def test_a_refresh_marks_its_token_used_and_stores_the_next_in_one_statement(
     someone = helpers.person(runtime, tmp_path)
     helpers.use_session(client, runtime, someone.session_token)
     first = _tokens(client, registered)["refresh_token"]
-    with statements(runtime, "oidc_refresh_token") as seen:
+    with statements(runtime.engine, "oidc_refresh_token") as seen:
         second = _refresh(client, registered, first)
     assert second.status_code == 200, second.text
     writes = [sql for sql in seen if not sql.lstrip().startswith("SELECT")]
