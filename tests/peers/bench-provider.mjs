@@ -27,6 +27,7 @@ const signingKey = { ...privateKey.export({ format: 'jwk' }), alg: 'ES256', use:
 const verifier = process.env.BENCH_VERIFIER;
 const challenge = createHash('sha256').update(verifier).digest('base64url');
 const redirectUri = 'https://app.example.org/callback';
+const API = 'https://api.example';
 
 // The quick-start adapter is an LRU of 1,000 entries: the minted tokens would be evicted.
 // This one is the same idea (memory), unbounded.
@@ -129,17 +130,17 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
-    // BENCH_JWT=1: ES256 JWT access tokens (RFC 9068), as carebridge issues, instead of
-    // the default opaque ones kept in memory.
+    // BENCH_JWT=1: ES256 JWT access tokens (RFC 9068) for a resource server, as carebridge
+    // issues, instead of the default opaque ones, which the adapter stores.
     ...(process.env.BENCH_JWT
       ? {
           resourceIndicators: {
             enabled: true,
-            defaultResource: () => 'https://api.example',
+            defaultResource: () => API,
             useGrantedResource: () => true,
             getResourceServerInfo: () => ({
               scope: 'messaging.read',
-              audience: 'https://api.example',
+              audience: API,
               accessTokenFormat: 'jwt',
               jwt: { sign: { alg: 'ES256' } },
             }),
@@ -167,6 +168,10 @@ for (let i = 0; i < count; i += 1) {
   const accountId = `account-${i}`;
   const grant = new provider.Grant({ accountId, clientId: 'bench-client' });
   grant.addOIDCScope('openid offline_access');
+  // JWT access tokens are issued for a resource server: the grant, its code and its
+  // refresh token name it (as an app asking for the messaging API would).
+  const resource = process.env.BENCH_JWT ? { resource: API } : {};
+  if (process.env.BENCH_JWT) grant.addResourceScope(API, 'messaging.read');
   const grantId = await grant.save();
   codes.push(
     await new provider.AuthorizationCode({
@@ -178,6 +183,7 @@ for (let i = 0; i < count; i += 1) {
       codeChallenge: challenge,
       codeChallengeMethod: 'S256',
       nonce: 'n',
+      ...resource,
     }).save(),
   );
   refresh.push(
@@ -187,6 +193,7 @@ for (let i = 0; i < count; i += 1) {
       client,
       scope: 'openid offline_access',
       gty: 'authorization_code',
+      ...resource,
     }).save(),
   );
 }
