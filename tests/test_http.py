@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy.exc import ProgrammingError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -41,9 +42,19 @@ async def _thread(request: Request) -> Response:
     return JSONResponse({"thread": request.path_params["thread_id"]})
 
 
+async def _own_headers(request: Request) -> Response:
+    headers = {
+        "Cache-Control": "public, max-age=60",
+        "X-Frame-Options": "SAMEORIGIN",
+        "X-Request-ID": "chosen-by-the-handler",
+    }
+    return JSONResponse({}, headers=headers)
+
+
 def _with_test_routes(app: Starlette) -> Starlette:
     app.router.routes.extend(
         [
+            Route("/own-headers", _own_headers),
             Route("/boom", _boom),
             Route("/api/boom", _boom),
             Route("/threads/{thread_id}", _thread),
@@ -242,6 +253,17 @@ def test_security_headers_on_every_response(
     response = shell.request(method, path, headers=headers)
     assert response.status_code == status
     _assert_security_headers(response)
+
+
+def test_a_header_the_handler_sets_wins_once_and_the_request_id_is_ours(
+    shell: TestClient,
+) -> None:
+    headers = shell.get("/own-headers").headers
+    assert headers.get_list("cache-control") == ["public, max-age=60"]
+    assert headers.get_list("x-frame-options") == ["SAMEORIGIN"]
+    assert headers["x-content-type-options"] == "nosniff"
+    [request_id] = headers.get_list("x-request-id")
+    assert REQUEST_ID.fullmatch(request_id)
 
 
 def test_hsts_is_not_sent_for_a_plain_http_issuer(make_client: MakeClient) -> None:
@@ -443,6 +465,20 @@ def test_made_up_http_methods_share_one_metrics_label(shell: TestClient) -> None
     text = _scrape(shell)
     assert "PROBE0X" not in text
     assert 'method="other",route="/healthz"' in text
+
+
+def test_each_request_is_counted_and_timed_once(shell: TestClient) -> None:
+    labels = {"method": "GET", "route": "/threads/{thread_id}"}
+    counted = ("carebridge_http_requests_total", {**labels, "status": "200"})
+    timed = ("carebridge_http_request_duration_seconds_count", labels)
+
+    def sample(name: str, values: dict[str, str]) -> float:
+        return REGISTRY.get_sample_value(name, values) or 0.0
+
+    before = sample(*counted), sample(*timed)
+    shell.get("/threads/a")
+    shell.get("/threads/b")
+    assert (sample(*counted), sample(*timed)) == (before[0] + 2, before[1] + 2)
 
 
 def test_metrics_are_open_without_a_token(shell: TestClient) -> None:

@@ -39,10 +39,23 @@ HTTP_DURATION = Histogram(
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+# Each label set's two children, looked up once: ``labels()`` costs more than recording.
+# Bounded as the label values are (methods above, route templates, statuses).
+_CHILDREN: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     method = method if method in _METHODS else "other"
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_DURATION.labels(method, route).observe(seconds)
+    key = (method, route, status)
+    children = _CHILDREN.get(key)
+    if children is None:
+        children = _CHILDREN[key] = (
+            HTTP_REQUESTS.labels(method, route, str(status)),
+            HTTP_DURATION.labels(method, route),
+        )
+    requests, duration = children
+    requests.inc()
+    duration.observe(seconds)
 
 
 def _registry() -> CollectorRegistry:

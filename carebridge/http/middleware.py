@@ -8,7 +8,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,6 +32,17 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+_REQUEST_ID = b"x-request-id"
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    """A request header's first value, or "" (ASGI servers give names in lower case)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
 def _route_label(scope: Scope) -> str:
     # The route's template ("/threads/{id}"), never the raw path: bounded label values.
     route = scope.get("route")
@@ -50,7 +60,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = Headers(scope=scope).get("x-request-id", "")
+        incoming = _header(scope, _REQUEST_ID)
         # The ID is written to every log line unredacted, so it must not be PHI-shaped either.
         well_formed = _INCOMING_REQUEST_ID.fullmatch(incoming) and redact(incoming) == incoming
         request_id = incoming if well_formed else secrets.token_hex(16)
@@ -63,7 +73,9 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["x-request-id"] = request_id
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != _REQUEST_ID]
+                headers.append((_REQUEST_ID, request_id.encode("latin-1")))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -91,7 +103,7 @@ class SecurityHeadersMiddleware:
 
     def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
         self.app = app
-        self.defaults = [
+        defaults = [
             ("content-security-policy", CONTENT_SECURITY_POLICY),
             ("x-frame-options", "DENY"),
             # Never a Referer to another site; not "no-referrer", which makes browsers send
@@ -104,9 +116,9 @@ class SecurityHeadersMiddleware:
             ("cache-control", "no-store"),
         ]
         if hsts:
-            self.defaults.append(
-                ("strict-transport-security", "max-age=63072000; includeSubDomains")
-            )
+            defaults.append(("strict-transport-security", "max-age=63072000; includeSubDomains"))
+        # As raw ASGI header pairs, encoded once: every response takes them.
+        self.defaults = [(name.encode(), value.encode()) for name, value in defaults]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,9 +127,10 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in self.defaults:
-                    headers.setdefault(name, value)
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(pair for pair in self.defaults if pair[0] not in present)
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
