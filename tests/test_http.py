@@ -51,10 +51,25 @@ async def _own_headers(request: Request) -> Response:
     return JSONResponse({}, headers=headers)
 
 
+async def _status(request: Request) -> Response:
+    return Response(status_code=int(request.path_params["code"]))
+
+
+class _RawHeaders:
+    """A raw ASGI endpoint: its header names keep the case it gives them."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"Cache-Control", b"public, max-age=60"), (b"X-Request-ID", b"raw-app-chose")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
 def _with_test_routes(app: Starlette) -> Starlette:
     app.router.routes.extend(
         [
             Route("/own-headers", _own_headers),
+            Route("/raw-headers", _RawHeaders()),
+            Route("/status/{code:int}", _status),
             Route("/boom", _boom),
             Route("/api/boom", _boom),
             Route("/threads/{thread_id}", _thread),
@@ -266,6 +281,13 @@ def test_a_header_the_handler_sets_wins_once_and_the_request_id_is_ours(
     assert REQUEST_ID.fullmatch(request_id)
 
 
+def test_header_names_are_matched_whatever_their_case(shell: TestClient) -> None:
+    headers = shell.get("/raw-headers").headers
+    assert headers.get_list("cache-control") == ["public, max-age=60"]
+    [request_id] = headers.get_list("x-request-id")
+    assert REQUEST_ID.fullmatch(request_id)
+
+
 def test_hsts_is_not_sent_for_a_plain_http_issuer(make_client: MakeClient) -> None:
     client = make_client(issuer="http://127.0.0.1:8000")
     assert "strict-transport-security" not in client.get("/healthz").headers
@@ -467,18 +489,28 @@ def test_made_up_http_methods_share_one_metrics_label(shell: TestClient) -> None
     assert 'method="other",route="/healthz"' in text
 
 
-def test_each_request_is_counted_and_timed_once(shell: TestClient) -> None:
-    labels = {"method": "GET", "route": "/threads/{thread_id}"}
-    counted = ("carebridge_http_requests_total", {**labels, "status": "200"})
-    timed = ("carebridge_http_request_duration_seconds_count", labels)
+def test_each_request_is_counted_and_timed_once_under_its_labels(shell: TestClient) -> None:
+    def counts() -> list[float]:
+        route = "/status/{code:int}"
+        found = [
+            REGISTRY.get_sample_value(
+                "carebridge_http_requests_total",
+                {"method": method, "route": route, "status": status},
+            )
+            for method, status in (("GET", "201"), ("GET", "202"), ("other", "201"))
+        ]
+        timed = REGISTRY.get_sample_value(
+            "carebridge_http_request_duration_seconds_count", {"method": "GET", "route": route}
+        )
+        return [value or 0.0 for value in (*found, timed)]
 
-    def sample(name: str, values: dict[str, str]) -> float:
-        return REGISTRY.get_sample_value(name, values) or 0.0
-
-    before = sample(*counted), sample(*timed)
-    shell.get("/threads/a")
-    shell.get("/threads/b")
-    assert (sample(*counted), sample(*timed)) == (before[0] + 2, before[1] + 2)
+    before = counts()
+    shell.get("/status/201")
+    shell.get("/status/201")
+    shell.get("/status/202")
+    shell.request("PROBE", "/status/201")  # 405: its own status, its own method label
+    after = counts()
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 0, 3]
 
 
 def test_metrics_are_open_without_a_token(shell: TestClient) -> None:

@@ -40,7 +40,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 # Each label set's two children, looked up once: ``labels()`` costs more than recording.
-# Bounded as the label values are (methods above, route templates, statuses).
+# Bounded as the label values are (methods above, route templates, statuses). The metrics
+# are never cleared or their children removed: a cached child would stop being scraped.
 _CHILDREN: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
 

@@ -37,7 +37,11 @@ _REQUEST_ID = b"x-request-id"
 
 def _header(scope: Scope, name: bytes) -> str:
     """A request header's first value, or "" (ASGI servers give names in lower case)."""
-    for key, value in scope["headers"]:
+    headers = scope["headers"]
+    if not isinstance(headers, list):
+        # Any iterable is allowed: read once, kept for the layers below as Starlette does.
+        headers = scope["headers"] = list(headers)
+    for key, value in headers:
         if key == name:
             return str(value.decode("latin-1"))
     return ""
