@@ -141,8 +141,14 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def _connection(session: Session | Connection) -> Connection:
+    """The connection a statement runs on: a Session's, in its transaction, or the one given."""
+    return session if isinstance(session, Connection) else session.connection()
+
+
 class DirectStatement:
-    """A hot statement run straight on the session's DBAPI connection on PostgreSQL.
+    """A hot statement run straight on the session's DBAPI connection on PostgreSQL (or on
+    a given SQLAlchemy connection's, in its transaction, where no Session is needed).
 
     SQLAlchemy's execution machinery (cache lookup, parameter processing, execution
     context, result object) costs ~70 µs a statement here: more than a cheap statement
@@ -172,15 +178,17 @@ class DirectStatement:
         names = list(columns.keys()) if columns is not None else []
         self._named: Any = namedtuple("Row", names) if names else None
 
-    def rows(self, session: Session, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
-        connection = session.connection()
+    def rows(
+        self, session: Session | Connection, params: dict[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        connection = _connection(session)
         if connection.dialect.name != "postgresql":
             return connection.execute(self.statement, params).all()
         return self._run(connection, params)
 
-    def first(self, session: Session, params: dict[str, Any]) -> Any:
+    def first(self, session: Session | Connection, params: dict[str, Any]) -> Any:
         """The first row (attributes named like the columns), or None."""
-        connection = session.connection()
+        connection = _connection(session)
         if connection.dialect.name != "postgresql":
             return connection.execute(self.statement, params).first()
         found = self._run(connection, params)
@@ -247,7 +255,7 @@ class Gate:
     returning: tuple[str, ...]
 
 
-def insert_together(session: Session, rows: Rows) -> None:
+def insert_together(session: Session | Connection, rows: Rows) -> None:
     """Insert one row into each of several tables, in the session's transaction.
 
     On PostgreSQL they go in one statement (data-modifying CTEs, ``WITH w0 AS (INSERT
@@ -259,7 +267,7 @@ def insert_together(session: Session, rows: Rows) -> None:
     if not rows:
         return
     _check(rows, gated=False)
-    connection = session.connection()
+    connection = _connection(session)
     if connection.dialect.name != "postgresql" or len(rows) == 1:
         for table, values in rows:
             connection.execute(insert(table), values)
@@ -268,7 +276,7 @@ def insert_together(session: Session, rows: Rows) -> None:
 
 
 def insert_gated(
-    session: Session, gate: Gate, params: dict[str, Any], rows: Rows
+    session: Session | Connection, gate: Gate, params: dict[str, Any], rows: Rows
 ) -> tuple[Any, ...] | None:
     """PostgreSQL: run ``gate`` (with ``params``) and, if its gating CTE yields a row,
     insert ``rows`` with the values marked :class:`FromGate` taken from it, all in one
@@ -279,13 +287,13 @@ def insert_gated(
     that may fail: one round trip where a claim and then an insert would take two.
     """
     _check(rows, gated=True)
-    connection = session.connection()
+    connection = _connection(session)
     if connection.dialect.name != "postgresql":
         raise NotImplementedError("insert_gated needs PostgreSQL's data-modifying CTEs")
     values = _params(rows)
     if params.keys() & values.keys():
         raise ValueError("a gate parameter is named like a row value (p<n>_<column>)")
-    found = _statement(connection, gate, rows).rows(session, {**params, **values})
+    found = _statement(connection, gate, rows).rows(connection, {**params, **values})
     return tuple(found[0]) if found else None
 
 

@@ -94,10 +94,10 @@ async def userinfo(request: Request) -> Response:
                 return None
             auth_time = access.claims.get("auth_time")
             moment = datetime.fromtimestamp(auth_time if isinstance(auth_time, int) else 0, UTC)
-            user = tokens.end_user(db, runtime, client, account_id, moment)
+            user = tokens.end_user(lambda: db, runtime, client, account_id, moment)
             if user is None:
                 return None
-            return tokens.user_claims(db, runtime, user, " ".join(sorted(access.scopes)))
+            return tokens.user_claims(lambda: db, runtime, user, " ".join(sorted(access.scopes)))
 
     found = await run_in_threadpool(claims)
     if found is None:

@@ -36,7 +36,7 @@ from identity.models import new_id
 from identity.oidc import scopes as scope_rules
 from identity.oidc import tokens
 from identity.oidc.clients import Client
-from identity.oidc.context import INTROSPECT_PATH, REVOKE_PATH, TOKEN_PATH, db
+from identity.oidc.context import INTROSPECT_PATH, REVOKE_PATH, TOKEN_PATH, connection, db
 from identity.oidc.models import OidcAuthorizationCode, OidcUsedAssertion
 from identity.oidc.tokens import AccountState, Authorizing, EndUser
 
@@ -212,7 +212,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
     def query_authorization_code(self, code: str, client: Client) -> CodeRecord | None:
         if len(code) > 128:
             return None
-        row = _FIND_CODE.first(db(), {"code_hash": tokens.digest(code)})
+        row = _FIND_CODE.first(connection(), {"code_hash": tokens.digest(code)})
         if row is None or row.client_id != client.client_id:
             return None
         record = CodeRecord(
@@ -250,7 +250,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         # one marks the code used (and stores its refresh token), the other is refused.
         record: CodeRecord = self.request.authorization_code
         successor = self.server.successor(token, self.request)
-        if not tokens.redeem(db(), "authorization_code", record.code_hash, successor):
+        if not tokens.redeem(connection(), "authorization_code", record.code_hash, successor):
             self._reused(record)
             raise InvalidGrantError("The code was already used.")
 
@@ -292,7 +292,7 @@ class OpenIDCode(oidc_grants.OpenIDCode):  # type: ignore[misc]
         }
 
     def generate_user_info(self, user: EndUser, scope: str) -> dict[str, Any]:
-        return tokens.user_claims(db(), self.runtime, user, scope)
+        return tokens.user_claims(db, self.runtime, user, scope)
 
 
 @dataclass(frozen=True)
@@ -346,7 +346,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         if len(refresh_token) > 128:
             return None
         row = tokens.FIND_REFRESH_WITH_ACCOUNT.first(
-            db(), {"token_hash": tokens.digest(refresh_token)}
+            connection(), {"token_hash": tokens.digest(refresh_token)}
         )
         if row is None or row.revoked_at is not None:
             return None
@@ -373,7 +373,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         # uses racing, the second is refused and revokes the family (RFC 9700 §4.14.2).
         record: RefreshRecord = self.request.refresh_token
         successor = self.server.successor(token, self.request)
-        if not tokens.redeem(db(), "refresh_token", record.token_hash, successor):
+        if not tokens.redeem(connection(), "refresh_token", record.token_hash, successor):
             self._reused(record)
             raise InvalidGrantError("The refresh token was already used.")
 

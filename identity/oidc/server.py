@@ -3,8 +3,9 @@
 Authlib ships Flask and Django integrations only. Here: an ``OAuth2Request`` built from
 a body we parsed ourselves (never ``request.form()``, ten times slower), Authlib's answers
 turned into Starlette responses, and the synchronous server run in a worker thread with
-one database transaction per request (reachable from Authlib's callbacks through
-:func:`identity.oidc.context.db`), except a token request that needs no database, answered
+one database transaction per request (:class:`identity.oidc.context.Unit`, reachable
+from Authlib's callbacks: its connection for the hot statements, an ORM Session on it
+made only when asked for), except a token request that needs no database, answered
 on the event loop (:meth:`AuthorizationServer.answer_without_database`). The grants it runs
 are in :mod:`identity.oidc.grants`.
 """
@@ -35,7 +36,6 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from carebridge.db import transaction
 from carebridge.http.forms import MAX_BODY
 from carebridge.runtime import Runtime
 from identity.oidc import clients, tokens
@@ -46,6 +46,7 @@ from identity.oidc.context import (
     MAX_PARAMETER,
     MAX_STATE,
     NoTransactionError,
+    Unit,
     bound,
     db,
     unbound,
@@ -259,7 +260,7 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         *,
         state: tokens.AccountState | None = None,
     ) -> EndUser | None:
-        return tokens.end_user(db(), self.runtime, client, account_id, auth_time, state=state)
+        return tokens.end_user(db, self.runtime, client, account_id, auth_time, state=state)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         """Client credentials store nothing (the access token is a JWT); the code and
@@ -389,7 +390,7 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         """
 
         def in_transaction() -> T:
-            with self.transaction():
+            with self.unit():
                 return work()
 
         loop = asyncio.get_running_loop()
@@ -398,8 +399,22 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with transaction(self.runtime.sessions) as session, bound(session):
-            yield session
+        """The request's transaction, as an ORM Session."""
+        with self.unit() as unit:
+            yield unit.session
+
+    @contextmanager
+    def unit(self) -> Iterator[Unit]:
+        """The request's transaction (:class:`identity.oidc.context.Unit`), reachable from
+        Authlib's callbacks: committed if the block ends normally, else rolled back."""
+        with self.runtime.engine.connect() as connection:
+            unit = Unit(connection)
+            try:
+                with connection.begin(), bound(unit):
+                    yield unit
+                    unit.finish()
+            finally:
+                unit.close()
 
 
 def server_for(request: Request) -> AuthorizationServer:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from joserfc import jwt
-from sqlalchemy import Select, Table, and_, bindparam, select, update
+from sqlalchemy import Connection, Select, Table, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from carebridge.db import DirectStatement, Gate, insert_gated, insert_together
@@ -167,7 +168,7 @@ class EndUser:
 
 
 def end_user(
-    db: Session,
+    db: Callable[[], Session],
     runtime: Runtime,
     client: Client,
     account_id: str,
@@ -180,11 +181,14 @@ def end_user(
     ``state``: the account as read with the code or refresh token (the token endpoint's
     grants); without it, it is read here. The subject is recorded the first time it is
     given to the client (one INSERT), never looked up again once the state shows it.
+    ``db`` gives the Session, asked for only then (identity.oidc.context.Unit).
     """
     if state is None:
-        found = db.execute(
-            _ACCOUNT_STATE, {"account_id": account_id, "client_id": client.client_id}
-        ).first()
+        found = (
+            db()
+            .execute(_ACCOUNT_STATE, {"account_id": account_id, "client_id": client.client_id})
+            .first()
+        )
         state = AccountState.of(found) if found is not None else None
     if state is None or state.status != accounts.ACTIVE:
         return None
@@ -196,7 +200,7 @@ def end_user(
     else:
         subject = subjects.pairwise(runtime.keyring, sector=client.sector, account_id=account_id)
     if state.recorded_subject != subject:
-        subjects.record(db, client_id=client.client_id, subject=subject, account_id=account_id)
+        subjects.record(db(), client_id=client.client_id, subject=subject, account_id=account_id)
     return EndUser(
         account_id=account_id,
         auth_time=int(aware(auth_time).timestamp()),
@@ -205,12 +209,15 @@ def end_user(
     )
 
 
-def user_claims(db: Session, runtime: Runtime, user: EndUser, scope: str) -> dict[str, Any]:
-    """Claims for the ID token and userinfo: only what the granted scopes cover."""
+def user_claims(
+    db: Callable[[], Session], runtime: Runtime, user: EndUser, scope: str
+) -> dict[str, Any]:
+    """Claims for the ID token and userinfo: only what the granted scopes cover (``db``
+    gives the Session, asked for only for the email)."""
     granted = set(scope.split())
     claims: dict[str, Any] = {"sub": user.subject}
     if "email" in granted:
-        login = accounts.login_of(db, runtime.keyring, user.account_id)
+        login = accounts.login_of(db(), runtime.keyring, user.account_id)
         if login and "@" in login:
             claims["email"] = login
     if user.patient is not None and scope_rules.FHIR_USER in granted:
@@ -269,7 +276,7 @@ def refresh_row(
 
 
 def redeem(
-    db: Session,
+    db: Connection,
     kind: Literal["authorization_code", "refresh_token"],
     token_hash: str,
     successor: dict[str, Any] | None,
@@ -279,9 +286,9 @@ def redeem(
     gets True; the other, and any use of a revoked token, gets False and writes nothing."""
     params = {"hash": token_hash, "now": utcnow()}
     rows = [(_REFRESH, successor)] if successor is not None else []
-    if db.get_bind().dialect.name == "postgresql":
+    if db.dialect.name == "postgresql":
         return insert_gated(db, _CLAIM[kind], params, rows) is not None
-    if not db.execute(_USE[kind], params).rowcount:  # type: ignore[attr-defined]
+    if not db.execute(_USE[kind], params).rowcount:
         return False
     insert_together(db, rows)
     return True

@@ -7,6 +7,8 @@ import base64
 import hashlib
 import re
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+from sqlalchemy import Connection, event
+from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
 from carebridge.db import transaction
@@ -133,6 +137,24 @@ def exchange(
         **extra,
     }
     return client.post("/oauth2/token", data=data, auth=basic(registered))
+
+
+@contextmanager
+def provider_sessions() -> Iterator[list[Session]]:
+    """The ORM Sessions the provider's request transactions (identity.oidc.context.Unit)
+    begin inside the block: a hot path that needs none must make none."""
+    begun: list[Session] = []
+
+    def listener(session: Session, *_: object) -> None:
+        # A unit's Session is bound to its connection; a background task's to the engine.
+        if isinstance(session.bind, Connection):
+            begun.append(session)
+
+    event.listen(Session, "after_begin", listener)
+    try:
+        yield begun
+    finally:
+        event.remove(Session, "after_begin", listener)
 
 
 def basic(registered: Registered) -> tuple[str, str] | None:

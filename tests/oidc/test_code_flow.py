@@ -555,3 +555,19 @@ def test_the_consent_post_gets_the_same_parameter_limits_as_the_request(
     assert "location" not in answer.headers
     with client.app.state.runtime.sessions() as db:  # type: ignore[attr-defined]
         assert db.scalars(select(OidcAuthorizationCode)).all() == []
+
+
+def test_a_returning_users_code_exchange_makes_no_orm_session(
+    client: TestClient, registered: helpers.Registered, someone: helpers.Person
+) -> None:
+    # The first exchange records the user's subject for the client (with a Session); a
+    # later one runs its statements on the transaction's connection alone.
+    first, first_verifier, _ = _flow(client, registered)
+    assert helpers.exchange(client, registered, first["code"][0], first_verifier).is_success
+    verifier, challenge = helpers.pkce()
+    answer = helpers.approve(client, helpers.authorization_params(registered, challenge))
+    with helpers.provider_sessions() as made:
+        response = helpers.exchange(client, registered, answer["code"][0], verifier)
+    assert response.status_code == 200, response.text
+    assert "id_token" in response.json()
+    assert made == []

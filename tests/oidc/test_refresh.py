@@ -193,3 +193,21 @@ def test_a_refresh_marks_its_token_used_and_stores_the_next_in_one_statement(
         rows = db.scalars(select(OidcRefreshToken).order_by(OidcRefreshToken.issued_at)).all()
     assert [row.used_at is not None for row in rows] == [True, False]
     assert rows[0].family_id == rows[1].family_id
+
+
+def test_a_refresh_makes_no_orm_session(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    # Its statements run on the transaction's connection (identity.oidc.context.Unit):
+    # an ORM Session costs about a quarter of a refresh, and it needs none.
+    registered = helpers.register(runtime)
+    someone = helpers.person(runtime, tmp_path)
+    helpers.use_session(client, runtime, someone.session_token)
+    first = _tokens(client, registered)["refresh_token"]
+    with helpers.provider_sessions() as made:
+        second = _refresh(client, registered, first)
+        assert second.status_code == 200, second.text
+        assert made == []
+        # Reuse takes the other path, with a Session: the family revoked, the event audited.
+        assert _refresh(client, registered, first).status_code == 400
+        assert made
