@@ -37,13 +37,20 @@ class Unit:
     @property
     def session(self) -> Session:
         if self._session is None:
-            # Joins the connection's transaction: its commit flushes and runs the commit
-            # hooks (carebridge.audit's staged records) but leaves the transaction to us.
-            self._session = Session(bind=self.connection, expire_on_commit=False)
+            # Joins the connection's transaction. Its commit flushes and runs the commit
+            # hooks (carebridge.audit's staged records) but leaves the transaction to the
+            # unit; a rollback, or a flush failing outside a savepoint, rolls back the
+            # whole request (the unit then raises rather than commit part of it).
+            self._session = Session(
+                bind=self.connection,
+                expire_on_commit=False,
+                join_transaction_mode="rollback_only",
+            )
         return self._session
 
     def finish(self) -> None:
-        """Flush the Session's work into the transaction, before the transaction commits."""
+        """Flush the Session's work into the transaction, before the transaction commits.
+        (Its ``after_commit`` hooks run then, before the real commit: none is used.)"""
         if self._session is not None:
             self._session.commit()
 

@@ -4,9 +4,12 @@ family; of two concurrent uses of one token exactly one succeeds (on a live serv
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from joserfc import jwt
 from sqlalchemy import select, update
 from starlette.testclient import TestClient
@@ -17,6 +20,8 @@ from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from identity.accounts import DISABLED
 from identity.models import Account
+from identity.oidc import context
+from identity.oidc.grants import RefreshTokenGrant
 from identity.oidc.models import OidcRefreshToken, OidcSubject
 from tests.browser.harness import LiveApp
 from tests.oidc import helpers
@@ -211,3 +216,30 @@ def test_a_refresh_makes_no_orm_session(
         # Reuse takes the other path, with a Session: the family revoked, the event audited.
         assert _refresh(client, registered, first).status_code == 400
         assert made
+
+
+def test_a_refresh_that_loses_the_claim_stores_nothing_and_revokes_audited(
+    client: TestClient, runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another request uses the token between this one's lookup and its claim (a race,
+    # made certain here): this one stores no successor, and the family is revoked with
+    # its audit record, in this request's transaction, by a Session made that late.
+    registered = helpers.register(runtime)
+    someone = helpers.person(runtime, tmp_path)
+    helpers.use_session(client, runtime, someone.session_token)
+    first = _tokens(client, registered)["refresh_token"]
+    save_token = RefreshTokenGrant.save_token
+
+    def raced(grant: RefreshTokenGrant, token: dict[str, Any]) -> None:
+        used = update(OidcRefreshToken).values(used_at=datetime.now(UTC))
+        context.connection().execute(used)
+        save_token(grant, token)
+
+    monkeypatch.setattr(RefreshTokenGrant, "save_token", raced)
+    refused = _refresh(client, registered, first)
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    with runtime.sessions() as db:
+        rows = db.scalars(select(OidcRefreshToken)).all()
+        actions = db.scalars(select(AuditRecord.action)).all()
+    assert len(rows) == 1 and rows[0].revoked_at is not None
+    assert actions.count("identity.oidc.refresh.reused") == 1
