@@ -10,19 +10,21 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from html import unescape
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
-from sqlalchemy import Connection, event
+import pytest
+from sqlalchemy import Connection, event, update
 from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
-from identity.oidc import clients
+from identity.oidc import clients, context
 from tests.identity import factories
 from tests.identity.roster_helpers import import_roster, link
 
@@ -137,6 +139,18 @@ def exchange(
         **extra,
     }
     return client.post("/oauth2/token", data=data, auth=basic(registered))
+
+
+def lose_the_claim(monkeypatch: pytest.MonkeyPatch, grant: type[Any], model: type[Any]) -> None:
+    """Make ``grant`` find its code or refresh token (``model``) used by another request
+    between its lookup and its claim: a race, made certain."""
+    save_token = grant.save_token
+
+    def raced(self: Any, token: dict[str, Any]) -> None:
+        context.connection().execute(update(model).values(used_at=datetime.now(UTC)))
+        save_token(self, token)
+
+    monkeypatch.setattr(grant, "save_token", raced)
 
 
 @contextmanager

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -17,7 +16,7 @@ from starlette.testclient import TestClient
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
-from identity.oidc import context, subjects
+from identity.oidc import subjects
 from identity.oidc.grants import AuthorizationCodeGrant
 from identity.oidc.models import OidcAuthorizationCode, OidcClient, OidcRefreshToken
 from tests.oidc import helpers
@@ -585,14 +584,7 @@ def test_an_exchange_that_loses_the_claim_stores_nothing_and_revokes_audited(
     # Another exchange uses the code between this one's lookup and its claim: this one
     # stores no refresh token, and the code's family is revoked with its audit record.
     code, verifier = _issued(client, registered)
-    save_token = AuthorizationCodeGrant.save_token
-
-    def raced(grant: AuthorizationCodeGrant, token: dict[str, Any]) -> None:
-        used = update(OidcAuthorizationCode).values(used_at=datetime.now(UTC))
-        context.connection().execute(used)
-        save_token(grant, token)
-
-    monkeypatch.setattr(AuthorizationCodeGrant, "save_token", raced)
+    helpers.lose_the_claim(monkeypatch, AuthorizationCodeGrant, OidcAuthorizationCode)
     refused = helpers.exchange(client, registered, code, verifier)
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
     with runtime.sessions() as db:

@@ -4,9 +4,7 @@ family; of two concurrent uses of one token exactly one succeeds (on a live serv
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +18,6 @@ from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from identity.accounts import DISABLED
 from identity.models import Account
-from identity.oidc import context
 from identity.oidc.grants import RefreshTokenGrant
 from identity.oidc.models import OidcRefreshToken, OidcSubject
 from tests.browser.harness import LiveApp
@@ -228,14 +225,7 @@ def test_a_refresh_that_loses_the_claim_stores_nothing_and_revokes_audited(
     someone = helpers.person(runtime, tmp_path)
     helpers.use_session(client, runtime, someone.session_token)
     first = _tokens(client, registered)["refresh_token"]
-    save_token = RefreshTokenGrant.save_token
-
-    def raced(grant: RefreshTokenGrant, token: dict[str, Any]) -> None:
-        used = update(OidcRefreshToken).values(used_at=datetime.now(UTC))
-        context.connection().execute(used)
-        save_token(grant, token)
-
-    monkeypatch.setattr(RefreshTokenGrant, "save_token", raced)
+    helpers.lose_the_claim(monkeypatch, RefreshTokenGrant, OidcRefreshToken)
     refused = _refresh(client, registered, first)
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
     with runtime.sessions() as db:
