@@ -276,7 +276,7 @@ def refresh_row(
 
 
 def redeem(
-    db: Connection,
+    connection: Connection,
     kind: Literal["authorization_code", "refresh_token"],
     token_hash: str,
     successor: dict[str, Any] | None,
@@ -286,11 +286,11 @@ def redeem(
     gets True; the other, and any use of a revoked token, gets False and writes nothing."""
     params = {"hash": token_hash, "now": utcnow()}
     rows = [(_REFRESH, successor)] if successor is not None else []
-    if db.dialect.name == "postgresql":
-        return insert_gated(db, _CLAIM[kind], params, rows) is not None
-    if not db.execute(_USE[kind], params).rowcount:
+    if connection.dialect.name == "postgresql":
+        return insert_gated(connection, _CLAIM[kind], params, rows) is not None
+    if not connection.execute(_USE[kind], params).rowcount:
         return False
-    insert_together(db, rows)
+    insert_together(connection, rows)
     return True
 
 
