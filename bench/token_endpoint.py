@@ -377,7 +377,7 @@ def libpq_url(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
+def main() -> None:  # noqa: PLR0912, PLR0915  (a script: set up, run, report)
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--connections", type=int, default=16)
@@ -388,6 +388,17 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
         action="store_true",
         help="let servers and wrk float over the cores (threads of one process then contend "
         "for Python's lock across cores)",
+    )
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="carebridge alone (its own figures, no ratios): for trying a change quickly",
+    )
+    parser.add_argument(
+        "--grant",
+        action="append",
+        choices=sorted(ALL),
+        help="run only this grant (repeatable; default: all three)",
     )
     args = parser.parse_args()
     if args.no_pin:
@@ -450,6 +461,8 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
             else:
                 # Client credentials JWTs are stored nowhere: no store to choose.
                 peers.append(("oidc-provider/jwt", 1, "1", "", {"client_credentials"}))
+            if args.no_peers:
+                peers = []
             # The servers whose database work the bench database's CPU is (PostgreSQL runs).
             persisting = {name for name, _, _, postgres, _ in peers if postgres}
             for name, count, jwt, postgres, grants_run in peers:
@@ -481,7 +494,9 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
                     f"http://127.0.0.1:{port}/.well-known/openid-configuration", processes[-1]
                 )
                 servers[name] = (port, "bench-client", where / "node-", processes[-1], grants_run)
-            print(f"oidc-provider minted its tokens in {time.monotonic() - started:.1f} s")
+            if peers:
+                took = time.monotonic() - started
+                print(f"oidc-provider minted its tokens in {took:.1f} s")
             print(
                 f"{args.connections} connections, {args.seconds} s per run, wrk on the same "
                 f"machine ({os.cpu_count()} cores); one process per server; "
@@ -505,7 +520,7 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
             for grant, (body, tokens) in grants.items():
                 results: dict[str, Result] = {}
                 for name, (port, cid, prefix, process, grants_run) in servers.items():
-                    if grant not in grants_run:
+                    if grant not in grants_run or grant not in (args.grant or ALL):
                         continue
                     auth = base64.b64encode(f"{cid}:{secret}".encode()).decode()
                     feed = {
@@ -524,6 +539,8 @@ def main() -> None:  # noqa: PLR0915  (a script: set up, run, report)
                         database_cpu=database_cpu,
                     )
                     print(f"{grant:19} {name:{width}} {results[name].line()}")
+                if not results:
+                    continue
                 ours = next(iter(results.values()))
                 for name, theirs in list(results.items())[1:]:
                     ours_all = ours.with_database_per_cpu_second
