@@ -93,6 +93,7 @@ def create_app(runtime: Runtime) -> Starlette:
             tasks.start_soon(forget_expired_keys)
             yield
             tasks.cancel_scope.cancel()
+        await runtime.close_loop_connections()
         runtime.close()
 
     app = Starlette(

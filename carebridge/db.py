@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
+import asyncpg
 from psycopg.pq import ExecStatus
 from sqlalchemy import (
     Connection,
@@ -172,7 +173,8 @@ class DirectStatement:
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        self._compiled: tuple[Dialect, str, dict[str, Any], frozenset[str]] | None = None
+        self._compiled: dict[Dialect, tuple[str, dict[str, Any], frozenset[str]]] = {}
+        self._positions: dict[Dialect, tuple[str, ...]] = {}
         # Rows of a SELECT as named tuples, named like its columns.
         columns = getattr(statement, "selected_columns", None)
         names = list(columns.keys()) if columns is not None else []
@@ -196,23 +198,46 @@ class DirectStatement:
             return None
         return self._named._make(found[0]) if self._named is not None else found[0]
 
-    def _run(self, connection: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        dialect = connection.dialect
-        if self._compiled is None or self._compiled[0] is not dialect:
-            compiled = cast(
-                SQLCompiler, cast(ClauseElement, self.statement).compile(dialect=dialect)
-            )
-            binds = compiled.binds
+    async def rows_on(
+        self, connection: asyncpg.Connection, dialect: Dialect, params: dict[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        """Run on an asyncpg connection (:class:`carebridge.loop_connections`), compiled
+        for ``dialect`` (that module's): as :meth:`rows` does on PostgreSQL, in that
+        connection's mode (autocommit there). A database error is the driver's own."""
+        sql, values = self._sql(dialect, params)
+        found = await connection.fetch(sql, *(values[name] for name in self._positions[dialect]))
+        return cast(Sequence[Sequence[Any]], found)
+
+    async def first_on(
+        self, connection: asyncpg.Connection, dialect: Dialect, params: dict[str, Any]
+    ) -> Any:
+        """:meth:`first`, on an asyncpg connection (see :meth:`rows_on`)."""
+        found = await self.rows_on(connection, dialect, params)
+        if not found:
+            return None
+        return self._named._make(found[0]) if self._named is not None else found[0]
+
+    def _sql(self, dialect: Dialect, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The statement's SQL for ``dialect`` (compiled once) and the values to bind."""
+        compiled = self._compiled.get(dialect)
+        if compiled is None:
+            done = cast(SQLCompiler, cast(ClauseElement, self.statement).compile(dialect=dialect))
+            binds = done.binds
             # Values the statement binds itself (literals SQLAlchemy turned into
             # parameters); the others the caller must give.
             required = frozenset(name for name, bind in binds.items() if bind.required)
-            defaults = {k: v for k, v in compiled.params.items() if k not in required}
-            self._compiled = (dialect, str(compiled), defaults, required)
-        _, sql, defaults, required = self._compiled
+            defaults = {k: v for k, v in done.params.items() if k not in required}
+            compiled = self._compiled[dialect] = (str(done), defaults, required)
+            self._positions[dialect] = tuple(done.positiontup or ())
+        sql, defaults, required = compiled
         if not required <= params.keys():
             missing = sorted(required - params.keys())
             raise ArgumentError(f"a value is required for the parameter {missing[0]!r}")
-        values = {**defaults, **params}
+        return sql, {**defaults, **params}
+
+    def _run(self, connection: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        dialect = connection.dialect
+        sql, values = self._sql(dialect, params)
         cursor = None
         try:
             driver: Any = connection.connection.driver_connection
@@ -272,7 +297,7 @@ def insert_together(session: Session | Connection, rows: Rows) -> None:
         for table, values in rows:
             connection.execute(insert(table), values)
         return
-    connection.execute(_statement(connection, None, rows).statement, _params(rows))
+    connection.execute(_statement(connection.dialect, None, rows).statement, _params(rows))
 
 
 def insert_gated(
@@ -286,15 +311,24 @@ def insert_gated(
     For a hot path whose rows depend on a claim (the next number in a sequence, say)
     that may fail: one round trip where a claim and then an insert would take two.
     """
-    _check(rows, gated=True)
     connection = _connection(session)
-    if connection.dialect.name != "postgresql":
+    statement, values = gated(connection.dialect, gate, params, rows)
+    found = statement.rows(connection, values)
+    return tuple(found[0]) if found else None
+
+
+def gated(
+    dialect: Dialect, gate: Gate, params: dict[str, Any], rows: Rows
+) -> tuple[DirectStatement, dict[str, Any]]:
+    """The statement :func:`insert_gated` runs, and its values: for running it elsewhere
+    (on an async connection, :meth:`DirectStatement.rows_on`)."""
+    _check(rows, gated=True)
+    if dialect.name != "postgresql":
         raise NotImplementedError("insert_gated needs PostgreSQL's data-modifying CTEs")
     values = _params(rows)
     if params.keys() & values.keys():
         raise ValueError("a gate parameter is named like a row value (p<n>_<column>)")
-    found = _statement(connection, gate, rows).rows(connection, {**params, **values})
-    return tuple(found[0]) if found else None
+    return _statement(dialect, gate, rows), {**params, **values}
 
 
 def _check(rows: Rows, *, gated: bool) -> None:
@@ -315,7 +349,7 @@ def _params(rows: Rows) -> dict[str, Any]:
     }
 
 
-def _statement(connection: Connection, gate: Gate | None, rows: Rows) -> DirectStatement:
+def _statement(dialect: Dialect, gate: Gate | None, rows: Rows) -> DirectStatement:
     # Built once per shape: the tables, their columns, which values come from the gate.
     shape = (
         gate,
@@ -333,7 +367,7 @@ def _statement(connection: Connection, gate: Gate | None, rows: Rows) -> DirectS
     statement = _TOGETHER.get(shape)
     if statement is not None:
         return statement
-    quote = connection.dialect.identifier_preparer
+    quote = dialect.identifier_preparer
     # Only the schema's own table and column names, quoted; every value is bound, or a
     # column of the gate's row.
     inserts = []
@@ -342,7 +376,8 @@ def _statement(connection: Connection, gate: Gate | None, rows: Rows) -> DirectS
         sources = ", ".join(
             f"{gate.name}.{quote.quote(value.column)}"
             if gate is not None and isinstance(value, FromGate)
-            else f":p{n}_{column}"
+            # Typed: a parameter in a SELECT list is otherwise text to PostgreSQL.
+            else f"CAST(:p{n}_{column} AS {table.c[column].type.compile(dialect)})"
             for column, value in values.items()
         )
         into = f"INSERT INTO {quote.format_table(table)} ({names}) "

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from carebridge import keyring as keyring_module
 from carebridge.db import make_engine, make_sessionmaker
 from carebridge.keyring import Keyring, KeyringError
+from carebridge.loop_connections import LoopConnections
 from carebridge.migrate import current_revision, head_revision, known_revisions, schema_state
 from carebridge.settings import Settings
 
@@ -33,6 +34,11 @@ def load_keyring(settings: Settings) -> Keyring:
     if settings.keyring_file is not None:
         return keyring_module.load(settings.keyring_file)
     return keyring_module.load_or_create_development(settings.effective_keyring_file)
+
+
+# PostgreSQL connections a process keeps for work on its event loop (token grants),
+# besides the engine's pool for worker threads.
+LOOP_CONNECTIONS = 4
 
 
 @dataclass
@@ -61,6 +67,14 @@ class Runtime:
         return make_sessionmaker(self.engine)
 
     @cached_property
+    def loop_connections(self) -> LoopConnections | None:
+        """Connections for statements awaited on the event loop (PostgreSQL only; None on
+        SQLite, whose work stays in worker threads)."""
+        if self.settings.uses_sqlite:
+            return None
+        return LoopConnections(self.engine.url, LOOP_CONNECTIONS)
+
+    @cached_property
     def expected_revision(self) -> str | None:
         return head_revision()
 
@@ -72,6 +86,12 @@ class Runtime:
         """Whether the database's schema is this release's: current, behind or ahead."""
         current = current_revision(self.engine)
         return schema_state(current, self.expected_revision, self._known_revisions)
+
+    async def close_loop_connections(self) -> None:
+        """Close the event loop's connections, if any were made (the app's shutdown)."""
+        connections = self.__dict__.get("loop_connections")
+        if connections is not None:
+            await connections.close()
 
     def close(self) -> None:
         self.engine.dispose()

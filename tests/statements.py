@@ -1,6 +1,7 @@
-"""The SQL statements a block of code runs, as the database driver receives them: hot
+"""The SQL statements a block of code runs, as the database drivers receive them: hot
 paths run some statements past SQLAlchemy (carebridge.db.DirectStatement), which its
-events do not see."""
+events do not see, some of them on the event loop's asyncpg connections
+(carebridge.loop_connections)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 from sqlalchemy import Engine, event
@@ -39,6 +41,13 @@ def statements(engine: Engine, mentioning: str = "") -> Iterator[list[str]]:
         record(query)
         return execute(self, query, *args, **kwargs)
 
+    fetch = asyncpg.Connection.fetch
+
+    async def fetching(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        record(query)
+        return await fetch(self, query, *args, **kwargs)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(psycopg.Cursor, "execute", recording)
+        patch.setattr(asyncpg.Connection, "fetch", fetching)
         yield seen

@@ -1,14 +1,18 @@
-"""What Authlib's callbacks reach without being passed it: the request's transaction;
-and the provider's paths and request limits."""
+"""What Authlib's callbacks reach without being passed it: the request's transaction, or
+the plan of a token request answered on the event loop; and the provider's paths and
+request limits."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Dialect
 from sqlalchemy.orm import Session
+
+from carebridge.db import DirectStatement
 
 AUTHORIZE_PATH = "/authorize"
 TOKEN_PATH = "/oauth2/token"  # noqa: S105  (a path)
@@ -63,8 +67,68 @@ _UNIT: ContextVar[Unit | None] = ContextVar("oidc_unit", default=None)
 
 
 class NoTransactionError(RuntimeError):
-    """:func:`db` was called where no transaction is open: the work needs the database
-    (the token endpoint then runs it again, in a worker thread, in a transaction)."""
+    """:func:`db` was called where no transaction is open, or :func:`read` asked for a row
+    the plan did not fetch: the work needs the database (the token endpoint then runs it
+    again, in a worker thread, in a transaction)."""
+
+
+class Plan:
+    """A token request answered on the event loop, without a transaction
+    (``AuthorizationServer.answer_on_loop``): the rows it reads, fetched before Authlib
+    runs, and the one statement it writes, deferred until Authlib has answered and then
+    run, atomic on its own. Anything else it asks of the database (the Session, another
+    row, a second write) raises :class:`NoTransactionError`, and the request runs again
+    in a worker thread; nothing was written by then."""
+
+    def __init__(self, dialect: Dialect, reads: dict[tuple[Any, ...], Any]) -> None:
+        self.dialect = dialect
+        self._reads = reads
+        self.write: tuple[DirectStatement, dict[str, Any]] | None = None
+
+    @staticmethod
+    def key(statement: DirectStatement, params: dict[str, Any]) -> tuple[Any, ...]:
+        return (statement, *sorted(params.items()))
+
+    def read(self, statement: DirectStatement, params: dict[str, Any]) -> Any:
+        try:
+            return self._reads[self.key(statement, params)]
+        except KeyError:
+            raise NoTransactionError("a row the plan did not fetch") from None
+
+    def defer(self, statement: DirectStatement, params: dict[str, Any]) -> None:
+        if self.write is not None:
+            raise NoTransactionError("a second write needs a transaction")
+        self.write = (statement, params)
+
+
+_PLAN: ContextVar[Plan | None] = ContextVar("oidc_plan", default=None)
+
+
+def plan() -> Plan | None:
+    """The plan of the request answered on the event loop, if this is one."""
+    return _PLAN.get()
+
+
+@contextmanager
+def planned(request_plan: Plan) -> Iterator[Plan]:
+    """Make ``request_plan`` the one :func:`read` and :func:`plan` answer, for the block
+    (no transaction is bound in it)."""
+    reset_unit = _UNIT.set(None)
+    reset = _PLAN.set(request_plan)
+    try:
+        yield request_plan
+    finally:
+        _PLAN.reset(reset)
+        _UNIT.reset(reset_unit)
+
+
+def read(statement: DirectStatement, params: dict[str, Any]) -> Any:
+    """The first row of a hot statement: run on the request transaction's connection, or,
+    for a request answered on the event loop, as its plan fetched it."""
+    request_plan = _PLAN.get()
+    if request_plan is not None:
+        return request_plan.read(statement, params)
+    return statement.first(_unit().connection, params)
 
 
 def _unit() -> Unit:
@@ -98,7 +162,9 @@ def unbound() -> Iterator[None]:
 def bound(unit: Unit) -> Iterator[Unit]:
     """Make ``unit`` the one :func:`db` and :func:`connection` answer, for the block."""
     reset = _UNIT.set(unit)
+    reset_plan = _PLAN.set(None)
     try:
         yield unit
     finally:
+        _PLAN.reset(reset_plan)
         _UNIT.reset(reset)

@@ -41,9 +41,9 @@ async def _client_endpoint(request: Request, path: str, name: str | None) -> Res
     except ParameterError as exc:
         return invalid_request(str(exc))
     if name is None:
-        # A cached client's client credentials grant touches no row: no thread, no
+        # The usual token requests are answered on the event loop: no thread, no
         # transaction. Anything else (a cache miss included) runs in a transaction.
-        quick = server.answer_without_database(oauth)
+        quick = await server.answer_on_loop(oauth)
         if quick is not None:
             return quick.response()
         answer: Answer = await server.run(lambda: server.create_token_response(oauth))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from authlib.oauth2.rfc6749 import (
     InvalidClientError,
@@ -36,7 +36,15 @@ from identity.models import new_id
 from identity.oidc import scopes as scope_rules
 from identity.oidc import tokens
 from identity.oidc.clients import Client
-from identity.oidc.context import INTROSPECT_PATH, REVOKE_PATH, TOKEN_PATH, connection, db
+from identity.oidc.context import (
+    INTROSPECT_PATH,
+    REVOKE_PATH,
+    TOKEN_PATH,
+    connection,
+    db,
+    plan,
+    read,
+)
 from identity.oidc.models import OidcAuthorizationCode, OidcUsedAssertion
 from identity.oidc.tokens import AccountState, Authorizing, EndUser
 
@@ -52,6 +60,47 @@ _CODES = cast(Table, OidcAuthorizationCode.__table__)
 _FIND_CODE = DirectStatement(
     tokens.with_account_state(_CODES).where(_CODES.c.code_hash == bindparam("code_hash"))
 )
+
+# What a grant reads first: its statement and values (None: nothing to find).
+Lookup = tuple[DirectStatement, dict[str, Any]]
+
+
+def code_lookup(code: str) -> Lookup | None:
+    """The authorization code's row, with its account's state."""
+    if len(code) > 128:
+        return None
+    return _FIND_CODE, {"code_hash": tokens.digest(code)}
+
+
+def refresh_lookup(refresh_token: str) -> Lookup | None:
+    """The refresh token's row, with its account's state."""
+    if len(refresh_token) > 128:
+        return None
+    return tokens.FIND_REFRESH_WITH_ACCOUNT, {"token_hash": tokens.digest(refresh_token)}
+
+
+# For a grant answered on the event loop (AuthorizationServer.answer_on_loop): the form
+# parameter holding what it looks up, and the lookup, fetched before Authlib runs.
+LOOKUPS = {
+    "authorization_code": ("code", code_lookup),
+    "refresh_token": ("refresh_token", refresh_lookup),
+}
+
+
+def _redeem(
+    kind: Literal["authorization_code", "refresh_token"],
+    token_hash: str,
+    successor: dict[str, Any] | None,
+) -> bool:
+    """tokens.redeem in the request's transaction; or, on the event loop, deferred to
+    run once Authlib has answered (True here: the claim is checked when it runs, and an
+    answer whose claim fails is never sent)."""
+    request_plan = plan()
+    if request_plan is not None:
+        request_plan.defer(*tokens.redemption(request_plan.dialect, kind, token_hash, successor))
+        return True
+    return tokens.redeem(connection(), kind, token_hash, successor)
+
 
 # private_key_jwt assertions verify until exp + this (clock skew); their jti is kept as long.
 ASSERTION_LEEWAY_SECONDS = 30
@@ -210,9 +259,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         )
 
     def query_authorization_code(self, code: str, client: Client) -> CodeRecord | None:
-        if len(code) > 128:
-            return None
-        row = _FIND_CODE.first(connection(), {"code_hash": tokens.digest(code)})
+        lookup = code_lookup(code)
+        row = read(*lookup) if lookup is not None else None
         if row is None or row.client_id != client.client_id:
             return None
         record = CodeRecord(
@@ -250,7 +298,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         # one marks the code used (and stores its refresh token), the other is refused.
         record: CodeRecord = self.request.authorization_code
         successor = self.server.successor(token, self.request)
-        if not tokens.redeem(connection(), "authorization_code", record.code_hash, successor):
+        if not _redeem("authorization_code", record.code_hash, successor):
             self._reused(record)
             raise InvalidGrantError("The code was already used.")
 
@@ -343,11 +391,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     server: AuthorizationServer
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
-        if len(refresh_token) > 128:
-            return None
-        row = tokens.FIND_REFRESH_WITH_ACCOUNT.first(
-            connection(), {"token_hash": tokens.digest(refresh_token)}
-        )
+        lookup = refresh_lookup(refresh_token)
+        row = read(*lookup) if lookup is not None else None
         if row is None or row.revoked_at is not None:
             return None
         record = RefreshRecord.of(row, AccountState.of(row))
@@ -373,7 +418,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         # uses racing, the second is refused and revokes the family (RFC 9700 §4.14.2).
         record: RefreshRecord = self.request.refresh_token
         successor = self.server.successor(token, self.request)
-        if not tokens.redeem(connection(), "refresh_token", record.token_hash, successor):
+        if not _redeem("refresh_token", record.token_hash, successor):
             self._reused(record)
             raise InvalidGrantError("The refresh token was already used.")
 

@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from carebridge.http.forms import MAX_BODY
+from carebridge.loop_connections import DATABASE_ERRORS, LoopConnections
 from carebridge.runtime import Runtime
 from identity.oidc import clients, tokens
 from identity.oidc import scopes as scope_rules
@@ -46,16 +47,20 @@ from identity.oidc.context import (
     MAX_PARAMETER,
     MAX_STATE,
     NoTransactionError,
+    Plan,
     Unit,
     bound,
     db,
+    planned,
     unbound,
 )
 from identity.oidc.grants import (
+    LOOKUPS,
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
     CodeRecord,
     Introspection,
+    Lookup,
     OpenIDCode,
     PrivateKeyJwt,
     RefreshTokenGrant,
@@ -65,6 +70,7 @@ from identity.oidc.grants import (
 from identity.oidc.tokens import EndUser
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 # Threads for token work on PostgreSQL. More only contend for the GIL: on two cores, 4
 # served ~20% more refresh and code grants per CPU-second than 8 (bench/token_endpoint.py).
@@ -381,6 +387,62 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         except NoTransactionError:
             return None  # nothing was written: it runs again from the start, in a thread
         return answer
+
+    async def answer_on_loop(self, oauth: StarletteOAuth2Request) -> Answer | None:
+        """A token response computed on the event loop, no worker thread or transaction:
+        :meth:`answer_without_database`, or, on PostgreSQL, a code exchange or refresh.
+
+        For those, the row the grant looks up (grants.LOOKUPS) is fetched first, awaited
+        on one of the loop's own connections (carebridge.loop_connections, autocommit);
+        Authlib then runs with it (identity.oidc.context.Plan), and the grant's one write,
+        the claim that redeems the code or token and stores its successor, runs after,
+        atomic as one statement. Its answer is sent only if the claim succeeded.
+
+        None, to :meth:`run` it in a worker thread, in a transaction, from the start,
+        whenever that cannot answer it: the grant asked for anything else of the database
+        (a client not in the cache, a subject to record, a reuse to revoke and audit), the
+        claim was lost to a racing use (the thread then answers it as a reuse), or the
+        database failed. Nothing was written in any of these cases.
+        """
+        quick = self.answer_without_database(oauth)
+        if quick is not None:
+            return quick
+        form = oauth.form
+        found = LOOKUPS.get(form.get("grant_type", ""))
+        connections = self.runtime.loop_connections
+        if found is None or connections is None or "client_assertion" in form:
+            return None
+        parameter, lookup_for = found
+        lookup = lookup_for(form.get(parameter, ""))
+        if lookup is None or not connections.usable():
+            return None
+        return await self._answer_planned(oauth, connections, lookup)
+
+    async def _answer_planned(
+        self, oauth: StarletteOAuth2Request, connections: LoopConnections, lookup: Lookup
+    ) -> Answer | None:
+        statement, params = lookup
+        dialect = connections.dialect
+        try:
+            async with connections.connection() as connection:
+                row = await statement.first_on(connection, dialect, params)
+                request_plan = Plan(dialect, {Plan.key(statement, params): row})
+                try:
+                    with planned(request_plan):
+                        answer: Answer = self.create_token_response(oauth)
+                except NoTransactionError:
+                    return None
+                if request_plan.write is not None:
+                    write, values = request_plan.write
+                    if not await write.rows_on(connection, dialect, values):
+                        return None
+                return answer
+        except DATABASE_ERRORS as exc:
+            logger.warning(
+                "token request on the event loop failed (%s): it runs in a worker thread",
+                type(exc).__name__,
+            )
+            return None
 
     async def run(self, work: Callable[[], T]) -> T:
         """Run synchronous Authlib work in a worker thread, in one transaction.

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from joserfc import jwt
-from sqlalchemy import Connection, Select, Table, and_, bindparam, select, update
+from sqlalchemy import Connection, Dialect, Select, Table, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from carebridge.db import DirectStatement, Gate, insert_gated, insert_together
+from carebridge.db import DirectStatement, Gate, gated, insert_together
 from carebridge.http import bearer
 from carebridge.runtime import Runtime
 from identity import accounts
@@ -284,14 +284,27 @@ def redeem(
     """Use a code or refresh token, storing the refresh token it is exchanged for
     (``successor``, from :func:`refresh_row`), atomically: of two racing uses exactly one
     gets True; the other, and any use of a revoked token, gets False and writes nothing."""
+    if connection.dialect.name == "postgresql":
+        statement, values = redemption(connection.dialect, kind, token_hash, successor)
+        return bool(statement.rows(connection, values))
+    if not connection.execute(_USE[kind], {"hash": token_hash, "now": utcnow()}).rowcount:
+        return False
+    insert_together(connection, [(_REFRESH, successor)] if successor is not None else [])
+    return True
+
+
+def redemption(
+    dialect: Dialect,
+    kind: Literal["authorization_code", "refresh_token"],
+    token_hash: str,
+    successor: dict[str, Any] | None,
+) -> tuple[DirectStatement, dict[str, Any]]:
+    """PostgreSQL: :func:`redeem` as one statement and its values (to run on any
+    connection, autocommit included: the claim gates the insert within it). It answers
+    with a row if the code or token was redeemed, none if not."""
     params = {"hash": token_hash, "now": utcnow()}
     rows = [(_REFRESH, successor)] if successor is not None else []
-    if connection.dialect.name == "postgresql":
-        return insert_gated(connection, _CLAIM[kind], params, rows) is not None
-    if not connection.execute(_USE[kind], params).rowcount:
-        return False
-    insert_together(connection, rows)
-    return True
+    return gated(dialect, _CLAIM[kind], params, rows)
 
 
 def find_refresh_token(db: Session, token_hash: str) -> Any:

@@ -141,16 +141,31 @@ def exchange(
     return client.post("/oauth2/token", data=data, auth=basic(registered))
 
 
-def lose_the_claim(monkeypatch: pytest.MonkeyPatch, grant: type[Any], model: type[Any]) -> None:
+def lose_the_claim(
+    monkeypatch: pytest.MonkeyPatch, grant: type[Any], model: type[Any]
+) -> list[str]:
     """Make ``grant`` find its code or refresh token (``model``) used by another request
-    between its lookup and its claim: a race, made certain."""
+    between its lookup and its claim: a race, made certain. Returns where each race
+    ran, as it runs: "event loop" or "worker thread"."""
     save_token = grant.save_token
+    where: list[str] = []
 
     def raced(self: Any, token: dict[str, Any]) -> None:
-        context.connection().execute(update(model).values(used_at=datetime.now(UTC)))
+        used = update(model).values(used_at=datetime.now(UTC))
+        if context.plan() is None:
+            # In a worker thread: in the request's transaction, before its claim.
+            where.append("worker thread")
+            context.connection().execute(used)
+        else:
+            where.append("event loop")
+            # On the event loop the claim runs once Authlib has answered: another
+            # request's use, committed before then.
+            with self.server.runtime.engine.begin() as other:
+                other.execute(used)
         save_token(self, token)
 
     monkeypatch.setattr(grant, "save_token", raced)
+    return where
 
 
 @contextmanager
@@ -169,6 +184,12 @@ def provider_sessions() -> Iterator[list[Session]]:
         yield begun
     finally:
         event.remove(Session, "after_begin", listener)
+
+
+def on_worker_threads(runtime: Runtime) -> None:
+    """Answer every token request in a worker thread, in a transaction, as on SQLite: no
+    event loop connections (AuthorizationServer.answer_on_loop). Before the app starts."""
+    runtime.__dict__["loop_connections"] = None
 
 
 def basic(registered: Registered) -> tuple[str, str] | None:
