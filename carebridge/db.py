@@ -38,6 +38,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import String, TypeEngine
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -349,9 +350,20 @@ def _params(rows: Rows) -> dict[str, Any]:
     }
 
 
+def _typed(parameter: str, column_type: TypeEngine[Any], dialect: Dialect) -> str:
+    """A parameter of a gated insert's SELECT list, typed: PostgreSQL takes an untyped
+    one there as text, which asyncpg then refuses to send a datetime as. Strings stay
+    text (a cast to ``varchar(n)`` would truncate silently; text assigned to the column
+    fails when too long, as a plain insert does)."""
+    if isinstance(column_type, String):
+        return parameter
+    return f"CAST({parameter} AS {column_type.compile(dialect)})"
+
+
 def _statement(dialect: Dialect, gate: Gate | None, rows: Rows) -> DirectStatement:
     # Built once per shape: the tables, their columns, which values come from the gate.
     shape = (
+        type(dialect),
         gate,
         *(
             (
@@ -376,8 +388,7 @@ def _statement(dialect: Dialect, gate: Gate | None, rows: Rows) -> DirectStateme
         sources = ", ".join(
             f"{gate.name}.{quote.quote(value.column)}"
             if gate is not None and isinstance(value, FromGate)
-            # Typed: a parameter in a SELECT list is otherwise text to PostgreSQL.
-            else f"CAST(:p{n}_{column} AS {table.c[column].type.compile(dialect)})"
+            else _typed(f":p{n}_{column}", table.c[column].type, dialect)
             for column, value in values.items()
         )
         into = f"INSERT INTO {quote.format_table(table)} ({names}) "

@@ -17,7 +17,9 @@ The pool is a fixed number of slots, each empty or holding a connection, taken i
 that failed, or that a cancelled task left mid-statement, is closed and its slot emptied;
 the next user connects afresh. A failure to connect closes the pool to new work for
 :data:`RETRY_AFTER_SECONDS` (the callers then use the engine, which has its own retry),
-so a database that is down is not dialled for every request. The pool belongs to the
+so a database that is down is not dialled for every request, queued ones included. No
+one waits longer than :data:`WAIT_SECONDS` for a connection, nor a statement longer
+than :data:`STATEMENT_TIMEOUT_SECONDS` (a socket gone quiet). The pool belongs to the
 event loop that first uses it; :meth:`LoopConnections.usable` says whether the running
 loop is that one.
 """
@@ -39,6 +41,10 @@ from sqlalchemy.engine import URL
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5.0
+# Longest wait for a free connection, and for a statement, before the work goes to the
+# engine's worker threads instead (the token grants' statements take milliseconds).
+WAIT_SECONDS = 5.0
+STATEMENT_TIMEOUT_SECONDS = 10.0
 
 # What the pool raises, and callers catch, when the database fails: the server's errors,
 # the driver's (a connection closed under it included), and the network's.
@@ -81,14 +87,22 @@ class LoopConnections:
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection in autocommit, for the block. Raises one of
-        :data:`DATABASE_ERRORS` when the database fails (connecting included); the
-        connection is then closed, never reused. Ask :meth:`usable` first."""
-        if self._loop is None or self._closed:
-            raise RuntimeError("LoopConnections.usable() was not asked, or they are closed")
-        connection = await self._take()
+        :data:`DATABASE_ERRORS` when the database fails (connecting included), when no
+        slot frees within :data:`WAIT_SECONDS`, while waiting to retry after a failure to
+        connect, or once closed; a connection that raised is closed, never reused. Ask
+        :meth:`usable` first."""
+        if self._loop is None:
+            raise RuntimeError("ask LoopConnections.usable() first")
+        if self._closed:
+            raise ConnectionAbortedError("the event loop's connections are closed")
+        connection = await asyncio.wait_for(self._take(), WAIT_SECONDS)
         try:
+            if self._closed:
+                raise ConnectionAbortedError("the event loop's connections are closed")
             if connection is None or connection.is_closed():
                 connection = None
+                if time.monotonic() < self._retry_at:
+                    raise ConnectionRefusedError("waiting to retry connecting")
                 connection = await self._connect()
             yield connection
         except BaseException:
@@ -130,6 +144,7 @@ class LoopConnections:
             return await asyncpg.connect(
                 self._dsn,
                 timeout=self._timeout,
+                command_timeout=STATEMENT_TIMEOUT_SECONDS,
                 server_settings={"application_name": "carebridge-loop"},
             )
         except DATABASE_ERRORS as exc:
@@ -147,6 +162,10 @@ class LoopConnections:
         """Close the idle connections; any in use are closed as they come back."""
         self._closed = True
         free, self._free = self._free, []
+        while self._waiting:  # they find it closed, and give their turn back
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
         for connection in free:
             if connection is not None:
                 with contextlib.suppress(*DATABASE_ERRORS):

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, event, select
-from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError
 from statements import statements
 
 from carebridge.db import (
@@ -125,6 +125,30 @@ def test_gated_rows_go_in_with_the_gates_values_in_one_statement(postgres_databa
             rows = connection.execute(select(second)).all()
             assert [tuple(r) for r in rows] == [(1, "a1", "first")]
             assert connection.execute(select(counter.c.last)).scalar_one() == 1
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+
+
+def test_a_value_too_long_for_its_column_is_refused_not_cut(postgres_database: str) -> None:
+    # Parameters of a gated insert are typed for PostgreSQL, but strings are not cast to
+    # the column's varchar(n): that cast would truncate without an error.
+    engine = make_engine(postgres_database)
+    metadata.create_all(engine)
+    try:
+        sessions = make_sessionmaker(engine)
+        with transaction(sessions) as session:
+            session.execute(counter.insert().values(id="c", last=0))
+            session.execute(first.insert().values(id="a1"))
+        with pytest.raises(DataError), transaction(sessions) as session:
+            insert_gated(
+                session,
+                _BUMP,
+                {"counter": "c"},
+                [(second, {"id": FromGate("last"), "a_id": "a1", "note": "x" * 51})],
+            )
+        with engine.connect() as connection:
+            assert connection.execute(select(second)).all() == []
     finally:
         metadata.drop_all(engine)
         engine.dispose()

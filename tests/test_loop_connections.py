@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -264,3 +265,80 @@ def test_a_task_cancelled_while_waiting_gives_up_its_turn(pg_runtime: Runtime) -
     assert _run(cancelled(handed_over=False)) == 1
     pool = _pool(pg_runtime)
     assert _run(cancelled(handed_over=True)) == 1
+
+
+def test_queued_users_do_not_dial_a_database_that_just_failed(
+    pg_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = make_url("postgresql+psycopg://carebridge@127.0.0.1:9/test")
+    pool = LoopConnections(url, 1)
+    dialled: list[float] = []
+    connect = LoopConnections._connect
+
+    async def counted(self: LoopConnections) -> Any:
+        dialled.append(time.monotonic())
+        return await connect(self)
+
+    monkeypatch.setattr(LoopConnections, "_connect", counted)
+
+    async def use() -> None:
+        async with pool.connection():
+            pass
+
+    async def queued() -> list[BaseException | None]:
+        assert pool.usable()
+        # Three at once: the first dials and fails; the two queued behind it do not dial.
+        results = await asyncio.gather(use(), use(), use(), return_exceptions=True)
+        await pool.close()
+        return [result if isinstance(result, BaseException) else None for result in results]
+
+    results = _run(queued())
+    assert len(dialled) == 1
+    assert all(isinstance(result, DATABASE_ERRORS) for result in results)
+
+
+def test_no_one_waits_for_a_connection_longer_than_the_limit(
+    pg_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loop_connections, "WAIT_SECONDS", 0.2)
+    pool = _pool(pg_runtime)
+
+    async def use() -> None:
+        async with pool.connection():
+            pass
+
+    async def held() -> float:
+        assert pool.usable()
+        async with pool.connection():
+            started = time.monotonic()
+            with pytest.raises(DATABASE_ERRORS):
+                await use()
+            waited = time.monotonic() - started
+        await asyncio.wait_for(use(), 5)  # the slot still serves
+        await pool.close()
+        return waited
+
+    assert 0.15 < _run(held()) < 2
+
+
+def test_closing_releases_the_waiting_and_refuses_newcomers(pg_runtime: Runtime) -> None:
+    pool = _pool(pg_runtime)
+
+    async def use() -> None:
+        async with pool.connection():
+            pass
+
+    async def closing() -> tuple[bool, bool]:
+        assert pool.usable()
+        async with pool.connection() as connection:
+            waiting = asyncio.ensure_future(use())
+            await asyncio.sleep(0.05)
+            await pool.close()
+            with pytest.raises(ConnectionAbortedError):
+                await asyncio.wait_for(waiting, 2)
+            with pytest.raises(ConnectionAbortedError):
+                await use()
+        # Handed back after the close: closed, not kept.
+        return connection.is_closed(), pool.usable()
+
+    assert _run(closing()) == (True, False)

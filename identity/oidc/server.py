@@ -27,15 +27,18 @@ from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
+import asyncpg
 from authlib.oauth2 import AuthorizationServer as _AuthorizationServer
 from authlib.oauth2.rfc6749 import InvalidScopeError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import JsonRequest, OAuth2Payload
 from authlib.oauth2.rfc9207 import IssuerParameter
+from sqlalchemy import Dialect
 from sqlalchemy.orm import Session
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
+from carebridge.db import DatabaseError, DirectStatement
 from carebridge.http.forms import MAX_BODY
 from carebridge.loop_connections import DATABASE_ERRORS, LoopConnections
 from carebridge.runtime import Runtime
@@ -402,7 +405,9 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         whenever that cannot answer it: the grant asked for anything else of the database
         (a client not in the cache, a subject to record, a reuse to revoke and audit), the
         claim was lost to a racing use (the thread then answers it as a reuse), or the
-        database failed. Nothing was written in any of these cases.
+        database failed before the claim or refused it. Nothing was written in any of
+        these cases. A claim whose outcome is unknown (the connection lost as it ran)
+        raises DatabaseError instead (see :func:`_claim`).
         """
         quick = self.answer_without_database(oauth)
         if quick is not None:
@@ -432,12 +437,15 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
                         answer: Answer = self.create_token_response(oauth)
                 except NoTransactionError:
                     return None
-                if request_plan.write is not None:
-                    write, values = request_plan.write
-                    if not await write.rows_on(connection, dialect, values):
-                        return None
-                return answer
+                if request_plan.write is None:
+                    return answer
+                write, values = request_plan.write
+                claimed = await _claim(write, connection, dialect, values)
+                # Not claimed: lost to a racing use; the thread answers it as a reuse.
+                return answer if claimed else None
         except DATABASE_ERRORS as exc:
+            # No connection, or the lookup failed, or the server refused the claim (it
+            # rolled back): nothing was written.
             logger.warning(
                 "token request on the event loop failed (%s): it runs in a worker thread",
                 type(exc).__name__,
@@ -477,6 +485,22 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
                     unit.finish()
             finally:
                 unit.close()
+
+
+async def _claim(
+    write: DirectStatement, connection: Any, dialect: Dialect, values: dict[str, Any]
+) -> bool:
+    """Run a planned grant's claim. A failure the server reports means the statement
+    rolled back (the caller may answer the request again, from the start); any other
+    (the connection lost, a timeout) leaves unknown whether it committed, so it is
+    raised as DatabaseError: answered 500, as a failed commit is, never retried, for a
+    retry would find the code or token used and revoke its family as stolen."""
+    try:
+        return bool(await write.rows_on(connection, dialect, values))
+    except asyncpg.PostgresError:
+        raise
+    except DATABASE_ERRORS as exc:
+        raise DatabaseError(f"a token claim's outcome is unknown ({type(exc).__name__})") from exc
 
 
 def server_for(request: Request) -> AuthorizationServer:

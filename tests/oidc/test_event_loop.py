@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from asyncpg.exceptions import DeadlockDetectedError
 from sqlalchemy import event, select
 from sqlalchemy.dialects import postgresql
 from starlette.testclient import TestClient
@@ -149,34 +150,83 @@ def test_an_error_answered_on_the_event_loop_writes_nothing(
     assert helpers.exchange(client, registered, code, _verifier).status_code == 200
 
 
-@pytest.mark.parametrize("failing", ["first_on", "rows_on"])
-def test_a_database_failure_on_the_event_loop_is_answered_by_a_worker_thread(  # noqa: PLR0917
+def _failing_claim(monkeypatch: pytest.MonkeyPatch, error: BaseException, *, after: bool) -> None:
+    """Make the event loop's claim (the gated statement, not the lookup) fail: before it
+    reaches the database, or ``after`` it ran (and committed)."""
+    rows_on = DirectStatement.rows_on
+
+    async def failing(self: DirectStatement, connection: Any, dialect: Any, params: Any) -> Any:
+        if "INSERT INTO" not in str(self.statement):
+            return await rows_on(self, connection, dialect, params)
+        if after:
+            await rows_on(self, connection, dialect, params)
+        raise error
+
+    monkeypatch.setattr(DirectStatement, "rows_on", failing)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    ["the lookup's connection lost", "the claim refused by the server"],
+)
+def test_a_database_failure_before_the_claim_is_answered_by_a_worker_thread(  # noqa: PLR0917
     client: TestClient,
     runtime: Runtime,
     returning: tuple[helpers.Registered, dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    failing: str,
+    failure: str,
 ) -> None:
-    # The lookup, or the claim, fails on the loop's connection (before it reaches the
-    # database: nothing written): the whole request runs again in a worker thread.
+    # Nothing was written (a statement the server refused rolled back): the whole request
+    # runs again in a worker thread.
     registered, first = returning
+    if failure == "the lookup's connection lost":
 
-    async def lost(*_: Any) -> Any:
-        raise ConnectionResetError("the database went away")
+        async def lost(*_: Any) -> Any:
+            raise ConnectionResetError("the database went away")
 
-    monkeypatch.setattr(DirectStatement, failing, lost)
+        monkeypatch.setattr(DirectStatement, "first_on", lost)
+        expected = "ConnectionResetError"
+    else:
+        _failing_claim(monkeypatch, DeadlockDetectedError("deadlock detected"), after=False)
+        expected = "DeadlockDetectedError"
     threads = _threads(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="identity.oidc.server"):
         refreshed = _refresh(client, registered, first["refresh_token"])
     assert refreshed.status_code == 200, refreshed.text
     assert threads == ["worker thread"]
     if not runtime.settings.uses_sqlite:
-        assert "ConnectionResetError" in caplog.text
+        assert expected in caplog.text
         assert first["refresh_token"] not in caplog.text
     with runtime.sessions() as db:
         tokens = db.scalars(select(OidcRefreshToken).order_by(OidcRefreshToken.issued_at)).all()
     assert [token.used_at is not None for token in tokens] == [True, False]
+
+
+def test_a_claim_whose_outcome_is_unknown_is_a_500_never_a_reuse(
+    client: TestClient,
+    runtime: Runtime,
+    returning: tuple[helpers.Registered, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The connection is lost after the claim committed: answering again would find the
+    # token used and revoke its family as stolen. It is answered as a failed commit is.
+    registered, first = returning
+    _failing_claim(monkeypatch, ConnectionResetError("the database went away"), after=True)
+    threads = _threads(monkeypatch)
+    failed = _refresh(client, registered, first["refresh_token"])
+    if runtime.settings.uses_sqlite:
+        assert failed.status_code == 200 and threads == ["worker thread"]
+        return
+    assert failed.status_code == 500 and "refresh_token" not in failed.text
+    assert threads == []
+    with runtime.sessions() as db:
+        tokens = db.scalars(select(OidcRefreshToken).order_by(OidcRefreshToken.issued_at)).all()
+        actions = db.scalars(select(AuditRecord.action)).all()
+    # Redeemed, its successor stored (never delivered), nothing revoked, no reuse logged.
+    assert [token.used_at is not None for token in tokens] == [True, False]
+    assert [token.revoked_at for token in tokens] == [None, None]
+    assert "identity.oidc.refresh.reused" not in actions
 
 
 def test_the_loop_connections_close_when_the_app_stops(
