@@ -113,13 +113,8 @@ def plan() -> Plan | None:
 def planned(request_plan: Plan) -> Iterator[Plan]:
     """Make ``request_plan`` the one :func:`read` and :func:`plan` answer, for the block
     (no transaction is bound in it)."""
-    reset_unit = _UNIT.set(None)
-    reset = _PLAN.set(request_plan)
-    try:
+    with _binding(None, request_plan):
         yield request_plan
-    finally:
-        _PLAN.reset(reset)
-        _UNIT.reset(reset_unit)
 
 
 def read(statement: DirectStatement, params: dict[str, Any]) -> Any:
@@ -150,21 +145,25 @@ def connection() -> Connection:
 
 @contextmanager
 def unbound() -> Iterator[None]:
-    """No transaction for the duration of the block: :func:`db` raises NoTransactionError."""
-    reset = _UNIT.set(None)
-    try:
+    """No transaction (nor plan) for the duration of the block: :func:`db` raises
+    NoTransactionError."""
+    with _binding(None, None):
         yield
-    finally:
-        _UNIT.reset(reset)
 
 
 @contextmanager
 def bound(unit: Unit) -> Iterator[Unit]:
     """Make ``unit`` the one :func:`db` and :func:`connection` answer, for the block."""
-    reset = _UNIT.set(unit)
-    reset_plan = _PLAN.set(None)
-    try:
+    with _binding(unit, None):
         yield unit
+
+
+@contextmanager
+def _binding(unit: Unit | None, request_plan: Plan | None) -> Iterator[None]:
+    reset_unit = _UNIT.set(unit)
+    reset_plan = _PLAN.set(request_plan)
+    try:
+        yield
     finally:
         _PLAN.reset(reset_plan)
-        _UNIT.reset(reset)
+        _UNIT.reset(reset_unit)
