@@ -174,8 +174,11 @@ class DirectStatement:
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        self._compiled: dict[Dialect, tuple[str, dict[str, Any], frozenset[str]]] = {}
-        self._positions: dict[Dialect, tuple[str, ...]] = {}
+        # Per dialect: SQL, the values it binds itself, the names the caller must give,
+        # and the parameters' order for a positional driver (asyncpg).
+        self._compiled: dict[
+            Dialect, tuple[str, dict[str, Any], frozenset[str], tuple[str, ...]]
+        ] = {}
         # Rows of a SELECT as named tuples, named like its columns.
         columns = getattr(statement, "selected_columns", None)
         names = list(columns.keys()) if columns is not None else []
@@ -194,10 +197,7 @@ class DirectStatement:
         connection = _connection(session)
         if connection.dialect.name != "postgresql":
             return connection.execute(self.statement, params).first()
-        found = self._run(connection, params)
-        if not found:
-            return None
-        return self._named._make(found[0]) if self._named is not None else found[0]
+        return self._first_of(self._run(connection, params))
 
     async def rows_on(
         self, connection: asyncpg.Connection, dialect: Dialect, params: dict[str, Any]
@@ -206,14 +206,17 @@ class DirectStatement:
         for ``dialect`` (that module's): as :meth:`rows` does on PostgreSQL, in that
         connection's mode (autocommit there). A database error is the driver's own."""
         sql, values = self._sql(dialect, params)
-        found = await connection.fetch(sql, *(values[name] for name in self._positions[dialect]))
+        positions = self._compiled[dialect][3]
+        found = await connection.fetch(sql, *(values[name] for name in positions))
         return cast(Sequence[Sequence[Any]], found)
 
     async def first_on(
         self, connection: asyncpg.Connection, dialect: Dialect, params: dict[str, Any]
     ) -> Any:
         """:meth:`first`, on an asyncpg connection (see :meth:`rows_on`)."""
-        found = await self.rows_on(connection, dialect, params)
+        return self._first_of(await self.rows_on(connection, dialect, params))
+
+    def _first_of(self, found: Sequence[Sequence[Any]]) -> Any:
         if not found:
             return None
         return self._named._make(found[0]) if self._named is not None else found[0]
@@ -228,9 +231,9 @@ class DirectStatement:
             # parameters); the others the caller must give.
             required = frozenset(name for name, bind in binds.items() if bind.required)
             defaults = {k: v for k, v in done.params.items() if k not in required}
-            compiled = self._compiled[dialect] = (str(done), defaults, required)
-            self._positions[dialect] = tuple(done.positiontup or ())
-        sql, defaults, required = compiled
+            positions = tuple(done.positiontup or ())
+            compiled = self._compiled[dialect] = (str(done), defaults, required, positions)
+        sql, defaults, required, _ = compiled
         if not required <= params.keys():
             missing = sorted(required - params.keys())
             raise ArgumentError(f"a value is required for the parameter {missing[0]!r}")

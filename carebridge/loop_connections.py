@@ -13,9 +13,9 @@ protocol object on the socket; psycopg's registers the socket with the loop for 
 wait). Statements are compiled by SQLAlchemy for asyncpg's dialect
 (:meth:`carebridge.db.DirectStatement.rows_on`).
 
-The pool is a fixed number of slots, each empty or holding a connection, taken in turn. A connection
-that failed, or that a cancelled task left mid-statement, is closed and its slot emptied;
-the next user connects afresh. A failure to connect closes the pool to new work for
+The pool is a fixed number of slots, each empty or holding a connection, taken in turn.
+A connection that failed, or that a cancelled task left mid-statement, is closed and its
+slot emptied; the next user connects afresh. A failure to connect closes the pool to new work for
 :data:`RETRY_AFTER_SECONDS` (the callers then use the engine, which has its own retry),
 so a database that is down is not dialled for every request, queued ones included. No
 one waits longer than :data:`WAIT_SECONDS` for a connection, nor a statement longer

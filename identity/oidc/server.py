@@ -488,7 +488,10 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
 
 
 async def _claim(
-    write: DirectStatement, connection: Any, dialect: Dialect, values: dict[str, Any]
+    write: DirectStatement,
+    connection: asyncpg.Connection,
+    dialect: Dialect,
+    values: dict[str, Any],
 ) -> bool:
     """Run a planned grant's claim. A failure the server reports means the statement
     rolled back (the caller may answer the request again, from the start); any other
