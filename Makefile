@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint check lock clean
+.PHONY: run test lint check screenshots lock clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 check: lint test
+
+## Retake docs/screenshots/ from the browser tests (`make test` photographs into a scratch folder)
+screenshots: $(STAMP) $(NODE_PEERS)
+	CAREBRIDGE_TEST_SCREENSHOTS=docs $(BIN)/python -m pytest tests/browser \
+	  -k "sqlite and (test_the_whole_journey or test_sign_up_page_fits_a_phone)" $(PYTEST_ARGS)
 
 ## Re-resolve the pinned lock files after editing pyproject.toml
 lock: $(STAMP)

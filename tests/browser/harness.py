@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +17,31 @@ from carebridge.runtime import Runtime
 
 AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
 BLOCKING_IMPACTS = ("serious", "critical")
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @dataclass(frozen=True)
 class LiveApp:
     url: str  # the issuer: http://127.0.0.1:<port>
     runtime: Runtime
+
+
+# Screenshots
+
+
+@functools.cache
+def _screenshot_dir() -> Path:
+    # `make test` must leave the tree clean: the docs' pictures are retaken only on request
+    # (`make screenshots`); otherwise the pages are still photographed, into a scratch folder.
+    if os.environ.get("CAREBRIDGE_TEST_SCREENSHOTS") == "docs":
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return DOCS_SCREENSHOTS
+    return Path(tempfile.mkdtemp(prefix="carebridge-screenshots-"))
+
+
+def screenshot(page: Page, name: str) -> None:
+    """Photograph the whole page as ``name``.png (docs/screenshots/ under `make screenshots`)."""
+    page.screenshot(path=str(_screenshot_dir() / f"{name}.png"), full_page=True)
 
 
 # Accessibility

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,11 +16,10 @@ import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.harness import LiveApp, check_accessibility
+from tests.browser.harness import LiveApp, check_accessibility, screenshot
 
 EMAIL = "patient@example.org"
 PASSWORD = "plum kettle orbit lantern"  # four random words, as the sign-up page suggests
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 RECOVERY_CODE = re.compile(r"^[A-Z0-9]{5}-[A-Z0-9]{5}$")
 
 
@@ -218,8 +216,7 @@ def test_sign_up_page_fits_a_phone(live_app: LiveApp, browser: Browser) -> None:
         page = context.new_page()
         page.goto(f"{live_app.url}/signup")
         assert scroll_width(page) <= 375, "the sign-up page scrolls sideways on a phone"
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / "signup-phone.png"), full_page=True)
+        screenshot(page, "signup-phone")
         sign_up(page, live_app)  # checks its accessibility at this width too
         # The enrolment page's long key must wrap, not widen the page.
         wait_for_path(page, "/mfa/enroll")

@@ -12,7 +12,8 @@
 6. A second patient who tries the first one's thread URL or link gets the same generic
    page as a missing thread or an unknown link.
 
-Screenshots of the main steps go to docs/screenshots/journey-*.png for getting-started.md.
+Screenshots of the main steps go to docs/screenshots/journey-*.png for getting-started.md
+(under `make screenshots`; `make test` leaves the tree clean).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import logging
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx2
@@ -36,9 +36,8 @@ from carebridge.demo import seed
 from carebridge.demo.seed import DemoConfig, DemoPatient
 from sms import jobs as sms_jobs
 from sms import links as sms_links
-from tests.browser.harness import LiveApp, check_accessibility
+from tests.browser.harness import LiveApp, check_accessibility, screenshot
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PATIENT_EMAIL = "journey.patient@example.org"
 SECOND_EMAIL = "second.patient@example.org"
 PASSWORD = "plum kettle orbit lantern"
@@ -66,8 +65,7 @@ def wait_for_path(page: Page, path: str) -> None:
 
 
 def shot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"journey-{name}.png"), full_page=True)
+    screenshot(page, f"journey-{name}")
 
 
 def main_text(page: Page) -> str:
