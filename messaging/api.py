@@ -348,6 +348,13 @@ async def create_thread(request: Request) -> Response:
           content:
             application/problem+json:
               schema: {$ref: '#/components/schemas/Problem'}
+        "409":
+          description: >
+            The patient is no longer eligible (terminated on the roster, or gone from a
+            full re-import); audited as denied. Their existing threads stay open.
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
         "413":
           description: The message is too long
           content:
