@@ -239,8 +239,9 @@ def _split_as_signed(params: Params) -> bool:
     else's number) and a made-up ``FromAFrom``. Any such reading leaves the real "From"
     (followed by the real sender) somewhere other than the start of the From parameter's
     name, which the forged one took. So every "From" in the signed string outside the
-    Body's text must begin the name of one of Twilio's From parameters. A Body holding
-    "From" is no problem: it is no keyword, and its text ends before the next name starts.
+    Body's text must begin the name of one of Twilio's From parameters. The Body's text
+    may hold "From" ("From now on…"): Body sorts before From, so the real From name,
+    which comes after any forged one, can never fall inside it.
     """
     signed = ""
     name_starts: set[int] = set()
