@@ -29,6 +29,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from carebridge import time_zones
+
 PREFIX = "CAREBRIDGE_"
 # Variables the test suite reads; not service settings.
 _RESERVED_PREFIXES = (f"{PREFIX}TEST_",)
@@ -243,12 +245,9 @@ class Settings(BaseSettings):
     @field_validator("notify_time_zone")
     @classmethod
     def _known_time_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError("must be an IANA time zone such as America/New_York") from None
+        # Not "localtime" or "Factory": quiet hours must not follow the server's clock.
+        if not time_zones.is_canonical(value):
+            raise ValueError(time_zones.PROBLEM)
         return value
 
     @field_validator("twilio_api_base_url", "public_base_url")

@@ -5,6 +5,7 @@ Messaging and notifications ask here rather than reading ``patient_link`` themse
 
 from __future__ import annotations
 
+from enum import StrEnum
 from urllib.parse import urlencode
 
 from sqlalchemy import select
@@ -16,7 +17,23 @@ from starlette.requests import Request
 from carebridge.http.problems import Problem, wants_json
 from carebridge.runtime import Runtime
 from identity import authn
-from identity.models import AuthSession, PatientLink
+from identity.models import AuthSession, PatientLink, RosterMember
+
+
+class Eligibility(StrEnum):
+    ELIGIBLE = "eligible"
+    # On the roster, but terminated or missing from a full re-import.
+    INELIGIBLE = "ineligible"
+    UNKNOWN = "unknown"  # no such patient
+
+
+def eligibility(db: Session, patient_id: str) -> Eligibility:
+    """Whether a patient ID is on the roster and eligible now (one indexed lookup)."""
+    query = select(RosterMember.eligible).where(RosterMember.patient_id == patient_id)
+    eligible = db.execute(query).scalar_one_or_none()
+    if eligible is None:
+        return Eligibility.UNKNOWN
+    return Eligibility.ELIGIBLE if eligible else Eligibility.INELIGIBLE
 
 
 def patient_id_of(db: Session, account_id: str) -> str | None:

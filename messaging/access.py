@@ -55,12 +55,17 @@ class Actor:
 
 
 class RefusedError(Exception):
-    """The request may not proceed; ``status`` and ``detail`` are safe to show."""
+    """The request may not proceed; ``status`` and ``detail`` are safe to show.
 
-    def __init__(self, status: int, detail: str) -> None:
+    Audited as denied for 403, 404 and 410, or when ``denied`` says so (a refusal by
+    policy answered with another status); as failed otherwise (bad input).
+    """
+
+    def __init__(self, status: int, detail: str, *, denied: bool = False) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.denied = denied or status in (403, 404, 410)
 
 
 def not_found() -> RefusedError:
@@ -233,7 +238,7 @@ def perform(
             )
             return work(db, actor)
     except RefusedError as exc:
-        outcome = Outcome.DENIED if exc.status in (403, 404, 410) else Outcome.FAILED
+        outcome = Outcome.DENIED if exc.denied else Outcome.FAILED
         _record(
             runtime, label, action=action, target=target, outcome=outcome, request_id=request_id
         )

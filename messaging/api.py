@@ -348,6 +348,13 @@ async def create_thread(request: Request) -> Response:
           content:
             application/problem+json:
               schema: {$ref: '#/components/schemas/Problem'}
+        "409":
+          description: >
+            The patient is no longer eligible (terminated on the roster, or gone from a
+            full re-import); audited as denied. Their existing threads stay open.
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
         "413":
           description: The message is too long
           content:
@@ -642,7 +649,10 @@ async def mark_read(request: Request) -> Response:
     ---
     post:
       summary: Mark a thread read, up to a message seq or entirely
-      security: [{accessToken: [messaging.read]}]
+      description: >
+        Needs messaging.write: it changes what the caller's other apps and devices show
+        as unread, so a token that may only read cannot do it.
+      security: [{accessToken: [messaging.write]}]
       parameters:
         - {name: thread_id, in: path, required: true, schema: {type: string}}
       requestBody:
@@ -656,6 +666,11 @@ async def mark_read(request: Request) -> Response:
           content:
             application/json:
               schema: {$ref: '#/components/schemas/ReadState'}
+        "403":
+          description: The token lacks messaging.write
+          content:
+            application/problem+json:
+              schema: {$ref: '#/components/schemas/Problem'}
         "404":
           description: No such thread of this caller
           content:
@@ -664,7 +679,8 @@ async def mark_read(request: Request) -> Response:
     """
     thread_id = str(request.path_params["thread_id"])
     target = thread_target(thread_id)
-    caller = await _caller(request, READ, "messaging.thread.mark_read", target)
+    # A write: it clears the unread badges the caller sees everywhere.
+    caller = await _caller(request, WRITE, "messaging.thread.mark_read", target)
     through: int | None = None
     if request.headers.get("content-length", "0") not in ("", "0"):
         through = (await _read_json(request, MarkRead)).through

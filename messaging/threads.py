@@ -37,7 +37,9 @@ from carebridge import audit
 from carebridge.db import DirectStatement, FromGate, Gate, insert_gated, insert_together
 from carebridge.keyring import Keyring
 from carebridge.settings import Settings
-from identity.models import RosterMember, new_id
+from identity import patients
+from identity.models import new_id
+from identity.patients import Eligibility
 from messaging import crypto, files
 from messaging.access import (
     THREAD_ID,
@@ -619,11 +621,16 @@ def create_thread(
     if not subject or len(subject) > MAX_SUBJECT or "\x00" in subject:
         raise RefusedError(400, f"The subject must be 1 to {MAX_SUBJECT} characters.")
     check_body(settings, body)
-    known = db.execute(
-        select(RosterMember.patient_id).where(RosterMember.patient_id == patient_id)
-    ).first()
-    if known is None:
+    standing = patients.eligibility(db, patient_id)
+    if standing is Eligibility.UNKNOWN:
         raise RefusedError(422, "No such patient.")
+    if standing is Eligibility.INELIGIBLE:
+        # Terminated (or gone from the roster): no new conversations; existing ones stay.
+        raise RefusedError(
+            409,
+            "This patient is no longer eligible: a conversation cannot be started.",
+            denied=True,
+        )
     thread_id = new_id("th")
     cipher, wrapped = crypto.new_thread_key(keyring, thread_id)
     moment = now()

@@ -42,7 +42,7 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
-from sms import contacts, links, preferences, ratelimit, texts
+from sms import contacts, links, preferences, ratelimit, statuses, texts
 from sms.dispatcher import (
     NEW_MESSAGE,
     PHONE_VERIFICATION,
@@ -60,27 +60,6 @@ log = logging.getLogger("carebridge.sms")
 RETRY_BASE = timedelta(seconds=30)
 RETRY_MAX = timedelta(hours=1)
 _ACTOR = "worker:sms"
-
-# Twilio's message statuses, in the order they happen; a callback never moves one back.
-_RANK = {
-    "queued": 1,
-    "accepted": 1,
-    "scheduled": 1,
-    "sending": 2,
-    "sent": 3,
-    "delivered": 4,
-    "read": 5,
-    "undelivered": 4,
-    "failed": 4,
-    "canceled": 4,
-    # Calls
-    "initiated": 1,
-    "ringing": 2,
-    "in-progress": 2,
-    "completed": 4,
-    "busy": 4,
-    "no-answer": 4,
-}
 
 
 def utcnow() -> datetime:
@@ -597,9 +576,7 @@ def _apply_to_notification(
     error_code: int | None,
     now: datetime,
 ) -> None:
-    current = _RANK.get(notification.delivery_status or "", 0)
-    if _RANK.get(status, 0) <= current and status != notification.delivery_status:
-        return  # late or replayed: never move backwards
+    # Only a step forward of its current attempt gets here (apply_status).
     notification.delivery_status = status
     notification.updated_at = now
     if status == "completed" and not _spoke(db, notification):
@@ -636,7 +613,11 @@ def apply_status(
     error_code: int | None,
     now: datetime,
 ) -> bool:
-    """A message or call status callback; False if it names no attempt of ours."""
+    """A message or call status callback; False if it names no attempt of ours.
+
+    A status that is no step forward from the attempt's last one (a repeat, a replay, a
+    late callback: ``failed`` after ``delivered``) changes nothing at all (sms.statuses).
+    """
     with transaction(runtime.sessions) as db:
         attempt = db.get(SendAttempt, attempt_id)
         if attempt is None:
@@ -644,6 +625,13 @@ def apply_status(
         notification = db.get(Notification, attempt.notification_id)
         if notification is None:
             return False
+        if not statuses.is_step(attempt.channel, attempt.provider_status, status):
+            log.info(
+                "status callback ignored: not a step forward",
+                extra={"attempt": attempt.id, "status": status[:16]},
+            )
+            return True
+        attempt.provider_status = status
         if attempt.provider_sid is None and sid:
             attempt.provider_sid = sid
         failed = status in ("undelivered", "failed", "busy", "no-answer", "canceled")

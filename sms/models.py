@@ -67,6 +67,9 @@ class SendAttempt(Base):
     # sending → accepted | failed | unknown (timed out) | superseded (a later attempt took over)
     status: Mapped[str] = mapped_column(String(16))
     provider_sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Twilio's latest status for it (MessageStatus, CallStatus); it only ever moves
+    # forward (sms.statuses), so a replayed or late callback changes nothing.
+    provider_status: Mapped[str | None] = mapped_column(String(16))
     error_code: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -111,6 +114,21 @@ class OptOut(Base):
     opted_out_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # keyword (STOP & co.), twilio (error 21610), operator
     source: Mapped[str] = mapped_column(String(16))
+
+
+class InboundMessage(Base):
+    """An inbound SMS (STOP, START) we acted on, kept for good by Twilio's MessageSid.
+
+    Twilio's webhook signature has no timestamp and MessageSids are not ordered, so a
+    captured request stays valid forever: a START replayed after a later STOP would turn
+    texting back on. A MessageSid seen here is already done. Neither the text nor the
+    sender's number is kept: the SID alone says nothing about the person.
+    """
+
+    __tablename__ = "sms_inbound_message"
+
+    message_sid: Mapped[str] = mapped_column(String(34), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Preferences(Base):

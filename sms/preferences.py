@@ -8,15 +8,14 @@ consent to anything beyond the generic notice on an insecure channel.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from datetime import datetime
-from zoneinfo import available_timezones
 
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.orm import Session
 
 from carebridge import audit
+from carebridge import time_zones as time_zones_module
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
@@ -37,9 +36,10 @@ class PreferenceError(Exception):
         self.message = message
 
 
-@functools.cache
 def time_zones() -> frozenset[str]:
-    return frozenset(available_timezones())
+    """The zones a patient may choose: canonical IANA names only (no ``localtime``,
+    ``Factory`` or aliases; carebridge.time_zones)."""
+    return time_zones_module.canonical()
 
 
 class PreferenceChanges(BaseModel):
@@ -58,8 +58,8 @@ class PreferenceChanges(BaseModel):
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        if value not in time_zones():
-            raise ValueError("must be a time zone such as America/New_York")
+        if not time_zones_module.is_canonical(value):
+            raise ValueError(time_zones_module.PROBLEM)
         return value
 
 

@@ -2,9 +2,16 @@
 
 Every request must carry a valid X-Twilio-Signature, computed over the URL Twilio called
 (rebuilt from CAREBRIDGE_PUBLIC_BASE_URL, not from the Host header a proxy rewrote) and
-the posted parameters, under the auth token. Unsigned or wrongly signed: 403, and nothing
-is read or changed. Signatures carry no timestamp, so a replayed request is valid; every
-handler is therefore idempotent (a status never moves backwards, STOP twice is STOP).
+the posted parameters, under the auth token, and name this Twilio account (AccountSid).
+Unsigned, wrongly signed or another account's: 403, and nothing is read or changed.
+
+Signatures carry no timestamp, so a captured request stays valid for good. Every handler
+is therefore safe to replay: a status callback applies only a step forward
+(sms.statuses); an inbound STOP or START is applied once per MessageSid, whose record is
+kept for good (InboundMessage), and a repeat answers like the first and changes nothing.
+The signature also covers the parameters only as one string of sorted name+value pairs,
+so a captured request can be split differently into the same string; see
+:func:`_inbound_fields` for what an inbound message must look like.
 
 The paths sit under /api/ (carebridge.http.paths.MACHINE_PATHS): no cookies, no CSRF
 token (Twilio cannot have one; the signature does that job).
@@ -15,9 +22,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,7 +40,7 @@ from carebridge.runtime import Runtime
 from sms import backends, delivery, phone, texts, twilio_client
 from sms.contacts import utcnow
 from sms.interfaces import Sender, SendError
-from sms.models import ContactPoint, OptOut, Preferences
+from sms.models import ContactPoint, InboundMessage, OptOut, Preferences
 
 log = logging.getLogger("carebridge.sms")
 
@@ -39,6 +48,7 @@ MAX_BODY = 16 * 1024
 XML = "application/xml"
 _ATTEMPT = re.compile(r"at[0-9a-f]{32}")
 _SID = re.compile(r"[A-Z]{2}[0-9a-zA-Z]{32}")
+_MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 STOP_WORDS = frozenset(
     {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
@@ -90,7 +100,20 @@ async def _signed_params(request: Request) -> dict[str, list[str]]:
     ):
         log.warning("webhook signature refused", extra={"route": request.url.path})
         raise Problem(403, "The request is not signed by Twilio.")
+    # Not a secret, so a plain comparison; an unset account SID matches nothing.
+    account = settings.twilio_account_sid
+    if not account or params.get("AccountSid") != [account]:
+        log.warning("webhook for another account refused", extra={"route": request.url.path})
+        raise Problem(403, "The request is not for this Twilio account.")
     return params
+
+
+def _single(params: Params, name: str) -> str:
+    """A parameter Twilio sends exactly once; absent or repeated: not Twilio's request."""
+    values = params.get(name)
+    if values is None or len(values) != 1:
+        raise Problem(400, f"The request must carry {name} exactly once.")
+    return values[0]
 
 
 def _one(params: Params, name: str, limit: int = 64) -> str:
@@ -123,7 +146,7 @@ async def message_status(request: Request) -> Response:
             _runtime(request),
             attempt_id,
             sid=sid if _SID.fullmatch(sid) else "",
-            status=_one(params, "MessageStatus", 16).lower(),
+            status=_single(params, "MessageStatus")[:16].lower(),
             error_code=_error_code(params),
             now=utcnow(),
         )
@@ -141,7 +164,7 @@ async def call_status(request: Request) -> Response:
             _runtime(request),
             attempt_id,
             sid=sid if _SID.fullmatch(sid) else "",
-            status=_one(params, "CallStatus", 16).lower(),
+            status=_single(params, "CallStatus")[:16].lower(),
             error_code=_error_code(params),
             now=utcnow(),
         )
@@ -202,16 +225,93 @@ def _keyword(body: str) -> str:
     return words[0].upper().strip(".!") if len(words) == 1 else ""
 
 
-def handle_keyword(runtime: Runtime, number: str, keyword: str) -> None:
+# Twilio's inbound parameters whose names begin with "From" (the sender and its location).
+_FROM_NAMES = frozenset({"From", "FromCity", "FromCountry", "FromState", "FromZip"})
+
+
+def _split_as_signed(params: Params) -> bool:
+    """Whether the sender (From) stands where Twilio put it, not re-split out of the text.
+
+    Twilio signs the URL plus ``name + value`` of every parameter, sorted, run together:
+    differently split parameters can give the same string. A captured request whose Body
+    its sender wrote as ``STOPFrom+12025550143FromA`` signs ``…BodySTOPFrom+12025550143
+    FromAFrom+1555…FromCity…``, which also reads as Body=STOP, From=+12025550143 (someone
+    else's number) and a made-up ``FromAFrom``. Any such reading leaves the real "From"
+    (followed by the real sender) somewhere other than the start of the From parameter's
+    name, which the forged one took. So every "From" in the signed string outside the
+    Body's text must begin the name of one of Twilio's From parameters. The Body's text
+    may hold "From" ("From now on…"): Body sorts before From, so the real From name,
+    which comes after any forged one, can never fall inside it.
+    """
+    signed = ""
+    name_starts: set[int] = set()
+    body = range(0)
+    for name in sorted(params):
+        for value in sorted(set(params[name])):  # as RequestValidator builds it
+            if name in _FROM_NAMES:
+                name_starts.add(len(signed))
+            signed += name
+            if name == "Body":
+                body = range(len(signed), len(signed) + len(value))
+            signed += value
+    at = signed.find("From")
+    while at != -1:
+        if at not in name_starts and at not in body:
+            return False
+        at = signed.find("From", at + 1)
+    return True
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """An inbound SMS as far as it concerns us: its SID, sender and text."""
+
+    message_sid: str
+    sender: str
+    body: str
+
+
+def _inbound_fields(params: Params) -> Inbound:
+    """Body, From and MessageSid, each given once as a parameter of its own (400 if not).
+
+    Twilio always sends all three. A signed request without them (``BodyHELPFrom=+1…``)
+    or with a sender that only a re-split of the signed string gives was not sent by
+    Twilio in this form: refused, nothing read.
+    """
+    body, sender, sid = (_single(params, name) for name in ("Body", "From", "MessageSid"))
+    if not _MESSAGE_SID.fullmatch(sid) or not _split_as_signed(params):
+        log.warning("inbound webhook refused: not split as Twilio sends it")
+        raise Problem(400, "The request is not an incoming message as Twilio sends it.")
+    return Inbound(message_sid=sid, sender=sender, body=body[:160])
+
+
+def handle_keyword(runtime: Runtime, message: Inbound, keyword: str) -> bool:
+    """Apply STOP or START once per MessageSid; False if it was applied before (or is
+    not for a number we could have texted)."""
+    try:
+        return _apply_keyword(runtime, message, keyword)
+    except IntegrityError:
+        # A concurrent request committed the same MessageSid (or listed the same number)
+        # first: look again, and find it done.
+        return _apply_keyword(runtime, message, keyword)
+
+
+def _apply_keyword(runtime: Runtime, message: Inbound, keyword: str) -> bool:
     """STOP words opt the number out (of SMS, for every patient on it); START words opt it
     back in for patients who had opted in before. Audited by contact point, never number."""
-    if not _E164.fullmatch(number):
-        return  # Twilio sends E.164; anything else is not a number we could have texted
-    e164 = number
+    if not _E164.fullmatch(message.sender):
+        return False  # Twilio sends E.164; anything else is not a number we could have texted
+    e164 = message.sender
     now = utcnow()
     number_hash = phone.number_hash(runtime.keyring, e164)
     stop = keyword in STOP_WORDS
     with transaction(runtime.sessions) as db:
+        if db.get(InboundMessage, message.message_sid) is not None:
+            log.warning("inbound message already applied", extra={"sid": message.message_sid})
+            return False
+        # Written first: a concurrent copy of this message waits here, then fails.
+        db.add(InboundMessage(message_sid=message.message_sid, received_at=now))
+        db.flush()
         listed = db.get(OptOut, number_hash)
         if stop and listed is None:
             db.add(OptOut(number_hash=number_hash, opted_out_at=now, source="keyword"))
@@ -244,16 +344,19 @@ def handle_keyword(runtime: Runtime, number: str, keyword: str) -> None:
                 target="contact:unknown",
                 request_id=None,
             )
+    return True
 
 
 async def inbound(request: Request) -> Response:
     # An SMS to our number. Only single keywords mean anything; the text is not kept.
     params = await _signed_params(request)
     runtime = _runtime(request)
-    keyword = _keyword(_one(params, "Body", 160))
+    message = _inbound_fields(params)
+    keyword = _keyword(message.body)
     if keyword in STOP_WORDS or keyword in START_WORDS:
-        await run_in_threadpool(handle_keyword, runtime, _one(params, "From", 32), keyword)
-        # Twilio's own opt-out handling confirms to the sender; we add nothing.
+        # Applied or already done, the answer is the same empty TwiML: Twilio does not
+        # retry, and its own opt-out handling confirms to the sender; we add nothing.
+        await run_in_threadpool(handle_keyword, runtime, message, keyword)
         return _xml(twilio_client.messaging_twiml(None))
     if keyword in HELP_WORDS:
         settings = runtime.settings

@@ -417,6 +417,7 @@ def test_keys_rotate_keeps_old_data_readable_and_old_tokens_valid(
     wrapped = before.wrap_data_key(b"d" * 32, aad)
     old = before.active_signing_key
     token = jwt.encode({"alg": old.alg, "kid": old.kid}, {"sub": "patient-1"}, old.key)
+    assert run(capsys, "db", "upgrade")[0] == 0  # the rotation's audit record goes there
 
     status, out, err = run(capsys, "keys", "rotate")
     assert (status, err) == (0, "")
@@ -444,6 +445,7 @@ def test_keys_rotate_in_production_keeps_the_production_keyring(
     assert run(capsys, "keys", "generate", "--out", str(path))[0] == 0
     monkeypatch.setenv("CAREBRIDGE_ENV", "production")
     monkeypatch.setenv("CAREBRIDGE_KEYRING_FILE", str(path))
+    assert run(capsys, "db", "upgrade")[0] == 0
     status, _, err = run(capsys, "keys", "rotate", "--alg", "RS256")
     assert (status, err) == (0, "")
     after = keyring.load(path)
@@ -454,6 +456,7 @@ def test_keys_rotate_in_production_keeps_the_production_keyring(
 def test_keys_list_shows_ids_and_never_secret_material(
     capsys: pytest.CaptureFixture[str], data_dir: Path
 ) -> None:
+    assert run(capsys, "db", "upgrade")[0] == 0
     assert run(capsys, "keys", "rotate", "--alg", "RS256")[0] == 0
     path = data_dir / "keyring.json"
     status, out, err = run(capsys, "keys", "list")

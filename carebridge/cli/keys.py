@@ -1,4 +1,13 @@
-"""``carebridge keys``: key generation, rotation and listing (never printing secrets)."""
+"""``carebridge keys``: key generation, rotation and listing (never printing secrets).
+
+A rotation changes the keyring in use, so it is audited (``keys.rotate``, the new key
+IDs only). The keyring is a file and the audit log is in the database, which may be
+elsewhere: the record is written first, the file replaced, and the record committed
+only then. No database, no rotation: a key change nobody can account for afterwards is
+worse than one made an hour later (the service cannot run without its database either).
+``generate`` is not audited: it only ever creates a new file, never replacing a keyring,
+and runs before a database may exist.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +15,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from carebridge import keyring
+from sqlalchemy.exc import SQLAlchemyError
+
+from carebridge import audit, keyring
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
+from carebridge.db import describe_error, transaction
 from carebridge.runtime import load_keyring
 from carebridge.settings import load_settings
+
+OPERATOR = "operator"
 
 
 def register(commands: Any) -> None:
@@ -43,7 +57,7 @@ def _keyring_path() -> tuple[keyring.Keyring, Path]:
 def rotate(args: argparse.Namespace) -> int:
     current, path = _keyring_path()
     rotated = current.rotated(args.alg)
-    keyring.save(rotated, path)
+    _save_audited(current, rotated, path)
     print(f"rotated {path}")
     kept = len(rotated.keks) - 1
     print(f"  encryption key {rotated.active_kek.kid} now encrypts; {kept} older kept")
@@ -55,6 +69,34 @@ def rotate(args: argparse.Namespace) -> int:
         _rewrap_threads()
     print("restart every replica so they all sign with the new key")
     return 0
+
+
+def _save_audited(current: keyring.Keyring, rotated: keyring.Keyring, path: Path) -> None:
+    """Replace the keyring file, committing its audit record with it, or change nothing."""
+    rt = runtime()
+    saved = False
+    try:
+        require_current_schema(rt)
+        with transaction(rt.sessions) as db:
+            # Written at once (not at commit): the database takes it before the file changes.
+            audit.append(
+                db,
+                actor=OPERATOR,
+                action="keys.rotate",
+                outcome=audit.Outcome.ALLOWED,
+                target=f"kek:{rotated.active_kek.kid} signing:{rotated.active_signing_key.kid}",
+            )
+            keyring.save(rotated, path)
+            saved = True
+    except SQLAlchemyError as exc:
+        if saved:
+            # The record did not commit: put the old keyring back, unrecorded changes none.
+            keyring.save(current, path)
+        raise CommandError(
+            f"keys not rotated: the audit log cannot be written ({describe_error(exc)})"
+        ) from None
+    finally:
+        rt.close()
 
 
 def _rewrap_threads() -> None:

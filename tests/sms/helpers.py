@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,13 +193,40 @@ def sign(url: str, params: dict[str, str], token: str = AUTH_TOKEN) -> str:
     return str(RequestValidator(token).compute_signature(url, params))
 
 
+INBOUND = "/api/twilio/messages/inbound"
+
+
+def message_sid() -> str:
+    return "SM" + secrets.token_hex(16)
+
+
+def as_twilio_sends(path: str, params: Mapping[str, str | None]) -> dict[str, str]:
+    """What Twilio adds to every request (AccountSid), and to an inbound SMS (its own
+    MessageSid); a test's own values (or None, to leave one out) win."""
+    defaults = {"AccountSid": ACCOUNT_SID}
+    if path == INBOUND:
+        defaults["MessageSid"] = message_sid()
+    merged: dict[str, str | None] = {**defaults, **params}
+    return {name: value for name, value in merged.items() if value is not None}
+
+
 def post_signed(
-    client: TestClient, path: str, params: dict[str, str], *, signature: str | None = None
+    client: TestClient,
+    path: str,
+    params: Mapping[str, str | None],
+    *,
+    signature: str | None = None,
+    raw: bool = False,
 ) -> Any:
-    """POST as Twilio would: form-encoded, signed over the public URL (not the test host)."""
-    headers = {
-        "X-Twilio-Signature": sign(PUBLIC + path, params) if signature is None else signature
-    }
+    """POST as Twilio would: form-encoded, signed over the public URL (not the test host).
+
+    ``raw``: exactly these parameters, nothing added (a captured or crafted request).
+    """
+    if raw:
+        form = {name: value for name, value in params.items() if value is not None}
+    else:
+        form = as_twilio_sends(path, params)
+    headers = {"X-Twilio-Signature": sign(PUBLIC + path, form) if signature is None else signature}
     if signature == "":
         headers = {}
-    return client.post(path, data=params, headers=headers)
+    return client.post(path, data=form, headers=headers)

@@ -17,9 +17,11 @@ from sms.models import Notification, OptOut, Preferences, SendAttempt
 from sms.twilio_client import TwilioSender
 from tests.sms.helpers import (
     AUTH_TOKEN,
+    INBOUND,
     PUBLIC,
     People,
     PreferClient,
+    as_twilio_sends,
     client_for,
     post_signed,
     sign,
@@ -113,9 +115,9 @@ def test_a_signature_with_another_token_is_refused(runtime: Runtime, app: TestCl
 def test_a_signature_including_the_default_port_is_accepted(
     runtime: Runtime, app: TestClient
 ) -> None:
-    params = {"Body": "HELP", "From": NUMBER}
+    params = as_twilio_sends(INBOUND, {"Body": "HELP", "From": NUMBER})
     with_port = sign("https://notify.example.org:443/api/twilio/messages/inbound", params)
-    response = post_signed(app, "/api/twilio/messages/inbound", params, signature=with_port)
+    response = post_signed(app, INBOUND, params, signature=with_port, raw=True)
     assert response.status_code == 200
 
 

@@ -1,0 +1,416 @@
+"""Replayed and re-split Twilio webhooks (issue 17, finding 6): genuinely signed requests
+used again, or read differently, change nothing.
+
+Every request here is signed by the real twilio library's RequestValidator under the
+test auth token, as Twilio would sign it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from starlette.testclient import TestClient
+
+from carebridge.audit import AuditRecord
+from carebridge.db import transaction
+from carebridge.runtime import Runtime
+from sms import delivery, outbox, phone, webhooks
+from sms.backends import ConsoleSender
+from sms.models import InboundMessage, Notification, OptOut, Preferences, SendAttempt
+from tests.sms.helpers import (
+    ACCOUNT_SID,
+    FROM_NUMBER,
+    INBOUND,
+    PUBLIC,
+    People,
+    as_twilio_sends,
+    client_for,
+    message_sid,
+    post_signed,
+    sign,
+    verified_number,
+)
+
+NUMBER = "+12025550143"
+ATTACKER = "+14155550199"
+SID = "SM" + "1" * 32
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+
+
+@pytest.fixture
+def app(runtime: Runtime, console: ConsoleSender) -> Iterator[TestClient]:
+    with client_for(runtime) as client:
+        client.app.state.sms_sender = console  # type: ignore[attr-defined]
+        yield client
+
+
+def audit_count(runtime: Runtime) -> int:
+    with runtime.sessions() as db:
+        return int(db.scalar(select(func.count()).select_from(AuditRecord)) or 0)
+
+
+def sms_enabled(runtime: Runtime, patient_id: str) -> bool:
+    with runtime.sessions() as db:
+        prefs = db.get(Preferences, patient_id)
+        assert prefs is not None
+        return prefs.sms_enabled
+
+
+def listed(runtime: Runtime, number: str) -> bool:
+    with runtime.sessions() as db:
+        return db.get(OptOut, phone.number_hash(runtime.keyring, number)) is not None
+
+
+def captured(params: dict[str, str]) -> tuple[dict[str, str], str]:
+    """A genuine inbound request as someone who can read our traffic keeps it."""
+    full = as_twilio_sends(INBOUND, params)
+    return full, sign(PUBLIC + INBOUND, full)
+
+
+def replay(app: TestClient, request: tuple[dict[str, str], str]) -> Any:
+    params, signature = request
+    return post_signed(app, INBOUND, params, signature=signature, raw=True)
+
+
+# Inbound keywords: once per MessageSid
+
+
+def test_replayed_start_after_stop_does_not_resubscribe(
+    runtime: Runtime, app: TestClient, people: People
+) -> None:
+    patient = people["zeb"].patient_id
+    verified_number(runtime, patient, NUMBER)
+    replay(app, captured({"Body": "STOP", "From": NUMBER}))
+    start = captured({"Body": "START", "From": NUMBER})
+    assert replay(app, start).status_code == 200
+    assert sms_enabled(runtime, patient)
+    replay(app, captured({"Body": "STOP", "From": NUMBER}))  # the patient's later STOP
+    before = audit_count(runtime)
+
+    response = replay(app, start)
+
+    assert response.status_code == 200  # so Twilio would not retry
+    assert response.headers["content-type"].startswith("application/xml")
+    assert response.text == EMPTY_TWIML
+    assert not sms_enabled(runtime, patient)
+    assert listed(runtime, NUMBER)
+    assert audit_count(runtime) == before
+
+
+def test_replayed_stop_after_opting_in_again_does_not_silence_the_patient(
+    runtime: Runtime, app: TestClient, people: People
+) -> None:
+    patient = people["zeb"].patient_id
+    verified_number(runtime, patient, NUMBER)
+    stop = captured({"Body": "STOP", "From": NUMBER})
+    replay(app, stop)
+    # The patient turns texting back on on our page (an explicit opt-in).
+    verified_number(runtime, patient, NUMBER, sms_enabled=False)
+    verified_number(runtime, patient, NUMBER, sms_enabled=True)
+    assert sms_enabled(runtime, patient) and not listed(runtime, NUMBER)
+
+    assert replay(app, stop).status_code == 200
+
+    assert sms_enabled(runtime, patient)
+    assert not listed(runtime, NUMBER)
+
+
+def test_applied_message_sids_are_kept_without_text_or_number(
+    runtime: Runtime, app: TestClient, people: People
+) -> None:
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    sid = message_sid()
+    replay(app, captured({"Body": "STOP", "From": NUMBER, "MessageSid": sid}))
+    replay(app, captured({"Body": "HELP", "From": NUMBER}))  # changes nothing: not kept
+    with runtime.sessions() as db:
+        rows = db.execute(select(InboundMessage.__table__)).mappings().all()
+    assert [row["message_sid"] for row in rows] == [sid]
+    assert set(rows[0]) == {"message_sid", "received_at"}
+    digits = NUMBER.lstrip("+")
+    assert all(digits not in str(value) for value in rows[0].values())
+
+
+def test_the_same_stop_twice_at_once_is_applied_once(runtime: Runtime, people: People) -> None:
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    message = webhooks.Inbound(message_sid=message_sid(), sender=NUMBER, body="STOP")
+    barrier = threading.Barrier(2)
+    applied: list[bool] = []
+
+    def apply() -> None:
+        barrier.wait()
+        applied.append(webhooks.handle_keyword(runtime, message, "STOP"))
+
+    threads = [threading.Thread(target=apply) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(applied) == [False, True]
+    with runtime.sessions() as db:
+        optouts = db.scalars(select(AuditRecord).where(AuditRecord.action == "sms.optout")).all()
+    assert len(optouts) == 1
+
+
+# Inbound: this account, and the parameters as Twilio split them
+
+
+@pytest.mark.parametrize("account", ["AC" + "f" * 32, None, ""])
+def test_a_signed_stop_for_another_account_is_refused(
+    runtime: Runtime, app: TestClient, people: People, account: str | None
+) -> None:
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    before = audit_count(runtime)
+    response = post_signed(app, INBOUND, {"Body": "STOP", "From": NUMBER, "AccountSid": account})
+    assert response.status_code == 403
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert sms_enabled(runtime, people["zeb"].patient_id)
+    assert not listed(runtime, NUMBER)
+    assert audit_count(runtime) == before
+
+
+def test_a_signed_status_callback_for_another_account_is_refused(
+    runtime: Runtime, app: TestClient, people: People, console: ConsoleSender
+) -> None:
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    _, attempt = sent(runtime, people["zeb"].patient_id, console)
+    response = post_signed(
+        app,
+        f"/api/twilio/messages/{attempt}/status",
+        {"MessageSid": SID, "MessageStatus": "delivered", "AccountSid": "AC" + "f" * 32},
+    )
+    assert response.status_code == 403
+    assert snapshot(runtime, attempt)["notification"]["state"] == "sent"
+
+
+def _resplit(params: dict[str, str]) -> dict[str, str]:
+    """``Body=HELP&From=+1…`` as one made-up parameter ``BodyHELPFrom=+1…``."""
+    params = dict(params)
+    params[f"Body{params.pop('Body')}From"] = params.pop("From")
+    return params
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(_resplit, id="BodyHELPFrom"),
+        pytest.param(lambda p: {k: v for k, v in p.items() if k != "MessageSid"}, id="no-sid"),
+        pytest.param(lambda p: {**p, "MessageSid": "SMnot-a-sid"}, id="malformed-sid"),
+    ],
+)
+def test_resplit_parameters_without_a_separate_body_from_and_sid_are_refused(
+    runtime: Runtime, app: TestClient, people: People, tamper: Any
+) -> None:
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    params, signature = captured({"Body": "HELP", "From": NUMBER})
+    forged = tamper(params)
+    before = audit_count(runtime)
+    response = post_signed(app, INBOUND, forged, raw=True)  # signed as it is
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "<Message>" not in response.text
+    assert audit_count(runtime) == before
+    if tamper is _resplit:
+        # The re-split request carries the very signature Twilio gave the genuine one.
+        assert sign(PUBLIC + INBOUND, forged) == signature
+        assert replay(app, (forged, signature)).status_code == 400
+
+
+def _inbound_as_twilio_posts_it(body: str, sender: str) -> dict[str, str]:
+    sid = message_sid()
+    return {
+        "ToCountry": "US",
+        "ToState": "DC",
+        "SmsMessageSid": sid,
+        "NumMedia": "0",
+        "ToCity": "",
+        "FromZip": "94105",
+        "SmsSid": sid,
+        "FromState": "CA",
+        "SmsStatus": "received",
+        "FromCity": "SAN FRANCISCO",
+        "Body": body,
+        "FromCountry": "US",
+        "To": FROM_NUMBER,
+        "ToZip": "",
+        "NumSegments": "1",
+        "MessageSid": sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": sender,
+        "ApiVersion": "2010-04-01",
+    }
+
+
+def test_a_body_crafted_to_resplit_into_another_number_does_not_opt_it_out(
+    runtime: Runtime, app: TestClient, people: People
+) -> None:
+    # The attacker texts our number from their own phone, with a crafted text; Twilio
+    # signs the request it posts to us, which the attacker captures.
+    victim = people["zeb"].patient_id
+    verified_number(runtime, victim, NUMBER)
+    genuine = _inbound_as_twilio_posts_it(f"STOPFrom{NUMBER}FromA", ATTACKER)
+    signature = sign(PUBLIC + INBOUND, genuine)
+    assert post_signed(app, INBOUND, genuine, signature=signature, raw=True).status_code == 200
+    assert not listed(runtime, ATTACKER)  # no keyword: nothing happened
+    # Split differently, the same signed string reads: Body=STOP, From=<the victim>.
+    forged = {**genuine, "Body": "STOP", "From": NUMBER, "FromAFrom": ATTACKER}
+    assert sign(PUBLIC + INBOUND, forged) == signature
+    before = audit_count(runtime)
+
+    response = post_signed(app, INBOUND, forged, signature=signature, raw=True)
+
+    assert response.status_code == 400
+    assert sms_enabled(runtime, victim)
+    assert not listed(runtime, NUMBER)
+    assert audit_count(runtime) == before
+
+
+def test_a_genuine_stop_as_twilio_posts_it_is_applied(
+    runtime: Runtime, app: TestClient, people: People
+) -> None:
+    # Every parameter Twilio sends, a text that mentions "From": still one reading.
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    text = _inbound_as_twilio_posts_it("From now on, call me", NUMBER)
+    assert post_signed(app, INBOUND, text, raw=True).status_code == 200
+    stop = _inbound_as_twilio_posts_it("Stop", NUMBER)
+    assert post_signed(app, INBOUND, stop, raw=True).status_code == 200
+    assert listed(runtime, NUMBER)
+    assert not sms_enabled(runtime, people["zeb"].patient_id)
+
+
+# Status callbacks: never backwards
+
+
+def sent(runtime: Runtime, patient_id: str, sender: ConsoleSender) -> tuple[str, str]:
+    with transaction(runtime.sessions) as db:
+        ntf = outbox.enqueue(db, patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id="t")
+    [out] = delivery.claim(runtime, delivery.utcnow(), 10)[1]
+    delivery.send(runtime, sender, out)
+    return ntf, out.attempt_id
+
+
+def snapshot(runtime: Runtime, attempt_id: str) -> dict[str, Any]:
+    with runtime.sessions() as db:
+        attempt = db.get(SendAttempt, attempt_id)
+        assert attempt is not None
+        notification = db.get(Notification, attempt.notification_id)
+        assert notification is not None
+        count = db.scalar(select(func.count()).select_from(AuditRecord))
+        return {
+            "attempt": {c.key: getattr(attempt, c.key) for c in SendAttempt.__table__.c},
+            "notification": {c.key: getattr(notification, c.key) for c in Notification.__table__.c},
+            "audit": count,
+            "attempts": db.scalar(select(func.count()).select_from(SendAttempt)),
+        }
+
+
+def callback(app: TestClient, attempt: str, status: str, error: str | None = None) -> int:
+    params = {"MessageSid": SID, "MessageStatus": status, "ErrorCode": error}
+    return int(post_signed(app, f"/api/twilio/messages/{attempt}/status", params).status_code)
+
+
+def test_a_replayed_failed_after_delivered_does_not_move_the_attempt_back(
+    runtime: Runtime, app: TestClient, people: People, console: ConsoleSender
+) -> None:
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    _, attempt = sent(runtime, people["zeb"].patient_id, console)
+    assert callback(app, attempt, "sent") == 204
+    assert callback(app, attempt, "delivered") == 204
+    before = snapshot(runtime, attempt)
+    assert before["attempt"]["status"] == "accepted"
+
+    assert callback(app, attempt, "failed", "30003") == 204
+
+    after = snapshot(runtime, attempt)
+    assert after == before
+    assert after["attempt"]["error_code"] is None
+    assert after["notification"]["state"] == "delivered"
+    delivery.drain(runtime, console)  # and nothing is sent again
+    assert snapshot(runtime, attempt)["attempts"] == 1
+
+
+# Each step Twilio's order forbids, as a callback after the ones before it.
+ILLEGAL_MESSAGE_STEPS = [
+    (("sent", "delivered"), "failed"),
+    (("sent", "delivered"), "undelivered"),
+    (("sent", "delivered"), "sent"),
+    (("sent", "delivered"), "sending"),
+    (("sent", "delivered"), "queued"),
+    (("sent", "delivered", "read"), "delivered"),
+    (("sent", "delivered", "read"), "failed"),
+    (("sent", "undelivered"), "delivered"),
+    (("sent", "undelivered"), "read"),
+    (("sent", "failed"), "delivered"),
+    (("sent", "failed"), "sent"),
+    (("sending",), "queued"),
+    (("sending",), "accepted"),
+    (("sent",), "sending"),
+    (("sent",), "canceled"),
+    (("queued", "canceled"), "sent"),
+    (("sent",), "receiving"),
+]
+
+
+@pytest.mark.parametrize(
+    "step",
+    ILLEGAL_MESSAGE_STEPS,
+    ids=[f"{late}-after-{before[-1]}" for before, late in ILLEGAL_MESSAGE_STEPS],
+)
+def test_an_illegal_status_step_changes_nothing(
+    runtime: Runtime,
+    app: TestClient,
+    people: People,
+    console: ConsoleSender,
+    step: tuple[tuple[str, ...], str],
+) -> None:
+    before, late = step
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    _, attempt = sent(runtime, people["zeb"].patient_id, console)
+    for status in before:
+        assert callback(app, attempt, status, "30006" if status == "undelivered" else None) == 204
+    then = snapshot(runtime, attempt)
+    assert then["notification"]["delivery_status"] == before[-1]
+
+    assert callback(app, attempt, late, "30003") == 204
+
+    assert snapshot(runtime, attempt) == then
+
+
+def test_the_same_status_twice_is_applied_once(
+    runtime: Runtime, app: TestClient, people: People, console: ConsoleSender
+) -> None:
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    _, attempt = sent(runtime, people["zeb"].patient_id, console)
+    assert callback(app, attempt, "failed", "30003") == 204  # transient: retried later
+    then = snapshot(runtime, attempt)
+    assert then["notification"]["state"] == "pending"
+    assert callback(app, attempt, "failed", "30003") == 204
+    assert snapshot(runtime, attempt) == then
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("queued", "sending", "sent", "delivered", "read"),
+        ("accepted", "queued", "sent", "undelivered"),
+        ("scheduled", "queued", "failed"),
+        ("delivered",),  # earlier callbacks lost: skipping ahead is fine
+    ],
+)
+def test_statuses_in_twilios_order_are_each_applied(
+    runtime: Runtime,
+    app: TestClient,
+    people: People,
+    console: ConsoleSender,
+    path: tuple[str, ...],
+) -> None:
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    _, attempt = sent(runtime, people["zeb"].patient_id, console)
+    for status in path:
+        assert callback(app, attempt, status, "30006" if status == "undelivered" else None) == 204
+        now = snapshot(runtime, attempt)
+        assert now["attempt"]["provider_status"] == status
+        assert now["notification"]["delivery_status"] == status
