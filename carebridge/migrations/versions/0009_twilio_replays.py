@@ -1,9 +1,9 @@
 """Twilio replays: the inbound MessageSids acted on (kept for good), and each attempt's
 latest Twilio status, so a callback never moves it backwards.
 
-Revision ID: 0011
+Revision ID: 0009
 Revises: 0008
-Create Date: 2026-12-10 09:00:00.000000
+Create Date: 2026-12-07 09:00:00.000000
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
+revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
