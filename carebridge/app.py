@@ -53,7 +53,13 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
             Route("/", home, name="home"),
             Route("/healthz", health.healthz, name="healthz"),
             Route("/readyz", health.readyz, name="readyz"),
-            Route("/metrics", metrics.make_endpoint(token.get_secret_value() if token else None)),
+            Route(
+                "/metrics",
+                metrics.make_endpoint(
+                    token.get_secret_value() if token else None,
+                    production=runtime.settings.is_production,
+                ),
+            ),
             Route("/api/openapi.json", openapi.openapi, name="openapi"),
             Mount("/static", STATIC, name="static"),
             *identity_routes.routes(),

@@ -57,6 +57,8 @@ class SmsBackend(StrEnum):
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# A production metrics token shorter than this is a password someone chose, not a secret.
+METRICS_TOKEN_MIN_LENGTH = 16
 
 
 def _provider_url(value: str) -> str:
@@ -384,6 +386,12 @@ class Settings(BaseSettings):
             problems.append("CAREBRIDGE_SMS_BACKEND must be 'twilio' in production")
         if self.demo:
             problems.append("CAREBRIDGE_DEMO (serve --demo) is refused in production")
+        token = self.metrics_token.get_secret_value() if self.metrics_token else ""
+        if len(token) < METRICS_TOKEN_MIN_LENGTH:
+            problems.append(
+                f"CAREBRIDGE_METRICS_TOKEN must be set, at least {METRICS_TOKEN_MIN_LENGTH} "
+                "characters, in production: /metrics is public without it"
+            )
         return problems
 
 
