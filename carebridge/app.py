@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from carebridge import audit
+from carebridge.db import describe_error, unavailable
 from carebridge.demo import provider_app
 from carebridge.http import health, metrics, openapi, routing
 from carebridge.http.csrf import CsrfCookieMiddleware
@@ -30,7 +31,7 @@ from carebridge.http.problems import http_exception_handler, unhandled_exception
 from carebridge.http.templates import templates
 from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
-from carebridge.settings import load_settings, require_production_ready
+from carebridge.settings import Role, load_settings, require_production_ready
 from identity import routes as identity_routes
 from messaging import crypto
 from messaging import routes as messaging_routes
@@ -52,7 +53,13 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
             Route("/", home, name="home"),
             Route("/healthz", health.healthz, name="healthz"),
             Route("/readyz", health.readyz, name="readyz"),
-            Route("/metrics", metrics.make_endpoint(token.get_secret_value() if token else None)),
+            Route(
+                "/metrics",
+                metrics.make_endpoint(
+                    token.get_secret_value() if token else None,
+                    production=runtime.settings.is_production,
+                ),
+            ),
             Route("/api/openapi.json", openapi.openapi, name="openapi"),
             Mount("/static", STATIC, name="static"),
             *identity_routes.routes(),
@@ -70,8 +77,13 @@ async def chain_audit_records(runtime: Runtime) -> None:
         await anyio.sleep(runtime.settings.audit_chain_seconds)
         try:
             await anyio.to_thread.run_sync(audit.chain_all, runtime.sessions)
-        except Exception:
-            log.exception("audit chaining failed; retrying")
+        except Exception as exc:
+            if unavailable(exc):  # a stall or an outage: one line a try, no traceback
+                log.warning(
+                    "audit chaining: database unavailable (%s); retrying", describe_error(exc)
+                )
+            else:
+                log.exception("audit chaining failed; retrying")
 
 
 async def forget_expired_keys() -> None:
@@ -121,6 +133,6 @@ def create_app_from_env() -> Starlette:
     settings = load_settings()
     require_production_ready(settings)
     configure_logging(settings.log_level, settings.log_format)
-    runtime = Runtime.build(settings)
+    runtime = Runtime.build(settings, Role.WEB)
     runtime.keyring  # noqa: B018  (a missing or corrupt keyring stops the worker now)
     return create_app(runtime)

@@ -4,10 +4,15 @@ SQLite is the embedded default, PostgreSQL production. On SQLite every transacti
 with ``BEGIN IMMEDIATE``: writers queue on the database lock (for ``busy_timeout``) instead
 of failing with ``SQLITE_BUSY`` when a read transaction later tries to write, which is
 what a web process with several threads does all day.
+
+Every wait on the database is bounded by the process's :class:`Budget` (its role's:
+web requests, the worker, the CLI): see :func:`make_engine`.
 """
 
 from __future__ import annotations
 
+import math
+import sqlite3
 import time
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import asyncpg
+import psycopg
 from psycopg.pq import ExecStatus
 from sqlalchemy import (
     Connection,
@@ -31,14 +37,17 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
+    DBAPIError,
     DisconnectionError,
     InvalidatePoolError,
-    SQLAlchemyError,
 )
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import String, TypeEngine
+
+from carebridge import db_deadlines
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -57,7 +66,81 @@ class DatabaseError(Exception):
     """The database is unreachable or refused an operation; the message is one safe line."""
 
 
-def describe_error(exc: SQLAlchemyError) -> str:
+class DatabaseUnavailableError(DatabaseError):
+    """The database did not answer within the budget, or cannot be reached for now:
+    nothing was done, and the same request may succeed later (HTTP 503)."""
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unavailable for now (too slow, unreachable,
+    locked) rather than that the request or the code is wrong: a 503, not a 500.
+
+    PostgreSQL reports such conditions as OperationalError (a lost or refused
+    connection, a statement or lock timeout, too many connections, a shutdown); SQLite
+    says so for a lock it waited on in vain, and otherwise (a missing table, bad SQL)
+    uses the same class for mistakes, which stay 500s.
+    """
+    if isinstance(exc, DatabaseUnavailableError | PoolTimeoutError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    original = exc.orig
+    if isinstance(original, sqlite3.OperationalError):
+        return str(original).startswith(("database is locked", "database table is locked"))
+    return isinstance(original, psycopg.OperationalError)
+
+
+# A connection whose statement outlived the server's statement_timeout is shut down
+# by the client this much later: the server, when it still runs, ends it first (the
+# connection stays usable); the client's clock is for a server that stopped answering.
+CLIENT_GRACE_SECONDS = 1.0
+# Longest a transaction may sit idle, in every role: the gaps between a transaction's
+# statements are Python's work (hashing, encryption, a batch of roster rows), never a
+# person's. Past it the server ends the session and releases its locks.
+IDLE_IN_TRANSACTION_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a process lets the database take, by its role (docs/operations.md).
+
+    ``seconds`` bounds each statement and each lock wait (PostgreSQL's
+    ``statement_timeout`` and ``lock_timeout``; SQLite's ``busy_timeout``), and the wait
+    for a pooled connection (up to 30 s). The client ends a wait on PostgreSQL
+    :data:`CLIENT_GRACE_SECONDS` later (:mod:`carebridge.db_deadlines`), and connecting
+    within ``connect_seconds``.
+    """
+
+    role: str = "web"
+    seconds: float = 5.0
+
+    @property
+    def client_seconds(self) -> float:
+        return self.seconds + CLIENT_GRACE_SECONDS
+
+    @property
+    def connect_seconds(self) -> int:
+        # libpq counts whole seconds, at least 2; more than 10 only delays the answer.
+        return max(2, min(10, math.ceil(self.seconds)))
+
+    @property
+    def pool_seconds(self) -> float:
+        return min(self.seconds, 30.0)
+
+    def server_settings(self) -> dict[str, str]:
+        """PostgreSQL settings for this role's sessions, in milliseconds."""
+        return {
+            "statement_timeout": str(round(self.seconds * 1000)),
+            "lock_timeout": str(round(self.seconds * 1000)),
+            "idle_in_transaction_session_timeout": str(
+                round(max(IDLE_IN_TRANSACTION_SECONDS, self.seconds) * 1000)
+            ),
+        }
+
+
+def describe_error(exc: BaseException) -> str:
     """One line about a driver error, without SQL, parameters or credentials."""
     original = getattr(exc, "orig", None) or exc
     first_line = str(original).strip().splitlines()[0] if str(original).strip() else ""
@@ -68,34 +151,84 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Let SQLAlchemy's "begin" event, not pysqlite, decide when transactions start.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def _sqlite_pragmas(budget: Budget) -> Any:
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event, not pysqlite, decide when transactions start.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # A lock held by another (a long CLI import) is waited for this long, then
+        # "database is locked": a 503 for a web request.
+        cursor.execute(f"PRAGMA busy_timeout={round(budget.seconds * 1000)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return pragmas
 
 
 def _sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
+# TCP keepalives on every PostgreSQL connection: a peer gone without a word (a host
+# lost, a failover behind a firewall that drops instead of resetting) is noticed on an
+# idle pooled connection within about 25 s, and firewalls keep idle connections open.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+def make_engine(url: str, budget: Budget | None = None) -> Engine:
+    """The engine of a process whose role has ``budget`` (default: a web process's).
+
+    On PostgreSQL every wait is bounded: connecting (libpq ``connect_timeout``), a
+    pooled connection (``pool_timeout``), each statement and lock wait (the server's
+    ``statement_timeout``, ``lock_timeout``; a transaction left idle,
+    ``idle_in_transaction_session_timeout``), and on the client a wait the server never
+    answers (:mod:`carebridge.db_deadlines`; bytes left unacknowledged,
+    ``tcp_user_timeout``). Options the URL sets itself win, save the server settings,
+    which are added to its own ``options``.
+    """
+    budget = budget or Budget()
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        # A file's pool of connections is waited for within the budget too (an in-memory
+        # database has one connection per thread, nothing to wait for).
+        memory = make_url(url).database in (None, "", ":memory:")
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": budget.seconds},
+            **({} if memory else {"pool_timeout": budget.pool_seconds}),
+        )
+        event.listen(engine, "connect", _sqlite_pragmas(budget))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
+    query = make_url(url).query
+    settings = " ".join(f"-c {name}={value}" for name, value in budget.server_settings().items())
+    given = query.get("options")
+    defaults: dict[str, Any] = {
+        "connect_timeout": budget.connect_seconds,
+        "application_name": f"carebridge-{budget.role}",
+        **KEEPALIVES,
+        "tcp_user_timeout": round(budget.client_seconds * 1000),
+    }
+    connect_args = {name: value for name, value in defaults.items() if name not in query}
+    connect_args["options"] = f"{given} {settings}" if isinstance(given, str) else settings
     engine = create_engine(
         url,
         pool_size=10,
         max_overflow=10,
-        pool_timeout=10,
-        connect_args={"connect_timeout": 5, "application_name": "carebridge"},
+        pool_timeout=budget.pool_seconds,
+        connect_args=connect_args,
     )
+
+    @event.listens_for(engine, "do_connect")
+    def connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        return db_deadlines.connect(budget.client_seconds, *cargs, **cparams)
+
     _ping_when_idle(engine)
     return engine
 
@@ -121,6 +254,10 @@ def _ping_when_idle(engine: Engine) -> None:
         try:
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as exc:
+            if getattr(dbapi_connection, "ended_by_deadline", False):
+                # The database did not answer in the budget: the request fails now (the
+                # pool drops this connection) instead of also waiting to reconnect.
+                raise DatabaseUnavailableError("the database did not answer in time") from exc
             # The pool reconnects this slot; on a disconnect it also drops the connections
             # older than this one (SQLAlchemy's own pre-ping does the same).
             if dialect.is_disconnect(exc, dbapi_connection, None):

@@ -17,11 +17,14 @@ The pool is a fixed number of slots, each empty or holding a connection, taken i
 A connection that failed, or that a cancelled task left mid-statement, is closed and its
 slot emptied; the next user connects afresh. A failure to connect closes the pool to new work for
 :data:`RETRY_AFTER_SECONDS` (the callers then use the engine, which has its own retry),
-so a database that is down is not dialled for every request, queued ones included. No
-one waits longer than :data:`WAIT_SECONDS` for a connection, nor a statement longer
-than :data:`STATEMENT_TIMEOUT_SECONDS` (a socket gone quiet). The pool belongs to the
-event loop that first uses it; :meth:`LoopConnections.usable` says whether the running
-loop is that one.
+so a database that is down is not dialled for every request, queued ones included.
+
+Waits keep to the web process's budget (:class:`carebridge.db.Budget`, as the engine
+does): for a free connection and for connecting, at most the budget; each statement,
+the server's ``statement_timeout`` and ``lock_timeout`` of the budget, and asyncpg's
+own clock a grace later (a server that stopped answering); a wait that ran out raises
+TimeoutError. The pool belongs to the event loop that first uses it;
+:meth:`LoopConnections.usable` says whether the running loop is that one.
 """
 
 from __future__ import annotations
@@ -38,13 +41,11 @@ from sqlalchemy import Dialect
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import URL
 
+from carebridge.db import Budget
+
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5.0
-# Longest wait for a free connection, and for a statement, before the work goes to the
-# engine's worker threads instead (the token grants' statements take milliseconds).
-WAIT_SECONDS = 5.0
-STATEMENT_TIMEOUT_SECONDS = 10.0
 
 # What the pool raises, and callers catch, when the database fails: the server's errors,
 # the driver's (a connection closed under it included), and the network's.
@@ -52,12 +53,16 @@ DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Timeo
 
 
 class LoopConnections:
-    def __init__(self, url: URL, size: int) -> None:
+    def __init__(self, url: URL, size: int, budget: Budget | None = None) -> None:
         # SQLAlchemy's URL, as asyncpg reads it: user, password, host, port, database and
         # libpq's ssl* options; any other option is sent to the server as a setting, save
         # libpq's connect_timeout, taken here.
         query = dict(url.query)
-        self._timeout = float(str(query.pop("connect_timeout", "5")))
+        self._budget = budget or Budget()
+        self._timeout = min(
+            float(str(query.pop("connect_timeout", self._budget.connect_seconds))),
+            self._budget.seconds,
+        )
         dsn = url.set(drivername="postgresql", query=query)
         self._dsn = dsn.render_as_string(hide_password=False)
         self._size = size
@@ -88,14 +93,14 @@ class LoopConnections:
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection in autocommit, for the block. Raises one of
         :data:`DATABASE_ERRORS` when the database fails (connecting included), when no
-        slot frees within :data:`WAIT_SECONDS`, while waiting to retry after a failure to
-        connect, or once closed; a connection that raised is closed, never reused. Ask
-        :meth:`usable` first."""
+        slot frees within the budget (TimeoutError), while waiting to retry after a
+        failure to connect, or once closed; a connection that raised is closed, never
+        reused. Ask :meth:`usable` first."""
         if self._loop is None:
             raise RuntimeError("ask LoopConnections.usable() first")
         if self._closed:
             raise ConnectionAbortedError("the event loop's connections are closed")
-        connection = await asyncio.wait_for(self._take(), WAIT_SECONDS)
+        connection = await asyncio.wait_for(self._take(), self._budget.seconds)
         try:
             if self._closed:
                 raise ConnectionAbortedError("the event loop's connections are closed")
@@ -144,8 +149,11 @@ class LoopConnections:
             return await asyncpg.connect(
                 self._dsn,
                 timeout=self._timeout,
-                command_timeout=STATEMENT_TIMEOUT_SECONDS,
-                server_settings={"application_name": "carebridge-loop"},
+                command_timeout=self._budget.client_seconds,
+                server_settings={
+                    "application_name": "carebridge-loop",
+                    **self._budget.server_settings(),
+                },
             )
         except DATABASE_ERRORS as exc:
             self._retry_at = time.monotonic() + RETRY_AFTER_SECONDS

@@ -13,11 +13,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from carebridge import keyring as keyring_module
-from carebridge.db import make_engine, make_sessionmaker
+from carebridge.db import Budget, make_engine, make_sessionmaker
 from carebridge.keyring import Keyring, KeyringError
 from carebridge.loop_connections import LoopConnections
 from carebridge.migrate import current_revision, head_revision, known_revisions, schema_state
-from carebridge.settings import Settings
+from carebridge.settings import Role, Settings
 
 
 def load_keyring(settings: Settings) -> Keyring:
@@ -36,6 +36,10 @@ def load_keyring(settings: Settings) -> Keyring:
     return keyring_module.load_or_create_development(settings.effective_keyring_file)
 
 
+def database_budget(settings: Settings, role: Role) -> Budget:
+    return Budget(role.value, settings.db_timeout_seconds(role))
+
+
 # PostgreSQL connections a process keeps for work on its event loop (token grants),
 # besides the engine's pool for worker threads.
 LOOP_CONNECTIONS = 4
@@ -46,13 +50,22 @@ class Runtime:
     settings: Settings
     engine: Engine
     _keyring: Keyring | None = field(default=None, repr=False)
+    # What this process does: how long it lets the database take (its budget).
+    role: Role = Role.WEB
 
     @classmethod
-    def build(cls, settings: Settings) -> Runtime:
+    def build(cls, settings: Settings, role: Role = Role.WEB) -> Runtime:
+        """The web app's (the default: the shortest budget, for anything that forgets to
+        say), the worker's or a CLI command's runtime."""
         if settings.uses_sqlite:
             # It holds the SQLite database: owner-only.
             settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return cls(settings, make_engine(settings.effective_database_url))
+        budget = database_budget(settings, role)
+        return cls(settings, make_engine(settings.effective_database_url, budget), role=role)
+
+    @property
+    def budget(self) -> Budget:
+        return database_budget(self.settings, self.role)
 
     @property
     def keyring(self) -> Keyring:
@@ -72,7 +85,7 @@ class Runtime:
         SQLite, whose work stays in worker threads)."""
         if self.settings.uses_sqlite:
             return None
-        return LoopConnections(self.engine.url, LOOP_CONNECTIONS)
+        return LoopConnections(self.engine.url, LOOP_CONNECTIONS, self.budget)
 
     @cached_property
     def expected_revision(self) -> str | None:

@@ -45,12 +45,22 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class Role(StrEnum):
+    """What a process does, which sets how long it lets the database take (its budget)."""
+
+    WEB = "web"
+    WORKER = "worker"
+    CLI = "cli"
+
+
 class SmsBackend(StrEnum):
     CONSOLE = "console"
     TWILIO = "twilio"
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# A production metrics token shorter than this is a password someone chose, not a secret.
+METRICS_TOKEN_MIN_LENGTH = 16
 
 
 def _provider_url(value: str) -> str:
@@ -168,6 +178,13 @@ class Settings(BaseSettings):
     # How often each web process links new audit records into the chain (PostgreSQL):
     # also the longest a record stays written but unchained while the service is up.
     audit_chain_seconds: float = Field(default=1.0, gt=0, le=60)
+    # How long each role lets one database statement, lock wait or wait for a pooled
+    # connection take (carebridge.db.Budget; docs/operations.md). Web requests answer 503
+    # past theirs; the worker's jobs and the CLI's commands (a million-row roster import)
+    # work in larger steps.
+    db_timeout_web_seconds: float = Field(default=5.0, ge=0.5, le=30)
+    db_timeout_worker_seconds: float = Field(default=60.0, ge=1, le=3600)
+    db_timeout_cli_seconds: float = Field(default=900.0, ge=1, le=86400)
 
     # Accounts and sessions (identity/)
     session_idle_minutes: int = Field(default=15, ge=1, le=24 * 60)
@@ -322,6 +339,14 @@ class Settings(BaseSettings):
     def uses_sqlite(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
 
+    def db_timeout_seconds(self, role: Role) -> float:
+        """The database budget of a process of ``role``."""
+        return {
+            Role.WEB: self.db_timeout_web_seconds,
+            Role.WORKER: self.db_timeout_worker_seconds,
+            Role.CLI: self.db_timeout_cli_seconds,
+        }[role]
+
     @property
     def effective_keyring_file(self) -> Path:
         return self.keyring_file or self.data_dir / "keyring.json"
@@ -360,6 +385,12 @@ class Settings(BaseSettings):
             problems.append("CAREBRIDGE_SMS_BACKEND must be 'twilio' in production")
         if self.demo:
             problems.append("CAREBRIDGE_DEMO (serve --demo) is refused in production")
+        token = self.metrics_token.get_secret_value() if self.metrics_token else ""
+        if len(token) < METRICS_TOKEN_MIN_LENGTH:
+            problems.append(
+                f"CAREBRIDGE_METRICS_TOKEN must be set, at least {METRICS_TOKEN_MIN_LENGTH} "
+                "characters, in production: /metrics is public without it"
+            )
         return problems
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from carebridge import audit
+from carebridge.db import describe_error, unavailable
 from carebridge.runtime import Runtime
 
 log = logging.getLogger("carebridge.worker")
@@ -40,8 +41,15 @@ def run_jobs(runtime: Runtime, jobs: Sequence[Job], stop: threading.Event) -> No
 def run_once(runtime: Runtime, job: Job) -> bool:
     try:
         job.run(runtime)
-    except Exception:
-        log.exception("job failed", extra={"job": job.name})
+    except Exception as exc:
+        if unavailable(exc):  # retried at its next interval; no traceback to quote SQL
+            log.warning(
+                "job failed: database unavailable (%s)",
+                describe_error(exc),
+                extra={"job": job.name},
+            )
+        else:
+            log.exception("job failed", extra={"job": job.name})
         return False
     return True
 

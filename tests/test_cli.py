@@ -243,6 +243,7 @@ def test_production_serve_refuses_a_development_keyring(
         "CAREBRIDGE_DATABASE_URL": UNREACHABLE,
         "CAREBRIDGE_KEYRING_FILE": str(path),
         "CAREBRIDGE_SMS_BACKEND": "twilio",
+        "CAREBRIDGE_METRICS_TOKEN": "scrape-0123456789abcdef",
     }.items():
         monkeypatch.setenv(name, value)
     status, out, err = run(capsys, "serve")

@@ -53,6 +53,7 @@ OPERATOR_VARIABLES = {
     "POSTGRES_PASSWORD": "0123456789abcdef",
     "CAREBRIDGE_ISSUER": "https://id.example.org",
     "CAREBRIDGE_FORWARDED_ALLOW_IPS": "172.18.0.1",
+    "CAREBRIDGE_METRICS_TOKEN": "fedcba9876543210fedcba9876543210",
 }
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
@@ -158,7 +159,7 @@ def test_app_service_environment_passes_the_production_checks(
 def test_required_variables_stop_the_deployment(services: dict[str, dict[str, Any]]) -> None:
     environment = "\n".join(map(str, services["carebridge"]["environment"].values()))
     assert interpolate(environment, OPERATOR_VARIABLES)
-    for missing in ("POSTGRES_PASSWORD", "CAREBRIDGE_ISSUER"):
+    for missing in ("POSTGRES_PASSWORD", "CAREBRIDGE_ISSUER", "CAREBRIDGE_METRICS_TOKEN"):
         variables = {k: v for k, v in OPERATOR_VARIABLES.items() if k != missing}
         with pytest.raises(KeyError, match=missing):
             interpolate(environment, variables)

@@ -517,6 +517,15 @@ def test_metrics_are_open_without_a_token(shell: TestClient) -> None:
     assert "carebridge_http_requests_total" in _scrape(shell)
 
 
+def test_production_app_without_a_metrics_token_serves_no_metrics(make_client: MakeClient) -> None:
+    # Production refuses to start without a token (tests/test_settings.py); an app made
+    # anyway does not fall back to a public /metrics.
+    client = make_client(env="production", issuer="https://id.example.org")
+    response = client.get("/metrics")
+    assert response.status_code == 403
+    assert "carebridge_http_requests_total" not in response.text
+
+
 @pytest.mark.parametrize(
     "authorization",
     [None, "", "Bearer", "Bearer wrong-token", "Basic bWV0cmljczp0b2tlbg==", "metrics-token"],

@@ -19,7 +19,7 @@ from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.engine import make_url
 
 from carebridge import loop_connections
-from carebridge.db import DirectStatement
+from carebridge.db import Budget, DirectStatement
 from carebridge.loop_connections import DATABASE_ERRORS, LoopConnections
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
@@ -297,11 +297,9 @@ def test_queued_users_do_not_dial_a_database_that_just_failed(
     assert all(isinstance(result, DATABASE_ERRORS) for result in results)
 
 
-def test_no_one_waits_for_a_connection_longer_than_the_limit(
-    pg_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(loop_connections, "WAIT_SECONDS", 0.2)
-    pool = _pool(pg_runtime)
+def test_no_one_waits_for_a_connection_longer_than_the_limit(pg_runtime: Runtime) -> None:
+    # The limit is the web budget's.
+    pool = LoopConnections(pg_runtime.engine.url, 1, Budget("web", 0.2))
 
     async def use() -> None:
         async with pool.connection():

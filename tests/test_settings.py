@@ -21,6 +21,7 @@ PRODUCTION = {
     "CAREBRIDGE_DATABASE_URL": "postgresql://carebridge:hunter2@db.internal:5432/carebridge",
     "CAREBRIDGE_KEYRING_FILE": "/run/secrets/keyring.json",
     "CAREBRIDGE_SMS_BACKEND": "twilio",
+    "CAREBRIDGE_METRICS_TOKEN": "scrape-0123456789abcdef",
 }
 
 
@@ -214,9 +215,27 @@ def test_production_on_all_defaults_names_the_first_problem(
 ) -> None:
     monkeypatch.setenv("CAREBRIDGE_ENV", "production")
     settings = load_settings()
-    assert len(settings.production_problems()) == 4
+    assert len(settings.production_problems()) == 5
     with pytest.raises(ConfigError, match="CAREBRIDGE_ISSUER"):
         require_production_ready(settings)
+
+
+@pytest.mark.parametrize("token", [None, "", "metrics-token"], ids=["unset", "empty", "short"])
+def test_production_refuses_public_metrics(
+    monkeypatch: pytest.MonkeyPatch, token: str | None
+) -> None:
+    # Without a token /metrics answers anyone: request counts by route and status, which
+    # show who uses what, and when.
+    _environment(monkeypatch, PRODUCTION)
+    if token is None:
+        monkeypatch.delenv("CAREBRIDGE_METRICS_TOKEN")
+    else:
+        monkeypatch.setenv("CAREBRIDGE_METRICS_TOKEN", token)
+    settings = load_settings()
+    assert len(settings.production_problems()) == 1
+    with pytest.raises(ConfigError, match="refusing to start: CAREBRIDGE_METRICS_TOKEN ") as raised:
+        require_production_ready(settings)
+    assert "metrics-token" not in str(raised.value)
 
 
 def test_development_accepts_what_production_refuses() -> None:

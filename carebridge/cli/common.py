@@ -7,7 +7,7 @@ from typing import Any
 
 from carebridge.migrate import current_revision
 from carebridge.runtime import Runtime
-from carebridge.settings import load_settings
+from carebridge.settings import Role, load_settings
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -24,7 +24,7 @@ def add_parser(commands: Any, name: str, help_text: str) -> argparse.ArgumentPar
 
 
 def runtime() -> Runtime:
-    return Runtime.build(load_settings())
+    return Runtime.build(load_settings(), Role.CLI)
 
 
 def require_current_schema(rt: Runtime) -> None:

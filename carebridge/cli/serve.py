@@ -18,7 +18,7 @@ from carebridge.demo import seed as demo_seed
 from carebridge.keyring import KeyringError
 from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
-from carebridge.settings import Settings, load_settings, require_production_ready
+from carebridge.settings import Role, Settings, load_settings, require_production_ready
 from messaging import keys as message_keys
 
 log = logging.getLogger("carebridge.serve")
@@ -81,7 +81,7 @@ def _start_demo_worker(settings: Settings) -> tuple[threading.Event, threading.T
     from carebridge.cli.worker import JOBS  # noqa: PLC0415  (only demo mode needs it)
 
     stop = threading.Event()
-    runtime = Runtime.build(settings)
+    runtime = Runtime.build(settings, Role.WORKER)
 
     def run() -> None:
         try:
@@ -100,7 +100,8 @@ def serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     require_production_ready(settings)
     configure_logging(settings.log_level, settings.log_format)
-    runtime = Runtime.build(settings)
+    # Migrating (SQLite) and seeding before serving are an operator's command's work.
+    runtime = Runtime.build(settings, Role.CLI)
     try:
         prepare(runtime)
         if settings.demo:

@@ -12,7 +12,7 @@ from carebridge import worker
 from carebridge.cli.common import add_parser, require_current_schema
 from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
-from carebridge.settings import load_settings, require_production_ready
+from carebridge.settings import Role, load_settings, require_production_ready
 from identity import throttle
 from identity.oidc import purge as oidc_purge
 from messaging import jobs as messaging_jobs
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     require_production_ready(settings)
     configure_logging(settings.log_level, settings.log_format)
-    runtime = Runtime.build(settings)
+    runtime = Runtime.build(settings, Role.WORKER)
     try:
         runtime.keyring  # noqa: B018  (fail now on a missing or corrupt keyring)
         require_current_schema(runtime)

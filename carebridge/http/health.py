@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -44,6 +46,30 @@ def readiness(runtime: Runtime) -> dict[str, str]:
 # Probes arrive every few seconds from each balancer; under load a check per request
 # would queue on the database (SQLite's write lock, the pool) for nothing.
 FRESH_FOR = 1.0
+# How long a probe waits for the checks: a database that does not answer within it is
+# "timeout" (503), and the replica leaves rotation at once instead of when the
+# balancer's own probe timeout fires.
+READY_WITHIN = 1.0
+_TIMED_OUT = {"database": "timeout", "migrations": "unknown"}
+
+
+async def _checked(state: Any, runtime: Runtime) -> dict[str, str]:
+    """The checks, in a worker thread, awaited for at most :data:`READY_WITHIN`. One runs
+    at a time: probes that come while it runs await the same one, so a database that
+    stopped answering holds one thread (until the engine's own bounds end its wait),
+    never one per probe."""
+    loop = asyncio.get_running_loop()
+    running: tuple[asyncio.AbstractEventLoop, asyncio.Task[dict[str, str]]] | None = getattr(
+        state, "readiness_check", None
+    )
+    if running is None or running[0] is not loop or running[1].done():
+        task = loop.create_task(run_in_threadpool(readiness, runtime))
+        running = state.readiness_check = (loop, task)
+    try:
+        return await asyncio.wait_for(asyncio.shield(running[1]), READY_WITHIN)
+    except TimeoutError:
+        log.warning("readiness: the database did not answer within %.1f s", READY_WITHIN)
+        return dict(_TIMED_OUT)
 
 
 async def readyz(request: Request) -> Response:
@@ -53,7 +79,7 @@ async def readyz(request: Request) -> Response:
     if cached is not None and time.monotonic() - cached[0] < FRESH_FOR:
         checks = cached[1]
     else:
-        checks = await run_in_threadpool(readiness, runtime)
+        checks = await _checked(state, runtime)
         state.readiness = (time.monotonic(), checks)
     if all(state == "ok" for state in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})

@@ -67,10 +67,16 @@ def _registry() -> CollectorRegistry:
     return REGISTRY
 
 
-def make_endpoint(token: str | None) -> Callable[[Request], Awaitable[Response]]:
+def make_endpoint(
+    token: str | None, *, production: bool = False
+) -> Callable[[Request], Awaitable[Response]]:
+    """The scrape endpoint: open without a token in development only. Production refuses
+    to start without one (carebridge.settings); an app made anyway answers no scrape."""
     expected = f"Bearer {token}".encode() if token else None
 
     async def metrics_endpoint(request: Request) -> Response:
+        if expected is None and production:
+            return problem(request, 403, "Metrics need CAREBRIDGE_METRICS_TOKEN in production.")
         if expected is not None:
             presented = request.headers.get("authorization", "").encode()
             if not secrets.compare_digest(presented, expected):

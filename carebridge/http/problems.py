@@ -1,7 +1,10 @@
 """Errors: RFC 9457 problem details for API clients, friendly pages for people.
 
 Nothing from an exception reaches a client: an unhandled error answers a generic 500 with
-the request ID, and the traceback goes to the (redacted) log.
+the request ID, and the traceback goes to the (redacted) log. A database or Redis that did
+not answer in time, or cannot be reached, answers 503 with ``Retry-After`` instead, and
+logs one line without a traceback (a driver's traceback quotes the SQL and its
+parameters).
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import redis
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from carebridge.db import describe_error, unavailable
 from carebridge.http.paths import MACHINE_PATHS
 from carebridge.http.templates import templates
 from carebridge.logs import request_id_var
@@ -128,6 +133,28 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     return problem(request, exc.status_code, detail, headers=dict(exc.headers or {}), **extensions)
 
 
+# What a 503 asks clients to wait: about how long a pool takes to reconnect once the
+# database answers again.
+RETRY_AFTER_SECONDS = 5
+
+
+def _temporarily_unavailable(exc: Exception) -> bool:
+    return unavailable(exc) or isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+
+
 async def unhandled_exception_handler(request: Request, exc: Exception) -> Response:
+    if _temporarily_unavailable(exc):
+        # The kind and the driver's first line only: no SQL, no parameters, no traceback.
+        log.warning(
+            "database unavailable, answered 503 (%s: %s)",
+            type(exc).__name__,
+            describe_error(exc),
+        )
+        return problem(
+            request,
+            503,
+            "The service is briefly unavailable. Please try again shortly.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     log.error("unhandled error", exc_info=exc)
     return problem(request, 500)

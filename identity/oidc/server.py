@@ -38,7 +38,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from carebridge.db import DatabaseError, DirectStatement
+from carebridge.db import DatabaseError, DatabaseUnavailableError, DirectStatement
 from carebridge.http.forms import MAX_BODY
 from carebridge.loop_connections import DATABASE_ERRORS, LoopConnections
 from carebridge.runtime import Runtime
@@ -406,8 +406,10 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         (a client not in the cache, a subject to record, a reuse to revoke and audit), the
         claim was lost to a racing use (the thread then answers it as a reuse), or the
         database failed before the claim or refused it. Nothing was written in any of
-        these cases. A claim whose outcome is unknown (the connection lost as it ran)
-        raises DatabaseError instead (see :func:`_claim`).
+        these cases. A database that did not answer within the budget before the claim
+        raises DatabaseUnavailableError (503: a thread would wait as long again); a
+        claim whose outcome is unknown (the connection lost as it ran) raises
+        DatabaseError instead (see :func:`_claim`).
         """
         quick = self.answer_without_database(oauth)
         if quick is not None:
@@ -443,6 +445,11 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
                 claimed = await _claim(write, connection, dialect, values)
                 # Not claimed: lost to a racing use; the thread answers it as a reuse.
                 return answer if claimed else None
+        except TimeoutError as exc:
+            # The database did not answer within the web budget (a free connection,
+            # connecting, the lookup): a worker thread would wait as long again. Nothing
+            # was written; the client may try again (503).
+            raise DatabaseUnavailableError("the database did not answer in time") from exc
         except DATABASE_ERRORS as exc:
             # No connection, or the lookup failed, or the server refused the claim (it
             # rolled back): nothing was written.
