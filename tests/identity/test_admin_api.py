@@ -316,6 +316,7 @@ def every_endpoint(patient: str) -> list[tuple[str, str]]:
         ("POST", f"{PREFIX}/sources/acme/imports"),
         ("GET", f"{PREFIX}/sources/acme"),
         ("POST", f"{PREFIX}/patients/{patient}/activation-codes"),
+        ("GET", f"{PREFIX}/patients/{patient}/activation-codes"),
         ("POST", f"{PREFIX}/patients/{patient}/unlink"),
         ("POST", f"{PREFIX}/patients/{patient}/reverify"),
         ("POST", f"{PREFIX}/accounts/acc_someone/activation-unlock"),
@@ -371,5 +372,7 @@ def test_the_openapi_document_describes_the_admin_api(client: TestClient) -> Non
     assert "get" in paths[f"{PREFIX}/sources/{{source}}"]
     issue = paths[f"{PREFIX}/patients/{{patient_id}}/activation-codes"]["post"]
     assert {"201", "400", "401", "403", "404", "409"} <= set(issue["responses"])
-    for name in ("StaffReason", "RosterImportReport", "IssuedActivationCode"):
+    listed = paths[f"{PREFIX}/patients/{{patient_id}}/activation-codes"]["get"]
+    assert {"200", "401", "403", "404"} <= set(listed["responses"])
+    for name in ("StaffReason", "RosterImportReport", "IssuedActivationCode", "ActivationCodeList"):
         assert name in document["components"]["schemas"]
