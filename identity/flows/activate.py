@@ -10,8 +10,8 @@ IS NULL``, so two people redeeming one code at once get exactly one link.
 Every failure gets the same answer. Attempts are counted before the check, like password
 guesses (identity/throttle.py): per account (:data:`ACCOUNT`: 5 failures lock activation
 until staff clear it with ``carebridge roster activation-unlock``) and per client address
-(:data:`ADDRESS`). The code counts its own failures too, from whichever accounts and
-addresses they come (``activation_code.failures``): at
+(:data:`ADDRESS`). The code counts its own wrong dates of birth too, from whichever
+accounts and addresses they come (``activation_code.failures``): at
 ``CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES`` (5) it is voided for good, so its date of
 birth cannot be tried from account after account. A voided code answers like any wrong
 one; staff see it in ``carebridge roster lookup`` and the admin API, and issue a new one.
@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
-from sqlalchemy import case, select, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -140,10 +140,17 @@ _NO_DOB_HASH = "0" * 64
 _NOT_A_CODE = "-"
 
 
+class _Found(NamedTuple):
+    row: ActivationCode | None  # the code's row if it may link now
+    code_hash: str  # what the code was looked up by
+    wrong_dob: bool
+
+
 def _usable_code(
     db: Session, runtime: Runtime, code: str, dob: date | None, now: datetime
-) -> tuple[ActivationCode | None, str]:
-    """The code's row if it may link now, and the code's lookup hash.
+) -> _Found:
+    """The code's row if it may link now, the code's lookup hash, and whether the date of
+    birth failed to match.
 
     Every path does the same work, so the time taken says nothing about why a code
     failed: both hashes, one query (the code, its roster row and any link to its patient
@@ -163,14 +170,14 @@ def _usable_code(
     stored_dob_hash = found[1] if found is not None else _NO_DOB_HASH
     matches = secrets.compare_digest(dob_hash, stored_dob_hash)
     if found is None or normalised is None or dob is None:
-        return None, lookup
+        return _Found(None, lookup, not matches)
     row: ActivationCode = found[0]
     eligible, linked = found[2], found[3]
     expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
     spent = row.used_at is not None or row.voided_at is not None or expires_at <= now
     if not matches or spent or not eligible or linked:
-        return None, lookup
-    return row, lookup
+        return _Found(None, lookup, not matches)
+    return _Found(row, lookup, wrong_dob=False)
 
 
 @dataclass(frozen=True)
@@ -180,21 +187,24 @@ class _Counted:
     voided: bool
 
 
-def _count_failure(db: Session, lookup: str, now: datetime, limit: int) -> _Counted | None:
-    """One more failure on the code, if it is still usable; voided at ``limit``.
+def _count_failure(db: Session, found: _Found, now: datetime, limit: int) -> _Counted | None:
+    """One more failure on the code if it is still usable and the date of birth was wrong;
+    voided at ``limit``.
 
     One statement on every failed attempt, whether or not such a code exists (a code
-    that cannot be one is looked up as a hash no code has): every failure does the same
-    work. Atomic, so concurrent failures from many accounts count exactly.
+    that cannot be one is looked up as a hash no code has) and whatever failed (the
+    wrong date of birth is a bound value): every failure does the same work. Atomic, so
+    concurrent failures from many accounts count exactly.
     """
     failures = ActivationCode.failures
     counted = db.execute(
         update(ActivationCode)
         .where(
-            ActivationCode.code_hash == lookup,
+            ActivationCode.code_hash == found.code_hash,
             ActivationCode.used_at.is_(None),
             ActivationCode.voided_at.is_(None),
             ActivationCode.expires_at > now,
+            literal(found.wrong_dob),
         )
         .values(failures=failures + 1, voided_at=case((failures + 1 >= limit, now), else_=None))
         .returning(ActivationCode.id, ActivationCode.patient_id, ActivationCode.voided_at)
@@ -279,7 +289,8 @@ def _redeem_in_transaction(
                 request_id=request_id,
             )
             return Result(Status.LOCKED)
-        row, lookup = _usable_code(db, runtime, code, dob, now)
+        found = _usable_code(db, runtime, code, dob, now)
+        row = found.row
         if row is not None and _link(db, row, account_id, now):
             throttle.settle(store, db, reset=[limits[0]], refund=[limits[1]], now=now)
             audit.append(
@@ -291,7 +302,7 @@ def _redeem_in_transaction(
                 request_id=request_id,
             )
             return Result(Status.LINKED, row.patient_id)
-        counted = _count_failure(db, lookup, now, runtime.settings.activation_code_max_failures)
+        counted = _count_failure(db, found, now, runtime.settings.activation_code_max_failures)
         audit.append(
             db,
             actor=actor,

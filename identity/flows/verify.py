@@ -242,7 +242,7 @@ class Result(StrEnum):
     ALREADY = "already"
 
 
-# The extra fields each answer asks for.
+# What a stepped-up attempt needs besides the date of birth and SSN last 4.
 MORE_PROOF_FIELDS: tuple[Tiebreaker, ...] = ("last_name", "zip")
 
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
+from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from identity.flows import activate
-from identity.models import ActivationCode
+from identity.models import ActivationCode, RosterMember
 from identity.roster import staff
 
 from . import factories
@@ -172,3 +173,19 @@ def test_the_failures_that_void_a_code_are_a_setting(
         assert code_row(runtime).voided_at is not None
     finally:
         runtime.close()
+
+
+def test_only_wrong_birth_dates_count_against_a_code(
+    runtime: Runtime, patients: dict[str, str]
+) -> None:
+    # The right date of birth for a code that cannot link now (its patient ineligible for
+    # a while) fails like any other attempt but is no guess: the code keeps its chances.
+    code = issue(runtime, patients["zeb"])
+    with transaction(runtime.sessions) as db:
+        db.execute(update(RosterMember).values(eligible=False))
+    for n in range(6):
+        assert attempt(runtime, code, ZEB_DOB, f"198.51.100.{n + 1}") is activate.Status.FAILED
+    assert code_row(runtime).failures == 0
+    with transaction(runtime.sessions) as db:
+        db.execute(update(RosterMember).values(eligible=True))
+    assert attempt(runtime, code, ZEB_DOB, "203.0.113.9") is activate.Status.LINKED
