@@ -3,9 +3,11 @@
 Imports N synthetic rows (bench/roster_import.py's generator, clearly fake people) into a
 fresh PostgreSQL database, then times identity.flows.verify.verify, the whole service
 call (throttle counters, the indexed identity-hash lookup, the link, the audit record),
-for K accounts that verify successfully and K that give a wrong SSN last 4. Each attempt
-comes from its own address and DOB so the throttles measure their cost without locking.
-HTTP adds the shell's ~1 ms (bench/http_shell.py). Usage:
+for K accounts that verify successfully and K that give a wrong SSN last 4; then, with
+every birth date stepped up (``verify_step_up_after=0``), K that verify with last name and
+ZIP as well and K that are asked for them (the attempt taken back from every counter).
+Each attempt comes from its own address and DOB so the throttles measure their cost
+without locking. HTTP adds the shell's ~1 ms (bench/http_shell.py). Usage:
     .venv/bin/python bench/verify.py [--rows 1000000] [--attempts 300]
 """
 
@@ -61,30 +63,39 @@ def main() -> None:
             started = time.perf_counter()
             importer.import_roster(rt, csv_path, source="bench")
             print(f"roster: {args.rows} rows imported in {time.perf_counter() - started:.1f} s")
-            targets = people(csv_path, 2 * args.attempts)
+            targets = people(csv_path, 4 * args.attempts)
             accounts = [new_id("acc") for _ in targets]
             with transaction(rt.sessions) as db:
                 now = datetime.now(UTC)
                 db.add_all(Account(id=a, created_at=now, status="active") for a in accounts)
-            timings: dict[str, list[float]] = {"verified": [], "failed": []}
+            stepped = Runtime.build(
+                Settings(data_dir=Path(directory), database_url=url, verify_step_up_after=0)
+            )
+            timings: dict[str, list[float]] = {}
             for n, (account, person) in enumerate(zip(accounts, targets, strict=True)):
-                right = n % 2 == 0
+                step_up, right = n >= 2 * args.attempts, n % 2 == 0
                 ssn4 = person["ssn4"] if right else f"{(int(person['ssn4']) + 1) % 10000:04d}"
                 details = VerifyDetails(
                     dob=date.fromisoformat(person["dob"]),
-                    ssn4=ssn4,
-                    last_name=person["last_name"],
+                    ssn4=ssn4 if not step_up else person["ssn4"],
+                    last_name=person["last_name"] if right or not step_up else "",
+                    zip=person["zip"] if step_up and right else "",
                 )
                 host = f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
                 started = time.perf_counter()
-                result = verify(rt, account, details, client_host=host)
+                result = verify(stepped if step_up else rt, account, details, client_host=host)
                 elapsed = time.perf_counter() - started
-                expected = Result.VERIFIED if right else Result.FAILED
+                if step_up:
+                    expected = Result.VERIFIED if right else Result.NEED_MORE_PROOF
+                else:
+                    expected = Result.VERIFIED if right else Result.FAILED
                 assert result is expected, (n, result)
-                timings["verified" if right else "failed"].append(elapsed)
+                label = f"{'stepped up, ' if step_up else ''}{expected.value}"
+                timings.setdefault(label, []).append(elapsed)
             for outcome, samples in timings.items():
-                print(f"verify ({outcome:8}) on {args.rows} rows: {percentiles(samples)}")
+                print(f"verify ({outcome:27}) on {args.rows} rows: {percentiles(samples)}")
             print("goal: p99 < 20 ms")
+            stepped.close()
             rt.close()
         finally:
             if name:

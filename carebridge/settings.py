@@ -195,9 +195,14 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(default=2, ge=1)
     argon2_parallelism: int = Field(default=1, ge=1)
     upstream_providers_file: Path | None = None
-    # Identity verification: what tells apart people sharing a DOB and SSN last 4.
+    # Identity verification: what tells apart people sharing a DOB and SSN last 4, and
+    # after how many failures on a birth date (or 10 from an address) it asks for last
+    # name and ZIP as well (0: always). identity/flows/verify.py.
     verify_tiebreaker: Literal["last_name", "zip"] = "last_name"
+    verify_step_up_after: int = Field(default=3, ge=0, le=100)
     activation_code_days: int = Field(default=30, ge=1, le=365)
+    # Wrong dates of birth, from any accounts, that void an activation code.
+    activation_code_max_failures: int = Field(default=5, ge=1, le=100)
     # The admin API's roster upload (1,000,000 rows are about 80 MiB).
     roster_upload_max_mib: int = Field(default=256, ge=1, le=4096)
 

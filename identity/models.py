@@ -21,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -233,7 +234,8 @@ class ActivationCode(Base):
 
     Only ``code_hash`` (a keyed lookup hash of the normalised code) is kept; the code is
     shown once. Issuing a new code for a patient ends its earlier unused ones (their
-    ``expires_at`` becomes the moment of reissue). ``reason`` is the operator's stated
+    ``expires_at`` becomes the moment of reissue). Each code counts its own failures and
+    is voided after a few (identity/flows/activate.py). ``reason`` is the operator's stated
     reason: an explanation, never personal data.
     """
 
@@ -247,6 +249,10 @@ class ActivationCode(Base):
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(500))
+    # Wrong dates of birth presented with this code while it was usable, from any
+    # account; at CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES the code is voided for good.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    voided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class StaffAction(Base):

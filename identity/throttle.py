@@ -69,6 +69,12 @@ class Policy:
     def hard_locked(self, failures: int) -> bool:
         return self.hard_cap is not None and failures >= self.hard_cap
 
+    @property
+    def refuses(self) -> bool:
+        """False for a counter that only counts (no delays, no cap): it never refuses an
+        attempt, whatever it holds (a delay stored under an older policy included)."""
+        return self.max_delay > 0 or self.hard_cap is not None
+
 
 HARD_CAP = 100  # NIST SP 800-63B §5.2.2: at most 100 consecutive failures per account
 LOGIN = Policy(
@@ -82,21 +88,22 @@ UPSTREAM_START_ADDRESS = Policy(
     "upstream-ip", free=30, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
 )
 # Identity verification (identity/flows/verify.py): four SSN digits are 10,000 guesses.
-# Per account: 5 failures within a day lock it until staff review. Per address: looser, and
-# delays only. Per roster identity (DOB + SSN last 4): 10 failures lock it for good (a
-# record targeted by several accounts). Per DOB: delays after 10, against cycling SSN
-# digits for a known birthday from many accounts and addresses.
+# Only the account's own counter refuses: 5 failures within a day lock it until staff
+# review. The shared ones (address, DOB, roster identity) only count: a stranger could
+# fill them, so they never refuse anyone; past its threshold (in verify.py) the address or
+# DOB makes verification ask for last name and ZIP as well, and a roster identity failed
+# 10 times raises an alert. Each is forgotten after its quiet period.
 VERIFY_ACCOUNT = Policy(
     "verify-account", free=5, max_delay=0, hard_cap=5, forget_after=timedelta(hours=24)
 )
 VERIFY_ADDRESS = Policy(
-    "verify-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+    "verify-ip", free=0, max_delay=0, hard_cap=None, forget_after=timedelta(hours=1)
 )
 VERIFY_RECORD = Policy(
-    "verify-record", free=10, max_delay=0, hard_cap=10, forget_after=timedelta(days=30)
+    "verify-record", free=0, max_delay=0, hard_cap=None, forget_after=timedelta(days=30)
 )
 VERIFY_DOB = Policy(
-    "verify-dob", free=10, max_delay=60 * 60, hard_cap=None, forget_after=timedelta(hours=24)
+    "verify-dob", free=0, max_delay=0, hard_cap=None, forget_after=timedelta(days=30)
 )
 # Activation codes (identity/flows/activate.py): 5 failures lock redemption until staff
 # review (`carebridge roster activation-unlock`); per address, delays only.
@@ -112,10 +119,11 @@ _NEVER_CAPPED = (
     UPSTREAM_START_ADDRESS,
     VERIFY_ADDRESS,
     VERIFY_DOB,
+    VERIFY_RECORD,
     ACTIVATE_ADDRESS,
 )
 # Policies that lock for good below HARD_CAP: purge keeps their locked counters too.
-_CAPPED_LOW = (VERIFY_ACCOUNT, VERIFY_RECORD, ACTIVATE_ACCOUNT)
+_CAPPED_LOW = (VERIFY_ACCOUNT, ACTIVATE_ACCOUNT)
 # Longer than any policy's forget_after.
 PURGE_AFTER = timedelta(days=31)
 
@@ -265,7 +273,7 @@ class DatabaseStore:
             forgotten = _forgotten(policy, stored, updated_at, now)
             failures = 0 if forgotten else stored
             locked_until = None if forgotten else stored_until
-            if _state_of(policy, failures, locked_until).locked(now):
+            if policy.refuses and _state_of(policy, failures, locked_until).locked(now):
                 return None
             counts[key] = failures + 1
         db.execute(
@@ -294,10 +302,10 @@ class DatabaseStore:
         Returns how many went.
 
         Keeps every counter at 100 failures or more (a lock until an operator clears it,
-        under LOGIN or any other policy capped at 100) except the address ones, which no
-        policy locks for good.
-        Keeps verification counters locked at their lower caps (VERIFY_ACCOUNT,
-        VERIFY_RECORD) as well: those wait for staff review.
+        under LOGIN or any other policy capped at 100) except those of the uncapped
+        policies (addresses, verification's birth dates and roster identities).
+        Keeps counters locked at their lower caps (VERIFY_ACCOUNT, ACTIVATE_ACCOUNT) as
+        well: those wait for staff review.
         """
         never_capped = or_(
             *(_COUNTERS.c.key.startswith(f"{policy.prefix}:") for policy in _NEVER_CAPPED)
@@ -329,10 +337,12 @@ _REDIS_PREFIX = "carebridge:throttle:"
 _ATTEMPT = """
 local now = tonumber(ARGV[1])
 for i = 1, #KEYS do
+  local max_delay = tonumber(ARGV[4 * i - 1])
   local cap = tonumber(ARGV[4 * i])
   local f = tonumber(redis.call('HGET', KEYS[i], 'f') or '0')
   local u = tonumber(redis.call('HGET', KEYS[i], 'u') or '0')
-  if (cap > 0 and f >= cap) or u > now then
+  -- A counter without delays or cap only counts (Policy.refuses).
+  if (cap > 0 and f >= cap) or (max_delay > 0 and u > now) then
     return false
   end
 end

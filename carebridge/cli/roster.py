@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -68,7 +69,8 @@ def register(commands: Any) -> None:
     _staff_command(
         sub,
         "lookup",
-        "Show a patient's roster details (names, ZIP, group, eligibility, linked or not).",
+        "Show a patient's roster details (names, ZIP, group, eligibility, linked or not) "
+        "and activation codes (usable, used, expired, or voided after wrong dates of birth).",
         lookup,
     )
     unlock = add_parser(
@@ -141,7 +143,26 @@ def lookup(args: argparse.Namespace) -> int:
     print(f"source:      {found.source} (member ID {found.member_id})")
     print(f"eligible:    {'yes' if found.eligible else 'no'}")
     print(f"linked:      {'yes' if found.linked else 'no'}")
+    now = datetime.now(UTC)
+    for code in found.codes:
+        print(f"activation code {code.id}: {_code_line(code, now)}")
     return 0
+
+
+def _code_line(code: staff.CodeState, now: datetime) -> str:
+    state = code.state(now)
+    issued = f"issued {code.created_at:%Y-%m-%d %H:%M} UTC by {code.created_by}"
+    failures = f"{code.failures} wrong date{'' if code.failures == 1 else 's'} of birth"
+    if state == "voided" and code.voided_at is not None:
+        return (
+            f"VOIDED {code.voided_at:%Y-%m-%d %H:%M} UTC after {failures} "
+            f"(issue a new code if the patient is who they say); {issued}"
+        )
+    if state == "used" and code.used_at is not None:
+        return f"used {code.used_at:%Y-%m-%d %H:%M} UTC; {issued}"
+    until = f"{code.expires_at:%Y-%m-%d %H:%M} UTC"
+    ends = f"expired {until}" if state == "expired" else f"usable until {until}"
+    return f"{ends}, {failures}; {issued}"
 
 
 def activation_unlock(args: argparse.Namespace) -> int:

@@ -10,9 +10,16 @@ IS NULL``, so two people redeeming one code at once get exactly one link.
 Every failure gets the same answer. Attempts are counted before the check, like password
 guesses (identity/throttle.py): per account (:data:`ACCOUNT`: 5 failures lock activation
 until staff clear it with ``carebridge roster activation-unlock``) and per client address
-(:data:`ADDRESS`). Each attempt is an audit event without values, and is counted in
-``carebridge_activation_total{outcome}`` (linked, failed, locked). Every failure does the
-same work, so its timing tells nothing either.
+(:data:`ADDRESS`). The code counts its own wrong dates of birth too, from whichever
+accounts and addresses they come (``activation_code.failures``): at
+``CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES`` (5) it is voided for good, so its date of
+birth cannot be tried from account after account. A voided code answers like any wrong
+one; staff see it in ``carebridge roster lookup`` and the admin API, and issue a new one.
+Each attempt is an audit event without values (a failure against a usable code names the
+code's ID; a voiding is ``identity.activate.void``), and is counted in
+``carebridge_activation_total{outcome}`` (linked, failed, locked) and
+``carebridge_activation_codes_voided_total``. Every failure does the same work, so its
+timing tells nothing either.
 
 ``GET/POST /activate`` (page) and ``POST /api/v1/activate`` (JSON, bearer session).
 """
@@ -25,11 +32,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -58,6 +65,10 @@ ACTIVATIONS = Counter(
     "carebridge_activation_total",
     "Activation code redemptions by outcome (linked, failed, locked)",
     ["outcome"],
+)
+VOIDED = Counter(
+    "carebridge_activation_codes_voided_total",
+    "Activation codes voided after too many wrong dates of birth (someone tried to guess)",
 )
 
 FAILED = (
@@ -115,6 +126,7 @@ class Status(StrEnum):
 class Result:
     status: Status
     patient_id: str = ""
+    voided: bool = False  # this failure voided the code (never shown to the person trying)
 
 
 def account_limit(account_id: str) -> throttle.Limit:
@@ -128,15 +140,23 @@ _NO_DOB_HASH = "0" * 64
 _NOT_A_CODE = "-"
 
 
+class _Found(NamedTuple):
+    row: ActivationCode | None  # the code's row if it may link now
+    code_hash: str  # what the code was looked up by
+    wrong_dob: bool
+
+
 def _usable_code(
     db: Session, runtime: Runtime, code: str, dob: date | None, now: datetime
-) -> ActivationCode | None:
-    """The code's row if it may link now.
+) -> _Found:
+    """The code's row if it may link now, the code's lookup hash, and whether the date of
+    birth failed to match.
 
     Every path does the same work, so the time taken says nothing about why a code
     failed: both hashes, one query (the code, its roster row and any link to its patient
     together), one constant-time comparison, whether the code is malformed, unknown,
-    used, expired, for an ineligible or already linked patient, or the DOB is wrong.
+    used, voided, expired, for an ineligible or already linked patient, or the DOB is
+    wrong.
     """
     normalised = staff.normalise_code(code)
     lookup = staff.code_hash(runtime.keyring, normalised or _NOT_A_CODE)
@@ -150,13 +170,49 @@ def _usable_code(
     stored_dob_hash = found[1] if found is not None else _NO_DOB_HASH
     matches = secrets.compare_digest(dob_hash, stored_dob_hash)
     if found is None or normalised is None or dob is None:
-        return None
+        return _Found(None, lookup, not matches)
     row: ActivationCode = found[0]
     eligible, linked = found[2], found[3]
     expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
-    if not matches or row.used_at is not None or expires_at <= now or not eligible or linked:
+    spent = row.used_at is not None or row.voided_at is not None or expires_at <= now
+    if not matches or spent or not eligible or linked:
+        return _Found(None, lookup, not matches)
+    return _Found(row, lookup, wrong_dob=False)
+
+
+@dataclass(frozen=True)
+class _Counted:
+    code_id: str
+    patient_id: str
+    voided: bool
+
+
+def _count_failure(db: Session, found: _Found, now: datetime, limit: int) -> _Counted | None:
+    """One more failure on the code if it is still usable and the date of birth was wrong;
+    voided at ``limit``.
+
+    One statement on every failed attempt, whether or not such a code exists (a code
+    that cannot be one is looked up as a hash no code has) and whatever failed (the
+    wrong date of birth is a bound value): every failure does the same work. Atomic, so
+    concurrent failures from many accounts count exactly.
+    """
+    failures = ActivationCode.failures
+    counted = db.execute(
+        update(ActivationCode)
+        .where(
+            ActivationCode.code_hash == found.code_hash,
+            ActivationCode.used_at.is_(None),
+            ActivationCode.voided_at.is_(None),
+            ActivationCode.expires_at > now,
+            literal(found.wrong_dob),
+        )
+        .values(failures=failures + 1, voided_at=case((failures + 1 >= limit, now), else_=None))
+        .returning(ActivationCode.id, ActivationCode.patient_id, ActivationCode.voided_at)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if counted is None:
         return None
-    return row
+    return _Counted(counted[0], counted[1], counted[2] is not None)
 
 
 def _link(db: Session, row: ActivationCode, account_id: str, now: datetime) -> bool:
@@ -165,7 +221,11 @@ def _link(db: Session, row: ActivationCode, account_id: str, now: datetime) -> b
         with db.begin_nested():
             taken = db.execute(
                 update(ActivationCode)
-                .where(ActivationCode.id == row.id, ActivationCode.used_at.is_(None))
+                .where(
+                    ActivationCode.id == row.id,
+                    ActivationCode.used_at.is_(None),
+                    ActivationCode.voided_at.is_(None),
+                )
                 .values(used_at=now)
                 .execution_options(synchronize_session=False)
             )
@@ -194,6 +254,8 @@ def redeem(
     )
     if result.status is not Status.ALREADY:
         ACTIVATIONS.labels(result.status.value).inc()
+    if result.voided:
+        VOIDED.inc()
     return result
 
 
@@ -227,7 +289,8 @@ def _redeem_in_transaction(
                 request_id=request_id,
             )
             return Result(Status.LOCKED)
-        row = _usable_code(db, runtime, code, dob, now)
+        found = _usable_code(db, runtime, code, dob, now)
+        row = found.row
         if row is not None and _link(db, row, account_id, now):
             throttle.settle(store, db, reset=[limits[0]], refund=[limits[1]], now=now)
             audit.append(
@@ -239,14 +302,24 @@ def _redeem_in_transaction(
                 request_id=request_id,
             )
             return Result(Status.LINKED, row.patient_id)
+        counted = _count_failure(db, found, now, runtime.settings.activation_code_max_failures)
         audit.append(
             db,
             actor=actor,
             action="identity.activate",
             outcome=Outcome.FAILED,
-            target=actor,
+            target=actor if counted is None else f"{actor} activation-code:{counted.code_id}",
             request_id=request_id,
         )
+        if counted is not None and counted.voided:
+            audit.append(
+                db,
+                actor=actor,
+                action="identity.activate.void",
+                outcome=Outcome.DENIED,
+                target=f"{counted.patient_id} activation-code:{counted.code_id}",
+                request_id=request_id,
+            )
         if ACCOUNT.hard_locked(counts[limits[0].key]):
             audit.append(
                 db,
@@ -256,7 +329,7 @@ def _redeem_in_transaction(
                 target=actor,
                 request_id=request_id,
             )
-        return Result(Status.FAILED)
+        return Result(Status.FAILED, voided=counted is not None and counted.voided)
 
 
 def unlock(runtime: Runtime, account_id: str, *, reason: str, actor: str = "operator") -> int:
@@ -366,7 +439,9 @@ async def api_activate(request: Request) -> Response:
       For a fully signed-in account without a patient link. The code (from staff) and the
       patient's date of birth must match; each code works once. Every mismatch gets the
       same 400 answer; five of them lock activation for the account until staff unlock it
-      (429).
+      (429). A code presented with wrong dates of birth
+      CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES times (5), from any accounts, is voided and
+      answers like any wrong code from then on: staff issue a new one.
     tags: [patients]
     security: [{session: []}]
     requestBody:

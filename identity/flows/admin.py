@@ -14,6 +14,8 @@ identity/roster/staff.py, identity/flows/activate.py and verify.py for the unloc
   reason, never by value.
 - ``GET /api/v1/admin/roster/sources/{source}``: counts.
 - ``POST .../patients/{patient_id}/activation-codes``: a new code, in this answer only.
+- ``GET .../patients/{patient_id}/activation-codes``: the patient's codes and their state
+  (usable, used, expired, voided after wrong dates of birth), never a code.
 - ``POST .../patients/{patient_id}/unlink`` and ``.../reverify``.
 - ``POST .../accounts/{account_id}/activation-unlock`` and ``.../verify-unlock``.
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 import re
 import tempfile
 import textwrap
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -146,6 +148,28 @@ class IssuedActivationCode(BaseModel):
     patient_id: str
     code: str = Field(examples=["ABCD-EFGH-JKMN"])
     expires_at: datetime
+
+
+@openapi.component
+class ActivationCodeState(BaseModel):
+    """An activation code as staff see it (the code itself is stored only as a hash)."""
+
+    id: str
+    state: Literal["usable", "used", "expired", "voided"] = Field(
+        description="voided: too many wrong dates of birth (any accounts); issue a new code"
+    )
+    failures: int = Field(description="Wrong dates of birth while it was usable")
+    created_at: datetime
+    created_by: str
+    expires_at: datetime
+    used_at: datetime | None
+    voided_at: datetime | None
+
+
+@openapi.component
+class ActivationCodeList(BaseModel):
+    patient_id: str
+    codes: list[ActivationCodeState] = Field(description="Newest first")
 
 
 @openapi.component
@@ -543,6 +567,67 @@ async def issue_activation_code(request: Request) -> Response:
     return _no_store(code, status_code=201)
 
 
+async def list_activation_codes(request: Request) -> Response:
+    """A patient's activation codes and their state.
+    ---
+    summary: List a patient's activation codes (never the codes), voided ones included
+    description: >
+      Newest first. A code presented with wrong dates of birth
+      CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES times (from any accounts) is `voided`;
+      issue a new one when the patient is who they say. Audited
+      (`roster.activation_code.list`).
+    tags: [admin]
+    security: [{accessToken: [admin.roster]}]
+    parameters:
+      - {name: patient_id, in: path, required: true, schema: {type: string}}
+    responses:
+      "200":
+        description: The codes
+        content:
+          application/json:
+            schema: {$ref: '#/components/schemas/ActivationCodeList'}
+      "401":
+        description: No valid access token
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "403":
+        description: The token lacks admin.roster, or is bound to a person
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+      "404":
+        description: No such patient ID
+        content:
+          application/problem+json:
+            schema: {$ref: '#/components/schemas/Problem'}
+    """
+    actor = await require_operator(request)
+    patient_id = _patient_id(request)
+    runtime = _runtime(request)
+    try:
+        codes = await run_in_threadpool(
+            lambda: staff.activation_codes(runtime, patient_id, actor=actor)
+        )
+    except staff.StaffError as exc:
+        raise _staff_problem(exc) from None
+    now = datetime.now(UTC)
+    listed = [
+        ActivationCodeState(
+            id=code.id,
+            state=code.state(now),
+            failures=code.failures,
+            created_at=code.created_at,
+            created_by=code.created_by,
+            expires_at=code.expires_at,
+            used_at=code.used_at,
+            voided_at=code.voided_at,
+        )
+        for code in codes
+    ]
+    return _no_store(ActivationCodeList(patient_id=patient_id, codes=listed))
+
+
 async def _unlink(request: Request, action: str) -> Response:
     actor = await require_operator(request)
     patient_id = _patient_id(request)
@@ -714,6 +799,12 @@ def routes() -> list[BaseRoute]:
             issue_activation_code,
             methods=["POST"],
             name="admin_roster_activation_code",
+        ),
+        Route(
+            f"{PREFIX}/patients/{{patient_id}}/activation-codes",
+            list_activation_codes,
+            methods=["GET"],
+            name="admin_roster_activation_codes",
         ),
         Route(
             f"{PREFIX}/patients/{{patient_id}}/unlink",

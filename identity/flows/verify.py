@@ -1,4 +1,5 @@
-"""Verifying who a signed-in account is: DOB + SSN last 4 against the eligibility roster.
+"""Verifying who a signed-in account is: DOB + SSN last 4 against the eligibility roster,
+and last name + ZIP as well while someone seems to be guessing.
 
 ``GET/POST /verify`` (page) and ``POST /api/v1/verify`` (JSON) share one service,
 :func:`verify`. Only a finished sign-in (MFA done) without a patient link may verify.
@@ -6,21 +7,33 @@
 1. Parse: a real date of birth in the past, exactly four SSN digits (a full nine-digit
    number is refused with a message that only the last four are needed; it is never
    echoed, stored or logged).
-2. Count the attempt *first*, as a failure, against the account (5, then locked until
-   staff review), the client address (delays), the roster identity (DOB + SSN4 hash: 10,
-   then locked for good, logged) and the DOB (delays): identity/throttle.py. Any locked
-   key refuses at once with one "contact support" answer.
-3. Match ``RosterHashes.identity(dob, ssn4)`` over the roster. Exactly one eligible row,
-   not linked to anyone → a ``PatientLink`` (its unique constraints settle concurrent
-   claims: the loser gets the failure answer). Anything else without a tie-breaker → ask
-   for the tie-breaker (``CAREBRIDGE_VERIFY_TIEBREAKER``: last name or ZIP), the same
-   answer whether the pair is shared, unknown, ineligible or claimed; with a tie-breaker,
-   the one failure answer. Every path does the same hashes and queries.
+2. Count the attempt *first*, as a failure (identity/throttle.py), against the account,
+   the client address, the DOB and the roster identity (DOB + SSN4 hash). **Only the
+   account's own counter refuses**: 5 failures lock it until staff review ("contact
+   support"), which hurts nobody but that account. The shared counters never refuse,
+   since a stranger can fill them; instead, once the DOB has
+   ``CAREBRIDGE_VERIFY_STEP_UP_AFTER`` (3) failures within its 30 quiet days, or the
+   address 10 within its quiet hour, the attempt is *stepped up*: it links only with the
+   last name and ZIP as well. A stepped-up attempt without both is answered "we need your
+   last name and ZIP as well" for every DOB/SSN4 pair, checked or not, and its counts are
+   taken back: it tried nothing. A roster identity failed 10 times is an alert (log and
+   metric), never a lock.
+3. Match ``RosterHashes.identity(dob, ssn4)`` over the roster, narrowed by whichever of
+   last name and ZIP were given. Exactly one eligible row, not linked to anyone → a
+   ``PatientLink`` (its unique constraints settle concurrent claims: the loser gets the
+   failure answer). Anything else without the tie-breaker → ask for the tie-breaker
+   (``CAREBRIDGE_VERIFY_TIEBREAKER``: last name or ZIP), the same answer whether the pair
+   is shared, unknown, ineligible or claimed; with it, the one failure answer. Every path
+   does the same hashes and queries. Which of these answers comes depends on the pair only
+   through "exactly one unclaimed match" (a success); the step-up depends on failure counts
+   alone, which grow the same whether or not a pair exists.
 
 Every attempt is audited (``identity.verify``, allowed/failed/denied, target the account
 and on success the patient ID; never a value) and counted in
-``carebridge_verification_total{outcome}``; each lock set in
-``carebridge_verification_locks_total{kind}`` (account, record).
+``carebridge_verification_total{outcome}``; each account lock in
+``carebridge_verification_locks_total{kind="account"}``; each DOB or address reaching its
+step-up threshold, and each roster identity failed 10 times, in
+``carebridge_verification_alerts_total{kind}``. docs/threat-model.md has the arithmetic.
 """
 
 from __future__ import annotations
@@ -65,21 +78,35 @@ templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 ACTION = "identity.verify"
 VERIFICATIONS = Counter(
     "carebridge_verification_total",
-    "Identity verification attempts by outcome (verified, failed, locked)",
+    "Identity verification attempts by outcome (verified, failed, more_proof, locked)",
     ["outcome"],
 )
 LOCKS = Counter(
     "carebridge_verification_locks_total",
-    "Verification locks set, by what locked: an account (5 failures) or a roster record "
-    "(10 failures from any accounts: alert on it)",
+    "Verification locks set: an account after 5 failures, until staff review",
     ["kind"],
 )
+ALERTS = Counter(
+    "carebridge_verification_alerts_total",
+    "Shared verification counters reaching a threshold: a birth date or an address now "
+    "asks for last name and ZIP as well (dob, address); one roster identity (DOB + SSN "
+    "last 4) failed 10 times from any accounts (record)",
+    ["kind"],
+)
+# Failures from one address within its quiet hour before it steps up; failures against
+# one roster identity within 30 quiet days before the alert.
+STEP_UP_ADDRESS = 10
+RECORD_ALERT = 10
 
 FAILED = (
     "We couldn't verify your identity with those details. Check them and try again, "
     "or contact support."
 )
 NEED_MORE = "We need one more detail to find your record. Enter your details again, with it."
+MORE_PROOF = (
+    "We need your last name and ZIP code as well to confirm it's you. Enter your details "
+    "again, with both."
+)
 LOCKED = (
     "We can't verify your identity online right now. Contact support and we'll help you finish."
 )
@@ -109,7 +136,7 @@ Tiebreaker = Literal["last_name", "zip"]
 
 @openapi.component
 class VerifyDetails(BaseModel):
-    """Date of birth and SSN last 4; a tie-breaker when asked for one."""
+    """Date of birth and SSN last 4; last name and/or ZIP when asked for them (``needs``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -120,11 +147,19 @@ class VerifyDetails(BaseModel):
     )
     last_name: str = Field(
         default="",
-        description="Tie-breaker, when CAREBRIDGE_VERIFY_TIEBREAKER is last_name",
+        description=(
+            "Last name as the roster has it: the tie-breaker when "
+            "CAREBRIDGE_VERIFY_TIEBREAKER is last_name, and with zip when a 422 answer's "
+            "`needs` lists both"
+        ),
         json_schema_extra={"maxLength": MAX_LAST_NAME},
     )
     zip: str = Field(
-        default="", description="Tie-breaker, when CAREBRIDGE_VERIFY_TIEBREAKER is zip"
+        default="",
+        description=(
+            "The 5-digit ZIP code the roster has: the tie-breaker when "
+            "CAREBRIDGE_VERIFY_TIEBREAKER is zip, and with last_name when `needs` lists both"
+        ),
     )
 
     @field_validator("dob", mode="before")
@@ -178,6 +213,11 @@ class VerifyDetails(BaseModel):
     def tiebreaker(self, kind: Tiebreaker) -> str:
         return self.last_name if kind == "last_name" else self.zip
 
+    @property
+    def full(self) -> bool:
+        """Last name and ZIP both given: what a stepped-up attempt needs."""
+        return bool(self.last_name and self.zip)
+
 
 @openapi.component
 class Verified(BaseModel):
@@ -196,9 +236,14 @@ class Verified(BaseModel):
 class Result(StrEnum):
     VERIFIED = "verified"
     NEED_TIEBREAKER = "need_tiebreaker"
+    NEED_MORE_PROOF = "need_more_proof"  # stepped up: last name and ZIP as well
     FAILED = "failed"
     LOCKED = "locked"
     ALREADY = "already"
+
+
+# What a stepped-up attempt needs besides the date of birth and SSN last 4.
+MORE_PROOF_FIELDS: tuple[Tiebreaker, ...] = ("last_name", "zip")
 
 
 @dataclass(frozen=True)
@@ -206,7 +251,8 @@ class _Row:
     id: str
     patient_id: str
     eligible: bool
-    tiebreaker_hash: str
+    last_name_hash: str
+    zip_hash: str
     linked_to: str | None
 
 
@@ -221,6 +267,17 @@ def _limits(
     ]
 
 
+def _stepped_up(runtime: Runtime, counts: dict[str, int], limits: list[throttle.Limit]) -> bool:
+    """Whether the DOB or the address had failed often enough, before this attempt, that
+    it needs the last name and ZIP as well. Failure counts only: whatever the roster holds,
+    they grow the same."""
+    address, dob = limits[1].key, limits[3].key
+    return (
+        counts[dob] - 1 >= runtime.settings.verify_step_up_after
+        or counts[address] - 1 >= STEP_UP_ADDRESS
+    )
+
+
 def _record_failure(
     runtime: Runtime,
     actor: str,
@@ -230,8 +287,9 @@ def _record_failure(
     rows: list[_Row],
     request_id: str | None,
 ) -> None:
-    """Audit a failed attempt, and the locks it set (audited, logged, counted)."""
-    account_limit, record_limit = limits[0], limits[2]
+    """Audit a failed attempt and the lock it set (audited, logged, counted); count the
+    thresholds it reached."""
+    account_limit, address_limit, record_limit, dob_limit = limits
     with transaction(runtime.sessions) as db:
         audit.append(
             db,
@@ -253,10 +311,16 @@ def _record_failure(
             )
     if account_locked:
         LOCKS.labels("account").inc()
-    if counts.get(record_limit.key, 0) == record_limit.policy.hard_cap and rows:
-        # Row IDs only: an operator looks the record up from there.
-        log.warning("roster record locked", extra={"roster_member_ids": [r.id for r in rows]})
-        LOCKS.labels("record").inc()
+    if counts[dob_limit.key] == runtime.settings.verify_step_up_after:
+        ALERTS.labels("dob").inc()
+    if counts[address_limit.key] == STEP_UP_ADDRESS:
+        ALERTS.labels("address").inc()
+    if counts[record_limit.key] == RECORD_ALERT and rows:
+        # Row IDs only: an operator looks the record up from there. Someone holds this
+        # person's DOB and SSN last 4 and keeps failing (wrong last name or ZIP, or the
+        # record is claimed by another account).
+        log.warning("roster record targeted", extra={"roster_member_ids": [r.id for r in rows]})
+        ALERTS.labels("record").inc()
 
 
 def verify(
@@ -272,9 +336,9 @@ def verify(
     hashes = RosterHashes(runtime.keyring)
     identity = hashes.identity(details.dob, details.ssn4)
     dob_hash = hashes.dob(details.dob)
-    offered = details.tiebreaker(kind)
     # Hashed on every path, given or not: the same work whatever the answer.
-    offered_hash = hashes.last_name(offered) if kind == "last_name" else hashes.zip(offered)
+    last_name_hash = hashes.last_name(details.last_name)
+    zip_hash = hashes.zip(details.zip)
     limits = _limits(runtime, account_id, client_host, identity, dob_hash)
     account_limit = limits[0]
     actor = f"account:{account_id}"
@@ -296,14 +360,15 @@ def verify(
     if counts is None:
         VERIFICATIONS.labels("locked").inc()
         return Result.LOCKED
+    stepped_up = _stepped_up(runtime, counts, limits)
 
-    column = RosterMember.last_name_hash if kind == "last_name" else RosterMember.zip_hash
     query = (
         select(
             RosterMember.id,
             RosterMember.patient_id,
             RosterMember.eligible,
-            column,
+            RosterMember.last_name_hash,
+            RosterMember.zip_hash,
             PatientLink.account_id,
         )
         .outerjoin(PatientLink, PatientLink.patient_id == RosterMember.patient_id)
@@ -314,14 +379,17 @@ def verify(
     try:
         with transaction(runtime.sessions) as db:
             rows = [_Row(*row) for row in db.execute(query).all()]
-            candidates = [row for row in rows if row.eligible]
-            if offered:
-                candidates = [
-                    row
-                    for row in candidates
-                    if hmac.compare_digest(row.tiebreaker_hash, offered_hash)
-                ]
-            if len(candidates) == 1 and candidates[0].linked_to is None:
+            candidates = [
+                row
+                for row in rows
+                if row.eligible
+                and (
+                    not details.last_name or hmac.compare_digest(row.last_name_hash, last_name_hash)
+                )
+                and (not details.zip or hmac.compare_digest(row.zip_hash, zip_hash))
+            ]
+            enough = details.full or not stepped_up
+            if enough and len(candidates) == 1 and candidates[0].linked_to is None:
                 linked = candidates[0].patient_id
                 db.add(
                     PatientLink(
@@ -347,9 +415,25 @@ def verify(
         VERIFICATIONS.labels("verified").inc()
         return Result.VERIFIED
 
+    if stepped_up and not details.full:
+        # The answer asks for more whatever the roster holds: nothing was tried, so the
+        # attempt is taken back from every counter (the account's included).
+        with transaction(runtime.sessions) as db:
+            throttle.settle(store, db, refund=limits, now=throttle.utcnow())
+            audit.append(
+                db,
+                actor=actor,
+                action=ACTION,
+                outcome=Outcome.FAILED,
+                target=actor,
+                request_id=request_id,
+            )
+        VERIFICATIONS.labels("more_proof").inc()
+        return Result.NEED_MORE_PROOF
+
     _record_failure(runtime, actor, counts=counts, limits=limits, rows=rows, request_id=request_id)
     VERIFICATIONS.labels("failed").inc()
-    return Result.FAILED if offered else Result.NEED_TIEBREAKER
+    return Result.FAILED if details.tiebreaker(kind) else Result.NEED_TIEBREAKER
 
 
 def unlock(runtime: Runtime, account_id: str, *, reason: str, actor: str = "operator") -> int:
@@ -387,17 +471,22 @@ def next_path(value: str | None) -> str:
 
 
 def _render(request: Request, context: dict[str, Any], status_code: int = 200) -> Response:
+    """The page; ``asks`` names the extra fields to show (last name, ZIP), to which those
+    that are always needed (``CAREBRIDGE_VERIFY_STEP_UP_AFTER=0``) are added."""
     runtime = _runtime(request)
+    asks = set(context.get("asks", ()))
+    if runtime.settings.verify_step_up_after == 0:
+        asks.update(MORE_PROOF_FIELDS)
     base = {
         "errors": {},
         "next": DEFAULT_NEXT,
         "verified": False,
-        "tiebreaker": None,
-        "kind": runtime.settings.verify_tiebreaker,
+        "values": {"last_name": "", "zip": ""},
         "dob": {"day": "", "month": "", "year": ""},
     }
+    shown = {**base, **context, "asks": [name for name in MORE_PROOF_FIELDS if name in asks]}
     response = templates.TemplateResponse(
-        request, "identity/verify.html", {**base, **context}, status_code=status_code
+        request, "identity/verify.html", shown, status_code=status_code
     )
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -434,10 +523,13 @@ async def verify_submit(request: Request) -> Response:
         "last_name": form_text(form, "last_name")[: 4 * MAX_LAST_NAME],
         "zip": form_text(form, "zip")[:16],
     }
-    # The SSN field is never filled back in, whatever the answer.
+    # What was typed is shown again, fields the form had included; the SSN field is
+    # never filled back in, whatever the answer.
+    typed = [name for name in MORE_PROOF_FIELDS if form.get(name) is not None]
     context: dict[str, Any] = {
         "dob": shown,
-        "tiebreaker": kind if form.get(kind) is not None else None,
+        "values": {"last_name": fields["last_name"], "zip": fields["zip"]},
+        "asks": typed,
         "next": next_to,
     }
     try:
@@ -458,7 +550,11 @@ async def verify_submit(request: Request) -> Response:
     if result is Result.LOCKED:
         return _render(request, {**context, "errors": {"form": LOCKED}}, status_code=403)
     if result is Result.NEED_TIEBREAKER:
-        return _render(request, {**context, "tiebreaker": kind, "errors": {"form": NEED_MORE}}, 422)
+        asks = [*typed, kind]
+        return _render(request, {**context, "asks": asks, "errors": {"form": NEED_MORE}}, 422)
+    if result is Result.NEED_MORE_PROOF:
+        asks = list(MORE_PROOF_FIELDS)
+        return _render(request, {**context, "asks": asks, "errors": {"form": MORE_PROOF}}, 422)
     return _render(request, {**context, "errors": {"form": FAILED}}, status_code=422)
 
 
@@ -472,9 +568,14 @@ async def api_verify(request: Request) -> Response:
     description: >
       Needs a finished sign-in (second factor done) and an account not yet verified.
       "No such person", "ineligible", "already claimed" and "shared by several people"
-      get one answer: 422 asking for the tie-breaker (extension ``tiebreaker``: last_name
-      or zip) when none was sent, the failure answer when one was. Five failures lock
-      the account until staff review (403); so do repeated failures against one record.
+      get one answer: 422 asking for the tie-breaker (extensions ``tiebreaker``:
+      last_name or zip, and ``needs``: that field) when none was sent, the failure answer
+      when one was. While the date of birth (or the client's address) has seen failures
+      (CAREBRIDGE_VERIFY_STEP_UP_AFTER, default 3), last name and ZIP are needed as well:
+      without both, the answer is 422 with ``needs: ["last_name", "zip"]`` whatever the
+      date of birth and SSN last 4 are; send all four fields again. That answer does not
+      count as a failure. Five failures lock the account until staff review (403); nothing
+      anyone else does locks it.
     security: [{session: []}]
     parameters:
       - name: next
@@ -517,7 +618,9 @@ async def api_verify(request: Request) -> Response:
           application/problem+json:
             schema: {$ref: '#/components/schemas/Problem'}
       "422":
-        description: Not verified (one answer for every reason)
+        description: >
+          Not verified (one answer for every reason), or more details are needed: the
+          fields to send again with the others are in ``needs``
         content:
           application/problem+json:
             schema: {$ref: '#/components/schemas/Problem'}
@@ -545,7 +648,10 @@ async def api_verify(request: Request) -> Response:
     if result is Result.LOCKED:
         raise Problem(403, LOCKED)
     if result is Result.NEED_TIEBREAKER:
-        raise Problem(422, NEED_MORE, tiebreaker=runtime.settings.verify_tiebreaker)
+        kind = runtime.settings.verify_tiebreaker
+        raise Problem(422, NEED_MORE, tiebreaker=kind, needs=[kind])
+    if result is Result.NEED_MORE_PROOF:
+        raise Problem(422, MORE_PROOF, needs=list(MORE_PROOF_FIELDS))
     raise Problem(422, FAILED)
 
 

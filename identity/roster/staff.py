@@ -1,4 +1,5 @@
-"""Staff operations on patient IDs: activation codes, unlink, re-verify, look-up.
+"""Staff operations on patient IDs: activation codes (issue, list), unlink, re-verify,
+look-up.
 
 Each takes a stated reason, kept on a ``staff_action`` row (or the activation code's row)
 beside an audit event that carries IDs only. Reasons are explanations ("patient called
@@ -12,6 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -192,6 +194,73 @@ def unlink(
     return account_id
 
 
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands datetimes back naive; every stored time is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+CodeStatus = Literal["usable", "used", "expired", "voided"]
+
+
+@dataclass(frozen=True)
+class CodeState:
+    """An activation code as staff see it: never the code (only its hash is stored)."""
+
+    id: str
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None
+    voided_at: datetime | None
+    failures: int  # wrong dates of birth while it was usable, from any account
+    created_by: str
+
+    def state(self, now: datetime) -> CodeStatus:
+        """used, voided (too many wrong dates of birth: issue a new one), expired (or
+        ended by a newer code), or usable."""
+        if self.used_at is not None:
+            return "used"
+        if self.voided_at is not None:
+            return "voided"
+        return "expired" if self.expires_at <= now else "usable"
+
+
+def _codes(db: Session, patient_id: str) -> list[CodeState]:
+    rows = db.scalars(
+        select(ActivationCode)
+        .where(ActivationCode.patient_id == patient_id)
+        .order_by(ActivationCode.created_at.desc(), ActivationCode.id)
+    )
+    return [
+        CodeState(
+            id=row.id,
+            created_at=_utc(row.created_at),
+            expires_at=_utc(row.expires_at),
+            used_at=None if row.used_at is None else _utc(row.used_at),
+            voided_at=None if row.voided_at is None else _utc(row.voided_at),
+            failures=row.failures,
+            created_by=row.created_by,
+        )
+        for row in rows
+    ]
+
+
+def activation_codes(rt: Runtime, patient_id: str, *, actor: str = "operator") -> list[CodeState]:
+    """The patient's activation codes, newest first, with their failures: whether one was
+    voided, and why. Audited (``roster.activation_code.list``, IDs only)."""
+    check_patient_id(patient_id)
+    with transaction(rt.sessions) as db:
+        _member(db, patient_id)
+        codes = _codes(db, patient_id)
+        audit.append(
+            db,
+            actor=actor,
+            action="roster.activation_code.list",
+            outcome=Outcome.ALLOWED,
+            target=patient_id,
+        )
+    return codes
+
+
 @dataclass(frozen=True)
 class PatientDetails:
     patient_id: str
@@ -203,6 +272,7 @@ class PatientDetails:
     member_id: str
     eligible: bool
     linked: bool
+    codes: list[CodeState]
 
 
 def lookup(rt: Runtime, patient_id: str, *, reason: str, actor: str = "operator") -> PatientDetails:
@@ -212,6 +282,7 @@ def lookup(rt: Runtime, patient_id: str, *, reason: str, actor: str = "operator"
     with transaction(rt.sessions) as db:
         member = _member(db, patient_id)
         linked = _linked_account(db, patient_id) is not None
+        codes = _codes(db, patient_id)
         record(db, actor=actor, action="roster.lookup", reason=reason, patient_id=patient_id)
     plain = rt.keyring.decrypt(
         member.details_encrypted, associated_data("roster-member", member.id)
@@ -227,4 +298,5 @@ def lookup(rt: Runtime, patient_id: str, *, reason: str, actor: str = "operator"
         member_id=details.get("member_id") or "",
         eligible=member.eligible,
         linked=linked,
+        codes=codes,
     )

@@ -1,6 +1,7 @@
 """Identity verification in a real browser (issue 4), on SQLite and PostgreSQL: the DOB +
-SSN last 4 page with its tie-breaker step, and activation codes, each going back to the
-page that sent the patient (``next``). Every page is checked with axe-core.
+SSN last 4 page with its tie-breaker step and its step-up to last name and ZIP (issue 17),
+and activation codes, each going back to the page that sent the patient (``next``). Every
+page is checked with axe-core.
 
 The account and its finished sign-in come straight from the database (the sign-in
 journey has its own test): the browser gets the session cookie.
@@ -89,6 +90,39 @@ def test_a_patient_verifies_through_the_tiebreaker_and_goes_back_to_next(
     # Sent to /verify again (another tab, say): straight on to where it was going.
     page.goto(f"{live_app.url}/verify?{urlencode({'next': NEXT})}")
     page.wait_for_url(lambda url: urlsplit(url).path == NEXT)
+
+
+def test_a_patient_whose_birth_date_is_under_attack_verifies_with_last_name_and_zip(
+    live_app: LiveApp, page: Page, tmp_path: Path
+) -> None:
+    load_roster(live_app.runtime, tmp_path)
+    # Strangers failed three times on ZEB's birth date: it now asks for more, refuses nobody.
+    for n in range(live_app.runtime.settings.verify_step_up_after):
+        details = verify.VerifyDetails.model_validate({"dob": ZEB[2], "ssn4": f"{n:04d}"})
+        account = factories.account(live_app.runtime)
+        verify.verify(live_app.runtime, account, details, client_host=f"198.51.100.{n + 1}")
+    account_id = signed_in(page, live_app)
+    page.goto(f"{live_app.url}/verify?{urlencode({'next': NEXT})}")
+    enter_dob_and_ssn(page, ZEB)
+    page.get_by_role("button", name="Verify").click()
+    expect(page.get_by_role("alert")).to_contain_text(verify.MORE_PROOF)
+    expect(page.get_by_label("Last name")).to_be_visible()
+    expect(page.get_by_label("ZIP code")).to_be_visible()
+    expect(page.get_by_label("Year")).to_have_value("1961")  # kept; the SSN is not
+    expect(page.get_by_label("Last 4 digits of your Social Security number")).to_have_value("")
+    check_accessibility(page)
+
+    page.get_by_label("Last 4 digits of your Social Security number").focus()
+    page.keyboard.type(ZEB[3])
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Last name")).to_be_focused()
+    page.keyboard.type(ZEB[1])
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("ZIP code")).to_be_focused()
+    page.keyboard.type(ZEB[4])
+    page.keyboard.press("Enter")
+    page.wait_for_url(lambda url: urlsplit(url).path == NEXT)
+    assert linked_patient(live_app, account_id) == patient_of(live_app.runtime, ZEB)
 
 
 def test_a_patient_redeems_an_activation_code_and_goes_back_to_next(

@@ -188,6 +188,20 @@ def _claimed(runtime: Runtime, patients: dict[str, str]) -> tuple[str, str]:
     return code, ZEB_DOB
 
 
+def _voided(runtime: Runtime, patients: dict[str, str]) -> tuple[str, str]:
+    code = issue(runtime, patients["otto"])  # Zeb may be linked by an earlier case
+    for n in range(runtime.settings.activation_code_max_failures):
+        activate.redeem(
+            runtime,
+            factories.account(runtime),
+            code,
+            date(1975, 7, 5 + n),
+            client_host=f"198.51.100.{n + 1}",
+            request_id=None,
+        )
+    return code, "1975-07-04"  # the right date of birth, too late
+
+
 FAILURES: dict[str, Callable[[Runtime, dict[str, str]], tuple[str, str]]] = {
     "wrong dob": _wrong_dob,
     "unknown code": _unknown,
@@ -196,6 +210,7 @@ FAILURES: dict[str, Callable[[Runtime, dict[str, str]], tuple[str, str]]] = {
     "reissued old code": _reissued,
     "ineligible patient": _ineligible,
     "patient already linked": _claimed,
+    "voided after wrong dates of birth": _voided,
 }
 
 
@@ -268,7 +283,12 @@ def test_five_failures_lock_activation_until_staff_unlock_it(
     )
     assert status == 0
     assert "5 failures forgotten" in out
-    assert redeem(client, headers, code, ZEB_DOB).status_code == 200
+    # Those five wrong dates of birth also voided the code (its own limit): it answers like
+    # any wrong code, and staff issue a new one.
+    assert _answer(redeem(client, headers, code, ZEB_DOB)) == _answer(
+        redeem(client, headers, staff.new_code(), ZEB_DOB)
+    )
+    assert redeem(client, headers, issue(runtime, patients["zeb"]), ZEB_DOB).status_code == 200
     assert links(runtime) == {patients["zeb"]: account_id}
 
 

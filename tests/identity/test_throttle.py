@@ -219,18 +219,37 @@ def test_hard_lock_survives_in_redis_without_expiry(runtime: Runtime) -> None:
     counter.reset()
 
 
+def test_a_counter_that_only_counts_never_refuses_even_a_delay_stored_before(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    # Verification's shared counters (address, birth date, roster identity) only count:
+    # nobody's attempt is refused by them, a delay set under an older policy included.
+    assert not any(p.refuses for p in (throttle.VERIFY_ADDRESS, throttle.VERIFY_DOB))
+    assert not throttle.VERIFY_RECORD.refuses and throttle.VERIFY_ACCOUNT.refuses
+    name = f"verify-dob:{key()}"
+    older = throttle.Policy("verify-dob", 0, 3600, None, timedelta(hours=24))
+    counter = Counter(runtime, store, throttle.Limit(older, name))
+    for _ in range(12):
+        counter.attempt(T0)
+    assert counter.state(T0).locked(T0)  # the old policy's delay, stored
+    counting = Counter(runtime, store, throttle.Limit(throttle.VERIFY_DOB, name))
+    assert [counting.attempt(T0 + timedelta(seconds=n)) for n in range(200)] == list(range(2, 202))
+    counting.reset()
+
+
 def test_purge_keeps_hard_locks_and_recent_counters(runtime: Runtime) -> None:
     old, recent = T0 - timedelta(days=40), T0 - timedelta(days=2)
     hard_login, hard_mfa = f"login:{key()}", f"mfa:{key()}"
     stale_login, busy_address = f"login:{key()}", f"ip:{key()}"
     stale_signups, recent_address = f"signup-ip:{key()}", f"ip:{key()}"
-    staff_review = [f"activate:{key()}", f"verify-account:{key()}", f"verify-record:{key()}"]
+    staff_review = [f"activate:{key()}", f"verify-account:{key()}"]
     rows = {
         hard_login: (100, old),  # locked until an operator clears it: kept
         hard_mfa: (100, old),  # another policy's hard lock: kept
         staff_review[0]: (5, old),  # locked until staff review, below 100: kept
         staff_review[1]: (5, old),
-        staff_review[2]: (10, old),
+        f"verify-record:{key()}": (150, old),  # records and birth dates only count: purged
+        f"verify-dob:{key()}": (150, old),
         stale_login: (99, old),  # purged
         busy_address: (150, old),  # addresses never lock for good: purged
         stale_signups: (3, old),  # purged
@@ -240,7 +259,7 @@ def test_purge_keeps_hard_locks_and_recent_counters(runtime: Runtime) -> None:
         for k, (failures, at) in rows.items():
             db.add(ThrottleCounter(key=k, failures=failures, locked_until=None, updated_at=at))
     with runtime.sessions.begin() as db:
-        assert throttle.DatabaseStore().purge(db, T0) == 3
+        assert throttle.DatabaseStore().purge(db, T0) == 5
         remaining = set(db.scalars(select(ThrottleCounter.key)))
     assert remaining == {hard_login, hard_mfa, recent_address, *staff_review}
 
