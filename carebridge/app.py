@@ -20,6 +20,7 @@ from carebridge import audit
 from carebridge.db import describe_error, unavailable
 from carebridge.demo import provider_app
 from carebridge.http import health, metrics, openapi, routing
+from carebridge.http.boundary import InputBoundaryMiddleware
 from carebridge.http.csrf import CsrfCookieMiddleware
 from carebridge.http.middleware import (
     HostCheckMiddleware,
@@ -27,7 +28,11 @@ from carebridge.http.middleware import (
     SecurityHeadersMiddleware,
     UnhandledErrorMiddleware,
 )
-from carebridge.http.problems import http_exception_handler, unhandled_exception_handler
+from carebridge.http.problems import (
+    http_exception_handler,
+    refused_input,
+    unhandled_exception_handler,
+)
 from carebridge.http.templates import templates
 from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
@@ -116,6 +121,8 @@ def create_app(runtime: Runtime) -> Starlette:
             Middleware(SecurityHeadersMiddleware, hsts=settings.issuer_is_https),
             Middleware(HostCheckMiddleware, allowed_hosts=settings.effective_allowed_hosts),
             Middleware(CsrfCookieMiddleware),
+            # Before routing: no path, query, header or cookie that is not text gets in.
+            Middleware(InputBoundaryMiddleware, refusal=refused_input),
             Middleware(UnhandledErrorMiddleware, handler=unhandled_exception_handler),
         ],
         exception_handlers={

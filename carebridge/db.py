@@ -201,6 +201,8 @@ def make_engine(url: str, budget: Budget | None = None) -> Engine:
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": budget.seconds},
+            # A failed statement's error would carry its bound values into the log.
+            hide_parameters=True,
             **({} if memory else {"pool_timeout": budget.pool_seconds}),
         )
         event.listen(engine, "connect", _sqlite_pragmas(budget))
@@ -219,6 +221,8 @@ def make_engine(url: str, budget: Budget | None = None) -> Engine:
     connect_args["options"] = f"{given} {settings}" if isinstance(given, str) else settings
     engine = create_engine(
         url,
+        # A failed statement's error would carry its bound values into the log.
+        hide_parameters=True,
         pool_size=10,
         max_overflow=10,
         pool_timeout=budget.pool_seconds,

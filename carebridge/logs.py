@@ -32,6 +32,14 @@ _FIELDS: list[tuple[re.Pattern[str], str]] = [
         r"\1\2\3[redacted]",
     ),
     (re.compile(r"[\w.%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[email]"),
+    # PostgreSQL's errors quote values: a key or a failing row in DETAIL, a parameter in
+    # CONTEXT, the text a type refused. SQLAlchemy's engines hide bound parameters
+    # (carebridge.db), but the server's own message still carries these.
+    (re.compile(r"(?m)^(DETAIL|CONTEXT):.*$"), r"\1: [redacted]"),
+    (
+        re.compile(r"(invalid input (?:syntax|value) for (?:type|enum) [\w ]+): \"[^\n]*?\""),
+        r"\1: [redacted]",
+    ),
 ]
 
 # Digit shapes: applied around identifiers. Order matters: the most specific shapes first,

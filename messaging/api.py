@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,7 +22,8 @@ from starlette.routing import BaseRoute, Route
 from carebridge import audit
 from carebridge.db import transaction
 from carebridge.http import bearer, openapi
-from carebridge.http.forms import field_errors
+from carebridge.http.boundary import MultilineText
+from carebridge.http.forms import parse_json
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
 from messaging import export, files, threads
@@ -49,14 +50,14 @@ T = TypeVar("T")
 class NewThread(BaseModel):
     model_config = ConfigDict(extra="forbid")
     patient_id: str = Field(min_length=1, max_length=40, description="The opaque patient ID")
-    subject: str = Field(min_length=1, max_length=threads.MAX_SUBJECT)
-    body: str = Field(min_length=1, description="Plain text; never rendered as HTML")
+    subject: MultilineText = Field(min_length=1, max_length=threads.MAX_SUBJECT)
+    body: MultilineText = Field(min_length=1, description="Plain text; never rendered as HTML")
 
 
 @openapi.component
 class NewMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    body: str = Field(min_length=1, description="Plain text; never rendered as HTML")
+    body: MultilineText = Field(min_length=1, description="Plain text; never rendered as HTML")
 
 
 @openapi.component
@@ -241,10 +242,7 @@ async def _read_json(request: Request, model: type[M]) -> M:
     if content_type != "application/json":
         raise Problem(415, "Send the body as application/json.")
     body = await read_bounded(request, json_limit(_runtime(request)), "request body")
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise Problem(400, "The request body is not valid.", errors=field_errors(exc)) from None
+    return parse_json(body, model)
 
 
 def _limit(request: Request) -> int:

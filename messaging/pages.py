@@ -17,9 +17,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Message
 
-from carebridge.http import csrf
+from carebridge.http.forms import parse_form
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
 from carebridge.runtime import Runtime
@@ -140,18 +139,14 @@ async def thread_page(request: Request) -> Response:
 
 
 async def _reply_form(request: Request, runtime: Runtime) -> tuple[str, UploadFile | None]:
-    """The multipart reply, bounded before it is parsed, CSRF-checked."""
+    """The multipart reply, bounded before it is parsed, CSRF-checked, its text checked at
+    the input boundary (the body may hold line breaks)."""
     settings = runtime.settings
     text_limit = settings.message_max_chars * 4 + 1024
     body = await read_bounded(request, settings.attachment_max_bytes + text_limit, "upload")
-
-    async def replay() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    form = await Request(request.scope, replay).form(
-        max_files=1, max_fields=4, max_part_size=text_limit
+    form = await parse_form(
+        request, body, multiline=("body",), max_files=1, max_fields=4, max_part_size=text_limit
     )
-    csrf.verify(request, form)
     text = form.get("body")
     upload = form.get("file")
     has_file = isinstance(upload, UploadFile) and bool(upload.filename)

@@ -35,6 +35,7 @@ from starlette.routing import BaseRoute, Route
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
+from carebridge.http import boundary
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
 from sms import backends, delivery, phone, texts, twilio_client
@@ -88,6 +89,8 @@ async def _signed_params(request: Request) -> dict[str, list[str]]:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
     except (UnicodeDecodeError, ValueError):
         pairs = []
+    # The input boundary: an SMS body may hold line breaks, nothing else a control character.
+    boundary.check_pairs(pairs, multiline=("Body",))
     for name, value in pairs:
         params.setdefault(name, []).append(value)
     url = settings.effective_public_base_url + request.url.path

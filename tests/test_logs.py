@@ -187,6 +187,32 @@ def test_named_secret_and_phi_fields_are_scrubbed(text: str, secret: str) -> Non
     assert "[redacted]" in scrubbed
 
 
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        (
+            'duplicate key value violates unique constraint "t_a_key"\n'
+            "DETAIL:  Key (login)=(crafted-login) already exists.",
+            "crafted-login",
+        ),
+        (
+            'null value in column "b" violates not-null constraint\n'
+            "DETAIL:  Failing row contains (1, crafted-row, null).",
+            "crafted-row",
+        ),
+        ('invalid input syntax for type integer: "crafted-int"', "crafted-int"),
+        ('invalid input value for enum status: "crafted-enum"', "crafted-enum"),
+        ("CONTEXT:  unnamed portal parameter $1 = 'crafted-param'", "crafted-param"),
+    ],
+    ids=["unique key", "failing row", "type", "enum", "parameter context"],
+)
+def test_values_quoted_in_postgresql_errors_are_scrubbed(text: str, value: str) -> None:
+    # SQLAlchemy's engines hide bound parameters; the server's own message quotes values.
+    scrubbed = redact(text)
+    assert value not in scrubbed
+    assert "[redacted]" in scrubbed
+
+
 def test_malformed_logging_call_is_written_without_its_arguments(lines: Lines) -> None:
     # Would otherwise raise from the filter into the caller, or print args to stderr.
     log.info("patient %s and %s", "555-123-4567")  # noqa: PLE1206

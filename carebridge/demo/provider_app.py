@@ -299,7 +299,7 @@ async def thread(request: Request) -> Response:
 
 
 async def start_thread(request: Request) -> Response:
-    form = await read_form(request)
+    form = await read_form(request, multiline=("subject", "body"))
     body = {
         "patient_id": form.get("patient_id", ""),
         "subject": form.get("subject", ""),
@@ -315,7 +315,7 @@ async def start_thread(request: Request) -> Response:
 
 async def reply(request: Request) -> Response:
     thread_id = request.path_params["thread_id"]
-    form = await read_form(request)
+    form = await read_form(request, multiline=("body",))
     path = f"/api/v1/messaging/threads/{thread_id}/messages"
     answer = await _api(request, "POST", path, {"body": form.get("body", "")})
     if answer is None or answer.status_code == 401:

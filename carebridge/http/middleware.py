@@ -89,16 +89,18 @@ class RequestContextMiddleware:
             route = _route_label(scope)
             metrics.observe_request(scope["method"], route, status, elapsed)
             # Path without the query string: queries are where stray identifiers travel.
-            access_log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
+            # Input the boundary refused is not written at all: where, never what.
+            refused = scope["state"].get("input_refused")
+            entry = {
+                "method": scope["method"],
+                "path": scope["path"] if refused is None else None,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+            }
+            if refused is not None:
+                entry["refused"] = refused
+            access_log.info("request", extra=entry)
             request_id_var.reset(token)
 
 

@@ -4,28 +4,35 @@ Nothing from an exception reaches a client: an unhandled error answers a generic
 the request ID, and the traceback goes to the (redacted) log. A database or Redis that did
 not answer in time, or cannot be reached, answers 503 with ``Retry-After`` instead, and
 logs one line without a traceback (a driver's traceback quotes the SQL and its
-parameters).
+parameters). A value the database or the driver refused (a DataError, a string that
+cannot be encoded) answers 400 and is logged by its class and the code's frames only: its
+message would quote the value.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from http import HTTPStatus
 from typing import Any
 
 import redis
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from carebridge.db import describe_error, unavailable
-from carebridge.http.paths import MACHINE_PATHS
+from carebridge.http.paths import MACHINE_PATHS, OAUTH_PATHS
 from carebridge.http.templates import templates
 from carebridge.logs import request_id_var
 
 log = logging.getLogger("carebridge.errors")
 
 PROBLEM_JSON = "application/problem+json"
+
+# The answer to input the boundary refuses (carebridge.http.boundary): never the value.
+REFUSED_INPUT = "The request holds control characters or invalid Unicode, which no field accepts."
 
 _FRIENDLY: dict[int, tuple[str, str]] = {
     400: ("That request didn't look right", "Please go back and try again."),
@@ -142,6 +149,30 @@ def _temporarily_unavailable(exc: Exception) -> bool:
     return unavailable(exc) or isinstance(exc, redis.ConnectionError | redis.TimeoutError)
 
 
+def invalid_request(request: Request, detail: str) -> Response:
+    """A 400 in the shape the path speaks: an OAuth error (RFC 6749 §5.2, RFC 6750 §3.1)
+    under /oauth2/, else a problem or a page (/authorize shows a page: never a redirect
+    carrying what was refused)."""
+    if request.url.path.startswith(OAUTH_PATHS):
+        body = {"error": "invalid_request", "error_description": detail}
+        return JSONResponse(body, status_code=400, headers={"Cache-Control": "no-store"})
+    return problem(request, 400, detail)
+
+
+async def refused_input(request: Request) -> Response:
+    """The answer to input the boundary refuses (carebridge.http.boundary)."""
+    return invalid_request(request, REFUSED_INPUT)
+
+
+def _refused_value(exc: Exception) -> bool:
+    """A value the database refused (SQLSTATE class 22), or text the driver could not
+    encode (a lone surrogate): the request's input, which the boundary should have
+    refused first."""
+    if isinstance(exc, DataError):
+        return True
+    return isinstance(exc, UnicodeEncodeError) and "surrogates" in exc.reason
+
+
 async def unhandled_exception_handler(request: Request, exc: Exception) -> Response:
     if _temporarily_unavailable(exc):
         # The kind and the driver's first line only: no SQL, no parameters, no traceback.
@@ -156,5 +187,17 @@ async def unhandled_exception_handler(request: Request, exc: Exception) -> Respo
             "The service is briefly unavailable. Please try again shortly.",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
+    if _refused_value(exc):
+        original = getattr(exc, "orig", None) or exc
+        # The frames say where; the message would quote the value (PostgreSQL's do).
+        log.error(
+            "a value was refused by the database or its driver",
+            extra={
+                "error": type(original).__name__,
+                "sqlstate": getattr(original, "sqlstate", None),
+                "where": "".join(traceback.format_tb(exc.__traceback__)),
+            },
+        )
+        return invalid_request(request, "A value in the request is not valid.")
     log.error("unhandled error", exc_info=exc)
     return problem(request, 500)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from authlib.oauth2.base import OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -146,6 +147,11 @@ async def _handle(  # noqa: PLR0911  (one decision per step, read top to bottom)
                 grant = server.get_consent_grant(oauth, end_user=user)
             except OAuth2Error as error:
                 return Checked(error=error)
+            except ValueError:
+                # Authlib quotes a refused response_type or redirect_uri in the error's
+                # description, and refuses to build it when that holds a character
+                # RFC 6749 does not allow there (any non-ASCII one): an error page.
+                return Checked(error=InvalidRequestError())
             client: Client = grant.request.client
             checked = Checked(grant=grant, client=client)
             if user is not None:

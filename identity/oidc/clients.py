@@ -16,6 +16,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from carebridge.http import boundary
 from carebridge.settings import Settings
 from identity.models import new_id
 from identity.oidc import scopes as scope_rules
@@ -123,8 +124,10 @@ class Client:
 
 
 def find(db: Session, client_id: str) -> Client | None:
-    """An enabled client by ID, or None."""
-    if not client_id or len(client_id) > 100:
+    """An enabled client by ID, or None. An ID that is not text (a control character, a
+    lone surrogate: from a JWT's claims, which the input boundary cannot see into) is
+    no client's, and never reaches the database."""
+    if not client_id or len(client_id) > 100 or not boundary.is_text(client_id):
         return None
     row = db.get(OidcClient, client_id)
     if row is None or row.disabled_at is not None:

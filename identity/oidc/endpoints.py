@@ -23,7 +23,7 @@ from identity.oidc.context import (
     TOKEN_PATH,
     USERINFO_PATH,
 )
-from identity.oidc.grants import ASSERTION_ALGORITHMS
+from identity.oidc.grants import ASSERTION_ALGORITHMS, RESPONSE_MODE
 from identity.oidc.server import (
     Answer,
     ParameterError,
@@ -121,7 +121,7 @@ def _authorization_server(issuer: str) -> dict[str, Any]:
         "revocation_endpoint": f"{issuer}{REVOKE_PATH}",
         "introspection_endpoint": f"{issuer}{INTROSPECT_PATH}",
         "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
+        "response_modes_supported": [RESPONSE_MODE],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": list(clients.AUTH_METHODS),

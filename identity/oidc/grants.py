@@ -6,6 +6,7 @@ private_key_jwt with asymmetric algorithms and jti replay protection only."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
@@ -23,6 +24,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.core import grants as oidc_grants
 from joserfc import jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
@@ -30,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import DirectStatement
-from carebridge.http import bearer
+from carebridge.http import bearer, boundary
 from carebridge.runtime import Runtime
 from identity.models import new_id
 from identity.oidc import scopes as scope_rules
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
 
 ASSERTION_ALGORITHMS = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "EdDSA"]
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+# The one response mode (OAuth 2.0 Multiple Response Types §2.1), as discovery advertises.
+RESPONSE_MODE = "query"
 
 _CODES = cast(Table, OidcAuthorizationCode.__table__)
 # Built once (see identity.oidc.tokens): the code exchange is a hot path.
@@ -108,6 +112,11 @@ ASSERTION_LEEWAY_SECONDS = 30
 
 # Client authentication: private_key_jwt (RFC 7523 §2.2)
 
+# The one answer to an assertion that does not authenticate its client, whoever it names:
+# an unknown client, a client without public keys (secret and public clients) and a bad
+# signature cannot be told apart.
+ASSERTION_NOT_VALID = "The assertion is not valid."
+
 
 class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
     CLIENT_AUTH_METHOD = "private_key_jwt"
@@ -115,6 +124,17 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(validate_jti=True, leeway=ASSERTION_LEEWAY_SECONDS)
         self.runtime = runtime
+
+    def __call__(self, query_client: Callable[[str], Client | None], request: Any) -> Any:
+        def registered(client_id: str) -> Client:
+            # Authlib says "does not exist" for an unknown client: answer as for a bad
+            # signature instead (RFC 7523 §3.2 asks only for invalid_client).
+            client = query_client(client_id)
+            if client is None:
+                raise InvalidClientError(description=ASSERTION_NOT_VALID)
+            return client
+
+        return super().__call__(registered, request)
 
     def get_audiences(self) -> list[str]:
         issuer = self.runtime.settings.issuer
@@ -136,7 +156,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
         try:
             decoded = jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGORITHMS)
         except Exception:  # noqa: BLE001  (any failure is the same refusal)
-            raise InvalidClientError(description="The assertion is not valid.") from None
+            raise InvalidClientError(description=ASSERTION_NOT_VALID) from None
         exp = decoded.claims.get("exp")
         if not isinstance(exp, int) or exp > time.time() + 600:
             # A long-lived assertion would need its jti remembered for as long.
@@ -145,10 +165,18 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
         return decoded.claims
 
     def resolve_client_public_key(self, client: Client) -> KeySet:
-        return client.public_keys()
+        # A client registered for another method has no keys (joserfc refuses an empty
+        # set, which was a 500): the same refusal as a bad signature.
+        if client.auth_method != self.CLIENT_AUTH_METHOD or not client.jwks:
+            raise InvalidClientError(description=ASSERTION_NOT_VALID)
+        try:
+            return client.public_keys()
+        except (JoseError, ValueError):
+            raise InvalidClientError(description=ASSERTION_NOT_VALID) from None
 
     def validate_jti(self, claims: dict[str, Any], jti: Any) -> bool:
-        if not isinstance(jti, str) or not jti or len(jti) > 255:
+        # Signed by the client, but a claim all the same: text, or refused before storing.
+        if not isinstance(jti, str) or not jti or len(jti) > 255 or not boundary.is_text(jti):
             return False
         expires = datetime.fromtimestamp(int(claims["exp"]), UTC)
         session = db()
@@ -235,6 +263,20 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
     AUTHORIZATION_CODE_LENGTH = 43
 
     server: AuthorizationServer
+
+    def validate_authorization_request(self) -> str:
+        redirect_uri: str = super().validate_authorization_request()
+        # The query response mode only (discovery says so). Another one (fragment,
+        # form_post) would be ignored by Authlib and answered in the query, where the
+        # app may not look: refused, to the redirect URI, now that it is known valid.
+        mode = self.request.payload.data.get("response_mode")
+        if mode is not None and mode != RESPONSE_MODE:
+            raise InvalidRequestError(
+                "Only response_mode=query is supported.",
+                state=self.request.payload.state,
+                redirect_uri=redirect_uri,
+            )
+        return redirect_uri
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         user: Authorizing = request.user

@@ -31,6 +31,7 @@ import asyncpg
 from authlib.oauth2 import AuthorizationServer as _AuthorizationServer
 from authlib.oauth2.rfc6749 import InvalidScopeError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import JsonRequest, OAuth2Payload
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc9207 import IssuerParameter
 from sqlalchemy import Dialect
 from sqlalchemy.orm import Session
@@ -39,7 +40,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from carebridge.db import DatabaseError, DatabaseUnavailableError, DirectStatement
+from carebridge.http import boundary
 from carebridge.http.forms import MAX_BODY
+from carebridge.http.problems import REFUSED_INPUT
 from carebridge.loop_connections import DATABASE_ERRORS, LoopConnections
 from carebridge.runtime import Runtime
 from identity.oidc import clients, tokens
@@ -150,6 +153,8 @@ class Answer:
 
 def _check_parameters(pairs: list[tuple[str, str]]) -> None:
     for key, value in pairs:
+        if not boundary.is_text(key) or not boundary.is_text(value):
+            raise ParameterError(REFUSED_INPUT)
         if len(key) > 100 or len(value) > MAX_PARAMETER:
             raise ParameterError("A request parameter is too long.")
         if key == "nonce" and len(value) > MAX_NONCE:
@@ -158,8 +163,22 @@ def _check_parameters(pairs: list[tuple[str, str]]) -> None:
             raise ParameterError("The state is too long.")
 
 
+def _check_basic_credentials(headers: Headers) -> None:
+    """HTTP Basic client credentials, decoded as Authlib decodes them (base64, UTF-8, then
+    form-urlencoded: RFC 6749 §2.3.1), must be text too: a ``%00`` in a client_id would
+    otherwise reach the client lookup."""
+    try:
+        client_id, secret = extract_basic_authorization(headers)
+    except UnicodeDecodeError:
+        raise ParameterError("The Authorization header is not valid.") from None
+    for value in (client_id, secret):
+        if value is not None and (not boundary.is_text(value) or len(value) > MAX_PARAMETER):
+            raise ParameterError(REFUSED_INPUT)
+
+
 class ParameterError(ValueError):
-    """A parameter over the limits: answered invalid_request before Authlib sees it."""
+    """A parameter over the limits or not text (carebridge.http.boundary): answered
+    invalid_request before Authlib sees it."""
 
 
 async def read_oauth_form(request: Request) -> list[tuple[str, str]]:
@@ -360,6 +379,7 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         _check_parameters(query)
         # The consent form echoes the checked query, but is itself a request: check again.
         _check_parameters(form or [])
+        _check_basic_credentials(request.headers)
         # URLs come from the configured issuer, never from the Host header.
         oauth = StarletteOAuth2Request(
             request.method,

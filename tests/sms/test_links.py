@@ -134,7 +134,8 @@ def test_malformed_tokens_get_the_generic_page(
         assert response.headers["location"] == "/l"
         generic_page(web)
     else:
-        assert response.status_code == 404
+        # A NUL never reaches the handler: refused at the input boundary.
+        assert response.status_code == (400 if token == "%00" else 404)
 
 
 def test_the_link_cookie_is_httponly_and_scoped_to_l(
