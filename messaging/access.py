@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import Literal, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Table, bindparam, select
@@ -24,9 +24,7 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.http.bearer import AccessToken
 from carebridge.runtime import Runtime
-from identity.accounts import ACTIVE
-from identity.models import Account, PatientLink
-from identity.oidc.models import OidcSubject
+from identity.oidc import holders
 from messaging.crypto import ContentUnavailableError, KeyUnavailableError, ShreddedError
 from messaging.models import CareTeamClient, CareTeamStaff, Thread
 
@@ -76,25 +74,9 @@ def gone() -> RefusedError:
 
 _TEAM_CLIENTS = cast(Table, CareTeamClient.__table__)
 _TEAM_STAFF = cast(Table, CareTeamStaff.__table__)
-_SUBJECTS = cast(Table, OidcSubject.__table__)
-_ACCOUNTS = cast(Table, Account.__table__)
-_LINKS = cast(Table, PatientLink.__table__)
 # Built once: every API request resolves its caller.
 _TEAM_OF_CLIENT = select(_TEAM_CLIENTS.c.care_team_id).where(
     _TEAM_CLIENTS.c.client_id == bindparam("client_id")
-)
-# (client, sub) -> the account, whether it is active, and its verified patient ID.
-_PERSON = (
-    select(_ACCOUNTS.c.id, _ACCOUNTS.c.status, _LINKS.c.patient_id)
-    .select_from(
-        _SUBJECTS.join(_ACCOUNTS, _ACCOUNTS.c.id == _SUBJECTS.c.account_id).outerjoin(
-            _LINKS, _LINKS.c.account_id == _ACCOUNTS.c.id
-        )
-    )
-    .where(
-        _SUBJECTS.c.client_id == bindparam("client_id"),
-        _SUBJECTS.c.subject == bindparam("subject"),
-    )
 )
 _IS_STAFF = select(_TEAM_STAFF.c.account_id).where(
     _TEAM_STAFF.c.care_team_id == bindparam("team"),
@@ -126,29 +108,31 @@ def _team_of(db: Session, client_id: str) -> str | None:
 
 
 def actor_for_token(db: Session, token: AccessToken) -> Actor | None:
+    """Whom the token acts for, or None; RefusedError (401) if it was withdrawn before it
+    expired: its grant ended (account disabled, app revoked, code or refresh token
+    replayed), the token revoked, or its client disabled. Identity's one lookup of the
+    token (identity.oidc.holders) checks that on every request, so a withdrawal is seen
+    by the next request."""
+    try:
+        return _actor(db, token)
+    except holders.WithdrawnError:
+        raise RefusedError(401, WITHDRAWN) from None
+
+
+def _actor(db: Session, token: AccessToken) -> Actor | None:
     team = _team_of(db, token.client_id)
-    if team is not None:
-        if token.is_client_only:
-            return Actor("app", token.client_id, team)
-        person = _person(db, token)
-        if person is None:
-            return None
-        staff = db.execute(_IS_STAFF, {"team": team, "account": person.id}).first()
-        return Actor("staff", person.id, team) if staff is not None else None
     if token.is_client_only:
+        holders.check_client_token(db, token)
+        return Actor("app", token.client_id, team) if team is not None else None
+    person = holders.person(db, token)
+    if person is None:
         return None
-    person = _person(db, token)
-    if person is None or person.patient_id is None:
+    if team is not None:
+        staff = db.execute(_IS_STAFF, {"team": team, "account": person.account_id}).first()
+        return Actor("staff", person.account_id, team) if staff is not None else None
+    if person.patient_id is None:
         return None
     return Actor("patient", person.patient_id)
-
-
-def _person(db: Session, token: AccessToken) -> Any:
-    """The active account a user-bound token stands for (with its patient ID), or None if
-    it was disabled since: a token outlives the sessions that disabling ends, for up to
-    its lifetime."""
-    found = db.execute(_PERSON, {"client_id": token.client_id, "subject": token.subject}).first()
-    return found if found is not None and found.status == ACTIVE else None
 
 
 @dataclass(frozen=True)
@@ -233,7 +217,7 @@ def perform(
             )
             return work(db, actor)
     except RefusedError as exc:
-        outcome = Outcome.DENIED if exc.status in (403, 404, 410) else Outcome.FAILED
+        outcome = Outcome.DENIED if exc.status in (401, 403, 404, 410) else Outcome.FAILED
         _record(
             runtime, label, action=action, target=target, outcome=outcome, request_id=request_id
         )
@@ -258,6 +242,7 @@ def perform(
 
 
 _NO_ACCESS = "This token does not act for a patient or a care team."
+WITHDRAWN = "The access token is no longer valid."
 
 
 def _record(
