@@ -5,8 +5,8 @@ The token itself is checked offline (carebridge.http.bearer: signature, issuer, 
 lifetime, scope). What needs the database is asked here, in one indexed statement: whether
 it was withdrawn (identity.oidc.withdrawals: its ``jti``, its grant, its client), and for a
 token a person authorized, which account its (client, sub) is and whether that account is
-active. The statement reads the primary database on every request: a withdrawal committed
-before the request began is seen by it, on every replica (no cache in between).
+active. The statement reads the database on every request, with no cache in between: a
+withdrawal committed before a request began is seen by it, on every replica.
 """
 
 from __future__ import annotations

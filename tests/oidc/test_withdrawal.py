@@ -7,12 +7,14 @@ run on the event loop, and a replay falls back to a worker thread."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
+from joserfc import jwt
 from starlette.testclient import TestClient
 
 from carebridge.db import transaction
@@ -20,6 +22,7 @@ from carebridge.runtime import Runtime
 from identity.flows import status
 from identity.oidc import clients, context
 from identity.oidc.grants import AuthorizationCodeGrant
+from messaging import access, care_teams
 from tests.identity import factories
 from tests.identity.roster_helpers import import_roster
 from tests.oidc import helpers
@@ -69,6 +72,11 @@ def _introspect(client: TestClient, registered: helpers.Registered, token: str) 
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def _grant_of(runtime: Runtime, access_token: str) -> str:
+    claims = jwt.decode(access_token, runtime.keyring.verification_keys()).claims
+    return str(claims["grant_id"])
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -256,6 +264,7 @@ def test_refresh_reuse_withdraws_family_access_tokens(
 ) -> None:
     first = _tokens(client, registered)
     second = _refresh(client, registered, first["refresh_token"]).json()
+    assert _grant_of(runtime, second["access_token"]) == _grant_of(runtime, first["access_token"])
     other = _tokens(client, registered)  # another grant of the same person to the same app
     _works_everywhere(client, registered, second["access_token"])
     # The first refresh token, presented again: its whole family ends.
@@ -339,3 +348,38 @@ def test_disabled_clients_tokens_are_refused_by_the_admin_and_messaging_apis(
     assert response.status_code == 401
     _refused_by_messaging(client, person_token)
     assert _userinfo(client, person_token).status_code == 401
+
+
+def test_revoked_or_disabled_apps_own_token_refused_by_messaging_within_the_cache_time(
+    client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A care team's app acting as itself: its token's standing is read once per
+    # TEAM_CACHE_SECONDS per process (messaging.access), like its team.
+    app = helpers.register(runtime, scopes="messaging.read", name="Clinic App")
+    team = care_teams.create(runtime, name="Northside clinic", retention_days=30, actor="t")
+    care_teams.add_client(runtime, team, app.client_id, actor="t")
+
+    def app_token() -> str:
+        response = client.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials", "scope": "messaging.read"},
+            auth=helpers.basic(app),
+        )
+        assert response.status_code == 200, response.text
+        return str(response.json()["access_token"])
+
+    def later() -> None:
+        moment = time.monotonic() + access.TEAM_CACHE_SECONDS + 1
+        monkeypatch.setattr(access.time, "monotonic", lambda: moment)
+
+    revoked = app_token()
+    assert _messaging(client, revoked).status_code == 200
+    client.post("/oauth2/revoke", data={"token": revoked}, auth=helpers.basic(app))
+    later()
+    _refused_by_messaging(client, revoked)
+    fresh = app_token()
+    assert _messaging(client, fresh).status_code == 200
+    with transaction(runtime.sessions) as db:
+        assert clients.disable(db, app.client_id)
+    later()
+    _refused_by_messaging(client, fresh)
