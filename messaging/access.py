@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import Literal, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Table, bindparam, select
@@ -24,9 +24,7 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.http.bearer import AccessToken
 from carebridge.runtime import Runtime
-from identity.accounts import ACTIVE
-from identity.models import Account, PatientLink
-from identity.oidc.models import OidcSubject
+from identity.oidc import holders
 from messaging.crypto import ContentUnavailableError, KeyUnavailableError, ShreddedError
 from messaging.models import CareTeamClient, CareTeamStaff, Thread
 
@@ -57,15 +55,16 @@ class Actor:
 class RefusedError(Exception):
     """The request may not proceed; ``status`` and ``detail`` are safe to show.
 
-    Audited as denied for 403, 404 and 410, or when ``denied`` says so (a refusal by
-    policy answered with another status); as failed otherwise (bad input).
+    Audited as denied for 401 (a withdrawn token), 403, 404 and 410, or when ``denied``
+    says so (a refusal by policy answered with another status); as failed otherwise (bad
+    input).
     """
 
     def __init__(self, status: int, detail: str, *, denied: bool = False) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.denied = denied or status in (403, 404, 410)
+        self.denied = denied or status in (401, 403, 404, 410)
 
 
 def not_found() -> RefusedError:
@@ -81,25 +80,9 @@ def gone() -> RefusedError:
 
 _TEAM_CLIENTS = cast(Table, CareTeamClient.__table__)
 _TEAM_STAFF = cast(Table, CareTeamStaff.__table__)
-_SUBJECTS = cast(Table, OidcSubject.__table__)
-_ACCOUNTS = cast(Table, Account.__table__)
-_LINKS = cast(Table, PatientLink.__table__)
 # Built once: every API request resolves its caller.
 _TEAM_OF_CLIENT = select(_TEAM_CLIENTS.c.care_team_id).where(
     _TEAM_CLIENTS.c.client_id == bindparam("client_id")
-)
-# (client, sub) -> the account, whether it is active, and its verified patient ID.
-_PERSON = (
-    select(_ACCOUNTS.c.id, _ACCOUNTS.c.status, _LINKS.c.patient_id)
-    .select_from(
-        _SUBJECTS.join(_ACCOUNTS, _ACCOUNTS.c.id == _SUBJECTS.c.account_id).outerjoin(
-            _LINKS, _LINKS.c.account_id == _ACCOUNTS.c.id
-        )
-    )
-    .where(
-        _SUBJECTS.c.client_id == bindparam("client_id"),
-        _SUBJECTS.c.subject == bindparam("subject"),
-    )
 )
 _IS_STAFF = select(_TEAM_STAFF.c.account_id).where(
     _TEAM_STAFF.c.care_team_id == bindparam("team"),
@@ -130,30 +113,54 @@ def _team_of(db: Session, client_id: str) -> str | None:
     return team
 
 
+# A care-team app's own token found in standing (identity.oidc.holders), as this process
+# last read it: an app presents the same token on every call of its life, and the lookup
+# would be the one statement its request makes beyond its work (about 8% of a read or a
+# post). Kept as long as the team is: a revoked app token, or a disabled app, is refused
+# within TEAM_CACHE_SECONDS. A token a person authorized is checked on every request.
+_app_tokens: WeakKeyDictionary[object, dict[tuple[str, str], float]] = WeakKeyDictionary()
+
+
+def _check_app_token(db: Session, token: AccessToken) -> None:
+    cache = _app_tokens.setdefault(db.get_bind(), {})
+    key = (token.client_id, token.jti)
+    now = time.monotonic()
+    if cache.get(key, 0.0) > now:
+        return
+    holders.check_client_token(db, token)  # raises WithdrawnError
+    if len(cache) >= 10_000:
+        cache.clear()
+    cache[key] = now + TEAM_CACHE_SECONDS
+
+
 def actor_for_token(db: Session, token: AccessToken) -> Actor | None:
+    """Whom the token acts for, or None; RefusedError (401) if it was withdrawn before it
+    expired: its grant ended (account disabled, app revoked, code or refresh token
+    replayed), the token revoked, or its client disabled. For a token a person authorized
+    identity's lookup (identity.oidc.holders), made on every request, says so: the next
+    request sees a withdrawal. An app's own token: within TEAM_CACHE_SECONDS."""
+    try:
+        return _actor(db, token)
+    except holders.WithdrawnError:
+        raise RefusedError(401, WITHDRAWN) from None
+
+
+def _actor(db: Session, token: AccessToken) -> Actor | None:
     team = _team_of(db, token.client_id)
-    if team is not None:
-        if token.is_client_only:
-            return Actor("app", token.client_id, team)
-        person = _person(db, token)
-        if person is None:
-            return None
-        staff = db.execute(_IS_STAFF, {"team": team, "account": person.id}).first()
-        return Actor("staff", person.id, team) if staff is not None else None
     if token.is_client_only:
+        if team is None:
+            return None
+        _check_app_token(db, token)
+        return Actor("app", token.client_id, team)
+    person = holders.person(db, token)
+    if person is None:
         return None
-    person = _person(db, token)
-    if person is None or person.patient_id is None:
+    if team is not None:
+        staff = db.execute(_IS_STAFF, {"team": team, "account": person.account_id}).first()
+        return Actor("staff", person.account_id, team) if staff is not None else None
+    if person.patient_id is None:
         return None
     return Actor("patient", person.patient_id)
-
-
-def _person(db: Session, token: AccessToken) -> Any:
-    """The active account a user-bound token stands for (with its patient ID), or None if
-    it was disabled since: a token outlives the sessions that disabling ends, for up to
-    its lifetime."""
-    found = db.execute(_PERSON, {"client_id": token.client_id, "subject": token.subject}).first()
-    return found if found is not None and found.status == ACTIVE else None
 
 
 @dataclass(frozen=True)
@@ -263,6 +270,7 @@ def perform(
 
 
 _NO_ACCESS = "This token does not act for a patient or a care team."
+WITHDRAWN = "The access token is no longer valid."
 
 
 def _record(

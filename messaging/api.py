@@ -215,6 +215,8 @@ async def _perform(
             work=work,
         )
     except RefusedError as exc:
+        if exc.status == 401:
+            raise bearer.invalid_token(exc.detail) from None
         raise Problem(exc.status, exc.detail) from None
 
 

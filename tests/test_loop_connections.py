@@ -23,9 +23,9 @@ from carebridge.db import Budget, DirectStatement
 from carebridge.loop_connections import DATABASE_ERRORS, LoopConnections
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
-from identity.oidc.models import OidcRevokedAccessToken
+from identity.oidc.models import OidcWithdrawal
 
-_REVOKED = cast(Table, OidcRevokedAccessToken.__table__)
+_WITHDRAWN = cast(Table, OidcWithdrawal.__table__)
 T = TypeVar("T")
 
 
@@ -175,11 +175,13 @@ def test_a_direct_statement_runs_on_a_loop_connection(pg_runtime: Runtime) -> No
     # Compiled for asyncpg's dialect: its parameters in their places, its rows named.
     later = datetime.now(UTC) + timedelta(minutes=5)
     with pg_runtime.engine.begin() as connection:
-        connection.execute(insert(_REVOKED), [{"jti": "kept", "expires_at": later}])
+        connection.execute(
+            insert(_WITHDRAWN), [{"kind": "jti", "value": "kept", "expires_at": later}]
+        )
     pool = _pool(pg_runtime)
     statement = DirectStatement(
-        select(_REVOKED.c.jti, _REVOKED.c.expires_at).where(
-            _REVOKED.c.expires_at > bindparam("after"), _REVOKED.c.jti == bindparam("jti")
+        select(_WITHDRAWN.c.value, _WITHDRAWN.c.expires_at).where(
+            _WITHDRAWN.c.expires_at > bindparam("after"), _WITHDRAWN.c.value == bindparam("jti")
         )
     )
 
@@ -196,7 +198,7 @@ def test_a_direct_statement_runs_on_a_loop_connection(pg_runtime: Runtime) -> No
         return found, none
 
     found, none = _run(run())
-    assert (found.jti, found.expires_at) == ("kept", later) and none is None
+    assert (found.value, found.expires_at) == ("kept", later) and none is None
 
 
 def test_libpqs_connect_timeout_in_the_url_is_taken_not_sent_to_the_server(

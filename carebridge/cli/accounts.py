@@ -107,7 +107,7 @@ def _set_active(args: argparse.Namespace, active: bool) -> None:
 
 def disable(args: argparse.Namespace) -> int:
     _set_active(args, False)
-    print("account disabled; its sessions have ended")
+    print("account disabled; its sessions and app grants have ended")
     return 0
 
 

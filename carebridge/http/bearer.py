@@ -2,7 +2,9 @@
 
 The APIs check the identity part's tokens the way an external resource server would:
 signature against the published key set, then ``typ``, issuer, audience, lifetime and
-scope. Nothing here reads the database; mapping ``sub`` to a person is the caller's job.
+scope. Nothing here reads the database: mapping ``sub`` to a person, and whether the
+token was withdrawn before it expired, is the caller's job (identity.oidc.holders, one
+statement per request), answered with :func:`invalid_token` when it was.
 """
 
 from __future__ import annotations
@@ -136,6 +138,12 @@ def _challenge(error: str | None = None, description: str | None = None, scope: 
     return ", ".join(parts)
 
 
+def invalid_token(description: str) -> Problem:
+    """401 with an ``invalid_token`` challenge (RFC 6750 §3.1): for a token this module
+    accepts but its issuer has since withdrawn (the caller's check)."""
+    return Problem(401, description, {"WWW-Authenticate": _challenge("invalid_token", description)})
+
+
 def require(connection: HTTPConnection, *scopes: str) -> AccessToken:
     """The request's valid access token carrying every one of ``scopes``, or a problem:
     401 with a ``WWW-Authenticate`` challenge (RFC 6750 §3), 403 for a missing scope."""
@@ -153,8 +161,7 @@ def require(connection: HTTPConnection, *scopes: str) -> AccessToken:
                 audience=runtime.settings.api_audience,
             )
         except InvalidTokenError as exc:
-            challenge = _challenge("invalid_token", str(exc))
-            raise Problem(401, str(exc), {"WWW-Authenticate": challenge}) from None
+            raise invalid_token(str(exc)) from None
         VERIFIED.put(token, runtime, access)
     missing = [scope for scope in scopes if scope not in access.scopes]
     if missing:

@@ -48,6 +48,7 @@ from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
 from identity.flows import activate, verify
 from identity.models import Account
+from identity.oidc import holders
 from identity.roster import importer, staff
 from identity.roster.csv_format import RowError
 
@@ -198,13 +199,21 @@ def _request_id(request: Request) -> str | None:
 
 
 async def require_operator(request: Request) -> str:
-    """The calling client as the audit log names it, or a 401/403 problem."""
+    """The calling client as the audit log names it, or a 401/403 problem: 401 too for a
+    token withdrawn since it was issued (revoked, or its client disabled)."""
     access = bearer.require(request, SCOPE)
     actor = f"client:{access.client_id}"
-    if not access.is_client_only:
-        runtime = _runtime(request)
+    runtime = _runtime(request)
 
-        def record_refusal() -> None:
+    def refused() -> Problem | None:
+        problem = None
+        if not access.is_client_only:
+            problem = Problem(403, CLIENT_ONLY)
+        else:
+            with runtime.sessions() as db:
+                if not holders.in_standing(db, access):
+                    problem = bearer.invalid_token("The access token is no longer valid.")
+        if problem is not None:
             with transaction(runtime.sessions) as db:
                 audit.append(
                     db,
@@ -213,9 +222,11 @@ async def require_operator(request: Request) -> str:
                     outcome=Outcome.DENIED,
                     request_id=_request_id(request),
                 )
+        return problem
 
-        await run_in_threadpool(record_refusal)
-        raise Problem(403, CLIENT_ONLY)
+    problem = await run_in_threadpool(refused)
+    if problem is not None:
+        raise problem
     return actor
 
 

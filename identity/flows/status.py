@@ -2,7 +2,9 @@
 
 A disabled account cannot sign in (password or upstream), and its sessions stop working:
 disabling ends them all, and :func:`identity.sessions.load` refuses any session of an
-account that is not active.
+account that is not active. It also ends every grant the account gave an app: refresh
+tokens revoked and access tokens withdrawn for good (identity.oidc.withdrawals), so
+enabling the account again revives none of them.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from identity import accounts, sessions
 from identity.models import Account
+from identity.oidc import withdrawals
 
 
 def set_active(runtime: Runtime, login: str, *, active: bool, actor: str = "operator") -> bool:
     """Enable or disable the account a normalised login identifies; False if none does.
-    Disabling also ends every session of the account. Audited."""
+    Disabling also ends every session and every grant of the account. Audited."""
     with transaction(runtime.sessions) as db:
         found = accounts.find_by_login(db, runtime.keyring, login)
         if found is None:
@@ -43,6 +46,7 @@ def _set(db: Session, account_id: str, *, active: bool, actor: str) -> bool:
     account.status = accounts.ACTIVE if active else accounts.DISABLED
     if not active:
         sessions.revoke_all(db, account.id)
+        withdrawals.end_grants(db, account.id)
     audit.append(
         db,
         actor=actor,

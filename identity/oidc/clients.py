@@ -20,6 +20,7 @@ from carebridge.http import boundary
 from carebridge.settings import Settings
 from identity.models import new_id
 from identity.oidc import scopes as scope_rules
+from identity.oidc import withdrawals
 from identity.oidc.models import OidcClient
 
 CONFIDENTIAL = "confidential"
@@ -247,16 +248,15 @@ def rotate_secret(db: Session, client_id: str) -> str:
 
 
 def disable(db: Session, client_id: str) -> bool:
-    """Disable a client; False if it was already. Its refresh tokens stop working."""
-    from identity.oidc import tokens  # noqa: PLC0415  (tokens imports this module)
-
+    """Disable a client; False if it was already. Its refresh tokens are revoked and
+    every access token it holds is withdrawn, client-credentials ones included."""
     row = db.get(OidcClient, client_id)
     if row is None:
         raise ClientError(f"no client {client_id}")
     if row.disabled_at is not None:
         return False
     row.disabled_at = datetime.now(UTC)
-    tokens.revoke_for_client(db, client_id)
+    withdrawals.end_client(db, client_id)
     return True
 
 

@@ -13,7 +13,7 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from identity.oidc import scopes as scope_rules
-from identity.oidc import tokens
+from identity.oidc import tokens, withdrawals
 from identity.oidc.models import OidcClient, OidcConsent
 
 
@@ -61,8 +61,9 @@ def connected_apps(runtime: Runtime, account_id: str) -> list[ConnectedApp]:
 
 
 def revoke(runtime: Runtime, account_id: str, client_id: str, *, request_id: str | None) -> bool:
-    """Forget the grant and revoke the client's refresh tokens for this account; audited.
-    False (audited as denied) when there was no such grant."""
+    """Forget the grant and end what it gave the client for this account: refresh tokens
+    revoked, access tokens withdrawn (identity.oidc.withdrawals); audited. False (audited
+    as denied) when there was no such grant."""
     actor = f"account:{account_id}"
     with transaction(runtime.sessions) as db:
         result = db.execute(
@@ -72,7 +73,7 @@ def revoke(runtime: Runtime, account_id: str, client_id: str, *, request_id: str
         )
         found = bool(result.rowcount)  # type: ignore[attr-defined]
         if found:
-            tokens.revoke_for(db, account_id=account_id, client_id=client_id)
+            withdrawals.end_grants(db, account_id, client_id=client_id)
         audit.append(
             db,
             actor=actor,

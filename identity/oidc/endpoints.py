@@ -11,9 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from carebridge.http import bearer
-from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
-from identity.oidc import clients, subjects, tokens
+from identity.oidc import clients, holders, tokens
 from identity.oidc import scopes as scope_rules
 from identity.oidc.context import (
     AUTHORIZE_PATH,
@@ -68,13 +67,6 @@ async def introspect(request: Request) -> Response:
     return await _client_endpoint(request, INTROSPECT_PATH, "introspection")
 
 
-def _invalid_token(description: str) -> Problem:
-    challenge = (
-        f'Bearer realm="carebridge", error="invalid_token", error_description="{description}"'
-    )
-    return Problem(401, description, {"WWW-Authenticate": challenge})
-
-
 async def userinfo(request: Request) -> Response:
     """The UserInfo endpoint (OpenID Connect Core §5.3), written for Starlette: Authlib's
     relies on a Flask/Django-only token lookup."""
@@ -84,14 +76,17 @@ async def userinfo(request: Request) -> Response:
 
     def claims() -> dict[str, Any] | None:
         with server.transaction() as db:
-            if access.is_client_only or tokens.is_access_token_revoked(db, access.jti):
+            if access.is_client_only:
                 return None
-            account_id = subjects.account_for(
-                db, client_id=access.client_id, subject=access.subject
-            )
+            try:
+                # Withdrawn (its grant ended, the token revoked) or its account disabled.
+                holder = holders.person(db, access)
+            except holders.WithdrawnError:
+                return None
             client = clients.find(db, access.client_id)
-            if account_id is None or client is None:
+            if holder is None or client is None:
                 return None
+            account_id = holder.account_id
             auth_time = access.claims.get("auth_time")
             moment = datetime.fromtimestamp(auth_time if isinstance(auth_time, int) else 0, UTC)
             user = tokens.end_user(lambda: db, runtime, client, account_id, moment)
@@ -101,7 +96,7 @@ async def userinfo(request: Request) -> Response:
 
     found = await run_in_threadpool(claims)
     if found is None:
-        raise _invalid_token("The access token is no longer valid.")
+        raise bearer.invalid_token("The access token is no longer valid.")
     return JSONResponse(found, headers={"Cache-Control": "no-store"})
 
 
@@ -160,6 +155,7 @@ async def openid_configuration(request: Request) -> Response:
                 "at_hash",
                 "azp",
                 "email",
+                "email_verified",
                 "fhirUser",
             ],
             "claims_parameter_supported": False,

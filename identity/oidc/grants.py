@@ -35,8 +35,8 @@ from carebridge.db import DirectStatement
 from carebridge.http import bearer, boundary
 from carebridge.runtime import Runtime
 from identity.models import new_id
+from identity.oidc import holders, tokens, withdrawals
 from identity.oidc import scopes as scope_rules
-from identity.oidc import tokens
 from identity.oidc.clients import Client
 from identity.oidc.context import (
     INTROSPECT_PATH,
@@ -321,18 +321,25 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         if row.used_at is not None:
             self._reused(record)
             return None
+        if row.grant_withdrawn_until is not None:
+            return None  # its account was disabled, or the app revoked, since
         if tokens.aware(row.expires_at) <= tokens.utcnow():
             return None
         return record
 
     def _reused(self, record: CodeRecord) -> None:
-        # RFC 6749 §4.1.2: a code used twice was stolen; what it gave is withdrawn.
-        tokens.revoke_family(db(), record.family_id)
+        # RFC 6749 §4.1.2: a code used twice was stolen; what it gave is withdrawn, its
+        # access token included.
+        withdrawals.end_family(db(), record.family_id)
         _security_event("identity.oidc.code.reused", record.client_id, self.request)
 
     def authenticate_user(self, record: CodeRecord) -> EndUser | None:
         return self.server.end_user(
-            self.request.client, record.account_id, record.auth_time, state=record.account
+            self.request.client,
+            record.account_id,
+            record.auth_time,
+            state=record.account,
+            grant_id=record.family_id,
         )
 
     def save_token(self, token: dict[str, Any]) -> None:
@@ -409,7 +416,11 @@ class RefreshRecord:
             auth_time=row.auth_time,
             issued_at=row.issued_at,
             expires_at=row.expires_at,
-            revoked=row.revoked_at is not None or row.used_at is not None,
+            revoked=(
+                row.revoked_at is not None
+                or row.used_at is not None
+                or row.grant_withdrawn_until is not None
+            ),
             account=account,
         )
 
@@ -435,7 +446,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
         lookup = refresh_lookup(refresh_token)
         row = read(*lookup) if lookup is not None else None
-        if row is None or row.revoked_at is not None:
+        # A withdrawn grant: its tokens were revoked, or this one was stored by an
+        # exchange racing the withdrawal.
+        if row is None or row.revoked_at is not None or row.grant_withdrawn_until is not None:
             return None
         record = RefreshRecord.of(row, AccountState.of(row))
         if row.used_at is not None:
@@ -446,13 +459,18 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         return record
 
     def _reused(self, record: RefreshRecord) -> None:
-        # RFC 9700 §4.14.2: a rotated token presented again means one copy leaked.
-        tokens.revoke_family(db(), record.family_id)
+        # RFC 9700 §4.14.2: a rotated token presented again means one copy leaked: the
+        # family ends, the access tokens it gave included.
+        withdrawals.end_family(db(), record.family_id)
         _security_event("identity.oidc.refresh.reused", record.client_id, self.request)
 
     def authenticate_user(self, record: RefreshRecord) -> EndUser | None:
         return self.server.end_user(
-            self.request.client, record.account_id, record.auth_time, state=record.account
+            self.request.client,
+            record.account_id,
+            record.auth_time,
+            state=record.account,
+            grant_id=record.family_id,
         )
 
     def save_token(self, token: dict[str, Any]) -> None:
@@ -531,8 +549,10 @@ class _TokenLookup:
             access = tokens.verify_access_token(self.server.runtime, token)
             if access is None:
                 return None
-            return AccessRecord(access, tokens.is_access_token_revoked(db(), access.jti))
-        row = tokens.find_refresh_token(db(), tokens.digest(token))
+            # Withdrawn, or its account no longer active: inactive (RFC 7662 §2.2).
+            return AccessRecord(access, not holders.in_standing(db(), access))
+        lookup = refresh_lookup(token)
+        row = read(*lookup) if lookup is not None else None
         return RefreshRecord.of(row) if row is not None else None
 
 
@@ -541,10 +561,10 @@ class Revocation(_TokenLookup, RevocationEndpoint):  # type: ignore[misc]
 
     def revoke_token(self, token: RefreshRecord | AccessRecord, request: Any) -> None:
         if isinstance(token, AccessRecord):
-            tokens.revoke_access_token(db(), token.access)
+            withdrawals.withdraw_token(db(), token.access)
         else:
-            # The whole grant goes: its successors too (RFC 7009 §2.1).
-            tokens.revoke_family(db(), token.family_id)
+            # The whole grant goes: its successors and its access tokens too (RFC 7009 §2.1).
+            withdrawals.end_family(db(), token.family_id)
 
 
 class Introspection(_TokenLookup, IntrospectionEndpoint):  # type: ignore[misc]

@@ -2,8 +2,9 @@
 
 Nothing secret is stored as issued: client secrets, authorization codes and refresh tokens
 are kept as SHA-256 digests (they are 256-bit random values, so a fast hash is enough and
-a stolen table is useless). Access tokens are self-contained JWTs; only the IDs (``jti``)
-of revoked ones are kept, until they would have expired anyway.
+a stolen table is useless). Access tokens are self-contained JWTs, stored nowhere; what
+withdraws them early (one token, a grant, a client) is kept until they would have expired
+anyway.
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ class OidcAuthorizationCode(Base):
     client_id: Mapped[str] = mapped_column(
         ForeignKey("oidc_client.client_id", ondelete="CASCADE"), index=True
     )
-    account_id: Mapped[str] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    # Indexed: disabling an account withdraws the grants its codes started.
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True
+    )
     redirect_uri: Mapped[str] = mapped_column(Text)
     scope: Mapped[str] = mapped_column(Text)
     nonce: Mapped[str | None] = mapped_column(String(255))
@@ -141,10 +145,19 @@ class OidcUsedAssertion(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
-class OidcRevokedAccessToken(Base):
-    """Access tokens revoked before expiry (RFC 7009), for introspection and userinfo."""
+class OidcWithdrawal(Base):
+    """Access tokens withdrawn before they expire (identity.oidc.withdrawals), by what they
+    carry: one token (``kind`` ``jti``, RFC 7009), every token of one grant (``grant``: its
+    family, the tokens' ``grant_id`` claim; its code and refresh tokens are refused too),
+    or every token of a client (``client``, disabled). Every resource API, userinfo and
+    introspection look here on each request (identity.oidc.holders).
 
-    __tablename__ = "oidc_revoked_access_token"
+    Kept until nothing it withdraws can still be presented (``expires_at``), and a grant's
+    as long as its family has refresh tokens stored (identity.oidc.purge).
+    """
 
-    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    __tablename__ = "oidc_withdrawal"
+
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

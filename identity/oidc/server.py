@@ -287,8 +287,11 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         auth_time: datetime,
         *,
         state: tokens.AccountState | None = None,
+        grant_id: str | None = None,
     ) -> EndUser | None:
-        return tokens.end_user(db, self.runtime, client, account_id, auth_time, state=state)
+        return tokens.end_user(
+            db, self.runtime, client, account_id, auth_time, state=state, grant_id=grant_id
+        )
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         """Client credentials store nothing (the access token is a JWT); the code and

@@ -23,12 +23,14 @@ from identity.models import Account, PatientLink
 from identity.oidc import scopes as scope_rules
 from identity.oidc import subjects
 from identity.oidc.clients import Client
+from identity.oidc.holders import GRANT_CLAIM
 from identity.oidc.models import (
     OidcAuthorizationCode,
     OidcRefreshToken,
-    OidcRevokedAccessToken,
     OidcSubject,
+    OidcWithdrawal,
 )
+from identity.oidc.withdrawals import GRANT
 
 
 def digest(value: str) -> str:
@@ -56,6 +58,7 @@ _REFRESH = cast(Table, OidcRefreshToken.__table__)
 _ACCOUNT = cast(Table, Account.__table__)
 _LINK = cast(Table, PatientLink.__table__)
 _SUBJECT = cast(Table, OidcSubject.__table__)
+_WITHDRAWAL = cast(Table, OidcWithdrawal.__table__)
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,10 @@ _STATE_COLUMNS = (
 
 
 def with_account_state(table: Table) -> Select[Any]:
-    """``SELECT table.*`` and the :class:`AccountState` of its row's account as its row's
-    client sees it (by the table's ``account_id`` and ``client_id``): one round trip."""
+    """``SELECT table.*``, the :class:`AccountState` of its row's account as its row's
+    client sees it (by the table's ``account_id`` and ``client_id``), and whether its
+    grant was withdrawn (``grant_withdrawn_until``, by its ``family_id``; None if not):
+    one round trip."""
     joined = (
         table.outerjoin(_ACCOUNT, _ACCOUNT.c.id == table.c.account_id)
         .outerjoin(_LINK, _LINK.c.account_id == table.c.account_id)
@@ -93,13 +98,17 @@ def with_account_state(table: Table) -> Select[Any]:
                 _SUBJECT.c.account_id == table.c.account_id,
             ),
         )
+        .outerjoin(
+            _WITHDRAWAL,
+            and_(_WITHDRAWAL.c.kind == GRANT, _WITHDRAWAL.c.value == table.c.family_id),
+        )
     )
-    return select(table, *_STATE_COLUMNS).select_from(joined)
+    withdrawn = _WITHDRAWAL.c.expires_at.label("grant_withdrawn_until")
+    return select(table, *_STATE_COLUMNS, withdrawn).select_from(joined)
 
 
 # Hot-path statements, built once: building a statement and its cache key on every
 # request costs more than running it.
-_FIND_REFRESH = select(_REFRESH).where(_REFRESH.c.token_hash == bindparam("token_hash"))
 FIND_REFRESH_WITH_ACCOUNT = DirectStatement(
     with_account_state(_REFRESH).where(_REFRESH.c.token_hash == bindparam("token_hash"))
 )
@@ -159,12 +168,15 @@ class EndUser:
     ``patient`` is the patient identifier this client may see: for a first-party client the
     opaque patient ID (which is also its ``sub``), for any other client its pairwise
     ``sub`` (so two unrelated apps still cannot correlate); None while unverified.
+    ``grant_id``: the grant (family) its tokens come from, carried by its access tokens so
+    that ending the grant withdraws them (identity.oidc.withdrawals); None outside a grant.
     """
 
     account_id: str
     auth_time: int
     subject: str
     patient: str | None
+    grant_id: str | None = None
 
 
 def end_user(
@@ -175,6 +187,7 @@ def end_user(
     auth_time: datetime,
     *,
     state: AccountState | None = None,
+    grant_id: str | None = None,
 ) -> EndUser | None:
     """The end user for a token, or None if the account can no longer have one.
 
@@ -182,6 +195,7 @@ def end_user(
     grants); without it, it is read here. The subject is recorded the first time it is
     given to the client (one INSERT), never looked up again once the state shows it.
     ``db`` gives the Session, asked for only then (identity.oidc.context.Unit).
+    ``grant_id``: the grant the user's tokens are for, if any (EndUser).
     """
     if state is None:
         found = (
@@ -206,6 +220,7 @@ def end_user(
         auth_time=int(aware(auth_time).timestamp()),
         subject=subject,
         patient=subject if patient_id is not None else None,
+        grant_id=grant_id,
     )
 
 
@@ -220,6 +235,8 @@ def user_claims(
         login = accounts.login_of(db(), runtime.keyring, user.account_id)
         if login and "@" in login:
             claims["email"] = login
+            # Nothing proves yet that the person receives mail there (sign-up sends none).
+            claims["email_verified"] = False
     if user.patient is not None and scope_rules.FHIR_USER in granted:
         claims["fhirUser"] = f"Patient/{user.patient}"
     return claims
@@ -245,6 +262,8 @@ def mint_access_token(
     }
     if user is not None:
         claims["auth_time"] = user.auth_time
+        if user.grant_id is not None:
+            claims[GRANT_CLAIM] = user.grant_id
     header = {"typ": "at+jwt", "alg": key.alg, "kid": key.kid}
     return jwt.encode(header, claims, key.key, algorithms=[key.alg]), lifetime
 
@@ -307,45 +326,6 @@ def redemption(
     return gated(dialect, _CLAIM[kind], params, rows)
 
 
-def find_refresh_token(db: Session, token_hash: str) -> Any:
-    """The refresh token row (a Core row: attributes named like the columns), or None."""
-    return db.execute(_FIND_REFRESH, {"token_hash": token_hash}).first()
-
-
-def revoke_family(db: Session, family_id: str) -> int:
-    result = db.execute(
-        update(OidcRefreshToken)
-        .where(OidcRefreshToken.family_id == family_id, OidcRefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def revoke_for(db: Session, *, account_id: str, client_id: str) -> int:
-    result = db.execute(
-        update(OidcRefreshToken)
-        .where(
-            OidcRefreshToken.account_id == account_id,
-            OidcRefreshToken.client_id == client_id,
-            OidcRefreshToken.revoked_at.is_(None),
-        )
-        .values(revoked_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def revoke_for_client(db: Session, client_id: str) -> int:
-    result = db.execute(
-        update(OidcRefreshToken)
-        .where(OidcRefreshToken.client_id == client_id, OidcRefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
 def verify_access_token(runtime: Runtime, token: str) -> bearer.AccessToken | None:
     try:
         return bearer.verify(
@@ -356,20 +336,6 @@ def verify_access_token(runtime: Runtime, token: str) -> bearer.AccessToken | No
         )
     except bearer.InvalidTokenError:
         return None
-
-
-def is_access_token_revoked(db: Session, jti: str) -> bool:
-    return db.get(OidcRevokedAccessToken, jti[:64]) is not None
-
-
-def revoke_access_token(db: Session, access: bearer.AccessToken) -> None:
-    if is_access_token_revoked(db, access.jti):
-        return
-    db.add(
-        OidcRevokedAccessToken(
-            jti=access.jti[:64], expires_at=datetime.fromtimestamp(access.expires_at, UTC)
-        )
-    )
 
 
 def new_token() -> str:

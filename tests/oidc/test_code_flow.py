@@ -71,6 +71,7 @@ def test_code_flow_issues_tokens_with_the_contract(
     assert access.claims["exp"] - access.claims["iat"] == 600
     assert access.claims["scope"] == "openid offline_access"
     assert isinstance(access.claims["auth_time"], int)
+    assert access.claims["grant_id"].startswith("fam_")  # what ending the grant withdraws
     id_token = jwt.decode(body["id_token"], keys)
     assert id_token.claims["nonce"] == params["nonce"]
     assert id_token.claims["aud"] == [registered.client_id]

@@ -10,9 +10,12 @@ import pytest
 from joserfc import jwt
 from starlette.testclient import TestClient
 
+from carebridge.db import transaction
 from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
+from identity import accounts
 from tests import tokens as minting
+from tests.identity import factories
 from tests.oidc import helpers
 
 
@@ -98,6 +101,28 @@ def test_userinfo_releases_only_granted_claims(
         "/oauth2/userinfo", headers={"Authorization": f"Bearer {wide['access_token']}"}
     ).json()
     assert info["fhirUser"].startswith("Patient/") and info["sub"] == narrow_sub(runtime, narrow)
+
+
+def test_email_claim_says_it_is_not_verified(client: TestClient, runtime: Runtime) -> None:
+    # No address is verified anywhere yet: a relying party that trusts an email for
+    # account linking must be told so, in the ID token and at userinfo alike.
+    registered = helpers.register(runtime, scopes="openid email")
+    with transaction(runtime.sessions) as db:
+        account_id = accounts.create(
+            db, runtime.keyring, login="pat@example.org", password_hash="$argon2id$x"
+        )
+    factories.totp(runtime, account_id)
+    helpers.use_session(client, runtime, factories.session(runtime, account_id, level=2))
+    body = _tokens(client, registered, scope="openid email")
+    id_token = jwt.decode(body["id_token"], runtime.keyring.verification_keys()).claims
+    info = client.get(
+        "/oauth2/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"}
+    )
+    for claims in (id_token, info.json()):
+        assert claims["email"] == "pat@example.org"
+        assert claims["email_verified"] is False
+    metadata = client.get("/.well-known/openid-configuration").json()
+    assert "email_verified" in metadata["claims_supported"]
 
 
 def narrow_sub(runtime: Runtime, body: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from identity.oidc import purge
-from identity.oidc.models import OidcRefreshToken, OidcRevokedAccessToken, OidcUsedAssertion
+from identity.oidc.models import OidcRefreshToken, OidcUsedAssertion, OidcWithdrawal
 from tests.identity import factories
 from tests.oidc import helpers
 
@@ -44,11 +44,21 @@ def test_purge_drops_dead_rows_after_a_grace_day(runtime: Runtime) -> None:
             OidcUsedAssertion(client_id="c", jti="in-leeway", expires_at=now - timedelta(seconds=1))
         )
         db.add(OidcUsedAssertion(client_id="c", jti="live", expires_at=now + timedelta(minutes=5)))
-        db.add(OidcRevokedAccessToken(jti="old", expires_at=now - timedelta(seconds=1)))
+        expired = now - timedelta(seconds=1)
+        for kind, value, until in (
+            ("jti", "old", expired),
+            ("jti", "live", now + timedelta(minutes=5)),
+            ("client", "cli_old", expired),
+            ("grant", "fam_gone", expired),
+            # Its family still has a refresh token stored: refused until that is purged.
+            ("grant", "fam_live", expired),
+        ):
+            db.add(OidcWithdrawal(kind=kind, value=value, expires_at=until))
     purge.purge_expired(runtime)
     with runtime.sessions() as db:
         families = sorted(db.scalars(select(OidcRefreshToken.family_id)))
         jtis = sorted(db.scalars(select(OidcUsedAssertion.jti)))
-        revoked = db.scalars(select(OidcRevokedAccessToken.jti)).all()
+        withdrawn = sorted(db.execute(select(OidcWithdrawal.kind, OidcWithdrawal.value)).tuples())
     assert families == ["fam_live", "fam_recent"]
-    assert jtis == ["in-leeway", "live"] and revoked == []
+    assert jtis == ["in-leeway", "live"]
+    assert withdrawn == [("grant", "fam_live"), ("jti", "live")]

@@ -13,11 +13,11 @@ from carebridge import audit
 from carebridge.audit import AuditRecord, Outcome
 from carebridge.runtime import Runtime
 from identity.oidc.context import NoTransactionError, connection, db
-from identity.oidc.models import OidcRevokedAccessToken
+from identity.oidc.models import OidcWithdrawal
 from identity.oidc.server import AuthorizationServer
 from tests.oidc import helpers
 
-_REVOKED = cast(Table, OidcRevokedAccessToken.__table__)
+_WITHDRAWN = cast(Table, OidcWithdrawal.__table__)
 
 
 def _later() -> datetime:
@@ -26,14 +26,16 @@ def _later() -> datetime:
 
 def _kept(runtime: Runtime) -> set[str]:
     with runtime.sessions() as session:
-        return set(session.scalars(select(OidcRevokedAccessToken.jti)))
+        return set(session.scalars(select(OidcWithdrawal.value)))
 
 
 def test_connection_and_session_work_commit_together(runtime: Runtime) -> None:
     server = AuthorizationServer(runtime)
     with server.unit():
-        connection().execute(insert(_REVOKED), {"jti": "by-connection", "expires_at": _later()})
-        db().add(OidcRevokedAccessToken(jti="by-session", expires_at=_later()))
+        connection().execute(
+            insert(_WITHDRAWN), {"kind": "jti", "value": "by-connection", "expires_at": _later()}
+        )
+        db().add(OidcWithdrawal(kind="jti", value="by-session", expires_at=_later()))
         audit.stage(db(), actor="test", action="test.unit", outcome=Outcome.ALLOWED)
     assert _kept(runtime) == {"by-connection", "by-session"}
     with runtime.sessions() as session:
@@ -46,11 +48,11 @@ def test_a_failure_rolls_back_both(runtime: Runtime) -> None:
 
     def failing_grant() -> None:
         with server.unit():
-            values = {"jti": "by-connection", "expires_at": _later()}
-            connection().execute(insert(_REVOKED), values)
-            db().add(OidcRevokedAccessToken(jti="flushed", expires_at=_later()))
+            values = {"kind": "jti", "value": "by-connection", "expires_at": _later()}
+            connection().execute(insert(_WITHDRAWN), values)
+            db().add(OidcWithdrawal(kind="jti", value="flushed", expires_at=_later()))
             db().flush()
-            db().add(OidcRevokedAccessToken(jti="pending", expires_at=_later()))
+            db().add(OidcWithdrawal(kind="jti", value="pending", expires_at=_later()))
             raise RuntimeError("the grant failed")
 
     with pytest.raises(RuntimeError):
