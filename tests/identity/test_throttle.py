@@ -304,9 +304,11 @@ def test_attempts_racing_at_a_gate_cannot_all_slip_under_it(
     dob = throttle.Limit(throttle.VERIFY_DOB, f"verify-dob:{key()}")
     start = threading.Barrier(12)
     answers: list[object] = []
+    addresses = [throttle.Limit(throttle.VERIFY_ADDRESS, f"verify-ip:{key()}") for _ in range(12)]
+    unused = list(addresses)
 
     def one() -> None:
-        address = throttle.Limit(throttle.VERIFY_ADDRESS, f"verify-ip:{key()}")
+        address = unused.pop()
         start.wait()
         answers.append(gated(runtime, store, [dob, address], {dob.key: 3}))
 
@@ -318,7 +320,8 @@ def test_attempts_racing_at_a_gate_cannot_all_slip_under_it(
     counted = sorted(a[dob.key] for a in answers if isinstance(a, dict))
     assert counted == [1, 2, 3]
     assert answers.count(throttle.Refused.GATED) == 9
-    Counter(runtime, store, dob).reset()
+    for limit in [dob, *addresses]:
+        Counter(runtime, store, limit).reset()
 
 
 def test_hard_lock_survives_in_redis_without_expiry(runtime: Runtime) -> None:
