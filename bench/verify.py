@@ -5,7 +5,7 @@ fresh PostgreSQL database, then times identity.flows.verify.verify, the whole se
 call (throttle counters, the indexed identity-hash lookup, the link, the audit record),
 for K accounts that verify successfully and K that give a wrong SSN last 4; then, with
 every birth date stepped up (``verify_step_up_after=0``), K that verify with last name and
-ZIP as well and K that are asked for them (the attempt taken back from every counter).
+ZIP as well and K that are asked for them (nothing counted, the roster not read).
 Each attempt comes from its own address and DOB so the throttles measure their cost
 without locking. HTTP adds the shell's ~1 ms (bench/http_shell.py). Usage:
     .venv/bin/python bench/verify.py [--rows 1000000] [--attempts 300]

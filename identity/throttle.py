@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, cast
+from enum import Enum
+from typing import Any, Protocol, cast
 
 import redis
-from sqlalchemy import Table, and_, bindparam, case, delete, not_, or_, select, text, update
+from sqlalchemy import Select, Table, and_, bindparam, case, delete, not_, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from carebridge.keyring import Keyring
@@ -56,7 +57,9 @@ class Policy:
     free: int  # consecutive failures that cost nothing
     max_delay: int  # seconds
     hard_cap: int | None  # failures at which the key locks until an operator clears it
-    forget_after: timedelta  # a key this long without attempts starts again (unless hard-locked)
+    # A key this long without attempts starts again (unless hard-locked); None: never,
+    # only a reset (a success, an operator) clears it.
+    forget_after: timedelta | None
 
     def delay(self, failures: int) -> float | None:
         """Seconds the key stays locked after this many failures; None: until cleared."""
@@ -88,14 +91,14 @@ UPSTREAM_START_ADDRESS = Policy(
     "upstream-ip", free=30, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
 )
 # Identity verification (identity/flows/verify.py): four SSN digits are 10,000 guesses.
-# Only the account's own counter refuses: 5 failures within a day lock it until staff
-# review. The shared ones (address, DOB, roster identity) only count: a stranger could
-# fill them, so they never refuse anyone; past its threshold (in verify.py) the address or
-# DOB makes verification ask for last name and ZIP as well, and a roster identity failed
-# 10 times raises an alert. Each is forgotten after its quiet period.
-VERIFY_ACCOUNT = Policy(
-    "verify-account", free=5, max_delay=0, hard_cap=5, forget_after=timedelta(hours=24)
-)
+# Only the account's own counter refuses: its 5th failure locks it until staff review,
+# and its failures are never forgotten before a success or that review (forgotten after a
+# quiet day, an account guessed 4 times a day for ever). The shared ones (address, DOB,
+# roster identity, DOB + last name + ZIP) only count: a stranger could fill them, so they
+# never refuse anyone; past its threshold (in verify.py) the address or DOB makes
+# verification ask for last name and ZIP as well, and a roster identity or a person
+# failed 10 times raises an alert. Each is forgotten after its quiet period.
+VERIFY_ACCOUNT = Policy("verify-account", free=5, max_delay=0, hard_cap=5, forget_after=None)
 VERIFY_ADDRESS = Policy(
     "verify-ip", free=0, max_delay=0, hard_cap=None, forget_after=timedelta(hours=1)
 )
@@ -104,6 +107,9 @@ VERIFY_RECORD = Policy(
 )
 VERIFY_DOB = Policy(
     "verify-dob", free=0, max_delay=0, hard_cap=None, forget_after=timedelta(days=30)
+)
+VERIFY_PERSON = Policy(
+    "verify-person", free=0, max_delay=0, hard_cap=None, forget_after=timedelta(days=30)
 )
 # Activation codes (identity/flows/activate.py): 5 failures lock redemption until staff
 # review (`carebridge roster activation-unlock`); per address, delays only.
@@ -120,10 +126,13 @@ _NEVER_CAPPED = (
     VERIFY_ADDRESS,
     VERIFY_DOB,
     VERIFY_RECORD,
+    VERIFY_PERSON,
     ACTIVATE_ADDRESS,
 )
 # Policies that lock for good below HARD_CAP: purge keeps their locked counters too.
 _CAPPED_LOW = (VERIFY_ACCOUNT, ACTIVATE_ACCOUNT)
+# Policies that never forget: purge keeps every counter of theirs that holds a failure.
+_REMEMBERED = (VERIFY_ACCOUNT,)
 # Longer than any policy's forget_after.
 PURGE_AFTER = timedelta(days=31)
 
@@ -166,6 +175,13 @@ class State:
         return self.hard_locked or (self.locked_until is not None and self.locked_until > now)
 
 
+class Refused(Enum):
+    """Why :meth:`Store.attempt_gated` counted nothing."""
+
+    LOCKED = "locked"  # a key whose policy refuses is locked
+    GATED = "gated"  # a gate key already held its number of failures
+
+
 class Store(Protocol):
     """Where the counters live. ``db`` is the caller's transaction (the database store
     counts in it; the Redis store ignores it)."""
@@ -173,6 +189,15 @@ class Store(Protocol):
     def attempt(self, db: Session, limits: Sequence[Limit], now: datetime) -> dict[str, int] | None:
         """If no key is locked: count one failure on each, set the lock it earns, and return
         each key's count. If any key is locked: count nothing and return None."""
+
+    def attempt_gated(
+        self, db: Session, limits: Sequence[Limit], now: datetime, gates: Mapping[str, int]
+    ) -> dict[str, int] | Refused:
+        """As :meth:`attempt` (a lock refuses with ``Refused.LOCKED``), except that if a key
+        named in ``gates`` already holds at least that many failures, nothing is counted
+        or written, not even a key's time of last attempt, and the answer is
+        ``Refused.GATED``. Decided in the same atomic step as the count, so attempts racing
+        each other cannot all slip under a gate."""
 
     def reset(self, db: Session, limit: Limit) -> None:
         """Forget a key (a success on a login; an operator's unlock)."""
@@ -206,12 +231,12 @@ _INSERT_MISSING = text(
     'INSERT INTO throttle_counter ("key", failures, locked_until, updated_at) '
     'VALUES (:key, 0, NULL, :updated_at) ON CONFLICT ("key") DO NOTHING'
 ).bindparams(bindparam("updated_at", type_=_COUNTERS.c.updated_at.type))
-_LOCK_COUNTERS = (
+_READ_COUNTERS = (
     select(_COUNTERS.c.key, _COUNTERS.c.failures, _COUNTERS.c.locked_until, _COUNTERS.c.updated_at)
     .where(_COUNTERS.c.key.in_(bindparam("keys", expanding=True)))
     .order_by(_COUNTERS.c.key)
-    .with_for_update()
 )
+_LOCK_COUNTERS = _READ_COUNTERS.with_for_update()
 _UPDATE_COUNTER = (
     update(_COUNTERS)
     .where(_COUNTERS.c.key == bindparam("k"))
@@ -248,8 +273,41 @@ def _state_of(policy: Policy, failures: int, locked_until: datetime | None) -> S
 
 
 def _forgotten(policy: Policy, failures: int, updated_at: datetime, now: datetime) -> bool:
+    if policy.forget_after is None:
+        return False
     quiet = now - (_utc(updated_at) or now)
     return quiet >= policy.forget_after and not policy.hard_locked(failures)
+
+
+_Row = tuple[int, datetime | None, datetime]  # failures, locked_until, updated_at
+
+
+def _rows(db: Session, statement: Select[Any], keys: list[str]) -> dict[str, _Row]:
+    found = db.execute(statement, {"keys": keys})
+    return {key: (failures, until, at) for key, failures, until, at in found}
+
+
+def _decide(
+    policies: Mapping[str, Policy],
+    rows: Mapping[str, _Row],
+    now: datetime,
+    gates: Mapping[str, int],
+) -> dict[str, int] | Refused:
+    """Each key's count after this attempt, or why it counts nothing: a lock first (the
+    answer a locked key always gets), then a gate."""
+    counts: dict[str, int] = {}
+    gated = False
+    for key in sorted(policies):
+        stored, stored_until, updated_at = rows.get(key, (0, None, now))
+        policy = policies[key]
+        forgotten = _forgotten(policy, stored, updated_at, now)
+        failures = 0 if forgotten else stored
+        locked_until = None if forgotten else stored_until
+        if policy.refuses and _state_of(policy, failures, locked_until).locked(now):
+            return Refused.LOCKED
+        gated = gated or (key in gates and failures >= gates[key])
+        counts[key] = failures + 1
+    return Refused.GATED if gated else counts
 
 
 class DatabaseStore:
@@ -258,24 +316,30 @@ class DatabaseStore:
     IMMEDIATE, which serializes them)."""
 
     def attempt(self, db: Session, limits: Sequence[Limit], now: datetime) -> dict[str, int] | None:
+        counts = self.attempt_gated(db, limits, now, {})
+        return None if isinstance(counts, Refused) else counts
+
+    def attempt_gated(
+        self, db: Session, limits: Sequence[Limit], now: datetime, gates: Mapping[str, int]
+    ) -> dict[str, int] | Refused:
         policies = {limit.key: limit.policy for limit in limits}
         keys = sorted(policies)  # one order for everyone: no crosswise waits
         serialized = db.get_bind().dialect.name == "sqlite"
         if not serialized:
+            if gates:
+                # A gated attempt writes nothing, not even the empty rows locking needs:
+                # read first. A refusal read here stands (a lock or a gate only opens by a
+                # reset, a refund or time, so acting on a stale one is safe); anything
+                # else is decided again under the lock.
+                early = _decide(policies, _rows(db, _READ_COUNTERS, keys), now, gates)
+                if isinstance(early, Refused):
+                    return early
             # Rows to lock must exist: two first attempts on a new key must not both
             # count from zero.
             db.execute(_INSERT_MISSING, [{"key": k, "updated_at": now} for k in keys])
-        rows = {row[0]: row[1:] for row in db.execute(_LOCK_COUNTERS, {"keys": keys})}
-        counts: dict[str, int] = {}
-        for key in keys:
-            stored, stored_until, updated_at = rows.get(key, (0, None, now))
-            policy = policies[key]
-            forgotten = _forgotten(policy, stored, updated_at, now)
-            failures = 0 if forgotten else stored
-            locked_until = None if forgotten else stored_until
-            if policy.refuses and _state_of(policy, failures, locked_until).locked(now):
-                return None
-            counts[key] = failures + 1
+        counts = _decide(policies, _rows(db, _LOCK_COUNTERS, keys), now, gates)
+        if isinstance(counts, Refused):
+            return counts
         db.execute(
             _UPSERT_COUNTER if serialized else _UPDATE_COUNTER,
             [
@@ -305,7 +369,8 @@ class DatabaseStore:
         under LOGIN or any other policy capped at 100) except those of the uncapped
         policies (addresses, verification's birth dates and roster identities).
         Keeps counters locked at their lower caps (VERIFY_ACCOUNT, ACTIVATE_ACCOUNT) as
-        well: those wait for staff review.
+        well: those wait for staff review; and every counter holding a failure under a
+        policy that never forgets (VERIFY_ACCOUNT).
         """
         never_capped = or_(
             *(_COUNTERS.c.key.startswith(f"{policy.prefix}:") for policy in _NEVER_CAPPED)
@@ -319,39 +384,56 @@ class DatabaseStore:
                 for policy in _CAPPED_LOW
             )
         )
+        remembered = or_(
+            *(
+                and_(_COUNTERS.c.key.startswith(f"{policy.prefix}:"), _COUNTERS.c.failures > 0)
+                for policy in _REMEMBERED
+            )
+        )
         result = db.execute(
             delete(_COUNTERS).where(
                 _COUNTERS.c.updated_at < now - older_than,
                 or_(_COUNTERS.c.failures < HARD_CAP, never_capped),
                 not_(locked_low),
+                not_(remembered),
             )
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 # Redis: one hash per key ("f": failures, "u": locked until, epoch seconds; 0 = not by
-# time). Each key expires after its policy's forget_after, except once hard-locked.
+# time). Each key expires after its policy's forget_after, except once hard-locked and
+# under a policy that never forgets.
 _REDIS_PREFIX = "carebridge:throttle:"
 
-# KEYS: the counters. ARGV: now, then per key: free, max_delay, hard_cap (0: none), ttl.
+# KEYS: the counters. ARGV: now, then per key: free, max_delay, hard_cap (0: none), ttl
+# (0: never forgotten), gate (-1: none).
 _ATTEMPT = """
 local now = tonumber(ARGV[1])
+local gated = false
 for i = 1, #KEYS do
-  local max_delay = tonumber(ARGV[4 * i - 1])
-  local cap = tonumber(ARGV[4 * i])
+  local max_delay = tonumber(ARGV[5 * i - 2])
+  local cap = tonumber(ARGV[5 * i - 1])
+  local gate = tonumber(ARGV[5 * i + 1])
   local f = tonumber(redis.call('HGET', KEYS[i], 'f') or '0')
   local u = tonumber(redis.call('HGET', KEYS[i], 'u') or '0')
   -- A counter without delays or cap only counts (Policy.refuses).
   if (cap > 0 and f >= cap) or (max_delay > 0 and u > now) then
     return false
   end
+  if gate >= 0 and f >= gate then
+    gated = true
+  end
+end
+if gated then
+  return 'gated'
 end
 local counts = {}
 for i = 1, #KEYS do
-  local free = tonumber(ARGV[4 * i - 2])
-  local max_delay = tonumber(ARGV[4 * i - 1])
-  local cap = tonumber(ARGV[4 * i])
-  local ttl = tonumber(ARGV[4 * i + 1])
+  local free = tonumber(ARGV[5 * i - 3])
+  local max_delay = tonumber(ARGV[5 * i - 2])
+  local cap = tonumber(ARGV[5 * i - 1])
+  local ttl = tonumber(ARGV[5 * i])
   local f = redis.call('HINCRBY', KEYS[i], 'f', 1)
   if cap > 0 and f >= cap then
     redis.call('HSET', KEYS[i], 'u', 0)
@@ -362,14 +444,18 @@ for i = 1, #KEYS do
       until_ = now + math.min(2 ^ math.min(f - free - 1, 30), max_delay)
     end
     redis.call('HSET', KEYS[i], 'u', tostring(until_))
-    redis.call('EXPIRE', KEYS[i], ttl)
+    if ttl > 0 then
+      redis.call('EXPIRE', KEYS[i], ttl)
+    else
+      redis.call('PERSIST', KEYS[i])
+    end
   end
   counts[i] = f
 end
 return counts
 """
 
-# KEYS[1]: the counter. ARGV: free.
+# KEYS[1]: the counter. ARGV: free, hard_cap (0: none), ttl (0: never forgotten).
 _REFUND = """
 local f = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
 if f > 0 then
@@ -377,9 +463,20 @@ if f > 0 then
   if f <= tonumber(ARGV[1]) then
     redis.call('HSET', KEYS[1], 'u', 0)
   end
+  -- Taken back from its cap, the key is forgotten after its quiet period again, as the
+  -- database forgets it from the attempt's time.
+  local cap = tonumber(ARGV[2])
+  local ttl = tonumber(ARGV[3])
+  if cap > 0 and f + 1 == cap and ttl > 0 then
+    redis.call('EXPIRE', KEYS[1], ttl)
+  end
 end
 return f
 """
+
+
+def _ttl(policy: Policy) -> int:
+    return 0 if policy.forget_after is None else int(policy.forget_after.total_seconds())
 
 
 class RedisStore:
@@ -391,21 +488,31 @@ class RedisStore:
         self._refund = client.register_script(_REFUND)
 
     def attempt(self, db: Session, limits: Sequence[Limit], now: datetime) -> dict[str, int] | None:
+        counts = self.attempt_gated(db, limits, now, {})
+        return None if isinstance(counts, Refused) else counts
+
+    def attempt_gated(
+        self, db: Session, limits: Sequence[Limit], now: datetime, gates: Mapping[str, int]
+    ) -> dict[str, int] | Refused:
         args: list[float | int] = [now.timestamp()]
         for limit in limits:
             policy = limit.policy
-            ttl = int(policy.forget_after.total_seconds())
-            args += [policy.free, policy.max_delay, policy.hard_cap or 0, ttl]
+            gate = gates.get(limit.key, -1)
+            args += [policy.free, policy.max_delay, policy.hard_cap or 0, _ttl(policy), gate]
         counts = self._attempt(keys=[_REDIS_PREFIX + limit.key for limit in limits], args=args)
         if counts is None:
-            return None
+            return Refused.LOCKED
+        if not isinstance(counts, list):
+            return Refused.GATED
         return {limit.key: int(count) for limit, count in zip(limits, counts, strict=True)}
 
     def reset(self, db: Session, limit: Limit) -> None:
         self.client.delete(_REDIS_PREFIX + limit.key)
 
     def refund(self, db: Session, limit: Limit, now: datetime) -> None:
-        self._refund(keys=[_REDIS_PREFIX + limit.key], args=[limit.policy.free])
+        policy = limit.policy
+        args = [policy.free, policy.hard_cap or 0, _ttl(policy)]
+        self._refund(keys=[_REDIS_PREFIX + limit.key], args=args)
 
     def state(self, db: Session, limit: Limit, now: datetime) -> State:
         fields = self.client.hmget(_REDIS_PREFIX + limit.key, ["f", "u"])

@@ -8,31 +8,36 @@ and last name + ZIP as well while someone seems to be guessing.
    number is refused with a message that only the last four are needed; it is never
    echoed, stored or logged).
 2. Count the attempt *first*, as a failure (identity/throttle.py), against the account,
-   the client address, the DOB and the roster identity (DOB + SSN4 hash). **Only the
-   account's own counter refuses**: 5 failures lock it until staff review ("contact
-   support"), which hurts nobody but that account. The shared counters never refuse,
-   since a stranger can fill them; instead, once the DOB has
+   the client address, the DOB, the roster identity (DOB + SSN4 hash) and, when last name
+   and ZIP are both given, the person (DOB + last name + ZIP hash). **Only the account's
+   own counter refuses**: its 5th failure locks it until staff review ("contact
+   support"), which hurts nobody but that account; its failures are never forgotten
+   before a success or that review, so an account is 5 guesses in all. The shared
+   counters never refuse, since a stranger can fill them; instead, once the DOB has
    ``CAREBRIDGE_VERIFY_STEP_UP_AFTER`` (3) failures within its 30 quiet days, or the
    address 10 within its quiet hour, the attempt is *stepped up*: it links only with the
    last name and ZIP as well. A stepped-up attempt without both is answered "we need your
-   last name and ZIP as well" for every DOB/SSN4 pair, checked or not, and its counts are
-   taken back: it tried nothing. A roster identity failed 10 times is an alert (log and
-   metric), never a lock.
+   last name and ZIP as well" for every DOB/SSN4 pair, and touches no counter: the
+   counting step itself finds the step-up (``Store.attempt_gated``), before anything is
+   counted or the roster read, so it neither costs the account a failure (nor, counted
+   and taken back, locks it for a moment) nor keeps the DOB or address stepped up. A
+   roster identity or a person failed 10 times is an alert (log and metric), never a lock.
 3. Match ``RosterHashes.identity(dob, ssn4)`` over the roster, narrowed by whichever of
    last name and ZIP were given. Exactly one eligible row, not linked to anyone → a
    ``PatientLink`` (its unique constraints settle concurrent claims: the loser gets the
    failure answer). Anything else without the tie-breaker → ask for the tie-breaker
    (``CAREBRIDGE_VERIFY_TIEBREAKER``: last name or ZIP), the same answer whether the pair
    is shared, unknown, ineligible or claimed; with it, the one failure answer. Every path
-   does the same hashes and queries. Which of these answers comes depends on the pair only
-   through "exactly one unclaimed match" (a success); the step-up depends on failure counts
-   alone, which grow the same whether or not a pair exists.
+   that reads the roster does the same hashes and queries. Which of these answers comes
+   depends on the pair only through "exactly one unclaimed match" (a success); the
+   step-up depends on failure counts alone, which grow the same whether or not a pair
+   exists.
 
 Every attempt is audited (``identity.verify``, allowed/failed/denied, target the account
 and on success the patient ID; never a value) and counted in
 ``carebridge_verification_total{outcome}``; each account lock in
 ``carebridge_verification_locks_total{kind="account"}``; each DOB or address reaching its
-step-up threshold, and each roster identity failed 10 times, in
+step-up threshold, and each roster identity or person failed 10 times, in
 ``carebridge_verification_alerts_total{kind}``. docs/threat-model.md has the arithmetic.
 """
 
@@ -90,13 +95,19 @@ ALERTS = Counter(
     "carebridge_verification_alerts_total",
     "Shared verification counters reaching a threshold: a birth date or an address now "
     "asks for last name and ZIP as well (dob, address); one roster identity (DOB + SSN "
-    "last 4) failed 10 times from any accounts (record)",
+    "last 4) failed 10 times from any accounts (record); one person (DOB + last name + "
+    "ZIP) failed 10 times from any accounts (person)",
     ["kind"],
 )
 # Failures from one address within its quiet hour before it steps up; failures against
-# one roster identity within 30 quiet days before the alert.
+# one roster identity, or one person, within 30 quiet days before the alert. A patient's
+# own account fails at most 5 times, so 10 failures on a person are at least two accounts.
 STEP_UP_ADDRESS = 10
 RECORD_ALERT = 10
+PERSON_ALERT = 10
+# The log line of the person alert: no value, not even a hash (an operator finds the
+# accounts in the audit log's failed identity.verify records around it).
+PERSON_TARGETED = "verification person targeted"
 
 FAILED = (
     "We couldn't verify your identity with those details. Check them and try again, "
@@ -105,8 +116,12 @@ FAILED = (
 NEED_MORE = "We need one more detail to find your record. Enter your details again, with it."
 MORE_PROOF = (
     "We need your last name and ZIP code as well to confirm it's you. Enter your details "
-    "again, with both."
+    "again, with both, as your employer, insurer or clinic has them. If that doesn't work "
+    "(say you have moved or changed your name since), contact support and ask for an "
+    "activation code."
 )
+# Where an activation code is redeemed, for API clients (the page links to /activate).
+ACTIVATE_API = "/api/v1/activate"
 LOCKED = (
     "We can't verify your identity online right now. Contact support and we'll help you finish."
 )
@@ -256,26 +271,54 @@ class _Row:
     linked_to: str | None
 
 
-def _limits(
-    runtime: Runtime, account_id: str, client_host: str | None, identity: str, dob: str
-) -> list[throttle.Limit]:
-    return [
-        throttle.Limit(throttle.VERIFY_ACCOUNT, f"{throttle.VERIFY_ACCOUNT.prefix}:{account_id}"),
-        throttle.address_limit(runtime.keyring, client_host, throttle.VERIFY_ADDRESS),
-        throttle.Limit(throttle.VERIFY_RECORD, f"{throttle.VERIFY_RECORD.prefix}:{identity}"),
-        throttle.Limit(throttle.VERIFY_DOB, f"{throttle.VERIFY_DOB.prefix}:{dob}"),
-    ]
+@dataclass(frozen=True)
+class _Keys:
+    """The counters an attempt is counted against."""
+
+    account: throttle.Limit
+    address: throttle.Limit
+    record: throttle.Limit
+    dob: throttle.Limit
+    person: throttle.Limit | None  # only with last name and ZIP both given
+
+    @property
+    def shared(self) -> list[throttle.Limit]:
+        """Every counter but the account's: what a success takes its attempt back from."""
+        found = [self.address, self.record, self.dob]
+        return found if self.person is None else [*found, self.person]
 
 
-def _stepped_up(runtime: Runtime, counts: dict[str, int], limits: list[throttle.Limit]) -> bool:
-    """Whether the DOB or the address had failed often enough, before this attempt, that
-    it needs the last name and ZIP as well. Failure counts only: whatever the roster holds,
-    they grow the same."""
-    address, dob = limits[1].key, limits[3].key
-    return (
-        counts[dob] - 1 >= runtime.settings.verify_step_up_after
-        or counts[address] - 1 >= STEP_UP_ADDRESS
+def _keys(
+    runtime: Runtime,
+    account_id: str,
+    client_host: str | None,
+    *,
+    identity: str,
+    dob: str,
+    person: str | None,
+) -> _Keys:
+    def limit(policy: throttle.Policy, value: str) -> throttle.Limit:
+        return throttle.Limit(policy, f"{policy.prefix}:{value}")
+
+    return _Keys(
+        account=limit(throttle.VERIFY_ACCOUNT, account_id),
+        address=throttle.address_limit(runtime.keyring, client_host, throttle.VERIFY_ADDRESS),
+        record=limit(throttle.VERIFY_RECORD, identity),
+        dob=limit(throttle.VERIFY_DOB, dob),
+        person=None if person is None else limit(throttle.VERIFY_PERSON, person),
     )
+
+
+def _step_up_gates(runtime: Runtime, keys: _Keys, details: VerifyDetails) -> dict[str, int]:
+    """Without both last name and ZIP, the failures at which the DOB or the address stops
+    an attempt (stepped up: it is not counted, and nothing is tried). Failure counts only:
+    whatever the roster holds, they grow the same."""
+    if details.full:
+        return {}
+    return {
+        keys.dob.key: runtime.settings.verify_step_up_after,
+        keys.address.key: STEP_UP_ADDRESS,
+    }
 
 
 def _record_failure(
@@ -283,13 +326,12 @@ def _record_failure(
     actor: str,
     *,
     counts: dict[str, int],
-    limits: list[throttle.Limit],
+    keys: _Keys,
     rows: list[_Row],
     request_id: str | None,
 ) -> None:
     """Audit a failed attempt and the lock it set (audited, logged, counted); count the
     thresholds it reached."""
-    account_limit, address_limit, record_limit, dob_limit = limits
     with transaction(runtime.sessions) as db:
         audit.append(
             db,
@@ -299,7 +341,7 @@ def _record_failure(
             target=actor,
             request_id=request_id,
         )
-        account_locked = account_limit.policy.hard_locked(counts.get(account_limit.key, 0))
+        account_locked = keys.account.policy.hard_locked(counts.get(keys.account.key, 0))
         if account_locked:
             audit.append(
                 db,
@@ -311,11 +353,17 @@ def _record_failure(
             )
     if account_locked:
         LOCKS.labels("account").inc()
-    if counts[dob_limit.key] == runtime.settings.verify_step_up_after:
+    if counts[keys.dob.key] == runtime.settings.verify_step_up_after:
         ALERTS.labels("dob").inc()
-    if counts[address_limit.key] == STEP_UP_ADDRESS:
+    if counts[keys.address.key] == STEP_UP_ADDRESS:
         ALERTS.labels("address").inc()
-    if counts[record_limit.key] == RECORD_ALERT and rows:
+    if keys.person is not None and counts[keys.person.key] == PERSON_ALERT:
+        # Someone who knows a person's DOB, last name and ZIP is trying SSN last 4s from
+        # more than one account (whether or not that person is on the roster: nothing
+        # here read it).
+        log.warning(PERSON_TARGETED)
+        ALERTS.labels("person").inc()
+    if counts[keys.record.key] == RECORD_ALERT and rows:
         # Row IDs only: an operator looks the record up from there. Someone holds this
         # person's DOB and SSN last 4 and keeps failing (wrong last name or ZIP, or the
         # record is claimed by another account).
@@ -336,31 +384,46 @@ def verify(
     hashes = RosterHashes(runtime.keyring)
     identity = hashes.identity(details.dob, details.ssn4)
     dob_hash = hashes.dob(details.dob)
-    # Hashed on every path, given or not: the same work whatever the answer.
+    # Hashed on every path, given or not: the same work whatever the answer. The person
+    # (counted only with both given) is a keyed hash of the three keyed hashes,
+    # normalised as the roster's are.
     last_name_hash = hashes.last_name(details.last_name)
     zip_hash = hashes.zip(details.zip)
-    limits = _limits(runtime, account_id, client_host, identity, dob_hash)
-    account_limit = limits[0]
+    person = runtime.keyring.lookup_hash("verify-person", f"{dob_hash}|{last_name_hash}|{zip_hash}")
+    keys = _keys(
+        runtime,
+        account_id,
+        client_host,
+        identity=identity,
+        dob=dob_hash,
+        person=person if details.full else None,
+    )
     actor = f"account:{account_id}"
     store = throttle.store_for(runtime.settings)
 
     with transaction(runtime.sessions) as db:
         if db.get(PatientLink, account_id) is not None:
             return Result.ALREADY
-        counts = store.attempt(db, limits, throttle.utcnow())
-        if counts is None:
+        counted = store.attempt_gated(
+            db,
+            [keys.account, *keys.shared],
+            throttle.utcnow(),
+            _step_up_gates(runtime, keys, details),
+        )
+        if isinstance(counted, throttle.Refused):
+            # Locked: denied. Stepped up without last name and ZIP: nothing counted,
+            # nothing tried, the answer asks for both whatever the pair.
+            outcome = Outcome.DENIED if counted is throttle.Refused.LOCKED else Outcome.FAILED
             audit.append(
-                db,
-                actor=actor,
-                action=ACTION,
-                outcome=Outcome.DENIED,
-                target=actor,
-                request_id=request_id,
+                db, actor=actor, action=ACTION, outcome=outcome, target=actor, request_id=request_id
             )
-    if counts is None:
+    if counted is throttle.Refused.LOCKED:
         VERIFICATIONS.labels("locked").inc()
         return Result.LOCKED
-    stepped_up = _stepped_up(runtime, counts, limits)
+    if counted is throttle.Refused.GATED:
+        VERIFICATIONS.labels("more_proof").inc()
+        return Result.NEED_MORE_PROOF
+    counts = counted
 
     query = (
         select(
@@ -388,8 +451,7 @@ def verify(
                 )
                 and (not details.zip or hmac.compare_digest(row.zip_hash, zip_hash))
             ]
-            enough = details.full or not stepped_up
-            if enough and len(candidates) == 1 and candidates[0].linked_to is None:
+            if len(candidates) == 1 and candidates[0].linked_to is None:
                 linked = candidates[0].patient_id
                 db.add(
                     PatientLink(
@@ -398,7 +460,7 @@ def verify(
                 )
                 db.flush()
                 throttle.settle(
-                    store, db, reset=[account_limit], refund=limits[1:], now=throttle.utcnow()
+                    store, db, reset=[keys.account], refund=keys.shared, now=throttle.utcnow()
                 )
                 audit.append(
                     db,
@@ -415,23 +477,7 @@ def verify(
         VERIFICATIONS.labels("verified").inc()
         return Result.VERIFIED
 
-    if stepped_up and not details.full:
-        # The answer asks for more whatever the roster holds: nothing was tried, so the
-        # attempt is taken back from every counter (the account's included).
-        with transaction(runtime.sessions) as db:
-            throttle.settle(store, db, refund=limits, now=throttle.utcnow())
-            audit.append(
-                db,
-                actor=actor,
-                action=ACTION,
-                outcome=Outcome.FAILED,
-                target=actor,
-                request_id=request_id,
-            )
-        VERIFICATIONS.labels("more_proof").inc()
-        return Result.NEED_MORE_PROOF
-
-    _record_failure(runtime, actor, counts=counts, limits=limits, rows=rows, request_id=request_id)
+    _record_failure(runtime, actor, counts=counts, keys=keys, rows=rows, request_id=request_id)
     VERIFICATIONS.labels("failed").inc()
     return Result.FAILED if details.tiebreaker(kind) else Result.NEED_TIEBREAKER
 
@@ -574,7 +620,10 @@ async def api_verify(request: Request) -> Response:
       (CAREBRIDGE_VERIFY_STEP_UP_AFTER, default 3), last name and ZIP are needed as well:
       without both, the answer is 422 with ``needs: ["last_name", "zip"]`` whatever the
       date of birth and SSN last 4 are; send all four fields again. That answer does not
-      count as a failure. Five failures lock the account until staff review (403); nothing
+      count as a failure, and its ``activate`` names where an activation code from
+      support is redeemed, for a patient whose last name or ZIP has changed since the
+      roster was made. Five failures lock the account until staff review (403): an
+      account's failures are never forgotten before that or a success, and nothing
       anyone else does locks it.
     security: [{session: []}]
     parameters:
@@ -651,7 +700,7 @@ async def api_verify(request: Request) -> Response:
         kind = runtime.settings.verify_tiebreaker
         raise Problem(422, NEED_MORE, tiebreaker=kind, needs=[kind])
     if result is Result.NEED_MORE_PROOF:
-        raise Problem(422, MORE_PROOF, needs=list(MORE_PROOF_FIELDS))
+        raise Problem(422, MORE_PROOF, needs=list(MORE_PROOF_FIELDS), activate=ACTIVATE_API)
     raise Problem(422, FAILED)
 
 

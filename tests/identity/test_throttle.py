@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -207,6 +208,122 @@ def test_address_is_forgotten_after_an_hour_quiet_but_a_login_is_not(
     assert login.state(later).failures == 3
 
 
+def test_refunding_an_attempt_counted_to_the_cap_gives_the_key_its_quiet_period_back(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    # Counted to its cap, a Redis key loses its expiry (a hard lock never expires). Taken
+    # back below the cap, it must be forgotten after its quiet period again, as the
+    # database forgets it: it used to stay in Redis for good.
+    policy = throttle.ACTIVATE_ACCOUNT  # capped at 5, forgotten after 24 quiet hours
+    assert policy.hard_cap == 5 and policy.forget_after == timedelta(hours=24)
+    counter = Counter(runtime, store, throttle.Limit(policy, f"activate:{key()}"))
+    for _ in range(5):
+        counter.attempt(T0)
+    assert counter.state(T0).hard_locked
+    counter.refund(T0)
+    assert counter.state(T0).failures == 4 and not counter.state(T0).hard_locked
+    if isinstance(store, throttle.RedisStore):
+        ttl = store.client.ttl(f"carebridge:throttle:{counter.limit.key}")
+        assert 23 * 3600 < ttl <= 24 * 3600
+    else:
+        assert counter.state(T0 + timedelta(hours=24)).failures == 0
+    counter.reset()
+
+
+def test_a_policy_that_never_forgets_keeps_its_count_without_expiry(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    # Verification's per-account count: 5 failures in the account's life, however slowly
+    # they come (4 a day, each day forgotten, was an account that never ran out).
+    policy = throttle.VERIFY_ACCOUNT
+    assert policy.forget_after is None
+    counter = Counter(runtime, store, throttle.Limit(policy, f"verify-account:{key()}"))
+    for _ in range(4):
+        counter.attempt(T0)
+    if isinstance(store, throttle.RedisStore):
+        assert store.client.ttl(f"carebridge:throttle:{counter.limit.key}") == -1
+    years = T0 + timedelta(days=3 * 365)
+    assert counter.state(years).failures == 4
+    assert counter.attempt(years) == 5
+    assert counter.attempt(years + timedelta(days=365)) is None
+    counter.reset()
+
+
+def gated(
+    runtime: Runtime, store: throttle.Store, limits: list[throttle.Limit], gates: dict[str, int]
+) -> dict[str, int] | throttle.Refused:
+    with runtime.sessions.begin() as db:
+        return store.attempt_gated(db, limits, T0, gates)
+
+
+def test_an_attempt_at_a_gate_counts_and_writes_nothing(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    # Verification's step-up: with its birth date past the mark, an attempt without last
+    # name and ZIP is not counted at all, not even as a last attempt (so nobody keeps a
+    # birth date stepped up by asking), and a new key gets no row.
+    dob = throttle.Limit(throttle.VERIFY_DOB, f"verify-dob:{key()}")
+    fresh = throttle.Limit(throttle.VERIFY_RECORD, f"verify-record:{key()}")
+    account = throttle.Limit(throttle.VERIFY_ACCOUNT, f"verify-account:{key()}")
+    assert gated(runtime, store, [dob, account], {dob.key: 2}) == {dob.key: 1, account.key: 1}
+    assert gated(runtime, store, [dob, account], {dob.key: 2}) == {dob.key: 2, account.key: 2}
+    if isinstance(store, throttle.RedisStore):
+        store.client.expire(f"carebridge:throttle:{dob.key}", 600)
+    else:
+        with runtime.sessions() as db:
+            before = db.get(ThrottleCounter, dob.key)
+            assert before is not None
+            written = before.updated_at
+    later = [dob, account, fresh]
+    assert gated(runtime, store, later, {dob.key: 2}) is throttle.Refused.GATED
+    assert Counter(runtime, store, account).state(T0).failures == 2
+    assert Counter(runtime, store, dob).state(T0).failures == 2
+    if isinstance(store, throttle.RedisStore):
+        assert store.client.ttl(f"carebridge:throttle:{dob.key}") <= 600
+        assert not store.client.exists(f"carebridge:throttle:{fresh.key}")
+    else:
+        with runtime.sessions() as db:
+            after = db.get(ThrottleCounter, dob.key)
+            assert after is not None and after.updated_at == written
+            assert db.get(ThrottleCounter, fresh.key) is None
+    # A lock is the answer before a gate; without gates, the same attempt counts.
+    for _ in range(3):
+        Counter(runtime, store, account).attempt(T0)
+    assert gated(runtime, store, later, {dob.key: 2}) is throttle.Refused.LOCKED
+    Counter(runtime, store, account).reset()
+    assert gated(runtime, store, later, {}) == {dob.key: 3, account.key: 1, fresh.key: 1}
+    for limit in later:
+        Counter(runtime, store, limit).reset()
+
+
+def test_attempts_racing_at_a_gate_cannot_all_slip_under_it(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    # Decided in the counting step itself: of 12 attempts at once on a birth date with
+    # a mark of 3, exactly 3 are counted (and so checked); the rest are refused.
+    dob = throttle.Limit(throttle.VERIFY_DOB, f"verify-dob:{key()}")
+    start = threading.Barrier(12)
+    answers: list[object] = []
+    addresses = [throttle.Limit(throttle.VERIFY_ADDRESS, f"verify-ip:{key()}") for _ in range(12)]
+    unused = list(addresses)
+
+    def one() -> None:
+        address = unused.pop()
+        start.wait()
+        answers.append(gated(runtime, store, [dob, address], {dob.key: 3}))
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counted = sorted(a[dob.key] for a in answers if isinstance(a, dict))
+    assert counted == [1, 2, 3]
+    assert answers.count(throttle.Refused.GATED) == 9
+    for limit in [dob, *addresses]:
+        Counter(runtime, store, limit).reset()
+
+
 def test_hard_lock_survives_in_redis_without_expiry(runtime: Runtime) -> None:
     client = redis_client()
     store = throttle.RedisStore(client)
@@ -224,7 +341,8 @@ def test_a_counter_that_only_counts_never_refuses_even_a_delay_stored_before(
 ) -> None:
     # Verification's shared counters (address, birth date, roster identity) only count:
     # nobody's attempt is refused by them, a delay set under an older policy included.
-    assert not any(p.refuses for p in (throttle.VERIFY_ADDRESS, throttle.VERIFY_DOB))
+    shared = (throttle.VERIFY_ADDRESS, throttle.VERIFY_DOB, throttle.VERIFY_PERSON)
+    assert not any(p.refuses for p in shared)
     assert not throttle.VERIFY_RECORD.refuses and throttle.VERIFY_ACCOUNT.refuses
     name = f"verify-dob:{key()}"
     older = throttle.Policy("verify-dob", 0, 3600, None, timedelta(hours=24))
@@ -243,7 +361,11 @@ def test_purge_keeps_hard_locks_and_recent_counters(runtime: Runtime) -> None:
     stale_login, busy_address = f"login:{key()}", f"ip:{key()}"
     stale_signups, recent_address = f"signup-ip:{key()}", f"ip:{key()}"
     staff_review = [f"activate:{key()}", f"verify-account:{key()}"]
+    remembered = f"verify-account:{key()}"
     rows = {
+        remembered: (2, old),  # an account's verification failures are never forgotten
+        f"verify-account:{key()}": (0, old),  # a row without failures is nothing: purged
+        f"verify-person:{key()}": (12, old),  # people only count: purged
         hard_login: (100, old),  # locked until an operator clears it: kept
         hard_mfa: (100, old),  # another policy's hard lock: kept
         staff_review[0]: (5, old),  # locked until staff review, below 100: kept
@@ -259,9 +381,9 @@ def test_purge_keeps_hard_locks_and_recent_counters(runtime: Runtime) -> None:
         for k, (failures, at) in rows.items():
             db.add(ThrottleCounter(key=k, failures=failures, locked_until=None, updated_at=at))
     with runtime.sessions.begin() as db:
-        assert throttle.DatabaseStore().purge(db, T0) == 5
+        assert throttle.DatabaseStore().purge(db, T0) == 7
         remaining = set(db.scalars(select(ThrottleCounter.key)))
-    assert remaining == {hard_login, hard_mfa, recent_address, *staff_review}
+    assert remaining == {hard_login, hard_mfa, recent_address, remembered, *staff_review}
 
 
 # Through the API

@@ -347,6 +347,28 @@ def test_the_page_asks_for_last_name_and_zip_when_stepped_up_and_keeps_what_was_
     assert link_of(runtime, account_id) == patient_of(runtime, ZEB)
 
 
+def test_a_patient_whose_roster_details_are_out_of_date_is_told_to_ask_for_an_activation_code(
+    client: TestClient, runtime: Runtime, roster: None
+) -> None:
+    # Stepped up, a patient who moved or married since the roster was made cannot give
+    # the last name and ZIP it holds: the answer must say what to do then.
+    step_up_this_address(client, runtime)
+    _, token = signed_in_account(runtime)
+    answer = api(client, token, person(ZEB))
+    assert answer.status_code == 422 and answer.json()["needs"] == ["last_name", "zip"]
+    assert "activation code" in answer.json()["detail"]
+    assert answer.json()["activate"] == "/api/v1/activate"
+    account_id = factories.account(runtime)
+    factories.sign_in(client, runtime, account_id, level=sessions.SECOND_FACTOR)
+    form = {"csrf_token": factories.csrf(client.get("/verify?next=/messages").text)}
+    form |= {"ssn4": ZEB[3], "dob_day": "14", "dob_month": "3", "dob_year": "1961"}
+    page = client.post("/verify", data=form | {"next": "/messages"})
+    assert page.status_code == 422
+    text = page.text.replace("&#39;", "'")
+    assert verify.MORE_PROOF in text and "activation code" in verify.MORE_PROOF
+    assert 'href="/activate?next=%2Fmessages"' in text
+
+
 def test_always_asking_for_last_name_and_zip_when_configured(
     tmp_path: Path, database_url: str
 ) -> None:
