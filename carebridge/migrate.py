@@ -10,14 +10,19 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from carebridge.settings import Settings
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine, settings: Settings | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     # env.py runs on this engine instead of building its own from a URL.
     config.attributes["engine"] = engine
+    # The deployment's settings, for a data migration that needs one (0012: the default
+    # time zone); None: each setting's default.
+    config.attributes["settings"] = settings
     return config
 
 
@@ -50,5 +55,5 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    command.upgrade(alembic_config(engine), revision)
+def upgrade(engine: Engine, revision: str = "head", *, settings: Settings | None = None) -> None:
+    command.upgrade(alembic_config(engine, settings), revision)

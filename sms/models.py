@@ -117,12 +117,14 @@ class OptOut(Base):
 
 
 class InboundMessage(Base):
-    """An inbound SMS (STOP, START) we acted on, kept for good by Twilio's MessageSid.
+    """Every inbound SMS we accepted, kept for good by Twilio's MessageSid.
 
     Twilio's webhook signature has no timestamp and MessageSids are not ordered, so a
     captured request stays valid forever: a START replayed after a later STOP would turn
-    texting back on. A MessageSid seen here is already done. Neither the text nor the
-    sender's number is kept: the SID alone says nothing about the person.
+    texting back on, and a text that was no keyword ("CANCELED") could be split anew
+    into one ("CANCEL"). A MessageSid seen here is already done, whatever it says now.
+    Neither the text nor the sender's number is kept: the SID alone says nothing about
+    the person.
     """
 
     __tablename__ = "sms_inbound_message"

@@ -104,11 +104,19 @@ class Snapshot:
 
 
 def snapshot(runtime: Runtime, patient_id: str) -> Snapshot:
+    """The preferences to show (detached: nothing here is written back).
+
+    A zone stored under an alias (saved before aliases were refused, by an older replica,
+    or one a tzdata release retired) shows as its canonical name: the same zone, so
+    saving the page or PUTting the settings back keeps the patient's quiet hours. A zone
+    no canonical one matches (``localtime``) stays as it is, and the page asks for one.
+    """
     with runtime.sessions() as db:
         prefs = load(db, runtime.settings, patient_id)
         contact = contacts.view(db, contacts.of_patient(db, patient_id))
         db.expunge_all()
-        return Snapshot(prefs, contact)
+    prefs.time_zone = time_zones_module.canonical_name(prefs.time_zone) or prefs.time_zone
+    return Snapshot(prefs, contact)
 
 
 def update(

@@ -7,11 +7,11 @@ Unsigned, wrongly signed or another account's: 403, and nothing is read or chang
 
 Signatures carry no timestamp, so a captured request stays valid for good. Every handler
 is therefore safe to replay: a status callback applies only a step forward
-(sms.statuses); an inbound STOP or START is applied once per MessageSid, whose record is
-kept for good (InboundMessage), and a repeat answers like the first and changes nothing.
-The signature also covers the parameters only as one string of sorted name+value pairs,
-so a captured request can be split differently into the same string; see
-:func:`_inbound_fields` for what an inbound message must look like.
+(sms.statuses); every inbound message we accept is kept by its MessageSid, for good
+(InboundMessage), and a repeat answers like the first and changes nothing. The
+signature also covers the parameters only as one string of sorted name+value pairs, so a
+captured request can be split differently into the same string; see
+:func:`_inbound_fields` and :func:`_error_code` for what keeps us to Twilio's split.
 
 The paths sit under /api/ (carebridge.http.paths.MACHINE_PATHS): no cookies, no CSRF
 token (Twilio cannot have one; the signature does that job).
@@ -23,10 +23,12 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import parse_qsl
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -136,21 +138,37 @@ def _attempt_id(request: Request) -> str:
 
 
 def _error_code(params: Params) -> int | None:
-    raw = _one(params, "ErrorCode", 8)
-    return int(raw) if raw.isdigit() else None
+    """Twilio's error code, if it sent one; a callback that hides or garbles it: 400.
+
+    A callback's values are all Twilio's (no text anyone wrote), so a re-split (see
+    :func:`_inbound_fields`) can only let one value take in its neighbour's name and
+    value: a status or SID taken in or grown matches nothing and changes nothing. An
+    ErrorCode can: hidden in the value before it (``ApiVersion=2010-04-01ErrorCode30003``)
+    or taking in the name after it (``ErrorCode=30003From+1…``), a transient failure
+    (30003, retried) would read as one without a code (final). So ErrorCode is digits,
+    and no other value holds its name.
+    """
+    values = params.get("ErrorCode", [])
+    hidden = any("ErrorCode" in v for name in params if name != "ErrorCode" for v in params[name])
+    if hidden or len(values) > 1 or (values and not values[0].isdigit()):
+        log.warning("status callback refused: not split as Twilio sends it")
+        raise Problem(400, "The request is not a status callback as Twilio sends it.")
+    return int(values[0][:8]) if values else None
 
 
 async def message_status(request: Request) -> Response:
     attempt_id = _attempt_id(request)
     params = await _signed_params(request)
     sid = _one(params, "MessageSid")
+    status = _single(params, "MessageStatus")[:16].lower()
+    error_code = _error_code(params)
     known = await run_in_threadpool(
         lambda: delivery.apply_status(
             _runtime(request),
             attempt_id,
             sid=sid if _SID.fullmatch(sid) else "",
-            status=_single(params, "MessageStatus")[:16].lower(),
-            error_code=_error_code(params),
+            status=status,
+            error_code=error_code,
             now=utcnow(),
         )
     )
@@ -162,13 +180,15 @@ async def call_status(request: Request) -> Response:
     attempt_id = _attempt_id(request)
     params = await _signed_params(request)
     sid = _one(params, "CallSid")
+    status = _single(params, "CallStatus")[:16].lower()
+    error_code = _error_code(params)
     await run_in_threadpool(
         lambda: delivery.apply_status(
             _runtime(request),
             attempt_id,
             sid=sid if _SID.fullmatch(sid) else "",
-            status=_single(params, "CallStatus")[:16].lower(),
-            error_code=_error_code(params),
+            status=status,
+            error_code=error_code,
             now=utcnow(),
         )
     )
@@ -228,41 +248,38 @@ def _keyword(body: str) -> str:
     return words[0].upper().strip(".!") if len(words) == 1 else ""
 
 
-# Twilio's inbound parameters whose names begin with "From" (the sender and its location).
-_FROM_NAMES = frozenset({"From", "FromCity", "FromCountry", "FromState", "FromZip"})
-
-
-def _split_as_signed(params: Params) -> bool:
-    """Whether the sender (From) stands where Twilio put it, not re-split out of the text.
-
-    Twilio signs the URL plus ``name + value`` of every parameter, sorted, run together:
-    differently split parameters can give the same string. A captured request whose Body
-    its sender wrote as ``STOPFrom+12025550143FromA`` signs ``…BodySTOPFrom+12025550143
-    FromAFrom+1555…FromCity…``, which also reads as Body=STOP, From=+12025550143 (someone
-    else's number) and a made-up ``FromAFrom``. Any such reading leaves the real "From"
-    (followed by the real sender) somewhere other than the start of the From parameter's
-    name, which the forged one took. So every "From" in the signed string outside the
-    Body's text must begin the name of one of Twilio's From parameters. The Body's text
-    may hold "From" ("From now on…"): Body sorts before From, so the real From name,
-    which comes after any forged one, can never fall inside it.
-    """
-    signed = ""
-    name_starts: set[int] = set()
-    body = range(0)
-    for name in sorted(params):
-        for value in sorted(set(params[name])):  # as RequestValidator builds it
-            if name in _FROM_NAMES:
-                name_starts.add(len(signed))
-            signed += name
-            if name == "Body":
-                body = range(len(signed), len(signed) + len(value))
-            signed += value
-    at = signed.find("From")
-    while at != -1:
-        if at not in name_starts and at not in body:
-            return False
-        at = signed.find("From", at + 1)
-    return True
+# An incoming SMS or MMS carries these, as Twilio documents them (the request, media and
+# geographic parameters of https://www.twilio.com/docs/messaging/guides/webhook-request),
+# plus three it sends with every SMS though that page leaves them out: ApiVersion,
+# SmsStatus, ReferralNumMedia. Not WhatsApp's or RCS's: our number takes neither, and some
+# of theirs (ButtonText, ChannelMetadata, Forwarded) sort between Body and From, where the
+# tail of a text could pass for one of them. Nor AddOns: we install no Marketplace Add-on.
+INBOUND_PARAMETERS = frozenset(
+    {
+        "AccountSid",
+        "ApiVersion",
+        "Body",
+        "From",
+        "FromCity",
+        "FromCountry",
+        "FromState",
+        "FromZip",
+        "MessageSid",
+        "MessagingServiceSid",
+        "NumMedia",
+        "NumSegments",
+        "ReferralNumMedia",
+        "SmsMessageSid",
+        "SmsSid",
+        "SmsStatus",
+        "To",
+        "ToCity",
+        "ToCountry",
+        "ToState",
+        "ToZip",
+    }
+)
+_MEDIA_PARAMETER = re.compile(r"Media(Url|ContentType)[0-9]{1,2}")
 
 
 @dataclass(frozen=True)
@@ -274,80 +291,99 @@ class Inbound:
     body: str
 
 
-def _inbound_fields(params: Params) -> Inbound:
-    """Body, From and MessageSid, each given once as a parameter of its own (400 if not).
+def _refuse_inbound(reason: str) -> Problem:
+    log.warning("inbound webhook refused", extra={"reason": reason})
+    return Problem(400, "The request is not an incoming message as Twilio sends it.")
 
-    Twilio always sends all three. A signed request without them (``BodyHELPFrom=+1…``)
-    or with a sender that only a re-split of the signed string gives was not sent by
-    Twilio in this form: refused, nothing read.
+
+def _inbound_fields(params: Params) -> Inbound:
+    """Body, From and MessageSid, read as Twilio split the request (400 if not).
+
+    Twilio signs the URL plus every name and value, sorted by name and run together, so a
+    captured request can be split anew into the same signed string: ``Body=CANCEL&ED=``
+    signs like the victim's ``Body=CANCELED``. What leaves no other split naming a number
+    (From is E.164, or nothing is applied) and a keyword:
+
+    - Every name is Twilio's for an incoming SMS (INBOUND_PARAMETERS, media ones), given
+      once. None sorts between Body and From: the text runs from "Body" to "From".
+    - "Body" and "From" occur in no value but Body's; Twilio's own values (SIDs, numbers,
+      places, media URLs) never hold them. A split that moves either end of the text, or
+      makes From another number out of a sender's own text (``STOPFrom+1202…FromCity…``),
+      leaves the real name inside another value; one that moves the text's end past
+      From leaves a From that is no number (``CitySAN FRANCISCO``).
+    - Every MessageSid we accept is kept (:func:`receive`): any reading of a message we
+      have read is a repeat, already done.
     """
-    body, sender, sid = (_single(params, name) for name in ("Body", "From", "MessageSid"))
-    if not _MESSAGE_SID.fullmatch(sid) or not _split_as_signed(params):
-        log.warning("inbound webhook refused: not split as Twilio sends it")
-        raise Problem(400, "The request is not an incoming message as Twilio sends it.")
+    if not all(
+        len(values) == 1 and (name in INBOUND_PARAMETERS or _MEDIA_PARAMETER.fullmatch(name))
+        for name, values in params.items()
+    ):
+        # An operator seeing this for genuine traffic: Twilio added a parameter (see
+        # docs/operations.md). The names are not logged: a forged one is a piece of text.
+        raise _refuse_inbound("a parameter Twilio does not send, or one sent twice")
+    value = {name: values[0] for name, values in params.items()}
+    body, sender, sid = value.get("Body"), value.get("From"), value.get("MessageSid")
+    moved = any("Body" in v or "From" in v for name, v in value.items() if name != "Body")
+    if body is None or sender is None or sid is None or moved or not _MESSAGE_SID.fullmatch(sid):
+        raise _refuse_inbound("not split as Twilio sends it")
     return Inbound(message_sid=sid, sender=sender, body=body[:160])
 
 
-def handle_keyword(runtime: Runtime, message: Inbound, keyword: str) -> bool:
-    """Apply STOP or START once per MessageSid; False if it was applied before (or is
-    not for a number we could have texted)."""
+def receive(runtime: Runtime, message: Inbound) -> bool:
+    """Keep the message's SID and, the first time only, apply a STOP or START in it;
+    False if the SID was kept before (a repeat: nothing changes)."""
     try:
-        return _apply_keyword(runtime, message, keyword)
+        return _receive(runtime, message)
     except IntegrityError:
         # A concurrent request committed the same MessageSid (or listed the same number)
         # first: look again, and find it done.
-        return _apply_keyword(runtime, message, keyword)
+        return _receive(runtime, message)
 
 
-def _apply_keyword(runtime: Runtime, message: Inbound, keyword: str) -> bool:
-    """STOP words opt the number out (of SMS, for every patient on it); START words opt it
-    back in for patients who had opted in before. Audited by contact point, never number."""
-    if not _E164.fullmatch(message.sender):
-        return False  # Twilio sends E.164; anything else is not a number we could have texted
-    e164 = message.sender
+def _receive(runtime: Runtime, message: Inbound) -> bool:
+    keyword = _keyword(message.body)
     now = utcnow()
-    number_hash = phone.number_hash(runtime.keyring, e164)
-    stop = keyword in STOP_WORDS
     with transaction(runtime.sessions) as db:
         if db.get(InboundMessage, message.message_sid) is not None:
-            log.warning("inbound message already applied", extra={"sid": message.message_sid})
+            log.warning("inbound message already received", extra={"sid": message.message_sid})
             return False
         # Written first: a concurrent copy of this message waits here, then fails.
         db.add(InboundMessage(message_sid=message.message_sid, received_at=now))
         db.flush()
-        listed = db.get(OptOut, number_hash)
-        if stop and listed is None:
-            db.add(OptOut(number_hash=number_hash, opted_out_at=now, source="keyword"))
-        elif not stop and listed is not None:
-            db.delete(listed)
-        query = select(ContactPoint).where(ContactPoint.number_hash == number_hash)
-        matched = list(db.execute(query).scalars())
-        for contact in matched:
-            prefs = db.get(Preferences, contact.patient_id)
-            if prefs is not None:
-                if stop:
-                    prefs.sms_enabled = False
-                elif prefs.sms_opted_in_at is not None and contact.verified_at is not None:
-                    prefs.sms_enabled = True
-                prefs.updated_at = now
-            audit.append(
-                db,
-                actor="twilio",
-                action="sms.optout" if stop else "sms.optin",
-                outcome=Outcome.ALLOWED,
-                target=f"contact:{contact.id}",
-                request_id=None,
-            )
-        if not matched:
-            audit.append(
-                db,
-                actor="twilio",
-                action="sms.optout" if stop else "sms.optin",
-                outcome=Outcome.ALLOWED,
-                target="contact:unknown",
-                request_id=None,
-            )
+        # Twilio sends E.164; anything else is not a number we could have texted.
+        if (keyword in STOP_WORDS or keyword in START_WORDS) and _E164.fullmatch(message.sender):
+            _apply_keyword(db, runtime, message.sender, keyword in STOP_WORDS, now)
     return True
+
+
+def _apply_keyword(db: Session, runtime: Runtime, e164: str, stop: bool, now: datetime) -> None:
+    """STOP words opt the number out (of SMS, for every patient on it); START words opt it
+    back in for patients who had opted in before. Audited by contact point, never number."""
+    number_hash = phone.number_hash(runtime.keyring, e164)
+    listed = db.get(OptOut, number_hash)
+    if stop and listed is None:
+        db.add(OptOut(number_hash=number_hash, opted_out_at=now, source="keyword"))
+    elif not stop and listed is not None:
+        db.delete(listed)
+    query = select(ContactPoint).where(ContactPoint.number_hash == number_hash)
+    matched = list(db.execute(query).scalars())
+    for contact in matched:
+        prefs = db.get(Preferences, contact.patient_id)
+        if prefs is not None:
+            if stop:
+                prefs.sms_enabled = False
+            elif prefs.sms_opted_in_at is not None and contact.verified_at is not None:
+                prefs.sms_enabled = True
+            prefs.updated_at = now
+    for target in [f"contact:{contact.id}" for contact in matched] or ["contact:unknown"]:
+        audit.append(
+            db,
+            actor="twilio",
+            action="sms.optout" if stop else "sms.optin",
+            outcome=Outcome.ALLOWED,
+            target=target,
+            request_id=None,
+        )
 
 
 async def inbound(request: Request) -> Response:
@@ -355,13 +391,10 @@ async def inbound(request: Request) -> Response:
     params = await _signed_params(request)
     runtime = _runtime(request)
     message = _inbound_fields(params)
-    keyword = _keyword(message.body)
-    if keyword in STOP_WORDS or keyword in START_WORDS:
-        # Applied or already done, the answer is the same empty TwiML: Twilio does not
-        # retry, and its own opt-out handling confirms to the sender; we add nothing.
-        await run_in_threadpool(handle_keyword, runtime, message, keyword)
-        return _xml(twilio_client.messaging_twiml(None))
-    if keyword in HELP_WORDS:
+    # Kept, and a STOP or START applied, or already done: the answer is the same. Twilio
+    # does not retry, and its own opt-out handling confirms to the sender; we add nothing.
+    await run_in_threadpool(receive, runtime, message)
+    if _keyword(message.body) in HELP_WORDS:
         settings = runtime.settings
         reply = texts.help_sms(settings.sms_sender_label, settings.voice_callback_number)
         return _xml(twilio_client.messaging_twiml(reply))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
@@ -12,6 +15,8 @@ from carebridge import audit, migrate
 from carebridge.audit import Outcome
 from carebridge.db import make_engine, make_sessionmaker, transaction
 from carebridge.models import metadata
+from carebridge.settings import Settings
+from tests.sms.helpers import same_clock
 
 
 def test_upgrade_from_empty_reaches_head(empty_database_url: str) -> None:
@@ -72,5 +77,55 @@ def test_an_audit_chain_written_before_0008_still_verifies_and_grows(
         with sessions() as session:
             result = audit.verify(session)
         assert result.intact and result.records == 4
+    finally:
+        engine.dispose()
+
+
+def test_0012_gives_stored_time_zones_their_canonical_names(
+    empty_database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stored before aliases were refused; the default is the deployment's, not the code's.
+    stored = {
+        "US/Eastern": "America/New_York",
+        "Asia/Calcutta": "Asia/Kolkata",
+        "Etc/UTC": "UTC",
+        "GMT": "UTC",
+        "America/Chicago": "America/Chicago",
+        "localtime": "Europe/Berlin",
+        "Factory": "Europe/Berlin",
+        "Etc/GMT+5": "Europe/Berlin",
+    }
+    engine = make_engine(empty_database_url)
+    try:
+        migrate.upgrade(engine, "0010")
+        with engine.begin() as connection:
+            for n, zone in enumerate(stored):
+                connection.execute(
+                    text(
+                        "INSERT INTO notification_preferences (patient_id, sms_enabled, "
+                        "voice_enabled, voicemail_enabled, time_zone, quiet_start, quiet_end, "
+                        "daily_cap, weekly_cap, insecure_consent, updated_at) VALUES (:id, "
+                        "false, false, false, :zone, '21:00', '08:00', 1, 3, false, :at)"
+                    ),
+                    {"id": f"pt_{n}", "zone": zone, "at": datetime(2026, 12, 1, tzinfo=UTC)},
+                )
+        settings = Settings(data_dir=tmp_path, notify_time_zone="Europe/Berlin")
+        with caplog.at_level(logging.WARNING, logger="carebridge.migrate"):
+            migrate.upgrade(engine, settings=settings)
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT patient_id, time_zone FROM notification_preferences")
+            ).all()
+        now = {str(patient): str(zone) for patient, zone in rows}
+        assert now == {f"pt_{n}": zone for n, zone in enumerate(stored.values())}
+        for before, after in stored.items():
+            if after != "Europe/Berlin":
+                assert same_clock(before, after), before
+        # Those whose quiet hours may move are counted where an operator sees them.
+        moved = sorted(r.getMessage() for r in caplog.records if r.name == "carebridge.migrate")
+        assert moved == [
+            f"time zone '{name}' names no place: 1 patients now have the default, Europe/Berlin"
+            for name in sorted(["Etc/GMT+5", "Factory", "localtime"])
+        ]
     finally:
         engine.dispose()

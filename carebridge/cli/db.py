@@ -22,7 +22,7 @@ def register(commands: Any) -> None:
 def upgrade(args: argparse.Namespace) -> int:
     rt = runtime()
     try:
-        migrate.upgrade(rt.engine)
+        migrate.upgrade(rt.engine, settings=rt.settings)
         print(
             f"database {safe_url(str(rt.engine.url))} is at {migrate.current_revision(rt.engine)}"
         )

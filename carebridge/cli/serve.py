@@ -57,7 +57,7 @@ def prepare(runtime: Runtime) -> None:
     default) migrates itself, PostgreSQL is migrated by the operator."""
     runtime.keyring  # noqa: B018
     if runtime.settings.uses_sqlite:
-        migrate.upgrade(runtime.engine)
+        migrate.upgrade(runtime.engine, settings=runtime.settings)
     else:
         require_current_schema(runtime)
     # Thread keys wrapped by a key-encryption key this keyring lacks (a wrong keyring

@@ -8,8 +8,10 @@ import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from starlette.testclient import TestClient
 from twilio.http.http_client import TwilioHttpClient
@@ -230,3 +232,14 @@ def post_signed(
     if signature == "":
         headers = {}
     return client.post(path, data=form, headers=headers)
+
+
+def same_clock(zone: str, other: str) -> bool:
+    """Whether two zones keep the same offset at every instant (weekly, 1970 to 2037)."""
+    a, b = ZoneInfo(zone), ZoneInfo(other)
+    at = datetime(1970, 1, 1, tzinfo=UTC)
+    while at.year < 2038:
+        if at.astimezone(a).utcoffset() != at.astimezone(b).utcoffset():
+            return False
+        at += timedelta(days=7)
+    return True

@@ -119,19 +119,22 @@ def test_replayed_stop_after_opting_in_again_does_not_silence_the_patient(
     assert not listed(runtime, NUMBER)
 
 
-def test_applied_message_sids_are_kept_without_text_or_number(
+def test_every_received_message_sid_is_kept_without_text_or_number(
     runtime: Runtime, app: TestClient, people: People
 ) -> None:
+    # Not only STOP and START: a text that changed nothing today is kept too, so that no
+    # other reading of it (a keyword cut out of it) can change anything later.
     verified_number(runtime, people["zeb"].patient_id, NUMBER)
-    sid = message_sid()
-    replay(app, captured({"Body": "STOP", "From": NUMBER, "MessageSid": sid}))
-    replay(app, captured({"Body": "HELP", "From": NUMBER}))  # changes nothing: not kept
+    sids = [message_sid() for _ in range(3)]
+    for sid, body in zip(sids, ["STOP", "HELP", "Canceled my appointment"], strict=True):
+        replay(app, captured({"Body": body, "From": NUMBER, "MessageSid": sid}))
     with runtime.sessions() as db:
         rows = db.execute(select(InboundMessage.__table__)).mappings().all()
-    assert [row["message_sid"] for row in rows] == [sid]
-    assert set(rows[0]) == {"message_sid", "received_at"}
+    assert sorted(row["message_sid"] for row in rows) == sorted(sids)
     digits = NUMBER.lstrip("+")
-    assert all(digits not in str(value) for value in rows[0].values())
+    for row in rows:
+        assert set(row) == {"message_sid", "received_at"}
+        assert all(digits not in str(value) for value in row.values())
 
 
 def test_the_same_stop_twice_at_once_is_applied_once(runtime: Runtime, people: People) -> None:
@@ -142,7 +145,7 @@ def test_the_same_stop_twice_at_once_is_applied_once(runtime: Runtime, people: P
 
     def apply() -> None:
         barrier.wait()
-        applied.append(webhooks.handle_keyword(runtime, message, "STOP"))
+        applied.append(webhooks.receive(runtime, message))
 
     threads = [threading.Thread(target=apply) for _ in range(2)]
     for thread in threads:
@@ -219,13 +222,14 @@ def test_resplit_parameters_without_a_separate_body_from_and_sid_are_refused(
         assert replay(app, (forged, signature)).status_code == 400
 
 
-def _inbound_as_twilio_posts_it(body: str, sender: str) -> dict[str, str]:
-    sid = message_sid()
-    return {
+def _inbound_as_twilio_posts_it(body: str, sender: str, media: int = 0) -> dict[str, str]:
+    """Every parameter Twilio posts for an SMS (an MMS with ``media`` items), in its order."""
+    sid = ("MM" if media else "SM") + message_sid()[2:]
+    params = {
         "ToCountry": "US",
         "ToState": "DC",
         "SmsMessageSid": sid,
-        "NumMedia": "0",
+        "NumMedia": str(media),
         "ToCity": "",
         "FromZip": "94105",
         "SmsSid": sid,
@@ -235,28 +239,50 @@ def _inbound_as_twilio_posts_it(body: str, sender: str) -> dict[str, str]:
         "Body": body,
         "FromCountry": "US",
         "To": FROM_NUMBER,
+        "MessagingServiceSid": "MG" + "4" * 32,
         "ToZip": "",
         "NumSegments": "1",
+        "ReferralNumMedia": "0",
         "MessageSid": sid,
         "AccountSid": ACCOUNT_SID,
         "From": sender,
         "ApiVersion": "2010-04-01",
     }
+    for n in range(media):
+        params[f"MediaContentType{n}"] = "image/jpeg"
+        params[f"MediaUrl{n}"] = (
+            f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{sid}"
+            f"/Media/ME{n:032d}"
+        )
+    return params
 
 
+def _from_the_victim(genuine: dict[str, str], forgery: str) -> dict[str, str]:
+    """The attacker's text, read as Body=STOP and From=<the victim>; the rest of the
+    signed string goes into a made-up name, or into FromCity's value."""
+    if forgery == "unknown-name":
+        return {**genuine, "Body": "STOP", "From": NUMBER, "FromAFrom": ATTACKER}
+    city = "X" + "From" + ATTACKER + "FromCity" + genuine["FromCity"]
+    return {**genuine, "Body": "STOP", "From": NUMBER, "FromCity": city}
+
+
+@pytest.mark.parametrize("genuine_first", [True, False], ids=["after-the-text", "instead-of-it"])
+@pytest.mark.parametrize("forgery", ["unknown-name", "twilios-names"])
 def test_a_body_crafted_to_resplit_into_another_number_does_not_opt_it_out(
-    runtime: Runtime, app: TestClient, people: People
+    runtime: Runtime, app: TestClient, people: People, forgery: str, genuine_first: bool
 ) -> None:
     # The attacker texts our number from their own phone, with a crafted text; Twilio
     # signs the request it posts to us, which the attacker captures.
     victim = people["zeb"].patient_id
     verified_number(runtime, victim, NUMBER)
-    genuine = _inbound_as_twilio_posts_it(f"STOPFrom{NUMBER}FromA", ATTACKER)
+    text = f"STOPFrom{NUMBER}" + ("FromA" if forgery == "unknown-name" else "FromCityX")
+    genuine = _inbound_as_twilio_posts_it(text, ATTACKER)
     signature = sign(PUBLIC + INBOUND, genuine)
-    assert post_signed(app, INBOUND, genuine, signature=signature, raw=True).status_code == 200
-    assert not listed(runtime, ATTACKER)  # no keyword: nothing happened
+    if genuine_first:
+        assert post_signed(app, INBOUND, genuine, signature=signature, raw=True).status_code == 200
+        assert not listed(runtime, ATTACKER)  # no keyword: nothing happened
     # Split differently, the same signed string reads: Body=STOP, From=<the victim>.
-    forged = {**genuine, "Body": "STOP", "From": NUMBER, "FromAFrom": ATTACKER}
+    forged = _from_the_victim(genuine, forgery)
     assert sign(PUBLIC + INBOUND, forged) == signature
     before = audit_count(runtime)
 
@@ -268,14 +294,133 @@ def test_a_body_crafted_to_resplit_into_another_number_does_not_opt_it_out(
     assert audit_count(runtime) == before
 
 
-def test_a_genuine_stop_as_twilio_posts_it_is_applied(
+# The victim's own text, a keyword run into more letters: split after the keyword, the rest
+# becomes a made-up parameter sorting between Body and From, and the signed string is the
+# same. (text, the keyword it starts with)
+OPT_OUT_TEXTS = [
+    ("CANCELED", "CANCEL"),
+    ("ENDED", "END"),
+    ("QUITE", "QUIT"),
+    ("STOPCALLING", "STOP"),
+]
+OPT_IN_TEXTS = [("YESDEFINITELY", "YES"), ("STARTED", "START")]
+
+
+def _resplit_after(params: dict[str, str], keyword: str) -> dict[str, str]:
+    """``Body=CANCELED`` as ``Body=CANCEL&ED=``."""
+    rest = params["Body"][len(keyword) :]
+    return {**params, "Body": keyword, rest: ""}
+
+
+def _victims_text_resplit(
+    app: TestClient, text: str, keyword: str, genuine_first: bool
+) -> tuple[dict[str, str], str]:
+    genuine = _inbound_as_twilio_posts_it(text, NUMBER)
+    signature = sign(PUBLIC + INBOUND, genuine)
+    if genuine_first:  # we read the victim's text as it was: not a keyword, nothing done
+        assert post_signed(app, INBOUND, genuine, signature=signature, raw=True).status_code == 200
+    forged = _resplit_after(genuine, keyword)
+    assert sign(PUBLIC + INBOUND, forged) == signature
+    return forged, signature
+
+
+@pytest.mark.parametrize("genuine_first", [True, False], ids=["after-the-text", "instead-of-it"])
+@pytest.mark.parametrize("text", OPT_OUT_TEXTS, ids=[text for text, _ in OPT_OUT_TEXTS])
+def test_resplit_body_into_an_unknown_parameter_does_not_opt_out(
+    runtime: Runtime,
+    app: TestClient,
+    people: People,
+    text: tuple[str, str],
+    genuine_first: bool,
+) -> None:
+    victim = people["zeb"].patient_id
+    verified_number(runtime, victim, NUMBER)
+    forged, signature = _victims_text_resplit(app, *text, genuine_first)
+    before = audit_count(runtime)
+
+    response = post_signed(app, INBOUND, forged, signature=signature, raw=True)
+
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert sms_enabled(runtime, victim)
+    assert not listed(runtime, NUMBER)
+    assert audit_count(runtime) == before
+
+
+@pytest.mark.parametrize("genuine_first", [True, False], ids=["after-the-text", "instead-of-it"])
+@pytest.mark.parametrize("text", OPT_IN_TEXTS, ids=[text for text, _ in OPT_IN_TEXTS])
+def test_resplit_body_into_an_unknown_parameter_does_not_opt_back_in(
+    runtime: Runtime,
+    app: TestClient,
+    people: People,
+    text: tuple[str, str],
+    genuine_first: bool,
+) -> None:
+    victim = people["zeb"].patient_id
+    verified_number(runtime, victim, NUMBER)
+    stop = _inbound_as_twilio_posts_it("STOP", NUMBER)
+    assert post_signed(app, INBOUND, stop, raw=True).status_code == 200
+    assert not sms_enabled(runtime, victim)
+    forged, signature = _victims_text_resplit(app, *text, genuine_first)
+    before = audit_count(runtime)
+
+    response = post_signed(app, INBOUND, forged, signature=signature, raw=True)
+
+    assert response.status_code == 400
+    assert not sms_enabled(runtime, victim)
+    assert listed(runtime, NUMBER)
+    assert audit_count(runtime) == before
+
+
+def test_resplit_moving_the_start_of_the_text_does_not_opt_out(
     runtime: Runtime, app: TestClient, people: People
 ) -> None:
-    # Every parameter Twilio sends, a text that mentions "From": still one reading.
+    # Only Twilio's parameter names this time: the text's start moves into ApiVersion.
+    victim = people["zeb"].patient_id
+    verified_number(runtime, victim, NUMBER)
+    genuine = _inbound_as_twilio_posts_it("SomeBody STOP", NUMBER)
+    signature = sign(PUBLIC + INBOUND, genuine)
+    forged = {**genuine, "ApiVersion": "2010-04-01BodySome", "Body": " STOP"}
+    assert sign(PUBLIC + INBOUND, forged) == signature
+
+    response = post_signed(app, INBOUND, forged, signature=signature, raw=True)
+
+    assert response.status_code == 400
+    assert sms_enabled(runtime, victim)
+    assert not listed(runtime, NUMBER)
+
+
+def test_another_reading_of_a_message_already_received_is_a_repeat(
+    runtime: Runtime, app: TestClient, people: People
+) -> None:
+    # Whatever a reading of the victim's captured "CANCELED" looks like, it carries its
+    # MessageSid, which we kept when we read the text: it is a repeat, already done.
+    victim = people["zeb"].patient_id
+    verified_number(runtime, victim, NUMBER)
+    genuine = _inbound_as_twilio_posts_it("CANCELED", NUMBER)
+    assert post_signed(app, INBOUND, genuine, raw=True).status_code == 200
+    before = audit_count(runtime)
+
+    response = post_signed(app, INBOUND, {**genuine, "Body": "CANCEL"}, raw=True)
+
+    assert response.status_code == 200
+    assert response.text == EMPTY_TWIML
+    assert sms_enabled(runtime, victim)
+    assert not listed(runtime, NUMBER)
+    assert audit_count(runtime) == before
+
+
+@pytest.mark.parametrize("media", [0, 1, 3], ids=["sms", "mms", "mms-3-items"])
+def test_a_genuine_stop_as_twilio_posts_it_is_applied(
+    runtime: Runtime, app: TestClient, people: People, media: int
+) -> None:
+    # Every parameter Twilio sends, texts that mention "From" and "Body": one reading.
     verified_number(runtime, people["zeb"].patient_id, NUMBER)
-    text = _inbound_as_twilio_posts_it("From now on, call me", NUMBER)
-    assert post_signed(app, INBOUND, text, raw=True).status_code == 200
-    stop = _inbound_as_twilio_posts_it("Stop", NUMBER)
+    for words in ("From now on, call me", "Body aches, From Monday"):
+        text = _inbound_as_twilio_posts_it(words, NUMBER, media)
+        assert post_signed(app, INBOUND, text, raw=True).status_code == 200
+    assert not listed(runtime, NUMBER)
+    stop = _inbound_as_twilio_posts_it("Stop", NUMBER, media)
     assert post_signed(app, INBOUND, stop, raw=True).status_code == 200
     assert listed(runtime, NUMBER)
     assert not sms_enabled(runtime, people["zeb"].patient_id)
@@ -330,6 +475,59 @@ def test_a_replayed_failed_after_delivered_does_not_move_the_attempt_back(
     assert after["notification"]["state"] == "delivered"
     delivery.drain(runtime, console)  # and nothing is sent again
     assert snapshot(runtime, attempt)["attempts"] == 1
+
+
+def _failed_as_twilio_posts_it(code: str) -> dict[str, str]:
+    return {
+        "SmsSid": SID,
+        "SmsStatus": "failed",
+        "MessageStatus": "failed",
+        "To": NUMBER,
+        "MessageSid": SID,
+        "AccountSid": ACCOUNT_SID,
+        "From": FROM_NUMBER,
+        "ApiVersion": "2010-04-01",
+        "ErrorCode": code,
+    }
+
+
+# Twilio's own names and values, split so that the error code is hidden in the value
+# before it, or takes in the name after it: a failure Twilio calls transient (30003,
+# retried) would read as one with no code (final).
+ERROR_CODE_RESPLITS = {
+    "hidden": lambda p: {
+        **{k: v for k, v in p.items() if k != "ErrorCode"},
+        "ApiVersion": p["ApiVersion"] + "ErrorCode" + p["ErrorCode"],
+    },
+    "garbled": lambda p: {
+        **{k: v for k, v in p.items() if k != "From"},
+        "ErrorCode": p["ErrorCode"] + "From" + p["From"],
+    },
+}
+
+
+@pytest.mark.parametrize("resplit", list(ERROR_CODE_RESPLITS))
+def test_a_resplit_status_callback_does_not_end_the_retries(
+    runtime: Runtime, app: TestClient, people: People, console: ConsoleSender, resplit: str
+) -> None:
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    _, attempt = sent(runtime, people["zeb"].patient_id, console)
+    path = f"/api/twilio/messages/{attempt}/status"
+    genuine = _failed_as_twilio_posts_it("30003")
+    signature = sign(PUBLIC + path, genuine)
+    forged = ERROR_CODE_RESPLITS[resplit](genuine)
+    assert sign(PUBLIC + path, forged) == signature
+    then = snapshot(runtime, attempt)
+
+    response = post_signed(app, path, forged, signature=signature, raw=True)
+
+    assert response.status_code == 400
+    assert snapshot(runtime, attempt) == then
+    # Twilio's own callback, when it comes, is applied: the notification will be retried.
+    assert post_signed(app, path, genuine, signature=signature, raw=True).status_code == 204
+    after = snapshot(runtime, attempt)
+    assert after["notification"]["state"] == "pending"
+    assert after["attempt"]["error_code"] == 30003
 
 
 # Each step Twilio's order forbids, as a callback after the ones before it.

@@ -4,6 +4,7 @@ quiet hours follow the server's clock, ``Factory`` follow nothing."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from sms.models import Preferences
 from tests.identity import factories
-from tests.sms.helpers import People, client_for
+from tests.sms.helpers import People, client_for, same_clock
 from tests.sms.test_preferences import full_prefs
 
 NOT_PLACES = [
@@ -112,3 +113,154 @@ def test_every_zone_offered_loads_and_names_a_place() -> None:
         ZoneInfo(zone)
         assert zone == "UTC" or "/" in zone
         assert not zone.startswith(("posix", "right", "Etc/", "US/", "SystemV/"))
+
+
+# Zones stored before aliases were refused: they stay stored until the migration (0012)
+# runs, or a replica of an older release writes one during a rolling deploy, or a tzdata
+# release turns a zone into another's alias. Saving anything must not move quiet hours.
+
+# A stored alias, and the canonical name of the same zone (a tzdata link; GMT: the same
+# offset, 0, at every instant).
+ALIASES = [
+    ("US/Eastern", "America/New_York"),
+    ("Asia/Calcutta", "Asia/Kolkata"),
+    ("Etc/UTC", "UTC"),
+    ("GMT", "UTC"),
+    ("America/Buenos_Aires", "America/Argentina/Buenos_Aires"),
+]
+
+
+def store_zone(runtime: Runtime, patient_id: str, zone: str) -> None:
+    """Preferences saved with ``zone``, as a release before issue 17 stored them."""
+    from carebridge.db import transaction  # noqa: PLC0415
+    from sms import preferences  # noqa: PLC0415
+
+    with transaction(runtime.sessions) as db:
+        prefs = preferences.defaults(runtime.settings, patient_id)
+        prefs.quiet_start, prefs.quiet_end = "21:00", "08:00"
+        prefs.daily_cap, prefs.weekly_cap = 1, 3
+        prefs.time_zone = zone
+        db.add(prefs)
+
+
+def stored_zone(runtime: Runtime, patient_id: str) -> str:
+    with runtime.sessions() as db:
+        prefs = db.get(Preferences, patient_id)
+        assert prefs is not None
+        return prefs.time_zone
+
+
+class _Form(HTMLParser):
+    """What a browser submits for the preferences form: checked boxes, input values,
+    and each select's selected option (the first one if none is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = False
+        self.fields: dict[str, str] = {}
+        self.select: str | None = None
+        self.chosen: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        at = dict(attrs)
+        if tag == "form":
+            self.inside = at.get("action") == "/account/notifications/preferences"
+        if not self.inside:
+            return
+        name = at.get("name")
+        if tag == "input" and name:
+            if at.get("type") != "checkbox":
+                self.fields[name] = at.get("value") or ""
+            elif "checked" in at:
+                self.fields[name] = "on"
+        elif tag == "select" and name:
+            self.select = name
+        elif tag == "option" and self.select:
+            self._option = (at.get("value"), "selected" in at)
+
+    def handle_data(self, data: str) -> None:
+        option = getattr(self, "_option", None)
+        if option and self.select:
+            value = option[0] if option[0] is not None else data
+            if option[1] or self.select not in self.chosen:
+                self.chosen.setdefault(self.select, value)
+                if option[1]:
+                    self.chosen[self.select] = value
+            self._option = None
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self.select = None
+        elif tag == "form":
+            self.inside = False
+
+
+def as_a_browser_submits(html: str, **changes: str) -> dict[str, str]:
+    form = _Form()
+    form.feed(html)
+    return {**form.fields, **form.chosen, **changes}
+
+
+@pytest.mark.parametrize(("alias", "zone"), ALIASES, ids=[alias for alias, _ in ALIASES])
+def test_a_stored_alias_stays_the_same_zone_when_the_patient_saves_another_setting(
+    runtime: Runtime, web: TestClient, people: People, alias: str, zone: str
+) -> None:
+    patient = people["zeb"]
+    store_zone(runtime, patient.patient_id, alias)
+    factories.sign_in(web, runtime, patient.account_id, level=2)
+    page = web.get("/account/notifications")
+
+    form = as_a_browser_submits(page.text, weekly_cap="2")  # only the weekly cap changes
+    response = web.post("/account/notifications/preferences", data=form, follow_redirects=False)
+
+    assert response.status_code == 303, response.text
+    assert stored_zone(runtime, patient.patient_id) == zone
+    assert same_clock(zone, alias)  # so quiet hours mean what they meant
+
+
+@pytest.mark.parametrize(("alias", "zone"), ALIASES, ids=[alias for alias, _ in ALIASES])
+def test_a_stored_alias_round_trips_through_the_api(
+    runtime: Runtime, web: TestClient, people: People, alias: str, zone: str
+) -> None:
+    patient = people["zeb"]
+    store_zone(runtime, patient.patient_id, alias)
+    path = "/api/v1/notifications/preferences"
+    settings = web.get(path, headers=patient.headers).json()
+    assert settings["time_zone"] == zone
+
+    body = {name: settings[name] for name in full_prefs()} | {"weekly_cap": 2}
+    response = web.put(path, json=body, headers=patient.headers)
+
+    assert response.status_code == 200, response.text
+    assert stored_zone(runtime, patient.patient_id) == zone
+
+
+@pytest.mark.parametrize("nowhere", ["localtime", "Factory", "Etc/GMT+5", "Mars/Olympus_Mons"])
+def test_a_stored_zone_that_names_no_place_is_never_replaced_unasked(
+    runtime: Runtime, web: TestClient, people: People, nowhere: str
+) -> None:
+    # No canonical zone keeps its clock: the page asks for one rather than pick one.
+    patient = people["zeb"]
+    store_zone(runtime, patient.patient_id, nowhere)
+    factories.sign_in(web, runtime, patient.account_id, level=2)
+    page = web.get("/account/notifications")
+    assert "Choose your time zone" in page.text
+
+    form = as_a_browser_submits(page.text, weekly_cap="2")
+    response = web.post("/account/notifications/preferences", data=form, follow_redirects=False)
+
+    assert response.status_code == 400
+    assert "Choose a time zone from the list." in response.text
+    assert stored_zone(runtime, patient.patient_id) == nowhere
+
+
+def test_canonical_names_resolve_links_with_tzdata() -> None:
+    for alias, zone in ALIASES:
+        assert time_zones.canonical_name(alias) == zone
+    for zone in time_zones.canonical():
+        assert time_zones.canonical_name(zone) == zone
+    assert time_zones.canonical_name("posix/US/Eastern") == "America/New_York"
+    assert time_zones.canonical_name("posix/Europe/Berlin") == "Europe/Berlin"
+    nowhere = ["localtime", "Factory", "posixrules", "Etc/GMT+5", "right/UTC", "", "../UTC"]
+    for name in nowhere:
+        assert time_zones.canonical_name(name) is None, name
