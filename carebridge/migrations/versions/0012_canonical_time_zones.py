@@ -8,7 +8,7 @@ becomes the deployment's default, ``CAREBRIDGE_NOTIFY_TIME_ZONE``, as for a pati
 never chose: logged with the number of patients, whose quiet hours may move.
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-08 09:00:00.000000
 """
 
@@ -23,7 +23,7 @@ from carebridge import time_zones
 from carebridge.settings import Settings
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
