@@ -248,38 +248,21 @@ def _keyword(body: str) -> str:
     return words[0].upper().strip(".!") if len(words) == 1 else ""
 
 
-# An incoming SMS or MMS carries these, as Twilio documents them (the request, media and
-# geographic parameters of https://www.twilio.com/docs/messaging/guides/webhook-request),
-# plus three it sends with every SMS though that page leaves them out: ApiVersion,
-# SmsStatus, ReferralNumMedia. Not WhatsApp's or RCS's: our number takes neither, and some
-# of theirs (ButtonText, ChannelMetadata, Forwarded) sort between Body and From, where the
-# tail of a text could pass for one of them. Nor AddOns: we install no Marketplace Add-on.
-INBOUND_PARAMETERS = frozenset(
-    {
-        "AccountSid",
-        "ApiVersion",
-        "Body",
-        "From",
-        "FromCity",
-        "FromCountry",
-        "FromState",
-        "FromZip",
-        "MessageSid",
-        "MessagingServiceSid",
-        "NumMedia",
-        "NumSegments",
-        "ReferralNumMedia",
-        "SmsMessageSid",
-        "SmsSid",
-        "SmsStatus",
-        "To",
-        "ToCity",
-        "ToCountry",
-        "ToState",
-        "ToZip",
-    }
-)
-_MEDIA_PARAMETER = re.compile(r"Media(Url|ContentType)[0-9]{1,2}")
+# The names of an incoming SMS that hold "Body" or "From" (Twilio's request and geographic
+# parameters, https://www.twilio.com/docs/messaging/guides/webhook-request). None of
+# Twilio's SMS parameters sorts between Body and From; WhatsApp's ButtonText,
+# ChannelMetadata and Forwarded would, and our number takes no WhatsApp.
+_TEXT_ENDS = frozenset({"Body", "From", "FromCity", "FromCountry", "FromState", "FromZip"})
+
+
+def _named_as_twilio_names(name: str) -> bool:
+    """Whether ``name`` could be one of Twilio's: not between Body and From, where only the
+    sender's text lies, and holding "Body" or "From" only as Twilio's own names do. Any
+    other name Twilio sends (media, OptOutType with Advanced Opt-Out, ones it adds without
+    notice) is let through: it cannot move either end of the text."""
+    if name in _TEXT_ENDS:
+        return True
+    return not ("Body" < name < "From") and "Body" not in name and "From" not in name
 
 
 @dataclass(frozen=True)
@@ -304,23 +287,22 @@ def _inbound_fields(params: Params) -> Inbound:
     signs like the victim's ``Body=CANCELED``. What leaves no other split naming a number
     (From is E.164, or nothing is applied) and a keyword:
 
-    - Every name is Twilio's for an incoming SMS (INBOUND_PARAMETERS, media ones), given
-      once. None sorts between Body and From: the text runs from "Body" to "From".
-    - "Body" and "From" occur in no value but Body's; Twilio's own values (SIDs, numbers,
-      places, media URLs) never hold them. A split that moves either end of the text, or
-      makes From another number out of a sender's own text (``STOPFrom+1202…FromCity…``),
-      leaves the real name inside another value; one that moves the text's end past
-      From leaves a From that is no number (``CitySAN FRANCISCO``).
+    - Every name is given once, and none sorts between Body and From: the text runs
+      from "Body" to "From" (:func:`_named_as_twilio_names`).
+    - "Body" and "From" occur in no value but Body's, and in no name but Twilio's own
+      (From, FromCity…); Twilio's values (SIDs, numbers, places, media URLs) never hold
+      them. A split that moves either end of the text, or makes From another number out
+      of a sender's own text (``STOPFrom+1202…FromA…`` read as From=+1202…, FromAFrom=…),
+      leaves a real name inside another value or a name; one that moves the text's end
+      past From leaves a From that is no number (``CitySAN FRANCISCO``).
     - Every MessageSid we accept is kept (:func:`receive`): any reading of a message we
       have read is a repeat, already done.
     """
     if not all(
-        len(values) == 1 and (name in INBOUND_PARAMETERS or _MEDIA_PARAMETER.fullmatch(name))
-        for name, values in params.items()
+        len(values) == 1 and _named_as_twilio_names(name) for name, values in params.items()
     ):
-        # An operator seeing this for genuine traffic: Twilio added a parameter (see
-        # docs/operations.md). The names are not logged: a forged one is a piece of text.
-        raise _refuse_inbound("a parameter Twilio does not send, or one sent twice")
+        # The names are not logged: a forged one is a piece of the sender's text.
+        raise _refuse_inbound("a parameter sent twice, or named as Twilio names none")
     value = {name: values[0] for name, values in params.items()}
     body, sender, sid = value.get("Body"), value.get("From"), value.get("MessageSid")
     moved = any("Body" in v or "From" in v for name, v in value.items() if name != "Body")

@@ -426,6 +426,18 @@ def test_a_genuine_stop_as_twilio_posts_it_is_applied(
     assert not sms_enabled(runtime, people["zeb"].patient_id)
 
 
+def test_a_stop_with_a_parameter_twilio_added_is_applied(
+    runtime: Runtime, app: TestClient, people: People
+) -> None:
+    # A Messaging Service with Advanced Opt-Out adds OptOutType; Twilio may add others
+    # without notice. A name that cannot move either end of the text is let through.
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    stop = {**_inbound_as_twilio_posts_it("STOP", NUMBER), "OptOutType": "STOP"}
+    assert post_signed(app, INBOUND, stop, raw=True).status_code == 200
+    assert listed(runtime, NUMBER)
+    assert not sms_enabled(runtime, people["zeb"].patient_id)
+
+
 # Status callbacks: never backwards
 
 
