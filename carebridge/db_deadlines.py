@@ -198,13 +198,16 @@ class WatchedConnection(psycopg.Connection[Any]):
     own_socket: socket.socket | None = None
 
     def commit(self) -> None:
+        # A connection already lost sends no COMMIT: its transaction died with it.
+        sent = not self.closed
         wait = DEADLINES.start(self, self.limit)
         try:
             super().commit()
         except psycopg.OperationalError as exc:
             # The server's own refusal (a SQLSTATE, the connection still there) means it
             # rolled back; an answer that never came leaves the outcome unknown.
-            if self.ended_by_deadline or self.broken or exc.sqlstate is None:
+            lost = self.ended_by_deadline or self.broken or exc.sqlstate is None
+            if sent and lost:
                 raise CommitOutcomeUnknownError(
                     "the connection was lost while committing: whether the transaction "
                     "committed is unknown"
