@@ -71,25 +71,55 @@ class DatabaseUnavailableError(DatabaseError):
     nothing was done, and the same request may succeed later (HTTP 503)."""
 
 
+class OutcomeUnknownError(DatabaseError):
+    """A write was sent and its answer lost (the connection went away as it ran): it may
+    have been done. Never "try again" (a retry would do it twice): HTTP 500."""
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Whether ``exc`` says a write may or may not have been done: a COMMIT cut off by the
+    client's deadline or a lost connection (:mod:`carebridge.db_deadlines`), or a write
+    that reported :class:`OutcomeUnknownError` (a token claim on the event loop)."""
+    if isinstance(exc, OutcomeUnknownError):
+        return True
+    return isinstance(exc, DBAPIError) and isinstance(
+        exc.orig, db_deadlines.CommitOutcomeUnknownError
+    )
+
+
+# PostgreSQL's conditions that say "not now" rather than "not this": query_canceled (a
+# statement or the client's cancel past the budget), lock_not_available (lock_timeout),
+# too_many_connections, admin_shutdown, crash_shutdown, cannot_connect_now; and every
+# connection_exception (class 08). Everything else (a deadlock, a serialization failure,
+# a program limit, disk full, an I/O error) is a fault someone must look at: a 500 with
+# its traceback, never a 503 a client retries into the same fault.
+TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "53300", "57P01", "57P02", "57P03"})
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database is unavailable for now (too slow, unreachable,
     locked) rather than that the request or the code is wrong: a 503, not a 500.
 
-    PostgreSQL reports such conditions as OperationalError (a lost or refused
-    connection, a statement or lock timeout, too many connections, a shutdown); SQLite
-    says so for a lock it waited on in vain, and otherwise (a missing table, bad SQL)
-    uses the same class for mistakes, which stay 500s.
+    On PostgreSQL: a connection lost or refused (the driver's own errors carry no
+    SQLSTATE; the server's class 08), a pooled connection not free in time, or one of
+    :data:`TRANSIENT_SQLSTATES`. SQLite says so for a lock it waited on in vain, and
+    otherwise (a missing table, bad SQL) uses the same class for mistakes, which stay
+    500s. A write whose outcome is unknown is never "unavailable": see
+    :func:`outcome_unknown`.
     """
     if isinstance(exc, DatabaseUnavailableError | PoolTimeoutError):
         return True
-    if not isinstance(exc, DBAPIError):
+    if not isinstance(exc, DBAPIError) or outcome_unknown(exc):
         return False
     if exc.connection_invalidated:
         return True
     original = exc.orig
     if isinstance(original, sqlite3.OperationalError):
         return str(original).startswith(("database is locked", "database table is locked"))
-    return isinstance(original, psycopg.OperationalError)
+    if not isinstance(original, psycopg.OperationalError):
+        return False
+    sqlstate = original.sqlstate
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in TRANSIENT_SQLSTATES
 
 
 # A connection whose statement outlived the server's statement_timeout is shut down
@@ -233,6 +263,12 @@ def make_engine(url: str, budget: Budget | None = None) -> Engine:
     def connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
         return db_deadlines.connect(budget.client_seconds, *cargs, **cparams)
 
+    @event.listens_for(engine, "checkin")
+    def role_limit(dbapi_connection: Any, _record: Any) -> None:
+        # Back to the role's deadline, whatever one transaction widened it to (widen()).
+        if dbapi_connection is not None:
+            dbapi_connection.limit = budget.client_seconds
+
     _ping_when_idle(engine)
     return engine
 
@@ -251,6 +287,10 @@ def _ping_when_idle(engine: Engine) -> None:
         record.info["idle_since"] = time.monotonic()
 
     def ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if getattr(dbapi_connection, "ended_by_deadline", False):
+            # Shut down by its deadline as its statement finished (answered normally, so
+            # never invalidated): never handed out again. The pool connects afresh.
+            raise DisconnectionError("shut down by its deadline")
         idle_since = record.info.get("idle_since")
         if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
             return
@@ -278,10 +318,40 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any error."""
+def transaction(sessions: sessionmaker[Session], budget: Budget | None = None) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error.
+
+    With ``budget``, this one transaction has that budget instead of its process's role
+    (:func:`widen`): for the rare long job a web request starts (a roster import).
+    """
     with sessions.begin() as session:
+        if budget is not None:
+            widen(session, budget)
         yield session
+
+
+def widen(session: Session, budget: Budget) -> None:
+    """Give the rest of the session's transaction ``budget``: its statements' and lock
+    waits' bounds on PostgreSQL (``SET LOCAL``: until the transaction ends) and the
+    client's deadline on its waits, its COMMIT included (until the connection returns to
+    the pool, which restores its role's). One round trip. On SQLite there is nothing to
+    widen: the transaction already holds the write lock (``BEGIN IMMEDIATE``), and a
+    statement has no time limit there.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return
+    milliseconds = str(round(budget.seconds * 1000))
+    connection.execute(
+        text(
+            "SELECT set_config('statement_timeout', :ms, true),"
+            " set_config('lock_timeout', :ms, true)"
+        ),
+        {"ms": milliseconds},
+    )
+    driver = connection.connection.driver_connection
+    if isinstance(driver, db_deadlines.WatchedConnection):
+        driver.limit = budget.client_seconds
 
 
 def _connection(session: Session | Connection) -> Connection:

@@ -13,8 +13,19 @@ Each connection (:class:`WatchedConnection`, with its cursors) registers every w
 process, :data:`DEADLINES`. A wait that outlives its connection's limit has its socket
 shut down (``shutdown(2)``: the waiting thread wakes at once with a lost connection,
 which SQLAlchemy treats as a disconnect: the connection is invalidated and the pool
-reconnects). Nothing else is touched: the socket is only shut down, never closed, while
-the connection is registered, so its descriptor cannot have been reused.
+reconnects; one whose statement finished at that very moment is never handed out again,
+see :attr:`WatchedConnection.ended_by_deadline`).
+
+The thread shuts down a descriptor of its own, duplicated when the connection was made
+(:attr:`WatchedConnection.own_socket`), never libpq's: libpq closes its descriptor itself
+when a read fails (the server went away), even in the middle of a wait that is still
+registered, and that number may then already be another file's. Shutting a connection
+down allocates nothing, so a process out of descriptors still has its deadlines; the
+thread logs any failure and carries on, and is started again if it ever stopped.
+
+A COMMIT cut off by its deadline, or by a lost connection, may have committed all the
+same: it raises :class:`CommitOutcomeUnknownError`, which is never answered "try again"
+(carebridge.db.outcome_unknown).
 
 Cost per statement: a lock taken twice and a dict entry (about a microsecond). The
 thread looks every :data:`TICK_SECONDS` while waits are registered, and sleeps when none
@@ -48,9 +59,15 @@ SLEEP_AFTER_SECONDS = 10.0
 DEFAULT_LIMIT = 30.0
 
 
+class CommitOutcomeUnknownError(psycopg.OperationalError):
+    """A COMMIT was sent and no answer came back (the client's deadline ended the wait,
+    or the connection was lost): the server may have committed. A driver error, so
+    SQLAlchemy wraps it and invalidates the connection as for any lost connection."""
+
+
 @dataclass(eq=False)
 class _Wait:
-    connection: psycopg.Connection[Any]
+    connection: WatchedConnection
     deadline: float
     seconds: float
 
@@ -65,7 +82,7 @@ class Deadlines:
         self._thread: threading.Thread | None = None
         self._asleep = False
 
-    def start(self, connection: psycopg.Connection[Any], seconds: float) -> _Wait | None:
+    def start(self, connection: WatchedConnection, seconds: float) -> _Wait | None:
         """A wait on ``connection`` that may last ``seconds`` begins; give what this
         returns to :meth:`end` when it does. A wait inside another (a call that waits
         within one already registered) runs under the outer one's deadline."""
@@ -87,13 +104,12 @@ class Deadlines:
             if self._waits.get(key) is wait:
                 del self._waits[key]
 
-    @contextmanager
-    def waiting(self, connection: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
-        wait = self.start(connection, seconds)
-        try:
-            yield
-        finally:
-            self.end(wait)
+    def close_socket(self, own: socket.socket) -> None:
+        """Close a connection's own descriptor of its socket (:class:`WatchedConnection`)
+        with the lock held: never while the thread is shutting it down, so the thread
+        never meets its number reused."""
+        with self._lock:
+            own.close()
 
     def _wake(self) -> None:
         if self._thread is None:
@@ -105,54 +121,63 @@ class Deadlines:
             self._registered.notify()
 
     def _watch(self) -> None:
-        idle = 0.0
-        while True:
-            ended = []
+        try:
+            idle = 0.0
+            while True:
+                try:
+                    idle = self._look(idle)
+                except Exception:
+                    # Whatever it was, the waits still need their deadlines: log it and
+                    # look again at the next tick.
+                    log.exception("the database deadline thread failed; it carries on")
+                time.sleep(TICK_SECONDS)
+        finally:
+            # Not reached but by a BaseException: the next wait to start starts a new one.
             with self._lock:
-                if self._waits:
-                    idle = 0.0
-                else:
-                    idle += TICK_SECONDS
-                # Asleep only after a quiet while: under traffic, no statement pays for
-                # waking this thread.
-                if idle >= SLEEP_AFTER_SECONDS:
-                    self._asleep = True
-                    while not self._waits:
-                        self._registered.wait()
-                    self._asleep = False
-                    idle = 0.0
-                now = time.monotonic()
-                for key, wait in list(self._waits.items()):
-                    if wait.deadline <= now:
-                        del self._waits[key]
-                        _shut_down(wait)
-                        ended.append(wait)
-            for wait in ended:  # (not holding the lock every statement takes)
-                log.warning(
-                    "the database did not answer within %.1f s: its connection was shut down",
-                    wait.seconds,
-                )
-            time.sleep(TICK_SECONDS)
+                self._thread = None
+                self._asleep = False
+            log.error("the database deadline thread stopped; the next wait starts another")
+
+    def _look(self, idle: float) -> float:
+        """End the waits past their deadline; how long none was registered, after."""
+        ended = []
+        with self._lock:
+            if self._waits:
+                idle = 0.0
+            else:
+                idle += TICK_SECONDS
+            # Asleep only after a quiet while: under traffic, no statement pays for
+            # waking this thread.
+            if idle >= SLEEP_AFTER_SECONDS:
+                self._asleep = True
+                while not self._waits:
+                    self._registered.wait()
+                self._asleep = False
+                idle = 0.0
+            now = time.monotonic()
+            for key, wait in list(self._waits.items()):
+                if wait.deadline <= now:
+                    del self._waits[key]
+                    _shut_down(wait.connection)
+                    ended.append(wait)
+        for wait in ended:  # (not holding the lock every statement takes)
+            log.warning(
+                "the database did not answer within %.1f s: its connection was shut down",
+                wait.seconds,
+            )
+        return idle
 
 
-def _shut_down(wait: _Wait) -> None:
-    """Wake the thread waiting on this connection's socket with a lost connection. Called
-    with the lock held, while the wait is registered: the connection is open, its
-    descriptor its own."""
-    try:
-        descriptor = wait.connection.fileno()
-    except psycopg.Error:
-        return  # closed meanwhile: nothing waits on it
-    if isinstance(wait.connection, WatchedConnection):
-        wait.connection.ended_by_deadline = True
-    # A duplicate descriptor of the same socket: shutdown acts on the socket, and closing
-    # the duplicate leaves the connection's own descriptor alone.
-    duplicate = socket.socket(fileno=os.dup(descriptor))
-    try:
-        with contextlib.suppress(OSError):
-            duplicate.shutdown(socket.SHUT_RDWR)
-    finally:
-        duplicate.close()
+def _shut_down(connection: WatchedConnection) -> None:
+    """Wake the thread waiting on this connection's socket with a lost connection,
+    through the connection's own descriptor of it: nothing is allocated (a process out
+    of descriptors still ends its waits), and libpq's descriptor, which libpq may have
+    closed meanwhile, is not used. Called with the lock held, which
+    :meth:`WatchedConnection.close` takes to close that descriptor."""
+    connection.ended_by_deadline = True
+    if connection.own_socket is not None:
+        with contextlib.suppress(OSError):  # already shut down, or closed by the server
+            connection.own_socket.shutdown(socket.SHUT_RDWR)
 
 
 DEADLINES = Deadlines()
@@ -166,13 +191,28 @@ class WatchedConnection(psycopg.Connection[Any]):
     """
 
     limit: float = DEFAULT_LIMIT
-    # Set once a wait on it ran out of time and its socket was shut down.
+    # Set once a wait on it ran out of time and its socket was shut down; the pool hands
+    # it out no more (carebridge.db), even when the wait's statement had just finished.
     ended_by_deadline: bool = False
+    # The deadline thread's own descriptor of the connection's socket (see _shut_down).
+    own_socket: socket.socket | None = None
 
     def commit(self) -> None:
+        # A connection already lost sends no COMMIT: its transaction died with it.
+        sent = not self.closed
         wait = DEADLINES.start(self, self.limit)
         try:
             super().commit()
+        except psycopg.OperationalError as exc:
+            # The server's own refusal (a SQLSTATE, the connection still there) means it
+            # rolled back; an answer that never came leaves the outcome unknown.
+            lost = self.ended_by_deadline or self.broken or exc.sqlstate is None
+            if sent and lost:
+                raise CommitOutcomeUnknownError(
+                    "the connection was lost while committing: whether the transaction "
+                    "committed is unknown"
+                ) from exc
+            raise
         finally:
             DEADLINES.end(wait)
 
@@ -183,10 +223,27 @@ class WatchedConnection(psycopg.Connection[Any]):
         finally:
             DEADLINES.end(wait)
 
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.own_socket is not None:
+                DEADLINES.close_socket(self.own_socket)
 
-def _limit(cursor: psycopg.Cursor[Any]) -> float:
-    connection = cursor.connection
-    return connection.limit if isinstance(connection, WatchedConnection) else DEFAULT_LIMIT
+
+def _start(cursor: psycopg.Cursor[Any] | psycopg.ServerCursor[Any]) -> _Wait | None:
+    # The watched cursors are the factories of watched connections only (connect()).
+    connection = cast(WatchedConnection, cursor.connection)
+    return DEADLINES.start(connection, connection.limit)
+
+
+@contextmanager
+def _waiting(cursor: psycopg.Cursor[Any] | psycopg.ServerCursor[Any]) -> Iterator[None]:
+    wait = _start(cursor)
+    try:
+        yield
+    finally:
+        DEADLINES.end(wait)
 
 
 class WatchedCursor(psycopg.Cursor[Any]):
@@ -201,7 +258,7 @@ class WatchedCursor(psycopg.Cursor[Any]):
         prepare: bool | None = None,
         binary: bool | None = None,
     ) -> Self:
-        wait = DEADLINES.start(self.connection, _limit(self))
+        wait = _start(self)
         try:
             # (A t-string query takes no params: passed on as it came.)
             plain = cast(QueryNoTemplate, query)
@@ -212,7 +269,7 @@ class WatchedCursor(psycopg.Cursor[Any]):
     def executemany(
         self, query: Query, params_seq: Iterable[Params], *, returning: bool = False
     ) -> None:
-        with DEADLINES.waiting(self.connection, _limit(self)):
+        with _waiting(self):
             super().executemany(query, params_seq, returning=returning)
 
     @contextmanager
@@ -221,7 +278,7 @@ class WatchedCursor(psycopg.Cursor[Any]):
     ) -> Iterator[Copy]:
         # The whole COPY, its rows written in the block included, is one statement.
         with (
-            DEADLINES.waiting(self.connection, _limit(self)),
+            _waiting(self),
             super().copy(statement, params, writer=writer) as copy,
         ):
             yield copy
@@ -238,31 +295,31 @@ class WatchedServerCursor(psycopg.ServerCursor[Any]):
         binary: bool | None = None,
         **kwargs: Any,
     ) -> Self:
-        with DEADLINES.waiting(self.connection, _limit(self)):
+        with _waiting(self):
             return super().execute(query, params, binary=binary, **kwargs)
 
     def fetchone(self) -> Any:
-        with DEADLINES.waiting(self.connection, _limit(self)):
+        with _waiting(self):
             return super().fetchone()
 
     def fetchmany(self, size: int = 0) -> list[Any]:
-        with DEADLINES.waiting(self.connection, _limit(self)):
+        with _waiting(self):
             return super().fetchmany(size)
 
     def fetchall(self) -> list[Any]:
-        with DEADLINES.waiting(self.connection, _limit(self)):
+        with _waiting(self):
             return super().fetchall()
 
     def __next__(self) -> Any:
-        with DEADLINES.waiting(self.connection, _limit(self)):
+        with _waiting(self):
             return super().__next__()
 
     def scroll(self, value: int, mode: str = "relative") -> None:
-        with DEADLINES.waiting(self.connection, _limit(self)):
+        with _waiting(self):
             super().scroll(value, mode)
 
     def close(self) -> None:
-        with DEADLINES.waiting(self.connection, _limit(self)):
+        with _waiting(self):
             super().close()
 
 
@@ -270,6 +327,11 @@ def connect(limit: float, *args: Any, **kwargs: Any) -> WatchedConnection:
     """``psycopg.connect``, for a connection whose waits end within ``limit`` seconds
     (connecting is bounded by libpq's ``connect_timeout``)."""
     connection = WatchedConnection.connect(*args, cursor_factory=WatchedCursor, **kwargs)
+    try:
+        connection.own_socket = socket.socket(fileno=os.dup(connection.fileno()))
+    except OSError:
+        connection.close()  # (out of descriptors: the connection fails, loudly)
+        raise
     connection.server_cursor_factory = WatchedServerCursor
     connection.limit = limit
     return connection

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -21,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +32,26 @@ import psycopg
 import pytest
 import uvicorn
 from realparts import require
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from carebridge import db, migrate
+from carebridge import db, db_deadlines, migrate
 from carebridge.app import create_app
-from carebridge.db import CLIENT_GRACE_SECONDS, Budget, make_engine, unavailable
+from carebridge.db import (
+    CLIENT_GRACE_SECONDS,
+    Budget,
+    make_engine,
+    make_sessionmaker,
+    transaction,
+    unavailable,
+)
 from carebridge.db_deadlines import TICK_SECONDS
 from carebridge.http import health
 from carebridge.http.problems import RETRY_AFTER_SECONDS
@@ -44,6 +59,7 @@ from carebridge.runtime import Runtime
 from carebridge.settings import Role, Settings
 from identity import sessions
 from tests.identity import factories
+from tests.messaging.conftest import build_world
 from tests.oidc import helpers
 from tests.private_postgres import PrivatePostgres
 
@@ -500,3 +516,273 @@ def test_a_pooled_connection_checked_on_a_frozen_server_fails_without_reconnecti
     assert isinstance(outcome, BaseException) and unavailable(outcome), outcome
     # One wait (the ping's), not that and a connect timeout (2 s) after it.
     assert waited < BUDGET + CLIENT_GRACE_SECONDS + 1.0, waited
+
+
+# A COMMIT whose answer never came
+
+
+def test_a_commit_cut_off_by_the_deadline_answers_500_not_a_retry_that_posts_twice(
+    served: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server stops as a message's COMMIT goes out; it runs on later and commits. A
+    # 503 "try again" would have the client post the message (and its notification)
+    # twice: the answer is a 500 that says to check first.
+    world = build_world(served.runtime, tmp_path)
+    armed = threading.Event()
+
+    def freeze_as_a_write_commits(connection: Connection) -> None:
+        # The first transaction after arming that wrote anything: the message's.
+        wrote = connection.exec_driver_sql("SELECT txid_current_if_assigned()").scalar()
+        if armed.is_set() and wrote is not None:
+            armed.clear()
+            served.server.freeze()
+
+    event.listen(served.runtime.engine, "commit", freeze_as_a_write_commits)
+    try:
+        with served.client() as client:
+            created = client.post(
+                "/api/v1/messaging/threads",
+                json={"patient_id": world.patients["zeb"], "subject": "Visit", "body": "Hi."},
+                headers=world.app(),
+            )
+            assert created.status_code == 201, created.text
+            thread_id = created.json()["thread"]["id"]
+            armed.set()
+            with caplog.at_level(logging.INFO):
+                answer = _timed(
+                    lambda: client.post(
+                        f"/api/v1/messaging/threads/{thread_id}/messages",
+                        json={"body": "See you on Tuesday."},
+                        headers={**world.app(), **JSON},
+                    )
+                )
+            served.server.thaw()
+    finally:
+        event.remove(served.runtime.engine, "commit", freeze_as_a_write_commits)
+    assert answer.status == 500, answer.text[:300]
+    assert "retry-after" not in answer.headers
+    assert answer.seconds < WITHIN, answer.seconds
+    assert "Check before you try again" in json.loads(answer.text)["detail"]
+    assert "a write's outcome is unknown" in caplog.text
+    assert "answered 503" not in caplog.text
+    assert not [record for record in caplog.records if record.exc_info]
+    # It did commit once the server ran on.
+    deadline = time.monotonic() + 10
+    while _messages(served.runtime, thread_id) < 2:
+        assert time.monotonic() < deadline, "the cut-off commit never landed"
+        time.sleep(0.1)
+
+
+def _messages(runtime: Runtime, thread_id: str) -> int:
+    with runtime.engine.connect() as connection:
+        query = text("SELECT count(*) FROM message WHERE thread_id = :thread")
+        return int(connection.execute(query, {"thread": thread_id}).scalar_one())
+
+
+# The deadline thread
+
+
+def _direct(url: str, limit: float) -> db_deadlines.WatchedConnection:
+    """A watched connection with only the client's deadline (no statement_timeout): what
+    ends its waits is the deadline thread alone."""
+    parts = make_url(url)
+    return db_deadlines.connect(
+        limit, host=parts.host, port=parts.port, dbname=parts.database, user=parts.username
+    )
+
+
+def _run_bounded(call: Callable[[], object]) -> tuple[object, float]:
+    """What ``call`` raised (or returned), and how long it took."""
+    started = time.monotonic()
+    try:
+        outcome: object = call()
+    except Exception as exc:  # noqa: BLE001  (the outcome under test)
+        outcome = exc
+    return outcome, time.monotonic() - started
+
+
+@contextmanager
+def _out_of_descriptors() -> Iterator[None]:
+    """Every file descriptor the process may open is taken, for the block."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 16, hard))
+    taken: list[int] = []
+    try:
+        with pytest.raises(OSError, match="Too many open files"):  # noqa: PT012
+            while True:  # (until it runs out)
+                taken.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for descriptor in taken:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_process_out_of_file_descriptors_still_ends_waits_past_their_deadline(
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Shutting a connection down once took a descriptor (os.dup): EMFILE killed the
+    # deadline thread for good, silently, and no wait had a client deadline after.
+    monkeypatch.setattr(db_deadlines, "DEADLINES", db_deadlines.Deadlines())  # the test's own
+    first, second = _direct(postgres_database, 0.3), _direct(postgres_database, 0.3)
+    try:
+        with _out_of_descriptors():
+            starved, starved_took = _run_bounded(lambda: first.execute("SELECT pg_sleep(3)"))
+        later, later_took = _run_bounded(lambda: second.execute("SELECT pg_sleep(3)"))
+    finally:
+        first.close()
+        second.close()
+    assert isinstance(starved, psycopg.OperationalError), starved
+    assert starved_took < 1.5, starved_took
+    assert isinstance(later, psycopg.OperationalError), later
+    assert later_took < 1.5, later_took
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_deadline_thread_that_stopped_is_started_again_by_the_next_wait(
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever stopped it (here a SystemExit, which no "except Exception" in its loop
+    # catches), the next wait to begin starts a new one.
+    monkeypatch.setattr(db_deadlines, "DEADLINES", db_deadlines.Deadlines())
+    shut_down = db_deadlines._shut_down
+
+    def stop_the_thread(connection: db_deadlines.WatchedConnection) -> None:
+        raise SystemExit
+
+    monkeypatch.setattr(db_deadlines, "_shut_down", stop_the_thread)
+    first, second = _direct(postgres_database, 0.3), _direct(postgres_database, 0.3)
+    try:
+        # Its deadline stops the thread instead: the statement runs its course.
+        unbounded, _ = _run_bounded(lambda: first.execute("SELECT pg_sleep(1), 1"))
+        monkeypatch.setattr(db_deadlines, "_shut_down", shut_down)
+        later, later_took = _run_bounded(lambda: second.execute("SELECT pg_sleep(3)"))
+    finally:
+        first.close()
+        second.close()
+    assert isinstance(unbounded, psycopg.Cursor), unbounded
+    assert isinstance(later, psycopg.OperationalError), later
+    assert later_took < 1.5, later_took
+
+
+def test_a_connection_shut_down_by_its_deadline_as_its_statement_finished_is_not_reused(
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The statement's answer came just as its deadline did: answered normally, its
+    # connection shut down all the same. The next request must not get that connection
+    # (and a 503 for nothing).
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)  # no ping to notice it
+    engine = make_engine(postgres_database, Budget("web", 5.0))
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            connection.commit()
+            raw = connection.connection.driver_connection
+            assert isinstance(raw, db_deadlines.WatchedConnection)
+            wait = db_deadlines.DEADLINES.start(raw, 0.0)  # its deadline, reached
+            deadline = time.monotonic() + 5
+            while not raw.ended_by_deadline:
+                assert time.monotonic() < deadline, "the deadline thread never came"
+                time.sleep(0.01)
+            db_deadlines.DEADLINES.end(wait)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+# One transaction's budget, widened
+
+
+def test_a_widened_transaction_outlives_the_web_budget_and_the_next_has_it_again(
+    postgres_database: str,
+) -> None:
+    web = Budget("web", 0.5)
+    engine = make_engine(postgres_database, web)
+    sessions = make_sessionmaker(engine)
+    try:
+        with transaction(sessions, Budget("cli", 10.0)) as session:
+            # Past the server's 0.5 s and the client's 1.5 s.
+            assert session.execute(text("SELECT pg_sleep(1.7), 1")).one()[1] == 1
+            backend = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with transaction(sessions) as session:
+            # The same connection, its role's budget again, on both sides.
+            assert session.execute(text("SELECT pg_backend_pid()")).scalar_one() == backend
+            raw = session.connection().connection.driver_connection
+            assert isinstance(raw, db_deadlines.WatchedConnection)
+            assert raw.limit == web.client_seconds
+            with pytest.raises(OperationalError) as raised:
+                session.execute(text("SELECT pg_sleep(1)"))
+        assert unavailable(raised.value)
+    finally:
+        engine.dispose()
+
+
+# Faults that are not stalls: a 500 with its traceback, never a 503 to retry into
+
+
+def _app_with(runtime: Runtime, route: Route) -> Starlette:
+    app = create_app(runtime)
+    app.router.routes.append(route)
+    return app
+
+
+def test_a_deadlock_answers_500_with_its_traceback_not_a_503_to_retry(
+    tmp_path: Path, postgres_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two requests take the same two locks in opposite orders: PostgreSQL ends one
+    # (40P01, an OperationalError). A bug to fix, not a database to wait for.
+    both_hold_one = threading.Barrier(2, timeout=10)
+
+    def lock_in_order(request: Request) -> Response:
+        first, second = int(request.path_params["first"]), int(request.path_params["second"])
+        with transaction(request.app.state.runtime.sessions) as session:
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": first})
+            both_hold_one.wait()
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": second})
+        return JSONResponse({})
+
+    runtime = Runtime.build(Settings(data_dir=tmp_path / "data", database_url=postgres_database))
+    app = _app_with(runtime, Route("/api/locks/{first}/{second}", lock_in_order))
+    try:
+        with caplog.at_level(logging.INFO):
+            answers = _in_parallel(
+                [
+                    lambda path=path: TestClient(app, raise_server_exceptions=False).get(path)
+                    for path in ("/api/locks/1/2", "/api/locks/2/1")
+                ]
+            )
+    finally:
+        runtime.close()
+    assert sorted(answer.status for answer in answers) == [200, 500]
+    assert not any("retry-after" in answer.headers for answer in answers)
+    assert "answered 503" not in caplog.text
+    [error] = [record for record in caplog.records if record.getMessage() == "unhandled error"]
+    assert error.exc_info is not None and "DeadlockDetected" in repr(error.exc_info[1])
+
+
+def test_a_program_limit_error_answers_500_not_a_503_to_retry(
+    tmp_path: Path, postgres_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 54023 too_many_arguments, of class 54 (program limit exceeded): an OperationalError
+    # in psycopg, as disk full (53100) and I/O errors (58030) are.
+    def over_the_limit(request: Request) -> Response:
+        arguments = ", ".join(str(n) for n in range(101))
+        with transaction(request.app.state.runtime.sessions) as session:
+            session.execute(text(f"SELECT concat({arguments})"))
+        return JSONResponse({})
+
+    runtime = Runtime.build(Settings(data_dir=tmp_path / "data", database_url=postgres_database))
+    try:
+        client = TestClient(
+            _app_with(runtime, Route("/api/limit", over_the_limit)), raise_server_exceptions=False
+        )
+        with caplog.at_level(logging.INFO):
+            answer = client.get("/api/limit")
+    finally:
+        runtime.close()
+    assert answer.status_code == 500 and "retry-after" not in answer.headers
+    assert "answered 503" not in caplog.text
+    [error] = [record for record in caplog.records if record.getMessage() == "unhandled error"]
+    assert error.exc_info is not None and "TooManyArguments" in repr(error.exc_info[1])

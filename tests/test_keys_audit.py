@@ -1,5 +1,6 @@
 """``carebridge keys rotate`` lands in the audit log, with key IDs only (issue 17); with no
-audit log to write to, the keyring does not change."""
+audit log to write to, the keyring does not change; a keyring once replaced is never taken
+back, and a file that could not be replaced is recorded as a rotation not done."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Row, select, text
+from sqlalchemy import Connection, Engine, Row, event, select, text
+from sqlalchemy.orm import Session
 
 from carebridge import keyring
 from carebridge.audit import AuditRecord
@@ -30,7 +32,11 @@ def rotations(database_url: str) -> list[Row[Any]]:
     engine = make_engine(database_url)
     try:
         with engine.connect() as connection:
-            query = select(AuditRecord.__table__).where(AuditRecord.action == "keys.rotate")
+            query = (
+                select(AuditRecord.__table__)
+                .where(AuditRecord.action == "keys.rotate")
+                .order_by(AuditRecord.seq)
+            )
             return list(connection.execute(query).all())
     finally:
         engine.dispose()
@@ -74,15 +80,10 @@ def test_keys_rotate_refuses_without_a_reachable_database(
     assert keyring_file.read_bytes() == unchanged
 
 
-def test_a_rotation_whose_audit_record_cannot_commit_puts_the_keyring_back(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    postgres_database: str,
-) -> None:
-    # The record is written, the file replaced, then the commit fails (a deferred
-    # constraint trigger of PostgreSQL's refuses the record at commit time).
-    engine = make_engine(postgres_database)
+def _refuse_audit_records_at_commit(database_url: str) -> None:
+    """A deferred constraint trigger of PostgreSQL's refuses every audit record as its
+    transaction commits: the record is written, the COMMIT fails."""
+    engine = make_engine(database_url)
     with engine.begin() as connection:
         connection.execute(
             text(
@@ -97,18 +98,78 @@ def test_a_rotation_whose_audit_record_cannot_commit_puts_the_keyring_back(
             )
         )
     engine.dispose()
+
+
+AAD = b"thread:t_1"
+
+
+def test_a_key_wrapped_while_a_failed_rotation_commits_still_unwraps(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    postgres_database: str,
+) -> None:
+    # Another process (a replica starting, the worker) loads the keyring file while the
+    # rotation's audit record commits, and wraps a thread's data key with it. The commit
+    # fails. Whatever that process wrapped must unwrap with the file as it is left:
+    # a keyring written and then taken back would strand it for good.
+    _refuse_audit_records_at_commit(postgres_database)
     data = tmp_path / "data"
     monkeypatch.setenv("CAREBRIDGE_DATA_DIR", str(data))
     monkeypatch.setenv("CAREBRIDGE_DATABASE_URL", postgres_database)
     path = data / "keyring.json"
-    before = keyring.load_or_create_development(path)
+    keyring.load_or_create_development(path)
+    unchanged = path.read_bytes()
+    wrapped: list[bytes] = []
 
-    status, _, err = run(capsys, "keys", "rotate")
+    def another_process_loads_the_keyring(_connection: Connection) -> None:
+        wrapped.append(keyring.load(path).wrap_data_key(keyring.new_data_key(), AAD))
+
+    event.listen(Engine, "commit", another_process_loads_the_keyring)
+    try:
+        status, _, err = run(capsys, "keys", "rotate")
+    finally:
+        event.remove(Engine, "commit", another_process_loads_the_keyring)
 
     assert status == 1
     assert_one_line_error(err)
-    assert "keys not rotated" in err
-    after = keyring.load(path)
-    assert [k.kid for k in after.keks] == [k.kid for k in before.keks]
-    assert [k.kid for k in after.signing] == [k.kid for k in before.signing]
+    assert "keys not rotated: the audit log cannot be written" in err
+    assert wrapped
+    left = keyring.load(path)
+    for blob in wrapped:
+        assert len(left.unwrap_data_key(blob, AAD)) == 32
+    assert path.read_bytes() == unchanged
     assert rotations(postgres_database) == []
+
+
+def test_a_rotation_whose_keyring_file_cannot_be_written_is_recorded_as_not_done(
+    capsys: pytest.CaptureFixture[str], keyring_file: Path, database_url: str
+) -> None:
+    # The record committed; then the file cannot be replaced (here: its name is taken by
+    # a directory). The log must not say the keys rotated when they did not.
+    before = keyring_file.read_bytes()
+    taken: list[bool] = []
+
+    def file_becomes_unwritable(_session: Session) -> None:
+        if not taken:
+            taken.append(True)
+            keyring_file.unlink()
+            keyring_file.mkdir()
+
+    event.listen(Session, "after_commit", file_becomes_unwritable)
+    try:
+        status, out, err = run(capsys, "keys", "rotate")
+    finally:
+        event.remove(Session, "after_commit", file_becomes_unwritable)
+        keyring_file.rmdir()
+        keyring_file.write_bytes(before)
+
+    assert status == 1 and "rotated" not in out
+    assert_one_line_error(err)
+    assert "keys not rotated: keyring file" in err
+    assert "cannot be written" in err and "recorded in the audit log" in err
+    done, undone = rotations(database_url)
+    assert (done.outcome, undone.outcome) == ("allowed", "failed")
+    assert done.target == undone.target
+    status, out, _ = run(capsys, "audit", "verify")
+    assert status == 0 and "audit log intact" in out

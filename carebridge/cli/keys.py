@@ -2,9 +2,16 @@
 
 A rotation changes the keyring in use, so it is audited (``keys.rotate``, the new key
 IDs only). The keyring is a file and the audit log is in the database, which may be
-elsewhere: the record is written first, the file replaced, and the record committed
-only then. No database, no rotation: a key change nobody can account for afterwards is
-worse than one made an hour later (the service cannot run without its database either).
+elsewhere: the record is committed first, then the file replaced. No database, no
+rotation: a key change nobody can account for afterwards is worse than one made an hour
+later (the service cannot run without its database either).
+
+The file, once replaced, is never put back: a process that loaded the rotated keyring may
+already have wrapped a key under its new KEK, which only the rotated keyring unwraps
+(and it keeps every older key, so keeping it is always safe). A file that cannot be
+written after the record committed gets a second record, ``keys.rotate`` with outcome
+``failed``: the rotation did not happen.
+
 ``generate`` is not audited: it only ever creates a new file, never replacing a keyring,
 and runs before a database may exist.
 """
@@ -13,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from carebridge import audit, keyring
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
-from carebridge.db import describe_error, transaction
-from carebridge.runtime import load_keyring
+from carebridge.db import describe_error, outcome_unknown, transaction
+from carebridge.runtime import Runtime, load_keyring
 from carebridge.settings import load_settings
 
 OPERATOR = "operator"
@@ -57,7 +64,7 @@ def _keyring_path() -> tuple[keyring.Keyring, Path]:
 def rotate(args: argparse.Namespace) -> int:
     current, path = _keyring_path()
     rotated = current.rotated(args.alg)
-    _save_audited(current, rotated, path)
+    _save_audited(rotated, path)
     print(f"rotated {path}")
     kept = len(rotated.keks) - 1
     print(f"  encryption key {rotated.active_kek.kid} now encrypts; {kept} older kept")
@@ -71,32 +78,48 @@ def rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_audited(current: keyring.Keyring, rotated: keyring.Keyring, path: Path) -> None:
-    """Replace the keyring file, committing its audit record with it, or change nothing."""
+def _save_audited(rotated: keyring.Keyring, path: Path) -> None:
+    """Commit the rotation's audit record, then replace the keyring file; or change
+    nothing, or (the file could not be written) record that it did not happen."""
+    target = f"kek:{rotated.active_kek.kid} signing:{rotated.active_signing_key.kid}"
     rt = runtime()
-    saved = False
     try:
-        require_current_schema(rt)
-        with transaction(rt.sessions) as db:
-            # Written at once (not at commit): the database takes it before the file changes.
-            audit.append(
-                db,
-                actor=OPERATOR,
-                action="keys.rotate",
-                outcome=audit.Outcome.ALLOWED,
-                target=f"kek:{rotated.active_kek.kid} signing:{rotated.active_signing_key.kid}",
-            )
+        try:
+            require_current_schema(rt)
+            _record(rt, target, audit.Outcome.ALLOWED)
+        except SQLAlchemyError as exc:
+            if outcome_unknown(exc):
+                raise CommandError(
+                    "keys not rotated: the database connection was lost as the audit record "
+                    f"committed; the log may hold a keys.rotate record for {target} that "
+                    "never took effect"
+                ) from None
+            raise CommandError(
+                f"keys not rotated: the audit log cannot be written ({describe_error(exc)})"
+            ) from None
+        try:
             keyring.save(rotated, path)
-            saved = True
-    except SQLAlchemyError as exc:
-        if saved:
-            # The record did not commit: put the old keyring back, unrecorded changes none.
-            keyring.save(current, path)
-        raise CommandError(
-            f"keys not rotated: the audit log cannot be written ({describe_error(exc)})"
-        ) from None
+        except keyring.KeyringError as exc:
+            _record_not_done(rt, target, exc)
     finally:
         rt.close()
+
+
+def _record(rt: Runtime, target: str, outcome: audit.Outcome) -> None:
+    with transaction(rt.sessions) as db:
+        audit.append(db, actor=OPERATOR, action="keys.rotate", outcome=outcome, target=target)
+
+
+def _record_not_done(rt: Runtime, target: str, failure: keyring.KeyringError) -> NoReturn:
+    """The record says rotated, the file says not: a second record says it did not."""
+    try:
+        _record(rt, target, audit.Outcome.FAILED)
+    except SQLAlchemyError as exc:
+        raise CommandError(
+            f"keys not rotated: {failure}; the audit log records a rotation to {target} "
+            f"that did not happen, and its correction cannot be written ({describe_error(exc)})"
+        ) from None
+    raise CommandError(f"keys not rotated: {failure} (recorded in the audit log)") from None
 
 
 def _rewrap_threads() -> None:

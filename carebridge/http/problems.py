@@ -4,9 +4,11 @@ Nothing from an exception reaches a client: an unhandled error answers a generic
 the request ID, and the traceback goes to the (redacted) log. A database or Redis that did
 not answer in time, or cannot be reached, answers 503 with ``Retry-After`` instead, and
 logs one line without a traceback (a driver's traceback quotes the SQL and its
-parameters). A value the database or the driver refused (a DataError, a string that
-cannot be encoded) answers 400 and is logged by its class and the code's frames only: its
-message would quote the value.
+parameters). A write whose outcome is unknown (its COMMIT or claim cut off: it may have
+been done) answers 500 without ``Retry-After``, saying so, and is logged by its class and
+the code's frames: a retry could do it twice. A value the database or the driver refused
+(a DataError, a string that cannot be encoded) answers 400 and is logged by its class and
+the code's frames only: its message would quote the value.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from carebridge.db import describe_error, unavailable
+from carebridge.db import describe_error, outcome_unknown, unavailable
 from carebridge.http.paths import MACHINE_PATHS, OAUTH_PATHS
 from carebridge.http.templates import templates
 from carebridge.logs import request_id_var
@@ -30,6 +32,12 @@ from carebridge.logs import request_id_var
 log = logging.getLogger("carebridge.errors")
 
 PROBLEM_JSON = "application/problem+json"
+
+# The answer to a write whose outcome is unknown: check, don't repeat.
+OUTCOME_UNKNOWN = (
+    "We could not confirm whether this was saved. Check before you try again: it may "
+    "have been done."
+)
 
 # The answer to input the boundary refuses (carebridge.http.boundary): never the value.
 REFUSED_INPUT = "The request holds control characters or invalid Unicode, which no field accepts."
@@ -173,7 +181,21 @@ def _refused_value(exc: Exception) -> bool:
     return isinstance(exc, UnicodeEncodeError) and "surrogates" in exc.reason
 
 
+def _frames(exc: BaseException) -> str:
+    """Where an error was raised (the code's frames), never its message or the SQL."""
+    return "".join(traceback.format_tb(exc.__traceback__))
+
+
 async def unhandled_exception_handler(request: Request, exc: Exception) -> Response:
+    if outcome_unknown(exc):
+        # Checked first: a lost connection would otherwise read as "unavailable, retry".
+        log.error(
+            "a write's outcome is unknown (its connection was lost as it committed): "
+            "answered 500, not to be retried (%s)",
+            type(getattr(exc, "orig", None) or exc).__name__,
+            extra={"where": _frames(exc)},
+        )
+        return problem(request, 500, OUTCOME_UNKNOWN)
     if _temporarily_unavailable(exc):
         # The kind and the driver's first line only: no SQL, no parameters, no traceback.
         log.warning(
@@ -195,7 +217,7 @@ async def unhandled_exception_handler(request: Request, exc: Exception) -> Respo
             extra={
                 "error": type(original).__name__,
                 "sqlstate": getattr(original, "sqlstate", None),
-                "where": "".join(traceback.format_tb(exc.__traceback__)),
+                "where": _frames(exc),
             },
         )
         return invalid_request(request, "A value in the request is not valid.")

@@ -326,7 +326,10 @@ async def import_roster(request: Request) -> Response:
       import is all or nothing unless `skip_invalid=true`. Bad rows are reported by line
       number, field and reason, never by value. A full import (the default) makes the
       source's members missing from the file ineligible; `partial=true` updates only the
-      rows sent. Needs a client-credentials token with scope `admin.roster`.
+      rows sent. Needs a client-credentials token with scope `admin.roster`. Like the
+      CLI's, the import has the CLI's database budget (CAREBRIDGE_DB_TIMEOUT_CLI_SECONDS),
+      not a web request's: a large roster keeps the request open as long (a million
+      members, about 95 s), and a client that gives up first does not stop it.
     tags: [admin]
     security: [{accessToken: [admin.roster]}]
     parameters:

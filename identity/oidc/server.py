@@ -39,7 +39,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from carebridge.db import DatabaseError, DatabaseUnavailableError, DirectStatement
+from carebridge.db import DatabaseUnavailableError, DirectStatement, OutcomeUnknownError
 from carebridge.http import boundary
 from carebridge.http.forms import MAX_BODY
 from carebridge.http.problems import REFUSED_INPUT
@@ -432,7 +432,7 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         these cases. A database that did not answer within the budget before the claim
         raises DatabaseUnavailableError (503: a thread would wait as long again); a
         claim whose outcome is unknown (the connection lost as it ran) raises
-        DatabaseError instead (see :func:`_claim`).
+        OutcomeUnknownError instead (see :func:`_claim`).
         """
         quick = self.answer_without_database(oauth)
         if quick is not None:
@@ -526,14 +526,17 @@ async def _claim(
     """Run a planned grant's claim. A failure the server reports means the statement
     rolled back (the caller may answer the request again, from the start); any other
     (the connection lost, a timeout) leaves unknown whether it committed, so it is
-    raised as DatabaseError: answered 500, as a failed commit is, never retried, for a
-    retry would find the code or token used and revoke its family as stolen."""
+    raised as OutcomeUnknownError: answered 500 as a COMMIT cut off is
+    (carebridge.db.outcome_unknown), never retried, for a retry would find the code or
+    token used and revoke its family as stolen."""
     try:
         return bool(await write.rows_on(connection, dialect, values))
     except asyncpg.PostgresError:
         raise
     except DATABASE_ERRORS as exc:
-        raise DatabaseError(f"a token claim's outcome is unknown ({type(exc).__name__})") from exc
+        raise OutcomeUnknownError(
+            f"a token claim's outcome is unknown ({type(exc).__name__})"
+        ) from exc
 
 
 def server_for(request: Request) -> AuthorizationServer:

@@ -10,6 +10,10 @@ Nothing personal outlives its batch.
 Any invalid row refuses the whole import unless ``skip_invalid``; a refused import writes
 only its ``roster_import`` row (outcome "refused", counts) and a denied audit event, in a
 transaction of its own. Row errors go to ``on_error`` as they are found, line by line.
+
+An import is a batch job wherever it starts: its transaction has the CLI's database
+budget (``CAREBRIDGE_DB_TIMEOUT_CLI_SECONDS``) in a web process too (the admin API), whose
+own few seconds a large roster outlives (a million members: about 95 s).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.keyring import associated_data
-from carebridge.runtime import Runtime
+from carebridge.runtime import Runtime, database_budget
+from carebridge.settings import Role
 from identity.models import PatientLink, RosterImport, RosterMember, new_id
 from identity.roster.csv_format import (
     RejectedRow,
@@ -140,7 +145,7 @@ def import_roster(
     started = datetime.now(UTC)
     try:
         mapping = parse_columns(columns)
-        with transaction(rt.sessions) as db:
+        with transaction(rt.sessions, database_budget(rt.settings, Role.CLI)) as db:
             _run(
                 db,
                 rt=rt,

@@ -9,11 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from starlette.testclient import TestClient
 
 from carebridge.app import create_app
 from carebridge.audit import AuditRecord
+from carebridge.db import make_engine
 from carebridge.models import metadata
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
@@ -192,6 +193,44 @@ def test_an_upload_over_the_limit_is_refused_with_or_without_a_length(
     )
     assert chunked.status_code == 413
     assert patient_ids(runtime) == []
+
+
+def test_an_import_through_the_api_is_not_cut_off_at_the_web_budget(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    # A million members took 35 s in one statement, and the API's import was cancelled
+    # at the web budget (a 503, and every retry the same). An import gets the CLI's
+    # budget wherever it runs. Here a trigger makes its first write take 2 s: past a
+    # 0.5 s web budget, and past the client's own deadline a second after it.
+    engine = make_engine(postgres_database)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                "CREATE TRIGGER slow_import BEFORE INSERT ON roster_import "
+                "FOR EACH ROW EXECUTE FUNCTION slow()"
+            )
+        )
+    engine.dispose()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=postgres_database,
+        db_timeout_web_seconds=0.5,
+        db_timeout_cli_seconds=30,
+    )
+    runtime = Runtime.build(settings)
+    try:
+        with TestClient(create_app(runtime), raise_server_exceptions=False) as client:
+            response = upload(client, ops(runtime), csv_body(*GOOD_ROWS))
+        assert response.status_code == 200, response.text
+        assert len(patient_ids(runtime)) == 3
+    finally:
+        runtime.close()
 
 
 # Staff operations

@@ -54,6 +54,12 @@ class World:
 
 @pytest.fixture
 def world(runtime: Runtime, tmp_path: Path) -> World:
+    return build_world(runtime, tmp_path)
+
+
+def build_world(runtime: Runtime, tmp_path: Path) -> World:
+    """The world, on any runtime (tests/test_database_stalls.py builds one on a private
+    server's)."""
     patients = import_roster(runtime, tmp_path)
     found = World(runtime, patients)
     for name, patient_id in patients.items():
