@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
@@ -15,7 +16,10 @@ from carebridge import audit, migrate
 from carebridge.audit import Outcome
 from carebridge.db import make_engine, make_sessionmaker, transaction
 from carebridge.models import metadata
+from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from identity.oidc import purge
+from identity.oidc.models import OidcWithdrawal
 from tests.sms.helpers import same_clock
 
 
@@ -129,3 +133,31 @@ def test_0012_gives_stored_time_zones_their_canonical_names(
         ]
     finally:
         engine.dispose()
+
+
+def test_a_token_revoked_before_0011_stays_withdrawn_while_it_still_verifies(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    # Before 0011 a revoked access token was kept until its expiry; it verifies 30 s
+    # longer (carebridge.http.bearer.LEEWAY_SECONDS), so its withdrawal must outlive that.
+    engine = make_engine(empty_database_url)
+    try:
+        migrate.upgrade(engine, "0010")
+        revoked = sa.table(
+            "oidc_revoked_access_token",
+            sa.column("jti", sa.String()),
+            sa.column("expires_at", sa.DateTime(timezone=True)),
+        )
+        expired = datetime.now(UTC) - timedelta(seconds=10)  # within the leeway
+        with engine.begin() as connection:
+            connection.execute(sa.insert(revoked), {"jti": "jti-1", "expires_at": expired})
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    runtime = Runtime.build(Settings(data_dir=tmp_path / "data", database_url=empty_database_url))
+    try:
+        purge.purge_expired(runtime)  # the worker's hourly clean-up
+        with runtime.sessions() as db:
+            assert db.get(OidcWithdrawal, ("jti", "jti-1")) is not None
+    finally:
+        runtime.close()

@@ -4,8 +4,10 @@ Order matters. The request is validated first: an unknown or disabled client, or
 redirect URI not registered exactly, gets an error page here and never a redirect.
 Then the person must be signed in with their second factor (first-party clients also
 need a verified patient). Then consent: remembered grants covering the request are
-reused, otherwise the consent page asks. The consent form carries the authorization
-parameters once, as hidden fields (a repeated parameter is an error to Authlib).
+reused, otherwise the consent page asks; a remembered grant is read again, locked, as
+the code is stored, so a revocation racing the request never leaves a code it missed. The
+consent form carries the authorization parameters once, as hidden fields (a repeated
+parameter is an error to Authlib).
 """
 
 from __future__ import annotations
@@ -178,18 +180,24 @@ async def _handle(  # noqa: PLR0911  (one decision per step, read top to bottom)
     covered = requested <= checked.remembered and "consent" not in prompts
     request_id = getattr(request.state, "request_id", None)
 
-    if decision is None and not (client.first_party or covered):
-        if "none" in prompts:
-            error = ConsentRequiredError(redirect_uri=grant.redirect_uri)
-            error.state = oauth.payload.state
-            return _error_response(request, server, error)
-        return _consent_page(request, client, requested, pairs, checked.verified)
+    # The code rests on the remembered grant: no decision came with this request, and the
+    # client is not first-party (which needs none).
+    on_memory = decision is None and not client.first_party
+    if on_memory and not covered:
+        return _ask(request, server, grant, requested, pairs, verified=checked.verified)
 
     approve = decision is None or decision == "allow"
 
-    def respond() -> Answer:
+    def respond() -> Answer | None:
         with server.transaction():
             actor = f"account:{user.account_id}"
+            if on_memory and not requested <= consents.remembered(
+                db(), user.account_id, client.client_id, lock=True
+            ):
+                # Revoked since check() read it: no code. Read again, locked, in the
+                # transaction that stores the code, so a revocation committed later
+                # finds the code and ends its grant (consents.revoke).
+                return None
             if (approve and decision is not None) or (approve and client.first_party):
                 consents.remember(
                     db(),
@@ -214,9 +222,30 @@ async def _handle(  # noqa: PLR0911  (one decision per step, read top to bottom)
             return answer
 
     answer = await run_in_threadpool(respond)
+    if answer is None:
+        return _ask(request, server, grant, requested, pairs, verified=checked.verified)
     if answer.location is None:
         return error_page(request, "invalid_request")
     return _redirect(server, answer)
+
+
+def _ask(
+    request: Request,
+    server: AuthorizationServer,
+    grant: Any,
+    requested: frozenset[str],
+    pairs: list[tuple[str, str]],
+    *,
+    verified: bool,
+) -> Response:
+    """No remembered grant covers the request: the consent page, or, under prompt=none,
+    consent_required to the app."""
+    payload = grant.request.payload
+    if "none" in str(payload.data.get("prompt") or "").split():
+        error = ConsentRequiredError(redirect_uri=grant.redirect_uri)
+        error.state = payload.state
+        return _error_response(request, server, error)
+    return _consent_page(request, grant.request.client, requested, pairs, verified)
 
 
 def _login_again(

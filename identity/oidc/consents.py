@@ -17,14 +17,22 @@ from identity.oidc import tokens, withdrawals
 from identity.oidc.models import OidcClient, OidcConsent
 
 
-def remembered(db: Session, account_id: str, client_id: str) -> frozenset[str]:
-    row = db.get(OidcConsent, (account_id, client_id))
+def remembered(
+    db: Session, account_id: str, client_id: str, *, lock: bool = False
+) -> frozenset[str]:
+    """The scopes the person allowed the client. ``lock``: read for an authorization about
+    to issue a code on the strength of it, the row locked until the code is stored (SELECT
+    … FOR UPDATE; SQLite's IMMEDIATE transactions serialize anyway), so a :func:`revoke`
+    racing it either commits first, and is seen here, or waits and then ends the new
+    code's grant with the others."""
+    row = db.get(OidcConsent, (account_id, client_id), with_for_update=lock or None)
     return frozenset(row.scope.split()) if row is not None else frozenset()
 
 
 def remember(db: Session, *, account_id: str, client_id: str, scope: str) -> None:
-    """Record a grant; asking again for more scopes adds to it."""
-    row = db.get(OidcConsent, (account_id, client_id))
+    """Record a grant; asking again for more scopes adds to it. The row is locked, as by
+    :func:`remembered`, until the code the grant gives is stored."""
+    row = db.get(OidcConsent, (account_id, client_id), with_for_update=True)
     now = tokens.utcnow()
     if row is None:
         db.add(OidcConsent(account_id=account_id, client_id=client_id, scope=scope, granted_at=now))
@@ -63,7 +71,10 @@ def connected_apps(runtime: Runtime, account_id: str) -> list[ConnectedApp]:
 def revoke(runtime: Runtime, account_id: str, client_id: str, *, request_id: str | None) -> bool:
     """Forget the grant and end what it gave the client for this account: refresh tokens
     revoked, access tokens withdrawn (identity.oidc.withdrawals); audited. False (audited
-    as denied) when there was no such grant."""
+    as denied) when there was no such grant and no refresh token of the client's to revoke.
+
+    The grants are ended whether or not the remembered grant is still there: whatever the
+    client holds for this account must not outlive a revocation the person asked for."""
     actor = f"account:{account_id}"
     with transaction(runtime.sessions) as db:
         result = db.execute(
@@ -71,9 +82,9 @@ def revoke(runtime: Runtime, account_id: str, client_id: str, *, request_id: str
                 OidcConsent.account_id == account_id, OidcConsent.client_id == client_id[:100]
             )
         )
-        found = bool(result.rowcount)  # type: ignore[attr-defined]
-        if found:
-            withdrawals.end_grants(db, account_id, client_id=client_id)
+        forgotten = bool(result.rowcount)  # type: ignore[attr-defined]
+        ended = withdrawals.end_grants(db, account_id, client_id=client_id[:100])
+        found = forgotten or ended > 0
         audit.append(
             db,
             actor=actor,

@@ -5,6 +5,8 @@ private_key_jwt with asymmetric algorithms and jti replay protection only."""
 
 from __future__ import annotations
 
+import hmac
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from authlib.oauth2.rfc6749 import (
 )
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7636 import CodeChallenge, create_s256_code_challenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.core import grants as oidc_grants
 from joserfc import jwt
@@ -190,6 +192,9 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
 
 # PKCE: S256, for every client (RFC 9700 §2.1.1)
 
+# A code verifier (RFC 7636 §4.1): 43 to 128 unreserved characters.
+_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+
 
 class S256CodeChallenge(CodeChallenge):  # type: ignore[misc]
     DEFAULT_CODE_CHALLENGE_METHOD = "S256"
@@ -319,13 +324,34 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
             account=AccountState.of(row),
         )
         if row.used_at is not None:
-            self._reused(record)
+            if self._carries_verifier(record):
+                self._reused(record)
+            else:
+                # Someone saw the code, no more: refused and audited, nothing ended.
+                _security_event(
+                    "identity.oidc.code.reused_without_verifier", client.client_id, self.request
+                )
             return None
         if row.grant_withdrawn_until is not None:
             return None  # its account was disabled, or the app revoked, since
         if tokens.aware(row.expires_at) <= tokens.utcnow():
             return None
         return record
+
+    def _carries_verifier(self, record: CodeRecord) -> bool:
+        """Whether the request holds the code's PKCE verifier, as its redemption had to.
+
+        A used code presented again ends its grant only then: every code has an S256
+        challenge (S256CodeChallenge), so whoever redeemed it held the verifier, and a
+        second holder means the grant may be stolen (RFC 6749 §4.1.2). A code alone is
+        worth nothing: whoever saw one (a log, a browser's history) must not be able to
+        end the person's grant with it, whenever they present it. Checked here, before
+        Authlib's own check, which runs only for a code not yet used."""
+        verifier = self.request.form.get("code_verifier") or ""
+        if not _VERIFIER.fullmatch(verifier):
+            return False
+        challenge = create_s256_code_challenge(verifier)
+        return hmac.compare_digest(challenge.encode(), record.code_challenge.encode())
 
     def _reused(self, record: CodeRecord) -> None:
         # RFC 6749 §4.1.2: a code used twice was stolen; what it gave is withdrawn, its
@@ -460,7 +486,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
 
     def _reused(self, record: RefreshRecord) -> None:
         # RFC 9700 §4.14.2: a rotated token presented again means one copy leaked: the
-        # family ends, the access tokens it gave included.
+        # family ends, the access tokens it gave included. Before the client is checked,
+        # on purpose: unlike a code, a refresh token is a bearer secret that never sits
+        # in a URL, so whoever holds a used one stole it, whichever client they claim.
         withdrawals.end_family(db(), record.family_id)
         _security_event("identity.oidc.refresh.reused", record.client_id, self.request)
 

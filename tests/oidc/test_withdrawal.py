@@ -7,21 +7,28 @@ run on the event loop, and a replay falls back to a worker thread."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
 from joserfc import jwt
+from sqlalchemy import delete, select, update
 from starlette.testclient import TestClient
 
+from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from identity.flows import status
-from identity.oidc import clients, context
+from identity.oidc import authorize, clients, consents, context
 from identity.oidc.grants import AuthorizationCodeGrant
+from identity.oidc.models import OidcAuthorizationCode, OidcConsent
+from identity.oidc.server import AuthorizationServer
 from messaging import access, care_teams
 from tests.identity import factories
 from tests.identity.roster_helpers import import_roster
@@ -244,6 +251,117 @@ def test_revoked_connected_app_access_token_refused_by_introspection(
     _works_everywhere(client, other, other_token)
 
 
+def _prompt_none(
+    client: TestClient, registered: helpers.Registered
+) -> tuple[dict[str, list[str]], str]:
+    """The app sends the person through authorization again, expecting no page: the
+    redirect's parameters, and the PKCE verifier."""
+    verifier, challenge = helpers.pkce()
+    params = helpers.authorization_params(registered, challenge, scope=READ_SCOPE, prompt="none")
+    response = client.get(f"/authorize?{urlencode(params)}", follow_redirects=False)
+    assert response.status_code == 303, response.text[:500]
+    return parse_qs(urlsplit(response.headers["location"]).query), verifier
+
+
+def test_authorize_racing_an_app_revoke_leaves_nothing_alive(
+    client: TestClient,
+    runtime: Runtime,
+    registered: helpers.Registered,
+    someone: helpers.Person,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The person has connected the app; it sends them through /authorize?prompt=none, and
+    # they revoke the app after the authorization read the remembered grant (its check,
+    # one transaction) and before it issues the code (its response, the next one).
+    first = _tokens(client, registered)
+    run = authorize.run_in_threadpool
+    revoked: list[bool] = []
+
+    async def raced(work: Callable[[], Any]) -> Any:
+        result = await run(work)
+        if work.__name__ == "check":
+            revoked.append(
+                consents.revoke(runtime, someone.account_id, registered.client_id, request_id=None)
+            )
+        return result
+
+    monkeypatch.setattr(authorize, "run_in_threadpool", raced)
+    answer, _verifier = _prompt_none(client, registered)
+    monkeypatch.undo()
+    assert revoked == [True]
+    # No code: the grant it rested on is gone, so the app is told to ask.
+    assert answer.get("error") == ["consent_required"], answer
+    assert "code" not in answer
+    assert consents.connected_apps(runtime, someone.account_id) == []
+    refreshed = _refresh(client, registered, first["refresh_token"])
+    assert refreshed.status_code == 400
+    _refused_everywhere(client, registered, first["access_token"])
+    # Nothing was left for a second revocation to end.
+    assert not consents.revoke(runtime, someone.account_id, registered.client_id, request_id=None)
+
+
+def test_app_revoke_racing_an_authorization_ends_the_code_it_issues(
+    client: TestClient,
+    runtime: Runtime,
+    registered: helpers.Registered,
+    someone: helpers.Person,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The revocation starts while the authorization issues its code: it waits for the
+    # authorization to commit (the remembered grant is locked; SQLite takes one writer at
+    # a time), and then ends the new code's grant with the others.
+    _tokens(client, registered)
+    create = AuthorizationServer.create_authorization_response
+    revoked: list[bool] = []
+    revoking: list[threading.Thread] = []
+
+    def raced(server: AuthorizationServer, *args: Any, **kwargs: Any) -> Any:
+        def revoke() -> None:
+            revoked.append(
+                consents.revoke(runtime, someone.account_id, registered.client_id, request_id=None)
+            )
+
+        revoking.append(threading.Thread(target=revoke))
+        revoking[0].start()
+        revoking[0].join(timeout=1)  # long enough to finish, had it not waited
+        return create(server, *args, **kwargs)
+
+    monkeypatch.setattr(AuthorizationServer, "create_authorization_response", raced)
+    answer, verifier = _prompt_none(client, registered)
+    monkeypatch.undo()
+    revoking[0].join(timeout=10)
+    assert revoked == [True]
+    assert consents.connected_apps(runtime, someone.account_id) == []
+    # The code issued meanwhile gives nothing.
+    exchanged = helpers.exchange(client, registered, answer["code"][0], verifier)
+    assert exchanged.status_code == 400 and exchanged.json()["error"] == "invalid_grant"
+
+
+def test_revoking_an_app_ends_its_grants_even_without_a_remembered_grant(
+    client: TestClient,
+    runtime: Runtime,
+    registered: helpers.Registered,
+    someone: helpers.Person,
+) -> None:
+    # A grant the app holds with no remembered grant beside it (as the race above left
+    # one before it was closed): revoking the app still ends it.
+    body = _tokens(client, registered)
+    with transaction(runtime.sessions) as db:
+        db.execute(delete(OidcConsent))
+    assert consents.revoke(runtime, someone.account_id, registered.client_id, request_id=None)
+    assert _refresh(client, registered, body["refresh_token"]).status_code == 400
+    _refused_everywhere(client, registered, body["access_token"])
+
+
+def test_code_issued_before_an_app_revoke_is_refused_after_it(
+    client: TestClient, registered: helpers.Registered, someone: helpers.Person
+) -> None:
+    code, verifier = _code(client, registered)
+    _revoke_app(client, registered)
+    response = helpers.exchange(client, registered, code, verifier)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
+
+
 # Replays
 
 
@@ -257,6 +375,120 @@ def test_replayed_code_withdraws_its_access_token(
     again = helpers.exchange(client, registered, code, verifier)
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
     _refused_everywhere(client, registered, first["access_token"])
+
+
+# A used code presented again without its PKCE verifier ends nothing: anyone who saw the
+# code (a log, a browser's history) could present it.
+
+
+def _public_app(runtime: Runtime) -> helpers.Registered:
+    return helpers.register(
+        runtime,
+        client_type="public",
+        scopes=READ_SCOPE,
+        name="Phone App",
+        redirect_uri="https://phone.example/cb",
+    )
+
+
+def _present(
+    client: TestClient, app: helpers.Registered, code: str, verifier: str | None
+) -> httpx.Response:
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": app.redirect_uri,
+        "client_id": app.client_id,
+    }
+    if verifier is not None:
+        data["code_verifier"] = verifier
+    return client.post("/oauth2/token", data=data)
+
+
+def _a_day_later(runtime: Runtime) -> None:
+    """The codes expired most of a day ago: still kept (identity.oidc.purge.GRACE)."""
+    with transaction(runtime.sessions) as db:
+        db.execute(
+            update(OidcAuthorizationCode).values(expires_at=datetime.now(UTC) - timedelta(hours=23))
+        )
+
+
+def _actions(runtime: Runtime) -> list[str]:
+    with runtime.sessions() as db:
+        return list(db.scalars(select(AuditRecord.action)).all())
+
+
+def _public_grant_works(client: TestClient, app: helpers.Registered, body: dict[str, Any]) -> None:
+    assert _userinfo(client, body["access_token"]).status_code == 200
+    assert _messaging(client, body["access_token"]).status_code == 200
+    refreshed = client.post(
+        "/oauth2/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": body["refresh_token"],
+            "client_id": app.client_id,
+        },
+    )
+    assert refreshed.status_code == 200, refreshed.text
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["event loop", "worker thread"])
+@pytest.mark.parametrize("verifier", ["wrong", "none"])
+def test_late_replay_of_a_public_clients_used_code_does_not_end_the_grant(
+    client: TestClient,
+    runtime: Runtime,
+    someone: helpers.Person,
+    on_loop: bool,
+    verifier: str,
+) -> None:
+    # Someone who saw a phone app's used code replays it a day later with the app's
+    # public client_id and no verifier, or a made-up one: refused, audited, and the
+    # person's grant goes on.
+    if not on_loop:
+        helpers.on_worker_threads(runtime)
+    app = _public_app(runtime)
+    code, right = _code(client, app)
+    first = _present(client, app, code, right)
+    assert first.status_code == 200, first.text
+    _a_day_later(runtime)
+    replay = _present(client, app, code, None if verifier == "none" else "x" * 43)
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+    _public_grant_works(client, app, first.json())
+    actions = _actions(runtime)
+    assert "identity.oidc.code.reused_without_verifier" in actions
+    assert "identity.oidc.code.reused" not in actions
+
+
+def test_replay_of_a_used_code_without_its_verifier_ends_nothing_within_its_lifetime(
+    client: TestClient, runtime: Runtime, someone: helpers.Person
+) -> None:
+    app = _public_app(runtime)
+    code, right = _code(client, app)
+    first = _present(client, app, code, right)
+    assert first.status_code == 200, first.text
+    replay = _present(client, app, code, None)
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+    _public_grant_works(client, app, first.json())
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["event loop", "worker thread"])
+def test_late_replay_with_the_verifier_still_ends_the_grant(
+    client: TestClient, runtime: Runtime, someone: helpers.Person, on_loop: bool
+) -> None:
+    # Whoever holds the verifier as well could have redeemed the code: the grant ends.
+    if not on_loop:
+        helpers.on_worker_threads(runtime)
+    app = _public_app(runtime)
+    code, right = _code(client, app)
+    first = _present(client, app, code, right)
+    assert first.status_code == 200, first.text
+    _a_day_later(runtime)
+    replay = _present(client, app, code, right)
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+    body = first.json()
+    assert _userinfo(client, body["access_token"]).status_code == 401
+    _refused_by_messaging(client, body["access_token"])
+    assert "identity.oidc.code.reused" in _actions(runtime)
 
 
 def test_refresh_reuse_withdraws_family_access_tokens(

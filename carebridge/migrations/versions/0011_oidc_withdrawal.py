@@ -8,6 +8,8 @@ Create Date: 2026-12-08 09:00:00.000000
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -28,11 +30,30 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_oidc_withdrawal_expires_at"), "oidc_withdrawal", ["expires_at"], unique=False
     )
-    # Revoked access tokens stay revoked until they would have expired.
-    op.execute(
-        "INSERT INTO oidc_withdrawal (kind, value, expires_at)"
-        " SELECT 'jti', jti, expires_at FROM oidc_revoked_access_token"
+    # Revoked access tokens stay revoked for as long as they verify: their expiry, which
+    # is what the old table held, plus the verifier's leeway (carebridge.http.bearer, 30 s
+    # then), as identity.oidc.withdrawals records it now; else the purge could drop a
+    # withdrawal while its token still verifies. Added in Python: the two databases spell
+    # date arithmetic differently.
+    bind = op.get_bind()
+    revoked = sa.table(
+        "oidc_revoked_access_token",
+        sa.column("jti", sa.String()),
+        sa.column("expires_at", sa.DateTime(timezone=True)),
     )
+    withdrawal = sa.table(
+        "oidc_withdrawal",
+        sa.column("kind", sa.String()),
+        sa.column("value", sa.String()),
+        sa.column("expires_at", sa.DateTime(timezone=True)),
+    )
+    leeway = timedelta(seconds=30)
+    rows = [
+        {"kind": "jti", "value": jti, "expires_at": expires_at + leeway}
+        for jti, expires_at in bind.execute(sa.select(revoked.c.jti, revoked.c.expires_at))
+    ]
+    if rows:
+        bind.execute(sa.insert(withdrawal), rows)
     op.drop_index(
         op.f("ix_oidc_revoked_access_token_expires_at"), table_name="oidc_revoked_access_token"
     )
