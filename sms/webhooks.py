@@ -91,8 +91,11 @@ async def _signed_params(request: Request) -> dict[str, list[str]]:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
     except (UnicodeDecodeError, ValueError):
         pairs = []
-    # The input boundary: an SMS body may hold line breaks, nothing else a control character.
-    boundary.check_pairs(pairs, multiline=("Body",))
+    # The input boundary, but for an SMS's text: a phone may send any character, a 400 would
+    # lose the message (a STOP among them: Twilio does not retry), and the text is never
+    # stored, only read for a keyword (:func:`_inbound_fields` reads what is not text as
+    # spaces).
+    boundary.check_pairs((name, value) for name, value in pairs if name != "Body")
     for name, value in pairs:
         params.setdefault(name, []).append(value)
     url = settings.effective_public_base_url + request.url.path
@@ -308,7 +311,8 @@ def _inbound_fields(params: Params) -> Inbound:
     moved = any("Body" in v or "From" in v for name, v in value.items() if name != "Body")
     if body is None or sender is None or sid is None or moved or not _MESSAGE_SID.fullmatch(sid):
         raise _refuse_inbound("not split as Twilio sends it")
-    return Inbound(message_sid=sid, sender=sender, body=body[:160])
+    text = "".join(c if boundary.is_text(c, multiline=True) else " " for c in body[:160])
+    return Inbound(message_sid=sid, sender=sender, body=text)
 
 
 def receive(runtime: Runtime, message: Inbound) -> bool:

@@ -959,7 +959,9 @@ def run_pass(fuzzer: Fuzzer) -> None:  # noqa: PLR0912  (one pass, read top down
                 fuzzer.send(
                     f"POST {route.path} {name}",
                     kind,
-                    strict=kind in STRICT,
+                    # An SMS's text is read past the boundary, what is not text as spaces
+                    # (sms/webhooks.py: a 400 would lose the message).
+                    strict=kind in STRICT and name != "Body",
                     method="POST",
                     path=path,
                     body=_urlencode(list(params.items())).encode(),

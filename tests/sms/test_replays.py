@@ -438,6 +438,18 @@ def test_a_stop_with_a_parameter_twilio_added_is_applied(
     assert not sms_enabled(runtime, people["zeb"].patient_id)
 
 
+@pytest.mark.parametrize("text", ["STOP\x00", "\x07STOP", "STOP\x85"], ids=["nul", "bel", "c1"])
+def test_a_stop_holding_a_control_character_is_applied_not_lost(
+    runtime: Runtime, app: TestClient, people: People, text: str
+) -> None:
+    # A phone may send any character; a 400 would lose the STOP (Twilio does not retry).
+    verified_number(runtime, people["zeb"].patient_id, NUMBER)
+    stop = _inbound_as_twilio_posts_it(text, NUMBER)
+    assert post_signed(app, INBOUND, stop, raw=True).status_code == 200
+    assert listed(runtime, NUMBER)
+    assert not sms_enabled(runtime, people["zeb"].patient_id)
+
+
 # Status callbacks: never backwards
 
 
