@@ -152,12 +152,11 @@ def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
 
 # A query string without "%" and with printable ASCII only decodes to printable text:
 # nothing to parse. Header names and values are bytes: deleting the bytes a header may
-# hold from all of them, joined by a tab, must leave nothing. A cookie header needs a
-# look only if a value in it may not be printable ASCII: a byte outside it, or a
-# backslash (a quoted value's escape: "\\000" decodes to a NUL).
+# hold from all of them, joined by a tab, must leave nothing. A cookie header (past
+# that check) needs a look only if a value in it may not be printable ASCII: a tab, a
+# byte past ASCII, or a backslash (a quoted value's escape: "\\000" decodes to a NUL).
 _QUERY_NEEDS_A_LOOK = re.compile(rb"[^\x20-\x7e]|%")
 _HEADER_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
-_COOKIE_NEEDS_A_LOOK = re.compile(rb"[^\x20-\x7e]|\\")
 
 Refusal = Callable[[Request], Awaitable[Response]]
 
@@ -191,7 +190,7 @@ def mark_refused(scope: Scope, where: str) -> None:
 def without_bad_cookies(header: bytes, names: Collection[str]) -> bytes:
     """A Cookie header without the cookies named in ``names`` whose value, as Starlette
     parses it, is not text; everything else in it as it came."""
-    if not _COOKIE_NEEDS_A_LOOK.search(header):
+    if header.isascii() and b"\\" not in header and b"\t" not in header:
         return header
     kept = []
     for chunk in header.split(b";"):  # as Starlette's cookie_parser splits it
@@ -228,5 +227,7 @@ class InputBoundaryMiddleware:
         headers = scope["headers"]  # a list now (refused_in)
         for index, (name, value) in enumerate(headers):
             if name == b"cookie":
-                headers[index] = (name, without_bad_cookies(value, self.cookies))
+                kept = without_bad_cookies(value, self.cookies)
+                if kept is not value:
+                    headers[index] = (name, kept)
         await self.app(scope, receive, send)

@@ -271,3 +271,12 @@ def test_a_failed_statement_does_not_carry_its_parameters(runtime: Runtime) -> N
     with pytest.raises(DBAPIError) as raised, runtime.engine.connect() as connection:
         connection.execute(text("SELECT x FROM no_such_table WHERE y = :v"), {"v": MARK})
     assert MARK not in str(raised.value)
+
+
+def test_only_the_apps_own_cookies_that_are_not_text_are_dropped() -> None:
+    ours = frozenset({"carebridge_session", "carebridge_csrf"})
+    header = b'_ga="\\000"; carebridge_session="a\\000"; pref=\xe2\x82\xac; carebridge_csrf=ok'
+    kept = boundary.without_bad_cookies(header, ours)
+    assert kept == b'_ga="\\000"; pref=\xe2\x82\xac; carebridge_csrf=ok'  # the rest as sent
+    plain = b"carebridge_session=abc; _ga=GA1.1"
+    assert boundary.without_bad_cookies(plain, ours) is plain
