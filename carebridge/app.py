@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 from carebridge import audit
 from carebridge.db import describe_error, unavailable
 from carebridge.demo import provider_app
-from carebridge.http import health, metrics, openapi, routing
+from carebridge.http import cookies, health, metrics, openapi, routing
 from carebridge.http.boundary import InputBoundaryMiddleware
 from carebridge.http.csrf import CsrfCookieMiddleware
 from carebridge.http.middleware import (
@@ -120,9 +120,15 @@ def create_app(runtime: Runtime) -> Starlette:
             Middleware(RequestContextMiddleware),
             Middleware(SecurityHeadersMiddleware, hsts=settings.issuer_is_https),
             Middleware(HostCheckMiddleware, allowed_hosts=settings.effective_allowed_hosts),
+            # Before routing: no path, query or header that is not text gets in, and none
+            # of the app's cookies that is not text is read (not even the CSRF cookie
+            # below: a corrupted one is replaced, not kept).
+            Middleware(
+                InputBoundaryMiddleware,
+                refusal=refused_input,
+                cookies=cookies.names_read(settings.issuer_is_https),
+            ),
             Middleware(CsrfCookieMiddleware),
-            # Before routing: no path, query, header or cookie that is not text gets in.
-            Middleware(InputBoundaryMiddleware, refusal=refused_input),
             Middleware(UnhandledErrorMiddleware, handler=unhandled_exception_handler),
         ],
         exception_handlers={

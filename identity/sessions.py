@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from carebridge import audit
 from carebridge.audit import Outcome
+from carebridge.http import cookies
 from carebridge.http.paths import MACHINE_PATHS
 from carebridge.runtime import Runtime
 from identity.accounts import ACTIVE
@@ -45,7 +46,7 @@ def _aware(moment: datetime) -> datetime:
 
 
 def cookie_name(runtime: Runtime) -> str:
-    return "__Host-carebridge_session" if runtime.settings.issuer_is_https else "carebridge_session"
+    return cookies.SESSION.name(runtime.settings.issuer_is_https)
 
 
 @dataclass(frozen=True)

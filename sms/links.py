@@ -25,6 +25,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from carebridge.db import transaction
+from carebridge.http import cookies
 from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
 from identity import authn, patients
@@ -67,7 +68,7 @@ def create(
 
 def cookie_name(runtime: Runtime) -> str:
     # Not __Host-: that prefix demands Path=/, and this cookie is for /l only.
-    return "__Secure-carebridge_link" if runtime.settings.issuer_is_https else "carebridge_link"
+    return cookies.SMS_LINK_VISIT.name(runtime.settings.issuer_is_https)
 
 
 def start_visit(runtime: Runtime, token: str) -> str | None:

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx2
-from authlib.integrations.httpx_client import AsyncOAuth2Client
+from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,12 +37,13 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from carebridge.demo.seed import PROVIDER_PATH, DemoConfig, load_config
+from carebridge.http import cookies
 from carebridge.http.forms import read_form
 from carebridge.http.templates import templates_for
 from carebridge.runtime import Runtime
 
 templates = templates_for(Path(__file__).with_name("templates"))
-COOKIE = "demo_provider_session"
+COOKIE = cookies.DEMO_PROVIDER.base  # no prefix: named alike over http and https
 SCOPE = "openid messaging.read messaging.write"
 LOGIN_SECONDS = 600
 
@@ -161,7 +162,8 @@ async def _validate_id_token(
     audiences = [audience] if isinstance(audience, str) else audience or []
     if claims.get("iss") != config.issuer or config.client_id not in audiences:
         raise SignInError("The ID token was not issued to this app by this issuer.")
-    if not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+    # Bytes: compare_digest raises TypeError for str holding anything but ASCII.
+    if not secrets.compare_digest(str(claims.get("nonce", "")).encode(), nonce.encode()):
         raise SignInError("The ID token does not answer this sign-in (nonce).")
     if int(claims.get("exp", 0)) < time.time():
         raise SignInError("The ID token has expired.")
@@ -244,7 +246,9 @@ async def callback(request: Request) -> Response:
         params = request.query_params
         if not pending or time.time() - float(pending.get("at", 0)) > LOGIN_SECONDS:
             raise SignInError("This sign-in has expired or was started elsewhere: start again.")
-        if not secrets.compare_digest(params.get("state", ""), pending["state"]):
+        # Bytes: a crafted state may hold any text, and compare_digest takes only ASCII str.
+        state = params.get("state", "").encode()
+        if not secrets.compare_digest(state, str(pending["state"]).encode()):
             raise SignInError("The answer does not belong to this sign-in (state).")
         if params.get("iss") != config.issuer:  # RFC 9207: mix-up defence
             raise SignInError("The answer came from an unexpected issuer.")
@@ -253,11 +257,16 @@ async def callback(request: Request) -> Response:
         async with _http(request, config) as http:
             discovery = await _discover(http)
             async with _oauth(request, config) as oauth:
-                token = await oauth.fetch_token(
-                    discovery.token_endpoint,
-                    code=params.get("code", ""),
-                    code_verifier=pending["verifier"],
-                )
+                try:
+                    token = await oauth.fetch_token(
+                        discovery.token_endpoint,
+                        code=params.get("code", ""),
+                        code_verifier=pending["verifier"],
+                    )
+                except OAuthError as exc:
+                    # A code carebridge did not issue, or already redeemed (a reloaded
+                    # callback): its OAuth error code, never a traceback.
+                    raise SignInError(f"carebridge refused the sign-in ({exc.error}).") from None
             claims = await _validate_id_token(
                 http, discovery, config, token["id_token"], pending["nonce"]
             )

@@ -1,7 +1,7 @@
 """The input boundary: no control character and no lone surrogate gets past it.
 
-Text a request carries (its path, query parameters, headers, cookies, form fields, JSON
-strings, the OAuth endpoints' parameters and Basic credentials) must be text a person
+Text a request carries (its path, query parameters, form fields, JSON strings, the OAuth
+endpoints' parameters and Basic credentials, the app's own cookies) must be text a person
 could type. C0 controls (U+0000 to U+001F), DEL, C1 controls (U+0080 to U+009F) and lone
 surrogates (U+D800 to U+DFFF) are refused with a 400 before a handler uses them: a NUL
 cannot be stored in PostgreSQL text and a lone surrogate cannot be encoded as UTF-8, so
@@ -10,10 +10,22 @@ them. Tab, line feed and carriage return are allowed only in fields declared mul
 (:data:`MULTILINE`: a message's subject and body). File contents are bytes and pass
 unchecked; a file's name is text.
 
+Headers are bytes, not text: a header value may hold any byte but the controls (0x00 to
+0x08, 0x0A to 0x1F, 0x7F; tab is allowed, RFC 9110 §5.5). Bytes 0x80 to 0x9F there are
+UTF-8 continuation bytes (a right quote, U+2019, is E2 80 99), not C1 controls. A header
+whose value the app decodes holds to the text rule where it is decoded: the Basic
+credentials, where clients authenticate (``identity.oidc.server``).
+
+Cookies: only those the app reads (:mod:`carebridge.http.cookies`) are looked at, and
+one that is not text is treated as absent, never answered 400: anyone who can set a
+cookie on the parent domain could otherwise lock a person out of every page, and a
+corrupted session cookie means the person is simply not signed in.
+
 Two kinds of places apply it, and nothing else needs to:
 
-- :class:`InputBoundaryMiddleware`, for every request before routing: the path, the
-  query string, every header, and the cookies as Starlette parses them;
+- :class:`InputBoundaryMiddleware`, for every request before routing and before
+  anything reads a cookie: the path, the query string, every header's bytes, and the
+  app's cookies as Starlette parses them;
 - the body readers: :mod:`carebridge.http.forms` (forms, JSON) and the OAuth glue
   (``identity.oidc.server``: the token, revocation and introspection bodies and the
   Basic credentials, decoded as Authlib decodes them), through :func:`check_pairs`,
@@ -139,19 +151,19 @@ def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
 # Before routing: path, query string, headers, cookies
 
 # A query string without "%" and with printable ASCII only decodes to printable text:
-# nothing to parse. Header names and values are decoded as Latin-1 (as Starlette does):
-# a control character is one byte, and deleting the bytes a header may hold (a tab too)
-# from all of them, joined by a tab, must leave nothing. Cookies are parsed only if one
-# may hold an escape ("\\000" in a quoted value decodes to a NUL).
+# nothing to parse. Header names and values are bytes: deleting the bytes a header may
+# hold from all of them, joined by a tab, must leave nothing. A cookie header (past
+# that check) needs a look only if a value in it may not be printable ASCII: a tab, a
+# byte past ASCII, or a backslash (a quoted value's escape: "\\000" decodes to a NUL).
 _QUERY_NEEDS_A_LOOK = re.compile(rb"[^\x20-\x7e]|%")
-_HEADER_TEXT = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0xA0, 0x100))
+_HEADER_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 
 Refusal = Callable[[Request], Awaitable[Response]]
 
 
 def refused_in(scope: Scope) -> str | None:
-    """Where the request's path, query string, headers or cookies hold what the boundary
-    refuses ("path", "query", "header", "cookie"), or None."""
+    """Where the request's path, query string or headers hold what the boundary refuses
+    ("path", "query", "header"), or None."""
     if not is_text(scope["path"]):
         return "path"
     query: bytes = scope.get("query_string", b"")
@@ -164,33 +176,58 @@ def refused_in(scope: Scope) -> str | None:
     if not isinstance(headers, list):
         # Any iterable is allowed: read once, kept for the layers below as Starlette does.
         headers = scope["headers"] = list(headers)
-    if b"\t".join(part for header in headers for part in header).translate(None, _HEADER_TEXT):
+    if b"\t".join(part for header in headers for part in header).translate(None, _HEADER_BYTES):
         return "header"
-    for name, value in headers:
-        if name == b"cookie" and b"\\" in value:
-            cookies = cookie_parser(value.decode("latin-1"))
-            if any(not is_text(key) or not is_text(item) for key, item in cookies.items()):
-                return "cookie"
     return None
 
 
-class InputBoundaryMiddleware:
-    """Refuses a request whose path, query string, headers or cookies are not text, before
-    any route sees it, answered by ``refusal`` (the shape fits the path: an OAuth error,
-    a problem or a page). The access log learns where, never what."""
+def mark_refused(scope: Scope, where: str) -> None:
+    """Tell the access log that the request's input was refused, and where: it then
+    writes no path (carebridge.http.middleware)."""
+    scope.setdefault("state", {})["input_refused"] = where
 
-    def __init__(self, app: ASGIApp, *, refusal: Refusal) -> None:
+
+def without_bad_cookies(header: bytes, names: Collection[str]) -> bytes:
+    """A Cookie header without the cookies named in ``names`` whose value, as Starlette
+    parses it, is not text; everything else in it as it came."""
+    if header.isascii() and b"\\" not in header and b"\t" not in header:
+        return header
+    kept = []
+    for chunk in header.split(b";"):  # as Starlette's cookie_parser splits it
+        text = chunk.decode("latin-1")
+        name = text.partition("=")[0].strip() if "=" in text else ""
+        if name in names and not all(is_text(value) for value in cookie_parser(text).values()):
+            continue
+        kept.append(chunk)
+    return b";".join(kept)
+
+
+class InputBoundaryMiddleware:
+    """Refuses a request whose path, query string or headers are not text, before any
+    route sees it, answered by ``refusal`` (the shape fits the path: an OAuth error, a
+    problem or a page); the access log learns where, never what. Of the cookies named
+    in ``cookies`` (the ones the app reads), drops any that is not text from the request,
+    so that every reader finds it absent."""
+
+    def __init__(self, app: ASGIApp, *, refusal: Refusal, cookies: Collection[str]) -> None:
         self.app = app
         self.refusal = refusal
+        self.cookies = frozenset(cookies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         where = refused_in(scope)
-        if where is None:
-            await self.app(scope, receive, send)
+        if where is not None:
+            mark_refused(scope, where)
+            response = await self.refusal(Request(scope, receive))
+            await response(scope, receive, send)
             return
-        scope.setdefault("state", {})["input_refused"] = where
-        response = await self.refusal(Request(scope, receive))
-        await response(scope, receive, send)
+        headers = scope["headers"]  # a list now (refused_in)
+        for index, (name, value) in enumerate(headers):
+            if name == b"cookie":
+                kept = without_bad_cookies(value, self.cookies)
+                if kept is not value:
+                    headers[index] = (name, kept)
+        await self.app(scope, receive, send)

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from carebridge.http import cookies
 from carebridge.http.paths import MACHINE_PATHS
 from carebridge.runtime import Runtime
 
@@ -27,7 +28,7 @@ _STATE_KEY = "csrf_cookie"
 
 def cookie_name(runtime: Runtime) -> str:
     # __Host- pins the cookie to this exact origin, but browsers accept it only if Secure.
-    return "__Host-carebridge_csrf" if runtime.settings.issuer_is_https else "carebridge_csrf"
+    return cookies.CSRF.name(runtime.settings.issuer_is_https)
 
 
 def _runtime(connection: HTTPConnection) -> Runtime:

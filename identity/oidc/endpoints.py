@@ -36,7 +36,9 @@ async def _client_endpoint(request: Request, path: str, name: str | None) -> Res
     server = server_for(request)
     try:
         form = await read_oauth_form(request)
-        oauth = server.oauth2_request(request, path, form, with_query=False)
+        oauth = server.oauth2_request(
+            request, path, form, with_query=False, authenticates_client=True
+        )
     except ParameterError as exc:
         return invalid_request(str(exc))
     if name is None:

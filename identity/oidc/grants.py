@@ -274,8 +274,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         # The query response mode only (discovery says so). Another one (fragment,
         # form_post) would be ignored by Authlib and answered in the query, where the
         # app may not look: refused, to the redirect URI, now that it is known valid.
+        # Sent empty, it is treated as omitted, as any optional parameter without a value.
         mode = self.request.payload.data.get("response_mode")
-        if mode is not None and mode != RESPONSE_MODE:
+        if mode and mode != RESPONSE_MODE:
             raise InvalidRequestError(
                 "Only response_mode=query is supported.",
                 state=self.request.payload.state,

@@ -154,7 +154,7 @@ class Answer:
 def _check_parameters(pairs: list[tuple[str, str]]) -> None:
     for key, value in pairs:
         if not boundary.is_text(key) or not boundary.is_text(value):
-            raise ParameterError(REFUSED_INPUT)
+            raise RefusedParameterError
         if len(key) > 100 or len(value) > MAX_PARAMETER:
             raise ParameterError("A request parameter is too long.")
         if key == "nonce" and len(value) > MAX_NONCE:
@@ -166,19 +166,31 @@ def _check_parameters(pairs: list[tuple[str, str]]) -> None:
 def _check_basic_credentials(headers: Headers) -> None:
     """HTTP Basic client credentials, decoded as Authlib decodes them (base64, UTF-8, then
     form-urlencoded: RFC 6749 §2.3.1), must be text too: a ``%00`` in a client_id would
-    otherwise reach the client lookup."""
+    otherwise reach the client lookup. Checked only where clients authenticate (token,
+    revocation, introspection): elsewhere (/authorize) nothing decodes them, and a browser
+    behind a Basic-auth proxy may send credentials in any encoding."""
     try:
         client_id, secret = extract_basic_authorization(headers)
     except UnicodeDecodeError:
         raise ParameterError("The Authorization header is not valid.") from None
     for value in (client_id, secret):
-        if value is not None and (not boundary.is_text(value) or len(value) > MAX_PARAMETER):
-            raise ParameterError(REFUSED_INPUT)
+        if value is not None and not boundary.is_text(value):
+            raise RefusedParameterError
+        if value is not None and len(value) > MAX_PARAMETER:
+            raise ParameterError("A client credential is too long.")
 
 
 class ParameterError(ValueError):
     """A parameter over the limits or not text (carebridge.http.boundary): answered
     invalid_request before Authlib sees it."""
+
+
+class RefusedParameterError(ParameterError):
+    """A parameter or a credential that is not text: the boundary's refusal (the access
+    log says where, never what)."""
+
+    def __init__(self) -> None:
+        super().__init__(REFUSED_INPUT)
 
 
 async def read_oauth_form(request: Request) -> list[tuple[str, str]]:
@@ -202,7 +214,11 @@ async def read_oauth_form(request: Request) -> list[tuple[str, str]]:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=False, strict_parsing=False)
     except UnicodeDecodeError:
         raise ParameterError("The request body is not UTF-8.") from None
-    _check_parameters(pairs)
+    try:
+        _check_parameters(pairs)
+    except RefusedParameterError:
+        boundary.mark_refused(request.scope, "parameter")
+        raise
     names = [key for key, _ in pairs]
     if len(set(names)) != len(names):
         # RFC 6749 §3.2: request parameters must not be included more than once.
@@ -377,12 +393,20 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         form: list[tuple[str, str]] | None = None,
         *,
         with_query: bool = True,
+        authenticates_client: bool = False,
     ) -> StarletteOAuth2Request:
+        """The request as Authlib reads it, its parameters checked (ParameterError);
+        ``authenticates_client`` where a client may present Basic credentials."""
         query = list(request.query_params.multi_items()) if with_query else []
-        _check_parameters(query)
-        # The consent form echoes the checked query, but is itself a request: check again.
-        _check_parameters(form or [])
-        _check_basic_credentials(request.headers)
+        try:
+            _check_parameters(query)
+            # The consent form echoes the checked query, but is itself a request: check again.
+            _check_parameters(form or [])
+            if authenticates_client:
+                _check_basic_credentials(request.headers)
+        except RefusedParameterError:
+            boundary.mark_refused(request.scope, "parameter")
+            raise
         # URLs come from the configured issuer, never from the Host header.
         oauth = StarletteOAuth2Request(
             request.method,

@@ -26,6 +26,7 @@ from carebridge.settings import Settings
 from identity import accounts, sessions
 from sms.models import Notification
 from tests.identity.factories import account, csrf, session, totp
+from tests.logcapture import captured_log
 
 ISSUER = "http://127.0.0.1:8000"
 _HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
@@ -137,6 +138,41 @@ def test_a_forged_callback_signs_no_one_in(demo: tuple[Runtime, TestClient, Demo
     answer = client.get("/demo/provider/callback?code=x&state=forged&iss=http://127.0.0.1:8000")
     assert answer.status_code == 400
     assert "does not belong to this sign-in" in answer.text
+    assert "Sign in with carebridge" in client.get("/demo/provider/").text
+
+
+@pytest.mark.parametrize("state", ["é²µ Zoë", "שלום", "😀", "٣"])
+def test_a_non_ascii_state_is_refused_as_a_forged_callback_not_a_500(
+    demo: tuple[Runtime, TestClient, DemoConfig], state: str
+) -> None:
+    # secrets.compare_digest refuses str holding non-ASCII (TypeError): the comparison is
+    # of bytes, so a crafted state is the same refusal as any other wrong one.
+    _, client, _ = demo
+    client.get("/demo/provider/login", follow_redirects=False)
+    answer = client.get(
+        "/demo/provider/callback",
+        params={"code": "x", "state": state, "iss": "http://127.0.0.1:8000"},
+    )
+    assert answer.status_code == 400
+    assert "does not belong to this sign-in" in answer.text
+
+
+@pytest.mark.parametrize("code", ["not-a-code", "é²µ Zoë", "L" * 5000])
+def test_a_callback_whose_code_carebridge_refuses_is_a_page_not_a_500(
+    demo: tuple[Runtime, TestClient, DemoConfig], code: str
+) -> None:
+    # The sign-in's own state and issuer, a code carebridge never issued (or one already
+    # used: a reloaded callback): the token endpoint answers invalid_grant.
+    _, client, _ = demo
+    start = client.get("/demo/provider/login", follow_redirects=False)
+    state = parse_qs(urlsplit(start.headers["location"]).query)["state"][0]
+    with captured_log() as log:
+        answer = client.get(
+            "/demo/provider/callback", params={"code": code, "state": state, "iss": ISSUER}
+        )
+    assert answer.status_code == 400
+    assert "carebridge refused the sign-in" in answer.text
+    assert "Traceback" not in log.getvalue()
     assert "Sign in with carebridge" in client.get("/demo/provider/").text
 
 

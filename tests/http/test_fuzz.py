@@ -1,15 +1,20 @@
 """A fuzz pass over every parameter of every endpoint, on PostgreSQL (issue 17, finding 4).
 
-Control characters, lone surrogates and over-long values go into each parameter in turn
-of every route the app serves; no answer may be a 5xx, the log may hold no traceback and
-no error, and no crafted value may reach the log at all.
+Control characters, lone surrogates, over-long values and printable text beyond ASCII
+go into each parameter in turn of every route the app serves; no answer may be a 5xx,
+the log may hold no traceback and no error, and no crafted value may reach the log at
+all. Control characters are refused (400) wherever text is read; printable text (accents,
+right-to-left scripts, emoji, other digits) is refused nowhere, nor, in a header, the
+bytes of UTF-8 text, nor a cookie the app does not read, nor one of its own that is
+corrupted (treated as absent).
 
 What is fuzzed comes from the app itself, so a new endpoint is fuzzed without a change
 here:
 
 - the route table: every route and method, each path parameter; every route also gets
-  crafted headers (Authorization Basic and Bearer, the session and CSRF cookies, a
-  quoted cookie escape, User-Agent, any header) and crafted query parameters;
+  crafted headers (Authorization Basic and Bearer, the session and CSRF cookies, quoted
+  cookie escapes in the session cookie and another site's, User-Agent, any header) and
+  crafted query parameters;
 - the served OpenAPI document (/api/openapi.json): each API operation's query parameters
   and the string fields of its JSON body, with the credentials its ``security`` names;
 - the HTML forms the app renders, found by crawling every page as each kind of visitor
@@ -18,8 +23,10 @@ here:
   parameters the app's own links and redirects carry;
 - the discovery document, for the protocol endpoints it names (authorization, token
   with each grant and client authentication it advertises, revocation, introspection,
-  userinfo, end session), with the parameters their specifications define, and the
-  Twilio webhooks under /api/twilio/, signed as Twilio signs them, with Twilio's.
+  userinfo, end session), with the parameters their specifications define; the demo
+  provider app's callback, with a sign-in started (its state and issuer valid, each
+  authorization response parameter crafted in turn); and the Twilio webhooks under
+  /api/twilio/, signed as Twilio signs them, with Twilio's.
 
 The app runs in demo mode (seeded people, a provider app, a care team), as the outside
 tester ran it, on one PostgreSQL database for the module.
@@ -49,8 +56,9 @@ from tokens import mint
 from twilio.request_validator import RequestValidator
 
 from carebridge.app import create_app
-from carebridge.demo import seed
+from carebridge.demo import provider_app, seed
 from carebridge.http import csrf, routing
+from carebridge.http.problems import REFUSED_INPUT
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from identity import sessions
@@ -73,8 +81,16 @@ CRAFTED = {
     "c1": "\x85",
     "newline": "\r\n",
     "surrogate": "\ud800",
+    # Text, as people type it: accents, a right quote (E2 80 99 in UTF-8), Hebrew, an
+    # emoji, an Arabic-Indic digit.
+    "printable": "é²µ Zoë\u2019s שלום 😀 ٣",
 }
 STRICT = {"nul", "c0", "esc", "del", "c1"}
+# Refused nowhere: where one is answered "refused input", the boundary is wrong.
+TOLERATED = {"printable"}
+# What a header's bytes may not hold (RFC 9110 §5.5: controls but tab); any other byte is
+# not looked at until the app decodes the header (Basic credentials).
+HEADER_CONTROLS = {"nul", "c0", "esc", "del", "newline"}
 # Over-long values: past every column and parameter limit, but under the body limit.
 LONG = {"long": "L" * 300, "very long": "L" * 5000}
 
@@ -88,7 +104,7 @@ def _crafted(kind: str) -> str:
 KINDS = [*CRAFTED, *LONG]
 # For what the app checks whatever the route (any header, an unknown query parameter):
 # one of each way a value goes wrong, not every one on every route.
-QUICK = ["nul", "c1", "very long"]
+QUICK = ["nul", "c1", "very long", "printable"]
 
 
 def _bytes(value: str) -> bytes:
@@ -260,7 +276,8 @@ def _populate(runtime: Runtime, client: TestClient, config: seed.DemoConfig, dat
 class Sent:
     where: str  # route and method, and which parameter
     kind: str
-    strict: bool
+    strict: bool  # must be refused (400)
+    tolerated: bool  # must not be refused
     status: int
     request_id: str
     body: str
@@ -300,13 +317,16 @@ class Fuzzer:
             method, url, content=body, headers=all_headers, follow_redirects=False
         )
 
-    def send(self, where: str, kind: str, *, strict: bool, **request: Any) -> None:
+    def send(
+        self, where: str, kind: str, *, strict: bool, tolerated: bool | None = None, **request: Any
+    ) -> None:
         response = self.request(**request)
         self.sent.append(
             Sent(
                 where=where,
                 kind=kind,
                 strict=strict,
+                tolerated=kind in TOLERATED if tolerated is None else tolerated,
                 status=response.status_code,
                 request_id=response.headers.get("x-request-id", ""),
                 body=response.text[:20_000],
@@ -477,6 +497,16 @@ END_SESSION_PARAMETERS = [
     "ui_locales",
 ]
 USERINFO_PARAMETERS = ["access_token"]  # RFC 6750 §2.2, §2.3
+# An authorization response (RFC 6749 §4.1.2, §4.1.2.1; RFC 9207), at the demo app's
+# redirect URI.
+AUTHORIZATION_RESPONSE_PARAMETERS = [
+    "code",
+    "state",
+    "iss",
+    "error",
+    "error_description",
+    "error_uri",
+]
 # Twilio's webhook parameters (Messaging: incoming message and status callback; Voice:
 # call status, answering machine detection), as Twilio documents them.
 TWILIO_PARAMETERS = [
@@ -556,7 +586,9 @@ def _header_cases(fuzzer: Fuzzer, kind: str) -> list[tuple[str, list[tuple[str, 
     Bearer token, the session and CSRF cookies, a quoted cookie escape, and any header."""
     runtime = fuzzer.world.runtime
     value = _crafted(kind)
-    raw = value.encode("latin-1") if kind not in ("surrogate",) else _bytes(value)
+    # As clients send them: UTF-8 (a lone surrogate as its bytes); a C1 control as its
+    # one byte (in UTF-8, a continuation byte on its own).
+    raw = value.encode("latin-1") if kind == "c1" else _bytes(value)
     b64 = base64.b64encode
     return [
         ("authorization basic", [("authorization", b"Basic " + b64(_bytes(value) + b":s"))]),
@@ -572,10 +604,15 @@ def _header_cases(fuzzer: Fuzzer, kind: str) -> list[tuple[str, list[tuple[str, 
     ]
 
 
-def _cookie_escape(fuzzer: Fuzzer) -> list[tuple[str, bytes]]:
-    # A quoted cookie value's octal escape decodes to a NUL (Python's cookie unquoting).
+def _cookie_escapes(fuzzer: Fuzzer) -> list[tuple[str, list[tuple[str, bytes]]]]:
+    # A quoted cookie value's octal escape decodes to a NUL (Python's cookie unquoting):
+    # in the app's session cookie (treated as absent), in another site's (not read).
     name = sessions.cookie_name(fuzzer.world.runtime)
-    return [("cookie", f'{name}="{MARK}\\000{MARK}"'.encode())]
+    escaped = f'"{MARK}\\000{MARK}"'
+    return [
+        ("session cookie escape", [("cookie", f"{name}={escaped}".encode())]),
+        ("foreign cookie escape", [("cookie", f"_ga={escaped}; pref=€".encode())]),
+    ]
 
 
 def _multipart(fields: list[tuple[str, str]], files: list[tuple[str, str]]) -> tuple[bytes, bytes]:
@@ -636,6 +673,14 @@ def _json_body(data: Any) -> bytes:
     return json.dumps(data).encode()
 
 
+def _started_sign_in(fuzzer: Fuzzer) -> tuple[dict[str, str], str]:
+    """The demo provider app's sign-in, started: the authorization request it sends the
+    browser to (its query), and the app's cookie holding the sign-in's state."""
+    login = fuzzer.request("GET", f"{seed.PROVIDER_PATH}/login", cookie=fuzzer.cookies(None))
+    query = dict(parse_qsl(urlsplit(login.headers["location"]).query))
+    return query, f"{provider_app.COOKIE}={login.cookies[provider_app.COOKIE]}"
+
+
 def _session_that_gets_in(fuzzer: Fuzzer, method: str, path: str, example: Any) -> str:
     """A fresh session token of the first signed-in visitor the operation lets in with
     its example body; the last one's if none does."""
@@ -677,10 +722,12 @@ def run_pass(fuzzer: Fuzzer) -> None:  # noqa: PLR0912  (one pass, read top down
     assert found.forms, "the crawl found no forms"
     assert authorize_path in found.query_names, "the crawl never reached the consent page"
 
+    callback_path = f"{seed.PROVIDER_PATH}/callback"
     protocol_queries: dict[str, list[str]] = {
         urlsplit(discovery["authorization_endpoint"]).path: AUTHORIZATION_PARAMETERS,
         urlsplit(discovery["end_session_endpoint"]).path: END_SESSION_PARAMETERS,
         urlsplit(discovery["userinfo_endpoint"]).path: USERINFO_PARAMETERS,
+        callback_path: AUTHORIZATION_RESPONSE_PARAMETERS,
     }
     every_query_name = sorted(
         {n for names in found.query_names.values() for n in names}
@@ -693,8 +740,7 @@ def run_pass(fuzzer: Fuzzer) -> None:  # noqa: PLR0912  (one pass, read top down
     }
 
     # A valid authorization request to start from: the demo app's sign-in redirect.
-    login = fuzzer.request("GET", f"{seed.PROVIDER_PATH}/login", cookie=fuzzer.cookies(None))
-    authorize_query = dict(parse_qsl(urlsplit(login.headers["location"]).query))
+    authorize_query, _ = _started_sign_in(fuzzer)
 
     for route in routes:
         if isinstance(route, Mount):
@@ -714,6 +760,12 @@ def run_pass(fuzzer: Fuzzer) -> None:  # noqa: PLR0912  (one pass, read top down
         for method in sorted((route.methods or set()) - {"HEAD"}):
             label = f"{method} {route.path}"
             cookie = fuzzer.cookies(world.patient)
+            baseline = authorize_query if route.path == authorize_path else {}
+            if route.path == callback_path:
+                # A sign-in under way, so that its state is compared and a code exchanged.
+                started, demo_cookie = _started_sign_in(fuzzer)
+                cookie = f"{cookie}; {demo_cookie}"
+                baseline = {"code": "x", "state": started["state"], "iss": ISSUER}
             base = _fill(route.path, world.path_values)
             operation = document["paths"].get(route.path, {}).get(method.lower(), {})
             content = operation.get("requestBody", {}).get("content", {})
@@ -750,7 +802,6 @@ def run_pass(fuzzer: Fuzzer) -> None:  # noqa: PLR0912  (one pass, read top down
                 names |= {"anything"} if quick else set()
                 names |= set(protocol_queries.get(route.path, ()))
                 names |= {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
-                baseline = authorize_query if route.path == authorize_path else {}
                 for name in sorted(names):
                     pairs = [
                         *((k, v) for k, v in baseline.items() if k != name),
@@ -791,30 +842,37 @@ def run_pass(fuzzer: Fuzzer) -> None:  # noqa: PLR0912  (one pass, read top down
                     headers=bearer,
                     cookie=cookie,
                 )
-            # Headers: every header's bytes are checked; Basic credentials are decoded
-            # (and so checked) where clients authenticate, which get every kind.
+            # Headers: every header's bytes are checked for controls; Basic credentials
+            # are decoded (and so checked as text) only where clients authenticate, which
+            # get every kind; a cookie of the app's that is not text is absent.
             for kind in KINDS if route.path in client_endpoints else QUICK:
-                strict = kind in STRICT
                 for header, headers in _header_cases(fuzzer, kind):
-                    checked = not header.startswith("authorization basic") or (
-                        route.path in client_endpoints
-                    )
+                    if header.startswith("authorization basic"):
+                        decoded = route.path in client_endpoints
+                        strict = decoded and kind in {*STRICT, "newline", "surrogate"}
+                        tolerated = not decoded or kind in TOLERATED
+                    else:
+                        strict = kind in HEADER_CONTROLS
+                        tolerated = not strict
                     fuzzer.send(
                         f"{label} header {header}",
                         kind,
-                        strict=checked and (strict or kind in ("newline", "surrogate")),
+                        strict=strict,
+                        tolerated=tolerated,
                         method=method,
                         path=base,
                         headers=headers,
                     )
-            fuzzer.send(
-                f"{label} cookie escape",
-                "nul",
-                strict=True,
-                method=method,
-                path=base,
-                headers=_cookie_escape(fuzzer),
-            )
+            for header, headers in _cookie_escapes(fuzzer):
+                fuzzer.send(
+                    f"{label} {header}",
+                    "nul",
+                    strict=False,
+                    tolerated=True,
+                    method=method,
+                    path=base,
+                    headers=headers,
+                )
 
             # JSON bodies, from the OpenAPI document.
             if example is not None:
@@ -993,6 +1051,15 @@ def test_fuzz_every_parameter_of_every_endpoint_on_postgresql(world: World) -> N
         }
     )
     assert not not_refused, "\n".join(not_refused[:150])
+    refused_ids = {r.get("request_id") for r in records if r.get("refused")}
+    wrongly_refused = sorted(
+        {
+            f"{s.where} [{s.kind}]: {s.status}"
+            for s in fuzzer.sent
+            if s.tolerated and (s.request_id in refused_ids or REFUSED_INPUT in s.body)
+        }
+    )
+    assert not wrongly_refused, "\n".join(wrongly_refused[:150])
     errors = [r for r in records if r["level"] in ("error", "critical") or "exc" in r]
     assert not errors, errors[:5]
     assert "Traceback" not in log.getvalue()

@@ -19,9 +19,11 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from carebridge.app import create_app
-from carebridge.http import boundary
+from carebridge.http import boundary, csrf
 from carebridge.runtime import Runtime
 from identity import sessions
+from identity.models import AuthSession
+from tests.identity import factories
 from tests.logcapture import captured_log
 
 MARK = "crafted3x"
@@ -81,7 +83,7 @@ def test_a_control_character_in_a_query_parameter_name_is_refused(client: TestCl
     assert response.status_code == 400
 
 
-@pytest.mark.parametrize("value", [b"\x00", b"\x1b[2J", b"\x85", b"\x7f", b"a\nb"])
+@pytest.mark.parametrize("value", [b"\x00", b"\x08", b"\x1b[2J", b"\x1f", b"\x7f", b"a\nb"])
 def test_control_characters_in_a_header_are_refused(client: TestClient, value: bytes) -> None:
     response = client.get("/signin", headers=[("user-agent", MARK.encode() + value)])
     assert response.status_code == 400
@@ -92,12 +94,100 @@ def test_a_tab_and_printable_non_ascii_are_text(client: TestClient) -> None:
     assert client.get(f"/signin?next={quote('/account?é=Ω😀')}").status_code == 200
 
 
-def test_a_quoted_cookie_escape_that_decodes_to_nul_is_refused(
-    client: TestClient, runtime: Runtime
+SESSION_COOKIE_KEEPS_WORKING = "/mfa/enroll"  # a level-one session's page
+
+
+def _session_cookie(runtime: Runtime, token: str) -> tuple[str, bytes]:
+    return ("cookie", f"{sessions.cookie_name(runtime)}={token}".encode())
+
+
+# Header values arrive as bytes, read as Latin-1: the bytes 0x80 to 0x9F there are UTF-8
+# continuation bytes (U+2019, a right quote, is E2 80 99), not C1 controls.
+UTF8_USER_AGENTS = [
+    "Zoë\u2019s iPhone",
+    "Über Browser/2.0",
+    "微信 WeChat/8.0",
+    "Phone 📱 ٣",
+    "עברית",
+]
+
+
+@pytest.mark.parametrize("agent", UTF8_USER_AGENTS)
+def test_utf8_user_agent_is_not_refused(client: TestClient, runtime: Runtime, agent: str) -> None:
+    headers = [("user-agent", agent.encode())]
+    assert client.get("/signin", headers=headers).status_code == 200
+    # Signing up with it stores it with the session (the sessions list shows it).
+    body = {"login": "zoe@example.org", "password": "quiet harbour lamp"}
+    signed_up = client.post("/api/v1/signup", json=body, headers=headers)
+    assert signed_up.status_code == 200, signed_up.text
+    token = signed_up.json()["session_token"]
+    with runtime.sessions() as db:
+        stored = db.get(AuthSession, runtime.keyring.lookup_hash("session", token))
+    assert stored is not None and stored.user_agent
+    page = client.get(
+        SESSION_COOKIE_KEEPS_WORKING, headers=[*headers, _session_cookie(runtime, token)]
+    )
+    assert page.status_code == 200
+
+
+# Cookies: only those the app reads are looked at (carebridge.http.cookies), and one
+# holding what is not text is treated as absent; another site's cookies are not ours.
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [b'_ga="\\000"', b"pref=\xe2\x82\xac", b'_x="\\205\\n"', b"theme=\x85\x9f", b'="\\000"'],
+)
+def test_a_foreign_cookie_with_a_nul_does_not_lock_the_site(
+    client: TestClient, runtime: Runtime, foreign: bytes
+) -> None:
+    # A sibling subdomain can set any cookie on the parent domain, for as long as it
+    # likes: the __Host- prefix keeps it from setting ours, not from adding its own.
+    assert client.get("/signin", headers=[("cookie", foreign)]).status_code == 200
+    token = factories.session(runtime, factories.account(runtime))
+    mine = f"{sessions.cookie_name(runtime)}={token}".encode()
+    for header in (foreign + b"; " + mine, mine + b"; " + foreign):
+        page = client.get(SESSION_COOKIE_KEEPS_WORKING, headers=[("cookie", header)])
+        assert page.status_code == 200, header  # still signed in
+
+
+@pytest.mark.parametrize(
+    "corrupted", [f'"{MARK}\\000"', f'"{MARK}\\205"', f'"{MARK}\\011"', f"{MARK}\x85"]
+)
+def test_a_corrupted_session_cookie_is_treated_as_signed_out(
+    client: TestClient, runtime: Runtime, corrupted: str
 ) -> None:
     name = sessions.cookie_name(runtime)
-    response = client.get("/account", headers={"Cookie": f'{name}="{MARK}\\000"'})
-    assert response.status_code == 400
+    header = f"{name}={corrupted}".encode("latin-1")
+    with captured_log() as log:
+        response = client.get("/account", headers=[("cookie", header)], follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/signin?next=")
+    _clean(log)
+    # Beside a good one (a stale one from another path, say), the good one is used.
+    token = factories.session(runtime, factories.account(runtime))
+    good = f"{name}={token}".encode()
+    for both in (good + b"; " + header, header + b"; " + good):
+        page = client.get(SESSION_COOKIE_KEEPS_WORKING, headers=[("cookie", both)])
+        assert page.status_code == 200
+
+
+def test_a_corrupted_csrf_cookie_is_replaced_and_forms_still_work(
+    client: TestClient, runtime: Runtime
+) -> None:
+    name = csrf.cookie_name(runtime)
+    client.cookies.set(name, f'"{"c" * 40}\\000"', domain="testserver.local")
+    page = client.get("/signin")
+    assert page.status_code == 200
+    fresh = page.cookies.get(name)
+    assert fresh and boundary.is_text(fresh)  # a new one, replacing it
+    token = factories.csrf(page.text)
+    answer = client.post(
+        "/signin",
+        data={"csrf_token": token, "login": "nobody@example.org", "password": "p" * 12},
+        follow_redirects=False,
+    )
+    assert answer.status_code != 403  # the form's token matches the cookie now sent
 
 
 @pytest.mark.parametrize("path", ["/oauth2/token", "/oauth2/userinfo"])
@@ -181,3 +271,12 @@ def test_a_failed_statement_does_not_carry_its_parameters(runtime: Runtime) -> N
     with pytest.raises(DBAPIError) as raised, runtime.engine.connect() as connection:
         connection.execute(text("SELECT x FROM no_such_table WHERE y = :v"), {"v": MARK})
     assert MARK not in str(raised.value)
+
+
+def test_only_the_apps_own_cookies_that_are_not_text_are_dropped() -> None:
+    ours = frozenset({"carebridge_session", "carebridge_csrf"})
+    header = b'_ga="\\000"; carebridge_session="a\\000"; pref=\xe2\x82\xac; carebridge_csrf=ok'
+    kept = boundary.without_bad_cookies(header, ours)
+    assert kept == b'_ga="\\000"; pref=\xe2\x82\xac; carebridge_csrf=ok'  # the rest as sent
+    plain = b"carebridge_session=abc; _ga=GA1.1"
+    assert boundary.without_bad_cookies(plain, ours) is plain

@@ -170,6 +170,22 @@ def test_basic_credentials_that_are_not_utf8_are_400_not_500(client: TestClient)
     _oauth_invalid_request(response)
 
 
+def test_basic_credentials_not_in_utf8_do_not_break_the_authorization_page(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    # A browser behind a Basic-auth proxy forwards the proxy's credentials, in Latin-1 by
+    # an older browser: /authorize authenticates no client, so it does not decode them.
+    registered = helpers.register(runtime, first_party=True)
+    someone = helpers.person(runtime, tmp_path)
+    helpers.use_session(client, runtime, someone.session_token)
+    _, challenge = helpers.pkce()
+    params = helpers.authorization_params(registered, challenge)
+    latin1 = base64.b64encode("José:pw".encode("latin-1")).decode()
+    client.headers["Authorization"] = f"Basic {latin1}"
+    answer = helpers.approve(client, params)
+    assert "code" in answer and answer["state"] == [params["state"]]
+
+
 @pytest.mark.parametrize("path", ["/oauth2/revoke", "/oauth2/introspect"])
 def test_nul_in_client_id_at_revoke_and_introspect_is_400_not_500(
     client: TestClient, path: str
@@ -307,6 +323,20 @@ def test_unsupported_response_mode_refused(
     assert answer["state"] == [params["state"]]
     assert answer["iss"] == [runtime.settings.issuer]
     assert "code" not in answer
+
+
+def test_an_empty_response_mode_is_treated_as_absent(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    # A parameter sent without a value is treated as omitted (OpenID Connect Core
+    # §3.1.2.1 for optional parameters; OAuth practice): the default, query, applies.
+    registered = helpers.register(runtime, first_party=True)
+    someone = helpers.person(runtime, tmp_path)
+    helpers.use_session(client, runtime, someone.session_token)
+    _, challenge = helpers.pkce()
+    params = helpers.authorization_params(registered, challenge, response_mode="")
+    answer = helpers.approve(client, params)
+    assert "code" in answer and answer["state"] == [params["state"]]
 
 
 def test_query_response_mode_is_accepted_and_the_only_one_advertised(
