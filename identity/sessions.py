@@ -174,6 +174,13 @@ def revoke_others(db: Session, current: AuthSession, *, request_id: str | None) 
 # Requests
 
 
+def user_agent(connection: HTTPConnection) -> str:
+    """The User-Agent as its sender wrote it, for the list of signed-in devices: header
+    bytes reach Starlette as Latin-1, and apps send UTF-8 (a device named "Zoë")."""
+    raw = connection.headers.get("user-agent", "").encode("latin-1")
+    return raw.decode("utf-8", "replace")
+
+
 def presented_token(connection: HTTPConnection) -> str | None:
     """The session token a request carries: the cookie (pages) or a bearer header (API).
 

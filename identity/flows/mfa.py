@@ -377,7 +377,7 @@ def _request_id(request: Request) -> str | None:
 
 
 def _user_agent(request: Request) -> str:
-    return request.headers.get("user-agent", "")[:200]
+    return sessions.user_agent(request)
 
 
 def _next(value: object) -> str:

@@ -196,7 +196,7 @@ async def reauth_submit(request: Request) -> Response:
         runtime,
         session,
         typed,
-        user_agent=request.headers.get("user-agent", ""),
+        user_agent=sessions.user_agent(request),
         request_id=_request_id(request),
     )
     if result.status is Status.OK:
@@ -257,7 +257,7 @@ async def api_reauth(request: Request) -> Response:
         request.app.state.runtime,
         session,
         typed,
-        user_agent=request.headers.get("user-agent", ""),
+        user_agent=sessions.user_agent(request),
         request_id=_request_id(request),
     )
     if result.status is Status.LOCKED:

@@ -338,7 +338,7 @@ def request_context(request: Request) -> dict[str, Any]:
     """What a service needs to know about the request besides its body."""
     return {
         "client_host": request.client.host if request.client else None,
-        "user_agent": request.headers.get("user-agent", ""),
+        "user_agent": sessions.user_agent(request),
         "request_id": getattr(request.state, "request_id", None),
     }
 

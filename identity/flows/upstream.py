@@ -473,7 +473,7 @@ async def callback(request: Request) -> Response:
                 identity=identity,
                 login=login,
                 session_token=sessions.presented_token(request),
-                user_agent=request.headers.get("user-agent", ""),
+                user_agent=sessions.user_agent(request),
                 request_id=request.state.request_id,
             )
 

@@ -215,3 +215,19 @@ def test_api_sessions_need_a_finished_sign_in(client: TestClient, runtime: Runti
     response = client.get("/api/v1/sessions", headers=_bearer(level_one))
     assert response.status_code == 401
     assert response.json()["detail"] == "A second factor is required."
+
+
+def test_a_utf8_device_name_is_listed_as_written_not_as_latin1(
+    client: TestClient, runtime: Runtime
+) -> None:
+    # Apps send UTF-8 in User-Agent; read as Starlette hands it over (Latin-1), the
+    # patient's list of signed-in devices showed "ZoÃ«â€™s iPhone".
+    device = "Zoë\u2019s iPhone"
+    response = client.post(
+        "/api/v1/signup",
+        json={"login": "zoe@example.org", "password": "quiet harbour lamp"},
+        headers={"User-Agent": device.encode()},
+    )
+    assert response.status_code in (200, 201), response.text
+    with runtime.sessions() as db:
+        assert db.scalars(select(AuthSession.user_agent)).all() == [device]
