@@ -149,10 +149,11 @@ def _error_code(params: Params) -> int | None:
     ErrorCode can: hidden in the value before it (``ApiVersion=2010-04-01ErrorCode30003``)
     or taking in the name after it (``ErrorCode=30003From+1…``), a transient failure
     (30003, retried) would read as one without a code (final). So ErrorCode is digits,
-    and no other value holds its name.
+    and its name stands in the signed string once, as the name, or not at all.
     """
     values = params.get("ErrorCode", [])
-    hidden = any("ErrorCode" in v for name in params if name != "ErrorCode" for v in params[name])
+    # Counted in the signed string: not in another value, nor a name, nor run across both.
+    hidden = _signed_string(params).count("ErrorCode") != (1 if values else 0)
     if hidden or len(values) > 1 or (values and not values[0].isdigit()):
         log.warning("status callback refused: not split as Twilio sends it")
         raise Problem(400, "The request is not a status callback as Twilio sends it.")
@@ -251,21 +252,15 @@ def _keyword(body: str) -> str:
     return words[0].upper().strip(".!") if len(words) == 1 else ""
 
 
-# The names of an incoming SMS that hold "Body" or "From" (Twilio's request and geographic
-# parameters, https://www.twilio.com/docs/messaging/guides/webhook-request). None of
-# Twilio's SMS parameters sorts between Body and From; WhatsApp's ButtonText,
-# ChannelMetadata and Forwarded would, and our number takes no WhatsApp.
-_TEXT_ENDS = frozenset({"Body", "From", "FromCity", "FromCountry", "FromState", "FromZip"})
+# Twilio's names for an incoming SMS that hold "From" (the sender and its place,
+# https://www.twilio.com/docs/messaging/guides/webhook-request).
+_FROM_NAMES = frozenset({"From", "FromCity", "FromCountry", "FromState", "FromZip"})
 
 
-def _named_as_twilio_names(name: str) -> bool:
-    """Whether ``name`` could be one of Twilio's: not between Body and From, where only the
-    sender's text lies, and holding "Body" or "From" only as Twilio's own names do. Any
-    other name Twilio sends (media, OptOutType with Advanced Opt-Out, ones it adds without
-    notice) is let through: it cannot move either end of the text."""
-    if name in _TEXT_ENDS:
-        return True
-    return not ("Body" < name < "From") and "Body" not in name and "From" not in name
+def _signed_string(params: Params) -> str:
+    """The parameters as Twilio's signature covers them: every name and value, sorted by
+    name, run together (as RequestValidator builds it, after the URL)."""
+    return "".join(name + value for name in sorted(params) for value in sorted(set(params[name])))
 
 
 @dataclass(frozen=True)
@@ -290,26 +285,34 @@ def _inbound_fields(params: Params) -> Inbound:
     signs like the victim's ``Body=CANCELED``. What leaves no other split naming a number
     (From is E.164, or nothing is applied) and a keyword:
 
-    - Every name is given once, and none sorts between Body and From: the text runs
-      from "Body" to "From" (:func:`_named_as_twilio_names`).
-    - "Body" and "From" occur in no value but Body's, and in no name but Twilio's own
-      (From, FromCity…); Twilio's values (SIDs, numbers, places, media URLs) never hold
-      them. A split that moves either end of the text, or makes From another number out
-      of a sender's own text (``STOPFrom+1202…FromA…`` read as From=+1202…, FromAFrom=…),
-      leaves a real name inside another value or a name; one that moves the text's end
-      past From leaves a From that is no number (``CitySAN FRANCISCO``).
+    - Every name is given once, and none sorts between Body and From: none of Twilio's
+      SMS parameters does (WhatsApp's ButtonText, ChannelMetadata and Forwarded would,
+      and our number takes no WhatsApp), so only the sender's text lies there.
+    - Every "Body" and "From" in the signed string stands whole in the text or as one
+      of Twilio's names (Body, From, FromCity…): counted, not looked for in each value,
+      so none may be run across a name and a value either (``ZzF=rom+1415…&romCity=…``).
+      Twilio's own values (SIDs, numbers, places, media URLs) never hold them. So the
+      Body name is Twilio's, the text ends where Twilio's From begins, and From's value
+      is the real sender (a name after it cannot begin inside a number: digits and "+"
+      sort before every letter), or no number (``CitySAN FRANCISCO``) and nothing is
+      applied. Any other name Twilio sends (media, OptOutType with Advanced Opt-Out,
+      ones it adds without notice) passes: it cannot move either end of the text.
     - Every MessageSid we accept is kept (:func:`receive`): any reading of a message we
       have read is a repeat, already done.
     """
-    if not all(
-        len(values) == 1 and _named_as_twilio_names(name) for name, values in params.items()
-    ):
+    if not all(len(values) == 1 and not "Body" < name < "From" for name, values in params.items()):
         # The names are not logged: a forged one is a piece of the sender's text.
         raise _refuse_inbound("a parameter sent twice, or named as Twilio names none")
     value = {name: values[0] for name, values in params.items()}
     body, sender, sid = value.get("Body"), value.get("From"), value.get("MessageSid")
-    moved = any("Body" in v or "From" in v for name, v in value.items() if name != "Body")
-    if body is None or sender is None or sid is None or moved or not _MESSAGE_SID.fullmatch(sid):
+    if body is None or sender is None or sid is None or not _MESSAGE_SID.fullmatch(sid):
+        raise _refuse_inbound("not split as Twilio sends it")
+    signed = _signed_string(params)
+    from_names = sum(name in _FROM_NAMES for name in value)
+    if (
+        signed.count("Body") != body.count("Body") + 1
+        or signed.count("From") != body.count("From") + from_names
+    ):
         raise _refuse_inbound("not split as Twilio sends it")
     text = "".join(c if boundary.is_text(c, multiline=True) else " " for c in body[:160])
     return Inbound(message_sid=sid, sender=sender, body=text)

@@ -390,6 +390,44 @@ def test_resplit_moving_the_start_of_the_text_does_not_opt_out(
     assert not listed(runtime, NUMBER)
 
 
+@pytest.mark.parametrize("keyword", ["STOP", "START"])
+def test_a_text_straddling_from_across_a_name_and_a_value_does_not_opt_another_number(
+    runtime: Runtime, app: TestClient, people: People, keyword: str
+) -> None:
+    # The attacker texts our number from their own phone; their text holds the victim's
+    # number and a fresh MessageSid. Read anew, Twilio's "From" and its place names are
+    # cut into names and values that hold neither word whole: ZzF=rom+1415…,
+    # romCity=SAN FRANCISCOF, …, romZip=94105<the rest of the signed string>.
+    victim = people["zeb"].patient_id
+    verified_number(runtime, victim, NUMBER)
+    if keyword == "START":
+        assert post_signed(app, INBOUND, _inbound_as_twilio_posts_it("STOP", NUMBER), raw=True)
+        assert not sms_enabled(runtime, victim)
+    fresh = message_sid()
+    genuine = _inbound_as_twilio_posts_it(f"{keyword}From{NUMBER}MessageSid{fresh}Zz", ATTACKER)
+    signature = sign(PUBLIC + INBOUND, genuine)
+    assert post_signed(app, INBOUND, genuine, signature=signature, raw=True).status_code == 200
+    names = sorted(genuine)
+    tail = "".join(n + genuine[n] for n in names[names.index("FromZip") + 1 :])
+    forged = {n: genuine[n] for n in names if n < "Body"} | {
+        "Body": keyword,
+        "From": NUMBER,
+        "MessageSid": fresh,
+        "ZzF": "rom" + ATTACKER + "F",
+        "romCity": genuine["FromCity"] + "F",
+        "romCountry": genuine["FromCountry"] + "F",
+        "romState": genuine["FromState"] + "F",
+        "romZip": genuine["FromZip"] + tail,
+    }
+    assert sign(PUBLIC + INBOUND, forged) == signature
+    before = (sms_enabled(runtime, victim), listed(runtime, NUMBER))
+
+    response = post_signed(app, INBOUND, forged, signature=signature, raw=True)
+
+    assert response.status_code == 400
+    assert (sms_enabled(runtime, victim), listed(runtime, NUMBER)) == before
+
+
 def test_another_reading_of_a_message_already_received_is_a_repeat(
     runtime: Runtime, app: TestClient, people: People
 ) -> None:
@@ -526,6 +564,15 @@ ERROR_CODE_RESPLITS = {
     "garbled": lambda p: {
         **{k: v for k, v in p.items() if k != "From"},
         "ErrorCode": p["ErrorCode"] + "From" + p["From"],
+    },
+    # ErrorCode hidden in a name, and run across a name and a value.
+    "in-a-name": lambda p: {
+        **{k: v for k, v in p.items() if k not in ("ApiVersion", "ErrorCode")},
+        "ApiVersion" + p["ApiVersion"] + "ErrorCode": p["ErrorCode"],
+    },
+    "across-a-name-and-a-value": lambda p: {
+        **{k: v for k, v in p.items() if k not in ("ApiVersion", "ErrorCode")},
+        "ApiVersion" + p["ApiVersion"] + "ErrorCod": "e" + p["ErrorCode"],
     },
 }
 
