@@ -76,6 +76,13 @@ class Deadlines:
     """Ends waits past their deadline by shutting their connection's socket down."""
 
     def __init__(self) -> None:
+        self._reset()
+        # A forked child (gunicorn --preload, a fork after the database was used) has no
+        # thread, and may hold a copy of the lock the parent's thread had taken: it starts
+        # afresh. Its parent's waits are not its own.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
         self._registered = threading.Condition(self._lock)
         self._waits: dict[int, _Wait] = {}

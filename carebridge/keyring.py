@@ -368,6 +368,22 @@ def save(keyring: Keyring, path: Path, *, overwrite: bool = True) -> None:
         raise KeyringError(f"keyring file {path} cannot be written: {exc.strerror}") from None
     finally:
         tmp.unlink(missing_ok=True)
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the new name durable: a crash after the rename must not bring the old file back
+    (a key wrapped under the new KEK meanwhile would not open)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # a platform without directory descriptors: nothing more to do
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename itself stands
+    finally:
+        os.close(fd)
 
 
 def load_or_create_development(path: Path) -> Keyring:

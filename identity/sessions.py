@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from carebridge import audit
 from carebridge.audit import Outcome
-from carebridge.http import cookies
+from carebridge.http import boundary, cookies
 from carebridge.http.paths import MACHINE_PATHS
 from carebridge.runtime import Runtime
 from identity.accounts import ACTIVE
@@ -177,8 +177,11 @@ def revoke_others(db: Session, current: AuthSession, *, request_id: str | None) 
 def user_agent(connection: HTTPConnection) -> str:
     """The User-Agent as its sender wrote it, for the list of signed-in devices: header
     bytes reach Starlette as Latin-1, and apps send UTF-8 (a device named "Zoë")."""
-    raw = connection.headers.get("user-agent", "").encode("latin-1")
-    return raw.decode("utf-8", "replace")
+    text = connection.headers.get("user-agent", "").encode("latin-1").decode("utf-8", "replace")
+    if boundary.is_text(text):
+        return text
+    # A C1 control spelled in UTF-8 passes the boundary's byte rule: shown as unreadable.
+    return "".join(c if boundary.is_text(c) else "\ufffd" for c in text)
 
 
 def presented_token(connection: HTTPConnection) -> str | None:

@@ -16,6 +16,7 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -637,6 +638,37 @@ def test_a_process_out_of_file_descriptors_still_ends_waits_past_their_deadline(
     assert starved_took < 1.5, starved_took
     assert isinstance(later, psycopg.OperationalError), later
     assert later_took < 1.5, later_took
+
+
+def test_a_forked_process_ends_its_own_waits_past_their_deadline(
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gunicorn --preload, or any fork after the database was used: the child inherited the
+    # parent's deadline thread as a stopped thread still on record, so no wait of its own
+    # ever had a client deadline.
+    monkeypatch.setattr(db_deadlines, "DEADLINES", db_deadlines.Deadlines())
+    warm = _direct(postgres_database, 0.3)
+    try:
+        warm.execute("SELECT 1")  # the parent's deadline thread is running
+    finally:
+        warm.close()
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            mine = _direct(postgres_database, 0.3)
+            outcome, took = _run_bounded(lambda: mine.execute("SELECT pg_sleep(3)"))
+            code = 0 if isinstance(outcome, psycopg.OperationalError) and took < 1.5 else 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 15
+    while (done := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        pytest.fail("the forked process hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "the forked process's wait ran its course"
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")

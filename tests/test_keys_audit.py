@@ -4,6 +4,8 @@ back, and a file that could not be replaced is recorded as a rotation not done."
 
 from __future__ import annotations
 
+import fcntl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from carebridge import keyring
 from carebridge.audit import AuditRecord
+from carebridge.cli import main
 from carebridge.db import make_engine
 from tests.test_cli import UNREACHABLE, assert_one_line_error, run, secret_strings
 
@@ -173,3 +176,31 @@ def test_a_rotation_whose_keyring_file_cannot_be_written_is_recorded_as_not_done
     assert done.target == undone.target
     status, out, _ = run(capsys, "audit", "verify")
     assert status == 0 and "audit log intact" in out
+
+
+def test_overlapping_rotations_keep_both_new_keks(keyring_file: Path, database_url: str) -> None:
+    # Two operators rotate at once: each read the same keyring, and the later write dropped
+    # the earlier one's KEK, under which a replica may already have wrapped thread keys.
+    outcome: list[int] = []
+
+    def second_rotation() -> None:
+        try:
+            outcome.append(main(["keys", "rotate"]))
+        except SystemExit as exc:
+            outcome.append(int(exc.code or 0))
+
+    lock = keyring_file.with_name(keyring_file.name + ".lock")
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the first rotation is under way
+        second = threading.Thread(target=second_rotation)
+        second.start()
+        second.join(1.0)
+        assert second.is_alive(), "the second rotation did not wait for the first"
+        first = keyring.load(keyring_file).rotated()
+        keyring.save(first, keyring_file)
+    second.join(30)
+
+    assert outcome == [0]
+    final = keyring.load(keyring_file)
+    assert first.active_kek.kid in {kek.kid for kek in final.keks}
+    assert final.active_kek.kid != first.active_kek.kid

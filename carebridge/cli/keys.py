@@ -12,6 +12,12 @@ already have wrapped a key under its new KEK, which only the rotated keyring unw
 written after the record committed gets a second record, ``keys.rotate`` with outcome
 ``failed``: the rotation did not happen.
 
+One rotation at a time: a rotation holds an exclusive lock (``flock`` on ``<keyring>.lock``
+beside the file) from reading the keyring to writing it, and reads it under the lock; two
+overlapping ones would both start from the same keyring, and the later write would drop
+the earlier one's KEK, under which a replica may already have wrapped keys. The lock holds
+between processes on one host (or one shared filesystem that honours ``flock``).
+
 ``generate`` is not audited: it only ever creates a new file, never replacing a keyring,
 and runs before a database may exist.
 """
@@ -19,6 +25,9 @@ and runs before a database may exist.
 from __future__ import annotations
 
 import argparse
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -61,10 +70,24 @@ def _keyring_path() -> tuple[keyring.Keyring, Path]:
     return load_keyring(settings), settings.effective_keyring_file
 
 
+@contextmanager
+def _one_rotation_at_a_time(path: Path) -> Iterator[None]:
+    lock = path.with_name(path.name + ".lock")
+    try:
+        handle = lock.open("a")
+    except OSError as exc:
+        raise CommandError(f"keys not rotated: {lock} cannot be opened ({exc.strerror})") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def rotate(args: argparse.Namespace) -> int:
-    current, path = _keyring_path()
-    rotated = current.rotated(args.alg)
-    _save_audited(rotated, path)
+    path = load_settings().effective_keyring_file
+    with _one_rotation_at_a_time(path):
+        current, path = _keyring_path()  # read under the lock: the latest rotation's
+        rotated = current.rotated(args.alg)
+        _save_audited(rotated, path)
     print(f"rotated {path}")
     kept = len(rotated.keks) - 1
     print(f"  encryption key {rotated.active_kek.kid} now encrypts; {kept} older kept")

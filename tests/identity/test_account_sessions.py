@@ -231,3 +231,17 @@ def test_a_utf8_device_name_is_listed_as_written_not_as_latin1(
     assert response.status_code in (200, 201), response.text
     with runtime.sessions() as db:
         assert db.scalars(select(AuthSession.user_agent)).all() == [device]
+
+
+def test_a_control_character_spelled_in_utf8_in_a_device_name_is_not_stored(
+    client: TestClient, runtime: Runtime
+) -> None:
+    # U+0085 written as UTF-8 (C2 85) passes the boundary's byte rule for headers.
+    response = client.post(
+        "/api/v1/signup",
+        json={"login": "zoe@example.org", "password": "quiet harbour lamp"},
+        headers={"User-Agent": "Phone\u0085 1".encode()},
+    )
+    assert response.status_code in (200, 201), response.text
+    with runtime.sessions() as db:
+        assert db.scalars(select(AuthSession.user_agent)).all() == ["Phone\ufffd 1"]
