@@ -152,9 +152,9 @@ class Answer:
 
 
 def _check_parameters(pairs: list[tuple[str, str]]) -> None:
+    """The protocol's limits. That the parameters are text their readers checked: the
+    boundary middleware the query, :func:`read_oauth_form` and ``read_form`` the bodies."""
     for key, value in pairs:
-        if not boundary.is_text(key) or not boundary.is_text(value):
-            raise RefusedParameterError
         if len(key) > 100 or len(value) > MAX_PARAMETER:
             raise ParameterError("A request parameter is too long.")
         if key == "nonce" and len(value) > MAX_NONCE:
@@ -173,11 +173,10 @@ def _check_basic_credentials(headers: Headers) -> None:
         client_id, secret = extract_basic_authorization(headers)
     except UnicodeDecodeError:
         raise ParameterError("The Authorization header is not valid.") from None
-    for value in (client_id, secret):
-        if value is not None and not boundary.is_text(value):
-            raise RefusedParameterError
-        if value is not None and len(value) > MAX_PARAMETER:
-            raise ParameterError("A client credential is too long.")
+    if not boundary.is_text(f"{client_id or ''}{secret or ''}"):
+        raise RefusedParameterError
+    if len(client_id or "") > MAX_PARAMETER or len(secret or "") > MAX_PARAMETER:
+        raise ParameterError("A client credential is too long.")
 
 
 class ParameterError(ValueError):
@@ -214,11 +213,11 @@ async def read_oauth_form(request: Request) -> list[tuple[str, str]]:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=False, strict_parsing=False)
     except UnicodeDecodeError:
         raise ParameterError("The request body is not UTF-8.") from None
-    try:
-        _check_parameters(pairs)
-    except RefusedParameterError:
+    # The input boundary: every name and value text (one look at them all).
+    if not boundary.is_text("".join(part for pair in pairs for part in pair)):
         boundary.mark_refused(request.scope, "parameter")
-        raise
+        raise RefusedParameterError
+    _check_parameters(pairs)
     names = [key for key, _ in pairs]
     if len(set(names)) != len(names):
         # RFC 6749 §3.2: request parameters must not be included more than once.
@@ -398,15 +397,15 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         """The request as Authlib reads it, its parameters checked (ParameterError);
         ``authenticates_client`` where a client may present Basic credentials."""
         query = list(request.query_params.multi_items()) if with_query else []
-        try:
-            _check_parameters(query)
-            # The consent form echoes the checked query, but is itself a request: check again.
-            _check_parameters(form or [])
-            if authenticates_client:
+        _check_parameters(query)
+        # The consent form echoes the checked query, but is itself a request: check again.
+        _check_parameters(form or [])
+        if authenticates_client:
+            try:
                 _check_basic_credentials(request.headers)
-        except RefusedParameterError:
-            boundary.mark_refused(request.scope, "parameter")
-            raise
+            except RefusedParameterError:
+                boundary.mark_refused(request.scope, "parameter")
+                raise
         # URLs come from the configured issuer, never from the Host header.
         oauth = StarletteOAuth2Request(
             request.method,
