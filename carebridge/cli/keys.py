@@ -83,7 +83,7 @@ def _one_rotation_at_a_time(path: Path) -> Iterator[None]:
 
 
 def rotate(args: argparse.Namespace) -> int:
-    path = load_settings().effective_keyring_file
+    _, path = _keyring_path()  # a missing keyring is named (exit 2) before any lock file
     with _one_rotation_at_a_time(path):
         current, path = _keyring_path()  # read under the lock: the latest rotation's
         rotated = current.rotated(args.alg)
