@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from realparts import require
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
@@ -30,6 +29,7 @@ from carebridge.app import create_app
 from carebridge.db import make_engine
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from tests.realparts import require
 
 POSTGRES_URL = os.environ.get(
     "CAREBRIDGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

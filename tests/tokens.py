@@ -1,7 +1,7 @@
 """Access tokens minted the way identity/oidc issues them (RFC 9068), for resource-server
 tests that should not drive a whole authorization flow. The OIDC tests check the provider
 issues this shape; its tokens a person authorized also carry ``grant_id`` (pass it as a
-claim), which tests/oidc/test_withdrawal.py covers through real flows."""
+claim), which tests/identity/oidc/test_withdrawal.py covers through real flows."""
 
 from __future__ import annotations
 

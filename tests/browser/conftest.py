@@ -27,13 +27,13 @@ from typing import Any
 import pytest
 import uvicorn
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
-from realparts import require
 
 from carebridge.app import create_app
 from carebridge.demo import seed
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from tests.browser.harness import LiveApp
+from tests.realparts import require
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect
 from identity import sessions
 from tests.browser.harness import LiveApp, check_accessibility
 from tests.identity import factories
-from tests.oidc import helpers
+from tests.identity.oidc import helpers
 
 
 def test_the_consent_answer_reaches_an_app_on_another_origin(live_app: LiveApp, page: Page) -> None:

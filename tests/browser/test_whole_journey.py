@@ -29,7 +29,6 @@ import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
-from tokens import mint
 
 from carebridge import audit, worker
 from carebridge.demo import seed
@@ -37,6 +36,7 @@ from carebridge.demo.seed import DemoConfig, DemoPatient
 from sms import jobs as sms_jobs
 from sms import links as sms_links
 from tests.browser.harness import LiveApp, check_accessibility, screenshot
+from tests.tokens import mint
 
 PATIENT_EMAIL = "journey.patient@example.org"
 SECOND_EMAIL = "second.patient@example.org"

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from realparts import require
+
+from tests.realparts import require
 
 PEERS = Path(__file__).resolve().parents[1] / "peers"
 # Provider names (as carebridge knows them) the peer has a client for.

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from realparts import require
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
@@ -22,6 +21,7 @@ from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from identity import accounts, throttle
 from identity.models import ThrottleCounter
+from tests.realparts import require
 
 FAST = {"argon2_memory_kib": 8192, "argon2_time_cost": 1}
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from realparts import require
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
@@ -27,6 +26,7 @@ from identity.flows import verify
 from identity.models import PatientLink, RosterMember
 from identity.roster import importer
 from identity.roster.hashes import RosterHashes
+from tests.realparts import require
 
 from . import factories
 

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import redis
 from prometheus_client import REGISTRY
-from realparts import require
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,6 +27,7 @@ from identity import throttle
 from identity.flows import verify
 from identity.models import ThrottleCounter
 from tests.logcapture import captured_log
+from tests.realparts import require
 
 from . import factories
 from .test_verify import TWIN_A, ZEB, audits, link_of, load_roster, patient_of

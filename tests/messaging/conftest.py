@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
-from tokens import mint
 
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
@@ -16,6 +15,7 @@ from identity.oidc import subjects
 from messaging import care_teams
 from tests.identity import factories
 from tests.identity.roster_helpers import import_roster, link
+from tests.tokens import mint
 
 PROVIDER_APP = "provider-app"
 OTHER_APP = "other-team-app"
@@ -58,7 +58,7 @@ def world(runtime: Runtime, tmp_path: Path) -> World:
 
 
 def build_world(runtime: Runtime, tmp_path: Path) -> World:
-    """The world, on any runtime (tests/test_database_stalls.py builds one on a private
+    """The world, on any runtime (tests/carebridge/test_database_stalls.py builds one on a private
     server's)."""
     patients = import_roster(runtime, tmp_path)
     found = World(runtime, patients)

@@ -8,7 +8,6 @@ import time
 import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
-from tokens import mint
 
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
@@ -18,6 +17,7 @@ from identity.oidc import subjects
 from messaging import access, care_teams
 from messaging.models import Message, Thread
 from sms.models import Notification
+from tests.tokens import mint
 
 from .conftest import OTHER_APP, PATIENT_APP, PROVIDER_APP, World, start_thread
 

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
-from statements import statements
 
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from messaging import crypto
 from messaging.models import Message, Thread, ThreadReadState
 from sms.models import Notification
+from tests.statements import statements
 
 from .conftest import OTHER_APP, PROVIDER_APP, World, start_thread
 

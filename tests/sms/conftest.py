@@ -23,7 +23,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from realparts import require
 
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
@@ -31,6 +30,7 @@ from sms.backends import ConsoleSender
 from sms.twilio_client import TwilioSender
 from tests.identity import factories
 from tests.identity.roster_helpers import import_roster, link
+from tests.realparts import require
 from tests.sms.helpers import (
     PEERS,
     SPEC,

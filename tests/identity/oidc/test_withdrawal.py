@@ -31,8 +31,8 @@ from identity.oidc.models import OidcAuthorizationCode, OidcConsent
 from identity.oidc.server import AuthorizationServer
 from messaging import access, care_teams
 from tests.identity import factories
+from tests.identity.oidc import helpers
 from tests.identity.roster_helpers import import_roster
-from tests.oidc import helpers
 
 READ_SCOPE = "openid offline_access messaging.read"
 THREADS = "/api/v1/messaging/threads"

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, event, select
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError
-from statements import statements
 
 from carebridge.db import (
     DirectStatement,
@@ -19,6 +18,7 @@ from carebridge.db import (
     make_sessionmaker,
     transaction,
 )
+from tests.statements import statements
 
 metadata = MetaData()
 first = Table("together_a", metadata, Column("id", String(10), primary_key=True))

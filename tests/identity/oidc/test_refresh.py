@@ -11,7 +11,6 @@ import pytest
 from joserfc import jwt
 from sqlalchemy import select, update
 from starlette.testclient import TestClient
-from statements import statements
 
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
@@ -21,7 +20,8 @@ from identity.models import Account
 from identity.oidc.grants import RefreshTokenGrant
 from identity.oidc.models import OidcRefreshToken, OidcSubject
 from tests.browser.harness import LiveApp
-from tests.oidc import helpers
+from tests.identity.oidc import helpers
+from tests.statements import statements
 
 
 def _tokens(client: TestClient | httpx.Client, registered: helpers.Registered) -> dict[str, str]:

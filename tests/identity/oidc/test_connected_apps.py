@@ -13,7 +13,7 @@ from carebridge.audit import AuditRecord
 from carebridge.runtime import Runtime
 from identity.oidc.models import OidcConsent
 from tests.identity import factories
-from tests.oidc import helpers
+from tests.identity.oidc import helpers
 
 
 def _connect(client: TestClient, registered: helpers.Registered) -> str:

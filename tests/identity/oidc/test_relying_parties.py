@@ -15,12 +15,12 @@ from authlib.integrations.httpx_client import OAuth2Client
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from realparts import require
 
 from tests.browser.harness import LiveApp
-from tests.oidc import helpers
+from tests.identity.oidc import helpers
+from tests.realparts import require
 
-PEERS = Path(__file__).resolve().parents[1] / "peers"
+PEERS = Path(__file__).resolve().parents[2] / "peers"
 
 
 def test_openid_client_runs_the_whole_code_flow(live_app: LiveApp, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from carebridge import keyring
 from carebridge.audit import AuditRecord
 from carebridge.cli import main
 from carebridge.db import make_engine
-from tests.test_cli import UNREACHABLE, assert_one_line_error, run, secret_strings
+from tests.carebridge.test_cli import UNREACHABLE, assert_one_line_error, run, secret_strings
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from starlette.testclient import TestClient
 
 from carebridge.runtime import Runtime
 from tests.identity import factories
+from tests.identity.oidc import helpers
 from tests.logcapture import captured_log
-from tests.oidc import helpers
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MARK = "crafted7q"  # in every crafted value: the log must never show it

@@ -17,13 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
-from tokens import mint
 
 from carebridge.http import bearer
 from carebridge.http.problems import http_exception_handler
 from carebridge.keyring import SigningKey
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from tests.tokens import mint
 
 
 async def protected(request: Request) -> Response:

@@ -16,7 +16,7 @@ from carebridge.runtime import Runtime
 from identity import accounts
 from tests import tokens as minting
 from tests.identity import factories
-from tests.oidc import helpers
+from tests.identity.oidc import helpers
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from carebridge.runtime import Runtime
 from identity.oidc import subjects
 from identity.oidc.grants import AuthorizationCodeGrant
 from identity.oidc.models import OidcAuthorizationCode, OidcClient, OidcRefreshToken
-from tests.oidc import helpers
+from tests.identity.oidc import helpers
 
 
 @pytest.fixture

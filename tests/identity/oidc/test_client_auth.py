@@ -22,7 +22,7 @@ from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from identity.oidc import clients
 from identity.oidc import server as server_module
-from tests.oidc import helpers
+from tests.identity.oidc import helpers
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 

@@ -32,7 +32,6 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
-from realparts import require
 from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -60,9 +59,10 @@ from carebridge.runtime import Runtime
 from carebridge.settings import Role, Settings
 from identity import sessions
 from tests.identity import factories
+from tests.identity.oidc import helpers
 from tests.messaging.conftest import build_world
-from tests.oidc import helpers
 from tests.private_postgres import PrivatePostgres
+from tests.realparts import require
 
 # The web budget of the apps under test, and what "within the budget" allows: the
 # budget, the client's grace after it, the deadline thread's tick, and a busy machine's

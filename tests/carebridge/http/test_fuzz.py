@@ -52,7 +52,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
-from tokens import mint
 from twilio.request_validator import RequestValidator
 
 from carebridge.app import create_app
@@ -63,8 +62,9 @@ from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from identity import sessions
 from tests.identity import factories
+from tests.identity.oidc import helpers
 from tests.logcapture import captured_log
-from tests.oidc import helpers
+from tests.tokens import mint
 
 ISSUER = "http://127.0.0.1:8000"
 TWILIO_TOKEN = "twilio-auth-token-for-the-fuzz"

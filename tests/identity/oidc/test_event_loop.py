@@ -16,7 +16,6 @@ from asyncpg.exceptions import DeadlockDetectedError
 from sqlalchemy import event, select
 from sqlalchemy.dialects import postgresql
 from starlette.testclient import TestClient
-from statements import statements
 
 from carebridge.audit import AuditRecord
 from carebridge.db import DirectStatement
@@ -24,7 +23,8 @@ from carebridge.runtime import Runtime
 from identity.oidc.context import NoTransactionError, Plan
 from identity.oidc.models import OidcRefreshToken
 from identity.oidc.server import AuthorizationServer
-from tests.oidc import helpers
+from tests.identity.oidc import helpers
+from tests.statements import statements
 
 T = TypeVar("T")
 

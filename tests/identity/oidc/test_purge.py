@@ -11,7 +11,7 @@ from carebridge.runtime import Runtime
 from identity.oidc import purge
 from identity.oidc.models import OidcRefreshToken, OidcUsedAssertion, OidcWithdrawal
 from tests.identity import factories
-from tests.oidc import helpers
+from tests.identity.oidc import helpers
 
 
 def test_purge_drops_dead_rows_after_a_grace_day(runtime: Runtime) -> None:

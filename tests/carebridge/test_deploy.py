@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 import uvicorn
 import yaml
-from realparts import require
 from sqlalchemy.engine import make_url
 
 from carebridge.app import create_app
@@ -33,8 +32,9 @@ from carebridge.db import make_engine
 from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
 from carebridge.settings import PREFIX, Settings, load_settings
+from tests.realparts import require
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"

@@ -518,7 +518,7 @@ def test_metrics_are_open_without_a_token(shell: TestClient) -> None:
 
 
 def test_production_app_without_a_metrics_token_serves_no_metrics(make_client: MakeClient) -> None:
-    # Production refuses to start without a token (tests/test_settings.py); an app made
+    # Production refuses to start without a token (tests/carebridge/test_settings.py); an app made
     # anyway does not fall back to a public /metrics.
     client = make_client(env="production", issuer="https://id.example.org")
     response = client.get("/metrics")

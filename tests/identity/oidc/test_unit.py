@@ -15,7 +15,7 @@ from carebridge.runtime import Runtime
 from identity.oidc.context import NoTransactionError, connection, db
 from identity.oidc.models import OidcWithdrawal
 from identity.oidc.server import AuthorizationServer
-from tests.oidc import helpers
+from tests.identity.oidc import helpers
 
 _WITHDRAWN = cast(Table, OidcWithdrawal.__table__)
 

@@ -13,7 +13,7 @@ from carebridge.runtime import Runtime
 from identity.oidc import subjects
 from identity.oidc.models import OidcSubject
 from tests.identity import factories
-from tests.oidc import helpers
+from tests.identity.oidc import helpers
 
 
 def test_recording_a_subject_is_idempotent_and_refuses_another_account(
