@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import copy
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -228,8 +227,10 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
     def running(self, execution: Execution) -> Self:
         """This server, for one request that runs as ``execution``: what Authlib's callbacks
         (grants, client authentication, endpoints) read as ``server.execution``. A shallow
-        copy: the registrations are shared, read-only."""
-        bound = copy.copy(self)
+        copy (as ``copy.copy`` makes, in a fifth of its time: one per token request): the
+        registrations and the client cache are shared."""
+        bound = object.__new__(type(self))
+        bound.__dict__.update(self.__dict__)
         bound.execution = execution
         return bound
 
