@@ -10,8 +10,10 @@ answer is as of that transaction) and costs one indexed lookup; the per-request 
 :func:`person_of_token`, is a single statement that also tells whether the token was
 withdrawn, so the messaging API makes one lookup per request to learn who is calling.
 
-The implementations live in identity's modules and are re-exported here: this module
-holds declarations only, so no identity module needs to import it.
+The implementations live in identity's modules and are re-exported here. An identity
+module imports from here only the Protocols at the end, and none that this module
+imports (directly or not: accounts, authn, models, patients, sessions, oidc.holders,
+oidc.models, oidc.withdrawals), or it would make an import loop.
 """
 
 from __future__ import annotations
