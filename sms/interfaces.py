@@ -85,5 +85,6 @@ def new_message_notice(
     """The patient's notice of a new message in a thread, as a row for the caller to insert
     in its own transaction, with the message (carebridge.db.insert_together, or
     insert_gated, whose gate may supply the patient ID): it exists if and only if the
-    message does. IDs only, never content."""
+    message does. IDs only, never content. The caller hands the row on as it is: which
+    table it goes to, and its columns, are sms's own."""
     return outbox.row(patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id=thread_id)
