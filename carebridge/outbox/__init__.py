@@ -11,7 +11,7 @@ This is the public API; the modules behind it are the outbox's own.
 
 from __future__ import annotations
 
-from carebridge.outbox.drain import (
+from carebridge.outbox.delivery import (
     PURGE,
     Channels,
     Handler,

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
-from carebridge.outbox.drain import aware
+from carebridge.outbox.delivery import aware
 from carebridge.outbox.models import DEAD, PENDING, SENDING, OutboxMessage
 from carebridge.runtime import Runtime
 
