@@ -18,8 +18,8 @@ from carebridge.outbox import operations
 from carebridge.runtime import Runtime
 
 
-def email_channels(out: StringIO, **kwargs: object) -> outbox.Channels:
-    return outbox.Channels(handlers={mail.CHANNEL: mail.ConsoleMailer(out=out)}, **kwargs)  # type: ignore[arg-type]
+def email_channels(out: StringIO) -> outbox.Channels:
+    return outbox.Channels(handlers={mail.CHANNEL: mail.ConsoleMailer(out=out)})
 
 
 def send_email(runtime: Runtime, to: str = "pat@example.org") -> str:
