@@ -11,11 +11,13 @@ import pytest
 from sqlalchemy import select
 
 from carebridge import mail, outbox, wiring
+from carebridge.app import create_app
 from carebridge.cli import main
 from carebridge.db import transaction
 from carebridge.outbox import delivery as outbox_delivery
 from carebridge.outbox import operations
 from carebridge.runtime import Runtime
+from identity.interfaces import Outward
 
 
 def email_channels(out: StringIO) -> outbox.Channels:
@@ -198,3 +200,15 @@ def test_the_cli_shows_every_channel_and_puts_a_dead_letter_back(
     assert main(["notifications", "retry", message_id]) == 0
     assert f"{message_id}: dead -> pending" in capsys.readouterr().out
     assert main(["notifications", "retry", message_id]) == 1  # pending is no dead letter
+
+
+def test_the_app_hands_identity_its_senders_through_the_outbox(runtime: Runtime) -> None:
+    outward = create_app(runtime).state.outward
+    assert isinstance(outward, Outward)
+    with transaction(runtime.sessions) as db:
+        code_id = outward.one_time_codes.send_code(db, to="+15555550123", code="123456")
+        email_id = outward.email.send_email(db, to="pat@example.org", subject="s", text="t")
+    assert {(row.id, row.channel) for row in rows(runtime)} == {
+        (code_id, "sms"),
+        (email_id, "email"),
+    }
