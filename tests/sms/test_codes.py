@@ -16,6 +16,8 @@ from sms import phone
 from sms.backends import ConsoleSender
 from sms.jobs import SmsChannel
 from sms.models import OptOut
+from sms.twilio_client import TwilioSender
+from tests.sms.helpers import PreferClient
 
 NUMBER = "+15555550123"
 
@@ -80,3 +82,41 @@ def test_a_number_that_opted_out_gets_no_code(runtime: Runtime) -> None:
     outbox.drain(runtime, channels(runtime, out))
     assert out.getvalue() == ""
     assert states(runtime) == [(outbox.DEAD, "opted_out")]
+
+
+# Through the real twilio library, against Twilio's described API (Prism)
+
+
+def twilio_channels(runtime: Runtime, sender: TwilioSender) -> outbox.Channels:
+    sms = SmsChannel(runtime, sender)
+    return outbox.Channels(handlers={sms.channel: sms})
+
+
+def test_twilio_gets_the_code_once(
+    runtime: Runtime, twilio_sender: TwilioSender, prefer_client: PreferClient
+) -> None:
+    message_id = send_code(runtime)
+    outbox.drain(runtime, twilio_channels(runtime, twilio_sender))
+    outbox.drain(runtime, twilio_channels(runtime, twilio_sender))
+    (request,) = [r for r in prefer_client.requests if r["url"].endswith("/Messages.json")]
+    assert request["data"]["To"] == NUMBER and "418207" in request["data"]["Body"]
+    assert request["data"]["StatusCallback"].endswith(f"/{message_id}/status")
+    assert states(runtime) == [(outbox.DONE, None)]
+
+
+def test_a_number_twilio_cannot_text_is_a_dead_letter_at_once(
+    runtime: Runtime, twilio_sender: TwilioSender, prefer_client: PreferClient
+) -> None:
+    send_code(runtime)
+    prefer_client.prefer = "code=400, example=e21211"
+    outbox.drain(runtime, twilio_channels(runtime, twilio_sender))
+    assert states(runtime) == [(outbox.DEAD, "sms_unusable:21211")]
+
+
+def test_a_rate_limited_code_waits_for_the_backoff(
+    runtime: Runtime, twilio_sender: TwilioSender, prefer_client: PreferClient
+) -> None:
+    send_code(runtime)
+    prefer_client.prefer = "code=429, example=e20429"
+    outbox.drain(runtime, twilio_channels(runtime, twilio_sender))
+    assert states(runtime) == [(outbox.PENDING, "retry:20429")]
