@@ -24,7 +24,15 @@ class SmsChannel:
 
     def __init__(self, runtime: Runtime, sender: Sender | None = None) -> None:
         self._runtime = runtime
-        self._sender = sender or backends.for_settings(runtime.settings)
+        self._given = sender
+
+    @property
+    def _sender(self) -> Sender:
+        # Built on first use: a misconfigured Twilio fails this channel's work (logged
+        # by the worker each time), not the composition of every channel.
+        if self._given is None:
+            self._given = backends.for_settings(self._runtime.settings)
+        return self._given
 
     def drain(self) -> int:
         return delivery.drain(self._runtime, self._sender)

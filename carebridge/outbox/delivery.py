@@ -215,8 +215,30 @@ def drain(
     limit: int = 20,
 ) -> int:
     """Every ledger's due work, then the outbox rows', for up to ``max_seconds`` each;
-    returns how many were taken."""
-    total = sum(ledger.drain() for ledger in channels.ledgers)
+    returns how many were taken. A ledger that fails (its provider misconfigured, the
+    database gone) keeps no other channel waiting: its error is raised after the rest."""
+    total = 0
+    failed: Exception | None = None
+    for ledger in channels.ledgers:
+        try:
+            total += ledger.drain()
+        except Exception as exc:  # noqa: BLE001  (raised below, once the others ran)
+            failed = failed or exc
+    total += _drain_rows(runtime, channels, clock=clock, max_seconds=max_seconds, limit=limit)
+    if failed is not None:
+        raise failed
+    return total
+
+
+def _drain_rows(
+    runtime: Runtime,
+    channels: Channels,
+    *,
+    clock: Callable[[], datetime],
+    max_seconds: float,
+    limit: int,
+) -> int:
+    total = 0
     deadline = time.monotonic() + max_seconds
     while time.monotonic() < deadline:
         batch = claim(runtime, channels, clock(), limit)

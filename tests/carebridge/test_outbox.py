@@ -212,3 +212,21 @@ def test_the_app_hands_identity_its_senders_through_the_outbox(runtime: Runtime)
         (code_id, "sms"),
         (email_id, "email"),
     }
+
+
+def test_a_failing_ledger_keeps_no_other_channel_waiting(runtime: Runtime) -> None:
+    class Broken:
+        name = "broken"
+
+        def drain(self) -> int:
+            raise RuntimeError("provider misconfigured")
+
+    send_email(runtime)
+    out = StringIO()
+    channels = outbox.Channels(
+        handlers={mail.CHANNEL: mail.ConsoleMailer(out=out)}, ledgers=(Broken(),)
+    )
+    with pytest.raises(RuntimeError, match="misconfigured"):
+        outbox.drain(runtime, channels)
+    assert "[email to pat@example.org]" in out.getvalue()
+    assert [row.state for row in rows(runtime)] == [outbox.DONE]
