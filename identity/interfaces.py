@@ -18,7 +18,11 @@ oidc.models, oidc.withdrawals), or it would make an import loop.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy.orm import Session
 
 from identity.accounts import exists as account_exists
 from identity.oidc.holders import Person, WithdrawnError, check_client_token
@@ -39,6 +43,9 @@ __all__ = [
     "TEMPLATES",  # for pages that extend identity's templates
     # Value types and domain errors
     "Eligibility",  # ELIGIBLE, INELIGIBLE (terminated, gone from the roster) or UNKNOWN
+    "EmailSender",  # needed from outside: queues a transactional e-mail (wired in)
+    "OneTimeCodeSender",  # needed from outside: queues a one-time code by SMS (wired in)
+    "Outward",  # the two senders, as the composition root wired them
     "Person",  # the active account a user's token acts for, and its verified patient ID
     "SignedInPatient",  # the account signed in on a patient's page, and its patient ID
     "WithdrawnError",  # the token was withdrawn before it expired: a 401
@@ -55,5 +62,32 @@ __all__ = [
 
 
 # What identity needs from outside (wired by the composition root)
+#
+# identity declares these and never imports their implementations: carebridge.wiring
+# gives it sms's one-time-code sender and the outbox's e-mail sender. Both enqueue in
+# the caller's transaction (the transactional outbox): sent if and only if it commits.
 
-# (placeholder: the Protocols identity declares for others to implement go here)
+
+class OneTimeCodeSender(Protocol):
+    """Texts a one-time code to a phone number the account has verified (SMS)."""
+
+    def send_code(self, db: Session, *, to: str, code: str) -> str:
+        """Queue ``code`` for ``to`` (E.164) in ``db``'s transaction; returns the outbox
+        ID. The number and the code are stored sealed and wiped once sent."""
+
+
+class EmailSender(Protocol):
+    """Sends a transactional e-mail: IDs and links only, never PHI."""
+
+    def send_email(
+        self, db: Session, *, to: str, subject: str, text: str, html: str | None = None
+    ) -> str:
+        """Queue an e-mail in ``db``'s transaction; returns the outbox ID."""
+
+
+@dataclass(frozen=True)
+class Outward:
+    """Everything identity needs from outside, as the composition root wired it."""
+
+    one_time_codes: OneTimeCodeSender
+    email: EmailSender
