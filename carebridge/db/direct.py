@@ -9,7 +9,7 @@ from typing import Any, cast
 import asyncpg
 from psycopg.pq import ExecStatus
 from sqlalchemy import Connection, Dialect
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, StatementError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -33,8 +33,9 @@ class DirectStatement:
     - it runs in the session's transaction, on the session's connection;
     - rows come back as plain tuples (:meth:`first`: named ones), read in PostgreSQL's
       binary format;
-    - a database error is raised as SQLAlchemy raises it, and a connection the driver
-      reports gone is invalidated, as SQLAlchemy would.
+    - a database error is raised as SQLAlchemy raises it (its :class:`DBAPIError`
+      subclass, parameters hidden as the engine hides them), and a connection the
+      driver reports gone is invalidated, as SQLAlchemy would (see :func:`_translated`).
 
     SQLAlchemy's events and echo do not see these statements; parameters pass to the driver
     as given and rows come back as the driver reads them: only for statements whose
@@ -70,6 +71,17 @@ class DirectStatement:
         if connection.dialect.name != "postgresql":
             return connection.execute(self.statement, params).first()
         return self._first_of(self._run(connection, params))
+
+    def named_rows(self, session: Session | Connection, params: dict[str, Any]) -> list[Any]:
+        """All rows of a SELECT, as named tuples (attributes named like the columns)."""
+        connection = connection_of(session)
+        found = (
+            connection.execute(self.statement, params).all()
+            if connection.dialect.name != "postgresql"
+            else self._run(connection, params)
+        )
+        make = self._named._make
+        return [make(row) for row in found]
 
     async def rows_on(
         self, connection: asyncpg.Connection, dialect: Dialect, params: dict[str, Any]
@@ -124,10 +136,39 @@ class DirectStatement:
             result = cursor.pgresult
             return cursor.fetchall() if result and result.status == ExecStatus.TUPLES_OK else []
         except dialect.loaded_dbapi.Error as exc:
-            # SQLAlchemy's own handling (pinned): the wrapped error, invalidation on a
-            # disconnect, the handle_error event.
-            connection._handle_dbapi_exception(exc, sql, values, cursor, None)
-            raise  # not reached: the call above raises
+            raise _translated(connection, exc, sql, values, cursor) from exc
         finally:
             if cursor is not None:
                 cursor.close()
+
+
+def _translated(
+    connection: Connection, error: Exception, sql: str, values: dict[str, Any], cursor: Any
+) -> StatementError:
+    """The error SQLAlchemy would raise for a driver's ``error``, through its public API:
+    wrapped by :meth:`DBAPIError.instance` (an IntegrityError stays one), and, when the
+    dialect says the connection is gone, that connection invalidated (the session's
+    transaction then can only roll back, and the pool connects afresh) with
+    ``connection_invalidated`` set, which :func:`carebridge.db.unavailable` reads.
+
+    Not done, as SQLAlchemy would: the engine's ``handle_error`` listeners (none is
+    registered here), and the pool's other connections discarded at once on a
+    disconnect: each is pinged before use after a second idle, and the first that fails
+    its ping discards the rest (:func:`carebridge.db.engine.make_engine`).
+    """
+    dialect = connection.dialect
+    gone = not connection.invalidated and dialect.is_disconnect(
+        cast(Any, error), connection.connection.dbapi_connection, cursor
+    )
+    wrapped = DBAPIError.instance(
+        sql,
+        values,
+        error,
+        dialect.loaded_dbapi.Error,
+        hide_parameters=connection.engine.hide_parameters,
+        connection_invalidated=gone,
+        dialect=dialect,
+    )
+    if gone:
+        connection.invalidate(error)
+    return wrapped

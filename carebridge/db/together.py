@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table, insert, text
+from sqlalchemy import CTE, Connection, Dialect, Table, bindparam, insert, select
 from sqlalchemy.orm import Session
-from sqlalchemy.types import String, TypeEngine
+from sqlalchemy.sql import Executable
+from sqlalchemy.types import String
 
 from carebridge.db.direct import DirectStatement, connection_of
 
@@ -27,13 +28,15 @@ class FromGate:
 
 @dataclass(frozen=True)
 class Gate:
-    """The leading CTEs of a gated insert: ``ctes`` defines them (``name AS (...)``,
-    data-modifying ones included); the rows go in once for each row of the one called
-    ``name``, and the statement answers with its ``returning`` columns."""
+    """What gates an insert: ``claim``, a CTE (a data-modifying one, as
+    ``update(...).returning(...).cte("claimed")``) whose rows the insert's rows go in
+    once for each of; ``also``, CTEs run with it (reading the claim, say); the statement
+    answers with the claim's ``returning`` columns. Core constructs, built once: a gate
+    is part of the key its statement is compiled under."""
 
-    ctes: str
-    name: str
+    claim: CTE
     returning: tuple[str, ...]
+    also: tuple[CTE, ...] = ()
 
 
 def insert_together(session: Session | Connection, rows: Rows) -> None:
@@ -105,14 +108,16 @@ def _params(rows: Rows) -> dict[str, Any]:
     }
 
 
-def _typed(parameter: str, column_type: TypeEngine[Any], dialect: Dialect) -> str:
-    """A parameter of a gated insert's SELECT list, typed: PostgreSQL takes an untyped
-    one there as text, which asyncpg then refuses to send a datetime as. Strings stay
-    text (a cast to ``varchar(n)`` would truncate silently; text assigned to the column
-    fails when too long, as a plain insert does)."""
-    if isinstance(column_type, String):
-        return parameter
-    return f"CAST({parameter} AS {column_type.compile(dialect)})"
+def _bound(n: int, column: str, table: Table) -> Any:
+    """A row's value, bound and typed like its column: PostgreSQL takes an untyped
+    parameter in a SELECT list as text, which asyncpg then refuses to send a datetime
+    as; the PostgreSQL dialects cast a typed one (``::TIMESTAMP WITH TIME ZONE``).
+    Strings are bound as plain ``VARCHAR``: a cast to ``varchar(n)`` would cut a value
+    silently; text assigned to the column fails when too long, as a plain insert does."""
+    column_type = table.c[column].type
+    return bindparam(
+        f"p{n}_{column}", type_=String() if isinstance(column_type, String) else column_type
+    )
 
 
 def _statement(dialect: Dialect, gate: Gate | None, rows: Rows) -> DirectStatement:
@@ -132,32 +137,32 @@ def _statement(dialect: Dialect, gate: Gate | None, rows: Rows) -> DirectStateme
         ),
     )
     statement = _TOGETHER.get(shape)
-    if statement is not None:
-        return statement
-    quote = dialect.identifier_preparer
-    # Only the schema's own table and column names, quoted; every value is bound, or a
-    # column of the gate's row.
-    inserts = []
-    for n, (table, values) in enumerate(rows):
-        names = ", ".join(quote.quote(column) for column in values)
-        sources = ", ".join(
-            f"{gate.name}.{quote.quote(value.column)}"
-            if gate is not None and isinstance(value, FromGate)
-            else _typed(f":p{n}_{column}", table.c[column].type, dialect)
-            for column, value in values.items()
-        )
-        into = f"INSERT INTO {quote.format_table(table)} ({names}) "
-        inserts.append(
-            f"{into}VALUES ({sources})"
-            if gate is None
-            else f"{into}SELECT {sources} FROM {gate.name}"  # noqa: S608
-        )
-    if gate is None:
-        ctes = ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(inserts[:-1]))
-        sql = f"WITH {ctes} {inserts[-1]}"
-    else:
-        ctes = ", ".join([gate.ctes, *(f"w{n} AS ({sql})" for n, sql in enumerate(inserts))])
-        answer = ", ".join(quote.quote(column) for column in gate.returning)
-        sql = f"WITH {ctes} SELECT {answer} FROM {gate.name}"  # noqa: S608
-    statement = _TOGETHER[shape] = DirectStatement(text(sql))
+    if statement is None:
+        statement = _TOGETHER[shape] = DirectStatement(_together(gate, rows))
     return statement
+
+
+def _together(gate: Gate | None, rows: Rows) -> Executable:
+    """The rows as one statement of Core constructs: each insert a data-modifying CTE
+    (``WITH w0 AS (INSERT ...)``), rendered whether or not anything reads it
+    (``add_cte``). Without a gate, the last row's INSERT is the statement; with one,
+    each row is inserted from a SELECT over the gate's claim (one row per claimed row),
+    and the statement answers with the claim's ``returning`` columns."""
+    if gate is None:
+        inserts = [
+            insert(table).values({column: _bound(n, column, table) for column in values})
+            for n, (table, values) in enumerate(rows)
+        ]
+        ctes = [statement.cte(f"w{n}") for n, statement in enumerate(inserts[:-1])]
+        return inserts[-1].add_cte(*ctes)
+    claim = gate.claim
+    ctes = []
+    for n, (table, values) in enumerate(rows):
+        sources = select(
+            *(
+                claim.c[value.column] if isinstance(value, FromGate) else _bound(n, column, table)
+                for column, value in values.items()
+            )
+        ).select_from(claim)
+        ctes.append(insert(table).from_select(list(values), sources).cte(f"w{n}"))
+    return select(*(claim.c[name] for name in gate.returning)).add_cte(*gate.also, *ctes)

@@ -72,7 +72,7 @@ def test_every_failure_runs_the_same_statements(
         # The session lookup of the request itself comes first: the same for everyone.
         shapes[name] = seen
     first = shapes["unknown code"]
-    assert first.count("SELECT") >= 3
+    assert first, "no statement seen"
     assert {name: shape for name, shape in shapes.items() if shape != first} == {}
 
 

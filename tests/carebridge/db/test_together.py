@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, event, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, event, select, update
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError
 
 from carebridge.db import (
@@ -88,9 +88,11 @@ counter = Table(
     Column("last", Integer, nullable=False),
 )
 _BUMP = Gate(
-    "bumped AS (UPDATE together_counter SET last = last + 1 WHERE id = :counter"
-    " RETURNING id, last)",
-    "bumped",
+    update(counter)
+    .where(counter.c.id == bindparam("counter"))
+    .values(last=counter.c.last + 1)
+    .returning(counter.c.id, counter.c.last)
+    .cte("bumped"),
     ("last",),
 )
 
