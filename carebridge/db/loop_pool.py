@@ -14,6 +14,10 @@ wait). Statements are compiled by SQLAlchemy for asyncpg's dialect
 (:meth:`carebridge.db.direct.DirectStatement.rows_on`).
 
 The pool is a fixed number of slots, each empty or holding a connection, taken in turn.
+Not ``asyncpg.create_pool``: side by side (bench/loop_pool.py, figures in
+docs/architecture.md, "The speed kit"), asyncpg's pool took about 20% more CPU for the
+pool and driver and about three times the p99, its queue letting a newcomer take a freed
+connection before a task that had waited.
 A connection that failed, or that a cancelled task left mid-statement, is closed and its
 slot emptied; the next user connects afresh. A failure to connect closes the pool to new work for
 :data:`RETRY_AFTER_SECONDS` (the callers then use the engine, which has its own retry),
