@@ -35,7 +35,8 @@ def _sqlite_pragmas(budget: Budget) -> Any:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         # A lock held by another (a long CLI import) is waited for this long, then
-        # "database is locked": a 503 for a web request.
+        # "database is locked": a 503 for a web request. (A PRAGMA takes no bound
+        # parameter: its value, a whole number computed here, is written in.)
         cursor.execute(f"PRAGMA busy_timeout={round(budget.seconds * 1000)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
