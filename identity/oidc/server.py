@@ -39,11 +39,16 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from carebridge.db import DatabaseUnavailableError, DirectStatement, OutcomeUnknownError
+from carebridge.db import (
+    DATABASE_ERRORS,
+    DatabaseUnavailableError,
+    DirectStatement,
+    LoopConnections,
+    OutcomeUnknownError,
+)
 from carebridge.http import boundary
 from carebridge.http.forms import MAX_BODY
 from carebridge.http.problems import REFUSED_INPUT
-from carebridge.loop_connections import DATABASE_ERRORS, LoopConnections
 from carebridge.runtime import Runtime
 from identity.oidc import clients, tokens
 from identity.oidc import scopes as scope_rules
@@ -442,7 +447,7 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         :meth:`answer_without_database`, or, on PostgreSQL, a code exchange or refresh.
 
         For those, the row the grant looks up (grants.LOOKUPS) is fetched first, awaited
-        on one of the loop's own connections (carebridge.loop_connections, autocommit);
+        on one of the loop's own connections (carebridge.db.loop_pool, autocommit);
         Authlib then runs with it (identity.oidc.context.Plan), and the grant's one write,
         the claim that redeems the code or token and stores its successor, runs after,
         atomic as one statement. Its answer is sent only if the claim succeeded.
