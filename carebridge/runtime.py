@@ -13,9 +13,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from carebridge import keyring as keyring_module
-from carebridge.db import Budget, make_engine, make_sessionmaker
+from carebridge.db import Budget, LoopConnections, make_engine, make_sessionmaker
 from carebridge.keyring import Keyring, KeyringError
-from carebridge.loop_connections import LoopConnections
 from carebridge.migrate import current_revision, head_revision, known_revisions, schema_state
 from carebridge.settings import Role, Settings
 

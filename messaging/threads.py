@@ -10,14 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import (
+    CTE,
     DateTime,
     Integer,
+    String,
     Table,
     and_,
     bindparam,
@@ -31,15 +32,15 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from carebridge import audit
 from carebridge.db import DirectStatement, FromGate, Gate, insert_gated, insert_together
+from carebridge.ids import new_id
 from carebridge.keyring import Keyring
 from carebridge.settings import Settings
-from identity import patients
-from identity.models import new_id
-from identity.patients import Eligibility
+from identity.interfaces import Eligibility, eligibility
 from messaging import crypto, files
 from messaging.access import (
     THREAD_ID,
@@ -52,7 +53,7 @@ from messaging.access import (
 )
 from messaging.crypto import ThreadCipher
 from messaging.models import Attachment, CareTeam, Message, Thread, ThreadReadState
-from sms import outbox
+from sms.interfaces import new_message_notice
 
 T = TypeVar("T")
 MAX_SUBJECT = 200
@@ -162,28 +163,31 @@ _THREADS = cast(Table, Thread.__table__)
 # Hot-path statements, built once (building one and its cache key costs more than
 # running it): the read-state upsert, the reader's page, and the claim of a thread's
 # next message number for each kind of actor.
-# The upsert is written out: the dialects' insert().on_conflict_do_update() is not
-# cacheable and was compiled again on every request. PostgreSQL and SQLite (3.24+) both
-# speak this form. A read position only moves forward.
-_READ_STATE_UPSERT = (
-    "INSERT INTO thread_read_state (thread_id, participant, last_read_seq, updated_at) "
-    "{rows} ON CONFLICT (thread_id, participant) DO UPDATE "
-    "SET last_read_seq = excluded.last_read_seq, updated_at = excluded.updated_at "
-    "WHERE thread_read_state.last_read_seq < excluded.last_read_seq"
-)
+# The read-state upsert run on its own, on both backends, is one constant text, the
+# only SQL text here: the dialects' insert().on_conflict_do_update() is not cacheable
+# (SQLAlchemy compiles it again on every execution, on every request here), and
+# PostgreSQL and SQLite (3.24+) both speak this form. A read position only moves forward.
+# In the post's one statement on PostgreSQL it is a Core construct (_advanced), compiled
+# once by its DirectStatement.
 _ADVANCE = text(
-    _READ_STATE_UPSERT.format(rows="VALUES (:thread_id, :participant, :seq, :now)")
+    "INSERT INTO thread_read_state (thread_id, participant, last_read_seq, updated_at)"
+    " VALUES (:thread_id, :participant, :seq, :now)"
+    " ON CONFLICT (thread_id, participant) DO UPDATE"
+    " SET last_read_seq = excluded.last_read_seq, updated_at = excluded.updated_at"
+    " WHERE thread_read_state.last_read_seq < excluded.last_read_seq"
 ).bindparams(bindparam("now", type_=DateTime(timezone=True)))
 
 
-def _claim_next_seq(mine: Any) -> Any:
+def _claim_next_seq(mine: Any, key: Any = None) -> Any:
+    """Claim a thread's next message number: the actor's (``mine``), open, and its key
+    still there (``key``: by default, any)."""
     return (
         update(_THREADS)
         .where(
             _THREADS.c.id == bindparam("thread_id"),
             mine,
             _THREADS.c.status == "open",
-            _THREADS.c.data_key_wrapped.is_not(None),
+            _THREADS.c.data_key_wrapped.is_not(None) if key is None else key,
         )
         .values(last_seq=_THREADS.c.last_seq + 1, last_message_at=bindparam("moment"))
         .returning(
@@ -281,91 +285,64 @@ _READ_PAGE = union_all(
     literal_column("attachment_created_at"),
     literal_column("attachment_id"),
 )
-_AT = {name: n for n, name in enumerate(_READ_PAGE.selected_columns.keys())}
-_AT_MESSAGE_ID, _AT_SEQ, _AT_AUTHOR_KIND, _AT_AUTHOR_ID, _AT_BODY, _AT_CREATED_AT = (
-    _AT[name]
-    for name in (
-        "message_id",
-        "message_seq",
-        "author_kind",
-        "author_id",
-        "body_encrypted",
-        "message_created_at",
-    )
-)
-_AT_ATTACHMENT_ID, _AT_FILENAME, _AT_CONTENT_TYPE, _AT_SIZE, _AT_PART = (
-    _AT[name] for name in ("attachment_id", "filename_encrypted", "content_type", "size", "part")
-)
 # PostgreSQL: the request's audit record written by the same statement. Both run direct.
 _READ_PAGE_AUDITED = audit.with_record(_READ_PAGE)
 _READ_PAGE_DIRECT = DirectStatement(_READ_PAGE)
 _READ_PAGE_AUDITED_DIRECT = DirectStatement(_READ_PAGE_AUDITED)
 
 
-class _ReaderThread(NamedTuple):
-    """The thread's part of a _READ_PAGE row: its leading columns, in this order."""
-
-    id: str
-    patient_id: str
-    care_team_id: str
-    subject_encrypted: bytes
-    status: str
-    data_key_wrapped: bytes | None
-    kek_id: str | None
-    last_seq: int
-    created_at: datetime
-    last_message_at: datetime
-    team_name: str
-    last_read: int
-
-
-if tuple(_AT)[: len(_ReaderThread._fields)] != _ReaderThread._fields:
-    raise RuntimeError("_ReaderThread does not name _READ_PAGE's leading columns")
-# Keyed by "acts for a care team": which column names the owner.
-_CLAIM = {
-    True: _claim_next_seq(_THREADS.c.care_team_id == bindparam("owner")),
-    False: _claim_next_seq(_THREADS.c.patient_id == bindparam("owner")),
-}
+def _advanced(claimed: CTE) -> CTE:
+    """PostgreSQL: the writer's read position moved to the number ``claimed`` took (the
+    upsert of _ADVANCE, reading the claim)."""
+    upsert = pg_insert(_READ_STATES).from_select(
+        ["thread_id", "participant", "last_read_seq", "updated_at"],
+        select(
+            bindparam("thread_id", type_=String()),
+            bindparam("participant", type_=String()),
+            claimed.c.last_seq,
+            bindparam("moment", type_=DateTime(timezone=True)),
+        ),
+    )
+    return upsert.on_conflict_do_update(
+        index_elements=[_READ_STATES.c.thread_id, _READ_STATES.c.participant],
+        set_={
+            "last_read_seq": upsert.excluded.last_read_seq,
+            "updated_at": upsert.excluded.updated_at,
+        },
+        where=_READ_STATES.c.last_read_seq < upsert.excluded.last_read_seq,
+    ).cte("advanced")
 
 
-def _claim_and_advance(owner_column: Literal["care_team_id", "patient_id"]) -> Any:
+def _owned_by(for_care_team: bool) -> Any:
+    """The claim's condition on its owner: the actor's team, or the patient."""
+    column = _THREADS.c.care_team_id if for_care_team else _THREADS.c.patient_id
+    return column == bindparam("owner")
+
+
+def _claim_and_advance(for_care_team: bool) -> DirectStatement:
     """PostgreSQL: the claim and the writer's read-state upsert in one statement."""
-    ctes = _claiming(owner_column, known_key=False)
-    return text(f"WITH {ctes} SELECT {_CLAIMED} FROM claimed")  # noqa: S608
-
-
-_CLAIMED = "last_seq, patient_id, data_key_wrapped, kek_id"
-
-
-def _claiming(owner_column: Literal["care_team_id", "patient_id"], *, known_key: bool) -> str:
-    """The CTEs claiming a thread's next message number (``claimed``) and moving the
-    writer's read position to it. With ``known_key``, only while the thread still holds
-    the wrapped key the writer sealed its message under (``:wrapped``)."""
-    key = "data_key_wrapped = :wrapped" if known_key else "data_key_wrapped IS NOT NULL"
-    # The column is one of two fixed names; every value is bound.
-    return (
-        "claimed AS ("  # noqa: S608
-        " UPDATE thread SET last_seq = last_seq + 1, last_message_at = :moment"
-        f" WHERE id = :thread_id AND {owner_column} = :owner AND status = 'open' AND {key}"
-        f" RETURNING {_CLAIMED}"
-        "), advanced AS ("
-        + _READ_STATE_UPSERT.format(
-            rows="SELECT :thread_id, :participant, last_seq, :moment FROM claimed"
-        )
-        + ")"
+    claimed = _claim_next_seq(_owned_by(for_care_team)).cte("claimed")
+    return DirectStatement(
+        select(*(claimed.c[name] for name in _CLAIMED)).add_cte(_advanced(claimed))
     )
 
 
-_CLAIM_AND_ADVANCE = {
-    True: _claim_and_advance("care_team_id"),
-    False: _claim_and_advance("patient_id"),
-}
+def _claim_gate(for_care_team: bool) -> Gate:
+    """A post's claim of the next number, only while the thread still holds the wrapped
+    key the writer sealed its message under (``wrapped``), with the read-state upsert."""
+    claimed = _claim_next_seq(
+        _owned_by(for_care_team), _THREADS.c.data_key_wrapped == bindparam("wrapped")
+    ).cte("claimed")
+    return Gate(claimed, ("last_seq",), also=(_advanced(claimed),))
+
+
+_CLAIMED = ("last_seq", "patient_id", "data_key_wrapped", "kek_id")
+# Keyed by "acts for a care team": which column names the owner.
+_CLAIM = {True: _claim_next_seq(_owned_by(True)), False: _claim_next_seq(_owned_by(False))}
+_CLAIM_AND_ADVANCE = {True: _claim_and_advance(True), False: _claim_and_advance(False)}
 # A post under a key this process already holds: the claim and the rows that depend on
 # it in one statement (insert_gated).
-_CLAIM_GATE = {
-    True: Gate(_claiming("care_team_id", known_key=True), "claimed", ("last_seq",)),
-    False: Gate(_claiming("patient_id", known_key=True), "claimed", ("last_seq",)),
-}
+_CLAIM_GATE = {True: _claim_gate(True), False: _claim_gate(False)}
 
 
 def _advance(db: Session, thread_id: str, participant: str, seq: int) -> None:
@@ -444,23 +421,22 @@ def unread_total(db: Session, actor: Actor) -> int:
 
 
 def _message_view(
-    actor: Actor, row: Sequence[Any], body: str, attachments: list[AttachmentView]
+    actor: Actor, row: Any, body: str, attachments: list[AttachmentView]
 ) -> MessageView:
-    """A message of a page row (_READ_PAGE's columns), its body opened."""
-    message_id, seq, author_kind, author_id = (
-        row[_AT_MESSAGE_ID],
-        row[_AT_SEQ],
-        row[_AT_AUTHOR_KIND],
-        row[_AT_AUTHOR_ID],
-    )
-    created_at = aware(row[_AT_CREATED_AT])
+    """A message of a page row (_READ_PAGE's named columns), its body opened."""
+    author_kind, author_id = row.author_kind, row.author_id
+    created_at = aware(row.message_created_at)
     # A patient sees who wrote by "mine" and the team's name: no author IDs, their own
     # (the patient ID) included.
     if actor.kind == "patient":
         mine = author_kind == "patient"
-        return MessageView(message_id, seq, author_kind, None, body, created_at, attachments, mine)
+        return MessageView(
+            row.message_id, row.message_seq, author_kind, None, body, created_at, attachments, mine
+        )
     mine = author_kind == actor.kind and author_id == actor.id
-    return MessageView(message_id, seq, author_kind, author_id, body, created_at, attachments, mine)
+    return MessageView(
+        row.message_id, row.message_seq, author_kind, author_id, body, created_at, attachments, mine
+    )
 
 
 def get_thread(
@@ -487,48 +463,46 @@ def get_thread(
     if record is not None:
         params.update(record)
     read = _READ_PAGE_DIRECT if record is None else _READ_PAGE_AUDITED_DIRECT
-    found = read.rows(db, params)
-    # The thread (the first row, if it exists), with the Thread model's attribute names.
-    thread: Any = None
-    if found and found[0][_AT_PART] == 0:
-        thread = _ReaderThread._make(found[0][: len(_ReaderThread._fields)])
+    # Named tuples: a page is a hundred-odd cell reads, each as cheap as an index.
+    found = read.named_rows(db, params)
+    # The thread (the first row, if it exists): its columns carry the Thread model's
+    # attribute names, and the team's name and the reader's position.
+    thread: Any = found[0] if found and found[0].part == 0 else None
     if thread is None or not may_see(actor, thread):
         raise not_found()
     if thread.data_key_wrapped is None:
         raise gone()
     cipher = crypto.cipher_for(keyring, thread)
     view = _view(keyring, thread, thread.team_name, thread.last_read, cipher, actor=actor)
-    # Message and attachment columns by position: a page is a hundred-odd cell reads,
-    # and a Row's attribute lookup costs about a hundred times its index.
     shown: list[Any] = []
     attachments: dict[str, list[AttachmentView]] = {}
     more = False
     for row in itertools.islice(found, 1, None):
-        message_id = row[_AT_MESSAGE_ID]
-        if not shown or shown[-1][_AT_MESSAGE_ID] != message_id:
+        message_id = row.message_id
+        if not shown or shown[-1].message_id != message_id:
             if len(shown) == limit:
                 more = True
                 break
             shown.append(row)
-        attachment_id = row[_AT_ATTACHMENT_ID]
+        attachment_id = row.attachment_id
         if attachment_id is not None:
-            name = cipher.open_text(attachment_id, crypto.FILENAME, row[_AT_FILENAME])
+            name = cipher.open_text(attachment_id, crypto.FILENAME, row.filename_encrypted)
             attachments.setdefault(message_id, []).append(
-                AttachmentView(attachment_id, name, row[_AT_CONTENT_TYPE], row[_AT_SIZE])
+                AttachmentView(attachment_id, name, row.content_type, row.size)
             )
     open_body = cipher.opener(crypto.BODY)
     messages = [
         _message_view(
             actor,
             m,
-            open_body(m[_AT_MESSAGE_ID], m[_AT_BODY]),
-            attachments.get(m[_AT_MESSAGE_ID], []),
+            open_body(m.message_id, m.body_encrypted),
+            attachments.get(m.message_id, []),
         )
         for m in shown
     ]
     if mark_read and shown:
-        _advance(db, thread.id, actor.participant, shown[-1][_AT_SEQ])
-    return view, Page(messages, str(shown[-1][_AT_SEQ]) if more else None)
+        _advance(db, thread.id, actor.participant, shown[-1].message_seq)
+    return view, Page(messages, str(shown[-1].message_seq) if more else None)
 
 
 # Writing
@@ -580,9 +554,7 @@ def _message_rows(
     rows: list[tuple[Table, dict[str, Any]]] = [(_MESSAGES, message)]
     if actor.for_care_team:
         # Same transaction: the notice exists if and only if the message does.
-        rows.append(
-            outbox.row(patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id=cipher.thread_id)
-        )
+        rows.append(new_message_notice(patient_id=patient_id, thread_id=cipher.thread_id))
     return rows
 
 
@@ -621,7 +593,7 @@ def create_thread(
     if not subject or len(subject) > MAX_SUBJECT or "\x00" in subject:
         raise RefusedError(400, f"The subject must be 1 to {MAX_SUBJECT} characters.")
     check_body(settings, body)
-    standing = patients.eligibility(db, patient_id)
+    standing = eligibility(db, patient_id)
     if standing is Eligibility.UNKNOWN:
         raise RefusedError(422, "No such patient.")
     if standing is Eligibility.INELIGIBLE:
@@ -663,20 +635,19 @@ def _next_seq(
     writer's read position to it; a refusal says why only to someone who may see the
     thread. On PostgreSQL both in one statement."""
     postgresql = db.get_bind().dialect.name == "postgresql"
-    claims = _CLAIM_AND_ADVANCE if postgresql else _CLAIM
-    claimed = (
-        db.execute(
-            claims[actor.for_care_team],
-            {
-                "thread_id": thread_id,
-                "owner": actor.care_team_id if actor.for_care_team else actor.id,
-                "moment": moment,
-                "participant": actor.participant,
-            },
-        ).first()
-        if THREAD_ID.fullmatch(thread_id)
-        else None
-    )
+    params = {
+        "thread_id": thread_id,
+        "owner": actor.care_team_id if actor.for_care_team else actor.id,
+        "moment": moment,
+        "participant": actor.participant,
+    }
+    claimed: Any = None
+    if not THREAD_ID.fullmatch(thread_id):
+        pass
+    elif postgresql:
+        claimed = _CLAIM_AND_ADVANCE[actor.for_care_team].first(db, params)
+    else:
+        claimed = db.execute(_CLAIM[actor.for_care_team], params).first()
     if claimed is None:
         thread = load_thread(db, actor, thread_id)  # 404 or 410
         if thread.status != "open":

@@ -18,7 +18,7 @@ from carebridge.http import openapi
 from carebridge.http.forms import read_json
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
-from identity.patients import require_patient
+from identity.interfaces import require_patient
 from sms import contacts, preferences
 from sms.phone import InvalidNumberError
 from sms.preferences import PreferenceChanges, PreferenceError
@@ -167,7 +167,7 @@ async def put_preferences(request: Request) -> Response:
             application/problem+json:
               schema: {$ref: '#/components/schemas/Problem'}
     """
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     changes = await read_json(request, PreferenceChanges)
     runtime = _runtime(request)
     try:
@@ -175,7 +175,7 @@ async def put_preferences(request: Request) -> Response:
             lambda: preferences.update(
                 runtime,
                 patient_id=patient_id,
-                actor=f"account:{session.account_id}",
+                actor=f"account:{account_id}",
                 changes=changes,
                 request_id=_request_id(request),
             )
@@ -219,7 +219,7 @@ async def put_phone(request: Request) -> Response:
             application/problem+json:
               schema: {$ref: '#/components/schemas/Problem'}
     """
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     body = await read_json(request, PhoneNumber)
     runtime = _runtime(request)
     try:
@@ -227,7 +227,7 @@ async def put_phone(request: Request) -> Response:
             lambda: contacts.set_number(
                 runtime,
                 patient_id=patient_id,
-                actor=f"account:{session.account_id}",
+                actor=f"account:{account_id}",
                 raw=body.number,
                 request_id=_request_id(request),
             )
@@ -264,14 +264,14 @@ async def verify_phone(request: Request) -> Response:
             application/problem+json:
               schema: {$ref: '#/components/schemas/Problem'}
     """
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     body = await read_json(request, PhoneVerificationCode)
     runtime = _runtime(request)
     result = await run_in_threadpool(
         lambda: contacts.confirm_code(
             runtime,
             patient_id=patient_id,
-            actor=f"account:{session.account_id}",
+            actor=f"account:{account_id}",
             code=body.code,
             request_id=_request_id(request),
         )
@@ -291,12 +291,12 @@ async def delete_phone(request: Request) -> Response:
         "204":
           description: Removed (or there was none)
     """
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     await run_in_threadpool(
         lambda: contacts.remove(
             _runtime(request),
             patient_id=patient_id,
-            actor=f"account:{session.account_id}",
+            actor=f"account:{account_id}",
             request_id=_request_id(request),
         )
     )

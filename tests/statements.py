@@ -1,7 +1,7 @@
 """The SQL statements a block of code runs, as the database drivers receive them: hot
 paths run some statements past SQLAlchemy (carebridge.db.DirectStatement), which its
 events do not see, some of them on the event loop's asyncpg connections
-(carebridge.loop_connections)."""
+(carebridge.db.loop_pool)."""
 
 from __future__ import annotations
 

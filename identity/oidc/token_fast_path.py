@@ -11,7 +11,7 @@ How a request runs is said here, explicitly, as the server's ``execution``
    grant's cost; the work is a few dozen microseconds (an ES256 signature).
 2. :class:`Planned` (PostgreSQL): a code exchange or a refresh. The row the grant looks
    up (grants.LOOKUPS) is fetched first, awaited on one of the loop's own connections
-   (carebridge.loop_connections, autocommit); Authlib then runs with it, and the grant's
+   (carebridge.db.loop_pool, autocommit); Authlib then runs with it, and the grant's
    one write, the claim that redeems the code or token and stores its successor, runs
    after, atomic as one statement. Its answer is sent only if the claim succeeded.
 3. :class:`InTransaction`: anything else, or whenever the first two cannot answer (the
@@ -29,8 +29,13 @@ from typing import Any
 import asyncpg
 from sqlalchemy import Dialect
 
-from carebridge.db import DatabaseUnavailableError, DirectStatement, OutcomeUnknownError
-from carebridge.loop_connections import DATABASE_ERRORS, LoopConnections
+from carebridge.db import (
+    DATABASE_ERRORS,
+    DatabaseUnavailableError,
+    DirectStatement,
+    LoopConnections,
+    OutcomeUnknownError,
+)
 from identity.oidc.execution import NoDatabase, NoTransactionError, Planned
 from identity.oidc.grants import LOOKUPS, Lookup
 from identity.oidc.server import AuthorizationServer

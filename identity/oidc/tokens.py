@@ -132,18 +132,9 @@ _USE_CODE = (
 # the insert; carebridge.db.insert_gated).
 _USE = {"authorization_code": _USE_CODE, "refresh_token": _USE_REFRESH}
 _CLAIM = {
-    "authorization_code": Gate(
-        "used AS (UPDATE oidc_authorization_code SET used_at = :now"
-        " WHERE code_hash = :hash AND used_at IS NULL RETURNING code_hash)",
-        "used",
-        ("code_hash",),
-    ),
+    "authorization_code": Gate(_USE_CODE.returning(_CODES.c.code_hash).cte("used"), ("code_hash",)),
     "refresh_token": Gate(
-        "used AS (UPDATE oidc_refresh_token SET used_at = :now"
-        " WHERE token_hash = :hash AND used_at IS NULL AND revoked_at IS NULL"
-        " RETURNING token_hash)",
-        "used",
-        ("token_hash",),
+        _USE_REFRESH.returning(_REFRESH.c.token_hash).cte("used"), ("token_hash",)
     ),
 }
 _ACCOUNT_STATE = (

@@ -3,7 +3,7 @@
 A hot path whose statements are few and known up front (a token grant: read the code,
 then one statement that claims it and stores what it gives) awaits them here, on the
 event loop, in autocommit: each statement is its own transaction, so a write that must
-be atomic is one statement (``carebridge.db.gated``). Everything else keeps the
+be atomic is one statement (:func:`carebridge.db.together.gated`). Everything else keeps the
 SQLAlchemy engine, its pool and worker threads.
 
 The driver is asyncpg, not the engine's psycopg: measured side by side, a refresh or a
@@ -11,15 +11,19 @@ code exchange answered here costs about 30% less CPU than in a worker thread wit
 transaction, where psycopg's async connections saved about 15% (asyncpg keeps one
 protocol object on the socket; psycopg's registers the socket with the loop for every
 wait). Statements are compiled by SQLAlchemy for asyncpg's dialect
-(:meth:`carebridge.db.DirectStatement.rows_on`).
+(:meth:`carebridge.db.direct.DirectStatement.rows_on`).
 
 The pool is a fixed number of slots, each empty or holding a connection, taken in turn.
+Not ``asyncpg.create_pool``: side by side (bench/loop_pool.py, figures in
+docs/architecture.md, "The speed kit"), asyncpg's pool took about 20% more CPU for the
+pool and driver and about three times the p99, its queue letting a newcomer take a freed
+connection before a task that had waited.
 A connection that failed, or that a cancelled task left mid-statement, is closed and its
 slot emptied; the next user connects afresh. A failure to connect closes the pool to new work for
 :data:`RETRY_AFTER_SECONDS` (the callers then use the engine, which has its own retry),
 so a database that is down is not dialled for every request, queued ones included.
 
-Waits keep to the web process's budget (:class:`carebridge.db.Budget`, as the engine
+Waits keep to the web process's budget (:class:`carebridge.db.budget.Budget`, as the engine
 does): for a free connection and for connecting, at most the budget; each statement,
 the server's ``statement_timeout`` and ``lock_timeout`` of the budget, and asyncpg's
 own clock a grace later (a server that stopped answering); a wait that ran out raises
@@ -41,7 +45,7 @@ from sqlalchemy import Dialect
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import URL
 
-from carebridge.db import Budget
+from carebridge.db.budget import Budget
 
 logger = logging.getLogger(__name__)
 

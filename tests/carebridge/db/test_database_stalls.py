@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from carebridge import db, db_deadlines, migrate
+from carebridge import migrate
 from carebridge.app import create_app
 from carebridge.db import (
     CLIENT_GRACE_SECONDS,
@@ -52,7 +52,9 @@ from carebridge.db import (
     transaction,
     unavailable,
 )
-from carebridge.db_deadlines import TICK_SECONDS
+from carebridge.db import deadlines as db_deadlines
+from carebridge.db import engine as db_engine
+from carebridge.db.deadlines import TICK_SECONDS
 from carebridge.http import health
 from carebridge.http.problems import RETRY_AFTER_SECONDS
 from carebridge.runtime import Runtime
@@ -504,7 +506,7 @@ def test_a_pooled_connection_checked_on_a_frozen_server_fails_without_reconnecti
 ) -> None:
     # An idle connection is pinged before use; when the ping runs out of time the request
     # fails then, instead of also waiting out a reconnection to the same frozen server.
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)
+    monkeypatch.setattr(db_engine, "PING_AFTER_IDLE_SECONDS", 0.0)
     engine = make_engine(private_database, Budget("web", BUDGET))
     try:
         with engine.connect() as connection:
@@ -704,7 +706,7 @@ def test_a_connection_shut_down_by_its_deadline_as_its_statement_finished_is_not
     # The statement's answer came just as its deadline did: answered normally, its
     # connection shut down all the same. The next request must not get that connection
     # (and a 503 for nothing).
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)  # no ping to notice it
+    monkeypatch.setattr(db_engine, "PING_AFTER_IDLE_SECONDS", 3600.0)  # no ping to notice it
     engine = make_engine(postgres_database, Budget("web", 5.0))
     try:
         with engine.connect() as connection:

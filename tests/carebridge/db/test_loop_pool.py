@@ -1,4 +1,4 @@
-"""The event loop's PostgreSQL connections (carebridge.loop_connections): reused while
+"""The event loop's PostgreSQL connections (carebridge.db.loop_pool): reused while
 healthy; a failed or interrupted one never reused; a database that cannot be reached left
 alone for a while; closed with the app. PostgreSQL only: SQLite has none."""
 
@@ -18,9 +18,7 @@ import pytest
 from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.engine import make_url
 
-from carebridge import loop_connections
-from carebridge.db import Budget, DirectStatement
-from carebridge.loop_connections import DATABASE_ERRORS, LoopConnections
+from carebridge.db import DATABASE_ERRORS, Budget, DirectStatement, LoopConnections, loop_pool
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from identity.oidc.models import OidcWithdrawal
@@ -142,7 +140,7 @@ def test_a_database_it_cannot_reach_is_left_alone_for_a_while(
     # A port nothing listens on; the password must not reach the log.
     url = make_url("postgresql+psycopg://carebridge:s3cret-word@127.0.0.1:9/test")
     pool = LoopConnections(url, 1)
-    monkeypatch.setattr(loop_connections, "RETRY_AFTER_SECONDS", 0.3)
+    monkeypatch.setattr(loop_pool, "RETRY_AFTER_SECONDS", 0.3)
 
     async def unreachable() -> tuple[bool, bool, bool]:
         assert pool.usable()
@@ -155,7 +153,7 @@ def test_a_database_it_cannot_reach_is_left_alone_for_a_while(
         await pool.close()
         return waiting, retrying, pool.usable()
 
-    with caplog.at_level(logging.WARNING, logger="carebridge.loop_connections"):
+    with caplog.at_level(logging.WARNING, logger="carebridge.db.loop_pool"):
         waiting, retrying, closed = _run(unreachable())
     assert (waiting, retrying, closed) == (False, True, False)
     assert "cannot connect" in caplog.text and "s3cret-word" not in caplog.text

@@ -1,15 +1,15 @@
-"""carebridge.db.insert_together: rows for several tables in one round trip."""
+"""carebridge.db.together: rows for several tables in one round trip, or only when a claim
+succeeds (insert_gated)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, event, select
-from sqlalchemy.exc import ArgumentError, DataError, IntegrityError
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, event, select, update
+from sqlalchemy.exc import DataError
 
 from carebridge.db import (
-    DirectStatement,
     FromGate,
     Gate,
     insert_gated,
@@ -88,9 +88,11 @@ counter = Table(
     Column("last", Integer, nullable=False),
 )
 _BUMP = Gate(
-    "bumped AS (UPDATE together_counter SET last = last + 1 WHERE id = :counter"
-    " RETURNING id, last)",
-    "bumped",
+    update(counter)
+    .where(counter.c.id == bindparam("counter"))
+    .values(last=counter.c.last + 1)
+    .returning(counter.c.id, counter.c.last)
+    .cte("bumped"),
     ("last",),
 )
 
@@ -165,47 +167,6 @@ def test_gated_inserts_need_postgresql_and_a_gate(database_url: str) -> None:
         if engine.dialect.name != "postgresql":
             with pytest.raises(NotImplementedError), transaction(sessions) as session:
                 insert_gated(session, _BUMP, {"counter": "c"}, gated)
-    finally:
-        metadata.drop_all(engine)
-        engine.dispose()
-
-
-def test_a_direct_statement_runs_in_the_sessions_transaction(postgres_database: str) -> None:
-    engine = make_engine(postgres_database)
-    metadata.create_all(engine)
-    names = DirectStatement(select(first.c.id).order_by(first.c.id))
-    add = DirectStatement(first.insert().values(id=bindparam("id")))
-    try:
-        sessions = make_sessionmaker(engine)
-        with transaction(sessions) as session:
-            assert add.rows(session, {"id": "d1"}) == []
-            assert names.rows(session, {}) == [("d1",)]
-        # A failure is SQLAlchemy's error, and the transaction rolls back whole.
-        with pytest.raises(IntegrityError), transaction(sessions) as session:  # noqa: PT012
-            add.rows(session, {"id": "d2"})
-            add.rows(session, {"id": "d1"})
-        with transaction(sessions) as session:
-            assert names.rows(session, {}) == [("d1",)]
-            # A parameter left out is an error, not a NULL.
-            with pytest.raises(ArgumentError, match="'id'"):
-                add.rows(session, {})
-    finally:
-        metadata.drop_all(engine)
-        engine.dispose()
-
-
-def test_direct_statements_answer_alike_on_both_backends(database_url: str) -> None:
-    engine = make_engine(database_url)
-    metadata.create_all(engine)
-    try:
-        sessions = make_sessionmaker(engine)
-        with transaction(sessions) as session:
-            session.execute(second.insert().values(id=7, a_id="x", note="n"))
-            found = DirectStatement(select(second).where(second.c.id == bindparam("id")))
-            assert [tuple(row) for row in found.rows(session, {"id": 7})] == [(7, "x", "n")]
-            row = found.first(session, {"id": 7})
-            assert (row.id, row.a_id, row.note) == (7, "x", "n")
-            assert found.first(session, {"id": 8}) is None
     finally:
         metadata.drop_all(engine)
         engine.dispose()

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from carebridge import db
+from carebridge.db import engine as db_engine
 from carebridge.db import make_engine
 
 
@@ -34,7 +34,7 @@ def test_an_idle_connection_is_checked_and_a_dead_one_replaced(
     try:
         first = _backend(engine)
         _kill(postgres_database, first)
-        monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)  # every connection "idle"
+        monkeypatch.setattr(db_engine, "PING_AFTER_IDLE_SECONDS", 0.0)  # every connection "idle"
         assert _backend(engine) != first  # checked, found dead, replaced: no error
     finally:
         engine.dispose()
@@ -47,7 +47,7 @@ def test_a_connection_used_a_moment_ago_is_not_checked(
     pings: list[Any] = []
     ping = engine.dialect.do_ping
     monkeypatch.setattr(engine.dialect, "do_ping", lambda c: pings.append(c) or ping(c))
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    monkeypatch.setattr(db_engine, "PING_AFTER_IDLE_SECONDS", 3600.0)
     try:
         first = _backend(engine)
         _backend(engine)

@@ -25,7 +25,7 @@ thread logs any failure and carries on, and is started again if it ever stopped.
 
 A COMMIT cut off by its deadline, or by a lost connection, may have committed all the
 same: it raises :class:`CommitOutcomeUnknownError`, which is never answered "try again"
-(carebridge.db.outcome_unknown).
+(carebridge.db.errors.outcome_unknown).
 
 Cost per statement: a lock taken twice and a dict entry (about a microsecond). The
 thread looks every :data:`TICK_SECONDS` while waits are registered, and sleeps when none
