@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from carebridge import audit
+from carebridge import audit, wiring
 from carebridge.db import describe_error, unavailable
 from carebridge.demo import provider_app
 from carebridge.http import cookies, health, metrics, openapi, routing
@@ -138,6 +138,8 @@ def create_app(runtime: Runtime) -> Starlette:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    # What identity needs from outside (identity.interfaces.Outward), wired here.
+    app.state.outward = wiring.identity_outward(runtime)
     return app
 
 

@@ -132,3 +132,8 @@ def replace_password_hash(db: Session, account_id: str, *, old: str, new: str) -
         .values(hash=new)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def exists(db: Session, account_id: str) -> bool:
+    """Whether there is an account with this ID (active or not)."""
+    return db.get(Account, account_id) is not None

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime
 
 from sqlalchemy import (
@@ -26,11 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carebridge.db import Base
-
-
-def new_id(prefix: str) -> str:
-    """A random, opaque identifier: 128 bits, URL-safe, with a recognisable prefix."""
-    return f"{prefix}_{secrets.token_urlsafe(16)}"
+from carebridge.ids import new_id as new_id  # noqa: PLC0414  (re-exported, for identity)
 
 
 class Account(Base):

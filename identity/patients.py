@@ -1,11 +1,13 @@
 """Who is a patient: the account's link to an opaque patient ID, for pages and other parts.
 
-Messaging and notifications ask here rather than reading ``patient_link`` themselves.
+Messaging and notifications ask here (through :mod:`identity.interfaces`) rather than
+reading ``patient_link`` themselves; every answer is a value, never a row.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import NamedTuple
 from urllib.parse import urlencode
 
 from sqlalchemy import select
@@ -17,7 +19,7 @@ from starlette.requests import Request
 from carebridge.http.problems import Problem, wants_json
 from carebridge.runtime import Runtime
 from identity import authn
-from identity.models import AuthSession, PatientLink, RosterMember
+from identity.models import PatientLink, RosterMember
 
 
 class Eligibility(StrEnum):
@@ -46,22 +48,37 @@ def account_of(db: Session, patient_id: str) -> str | None:
     return db.execute(query).scalar_one_or_none()
 
 
-async def require_patient(request: Request) -> tuple[AuthSession, str]:
-    """The signed-in (MFA done) session and its patient ID.
+class SignedInPatient(NamedTuple):
+    """Who is signed in on a patient's page: the account, and its verified patient ID."""
+
+    account_id: str
+    patient_id: str
+
+
+async def require_account(request: Request) -> str:
+    """The account ID of the request's finished sign-in (MFA done).
+
+    A page is redirected to the step still missing and back; an API call gets a 401.
+    """
+    return (await authn.require(request)).account_id
+
+
+async def require_patient(request: Request) -> SignedInPatient:
+    """The signed-in (MFA done) account and its patient ID.
 
     An account that has not verified yet is sent to /verify (a page) and back, or gets a
     403 problem (an API call).
     """
-    session = await authn.require(request)
+    account_id = await require_account(request)
     runtime: Runtime = request.app.state.runtime
 
     def lookup() -> str | None:
         with runtime.sessions() as db:
-            return patient_id_of(db, session.account_id)
+            return patient_id_of(db, account_id)
 
     patient_id = await run_in_threadpool(lookup)
     if patient_id is not None:
-        return session, patient_id
+        return SignedInPatient(account_id, patient_id)
     if wants_json(request):
         raise Problem(403, "Verify your identity first.", verify_url="/verify")
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")

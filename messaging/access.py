@@ -24,7 +24,7 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.http.bearer import AccessToken
 from carebridge.runtime import Runtime
-from identity.oidc import holders
+from identity.interfaces import WithdrawnError, check_client_token, person_of_token
 from messaging.crypto import ContentUnavailableError, KeyUnavailableError, ShreddedError
 from messaging.models import CareTeamClient, CareTeamStaff, Thread
 
@@ -113,7 +113,7 @@ def _team_of(db: Session, client_id: str) -> str | None:
     return team
 
 
-# A care-team app's own token found in standing (identity.oidc.holders), as this process
+# A care-team app's own token found in standing (identity.interfaces), as this process
 # last read it: an app presents the same token on every call of its life, and the lookup
 # would be the one statement its request makes beyond its work (about 8% of a read or a
 # post). Kept as long as the team is: a revoked app token, or a disabled app, is refused
@@ -127,7 +127,7 @@ def _check_app_token(db: Session, token: AccessToken) -> None:
     now = time.monotonic()
     if cache.get(key, 0.0) > now:
         return
-    holders.check_client_token(db, token)  # raises WithdrawnError
+    check_client_token(db, token)  # raises WithdrawnError
     if len(cache) >= 10_000:
         cache.clear()
     cache[key] = now + TEAM_CACHE_SECONDS
@@ -137,11 +137,12 @@ def actor_for_token(db: Session, token: AccessToken) -> Actor | None:
     """Whom the token acts for, or None; RefusedError (401) if it was withdrawn before it
     expired: its grant ended (account disabled, app revoked, code or refresh token
     replayed), the token revoked, or its client disabled. For a token a person authorized
-    identity's lookup (identity.oidc.holders), made on every request, says so: the next
-    request sees a withdrawal. An app's own token: within TEAM_CACHE_SECONDS."""
+    identity's lookup (identity.interfaces.person_of_token), made on every request, says
+    so: the next request sees a withdrawal. An app's own token: within
+    TEAM_CACHE_SECONDS."""
     try:
         return _actor(db, token)
-    except holders.WithdrawnError:
+    except WithdrawnError:
         raise RefusedError(401, WITHDRAWN) from None
 
 
@@ -152,7 +153,7 @@ def _actor(db: Session, token: AccessToken) -> Actor | None:
             return None
         _check_app_token(db, token)
         return Actor("app", token.client_id, team)
-    person = holders.person(db, token)
+    person = person_of_token(db, token)
     if person is None:
         return None
     if team is not None:
@@ -176,7 +177,7 @@ class Caller:
 
     @classmethod
     def of_patient(cls, patient_id: str) -> Caller:
-        """A signed-in, verified patient on the web pages (identity.patients.require_patient)."""
+        """A signed-in, verified patient on the web pages (identity's require_patient)."""
         actor = Actor("patient", patient_id)
         return cls(actor.participant, lambda db: actor)
 

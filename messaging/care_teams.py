@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
+from carebridge.ids import new_id
 from carebridge.runtime import Runtime
-from identity.models import Account, new_id
+from identity.interfaces import account_exists
 from messaging.models import CareTeam, CareTeamClient, CareTeamStaff
 
 
@@ -88,7 +89,7 @@ def add_staff(runtime: Runtime, team_id: str, account_id: str, *, actor: str) ->
     with transaction(runtime.sessions) as db:
         if db.get(CareTeam, team_id) is None:
             raise CareTeamError(f"no care team {team_id}")
-        if db.get(Account, account_id) is None:
+        if not account_exists(db, account_id):
             raise CareTeamError(f"no account {account_id}")
         if db.get(CareTeamStaff, (team_id, account_id)) is not None:
             return

@@ -1,7 +1,7 @@
 """The patient's pages: inbox, thread view, reply with an attachment, download, export.
 
 Every page needs a finished sign-in and a verified patient ID
-(identity.patients.require_patient). Message text is rendered by autoescaping templates as
+(identity.interfaces.require_patient). Message text is rendered by autoescaping templates as
 text; another patient's thread shows the same 404 page as one that does not exist.
 """
 
@@ -22,7 +22,7 @@ from carebridge.http.forms import parse_form
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
 from carebridge.runtime import Runtime
-from identity.patients import require_patient
+from identity.interfaces import require_patient
 from messaging import export, files, threads
 from messaging.access import Actor, Caller, RefusedError, perform, thread_target
 from messaging.api import attachment_response, read_bounded

@@ -35,11 +35,10 @@ from sqlalchemy.orm import Session
 
 from carebridge import audit
 from carebridge.db import DirectStatement, FromGate, Gate, insert_gated, insert_together
+from carebridge.ids import new_id
 from carebridge.keyring import Keyring
 from carebridge.settings import Settings
-from identity import patients
-from identity.models import new_id
-from identity.patients import Eligibility
+from identity.interfaces import Eligibility, eligibility
 from messaging import crypto, files
 from messaging.access import (
     THREAD_ID,
@@ -52,7 +51,7 @@ from messaging.access import (
 )
 from messaging.crypto import ThreadCipher
 from messaging.models import Attachment, CareTeam, Message, Thread, ThreadReadState
-from sms import outbox
+from sms.interfaces import new_message_notice
 
 T = TypeVar("T")
 MAX_SUBJECT = 200
@@ -580,9 +579,7 @@ def _message_rows(
     rows: list[tuple[Table, dict[str, Any]]] = [(_MESSAGES, message)]
     if actor.for_care_team:
         # Same transaction: the notice exists if and only if the message does.
-        rows.append(
-            outbox.row(patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id=cipher.thread_id)
-        )
+        rows.append(new_message_notice(patient_id=patient_id, thread_id=cipher.thread_id))
     return rows
 
 
@@ -621,7 +618,7 @@ def create_thread(
     if not subject or len(subject) > MAX_SUBJECT or "\x00" in subject:
         raise RefusedError(400, f"The subject must be 1 to {MAX_SUBJECT} characters.")
     check_body(settings, body)
-    standing = patients.eligibility(db, patient_id)
+    standing = eligibility(db, patient_id)
     if standing is Eligibility.UNKNOWN:
         raise RefusedError(422, "No such patient.")
     if standing is Eligibility.INELIGIBLE:

@@ -18,7 +18,7 @@ from carebridge.http import openapi
 from carebridge.http.forms import read_json
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
-from identity.patients import require_patient
+from identity.interfaces import require_patient
 from sms import contacts, preferences
 from sms.phone import InvalidNumberError
 from sms.preferences import PreferenceChanges, PreferenceError
@@ -135,7 +135,7 @@ async def put_preferences(request: Request) -> Response:
     - 401: Not signed in
     - 409: Not possible yet (no verified number)
     """
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     changes = await read_json(request, PreferenceChanges)
     runtime = _runtime(request)
     try:
@@ -143,7 +143,7 @@ async def put_preferences(request: Request) -> Response:
             lambda: preferences.update(
                 runtime,
                 patient_id=patient_id,
-                actor=f"account:{session.account_id}",
+                actor=f"account:{account_id}",
                 changes=changes,
                 request_id=_request_id(request),
             )
@@ -171,7 +171,7 @@ async def put_phone(request: Request) -> Response:
     - 400: Not a valid number of a region we serve
     - 429: Too many codes today
     """
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     body = await read_json(request, PhoneNumber)
     runtime = _runtime(request)
     try:
@@ -179,7 +179,7 @@ async def put_phone(request: Request) -> Response:
             lambda: contacts.set_number(
                 runtime,
                 patient_id=patient_id,
-                actor=f"account:{session.account_id}",
+                actor=f"account:{account_id}",
                 raw=body.number,
                 request_id=_request_id(request),
             )
@@ -203,14 +203,14 @@ async def verify_phone(request: Request) -> Response:
 
     - 400: Wrong, expired or no code (five wrong tries void a code)
     """
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     body = await read_json(request, PhoneVerificationCode)
     runtime = _runtime(request)
     result = await run_in_threadpool(
         lambda: contacts.confirm_code(
             runtime,
             patient_id=patient_id,
-            actor=f"account:{session.account_id}",
+            actor=f"account:{account_id}",
             code=body.code,
             request_id=_request_id(request),
         )
@@ -226,12 +226,12 @@ async def verify_phone(request: Request) -> Response:
 )
 async def delete_phone(request: Request) -> Response:
     """Forget the phone number (SMS and calls turn off)"""
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     await run_in_threadpool(
         lambda: contacts.remove(
             _runtime(request),
             patient_id=patient_id,
-            actor=f"account:{session.account_id}",
+            actor=f"account:{account_id}",
             request_id=_request_id(request),
         )
     )

@@ -40,6 +40,7 @@ from sqlalchemy.sql import ColumnElement
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
+from carebridge.outbox import RetryPolicy
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from sms import contacts, links, preferences, ratelimit, statuses, texts
@@ -57,8 +58,10 @@ from sms.models import ContactPoint, Notification, OptOut, Preferences, SendAtte
 
 log = logging.getLogger("carebridge.sms")
 
-RETRY_BASE = timedelta(seconds=30)
-RETRY_MAX = timedelta(hours=1)
+# The outbox's one retry policy (carebridge.outbox.policy), for every channel.
+_POLICY = RetryPolicy()
+RETRY_BASE = _POLICY.base
+RETRY_MAX = _POLICY.cap
 _ACTOR = "worker:sms"
 
 
@@ -67,10 +70,8 @@ def utcnow() -> datetime:
 
 
 def backoff(attempts: int, rng: Callable[[], float] = random.random) -> timedelta:
-    """Exponential backoff with jitter: base·2^(n-1), capped, times a factor in [0.5, 1.5)."""
-    exponent = min(max(attempts - 1, 0), 20)
-    delay: timedelta = min(RETRY_BASE * (2**exponent), RETRY_MAX)
-    return delay * (0.5 + rng())
+    """The outbox's backoff: base·2^(n-1), capped, times a factor in [0.5, 1.5)."""
+    return _POLICY.backoff(attempts, rng)
 
 
 def reconcile_window(settings: Settings) -> timedelta:
@@ -222,7 +223,7 @@ def _prepare(
     if notification.state == "sending":
         _supersede(db, notification, now)
     notification.updated_at = now
-    if notification.attempts >= settings.sms_max_attempts:
+    if RetryPolicy.for_settings(settings).exhausted(notification.attempts):
         notification.state, notification.reason = "failed", "max_attempts"
         notification.next_attempt_at = None
         return "fail", None
@@ -468,7 +469,7 @@ def _fail_notification(
     elif kind is ErrorKind.FATAL:
         notification.state, notification.next_attempt_at = "failed", None
         notification.reason = "rejected"
-    elif notification.attempts >= runtime.settings.sms_max_attempts:
+    elif RetryPolicy.for_settings(runtime.settings).exhausted(notification.attempts):
         notification.state, notification.next_attempt_at = "failed", None
         notification.reason = "max_attempts"
     elif kind is ErrorKind.UNKNOWN:

@@ -1,13 +1,20 @@
-"""sms's contracts: what a sender backend does, and how its errors are classified.
+"""sms's contracts: what a sender backend does, how its errors are classified, and what
+other packages may ask of sms (the rest of the package is private to it).
 
 :mod:`sms.delivery` is the only caller of a :class:`Sender`; :mod:`sms.backends` builds
 the configured one (the console for development, :mod:`sms.twilio_client` for production).
+messaging writes the notice of a new message with :func:`new_message_notice`.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
+
+from sqlalchemy import Table
+
+from carebridge.db import FromGate
+from sms import outbox
 
 
 class ErrorKind(StrEnum):
@@ -67,3 +74,17 @@ class Sender(Protocol):
 
     def update_call(self, call_sid: str, twiml: str) -> None:
         """Replace what a call in progress does (after detection said who answered)."""
+
+
+# What other packages ask of sms
+
+
+def new_message_notice(
+    *, patient_id: str | FromGate, thread_id: str
+) -> tuple[Table, dict[str, Any]]:
+    """The patient's notice of a new message in a thread, as a row for the caller to insert
+    in its own transaction, with the message (carebridge.db.insert_together, or
+    insert_gated, whose gate may supply the patient ID): it exists if and only if the
+    message does. IDs only, never content. The caller hands the row on as it is: which
+    table it goes to, and its columns, are sms's own."""
+    return outbox.row(patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id=thread_id)

@@ -1,32 +1,44 @@
-"""sms's background jobs, for `carebridge worker` to run.
+"""sms's part of `carebridge worker`: its outbox channel, and its own periodic jobs.
 
-The outbox job runs every second and drains what is due in batches for up to five
-seconds, so delivery keeps pace with the sender's rate without a loop of its own.
+:class:`SmsChannel` is what the composition root registers with the outbox worker for
+channel ``sms``: the ledger of notifications (drained by :mod:`sms.delivery`, batches
+for up to five seconds every second, keeping pace with the sender's rate) and the
+handler of the outbox's rows of that channel (one-time codes, :mod:`sms.codes`).
 """
 
 from __future__ import annotations
 
+from carebridge import outbox
 from carebridge.runtime import Runtime
 from carebridge.worker import Job
-from sms import backends, delivery, links
+from sms import backends, codes, delivery, links
 from sms.interfaces import Sender
 
-_senders: dict[int, Sender] = {}
+
+class SmsChannel:
+    """The ``sms`` channel of the outbox: one sender (one Twilio client, one connection
+    pool) for notifications and codes alike."""
+
+    channel = codes.CHANNEL
+    name = "sms-notifications"
+
+    def __init__(self, runtime: Runtime, sender: Sender | None = None) -> None:
+        self._runtime = runtime
+        self._given = sender
+
+    @property
+    def _sender(self) -> Sender:
+        # Built on first use: a misconfigured Twilio fails this channel's work (logged
+        # by the worker each time), not the composition of every channel.
+        if self._given is None:
+            self._given = backends.for_settings(self._runtime.settings)
+        return self._given
+
+    def drain(self) -> int:
+        return delivery.drain(self._runtime, self._sender)
+
+    def deliver(self, message: outbox.Message) -> None:
+        codes.deliver(self._runtime, self._sender, message)
 
 
-def _sender(runtime: Runtime) -> Sender:
-    # One sender (one Twilio client, one connection pool) per runtime.
-    key = id(runtime)
-    if key not in _senders:
-        _senders[key] = backends.for_settings(runtime.settings)
-    return _senders[key]
-
-
-def deliver(runtime: Runtime) -> None:
-    delivery.drain(runtime, _sender(runtime))
-
-
-JOBS: tuple[Job, ...] = (
-    Job("sms-outbox", 1.0, deliver),
-    Job("sms-links-purge", 3600.0, links.purge),
-)
+JOBS: tuple[Job, ...] = (Job("sms-links-purge", 3600.0, links.purge),)

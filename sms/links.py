@@ -28,7 +28,7 @@ from carebridge.db import transaction
 from carebridge.http import cookies
 from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
-from identity import authn, patients
+from identity.interfaces import patient_id_of, require_account
 from sms.contacts import aware, utcnow
 from sms.models import LinkVisit, SecureLink
 from sms.pages import render
@@ -108,7 +108,7 @@ def finish_visit(runtime: Runtime, cookie: str, account_id: str) -> str | None:
             return None
         visit, link = row
         live = (aware(visit.expires_at) or now) > now and (aware(link.expires_at) or now) > now
-        patient_id = patients.patient_id_of(db, account_id)
+        patient_id = patient_id_of(db, account_id)
         if (
             not live
             or patient_id is None
@@ -172,8 +172,8 @@ async def continue_link(request: Request) -> Response:
     cookie = request.cookies.get(cookie_name(runtime), "")
     if not cookie:
         return _generic(request)
-    session = await authn.require(request)  # not signed in: to sign-in (and MFA), then back
-    thread_id = await run_in_threadpool(finish_visit, runtime, cookie, session.account_id)
+    account_id = await require_account(request)  # not signed in: to sign-in (and MFA), then back
+    thread_id = await run_in_threadpool(finish_visit, runtime, cookie, account_id)
     if thread_id is None:
         return _generic(request)
     target = f"/messages/{thread_id}" if thread_id else "/messages"

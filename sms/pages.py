@@ -15,8 +15,8 @@ from starlette.routing import BaseRoute, Route
 from carebridge.http.forms import read_form
 from carebridge.http.templates import templates_for
 from carebridge.runtime import Runtime
-from identity import authn
-from identity.patients import require_patient
+from identity.interfaces import TEMPLATES as IDENTITY_TEMPLATES
+from identity.interfaces import require_patient
 from sms import contacts, preferences, texts
 from sms.phone import InvalidNumberError
 from sms.preferences import PreferenceChanges, PreferenceError
@@ -24,7 +24,7 @@ from sms.preferences import PreferenceChanges, PreferenceError
 # identity's templates too: its form macros and the account navigation.
 templates = templates_for(
     Path(__file__).resolve().parent / "templates",
-    Path(authn.__file__).resolve().parent / "templates",
+    IDENTITY_TEMPLATES,
 )
 PAGE = "/account/notifications"
 
@@ -89,14 +89,14 @@ async def page(request: Request) -> Response:
 
 
 async def set_phone(request: Request) -> Response:
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     form = await read_form(request)
     try:
         await run_in_threadpool(
             lambda: contacts.set_number(
                 _runtime(request),
                 patient_id=patient_id,
-                actor=f"account:{session.account_id}",
+                actor=f"account:{account_id}",
                 raw=_text(form, "phone", 40),
                 request_id=_request_id(request),
             )
@@ -110,14 +110,14 @@ async def set_phone(request: Request) -> Response:
 
 
 async def resend_code(request: Request) -> Response:
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     await read_form(request)
     try:
         await run_in_threadpool(
             lambda: contacts.resend_code(
                 _runtime(request),
                 patient_id=patient_id,
-                actor=f"account:{session.account_id}",
+                actor=f"account:{account_id}",
                 request_id=_request_id(request),
             )
         )
@@ -135,13 +135,13 @@ _CODE_ERRORS = {
 
 
 async def verify_phone(request: Request) -> Response:
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     form = await read_form(request)
     result = await run_in_threadpool(
         lambda: contacts.confirm_code(
             _runtime(request),
             patient_id=patient_id,
-            actor=f"account:{session.account_id}",
+            actor=f"account:{account_id}",
             code=_text(form, "code", 12),
             request_id=_request_id(request),
         )
@@ -153,13 +153,13 @@ async def verify_phone(request: Request) -> Response:
 
 
 async def remove_phone(request: Request) -> Response:
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     await read_form(request)
     await run_in_threadpool(
         lambda: contacts.remove(
             _runtime(request),
             patient_id=patient_id,
-            actor=f"account:{session.account_id}",
+            actor=f"account:{account_id}",
             request_id=_request_id(request),
         )
     )
@@ -190,7 +190,7 @@ _FIELD_MESSAGES = {
 
 
 async def save_preferences(request: Request) -> Response:
-    session, patient_id = await require_patient(request)
+    account_id, patient_id = await require_patient(request)
     form = await read_form(request)
     raw = changes_from_form(form)
     try:
@@ -199,7 +199,7 @@ async def save_preferences(request: Request) -> Response:
             lambda: preferences.update(
                 _runtime(request),
                 patient_id=patient_id,
-                actor=f"account:{session.account_id}",
+                actor=f"account:{account_id}",
                 changes=changes,
                 request_id=_request_id(request),
             )

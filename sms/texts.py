@@ -54,3 +54,9 @@ def voice_notice(label: str, callback_number: str) -> str:
         return f"Hello. This is {who}. Please sign in to your account. Goodbye."
     spoken = _spoken_number(callback_number)
     return f"Hello. This is {who}. Please call us back at {spoken}. Again, {spoken}. Goodbye."
+
+
+def one_time_code_sms(label: str, code: str) -> str:
+    """A code identity asked for (signing in, a changed setting): the code, nothing else."""
+    prefix = f"{label}: " if label else ""
+    return f"{prefix}Your one-time code is {code}. Do not share it with anyone."

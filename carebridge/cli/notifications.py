@@ -1,7 +1,10 @@
 """``carebridge notifications``: the outbox at a glance, retries, the SMS opt-out list.
 
-Nothing here prints a phone number or a message; numbers are read from standard input
-(never arguments: they would land in the shell history and the process list).
+The one place operators look: sms's notifications (its ledger: ``ntf_`` IDs) and every
+other channel's rows of the outbox (``obx_`` IDs: one-time codes, e-mail), their dead
+letters, and putting one back. Nothing here prints a phone number, an address or a
+message; numbers are read from standard input (never arguments: they would land in the
+shell history and the process list).
 """
 
 from __future__ import annotations
@@ -13,17 +16,32 @@ from datetime import UTC, datetime
 from typing import Any
 
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
+from carebridge.outbox import operations as outbox_operations
 from sms import operations, phone
+
+NOTIFICATION_PREFIX = "ntf_"
+OUTBOX_PREFIX = "obx_"
 
 
 def register(commands: Any) -> None:
-    group = add_parser(commands, "notifications", "SMS and voice notifications (sms/).")
+    group = add_parser(
+        commands, "notifications", "The outbox: SMS and voice notifications, codes, e-mail."
+    )
     sub = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add_parser(
-        sub, "status", "Counts by state and by the dispatcher's reason; stranded sends."
+        sub,
+        "status",
+        "Counts by state and by the dispatcher's reason; the outbox by channel; stranded "
+        "sends; dead letters.",
     ).set_defaults(handler=show_status)
+    add_parser(
+        sub, "dead", "The outbox's dead letters, newest first (IDs and reasons only)."
+    ).set_defaults(handler=show_dead)
     show_command = add_parser(
-        sub, "show", "One notification: state, the dispatcher's decision and reason, attempts."
+        sub,
+        "show",
+        "One notification (state, the dispatcher's decision and reason, attempts) or "
+        "outbox row (obx_...).",
     )
     show_command.add_argument("notification_id", metavar="NOTIFICATION_ID")
     show_command.set_defaults(handler=show)
@@ -31,7 +49,8 @@ def register(commands: Any) -> None:
         sub,
         "retry",
         "Put a failed, undelivered or suppressed notification back in the outbox; the "
-        "dispatcher decides again with the patient's current preferences.",
+        "dispatcher decides again with the patient's current preferences. An outbox "
+        "dead letter (obx_...) is due again with a fresh count of attempts.",
     )
     retry_command.add_argument("notification_id", metavar="NOTIFICATION_ID")
     retry_command.set_defaults(handler=retry)
@@ -57,7 +76,9 @@ def show_status(args: argparse.Namespace) -> int:
     rt = runtime()
     try:
         require_current_schema(rt)
-        result = operations.status(rt, _now())
+        now = _now()
+        result = operations.status(rt, now)
+        rows = outbox_operations.status(rt, now)
     finally:
         rt.close()
     print("state:")
@@ -69,10 +90,52 @@ def show_status(args: argparse.Namespace) -> int:
     oldest = result.oldest_due.isoformat() if result.oldest_due else "-"
     print(f"oldest pending since: {oldest}")
     print(f"sends awaiting reconciliation: {result.stale_sending}")
+    print("outbox (channel, state):")
+    for (channel, state), count in sorted(rows.by_channel_state.items()):
+        print(f"  {channel:<8} {state:<10} {count}")
+    oldest = rows.oldest_due.isoformat() if rows.oldest_due else "-"
+    print(f"outbox oldest due: {oldest}")
+    print(f"outbox leases run out: {rows.stale_sending}")
+    dead = sum(n for (_, state), n in rows.by_channel_state.items() if state == "dead")
+    print(f"outbox dead letters: {dead}")
+    return 0
+
+
+def show_dead(args: argparse.Namespace) -> int:
+    rt = runtime()
+    try:
+        require_current_schema(rt)
+        rows = outbox_operations.dead_letters(rt)
+    finally:
+        rt.close()
+    for row in rows:
+        print(
+            f"{row.id}  {row.channel:<8} {row.kind:<16} attempts {row.attempts}"
+            f"  {row.last_error or '-'}  created {row.created_at.isoformat()}"
+        )
+    print(f"{len(rows)} dead letters" + (" (the newest 50)" if len(rows) == 50 else ""))
+    return 0
+
+
+def _show_outbox_row(message_id: str) -> int:
+    rt = runtime()
+    try:
+        require_current_schema(rt)
+        row = outbox_operations.detail(rt, message_id)
+    finally:
+        rt.close()
+    if row is None:
+        raise CommandError("no outbox row has this ID")
+    ids = ", ".join(f"{key}={value}" for key, value in sorted(row.payload.items())) or "-"
+    print(f"outbox: {row.id}  channel: {row.channel}  kind: {row.kind}  ids: {ids}")
+    print(f"state: {row.state}  attempts: {row.attempts}  last error: {row.last_error or '-'}")
+    print(f"created: {row.created_at.isoformat()}  due: {row.due_at.isoformat()}")
     return 0
 
 
 def show(args: argparse.Namespace) -> int:
+    if str(args.notification_id).startswith(OUTBOX_PREFIX):
+        return _show_outbox_row(args.notification_id)
     rt = runtime()
     try:
         require_current_schema(rt)
@@ -97,8 +160,10 @@ def show(args: argparse.Namespace) -> int:
 
 def retry(args: argparse.Namespace) -> int:
     notification_id: str = args.notification_id
-    if not notification_id.startswith("ntf_"):
-        raise CommandError("a notification ID looks like ntf_...")
+    if notification_id.startswith(OUTBOX_PREFIX):
+        return _retry_outbox_row(notification_id)
+    if not notification_id.startswith(NOTIFICATION_PREFIX):
+        raise CommandError("a notification ID looks like ntf_... (an outbox row's obx_...)")
     rt = runtime()
     try:
         require_current_schema(rt)
@@ -108,6 +173,19 @@ def retry(args: argparse.Namespace) -> int:
     if former is None:
         raise CommandError("no failed, undelivered or suppressed notification has this ID")
     print(f"{notification_id}: {former} -> pending")
+    return 0
+
+
+def _retry_outbox_row(message_id: str) -> int:
+    rt = runtime()
+    try:
+        require_current_schema(rt)
+        former = outbox_operations.retry(rt, message_id, actor="operator:cli", now=_now())
+    finally:
+        rt.close()
+    if former is None:
+        raise CommandError("no dead letter has this ID")
+    print(f"{message_id}: {former} -> pending")
     return 0
 
 

@@ -8,7 +8,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from carebridge import worker
+from carebridge import outbox, wiring, worker
 from carebridge.cli.common import add_parser, require_current_schema
 from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
@@ -18,7 +18,8 @@ from identity.oidc import purge as oidc_purge
 from messaging import jobs as messaging_jobs
 from sms import jobs as sms_jobs
 
-# The jobs this release runs: the plumbing's, identity's, then each feature's own list.
+# The jobs this release runs: the plumbing's, identity's, each feature's own list, then
+# the one outbox job, delivering every channel the composition root wired (SMS, e-mail).
 JOBS = (
     worker.AUDIT_CHAIN,
     worker.AUDIT_CHECKPOINT,
@@ -26,6 +27,8 @@ JOBS = (
     worker.Job("oidc-purge", 3600.0, oidc_purge.purge_expired),
     *messaging_jobs.JOBS,
     *sms_jobs.JOBS,
+    wiring.OUTBOX,
+    outbox.PURGE,
 )
 
 

@@ -30,10 +30,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
-from carebridge import audit, worker
+from carebridge import audit, wiring, worker
 from carebridge.demo import seed
 from carebridge.demo.seed import DemoConfig, DemoPatient
-from sms import jobs as sms_jobs
 from sms import links as sms_links
 from tests.browser.harness import LiveApp, check_accessibility, screenshot
 from tests.tokens import mint
@@ -187,7 +186,7 @@ def clinician_writes(page: Page, app: LiveApp, patient: DemoPatient) -> str:
 
 
 def run_outbox(app: LiveApp) -> None:
-    for job in sms_jobs.JOBS:
+    for job in (wiring.OUTBOX,):
         assert worker.run_once(app.runtime, job)
 
 

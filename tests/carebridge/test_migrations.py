@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
@@ -16,6 +17,7 @@ from carebridge import audit, migrate
 from carebridge.audit import Outcome
 from carebridge.db import make_engine, make_sessionmaker, transaction
 from carebridge.models import metadata
+from carebridge.outbox import OutboxMessage
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from identity.oidc import purge
@@ -161,3 +163,32 @@ def test_a_token_revoked_before_0011_stays_withdrawn_while_it_still_verifies(
             assert db.get(OidcWithdrawal, ("jti", "jti-1")) is not None
     finally:
         runtime.close()
+
+
+def test_0013_adds_the_outbox_and_takes_it_away_again(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
+    try:
+        migrate.upgrade(engine, "0012")
+        assert "outbox" not in sa.inspect(engine).get_table_names()
+        migrate.upgrade(engine, "0013")
+        at = datetime(2026, 12, 7, 17, 0, tzinfo=UTC)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO outbox (id, channel, kind, payload, state, due_at, attempts, "
+                    "created_at, updated_at) VALUES ('obx_1', 'email', 'transactional', "
+                    "'{}', 'dead', :at, 8, :at, :at)"
+                ),
+                {"at": at},
+            )
+        sessions = make_sessionmaker(engine)
+        with sessions() as session:
+            row = session.get(OutboxMessage, "obx_1")
+            assert row is not None and (row.state, row.payload) == ("dead", {})
+        command.downgrade(migrate.alembic_config(engine), "0012")
+        assert "outbox" not in sa.inspect(engine).get_table_names()
+        assert migrate.current_revision(engine) == "0012"
+        migrate.upgrade(engine)
+        assert "outbox" in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()

@@ -8,7 +8,7 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from carebridge import audit, worker
+from carebridge import audit, wiring, worker
 from carebridge.audit import Outcome
 from carebridge.cli import main
 from carebridge.db import transaction
@@ -80,3 +80,15 @@ def test_worker_refuses_an_unmigrated_database(
     monkeypatch.setenv("CAREBRIDGE_DATA_DIR", str(tmp_path))
     assert main(["worker", "--once"]) == 1
     assert "carebridge db upgrade" in capsys.readouterr().err
+
+
+def test_the_worker_delivers_what_identity_put_in_the_outbox(
+    runtime: Runtime, cli_env: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The composition root wires identity's EmailSender and the outbox job to one table.
+    sender = wiring.identity_outward(runtime).email
+    with transaction(runtime.sessions) as session:
+        sender.send_email(session, to="pat@example.org", subject="Welcome", text="https://x/l")
+    capsys.readouterr()
+    assert main(["worker", "--once"]) == 0
+    assert "[email to pat@example.org] Welcome\nhttps://x/l\n" in capsys.readouterr().out

@@ -1,0 +1,39 @@
+"""The composition root's wiring: which package does what another one needs.
+
+identity declares what it needs from outside (identity.interfaces: sending a one-time
+code, sending an e-mail) and never imports sms; the outbox knows channels only by name.
+Here both are given their implementations: sms's code sender and the outbox e-mail
+sender for identity (:func:`identity_outward`, on ``app.state.outward``), and each
+channel's handler for the outbox worker (:func:`outbox_channels`).
+"""
+
+from __future__ import annotations
+
+from carebridge import mail, outbox
+from carebridge.runtime import Runtime
+from identity.interfaces import Outward
+from sms import codes
+from sms.jobs import SmsChannel
+
+
+def identity_outward(runtime: Runtime) -> Outward:
+    return Outward(
+        one_time_codes=codes.OutboxCodeSender(runtime),
+        email=mail.OutboxEmailSender(runtime),
+    )
+
+
+def outbox_channels(runtime: Runtime) -> outbox.Channels:
+    sms = SmsChannel(runtime)
+    handlers: dict[str, outbox.Handler] = {sms.channel: sms}
+    if not runtime.settings.is_production:
+        # No SMTP backend yet: production leaves e-mails waiting in the outbox.
+        handlers[mail.CHANNEL] = mail.ConsoleMailer()
+    return outbox.Channels(
+        handlers=handlers,
+        ledgers=(sms,),
+        policy=outbox.RetryPolicy.for_settings(runtime.settings),
+    )
+
+
+OUTBOX = outbox.job(outbox_channels)
