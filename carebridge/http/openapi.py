@@ -128,8 +128,8 @@ def access_token(*scopes: str) -> list[dict[str, list[str]]]:
 
 
 def component(model: M) -> M:
-    """Register a model that no operation names directly (one nested in another is found
-    through it)."""
+    """List a model in ``components/schemas`` even if no operation names it (the models
+    operations name, and those nested in them, are listed without this)."""
     _COMPONENTS[model.__name__] = model
     return model
 
