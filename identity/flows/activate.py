@@ -431,50 +431,27 @@ async def activate_submit(request: Request) -> Response:
     return _render(request, {**shown, "errors": {"form": FAILED}}, status_code=400)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(Activated, "Linked")},
+    security=openapi.session(),
+    body=Activation,
+    problems=(409, 429),
+    tags=("patients",),
+)
 async def api_activate(request: Request) -> Response:
-    """Link the account to a patient with an activation code.
-    ---
-    summary: Redeem an activation code
-    description: >
-      For a fully signed-in account without a patient link. The code (from staff) and the
-      patient's date of birth must match; each code works once. Every mismatch gets the
-      same 400 answer; five of them lock activation for the account until staff unlock it
-      (429). A code presented with wrong dates of birth
-      CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES times (5), from any accounts, is voided and
-      answers like any wrong code from then on: staff issue a new one.
-    tags: [patients]
-    security: [{session: []}]
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {$ref: '#/components/schemas/Activation'}
-    responses:
-      "200":
-        description: Linked
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Activated'}
-      "400":
-        description: The code and date of birth do not match a usable code
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "401":
-        description: Not signed in
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "409":
-        description: The account is already linked to a patient
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "429":
-        description: Activation is locked for this account (or this address, for a while)
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """Redeem an activation code
+
+    For a fully signed-in account without a patient link. The code (from staff) and the
+    patient's date of birth must match; each code works once. Every mismatch gets the
+    same 400 answer; five of them lock activation for the account until staff unlock it
+    (429). A code presented with wrong dates of birth
+    CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES times (5), from any accounts, is voided and
+    answers like any wrong code from then on: staff issue a new one.
+
+    - 400: The code and date of birth do not match a usable code
+    - 401: Not signed in
+    - 409: The account is already linked to a patient
+    - 429: Activation is locked for this account (or this address, for a while)
     """
     session = await authn.require(request)
     body = await read_json(request, Activation)

@@ -210,43 +210,23 @@ async def reauth_submit(request: Request) -> Response:
     return _page(request, {**context, "errors": {field: message}}, 400)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(SessionToken, "Re-authenticated")},
+    security=openapi.session(),
+    body=Reauthentication,
+    problems=(429,),
+)
 async def api_reauth(request: Request) -> Response:
-    """Prove it is you again before changing a factor.
-    ---
-    post:
-      summary: Re-authenticate with an authenticator code or the password
-      description: >
-        Changing the authenticator needs a re-authentication in the last five minutes.
-        On success the session keeps its level and gets a new token (the old one stops
-        working). Wrong codes count towards the second step's lock, wrong passwords
-        towards password sign-in's (429 while locked).
-      security: [{session: []}]
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Reauthentication'}
-      responses:
-        "200":
-          description: Re-authenticated
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/SessionToken'}
-        "400":
-          description: Wrong code or password
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "429":
-          description: Too many wrong attempts; wait
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Re-authenticate with an authenticator code or the password
+
+    Changing the authenticator needs a re-authentication in the last five minutes. On
+    success the session keeps its level and gets a new token (the old one stops
+    working). Wrong codes count towards the second step's lock, wrong passwords towards
+    password sign-in's (429 while locked).
+
+    - 400: Wrong code or password
+    - 401: Not signed in
+    - 429: Too many wrong attempts; wait
     """
     session = await authn.require(request)
     body = await read_json(request, Reauthentication)

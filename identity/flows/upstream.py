@@ -692,24 +692,15 @@ async def unlink_page(request: Request) -> Response:
 # JSON API
 
 
+@openapi.operation(
+    answers={200: openapi.Json(SignInMethods, "The account's password and linked providers")},
+    security=openapi.session(),
+    tags=("account",),
+)
 async def methods_api(request: Request) -> Response:
-    """The account's ways to sign in: its password, if any, and linked providers.
-    ---
-    get:
-      summary: List the ways to sign in
-      tags: [account]
-      security: [{session: []}]
-      responses:
-        200:
-          description: The account's password and linked providers
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/SignInMethods'}
-        401:
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """List the ways to sign in
+
+    - 401: Not signed in
     """
     session = await authn.require(request)
     runtime = _runtime(request)
@@ -722,38 +713,19 @@ async def methods_api(request: Request) -> Response:
     return JSONResponse(methods.model_dump(mode="json"))
 
 
+@openapi.operation(
+    answers={204: openapi.Empty("Unlinked")},
+    security=openapi.session(),
+    problems=(403, 404, 409),
+    tags=("account",),
+)
 async def unlink_api(request: Request) -> Response:
-    """Unlink an upstream provider. Needs a sign-in in the last five minutes, and never
-    removes the last way to sign in.
-    ---
-    delete:
-      summary: Unlink an upstream provider
-      tags: [account]
-      security: [{session: []}]
-      parameters:
-        - {name: id, in: path, required: true, schema: {type: string}}
-      responses:
-        204: {description: Unlinked}
-        401:
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        403:
-          description: The sign-in is not recent enough; sign in again
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        404:
-          description: No such link on this account
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        409:
-          description: It is the last way to sign in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Unlink an upstream provider
+
+    - 401: Not signed in
+    - 403: The sign-in is not recent enough; sign in again
+    - 404: No such link on this account
+    - 409: It is the last way to sign in
     """
     session = await authn.require(request)
     try:
