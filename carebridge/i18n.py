@@ -7,9 +7,12 @@ into Jinja's i18n extension). ``make messages`` extracts them into
 messages.po``, compiled to ``messages.mo`` beside it. The stdlib reads the compiled
 catalogs, so Babel is only a tool of the build, not of the running service.
 
-Strings fixed at import time (module constants) are marked with :func:`N_`, so extraction
-finds them, and passed through ``_()`` where they are shown: translating them at import
-would freeze the locale of whoever imported first.
+Texts made whole in Python (SMS, voice) call ``_()`` as they are made. Messages chosen in
+Python and shown on a page (form errors, notices, error pages) are marked with :func:`N_`
+where they are written, so extraction finds them, and translated where they are shown:
+``{{ message | translated }}``, in the page's locale. Translating them at import would
+freeze the locale of whoever imported first; and the same messages answer the JSON API,
+which stays English (docs/architecture.md, "Translations").
 
 English only for now: no catalog ships, and a locale without one answers its message
 IDs unchanged (:class:`gettext.NullTranslations`), which are the English texts.

@@ -30,6 +30,12 @@ def templates_for(*directories: Path) -> Jinja2Templates:
     environment.install_gettext_callables(  # type: ignore[attr-defined]
         i18n.gettext, i18n.ngettext, newstyle=True
     )
+    # {{ message | translated }}: a message chosen in Python (an error, a notice, marked
+    # there with N_ so extraction finds it), looked up at render in the page's locale and
+    # escaped like any value. Never _(variable): _() output is trusted markup, and a
+    # message may quote what someone typed. A message not in the catalog (one with a value
+    # formatted in) shows as it is.
+    environment.filters["translated"] = i18n.gettext
     # Every form writes {{ csrf_token() }} into its hidden csrf_token field.
     environment.globals["csrf_token"] = _csrf_token
     return Jinja2Templates(env=environment)
