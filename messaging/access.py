@@ -23,6 +23,7 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.http.bearer import AccessToken
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity.interfaces import WithdrawnError, check_client_token, person_of_token
 from messaging.crypto import ContentUnavailableError, KeyUnavailableError, ShreddedError
@@ -68,11 +69,11 @@ class RefusedError(Exception):
 
 
 def not_found() -> RefusedError:
-    return RefusedError(404, "No such conversation.")
+    return RefusedError(404, N_("No such conversation."))
 
 
 def gone() -> RefusedError:
-    return RefusedError(410, "This conversation passed its retention period and was deleted.")
+    return RefusedError(410, N_("This conversation passed its retention period and was deleted."))
 
 
 # Who the caller is
@@ -264,9 +265,9 @@ def perform(
             request_id=request_id,
         )
         if isinstance(exc, KeyUnavailableError):
-            raise RefusedError(503, "Messages cannot be decrypted right now.") from None
+            raise RefusedError(503, N_("Messages cannot be decrypted right now.")) from None
         raise RefusedError(
-            500, "This content failed its integrity check and cannot be shown."
+            500, N_("This content failed its integrity check and cannot be shown.")
         ) from None
 
 

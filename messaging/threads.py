@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from carebridge import audit
 from carebridge.db import DirectStatement, FromGate, Gate, insert_gated, insert_together
+from carebridge.i18n import N_
 from carebridge.ids import new_id
 from carebridge.keyring import Keyring
 from carebridge.settings import Settings
@@ -143,14 +144,14 @@ def _parse_thread_cursor(cursor: str) -> tuple[datetime, str]:
         moment, thread_id = raw.split("|", 1)
         return datetime.fromisoformat(moment), thread_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise RefusedError(400, "The cursor is not valid.") from None
+        raise RefusedError(400, N_("The cursor is not valid.")) from None
 
 
 def _parse_seq_cursor(cursor: str | None) -> int:
     if not cursor:
         return 0
     if not cursor.isdigit() or len(cursor) > 9:
-        raise RefusedError(400, "The cursor is not valid.")
+        raise RefusedError(400, N_("The cursor is not valid."))
     return int(cursor)
 
 
@@ -510,13 +511,13 @@ def get_thread(
 
 def check_body(settings: Settings, body: str, *, allow_empty: bool = False) -> str:
     if "\x00" in body:
-        raise RefusedError(400, "The message contains a character that is not allowed.")
+        raise RefusedError(400, N_("The message contains a character that is not allowed."))
     if len(body) > settings.message_max_chars:
         raise RefusedError(
             413, f"Messages are limited to {settings.message_max_chars:,} characters."
         )
     if not body.strip() and not allow_empty:
-        raise RefusedError(400, "Write a message first.")
+        raise RefusedError(400, N_("Write a message first."))
     return body
 
 
@@ -588,19 +589,19 @@ def create_thread(
 ) -> tuple[Thread, Posted]:
     """Care teams open threads (patients reply in them)."""
     if actor.care_team_id is None:
-        raise RefusedError(403, "Only a care team can start a conversation.")
+        raise RefusedError(403, N_("Only a care team can start a conversation."))
     subject = subject.strip()
     if not subject or len(subject) > MAX_SUBJECT or "\x00" in subject:
         raise RefusedError(400, f"The subject must be 1 to {MAX_SUBJECT} characters.")
     check_body(settings, body)
     standing = eligibility(db, patient_id)
     if standing is Eligibility.UNKNOWN:
-        raise RefusedError(422, "No such patient.")
+        raise RefusedError(422, N_("No such patient."))
     if standing is Eligibility.INELIGIBLE:
         # Terminated (or gone from the roster): no new conversations; existing ones stay.
         raise RefusedError(
             409,
-            "This patient is no longer eligible: a conversation cannot be started.",
+            N_("This patient is no longer eligible: a conversation cannot be started."),
             denied=True,
         )
     thread_id = new_id("th")
@@ -651,7 +652,7 @@ def _next_seq(
     if claimed is None:
         thread = load_thread(db, actor, thread_id)  # 404 or 410
         if thread.status != "open":
-            raise RefusedError(409, "This conversation is closed.")
+            raise RefusedError(409, N_("This conversation is closed."))
         raise not_found()
     seq, patient_id, wrapped, kek_id = claimed
     if not postgresql:
@@ -721,7 +722,7 @@ def check_attachment(settings: Settings, content: bytes) -> str:
             413, f"Attachments are limited to {settings.attachment_max_bytes:,} bytes."
         )
     if not content:
-        raise RefusedError(400, "The file is empty.")
+        raise RefusedError(400, N_("The file is empty."))
     content_type = files.detect(content, settings.attachment_types)
     if content_type is None:
         allowed = files.allowed_names(settings.attachment_types)
@@ -769,7 +770,7 @@ def download(
     thread = load_thread(db, actor, thread_id)
     attachment = db.get(Attachment, attachment_id)
     if attachment is None or attachment.thread_id != thread.id:
-        raise RefusedError(404, "No such attachment.")
+        raise RefusedError(404, N_("No such attachment."))
     cipher = crypto.cipher_for(keyring, thread)
     return Download(
         filename=cipher.open_text(attachment.id, crypto.FILENAME, attachment.filename_encrypted),
@@ -788,7 +789,7 @@ def mark_read(db: Session, actor: Actor, thread_id: str, through: int | None) ->
 def close_thread(db: Session, actor: Actor, thread_id: str) -> None:
     thread = load_thread(db, actor, thread_id, lock=True)
     if not actor.for_care_team:
-        raise RefusedError(403, "Only the care team can close a conversation.")
+        raise RefusedError(403, N_("Only the care team can close a conversation."))
     if thread.status != "closed":
         thread.status = "closed"
         thread.closed_at = now()

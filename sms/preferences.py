@@ -18,6 +18,7 @@ from carebridge import audit
 from carebridge import time_zones as time_zones_module
 from carebridge.audit import Outcome
 from carebridge.db import transaction
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from sms import contacts, texts
@@ -140,7 +141,7 @@ def update(
         verified = contact is not None and contact.verified_at is not None
         if (changes.sms_enabled or changes.voice_enabled) and not verified:
             field = "sms_enabled" if changes.sms_enabled else "voice_enabled"
-            raise PreferenceError(field, "Add and verify a phone number first.")
+            raise PreferenceError(field, N_("Add and verify a phone number first."))
         prefs = db.get(Preferences, patient_id)
         if prefs is None:
             prefs = defaults(settings, patient_id)

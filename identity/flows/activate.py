@@ -51,6 +51,7 @@ from carebridge.http import openapi
 from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import authn, throttle
 from identity.models import ActivationCode, PatientLink, RosterMember
@@ -71,14 +72,16 @@ VOIDED = Counter(
     "Activation codes voided after too many wrong dates of birth (someone tried to guess)",
 )
 
-FAILED = (
+FAILED = N_(
     "That code and date of birth did not match an activation code we can use. Check "
     "both, or ask us for a new code."
 )
-LOCKED = "Activation is locked for this account after too many attempts. Contact us to unlock it."
-ALREADY = "This account is already linked to a patient record."
-CODE_FORMAT = "Enter the activation code, like ABCD-EFGH-JKMN."
-DOB_FORMAT = "Enter your date of birth, like 1980-12-31."
+LOCKED = N_(
+    "Activation is locked for this account after too many attempts. Contact us to unlock it."
+)
+ALREADY = N_("This account is already linked to a patient record.")
+CODE_FORMAT = N_("Enter the activation code, like ABCD-EFGH-JKMN.")
+DOB_FORMAT = N_("Enter your date of birth, like 1980-12-31.")
 
 _ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _US = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})")

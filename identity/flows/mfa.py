@@ -36,6 +36,7 @@ from carebridge.http import openapi
 from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import authn, sessions, throttle
 from identity.authn import Step
@@ -44,10 +45,10 @@ from identity.models import AuthSession
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
-CODE_ERROR = "Enter the 6-digit code from your authenticator app."
-RECOVERY_ERROR = "Enter one of your recovery codes, like ABCDE-12345."
-WRONG_CODE = "That code didn't work. Check your authenticator app and enter the newest code."
-WRONG_RECOVERY_CODE = "That recovery code didn't work. Each code works once."
+CODE_ERROR = N_("Enter the 6-digit code from your authenticator app.")
+RECOVERY_ERROR = N_("Enter one of your recovery codes, like ABCDE-12345.")
+WRONG_CODE = N_("That code didn't work. Check your authenticator app and enter the newest code.")
+WRONG_RECOVERY_CODE = N_("That recovery code didn't work. Each code works once.")
 
 
 # Request and response bodies
@@ -544,7 +545,7 @@ async def _challenge_post(request: Request, method: str) -> Response:
     if result.status is Status.GONE:
         return signin_redirect(request)
     if result.status is Status.LOCKED:
-        message = "Too many wrong codes. Wait a few minutes, then try again."
+        message = N_("Too many wrong codes. Wait a few minutes, then try again.")
         context = {"next": next_path, "errors": {"form": message}}
         return _render(request, template, context, status_code=429)
     context = {"next": next_path, "errors": {"code": wrong}}

@@ -31,6 +31,7 @@ from carebridge.db import transaction
 from carebridge.http import openapi
 from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import accounts, authn, sessions, throttle
 from identity.credentials import password, totp
@@ -38,8 +39,8 @@ from identity.flows import mfa
 from identity.flows.mfa import Result, SessionToken, Status
 from identity.models import AuthSession, PasswordCredential
 
-WRONG_PASSWORD = "That password is not right."  # noqa: S105  (a message)
-ENTER_PASSWORD = "Enter your password."  # noqa: S105  (a message)
+WRONG_PASSWORD = N_("That password is not right.")
+ENTER_PASSWORD = N_("Enter your password.")
 
 
 @openapi.component
@@ -204,7 +205,7 @@ async def reauth_submit(request: Request) -> Response:
     if result.status is Status.GONE:
         return mfa.signin_redirect(request)
     if result.status is Status.LOCKED:
-        message = "Too many wrong attempts. Wait a few minutes, then try again."
+        message = N_("Too many wrong attempts. Wait a few minutes, then try again.")
         return _page(request, {**context, "errors": {"form": message}}, 429)
     message = WRONG_PASSWORD if by_password else mfa.WRONG_CODE
     return _page(request, {**context, "errors": {field: message}}, 400)

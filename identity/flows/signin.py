@@ -41,6 +41,7 @@ from carebridge.http import openapi
 from carebridge.http.forms import field_errors, read_form, read_json
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import accounts, authn, sessions, throttle
 from identity.accounts import PasswordAccount
@@ -52,12 +53,12 @@ from identity.models import Account, LoginIdentifier
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
 DEFAULT_NEXT = "/account"
-SIGNIN_FAILED = "The email address or password is not right. Check them and try again."
-TOO_MANY = (
+SIGNIN_FAILED = N_("The email address or password is not right. Check them and try again.")
+TOO_MANY = N_(
     "Too many attempts. Wait a few minutes, then try again. "
     "If this keeps happening, contact support."
 )
-ENTER_PASSWORD = "Enter your password."  # noqa: S105  (a message)
+ENTER_PASSWORD = N_("Enter your password.")
 PASSWORD_TOO_LONG = f"Your password must be at most {password.MAX_LENGTH} characters long."
 
 

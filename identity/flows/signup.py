@@ -34,6 +34,7 @@ from carebridge.db import transaction
 from carebridge.http import openapi
 from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import accounts, sessions, throttle
 from identity.credentials import password
@@ -50,7 +51,7 @@ from identity.flows.signin import (
     signed_in_redirect,
 )
 
-SIGNUP_FAILED = (
+SIGNUP_FAILED = N_(
     "We couldn't create an account or sign you in with this email address and password. "
     "If you already have an account, check your password, or sign in instead."
 )

@@ -69,6 +69,7 @@ from carebridge.http import openapi
 from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import authn, throttle
 from identity.flows.account import is_verified
@@ -109,12 +110,12 @@ PERSON_ALERT = 10
 # accounts in the audit log's failed identity.verify records around it).
 PERSON_TARGETED = "verification person targeted"
 
-FAILED = (
+FAILED = N_(
     "We couldn't verify your identity with those details. Check them and try again, "
     "or contact support."
 )
-NEED_MORE = "We need one more detail to find your record. Enter your details again, with it."
-MORE_PROOF = (
+NEED_MORE = N_("We need one more detail to find your record. Enter your details again, with it.")
+MORE_PROOF = N_(
     "We need your last name and ZIP code as well to confirm it's you. Enter your details "
     "again, with both, as your employer, insurer or clinic has them. If that doesn't work "
     "(say you have moved or changed your name since), contact support and ask for an "
@@ -122,20 +123,20 @@ MORE_PROOF = (
 )
 # Where an activation code is redeemed, for API clients (the page links to /activate).
 ACTIVATE_API = "/api/v1/activate"
-LOCKED = (
+LOCKED = N_(
     "We can't verify your identity online right now. Contact support and we'll help you finish."
 )
-ALREADY = "Your identity is already verified."
-ENTER_DOB = "Enter your date of birth."
-REAL_DOB = "Enter a real date of birth, like 1980-03-27."
-PAST_DOB = "Your date of birth must be in the past."
-ENTER_SSN4 = "Enter the last four digits of your Social Security number."
-SSN4_DIGITS = "Enter exactly 4 digits: the last four of your Social Security number."
-FULL_SSN = (
+ALREADY = N_("Your identity is already verified.")
+ENTER_DOB = N_("Enter your date of birth.")
+REAL_DOB = N_("Enter a real date of birth, like 1980-03-27.")
+PAST_DOB = N_("Your date of birth must be in the past.")
+ENTER_SSN4 = N_("Enter the last four digits of your Social Security number.")
+SSN4_DIGITS = N_("Enter exactly 4 digits: the last four of your Social Security number.")
+FULL_SSN = N_(
     "Enter only the last four digits of your Social Security number. We don't need the full number."
 )
-ENTER_LAST_NAME = "Enter your last name."
-ENTER_ZIP = "Enter your 5-digit ZIP code."
+ENTER_LAST_NAME = N_("Enter your last name.")
+ENTER_ZIP = N_("Enter your 5-digit ZIP code.")
 
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _SSN4 = re.compile(r"\d{4}")

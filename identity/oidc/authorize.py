@@ -29,6 +29,7 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.http.forms import read_form
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import authn, patients, sessions
 from identity.authn import Step
@@ -48,9 +49,13 @@ from identity.oidc.tokens import Authorizing
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
 _ERROR_MESSAGES = {
-    "invalid_client": "This app is not registered with carebridge, or it has been switched off.",
-    "invalid_request": "The app sent a sign-in request carebridge cannot accept.",
-    "unsupported_response_type": "The app asked to sign you in in a way carebridge does not offer.",
+    "invalid_client": N_(
+        "This app is not registered with carebridge, or it has been switched off."
+    ),
+    "invalid_request": N_("The app sent a sign-in request carebridge cannot accept."),
+    "unsupported_response_type": N_(
+        "The app asked to sign you in in a way carebridge does not offer."
+    ),
 }
 
 
