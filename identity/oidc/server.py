@@ -292,8 +292,10 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         """A client by ID, from a short-lived cache (``client_cache_seconds``): every token
         request asks, and a registration changes rarely."""
         with self._clients_lock:
-            if client_id in self._clients:
-                return self._clients[client_id]
+            try:
+                return self._clients[client_id]  # None too: an unknown client, remembered
+            except KeyError:
+                pass
         found = clients.find(db(), client_id)
         if self.runtime.settings.client_cache_seconds and len(client_id) <= 100:
             with self._clients_lock:
