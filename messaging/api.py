@@ -491,7 +491,7 @@ async def post_message(request: Request) -> Response:
             author_kind=message.author_kind,
             author_id=None if actor.kind == "patient" else message.author_id,
             body=payload.body,
-            created_at=threads.aware(message.created_at),
+            created_at=message.created_at,
         )
 
     view = await _perform(
@@ -568,7 +568,7 @@ async def upload_attachment(request: Request) -> Response:
             author_kind=message.author_kind,
             author_id=None if actor.kind == "patient" else message.author_id,
             body="",
-            created_at=threads.aware(message.created_at),
+            created_at=message.created_at,
             attachments=[
                 AttachmentView(attachment.id, name, attachment.content_type, attachment.size)
             ],

@@ -12,7 +12,7 @@ import binascii
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
@@ -37,6 +37,7 @@ from carebridge import audit
 from carebridge.db import DirectStatement, FromGate, Gate, insert_gated, insert_together
 from carebridge.keyring import Keyring
 from carebridge.settings import Settings
+from carebridge.utc import utcnow
 from identity import patients
 from identity.models import new_id
 from identity.patients import Eligibility
@@ -111,15 +112,6 @@ class Download:
     content: bytes = field(repr=False)
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime) -> datetime:
-    # SQLite hands datetimes back naive; every stored time is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def page_size(value: str | None) -> int:
     if value is None or value == "":
         return PAGE_DEFAULT
@@ -132,7 +124,7 @@ def page_size(value: str | None) -> int:
 
 
 def _thread_cursor(thread: Thread) -> str:
-    raw = f"{aware(thread.last_message_at).isoformat()}|{thread.id}"
+    raw = f"{thread.last_message_at.isoformat()}|{thread.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -372,7 +364,7 @@ def _advance(db: Session, thread_id: str, participant: str, seq: int) -> None:
     """Move a participant's read position forward (never back), in one statement."""
     db.execute(
         _ADVANCE,
-        {"thread_id": thread_id, "participant": participant, "seq": seq, "now": now()},
+        {"thread_id": thread_id, "participant": participant, "seq": seq, "now": utcnow()},
     )
 
 
@@ -393,8 +385,8 @@ def _view(
         care_team_name=team_name,
         subject=cipher.open_text(thread.id, crypto.SUBJECT, thread.subject_encrypted),
         status=thread.status,
-        created_at=aware(thread.created_at),
-        last_message_at=aware(thread.last_message_at),
+        created_at=thread.created_at,
+        last_message_at=thread.last_message_at,
         unread=max(0, thread.last_seq - last_read),
     )
 
@@ -453,7 +445,7 @@ def _message_view(
         row[_AT_AUTHOR_KIND],
         row[_AT_AUTHOR_ID],
     )
-    created_at = aware(row[_AT_CREATED_AT])
+    created_at = row[_AT_CREATED_AT]
     # A patient sees who wrote by "mine" and the team's name: no author IDs, their own
     # (the patient ID) included.
     if actor.kind == "patient":
@@ -633,7 +625,7 @@ def create_thread(
         )
     thread_id = new_id("th")
     cipher, wrapped = crypto.new_thread_key(keyring, thread_id)
-    moment = now()
+    moment = utcnow()
     thread = Thread(
         id=thread_id,
         patient_id=patient_id,
@@ -692,7 +684,7 @@ def post_message(
     db: Session, keyring: Keyring, settings: Settings, actor: Actor, thread_id: str, *, body: str
 ) -> Posted:
     check_body(settings, body)
-    moment = now()
+    moment = utcnow()
     posted = _post_under_recent_key(db, keyring, actor, thread_id, moment=moment, body=body)
     if posted is not None:
         return posted
@@ -772,7 +764,7 @@ def post_attachment(
     """A message carrying one attachment (and optionally text)."""
     check_body(settings, body, allow_empty=True)
     content_type = check_attachment(settings, content)
-    moment = now()
+    moment = utcnow()
     cipher, patient_id, seq = _next_seq(db, keyring, actor, thread_id, moment)
     message = _insert_message(
         db, cipher, actor, patient_id=patient_id, seq=seq, moment=moment, body=body
@@ -820,4 +812,4 @@ def close_thread(db: Session, actor: Actor, thread_id: str) -> None:
         raise RefusedError(403, "Only the care team can close a conversation.")
     if thread.status != "closed":
         thread.status = "closed"
-        thread.closed_at = now()
+        thread.closed_at = utcnow()

@@ -42,6 +42,7 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from carebridge.utc import utcnow
 from sms import contacts, links, preferences, ratelimit, statuses, texts
 from sms.dispatcher import (
     NEW_MESSAGE,
@@ -60,10 +61,6 @@ log = logging.getLogger("carebridge.sms")
 RETRY_BASE = timedelta(seconds=30)
 RETRY_MAX = timedelta(hours=1)
 _ACTOR = "worker:sms"
-
-
-def utcnow() -> datetime:
-    return contacts.utcnow()
 
 
 def backoff(attempts: int, rng: Callable[[], float] = random.random) -> timedelta:

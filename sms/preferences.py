@@ -20,6 +20,7 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from carebridge.utc import utcnow
 from sms import contacts, texts
 from sms.dispatcher import Prefs
 from sms.models import OptOut, Preferences
@@ -76,7 +77,7 @@ def defaults(settings: Settings, patient_id: str) -> Preferences:
         daily_cap=settings.notify_daily_cap,
         weekly_cap=settings.notify_weekly_cap,
         insecure_consent=False,
-        updated_at=contacts.utcnow(),
+        updated_at=utcnow(),
     )
 
 
@@ -130,7 +131,7 @@ def update(
 ) -> Preferences:
     """Store a full set of preferences (PreferenceError if one cannot be had yet)."""
     settings = runtime.settings
-    now = now or contacts.utcnow()
+    now = now or utcnow()
     if changes.daily_cap > settings.notify_daily_cap:
         raise PreferenceError("daily_cap", f"At most {settings.notify_daily_cap} a day.")
     if changes.weekly_cap > settings.notify_weekly_cap:

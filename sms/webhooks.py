@@ -41,8 +41,8 @@ from carebridge.http import boundary
 from carebridge.http.body import read_bounded
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from sms import backends, delivery, phone, texts, twilio_client
-from sms.contacts import utcnow
 from sms.interfaces import Sender, SendError
 from sms.models import ContactPoint, InboundMessage, OptOut, Preferences
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
+from carebridge.utc import utcnow
 from sms import operations, phone
 
 
@@ -49,15 +49,11 @@ def register(commands: Any) -> None:
     ).set_defaults(handler=optout_remove)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def show_status(args: argparse.Namespace) -> int:
     rt = runtime()
     try:
         require_current_schema(rt)
-        result = operations.status(rt, _now())
+        result = operations.status(rt, utcnow())
     finally:
         rt.close()
     print("state:")
@@ -102,7 +98,7 @@ def retry(args: argparse.Namespace) -> int:
     rt = runtime()
     try:
         require_current_schema(rt)
-        former = operations.retry(rt, notification_id, actor="operator:cli", now=_now())
+        former = operations.retry(rt, notification_id, actor="operator:cli", now=utcnow())
     finally:
         rt.close()
     if former is None:
@@ -140,7 +136,7 @@ def _set(listed: bool) -> int:
     try:
         require_current_schema(rt)
         changed = operations.set_opt_out(
-            rt, number, listed=listed, actor="operator:cli", now=_now()
+            rt, number, listed=listed, actor="operator:cli", now=utcnow()
         )
     finally:
         rt.close()

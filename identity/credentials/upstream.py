@@ -211,8 +211,7 @@ def consume_state(
     ).first()
     if row is None:
         raise InvalidStateError("unknown or already used state")
-    expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
-    if expires_at <= datetime.now(UTC):
+    if row.expires_at <= datetime.now(UTC):
         raise InvalidStateError("expired state")
     if row.provider != provider:
         raise InvalidStateError("state of another provider")

@@ -20,6 +20,7 @@ from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from carebridge.utc import utcnow
 from identity import accounts, authn, sessions, throttle
 from identity.credentials import password, recovery, totp
 from identity.flows import mfa
@@ -60,7 +61,7 @@ def _age(runtime: Runtime, token: str, minutes: int) -> None:
         db.execute(
             update(AuthSession)
             .where(AuthSession.token_hash == runtime.keyring.lookup_hash("session", token))
-            .values(authenticated_at=sessions.utcnow() - timedelta(minutes=minutes))
+            .values(authenticated_at=utcnow() - timedelta(minutes=minutes))
         )
 
 
