@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 from carebridge import audit
 from carebridge.db import transaction
 from carebridge.http import bearer, openapi
+from carebridge.http import body as request_body
 from carebridge.http.boundary import MultilineText
 from carebridge.http.forms import parse_json
 from carebridge.http.problems import Problem
@@ -241,16 +242,8 @@ def json_limit(runtime: Runtime) -> int:
 
 async def read_bounded(request: Request, limit: int, what: str) -> bytes:
     """The whole body, refused (413) as soon as it is known to be over ``limit``."""
-    length = request.headers.get("content-length", "")
     too_large = Problem(413, f"The {what} is over the limit of {limit:,} bytes.")
-    if length and (not length.isdigit() or int(length) > limit):
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
+    return await request_body.read_bounded(request, limit, too_large)
 
 
 async def _read_json(request: Request, model: type[M]) -> M:
@@ -417,7 +410,7 @@ async def post_message(request: Request) -> Response:
             author_kind=message.author_kind,
             author_id=None if actor.kind == "patient" else message.author_id,
             body=payload.body,
-            created_at=threads.aware(message.created_at),
+            created_at=message.created_at,
         )
 
     view = await _perform(
@@ -468,7 +461,7 @@ async def upload_attachment(request: Request) -> Response:
             author_kind=message.author_kind,
             author_id=None if actor.kind == "patient" else message.author_id,
             body="",
-            created_at=threads.aware(message.created_at),
+            created_at=message.created_at,
             attachments=[
                 AttachmentView(attachment.id, name, attachment.content_type, attachment.size)
             ],

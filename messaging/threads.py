@@ -11,7 +11,7 @@ import base64
 import binascii
 import itertools
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import (
@@ -41,6 +41,7 @@ from carebridge.i18n import N_
 from carebridge.ids import new_id
 from carebridge.keyring import Keyring
 from carebridge.settings import Settings
+from carebridge.utc import utcnow
 from identity.interfaces import Eligibility, eligibility
 from messaging import crypto, files
 from messaging.access import (
@@ -113,15 +114,6 @@ class Download:
     content: bytes = field(repr=False)
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime) -> datetime:
-    # SQLite hands datetimes back naive; every stored time is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def page_size(value: str | None) -> int:
     if value is None or value == "":
         return PAGE_DEFAULT
@@ -134,7 +126,7 @@ def page_size(value: str | None) -> int:
 
 
 def _thread_cursor(thread: Thread) -> str:
-    raw = f"{aware(thread.last_message_at).isoformat()}|{thread.id}"
+    raw = f"{thread.last_message_at.isoformat()}|{thread.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -350,7 +342,7 @@ def _advance(db: Session, thread_id: str, participant: str, seq: int) -> None:
     """Move a participant's read position forward (never back), in one statement."""
     db.execute(
         _ADVANCE,
-        {"thread_id": thread_id, "participant": participant, "seq": seq, "now": now()},
+        {"thread_id": thread_id, "participant": participant, "seq": seq, "now": utcnow()},
     )
 
 
@@ -371,8 +363,8 @@ def _view(
         care_team_name=team_name,
         subject=cipher.open_text(thread.id, crypto.SUBJECT, thread.subject_encrypted),
         status=thread.status,
-        created_at=aware(thread.created_at),
-        last_message_at=aware(thread.last_message_at),
+        created_at=thread.created_at,
+        last_message_at=thread.last_message_at,
         unread=max(0, thread.last_seq - last_read),
     )
 
@@ -426,7 +418,7 @@ def _message_view(
 ) -> MessageView:
     """A message of a page row (_READ_PAGE's named columns), its body opened."""
     author_kind, author_id = row.author_kind, row.author_id
-    created_at = aware(row.message_created_at)
+    created_at = row.message_created_at
     # A patient sees who wrote by "mine" and the team's name: no author IDs, their own
     # (the patient ID) included.
     if actor.kind == "patient":
@@ -606,7 +598,7 @@ def create_thread(
         )
     thread_id = new_id("th")
     cipher, wrapped = crypto.new_thread_key(keyring, thread_id)
-    moment = now()
+    moment = utcnow()
     thread = Thread(
         id=thread_id,
         patient_id=patient_id,
@@ -664,7 +656,7 @@ def post_message(
     db: Session, keyring: Keyring, settings: Settings, actor: Actor, thread_id: str, *, body: str
 ) -> Posted:
     check_body(settings, body)
-    moment = now()
+    moment = utcnow()
     posted = _post_under_recent_key(db, keyring, actor, thread_id, moment=moment, body=body)
     if posted is not None:
         return posted
@@ -744,7 +736,7 @@ def post_attachment(
     """A message carrying one attachment (and optionally text)."""
     check_body(settings, body, allow_empty=True)
     content_type = check_attachment(settings, content)
-    moment = now()
+    moment = utcnow()
     cipher, patient_id, seq = _next_seq(db, keyring, actor, thread_id, moment)
     message = _insert_message(
         db, cipher, actor, patient_id=patient_id, seq=seq, moment=moment, body=body
@@ -792,4 +784,4 @@ def close_thread(db: Session, actor: Actor, thread_id: str) -> None:
         raise RefusedError(403, N_("Only the care team can close a conversation."))
     if thread.status != "closed":
         thread.status = "closed"
-        thread.closed_at = now()
+        thread.closed_at = utcnow()

@@ -98,7 +98,7 @@ def _body(runtime: Runtime, patient_id: str) -> JSONResponse:
         weekly_cap=prefs.weekly_cap,
         insecure_consent=prefs.insecure_consent,
         insecure_consent_version=prefs.insecure_consent_version,
-        insecure_consent_at=contacts.aware(prefs.insecure_consent_at),
+        insecure_consent_at=prefs.insecure_consent_at,
         phone=_phone(snap.contact),
     )
     return JSONResponse(body.model_dump(mode="json"))

@@ -21,6 +21,7 @@ from carebridge.db import transaction
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from carebridge.utc import utcnow
 from sms import contacts, texts
 from sms.dispatcher import Prefs
 from sms.models import OptOut, Preferences
@@ -77,7 +78,7 @@ def defaults(settings: Settings, patient_id: str) -> Preferences:
         daily_cap=settings.notify_daily_cap,
         weekly_cap=settings.notify_weekly_cap,
         insecure_consent=False,
-        updated_at=contacts.utcnow(),
+        updated_at=utcnow(),
     )
 
 
@@ -131,7 +132,7 @@ def update(
 ) -> Preferences:
     """Store a full set of preferences (PreferenceError if one cannot be had yet)."""
     settings = runtime.settings
-    now = now or contacts.utcnow()
+    now = now or utcnow()
     if changes.daily_cap > settings.notify_daily_cap:
         raise PreferenceError("daily_cap", f"At most {settings.notify_daily_cap} a day.")
     if changes.weekly_cap > settings.notify_weekly_cap:

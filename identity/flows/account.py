@@ -250,8 +250,8 @@ def _info(session: AuthSession, current: AuthSession) -> SessionInfo:
     return SessionInfo(
         handle=session.handle,
         user_agent=session.user_agent,
-        created_at=sessions._aware(session.created_at),
-        last_seen_at=sessions._aware(session.last_seen_at),
+        created_at=session.created_at,
+        last_seen_at=session.last_seen_at,
         current=session.handle == current.handle,
     )
 

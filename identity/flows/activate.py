@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -176,7 +176,7 @@ def _usable_code(
         return _Found(None, lookup, not matches)
     row: ActivationCode = found[0]
     eligible, linked = found[2], found[3]
-    expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+    expires_at = row.expires_at
     spent = row.used_at is not None or row.voided_at is not None or expires_at <= now
     if not matches or spent or not eligible or linked:
         return _Found(None, lookup, not matches)

@@ -42,6 +42,7 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.http import bearer, openapi
+from carebridge.http.body import bounded_chunks
 from carebridge.http.forms import read_json
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
@@ -308,16 +309,10 @@ async def _spool_upload(request: Request, limit: int) -> IO[bytes]:
     if content_type != "text/csv":
         raise Problem(415, "Send the roster as text/csv.")
     too_large = Problem(413, f"The roster upload is over {limit // (1024 * 1024)} MiB.")
-    length = request.headers.get("content-length", "")
-    if length and (not length.isdigit() or int(length) > limit):
-        raise too_large
+    arriving = bounded_chunks(request, limit, too_large)
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115
     try:
-        size = 0
-        async for chunk in request.stream():  # a chunked body has no length to check first
-            size += len(chunk)
-            if size > limit:
-                raise too_large
+        async for chunk in arriving:
             spool.write(chunk)
         spool.seek(0)
     except BaseException:

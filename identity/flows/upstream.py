@@ -532,9 +532,7 @@ def methods_of(db: Session, runtime: Runtime, account_id: str) -> SignInMethods:
                 id=link.id,
                 provider=link.provider,
                 display_name=names.get(link.provider, link.provider),
-                linked_at=link.linked_at
-                if link.linked_at.tzinfo
-                else link.linked_at.replace(tzinfo=UTC),
+                linked_at=link.linked_at,
             )
             for link in links
         ],

@@ -17,6 +17,7 @@ import contextvars
 import json
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from authlib.oauth2.rfc6749 import InvalidScopeError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import JsonRequest, OAuth2Payload
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc9207 import IssuerParameter
+from cachetools import TTLCache
 from sqlalchemy import Dialect
 from sqlalchemy.orm import Session
 from starlette.datastructures import Headers
@@ -47,6 +49,7 @@ from carebridge.db import (
     OutcomeUnknownError,
 )
 from carebridge.http import boundary
+from carebridge.http.body import read_bounded
 from carebridge.http.forms import MAX_BODY
 from carebridge.http.problems import REFUSED_INPUT
 from carebridge.runtime import Runtime
@@ -81,6 +84,13 @@ from identity.oidc.grants import (
 from identity.oidc.tokens import EndUser
 
 T = TypeVar("T")
+
+
+def _monotonic() -> float:
+    # Looked up at each call, not bound once: the clock is this module's time.
+    return time.monotonic()
+
+
 logger = logging.getLogger(__name__)
 
 # Threads for token work on PostgreSQL. More only contend for the GIL: on two cores, 4
@@ -206,14 +216,7 @@ async def read_oauth_form(request: Request) -> list[tuple[str, str]]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise ParameterError("Send the body as application/x-www-form-urlencoded.")
-    length = request.headers.get("content-length", "")
-    if length and (not length.isdigit() or int(length) > MAX_BODY):
-        raise ParameterError("The request body is too large.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise ParameterError("The request body is too large.")
+    body = await read_bounded(request, MAX_BODY, ParameterError("The request body is too large."))
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=False, strict_parsing=False)
     except UnicodeDecodeError:
@@ -272,7 +275,12 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
         self.register_grant(ClientCredentialsGrant)
         self.register_endpoint(Revocation)
         self.register_endpoint(Introspection)
-        self._clients: dict[str, tuple[float, Client | None]] = {}
+        # Clients by ID, for client_cache_seconds; asked on the event loop and in the
+        # token threads: one lock.
+        self._clients: TTLCache[str, Client | None] = TTLCache(
+            10_000, runtime.settings.client_cache_seconds, timer=_monotonic
+        )
+        self._clients_lock = threading.Lock()
         # Token work holds a pooled connection; more threads than connections only queue
         # (and on SQLite, whose writers take turns, one at a time avoids busy-waiting).
         # Its own threads: a plain executor hop costs half of anyio's (limiter, run vars).
@@ -288,16 +296,15 @@ class AuthorizationServer(_AuthorizationServer):  # type: ignore[misc]
     def query_client(self, client_id: str) -> Client | None:
         """A client by ID, from a short-lived cache (``client_cache_seconds``): every token
         request asks, and a registration changes rarely."""
-        ttl = self.runtime.settings.client_cache_seconds
-        now = time.monotonic()
-        cached = self._clients.get(client_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        with self._clients_lock:
+            try:
+                return self._clients[client_id]  # None too: an unknown client, remembered
+            except KeyError:
+                pass
         found = clients.find(db(), client_id)
-        if ttl and len(client_id) <= 100:
-            if len(self._clients) > 10_000:
-                self._clients.clear()
-            self._clients[client_id] = (now + ttl, found)
+        if self.runtime.settings.client_cache_seconds and len(client_id) <= 100:
+            with self._clients_lock:
+                self._clients[client_id] = found
         return found
 
     def end_user(
