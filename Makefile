@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint check screenshots lock clean
+.PHONY: run test lint check screenshots lock messages clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,19 @@ lock: $(STAMP)
 	  --python-version 3.11 --python-platform linux -q -o requirements.lock
 	$(BIN)/uv pip compile pyproject.toml --extra build --extra dev --generate-hashes \
 	  --python-version 3.11 --python-platform linux -q -o requirements-dev.lock
+
+## Extract every _() string (Python and templates) into $(POT); update and compile catalogs
+# A new language: pybabel init -i $(POT) -d $(LOCALES) -l <locale>, translate its .po, then
+# `make messages`. File names without line numbers, so the committed .pot changes only
+# when a string does (tests/carebridge/test_i18n.py checks that it is up to date).
+LOCALES := carebridge/locales
+POT     := $(LOCALES)/messages.pot
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg --project=carebridge --add-location=file \
+	  --add-comments=TRANSLATORS: -o $(POT) carebridge identity messaging sms
+	@if ls $(LOCALES)/*/LC_MESSAGES/messages.po >/dev/null 2>&1; then \
+	  $(BIN)/pybabel update -i $(POT) -d $(LOCALES) && \
+	  $(BIN)/pybabel compile -d $(LOCALES); fi
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

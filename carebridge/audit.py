@@ -35,7 +35,6 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     CompoundSelect,
-    DateTime,
     Index,
     Select,
     Sequence,
@@ -51,6 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column, sessionmaker
 
 from carebridge.db import Base, DirectStatement, transaction
+from carebridge.utc import UtcDateTime
 
 GENESIS = "0" * 64
 # An arbitrary constant naming "the audit chainer" among PostgreSQL advisory locks.
@@ -80,7 +80,7 @@ class AuditRecord(Base):
     seq: Mapped[int] = mapped_column(
         BigInteger, Sequence("audit_log_seq"), primary_key=True, autoincrement=False
     )
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(100))
     target: Mapped[str | None] = mapped_column(String(200))

@@ -26,7 +26,6 @@ import secrets
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +33,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
+
+from carebridge.utc import utcnow
 
 FORMAT = "carebridge-keyring/1"
 SigningAlg = Literal["ES256", "RS256"]
@@ -61,8 +62,8 @@ def _b64d(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _timestamp() -> str:
+    return utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def associated_data(*parts: str) -> bytes:
@@ -131,7 +132,7 @@ class SigningKey:
             key = ECKey.generate_key("P-256", private=True)
         else:
             key = RSAKey.generate_key(3072, private=True)
-        return cls(kid=key.thumbprint(), alg=alg, key=key, created=_now())
+        return cls(kid=key.thumbprint(), alg=alg, key=key, created=_timestamp())
 
     def public_jwk(self) -> dict[str, Any]:
         jwk = self.key.as_dict(private=False)
@@ -291,7 +292,7 @@ class Keyring:
 
 
 def _new_kek() -> KeyEncryptionKey:
-    created = _now()
+    created = _timestamp()
     kid = f"kek-{created[:10].replace('-', '')}-{secrets.token_hex(4)}"
     return KeyEncryptionKey(kid, AESGCM.generate_key(bit_length=256), created)
 

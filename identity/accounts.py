@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from carebridge.i18n import N_
 from carebridge.keyring import Keyring, associated_data
 from identity.models import Account, LoginIdentifier, PasswordCredential, TotpCredential, new_id
 
@@ -22,9 +23,9 @@ MAX_LOGIN_LENGTH = 254  # RFC 5321's path limit, less the angle brackets
 ACTIVE = "active"
 DISABLED = "disabled"
 
-ENTER_LOGIN = "Enter your email address."
+ENTER_LOGIN = N_("Enter your email address.")
 LOGIN_TOO_LONG = f"Your email address must be at most {MAX_LOGIN_LENGTH} characters long."
-LOGIN_FORMAT = "Enter an email address in the right format, like name@example.org."
+LOGIN_FORMAT = N_("Enter an email address in the right format, like name@example.org.")
 
 
 def normalise_login(text: str) -> str:

@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from carebridge.http.problems import wants_json
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from identity import sessions
 from identity.models import AuthSession, TotpCredential
 
@@ -90,4 +91,4 @@ async def require(request: Request, *, allow: frozenset[Step] = frozenset()) -> 
 
 
 def is_recent(session: AuthSession) -> bool:
-    return sessions.utcnow() - sessions._aware(session.authenticated_at) <= RECENT
+    return utcnow() - session.authenticated_at <= RECENT

@@ -14,7 +14,6 @@ from datetime import datetime
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
-    DateTime,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -26,13 +25,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from carebridge.db import Base
 from carebridge.ids import new_id as new_id  # noqa: PLC0414  (re-exported, for identity)
+from carebridge.utc import UtcDateTime
 
 
 class Account(Base):
     __tablename__ = "account"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # disabled accounts cannot sign in; locked ones wait out a throttle (see throttle.py).
     status: Mapped[str] = mapped_column(String(16), default="active")
 
@@ -56,7 +56,7 @@ class PasswordCredential(Base):
         ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
     )
     hash: Mapped[str] = mapped_column(String(200))
-    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class TotpCredential(Base):
@@ -68,8 +68,8 @@ class TotpCredential(Base):
         ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
     )
     secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    confirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_step: Mapped[int | None] = mapped_column(Integer)
     # A replacement seed being enrolled (encrypted like the first): the confirmed seed keeps
     # working until a code from the new one confirms it.
@@ -84,7 +84,7 @@ class RecoveryCode(Base):
         ForeignKey("account.id", ondelete="CASCADE"), index=True
     )
     code_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # The code itself, encrypted to the session that generated it, until that session has
     # shown it once; then NULL, and only the hash remains.
     reveal_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
@@ -103,7 +103,7 @@ class UpstreamIdentity(Base):
     provider: Mapped[str] = mapped_column(String(64))
     issuer: Mapped[str] = mapped_column(String(300))
     subject: Mapped[str] = mapped_column(String(255))
-    linked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    linked_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class AuthSession(Base):
@@ -123,10 +123,10 @@ class AuthSession(Base):
         ForeignKey("account.id", ondelete="CASCADE"), index=True
     )
     level: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    authenticated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    authenticated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     user_agent: Mapped[str] = mapped_column(String(200), default="")
 
 
@@ -137,8 +137,8 @@ class ThrottleCounter(Base):
 
     key: Mapped[str] = mapped_column(String(120), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class UpstreamLoginState(Base):
@@ -153,7 +153,7 @@ class UpstreamLoginState(Base):
     state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     provider: Mapped[str] = mapped_column(String(64))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class RosterImport(Base):
@@ -173,8 +173,8 @@ class RosterImport(Base):
     source: Mapped[str] = mapped_column(String(64), index=True)
     mode: Mapped[str] = mapped_column(String(16))
     outcome: Mapped[str] = mapped_column(String(16))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     rows: Mapped[int] = mapped_column(Integer, default=0)
     imported: Mapped[int] = mapped_column(Integer, default=0)
     updated: Mapped[int] = mapped_column(Integer, default=0)
@@ -206,9 +206,9 @@ class RosterMember(Base):
     details_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     # False once terminated or missing from a full re-import: verification refuses it.
     eligible: Mapped[bool] = mapped_column(Boolean)
-    terminated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    terminated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     last_import_id: Mapped[str] = mapped_column(ForeignKey("roster_import.id"))
 
 
@@ -221,7 +221,7 @@ class PatientLink(Base):
         ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
     )
     patient_id: Mapped[str] = mapped_column(ForeignKey("roster_member.patient_id"), unique=True)
-    linked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    linked_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class ActivationCode(Base):
@@ -239,15 +239,15 @@ class ActivationCode(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     patient_id: Mapped[str] = mapped_column(ForeignKey("roster_member.patient_id"), index=True)
     code_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_by: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(500))
     # Wrong dates of birth presented with this code while it was usable, from any
     # account; at CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES the code is voided for good.
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    voided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    voided_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class StaffAction(Base):
@@ -256,7 +256,7 @@ class StaffAction(Base):
     __tablename__ = "staff_action"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(64))
     patient_id: Mapped[str | None] = mapped_column(String(40), index=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session, make_transient_to_detached
@@ -23,6 +23,7 @@ from carebridge.audit import Outcome
 from carebridge.http import boundary, cookies
 from carebridge.http.paths import MACHINE_PATHS
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from identity.accounts import ACTIVE
 from identity.models import Account, AuthSession, new_id
 
@@ -34,15 +35,6 @@ _STATE_KEY = "auth_session"
 _SESSIONS: Table = AuthSession.__table__  # type: ignore[assignment]
 _INSERT_SESSION = insert(_SESSIONS)
 _COLUMNS = tuple(column.key for column in _SESSIONS.columns)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands datetimes back naive; every stored time is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def cookie_name(runtime: Runtime) -> str:
@@ -77,7 +69,7 @@ def start(
     settings = runtime.settings
     expires = now + timedelta(hours=settings.session_absolute_hours)
     if replacing is not None:
-        expires = min(expires, _aware(replacing.expires_at))
+        expires = min(expires, replacing.expires_at)
         _discard(db, replacing)
     token = secrets.token_urlsafe(32)
     session = AuthSession(
@@ -85,7 +77,7 @@ def start(
         handle=new_id("ses"),
         account_id=account_id,
         level=level,
-        created_at=now if replacing is None else _aware(replacing.created_at),
+        created_at=now if replacing is None else replacing.created_at,
         authenticated_at=now,
         last_seen_at=now,
         expires_at=expires,
@@ -109,12 +101,12 @@ def load(db: Session, runtime: Runtime, token: str) -> AuthSession | None:
         return None
     now = utcnow()
     idle = timedelta(minutes=runtime.settings.session_idle_minutes)
-    expired = now >= _aware(session.expires_at) or now - _aware(session.last_seen_at) >= idle
+    expired = now >= session.expires_at or now - session.last_seen_at >= idle
     status = db.scalar(select(Account.status).where(Account.id == session.account_id))
     if expired or status != ACTIVE:
         _discard(db, session)
         return None
-    if now - _aware(session.last_seen_at) >= _TOUCH_EVERY:
+    if now - session.last_seen_at >= _TOUCH_EVERY:
         session.last_seen_at = now
     return session
 

@@ -48,6 +48,9 @@ from sqlalchemy.orm import Session
 from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+
+# Re-exported: the flows read the throttle's clock here (tests freeze it here).
+from carebridge.utc import utcnow as utcnow  # noqa: PLC0414
 from identity.models import ThrottleCounter
 
 
@@ -209,13 +212,6 @@ class Store(Protocol):
         """The key's count and lock, as the next attempt would see them."""
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    # SQLite hands datetimes back naive; every stored time is UTC.
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
-
-
 def _lock_after(policy: Policy, failures: int, now: datetime) -> datetime | None:
     delay = policy.delay(failures)
     return now + timedelta(seconds=delay) if delay else None
@@ -269,13 +265,13 @@ _REFUND_COUNTER = (
 
 
 def _state_of(policy: Policy, failures: int, locked_until: datetime | None) -> State:
-    return State(failures, _utc(locked_until), policy.hard_locked(failures))
+    return State(failures, locked_until, policy.hard_locked(failures))
 
 
 def _forgotten(policy: Policy, failures: int, updated_at: datetime, now: datetime) -> bool:
     if policy.forget_after is None:
         return False
-    quiet = now - (_utc(updated_at) or now)
+    quiet = now - (updated_at or now)
     return quiet >= policy.forget_after and not policy.hard_locked(failures)
 
 
@@ -536,10 +532,6 @@ def store_for(settings: Settings) -> Store:
     if settings.redis_url:
         return _redis_store(settings.redis_url)
     return _DATABASE_STORE
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def settle(

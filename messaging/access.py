@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar, cast
 from weakref import WeakKeyDictionary
 
+from cachetools import TTLCache
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
@@ -23,6 +25,7 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.http.bearer import AccessToken
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity.interfaces import WithdrawnError, check_client_token, person_of_token
 from messaging.crypto import ContentUnavailableError, KeyUnavailableError, ShreddedError
@@ -30,6 +33,8 @@ from messaging.models import CareTeamClient, CareTeamStaff, Thread
 
 log = logging.getLogger("carebridge.messaging")
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 THREAD_ID = re.compile(r"th_[A-Za-z0-9_-]{22}")
 ATTACHMENT_ID = re.compile(r"att_[A-Za-z0-9_-]{22}")
@@ -68,11 +73,11 @@ class RefusedError(Exception):
 
 
 def not_found() -> RefusedError:
-    return RefusedError(404, "No such conversation.")
+    return RefusedError(404, N_("No such conversation."))
 
 
 def gone() -> RefusedError:
-    return RefusedError(410, "This conversation passed its retention period and was deleted.")
+    return RefusedError(410, N_("This conversation passed its retention period and was deleted."))
 
 
 # Who the caller is
@@ -94,22 +99,36 @@ _IS_STAFF = select(_TEAM_STAFF.c.account_id).where(
 # membership changes rarely. Only found teams are kept (a client just added acts at
 # once); removing a client from its team takes effect within TEAM_CACHE_SECONDS.
 TEAM_CACHE_SECONDS = 5.0
-_teams: WeakKeyDictionary[object, dict[str, tuple[float, str]]] = WeakKeyDictionary()
+_teams: WeakKeyDictionary[object, TTLCache[str, str]] = WeakKeyDictionary()
+# Requests run in worker threads: one lock around both caches (never held across a query).
+_lock = threading.Lock()
+
+
+def _monotonic() -> float:
+    # Looked up at each call, not bound once: the clock is this module's time.
+    return time.monotonic()
+
+
+def _cache_of(caches: WeakKeyDictionary[object, TTLCache[K, V]], db: Session) -> TTLCache[K, V]:
+    bind = db.get_bind()
+    found = caches.get(bind)
+    if found is None:
+        found = caches.setdefault(bind, TTLCache(10_000, TEAM_CACHE_SECONDS, timer=_monotonic))
+    return found
 
 
 def _team_of(db: Session, client_id: str) -> str | None:
-    cache = _teams.setdefault(db.get_bind(), {})
-    now = time.monotonic()
-    cached = cache.get(client_id)
-    if cached is not None and cached[0] > now:
-        return cached[1]
+    with _lock:
+        cache = _cache_of(_teams, db)
+        cached = cache.get(client_id)
+    if cached is not None:
+        return cached
     team: str | None = db.execute(_TEAM_OF_CLIENT, {"client_id": client_id}).scalar()
-    if team is None:
-        cache.pop(client_id, None)
-    else:
-        if len(cache) >= 10_000:
-            cache.clear()
-        cache[client_id] = (now + TEAM_CACHE_SECONDS, team)
+    with _lock:
+        if team is None:
+            cache.pop(client_id, None)
+        else:
+            cache[client_id] = team
     return team
 
 
@@ -118,19 +137,18 @@ def _team_of(db: Session, client_id: str) -> str | None:
 # would be the one statement its request makes beyond its work (about 8% of a read or a
 # post). Kept as long as the team is: a revoked app token, or a disabled app, is refused
 # within TEAM_CACHE_SECONDS. A token a person authorized is checked on every request.
-_app_tokens: WeakKeyDictionary[object, dict[tuple[str, str], float]] = WeakKeyDictionary()
+_app_tokens: WeakKeyDictionary[object, TTLCache[tuple[str, str], bool]] = WeakKeyDictionary()
 
 
 def _check_app_token(db: Session, token: AccessToken) -> None:
-    cache = _app_tokens.setdefault(db.get_bind(), {})
     key = (token.client_id, token.jti)
-    now = time.monotonic()
-    if cache.get(key, 0.0) > now:
-        return
+    with _lock:
+        cache = _cache_of(_app_tokens, db)
+        if key in cache:
+            return
     check_client_token(db, token)  # raises WithdrawnError
-    if len(cache) >= 10_000:
-        cache.clear()
-    cache[key] = now + TEAM_CACHE_SECONDS
+    with _lock:
+        cache[key] = True
 
 
 def actor_for_token(db: Session, token: AccessToken) -> Actor | None:
@@ -264,9 +282,9 @@ def perform(
             request_id=request_id,
         )
         if isinstance(exc, KeyUnavailableError):
-            raise RefusedError(503, "Messages cannot be decrypted right now.") from None
+            raise RefusedError(503, N_("Messages cannot be decrypted right now.")) from None
         raise RefusedError(
-            500, "This content failed its integrity check and cannot be shown."
+            500, N_("This content failed its integrity check and cannot be shown.")
         ) from None
 
 

@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 from carebridge import audit
 from carebridge.db import transaction
 from carebridge.http import bearer, openapi
+from carebridge.http import body as request_body
 from carebridge.http.boundary import MultilineText
 from carebridge.http.forms import parse_json
 from carebridge.http.problems import Problem
@@ -118,6 +119,20 @@ class ThreadDetail(BaseModel):
 @openapi.component
 class ReadState(BaseModel):
     last_read_seq: int
+
+
+# Query parameters (described from these models; the handlers read them as before).
+
+
+class PageQuery(BaseModel):
+    cursor: str | None = Field(default=None, description="From next_cursor of the last page")
+    limit: int | None = Field(
+        default=None, ge=1, le=threads.PAGE_MAX, description="Items a page; default 25"
+    )
+
+
+class AttachmentQuery(BaseModel):
+    filename: str = Field(max_length=255, description="The file's name, sanitised")
 
 
 # Responses are built from our own typed views: construct, don't validate again (a page
@@ -227,16 +242,8 @@ def json_limit(runtime: Runtime) -> int:
 
 async def read_bounded(request: Request, limit: int, what: str) -> bytes:
     """The whole body, refused (413) as soon as it is known to be over ``limit``."""
-    length = request.headers.get("content-length", "")
     too_large = Problem(413, f"The {what} is over the limit of {limit:,} bytes.")
-    if length and (not length.isdigit() or int(length) > limit):
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
+    return await request_body.read_bounded(request, limit, too_large)
 
 
 async def _read_json(request: Request, model: type[M]) -> M:
@@ -248,8 +255,10 @@ async def _read_json(request: Request, model: type[M]) -> M:
 
 
 def _limit(request: Request) -> int:
+    limit = request.query_params.get("limit")
     try:
-        return threads.page_size(request.query_params.get("limit"))
+        # "limit=" is no number: refused like "limit=x", not read as the default.
+        return threads.page_size("x" if limit == "" else limit)
     except RefusedError as exc:
         raise Problem(exc.status, exc.detail) from None
 
@@ -264,38 +273,19 @@ def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = 
 # Endpoints
 
 
+@openapi.operation(
+    answers={200: openapi.Json(ThreadList, "One page of threads")},
+    security=openapi.access_token("messaging.read"),
+    query=PageQuery,
+)
 async def list_threads(request: Request) -> Response:
-    """The caller's conversations.
-    ---
-    get:
-      summary: List threads, most recent activity first, with unread counts
-      description: >
-        A patient token lists that patient's threads; a care team's token lists the team's.
-      security: [{accessToken: [messaging.read]}]
-      parameters:
-        - {name: cursor, in: query, required: false, schema: {type: string}}
-        - {name: limit, in: query, required: false, schema: {type: integer, maximum: 100}}
-      responses:
-        "200":
-          description: One page of threads
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/ThreadList'}
-        "400":
-          description: A malformed cursor or limit
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "401":
-          description: No valid access token
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "403":
-          description: The token lacks the scope, or acts for no patient or care team
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """List threads, most recent activity first, with unread counts
+
+    A patient token lists that patient's threads; a care team's token lists the team's.
+
+    - 400: A malformed cursor or limit
+    - 401: No valid access token
+    - 403: The token lacks the scope, or acts for no patient or care team
     """
     caller = await _caller(request, READ, "messaging.thread.list", "threads")
     runtime = _runtime(request)
@@ -313,58 +303,25 @@ async def list_threads(request: Request) -> Response:
     return _json(ThreadList(threads=items, next_cursor=page.next_cursor))
 
 
+@openapi.operation(
+    answers={201: openapi.Json(ThreadDetail, "The new thread")},
+    security=openapi.access_token("messaging.write"),
+    body=NewThread,
+    problems=(409, 422),
+)
 async def create_thread(request: Request) -> Response:
-    """Start a conversation with a patient (care teams only).
-    ---
-    post:
-      summary: Open a thread with a patient, by patient ID, with its first message
-      description: >
-        The patient is notified (by SMS, per their preferences) that a secure message is
-        waiting; the notice carries no content.
-      security: [{accessToken: [messaging.write]}]
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/NewThread'}
-      responses:
-        "201":
-          description: The new thread
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/ThreadDetail'}
-        "400":
-          description: The body is not valid
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "401":
-          description: No valid access token
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "403":
-          description: Not a care team's token, or the scope is missing
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "409":
-          description: >
-            The patient is no longer eligible (terminated on the roster, or gone from a
-            full re-import); audited as denied. Their existing threads stay open.
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "413":
-          description: The message is too long
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "422":
-          description: No such patient
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Open a thread with a patient, by patient ID, with its first message
+
+    The patient is notified (by SMS, per their preferences) that a secure message is
+    waiting; the notice carries no content.
+
+    - 400: The body is not valid
+    - 401: No valid access token
+    - 403: Not a care team's token, or the scope is missing
+    - 409: The patient is no longer eligible (terminated on the roster, or gone from a
+      full re-import); audited as denied. Their existing threads stay open.
+    - 413: The message is too long
+    - 422: No such patient
     """
     caller = await _caller(request, WRITE, "messaging.thread.create", "threads")
     payload = await _read_json(request, NewThread)
@@ -388,40 +345,21 @@ async def create_thread(request: Request) -> Response:
     return _detail(view, page, 201, {"Location": f"/api/v1/messaging/threads/{view.id}"})
 
 
+@openapi.operation(
+    answers={200: openapi.Json(ThreadDetail, "The thread and one page of messages")},
+    security=openapi.access_token("messaging.read"),
+    query=PageQuery,
+    problems=(404, 410),
+)
 async def get_thread(request: Request) -> Response:
-    """One conversation and a page of its messages.
-    ---
-    get:
-      summary: Read a thread and its messages, oldest first
-      description: >
-        Reading does not mark messages read; POST .../read does. Any thread that is not
-        the caller's answers 404, whether it exists or not.
-      security: [{accessToken: [messaging.read]}]
-      parameters:
-        - {name: thread_id, in: path, required: true, schema: {type: string}}
-        - {name: cursor, in: query, required: false, schema: {type: string}}
-        - {name: limit, in: query, required: false, schema: {type: integer, maximum: 100}}
-      responses:
-        "200":
-          description: The thread and one page of messages
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/ThreadDetail'}
-        "401":
-          description: No valid access token
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "404":
-          description: No such thread of this caller
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "410":
-          description: The thread passed its retention period and was crypto-shredded
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Read a thread and its messages, oldest first
+
+    Reading does not mark messages read; POST .../read does. Any thread that is not the
+    caller's answers 404, whether it exists or not.
+
+    - 401: No valid access token
+    - 404: No such thread of this caller
+    - 410: The thread passed its retention period and was crypto-shredded
     """
     thread_id = str(request.path_params["thread_id"])
     target = thread_target(thread_id)
@@ -440,47 +378,21 @@ async def get_thread(request: Request) -> Response:
     return _detail(view, page)
 
 
+@openapi.operation(
+    answers={201: openapi.Json(MessageOut, "The message")},
+    security=openapi.access_token("messaging.write"),
+    body=NewMessage,
+    problems=(404, 409),
+)
 async def post_message(request: Request) -> Response:
-    """Add a message to a conversation.
-    ---
-    post:
-      summary: Post a message to an open thread
-      description: >
-        A care team's message notifies the patient (in the same transaction).
-      security: [{accessToken: [messaging.write]}]
-      parameters:
-        - {name: thread_id, in: path, required: true, schema: {type: string}}
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/NewMessage'}
-      responses:
-        "201":
-          description: The message
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/MessageOut'}
-        "400":
-          description: The body is not valid
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "404":
-          description: No such thread of this caller
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "409":
-          description: The thread is closed
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "413":
-          description: The message is too long
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Post a message to an open thread
+
+    A care team's message notifies the patient (in the same transaction).
+
+    - 400: The body is not valid
+    - 404: No such thread of this caller
+    - 409: The thread is closed
+    - 413: The message is too long
     """
     thread_id = str(request.path_params["thread_id"])
     target = thread_target(thread_id)
@@ -498,7 +410,7 @@ async def post_message(request: Request) -> Response:
             author_kind=message.author_kind,
             author_id=None if actor.kind == "patient" else message.author_id,
             body=payload.body,
-            created_at=threads.aware(message.created_at),
+            created_at=message.created_at,
         )
 
     view = await _perform(
@@ -507,49 +419,23 @@ async def post_message(request: Request) -> Response:
     return _posted(view)
 
 
+@openapi.operation(
+    answers={201: openapi.Json(MessageOut, "The message carrying the attachment")},
+    security=openapi.access_token("messaging.write"),
+    body=openapi.Binary(("application/octet-stream",), "The file"),
+    query=AttachmentQuery,
+    problems=(404, 409),
+)
 async def upload_attachment(request: Request) -> Response:
-    """Attach a file to a conversation.
-    ---
-    post:
-      summary: Upload an attachment (PDF, PNG or JPEG) as a new message
-      description: >
-        The request body is the file's bytes. The type is detected from the content, not
-        from the name or the Content-Type header; the name is sanitised.
-      security: [{accessToken: [messaging.write]}]
-      parameters:
-        - {name: thread_id, in: path, required: true, schema: {type: string}}
-        - {name: filename, in: query, required: true, schema: {type: string, maxLength: 255}}
-      requestBody:
-        required: true
-        content:
-          application/octet-stream:
-            schema: {type: string, format: binary}
-      responses:
-        "201":
-          description: The message carrying the attachment
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/MessageOut'}
-        "404":
-          description: No such thread of this caller
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "409":
-          description: The thread is closed
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "413":
-          description: The file is too large
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "415":
-          description: Not an allowed type
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Upload an attachment (PDF, PNG or JPEG) as a new message
+
+    The request body is the file's bytes. The type is detected from the content, not
+    from the name or the Content-Type header; the name is sanitised.
+
+    - 404: No such thread of this caller
+    - 409: The thread is closed
+    - 413: The file is too large
+    - 415: Not an allowed type
     """
     thread_id = str(request.path_params["thread_id"])
     target = thread_target(thread_id)
@@ -575,7 +461,7 @@ async def upload_attachment(request: Request) -> Response:
             author_kind=message.author_kind,
             author_id=None if actor.kind == "patient" else message.author_id,
             body="",
-            created_at=threads.aware(message.created_at),
+            created_at=message.created_at,
             attachments=[
                 AttachmentView(attachment.id, name, attachment.content_type, attachment.size)
             ],
@@ -601,27 +487,20 @@ def attachment_response(download: threads.Download) -> Response:
     )
 
 
+@openapi.operation(
+    answers={
+        200: openapi.Binary(
+            ("application/pdf", "image/png", "image/jpeg"),
+            "The file, as an attachment, with its detected content type",
+        )
+    },
+    security=openapi.access_token("messaging.read"),
+    problems=(404,),
+)
 async def download_attachment(request: Request) -> Response:
-    """Download an attachment.
-    ---
-    get:
-      summary: Download an attachment's bytes
-      security: [{accessToken: [messaging.read]}]
-      parameters:
-        - {name: thread_id, in: path, required: true, schema: {type: string}}
-        - {name: attachment_id, in: path, required: true, schema: {type: string}}
-      responses:
-        "200":
-          description: The file, as an attachment, with its detected content type
-          content:
-            application/pdf: {schema: {type: string, format: binary}}
-            image/png: {schema: {type: string, format: binary}}
-            image/jpeg: {schema: {type: string, format: binary}}
-        "404":
-          description: No such attachment in a thread of this caller
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Download an attachment's bytes
+
+    - 404: No such attachment in a thread of this caller
     """
     thread_id = str(request.path_params["thread_id"])
     attachment_id = str(request.path_params["attachment_id"])
@@ -644,38 +523,21 @@ async def download_attachment(request: Request) -> Response:
     return attachment_response(download)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(ReadState, "The caller's read position")},
+    security=openapi.access_token("messaging.write"),
+    body=MarkRead,
+    body_required=False,
+    problems=(404,),
+)
 async def mark_read(request: Request) -> Response:
-    """Mark messages read.
-    ---
-    post:
-      summary: Mark a thread read, up to a message seq or entirely
-      description: >
-        Needs messaging.write: it changes what the caller's other apps and devices show
-        as unread, so a token that may only read cannot do it.
-      security: [{accessToken: [messaging.write]}]
-      parameters:
-        - {name: thread_id, in: path, required: true, schema: {type: string}}
-      requestBody:
-        required: false
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/MarkRead'}
-      responses:
-        "200":
-          description: The caller's read position
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/ReadState'}
-        "403":
-          description: The token lacks messaging.write
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "404":
-          description: No such thread of this caller
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Mark a thread read, up to a message seq or entirely
+
+    Needs messaging.write: it changes what the caller's other apps and devices show as
+    unread, so a token that may only read cannot do it.
+
+    - 403: The token lacks messaging.write
+    - 404: No such thread of this caller
     """
     thread_id = str(request.path_params["thread_id"])
     target = thread_target(thread_id)
@@ -694,27 +556,16 @@ async def mark_read(request: Request) -> Response:
     return _json(ReadState(last_read_seq=seq))
 
 
+@openapi.operation(
+    answers={204: openapi.Empty("Closed")},
+    security=openapi.access_token("messaging.write"),
+    problems=(404,),
+)
 async def close_thread(request: Request) -> Response:
-    """Close a conversation (care teams only).
-    ---
-    post:
-      summary: Close a thread; no more messages can be posted
-      security: [{accessToken: [messaging.write]}]
-      parameters:
-        - {name: thread_id, in: path, required: true, schema: {type: string}}
-      responses:
-        "204":
-          description: Closed
-        "403":
-          description: A patient's token
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "404":
-          description: No such thread of this caller
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Close a thread; no more messages can be posted
+
+    - 403: A patient's token
+    - 404: No such thread of this caller
     """
     thread_id = str(request.path_params["thread_id"])
     target = thread_target(thread_id)
@@ -729,22 +580,16 @@ async def close_thread(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@openapi.operation(
+    answers={
+        200: openapi.Binary(("application/zip",), "A zip holding threads.json and the attachments")
+    },
+    security=openapi.access_token("messaging.read"),
+)
 async def export_threads(request: Request) -> Response:
-    """A patient's copy of all their conversations (right of access).
-    ---
-    get:
-      summary: Export every thread of the patient as a zip (JSON plus attachments)
-      security: [{accessToken: [messaging.read]}]
-      responses:
-        "200":
-          description: A zip holding threads.json and the attachments
-          content:
-            application/zip: {schema: {type: string, format: binary}}
-        "403":
-          description: Not a patient's token
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Export every thread of the patient as a zip (JSON plus attachments)
+
+    - 403: Not a patient's token
     """
     caller = await _caller(request, READ, "messaging.export", "threads")
     runtime = _runtime(request)

@@ -10,12 +10,14 @@ that opens the content.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from weakref import WeakKeyDictionary
 
+from cachetools import TLRUCache
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from carebridge.keyring import (
@@ -143,32 +145,43 @@ KEY_CACHE_SECONDS = 60.0
 KEY_CACHE_SIZE = 4096
 
 
+def _monotonic() -> float:
+    # Looked up at each call, not bound once: the clock is this module's time.
+    return time.monotonic()
+
+
+def _key_expiry(_thread_id: str, _entry: tuple[bytes, ThreadCipher], now: float) -> float:
+    return now + KEY_CACHE_SECONDS
+
+
 class _RecentKeys:
-    """Thread ID -> (expiry, wrapped key, cipher), oldest first (one lifetime for all)."""
+    """Thread ID -> (wrapped key, cipher), each kept KEY_CACHE_SECONDS from its unwrap;
+    when full, expired entries go first, then the least recently used. Requests use it
+    from worker threads: one lock."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[float, bytes, ThreadCipher]] = {}
+        self._entries: TLRUCache[str, tuple[bytes, ThreadCipher]] = TLRUCache(
+            KEY_CACHE_SIZE, _key_expiry, timer=_monotonic
+        )
+        self._lock = threading.Lock()
 
     def get(self, thread_id: str, now: float) -> tuple[bytes, ThreadCipher] | None:
-        self.forget_expired(now)
-        found = self._entries.get(thread_id)
-        return (found[1], found[2]) if found is not None else None
+        with self._lock:
+            self._entries.expire(now)
+            return self._entries.get(thread_id)
 
     def put(self, thread_id: str, wrapped: bytes, cipher: ThreadCipher, now: float) -> None:
-        self._entries.pop(thread_id, None)  # re-added last: the order stays by expiry
-        if len(self._entries) >= KEY_CACHE_SIZE:
-            self._entries.clear()
-        self._entries[thread_id] = (now + KEY_CACHE_SECONDS, wrapped, cipher)
+        with self._lock:
+            self._entries.expire(now)
+            self._entries[thread_id] = (wrapped, cipher)
 
     def drop(self, thread_id: str) -> None:
-        self._entries.pop(thread_id, None)
+        with self._lock:
+            self._entries.pop(thread_id, None)
 
     def forget_expired(self, now: float) -> None:
-        while self._entries:
-            oldest = next(iter(self._entries))
-            if self._entries[oldest][0] > now:
-                return
-            self._entries.pop(oldest, None)
+        with self._lock:
+            self._entries.expire(now)
 
 
 _recent: WeakKeyDictionary[Keyring, _RecentKeys] = WeakKeyDictionary()

@@ -25,7 +25,6 @@ from carebridge.runtime import Runtime
 from messaging import crypto, files
 from messaging.access import Actor, RefusedError
 from messaging.models import Attachment, CareTeam, Message, Thread
-from messaging.threads import aware
 
 FORMAT = "carebridge-messages-export/1"
 
@@ -84,7 +83,7 @@ def build(db: Session, keyring: Keyring, actor: Actor) -> Archive:
                         "seq": message.seq,
                         "from": "you" if message.author_kind == "patient" else "care team",
                         "body": cipher.open_text(message.id, crypto.BODY, message.body_encrypted),
-                        "created_at": aware(message.created_at).isoformat(),
+                        "created_at": message.created_at.isoformat(),
                         "attachments": attachments,
                     }
                 )
@@ -96,7 +95,7 @@ def build(db: Session, keyring: Keyring, actor: Actor) -> Archive:
                         thread.id, crypto.SUBJECT, thread.subject_encrypted
                     ),
                     "status": thread.status,
-                    "created_at": aware(thread.created_at).isoformat(),
+                    "created_at": thread.created_at.isoformat(),
                     "messages": messages,
                 }
             )

@@ -13,7 +13,6 @@ from datetime import datetime
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -24,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carebridge.db import Base
+from carebridge.utc import UtcDateTime
 
 
 class CareTeam(Base):
@@ -35,7 +35,7 @@ class CareTeam(Base):
     # An operator's label ("Northside clinic"): an organization's name, never a patient's.
     name: Mapped[str] = mapped_column(String(200))
     retention_days: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class CareTeamClient(Base):
@@ -47,7 +47,7 @@ class CareTeamClient(Base):
     care_team_id: Mapped[str] = mapped_column(
         ForeignKey("care_team.id", ondelete="CASCADE"), index=True
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class CareTeamStaff(Base):
@@ -61,7 +61,7 @@ class CareTeamStaff(Base):
     account_id: Mapped[str] = mapped_column(
         ForeignKey("account.id", ondelete="CASCADE"), primary_key=True, index=True
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Thread(Base):
@@ -84,10 +84,10 @@ class Thread(Base):
     last_seq: Mapped[int] = mapped_column(Integer)
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
     legal_hold_reason: Mapped[str | None] = mapped_column(String(500))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_message_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    shredded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_message_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    shredded_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class ThreadReadState(Base):
@@ -101,7 +101,7 @@ class ThreadReadState(Base):
     # "patient:<patient ID>", "account:<staff account ID>" or "app:<client ID>".
     participant: Mapped[str] = mapped_column(String(120), primary_key=True)
     last_read_seq: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Message(Base):
@@ -117,7 +117,7 @@ class Message(Base):
     author_kind: Mapped[str] = mapped_column(String(16))
     author_id: Mapped[str] = mapped_column(String(100))
     body_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Attachment(Base):
@@ -133,4 +133,4 @@ class Attachment(Base):
     content_type: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
     content_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

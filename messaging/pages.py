@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from carebridge.http.forms import parse_form
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity.interfaces import require_patient
 from messaging import export, files, threads
@@ -30,7 +31,11 @@ from messaging.threads import MessageView, Page, ThreadView
 
 T = TypeVar("T")
 templates = templates_for(Path(__file__).resolve().parent / "templates")
-_KINDS = {"application/pdf": "PDF", "image/png": "PNG image", "image/jpeg": "JPEG image"}
+_KINDS = {
+    "application/pdf": N_("PDF"),
+    "image/png": N_("PNG image"),
+    "image/jpeg": N_("JPEG image"),
+}
 _ACCEPT = {"pdf": ".pdf,application/pdf", "png": ".png,image/png", "jpeg": ".jpg,.jpeg,image/jpeg"}
 _PAGE = 50
 
@@ -123,7 +128,7 @@ async def _show_thread(
         "page": page,
         "error": error,
         "draft": draft,
-        "notice": "Your message was sent." if request.query_params.get("sent") else None,
+        "notice": N_("Your message was sent.") if request.query_params.get("sent") else None,
     }
     return templates.TemplateResponse(
         request, "messaging/thread.html", context, status_code=status_code

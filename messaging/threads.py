@@ -11,7 +11,7 @@ import base64
 import binascii
 import itertools
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import (
@@ -37,9 +37,11 @@ from sqlalchemy.orm import Session
 
 from carebridge import audit
 from carebridge.db import DirectStatement, FromGate, Gate, insert_gated, insert_together
+from carebridge.i18n import N_
 from carebridge.ids import new_id
 from carebridge.keyring import Keyring
 from carebridge.settings import Settings
+from carebridge.utc import utcnow
 from identity.interfaces import Eligibility, eligibility
 from messaging import crypto, files
 from messaging.access import (
@@ -112,15 +114,6 @@ class Download:
     content: bytes = field(repr=False)
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime) -> datetime:
-    # SQLite hands datetimes back naive; every stored time is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def page_size(value: str | None) -> int:
     if value is None or value == "":
         return PAGE_DEFAULT
@@ -133,7 +126,7 @@ def page_size(value: str | None) -> int:
 
 
 def _thread_cursor(thread: Thread) -> str:
-    raw = f"{aware(thread.last_message_at).isoformat()}|{thread.id}"
+    raw = f"{thread.last_message_at.isoformat()}|{thread.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -143,14 +136,14 @@ def _parse_thread_cursor(cursor: str) -> tuple[datetime, str]:
         moment, thread_id = raw.split("|", 1)
         return datetime.fromisoformat(moment), thread_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise RefusedError(400, "The cursor is not valid.") from None
+        raise RefusedError(400, N_("The cursor is not valid.")) from None
 
 
 def _parse_seq_cursor(cursor: str | None) -> int:
     if not cursor:
         return 0
     if not cursor.isdigit() or len(cursor) > 9:
-        raise RefusedError(400, "The cursor is not valid.")
+        raise RefusedError(400, N_("The cursor is not valid."))
     return int(cursor)
 
 
@@ -349,7 +342,7 @@ def _advance(db: Session, thread_id: str, participant: str, seq: int) -> None:
     """Move a participant's read position forward (never back), in one statement."""
     db.execute(
         _ADVANCE,
-        {"thread_id": thread_id, "participant": participant, "seq": seq, "now": now()},
+        {"thread_id": thread_id, "participant": participant, "seq": seq, "now": utcnow()},
     )
 
 
@@ -370,8 +363,8 @@ def _view(
         care_team_name=team_name,
         subject=cipher.open_text(thread.id, crypto.SUBJECT, thread.subject_encrypted),
         status=thread.status,
-        created_at=aware(thread.created_at),
-        last_message_at=aware(thread.last_message_at),
+        created_at=thread.created_at,
+        last_message_at=thread.last_message_at,
         unread=max(0, thread.last_seq - last_read),
     )
 
@@ -425,7 +418,7 @@ def _message_view(
 ) -> MessageView:
     """A message of a page row (_READ_PAGE's named columns), its body opened."""
     author_kind, author_id = row.author_kind, row.author_id
-    created_at = aware(row.message_created_at)
+    created_at = row.message_created_at
     # A patient sees who wrote by "mine" and the team's name: no author IDs, their own
     # (the patient ID) included.
     if actor.kind == "patient":
@@ -510,13 +503,13 @@ def get_thread(
 
 def check_body(settings: Settings, body: str, *, allow_empty: bool = False) -> str:
     if "\x00" in body:
-        raise RefusedError(400, "The message contains a character that is not allowed.")
+        raise RefusedError(400, N_("The message contains a character that is not allowed."))
     if len(body) > settings.message_max_chars:
         raise RefusedError(
             413, f"Messages are limited to {settings.message_max_chars:,} characters."
         )
     if not body.strip() and not allow_empty:
-        raise RefusedError(400, "Write a message first.")
+        raise RefusedError(400, N_("Write a message first."))
     return body
 
 
@@ -588,24 +581,24 @@ def create_thread(
 ) -> tuple[Thread, Posted]:
     """Care teams open threads (patients reply in them)."""
     if actor.care_team_id is None:
-        raise RefusedError(403, "Only a care team can start a conversation.")
+        raise RefusedError(403, N_("Only a care team can start a conversation."))
     subject = subject.strip()
     if not subject or len(subject) > MAX_SUBJECT or "\x00" in subject:
         raise RefusedError(400, f"The subject must be 1 to {MAX_SUBJECT} characters.")
     check_body(settings, body)
     standing = eligibility(db, patient_id)
     if standing is Eligibility.UNKNOWN:
-        raise RefusedError(422, "No such patient.")
+        raise RefusedError(422, N_("No such patient."))
     if standing is Eligibility.INELIGIBLE:
         # Terminated (or gone from the roster): no new conversations; existing ones stay.
         raise RefusedError(
             409,
-            "This patient is no longer eligible: a conversation cannot be started.",
+            N_("This patient is no longer eligible: a conversation cannot be started."),
             denied=True,
         )
     thread_id = new_id("th")
     cipher, wrapped = crypto.new_thread_key(keyring, thread_id)
-    moment = now()
+    moment = utcnow()
     thread = Thread(
         id=thread_id,
         patient_id=patient_id,
@@ -651,7 +644,7 @@ def _next_seq(
     if claimed is None:
         thread = load_thread(db, actor, thread_id)  # 404 or 410
         if thread.status != "open":
-            raise RefusedError(409, "This conversation is closed.")
+            raise RefusedError(409, N_("This conversation is closed."))
         raise not_found()
     seq, patient_id, wrapped, kek_id = claimed
     if not postgresql:
@@ -663,7 +656,7 @@ def post_message(
     db: Session, keyring: Keyring, settings: Settings, actor: Actor, thread_id: str, *, body: str
 ) -> Posted:
     check_body(settings, body)
-    moment = now()
+    moment = utcnow()
     posted = _post_under_recent_key(db, keyring, actor, thread_id, moment=moment, body=body)
     if posted is not None:
         return posted
@@ -721,7 +714,7 @@ def check_attachment(settings: Settings, content: bytes) -> str:
             413, f"Attachments are limited to {settings.attachment_max_bytes:,} bytes."
         )
     if not content:
-        raise RefusedError(400, "The file is empty.")
+        raise RefusedError(400, N_("The file is empty."))
     content_type = files.detect(content, settings.attachment_types)
     if content_type is None:
         allowed = files.allowed_names(settings.attachment_types)
@@ -743,7 +736,7 @@ def post_attachment(
     """A message carrying one attachment (and optionally text)."""
     check_body(settings, body, allow_empty=True)
     content_type = check_attachment(settings, content)
-    moment = now()
+    moment = utcnow()
     cipher, patient_id, seq = _next_seq(db, keyring, actor, thread_id, moment)
     message = _insert_message(
         db, cipher, actor, patient_id=patient_id, seq=seq, moment=moment, body=body
@@ -769,7 +762,7 @@ def download(
     thread = load_thread(db, actor, thread_id)
     attachment = db.get(Attachment, attachment_id)
     if attachment is None or attachment.thread_id != thread.id:
-        raise RefusedError(404, "No such attachment.")
+        raise RefusedError(404, N_("No such attachment."))
     cipher = crypto.cipher_for(keyring, thread)
     return Download(
         filename=cipher.open_text(attachment.id, crypto.FILENAME, attachment.filename_encrypted),
@@ -788,7 +781,7 @@ def mark_read(db: Session, actor: Actor, thread_id: str, through: int | None) ->
 def close_thread(db: Session, actor: Actor, thread_id: str) -> None:
     thread = load_thread(db, actor, thread_id, lock=True)
     if not actor.for_care_team:
-        raise RefusedError(403, "Only the care team can close a conversation.")
+        raise RefusedError(403, N_("Only the care team can close a conversation."))
     if thread.status != "closed":
         thread.status = "closed"
-        thread.closed_at = now()
+        thread.closed_at = utcnow()

@@ -98,74 +98,42 @@ def _body(runtime: Runtime, patient_id: str) -> JSONResponse:
         weekly_cap=prefs.weekly_cap,
         insecure_consent=prefs.insecure_consent,
         insecure_consent_version=prefs.insecure_consent_version,
-        insecure_consent_at=contacts.aware(prefs.insecure_consent_at),
+        insecure_consent_at=prefs.insecure_consent_at,
         phone=_phone(snap.contact),
     )
     return JSONResponse(body.model_dump(mode="json"))
 
 
+@openapi.operation(
+    answers={200: openapi.Json(NotificationSettings, "The settings (defaults if never changed)")},
+    security=openapi.session(),
+    problems=(403,),
+)
 async def get_preferences(request: Request) -> Response:
-    """The patient's notification settings.
-    ---
-    get:
-      summary: Read notification preferences and the phone number's state
-      security: [{session: []}]
-      responses:
-        "200":
-          description: The settings (defaults if never changed)
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/NotificationSettings'}
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "403":
-          description: Not a verified patient
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Read notification preferences and the phone number's state
+
+    - 401: Not signed in
+    - 403: Not a verified patient
     """
     _, patient_id = await require_patient(request)
     return await run_in_threadpool(_body, _runtime(request), patient_id)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(NotificationSettings, "The stored settings")},
+    security=openapi.session(),
+    body=PreferenceChanges,
+    problems=(409,),
+)
 async def put_preferences(request: Request) -> Response:
-    """Replace the patient's notification settings.
-    ---
-    put:
-      summary: Set notification preferences (audited)
-      description: >
-        SMS and calls need a verified phone number. Turning SMS on is the explicit opt-in;
-        giving insecure-channel consent records the consent text's version and the time.
-      security: [{session: []}]
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/PreferenceChanges'}
-      responses:
-        "200":
-          description: The stored settings
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/NotificationSettings'}
-        "400":
-          description: A field is not valid
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "409":
-          description: Not possible yet (no verified number)
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Set notification preferences (audited)
+
+    SMS and calls need a verified phone number. Turning SMS on is the explicit opt-in;
+    giving insecure-channel consent records the consent text's version and the time.
+
+    - 400: A field is not valid
+    - 401: Not signed in
+    - 409: Not possible yet (no verified number)
     """
     account_id, patient_id = await require_patient(request)
     changes = await read_json(request, PreferenceChanges)
@@ -188,36 +156,20 @@ async def put_preferences(request: Request) -> Response:
     return await run_in_threadpool(_body, runtime, patient_id)
 
 
+@openapi.operation(
+    answers={202: openapi.Json(NotificationSettings, "The code is on its way")},
+    security=openapi.session(),
+    body=PhoneNumber,
+    problems=(429,),
+)
 async def put_phone(request: Request) -> Response:
-    """Register or replace the phone number.
-    ---
-    put:
-      summary: Set the phone number and text it a verification code
-      description: >
-        The number is unverified until the code comes back (POST
-        /api/v1/notifications/phone/verify); SMS and calls are off until then.
-      security: [{session: []}]
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/PhoneNumber'}
-      responses:
-        "202":
-          description: The code is on its way
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/NotificationSettings'}
-        "400":
-          description: Not a valid number of a region we serve
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "429":
-          description: Too many codes today
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Set the phone number and text it a verification code
+
+    The number is unverified until the code comes back (POST
+    /api/v1/notifications/phone/verify); SMS and calls are off until then.
+
+    - 400: Not a valid number of a region we serve
+    - 429: Too many codes today
     """
     account_id, patient_id = await require_patient(request)
     body = await read_json(request, PhoneNumber)
@@ -241,28 +193,15 @@ async def put_phone(request: Request) -> Response:
     return response
 
 
+@openapi.operation(
+    answers={200: openapi.Json(NotificationSettings, "Verified")},
+    security=openapi.session(),
+    body=PhoneVerificationCode,
+)
 async def verify_phone(request: Request) -> Response:
-    """Confirm the phone number with the texted code.
-    ---
-    post:
-      summary: Verify the phone number
-      security: [{session: []}]
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/PhoneVerificationCode'}
-      responses:
-        "200":
-          description: Verified
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/NotificationSettings'}
-        "400":
-          description: Wrong, expired or no code (five wrong tries void a code)
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Verify the phone number
+
+    - 400: Wrong, expired or no code (five wrong tries void a code)
     """
     account_id, patient_id = await require_patient(request)
     body = await read_json(request, PhoneVerificationCode)
@@ -281,16 +220,12 @@ async def verify_phone(request: Request) -> Response:
     return await run_in_threadpool(_body, runtime, patient_id)
 
 
+@openapi.operation(
+    answers={204: openapi.Empty("Removed (or there was none)")},
+    security=openapi.session(),
+)
 async def delete_phone(request: Request) -> Response:
-    """Remove the phone number.
-    ---
-    delete:
-      summary: Forget the phone number (SMS and calls turn off)
-      security: [{session: []}]
-      responses:
-        "204":
-          description: Removed (or there was none)
-    """
+    """Forget the phone number (SMS and calls turn off)"""
     account_id, patient_id = await require_patient(request)
     await run_in_threadpool(
         lambda: contacts.remove(

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from carebridge import outbox
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from sms import contacts, phone, ratelimit, texts
 from sms.interfaces import ErrorKind, Sender, SendError
 
@@ -52,9 +53,7 @@ def deliver(runtime: Runtime, sender: Sender, message: outbox.Message) -> None:
         if contacts.is_opted_out(db, phone.number_hash(runtime.keyring, to)):
             raise outbox.Undeliverable("opted_out")
     settings = runtime.settings
-    wait = ratelimit.reserve(
-        runtime, f"sms:{sender.key}", settings.sms_rate_per_second, contacts.utcnow()
-    )
+    wait = ratelimit.reserve(runtime, f"sms:{sender.key}", settings.sms_rate_per_second, utcnow())
     if wait > 0:
         time.sleep(wait)
     body = texts.one_time_code_sms(settings.sms_sender_label, message.content["code"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import select
@@ -23,6 +23,7 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from sms import outbox, phone
 from sms.models import ContactPoint, OptOut, Preferences
 
@@ -54,17 +55,6 @@ class ContactView:
     code_pending: bool
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands datetimes back naive; every stored time is UTC.
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
-
-
 # A removed number leaves its row behind, emptied: the code counters must outlive it, or
 # removing and re-adding a number would buy unlimited code SMS (toll fraud, harassment).
 REMOVED = ""
@@ -90,7 +80,7 @@ def view(
 ) -> ContactView | None:
     if contact is None:
         return None
-    expires = aware(contact.code_expires_at)
+    expires = contact.code_expires_at
     return ContactView(
         id=contact.id,
         last_digits=contact.last_digits,
@@ -116,7 +106,7 @@ def number_of(keyring: Keyring, contact: ContactPoint) -> str:
 
 
 def _count_code(contact: ContactPoint, now: datetime) -> None:
-    window = aware(contact.codes_window_at)
+    window = contact.codes_window_at
     if window is None or now - window >= _CODE_WINDOW:
         contact.codes_window_at, contact.codes_sent = now, 0
     if contact.codes_sent >= MAX_CODES_PER_DAY:
@@ -229,7 +219,7 @@ def confirm_code(
         contact = of_patient(db, patient_id)
         if contact is None or contact.code_hash is None:
             result = CodeResult.NO_CODE
-        elif (aware(contact.code_expires_at) or now) <= now:
+        elif (contact.code_expires_at or now) <= now:
             result = CodeResult.EXPIRED
         elif secrets.compare_digest(_code_hash(runtime.keyring, contact, typed), contact.code_hash):
             contact.verified_at = now

@@ -43,6 +43,7 @@ from carebridge.db import transaction
 from carebridge.outbox import RetryPolicy
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from carebridge.utc import utcnow
 from sms import contacts, links, preferences, ratelimit, statuses, texts
 from sms.dispatcher import (
     NEW_MESSAGE,
@@ -63,10 +64,6 @@ _POLICY = RetryPolicy()
 RETRY_BASE = _POLICY.base
 RETRY_MAX = _POLICY.cap
 _ACTOR = "worker:sms"
-
-
-def utcnow() -> datetime:
-    return contacts.utcnow()
 
 
 def backoff(attempts: int, rng: Callable[[], float] = random.random) -> timedelta:

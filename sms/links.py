@@ -28,8 +28,8 @@ from carebridge.db import transaction
 from carebridge.http import cookies
 from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from identity.interfaces import patient_id_of, require_account
-from sms.contacts import aware, utcnow
 from sms.models import LinkVisit, SecureLink
 from sms.pages import render
 
@@ -81,7 +81,7 @@ def start_visit(runtime: Runtime, token: str) -> str | None:
             SecureLink.token_hash == _token_hash(runtime.keyring, token)
         )
         link = db.execute(query).scalar_one_or_none()
-        if link is None or (aware(link.expires_at) or now) <= now:
+        if link is None or (link.expires_at or now) <= now:
             return None
         value = secrets.token_urlsafe(32)
         db.add(
@@ -89,7 +89,7 @@ def start_visit(runtime: Runtime, token: str) -> str | None:
                 id=f"lv_{secrets.token_urlsafe(16)}",
                 cookie_hash=runtime.keyring.lookup_hash("sms-link-visit", value),
                 link_id=link.id,
-                expires_at=min(now + VISIT_TTL, aware(link.expires_at) or now),
+                expires_at=min(now + VISIT_TTL, link.expires_at or now),
             )
         )
     return value
@@ -107,7 +107,7 @@ def finish_visit(runtime: Runtime, cookie: str, account_id: str) -> str | None:
         if row is None:
             return None
         visit, link = row
-        live = (aware(visit.expires_at) or now) > now and (aware(link.expires_at) or now) > now
+        live = (visit.expires_at or now) > now and (link.expires_at or now) > now
         patient_id = patient_id_of(db, account_id)
         if (
             not live

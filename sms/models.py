@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import Boolean, ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carebridge.db import Base
+from carebridge.utc import UtcDateTime
 
 
 class Notification(Base):
@@ -33,21 +34,21 @@ class Notification(Base):
     patient_id: Mapped[str] = mapped_column(String(40), index=True)
     kind: Mapped[str] = mapped_column(String(32))
     thread_id: Mapped[str | None] = mapped_column(String(40))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     # For a phone verification code: the number being verified.
     contact_point_id: Mapped[str | None] = mapped_column(String(40))
-    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
     decision: Mapped[str | None] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(32))
     channel: Mapped[str | None] = mapped_column(String(8))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     attempt_id: Mapped[str | None] = mapped_column(String(40))
     # When it was first handed to Twilio: what the caps count.
-    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     delivery_status: Mapped[str | None] = mapped_column(String(16))
     error_code: Mapped[int | None] = mapped_column(Integer)
-    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class SendAttempt(Base):
@@ -71,8 +72,8 @@ class SendAttempt(Base):
     # forward (sms.statuses), so a replayed or late callback changes nothing.
     provider_status: Mapped[str | None] = mapped_column(String(16))
     error_code: Mapped[int | None] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # Voice: what answered (AnsweredBy), for the operator.
     answered_by: Mapped[str | None] = mapped_column(String(24))
 
@@ -90,19 +91,19 @@ class ContactPoint(Base):
     number_hash: Mapped[str] = mapped_column(String(64), index=True)
     # The last digits, for the patient to recognise the number without decrypting it.
     last_digits: Mapped[str] = mapped_column(String(4))
-    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    verified_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # Twilio said the number cannot take SMS (21211/21612/21614/30006) or calls.
     sms_usable: Mapped[bool] = mapped_column(Boolean, default=True)
     voice_usable: Mapped[bool] = mapped_column(Boolean, default=True)
     unusable_code: Mapped[int | None] = mapped_column(Integer)
     # The one-time verification code: keyed hash, expiry, wrong tries, sends in a window.
     code_hash: Mapped[str | None] = mapped_column(String(64))
-    code_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    code_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     code_failures: Mapped[int] = mapped_column(Integer, default=0)
     codes_sent: Mapped[int] = mapped_column(Integer, default=0)
-    codes_window_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    codes_window_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class OptOut(Base):
@@ -111,7 +112,7 @@ class OptOut(Base):
     __tablename__ = "sms_opt_out"
 
     number_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    opted_out_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    opted_out_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # keyword (STOP & co.), twilio (error 21610), operator
     source: Mapped[str] = mapped_column(String(16))
 
@@ -130,7 +131,7 @@ class InboundMessage(Base):
     __tablename__ = "sms_inbound_message"
 
     message_sid: Mapped[str] = mapped_column(String(34), primary_key=True)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Preferences(Base):
@@ -141,7 +142,7 @@ class Preferences(Base):
     patient_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     sms_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     # Set by the patient's explicit opt-in; START/YES/UNSTOP only restore an earlier one.
-    sms_opted_in_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sms_opted_in_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     voice_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     voicemail_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     time_zone: Mapped[str] = mapped_column(String(64))
@@ -151,8 +152,8 @@ class Preferences(Base):
     weekly_cap: Mapped[int] = mapped_column(Integer)
     insecure_consent: Mapped[bool] = mapped_column(Boolean, default=False)
     insecure_consent_version: Mapped[str | None] = mapped_column(String(32))
-    insecure_consent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    insecure_consent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class SecureLink(Base):
@@ -165,8 +166,8 @@ class SecureLink(Base):
     patient_id: Mapped[str] = mapped_column(String(40))
     thread_id: Mapped[str] = mapped_column(String(40))
     notification_id: Mapped[str | None] = mapped_column(String(40))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
 
 class LinkVisit(Base):
@@ -180,7 +181,7 @@ class LinkVisit(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     cookie_hash: Mapped[str] = mapped_column(String(64), unique=True)
     link_id: Mapped[str] = mapped_column(ForeignKey("secure_link.id", ondelete="CASCADE"))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
 
 class SenderSlot(Base):
@@ -189,4 +190,4 @@ class SenderSlot(Base):
     __tablename__ = "sms_sender_slot"
 
     sender: Mapped[str] = mapped_column(String(64), primary_key=True)
-    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_at: Mapped[datetime] = mapped_column(UtcDateTime)

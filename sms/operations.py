@@ -12,7 +12,7 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
-from sms import contacts, phone
+from sms import phone
 from sms.models import Notification, OptOut, SendAttempt
 
 RETRYABLE_STATES = ("failed", "undelivered", "suppressed")
@@ -53,7 +53,7 @@ def status(runtime: Runtime, now: datetime) -> Status:
     return Status(
         by_state={str(k): int(v) for k, v in by_state.items()},
         by_reason={str(k): int(v) for k, v in by_reason.items()},
-        oldest_due=contacts.aware(oldest),
+        oldest_due=oldest,
         stale_sending=int(stale or 0),
     )
 
@@ -91,7 +91,7 @@ def detail(runtime: Runtime, notification_id: str) -> Detail | None:
                 a.channel,
                 a.status,
                 a.error_code,
-                contacts.aware(a.started_at),
+                a.started_at,
                 a.answered_by,
             )
             for a in db.scalars(query)

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from carebridge.http.forms import read_form
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_, _
 from carebridge.runtime import Runtime
 from identity.interfaces import TEMPLATES as IDENTITY_TEMPLATES
 from identity.interfaces import require_patient
@@ -29,10 +30,10 @@ templates = templates_for(
 PAGE = "/account/notifications"
 
 _NOTICES = {
-    "code-sent": "We sent a code to your phone. Enter it below.",
-    "verified": "Your phone number is verified.",
-    "saved": "Your notification settings are saved.",
-    "removed": "Your phone number is removed. Texts and calls are off.",
+    "code-sent": N_("We sent a code to your phone. Enter it below."),
+    "verified": N_("Your phone number is verified."),
+    "saved": N_("Your notification settings are saved."),
+    "removed": N_("Your phone number is removed. Texts and calls are off."),
 }
 
 
@@ -72,7 +73,7 @@ async def _page(
         "errors": errors or {},
         "notice": _NOTICES.get(request.query_params.get("done", "")),
         "zones": sorted(preferences.time_zones()),
-        "consent_text": texts.CONSENT_TEXT,
+        "consent_text": _(texts.CONSENT_TEXT),
         "max_daily": settings.notify_daily_cap,
         "max_weekly": settings.notify_weekly_cap,
     }
@@ -104,7 +105,7 @@ async def set_phone(request: Request) -> Response:
     except InvalidNumberError as exc:
         return await _page(request, patient_id, errors={"phone": str(exc)}, status_code=400)
     except contacts.TooManyCodesError:
-        errors = {"phone": "Too many codes today. Try again tomorrow."}
+        errors = {"phone": N_("Too many codes today. Try again tomorrow.")}
         return await _page(request, patient_id, errors=errors, status_code=429)
     return _done("code-sent")
 
@@ -122,15 +123,15 @@ async def resend_code(request: Request) -> Response:
             )
         )
     except contacts.TooManyCodesError:
-        errors = {"code": "Too many codes today. Try again tomorrow."}
+        errors = {"code": N_("Too many codes today. Try again tomorrow.")}
         return await _page(request, patient_id, errors=errors, status_code=429)
     return _done("code-sent")
 
 
 _CODE_ERRORS = {
-    contacts.CodeResult.WRONG: "That code is not right. Check it and try again.",
-    contacts.CodeResult.EXPIRED: "That code has expired. Ask for a new one.",
-    contacts.CodeResult.NO_CODE: "There is no code to check yet. Ask for a new one.",
+    contacts.CodeResult.WRONG: N_("That code is not right. Check it and try again."),
+    contacts.CodeResult.EXPIRED: N_("That code has expired. Ask for a new one."),
+    contacts.CodeResult.NO_CODE: N_("There is no code to check yet. Ask for a new one."),
 }
 
 
@@ -181,11 +182,11 @@ def changes_from_form(form: FormData) -> dict[str, Any]:
 
 
 _FIELD_MESSAGES = {
-    "time_zone": "Choose a time zone from the list.",
-    "quiet_start": "Enter a time like 21:00.",
-    "quiet_end": "Enter a time like 08:00.",
-    "daily_cap": "Enter a number.",
-    "weekly_cap": "Enter a number.",
+    "time_zone": N_("Choose a time zone from the list."),
+    "quiet_start": N_("Enter a time like 21:00."),
+    "quiet_end": N_("Enter a time like 08:00."),
+    "daily_cap": N_("Enter a number."),
+    "weekly_cap": N_("Enter a number."),
 }
 
 
@@ -206,7 +207,7 @@ async def save_preferences(request: Request) -> Response:
         )
     except ValidationError as exc:
         errors = {
-            str(error["loc"][0]): _FIELD_MESSAGES.get(str(error["loc"][0]), "Check this value.")
+            str(error["loc"][0]): _FIELD_MESSAGES.get(str(error["loc"][0]), N_("Check this value."))
             for error in exc.errors(include_url=False, include_input=False)
         }
         return await _page(request, patient_id, errors=errors, status_code=400, values=raw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import phonenumbers
 
+from carebridge.i18n import N_
 from carebridge.keyring import Keyring, associated_data
 
 
@@ -16,15 +17,15 @@ def normalize(raw: str, regions: str) -> str:
     allowed = regions.split(",")
     text = raw.strip()
     if not text or len(text) > 32:
-        raise InvalidNumberError("Enter a phone number, like 555 123 4567.")
+        raise InvalidNumberError(N_("Enter a phone number, like 555 123 4567."))
     try:
         number = phonenumbers.parse(text, allowed[0])
     except phonenumbers.NumberParseException:
-        raise InvalidNumberError("Enter a phone number, like 555 123 4567.") from None
+        raise InvalidNumberError(N_("Enter a phone number, like 555 123 4567.")) from None
     if not phonenumbers.is_valid_number(number):
-        raise InvalidNumberError("That is not a valid phone number.")
+        raise InvalidNumberError(N_("That is not a valid phone number."))
     if phonenumbers.region_code_for_number(number) not in allowed:
-        raise InvalidNumberError("We can only send to phone numbers in the regions we serve.")
+        raise InvalidNumberError(N_("We can only send to phone numbers in the regions we serve."))
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 

@@ -18,8 +18,10 @@ from carebridge import audit
 from carebridge import time_zones as time_zones_module
 from carebridge.audit import Outcome
 from carebridge.db import transaction
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from carebridge.utc import utcnow
 from sms import contacts, texts
 from sms.dispatcher import Prefs
 from sms.models import OptOut, Preferences
@@ -76,7 +78,7 @@ def defaults(settings: Settings, patient_id: str) -> Preferences:
         daily_cap=settings.notify_daily_cap,
         weekly_cap=settings.notify_weekly_cap,
         insecure_consent=False,
-        updated_at=contacts.utcnow(),
+        updated_at=utcnow(),
     )
 
 
@@ -130,7 +132,7 @@ def update(
 ) -> Preferences:
     """Store a full set of preferences (PreferenceError if one cannot be had yet)."""
     settings = runtime.settings
-    now = now or contacts.utcnow()
+    now = now or utcnow()
     if changes.daily_cap > settings.notify_daily_cap:
         raise PreferenceError("daily_cap", f"At most {settings.notify_daily_cap} a day.")
     if changes.weekly_cap > settings.notify_weekly_cap:
@@ -140,7 +142,7 @@ def update(
         verified = contact is not None and contact.verified_at is not None
         if (changes.sms_enabled or changes.voice_enabled) and not verified:
             field = "sms_enabled" if changes.sms_enabled else "voice_enabled"
-            raise PreferenceError(field, "Add and verify a phone number first.")
+            raise PreferenceError(field, N_("Add and verify a phone number first."))
         prefs = db.get(Preferences, patient_id)
         if prefs is None:
             prefs = defaults(settings, patient_id)

@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
-from sms.contacts import aware
 from sms.models import SenderSlot
 
 
@@ -37,6 +36,6 @@ def reserve(
             _ensure_row(db, sender, now)
             slot = db.get(SenderSlot, sender, with_for_update=True, populate_existing=True)
             assert slot is not None  # noqa: S101  (just inserted, or there already)
-        start = max(aware(slot.next_at) or now, now)
+        start = max(slot.next_at or now, now)
         slot.next_at = start + interval
     return (start - now).total_seconds()

@@ -3,15 +3,24 @@
 Nothing here takes a name, a diagnosis, a provider or a message: only the configured
 sender label (which may itself be neutral on purpose), a link, a code, a callback number.
 HHS's guidance for voicemail is the model: a name and a number to call back.
+
+Each wording is a message of carebridge.i18n (``make messages`` extracts them), with
+named placeholders so a translation can move them. The worker has no request to take a
+locale from: they speak carebridge.i18n's current locale, "en" until a recipient's
+preference is stored.
 """
 
 from __future__ import annotations
 
+from carebridge.i18n import N_, _
+
 SMS_LIMIT = 160  # one GSM-7 segment
 
-# Shown next to the insecure-channel consent box; its version is stored with the consent.
+# Shown next to the insecure-channel consent box; its version is stored with the consent
+# (a translation is of the same version: it must say the same). Marked here, translated
+# where shown (sms.pages).
 CONSENT_VERSION = "2026-11-23"
-CONSENT_TEXT = (
+CONSENT_TEXT = N_(
     "I agree that text messages and calls may say more than that I have a new secure "
     "message. I understand that SMS and voicemail are not secure and others with access "
     "to my phone may see or hear them."
@@ -21,24 +30,33 @@ CONSENT_TEXT = (
 def new_message_sms(label: str, url: str) -> str:
     """The notice with its secure link; at most 160 characters, or a shorter wording."""
     prefix = f"{label}: " if label else ""
-    text = f"{prefix}You have a new secure message. View it at {url} Reply STOP to opt out"
+    # TRANSLATORS: keep STOP (and START) as they are: they are the keywords carriers and
+    # sms.webhooks act on, whatever the language of the text.
+    text = prefix + _("You have a new secure message. View it at %(url)s Reply STOP to opt out") % {
+        "url": url
+    }
     if len(text) <= SMS_LIMIT:
         return text
-    text = f"{prefix}New secure message: {url} STOP to opt out"
+    text = prefix + _("New secure message: %(url)s STOP to opt out") % {"url": url}
     if len(text) <= SMS_LIMIT:
         return text
-    return f"New secure message: {url} STOP to end"[:SMS_LIMIT]
+    return (_("New secure message: %(url)s STOP to end") % {"url": url})[:SMS_LIMIT]
 
 
 def verification_sms(label: str, code: str) -> str:
     prefix = f"{label}: " if label else ""
-    return f"{prefix}Your verification code is {code}. It expires in 10 minutes."
+    return prefix + _("Your verification code is %(code)s. It expires in 10 minutes.") % {
+        "code": code
+    }
 
 
 def help_sms(label: str, callback_number: str) -> str:
-    who = label or "Secure message"
-    call = f" Questions: {callback_number}." if callback_number else ""
-    return f"{who} notifications. Reply STOP to stop, START to resume.{call}"[:SMS_LIMIT]
+    who = label or _("Secure message")
+    call = (
+        " " + _("Questions: %(number)s.") % {"number": callback_number} if callback_number else ""
+    )
+    text = _("%(who)s notifications. Reply STOP to stop, START to resume.") % {"who": who}
+    return f"{text}{call}"[:SMS_LIMIT]
 
 
 def _spoken_number(number: str) -> str:
@@ -49,14 +67,18 @@ def _spoken_number(number: str) -> str:
 
 def voice_notice(label: str, callback_number: str) -> str:
     """What a person who answers hears, and the voicemail when the patient allowed one."""
-    who = label or "your care team"
+    who = label or _("your care team")
     if not callback_number:
-        return f"Hello. This is {who}. Please sign in to your account. Goodbye."
+        return _("Hello. This is %(who)s. Please sign in to your account. Goodbye.") % {"who": who}
     spoken = _spoken_number(callback_number)
-    return f"Hello. This is {who}. Please call us back at {spoken}. Again, {spoken}. Goodbye."
+    return _(
+        "Hello. This is %(who)s. Please call us back at %(number)s. Again, %(number)s. Goodbye."
+    ) % {"who": who, "number": spoken}
 
 
 def one_time_code_sms(label: str, code: str) -> str:
     """A code identity asked for (signing in, a changed setting): the code, nothing else."""
     prefix = f"{label}: " if label else ""
-    return f"{prefix}Your one-time code is {code}. Do not share it with anyone."
+    return prefix + _("Your one-time code is %(code)s. Do not share it with anyone.") % {
+        "code": code
+    }

@@ -38,10 +38,11 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.http import boundary
+from carebridge.http.body import read_bounded
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from sms import backends, delivery, phone, texts, twilio_client
-from sms.contacts import utcnow
 from sms.interfaces import Sender, SendError
 from sms.models import ContactPoint, InboundMessage, OptOut, Preferences
 
@@ -78,14 +79,7 @@ def sender_for(request: Request) -> Sender:
 async def _signed_params(request: Request) -> dict[str, list[str]]:
     """The posted parameters, if Twilio signed them; otherwise a 403 problem."""
     settings = _runtime(request).settings
-    length = request.headers.get("content-length", "")
-    if length and (not length.isdigit() or int(length) > MAX_BODY):
-        raise Problem(413, "The request body is too large.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise Problem(413, "The request body is too large.")
+    body = await read_bounded(request, MAX_BODY, Problem(413, "The request body is too large."))
     params: dict[str, list[str]] = {}
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)

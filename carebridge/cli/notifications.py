@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
 from carebridge.outbox import operations as outbox_operations
+from carebridge.utc import utcnow
 from sms import operations, phone
 
 NOTIFICATION_PREFIX = "ntf_"
@@ -68,15 +68,11 @@ def register(commands: Any) -> None:
     ).set_defaults(handler=optout_remove)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def show_status(args: argparse.Namespace) -> int:
     rt = runtime()
     try:
         require_current_schema(rt)
-        now = _now()
+        now = utcnow()
         result = operations.status(rt, now)
         rows = outbox_operations.status(rt, now)
     finally:
@@ -167,7 +163,7 @@ def retry(args: argparse.Namespace) -> int:
     rt = runtime()
     try:
         require_current_schema(rt)
-        former = operations.retry(rt, notification_id, actor="operator:cli", now=_now())
+        former = operations.retry(rt, notification_id, actor="operator:cli", now=utcnow())
     finally:
         rt.close()
     if former is None:
@@ -180,7 +176,7 @@ def _retry_outbox_row(message_id: str) -> int:
     rt = runtime()
     try:
         require_current_schema(rt)
-        former = outbox_operations.retry(rt, message_id, actor="operator:cli", now=_now())
+        former = outbox_operations.retry(rt, message_id, actor="operator:cli", now=utcnow())
     finally:
         rt.close()
     if former is None:
@@ -218,7 +214,7 @@ def _set(listed: bool) -> int:
     try:
         require_current_schema(rt)
         changed = operations.set_opt_out(
-            rt, number, listed=listed, actor="operator:cli", now=_now()
+            rt, number, listed=listed, actor="operator:cli", now=utcnow()
         )
     finally:
         rt.close()

@@ -10,6 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
 from carebridge.runtime import Runtime
 from identity.flows import activate, verify
@@ -196,40 +199,53 @@ def count_rows(path: Path) -> int | None:
 
 
 class _Progress:
-    """A ``\\r`` progress bar on a terminal; nothing when stderr is a file or a pipe."""
-
-    WIDTH = 30
+    """rich's progress bar on a terminal (rows counted, nothing of their content); nothing
+    when the stream is a file or a pipe. Row errors are printed above the bar."""
 
     def __init__(self, stream: TextIO, total: int | None = None) -> None:
         self.stream = stream
-        self.active = stream.isatty()
-        self.shown = False
         self.total = total
+        self.bar: Progress | None = None
+        if stream.isatty():
+            counted = (
+                f"{{task.fields[rows]:,}} of ~{total:,} rows"
+                if total
+                else "{task.fields[rows]:,} rows"
+            )
+            self.bar = Progress(
+                TextColumn("roster import"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn(counted),
+                console=Console(file=stream),
+                # Drawn when the importer reports (every batch), not from a thread; the
+                # process's own output is left alone (errors go through rich's console).
+                auto_refresh=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self.task = self.bar.add_task("roster import", total=total, rows=0)
+        self.shown = False
 
     def rows(self, count: int) -> None:
-        if not self.active:
+        if self.bar is None:
             return
-        if self.total:
-            # Never 100% before the end: the total can overestimate (quoted line breaks).
-            fraction = min(count / self.total, 0.99)
-            filled = int(fraction * self.WIDTH)
-            bar = "#" * filled + "." * (self.WIDTH - filled)
-            line = f"roster import [{bar}] {fraction:4.0%} {count:,} of ~{self.total:,} rows"
-        else:
-            line = f"roster import: {count:,} rows"
-        self.stream.write(f"\r{line}")
-        self.stream.flush()
-        self.shown = True
+        if not self.shown:
+            self.bar.start()
+            self.shown = True
+        # Never 100% before the end: the total can overestimate (quoted line breaks).
+        done = min(count, self.total * 0.99) if self.total else count
+        self.bar.update(self.task, completed=done, rows=count, refresh=True)
 
     def error(self, error: RowError) -> None:
-        if self.shown:
-            self.stream.write("\r\x1b[K")
-            self.shown = False
-        print(error, file=self.stream)
+        if self.bar is not None:
+            self.bar.console.print(str(error), markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(error, file=self.stream)
 
     def done(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
+        if self.bar is not None and self.shown:
+            self.bar.stop()
             self.shown = False
 
 

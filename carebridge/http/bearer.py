@@ -9,10 +9,12 @@ statement per request), answered with :func:`invalid_token` when it was.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import TLRUCache
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -94,26 +96,37 @@ class VerifiedTokens:
     same token many times in its ten-minute life. Only successful verifications are kept,
     keyed by the whole token and by the runtime that checked it (its key set, issuer and
     audience): a token is never accepted here that :func:`verify` would refuse, expiry
-    included. Bounded; when full it starts over.
+    included. Bounded: when full, expired tokens go first, then the least recently used.
+    Requests check tokens on the event loop and in worker threads: one lock around it.
     """
 
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
-        self._seen: dict[str, tuple[object, AccessToken]] = {}
+        # An entry lives until its token expires.
+        self._seen: TLRUCache[str, tuple[object, AccessToken]] = TLRUCache(
+            capacity, _expiry, timer=_clock
+        )
+        self._lock = threading.Lock()
 
     def get(self, token: str, owner: object, now: float) -> AccessToken | None:
-        found = self._seen.get(token)
-        if found is None or found[0] is not owner:
-            return None
-        if found[1].expires_at + LEEWAY_SECONDS < now:
-            del self._seen[token]
+        with self._lock:
+            found = self._seen.get(token)
+        if found is None or found[0] is not owner or _expiry(token, found, now) < now:
             return None
         return found[1]
 
     def put(self, token: str, owner: object, access: AccessToken) -> None:
-        if len(self._seen) >= self.capacity:
-            self._seen.clear()
-        self._seen[token] = (owner, access)
+        with self._lock:
+            self._seen[token] = (owner, access)
+
+
+def _clock() -> float:
+    # Looked up at each call, not bound once: the clock is this module's time.
+    return time.time()
+
+
+def _expiry(_token: str, entry: tuple[object, AccessToken], _now: float) -> float:
+    return entry[1].expires_at + LEEWAY_SECONDS
 
 
 VERIFIED = VerifiedTokens()

@@ -18,26 +18,16 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from carebridge.http import boundary, csrf
+from carebridge.http.body import read_bounded
 from carebridge.http.problems import Problem
 
 MAX_BODY = 64 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
-def _check_size(request: Request) -> None:
-    length = request.headers.get("content-length", "")
-    if length and (not length.isdigit() or int(length) > MAX_BODY):
-        raise Problem(413, f"The request body is over {MAX_BODY // 1024} KiB.")
-
-
 async def _body(request: Request) -> bytes:
-    _check_size(request)
-    body = bytearray()
-    async for chunk in request.stream():  # also bounds a body sent without a length
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise Problem(413, f"The request body is over {MAX_BODY // 1024} KiB.")
-    return bytes(body)
+    too_large = Problem(413, f"The request body is over {MAX_BODY // 1024} KiB.")
+    return await read_bounded(request, MAX_BODY, too_large)
 
 
 async def read_form(request: Request, *, multiline: Collection[str] = ()) -> FormData:

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from carebridge.db import describe_error, outcome_unknown, unavailable
 from carebridge.http.paths import MACHINE_PATHS, OAUTH_PATHS
 from carebridge.http.templates import templates
+from carebridge.i18n import N_
 from carebridge.logs import request_id_var
 
 log = logging.getLogger("carebridge.errors")
@@ -43,15 +44,15 @@ OUTCOME_UNKNOWN = (
 REFUSED_INPUT = "The request holds control characters or invalid Unicode, which no field accepts."
 
 _FRIENDLY: dict[int, tuple[str, str]] = {
-    400: ("That request didn't look right", "Please go back and try again."),
-    401: ("Please sign in", "You need to sign in to see this page."),
-    403: ("You can't open this page", "Your account doesn't have access to it."),
-    404: ("Page not found", "We couldn't find that page. Check the link, or start again."),
-    405: ("That didn't work", "This page can't be used that way. Please go back."),
-    413: ("That was too large", "Please send something smaller."),
-    429: ("Please slow down", "Too many attempts. Wait a little, then try again."),
-    500: ("Something went wrong on our side", "Please try again in a moment."),
-    503: ("carebridge is briefly unavailable", "Please try again in a few minutes."),
+    400: (N_("That request didn't look right"), N_("Please go back and try again.")),
+    401: (N_("Please sign in"), N_("You need to sign in to see this page.")),
+    403: (N_("You can't open this page"), N_("Your account doesn't have access to it.")),
+    404: (N_("Page not found"), N_("We couldn't find that page. Check the link, or start again.")),
+    405: (N_("That didn't work"), N_("This page can't be used that way. Please go back.")),
+    413: (N_("That was too large"), N_("Please send something smaller.")),
+    429: (N_("Please slow down"), N_("Too many attempts. Wait a little, then try again.")),
+    500: (N_("Something went wrong on our side"), N_("Please try again in a moment.")),
+    503: (N_("carebridge is briefly unavailable"), N_("Please try again in a few minutes.")),
 }
 
 

@@ -9,6 +9,10 @@ is matched in a few dictionary lookups and the regexes of one small group. The r
 the matched route (``scope["route"]``: metrics are labelled by its path template), the
 same FULL / PARTIAL (405) answers and the same first-match order, and ``url_for`` finds
 routes by name as before.
+
+Why not Starlette's own ``Mount`` per prefix: a whole request costs 25-33% more CPU with
+it on a page or an unmatched path (Starlette tries each top-level entry's regex in turn;
+bench/route_tree.py, figures in docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-# The router's own notion of the path under root_path (Starlette is pinned).
-from starlette._utils import get_route_path
 from starlette.routing import BaseRoute, Match, Mount, NoMatchFound, Route
 from starlette.types import Receive, Scope, Send
 
@@ -48,7 +50,7 @@ class RouteGroup(BaseRoute):
         }
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        path = get_route_path(scope)
+        path = route_path(scope)
         # Websocket routes match websocket scopes themselves; lifespan never gets here.
         if scope["type"] not in ("http", "websocket") or not _under(path, self.prefix):
             return Match.NONE, {}
@@ -78,6 +80,18 @@ class RouteGroup(BaseRoute):
             except NoMatchFound:
                 pass
         raise NoMatchFound(name, path_params)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path under the app's root path, as Starlette's own routes match it
+    (a mount moves ``root_path`` along; the path itself stays whole)."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    return path[len(root_path) :] if path[len(root_path)] == "/" else path
 
 
 def _path(route: BaseRoute) -> str:

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import delete, select
@@ -32,21 +32,13 @@ from carebridge.outbox import queue
 from carebridge.outbox.models import DEAD, DONE, PENDING, SENDING, OutboxMessage
 from carebridge.outbox.policy import RetryPolicy
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from carebridge.worker import Job
 
 log = logging.getLogger("carebridge.outbox")
 
 LEASE = timedelta(seconds=60)
 KEEP_DONE = timedelta(days=7)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every one stored is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from sqlalchemy import func, select
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
-from carebridge.outbox.delivery import aware
 from carebridge.outbox.models import DEAD, PENDING, SENDING, OutboxMessage
 from carebridge.runtime import Runtime
 
@@ -38,7 +37,7 @@ def status(runtime: Runtime, now: datetime) -> Status:
         stale = db.scalar(
             select(func.count()).where(OutboxMessage.state == SENDING, OutboxMessage.due_at <= now)
         )
-    return Status(by, aware(oldest) if oldest else None, int(stale or 0))
+    return Status(by, oldest, int(stale or 0))
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,8 @@ def _row(message: OutboxMessage) -> Row:
         state=message.state,
         attempts=message.attempts,
         last_error=message.last_error,
-        due_at=aware(message.due_at),
-        created_at=aware(message.created_at),
+        due_at=message.due_at,
+        created_at=message.created_at,
     )
 
 

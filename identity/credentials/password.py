@@ -38,6 +38,7 @@ from importlib import resources
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from carebridge.i18n import N_
 from carebridge.settings import Settings
 
 MAX_LENGTH = 1024
@@ -46,11 +47,11 @@ MAX_LENGTH = 1024
 _MIN_LOCAL_PART = 5
 _NICE = 10
 
-TOO_COMMON = (
+TOO_COMMON = N_(
     "This password is too common, so it would be easy to guess. "
     "Choose another: three or four random words make a strong one."
 )
-CONTAINS_LOGIN = "Your password must not contain your email address."
+CONTAINS_LOGIN = N_("Your password must not contain your email address.")
 
 
 def normalise(password: str) -> str:

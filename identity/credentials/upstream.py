@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 import httpx2
 from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
+from cachetools import TTLCache
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -106,13 +106,15 @@ def redirect_uri(runtime: Runtime, provider: UpstreamProvider) -> str:
 # HTTP, with timeouts and a small cache
 
 
-_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+# Discovery documents and key sets of the configured providers: a few URLs. Only the
+# event loop uses it (no lock).
+_cache: TTLCache[str, dict[str, Any]] = TTLCache(64, CACHE_SECONDS)
 
 
 async def _get_json(url: str, timeout: float, *, fresh: bool = False) -> dict[str, Any]:
     cached = _cache.get(url)
-    if cached is not None and not fresh and cached[0] > time.monotonic():
-        return cached[1]
+    if cached is not None and not fresh:
+        return cached
     try:
         async with httpx2.AsyncClient(timeout=timeout, follow_redirects=False) as client:
             response = await client.get(url, headers={"Accept": "application/json"})
@@ -122,7 +124,7 @@ async def _get_json(url: str, timeout: float, *, fresh: bool = False) -> dict[st
         raise UnavailableError(f"GET {_origin(url)} failed: {type(exc).__name__}") from None
     if not isinstance(document, dict):
         raise UnavailableError(f"GET {_origin(url)} did not answer a JSON object")
-    _cache[url] = (time.monotonic() + CACHE_SECONDS, document)
+    _cache[url] = document
     return document
 
 
@@ -209,8 +211,7 @@ def consume_state(
     ).first()
     if row is None:
         raise InvalidStateError("unknown or already used state")
-    expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
-    if expires_at <= datetime.now(UTC):
+    if row.expires_at <= datetime.now(UTC):
         raise InvalidStateError("expired state")
     if row.provider != provider:
         raise InvalidStateError("state of another provider")

@@ -250,29 +250,20 @@ def _info(session: AuthSession, current: AuthSession) -> SessionInfo:
     return SessionInfo(
         handle=session.handle,
         user_agent=session.user_agent,
-        created_at=sessions._aware(session.created_at),
-        last_seen_at=sessions._aware(session.last_seen_at),
+        created_at=session.created_at,
+        last_seen_at=session.last_seen_at,
         current=session.handle == current.handle,
     )
 
 
+@openapi.operation(
+    answers={200: openapi.Json(SessionList, "Newest activity first")},
+    security=openapi.session(),
+)
 async def api_sessions(request: Request) -> Response:
-    """The account's active sessions.
-    ---
-    get:
-      summary: List the account's active sessions
-      security: [{session: []}]
-      responses:
-        "200":
-          description: Newest activity first
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/SessionList'}
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """List the account's active sessions
+
+    - 401: Not signed in
     """
     session = await authn.require(request)
     listed = await run_in_threadpool(list_sessions, _runtime(request), session.account_id)
@@ -280,30 +271,19 @@ async def api_sessions(request: Request) -> Response:
     return JSONResponse(body.model_dump(mode="json"))
 
 
+@openapi.operation(
+    answers={204: openapi.Empty("Revoked")},
+    security=openapi.session(),
+    problems=(404,),
+)
 async def api_revoke(request: Request) -> Response:
-    """End one of the account's sessions.
-    ---
-    delete:
-      summary: Revoke a session by its handle
-      description: >
-        Only the account's own sessions; any other handle answers 404, whether it exists
-        or not. Revoking the session making the request signs it out.
-      security: [{session: []}]
-      parameters:
-        - {name: handle, in: path, required: true, schema: {type: string}}
-      responses:
-        "204":
-          description: Revoked
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "404":
-          description: No such session of this account
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Revoke a session by its handle
+
+    Only the account's own sessions; any other handle answers 404, whether it exists or
+    not. Revoking the session making the request signs it out.
+
+    - 401: Not signed in
+    - 404: No such session of this account
     """
     session = await authn.require(request)
     handle = str(request.path_params["handle"])[:64]
@@ -320,36 +300,20 @@ class RecoveryCodes(BaseModel):
     recovery_codes: list[str] = Field(description="Ten single-use codes, shown this once")
 
 
+@openapi.operation(
+    answers={200: openapi.Json(RecoveryCodes, "The new codes")},
+    security=openapi.session(),
+    problems=(403, 409),
+)
 async def api_regenerate(request: Request) -> Response:
-    """Replace the account's recovery codes.
-    ---
-    post:
-      summary: Replace the recovery codes with ten new ones
-      description: >
-        Needs a recent sign-in (POST /api/v1/reauth first); the old codes stop working.
-        The new ones are in this response only: they are stored hashed.
-      security: [{session: []}]
-      responses:
-        "200":
-          description: The new codes
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/RecoveryCodes'}
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "403":
-          description: Re-authenticate first
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "409":
-          description: No authenticator app set up
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Replace the recovery codes with ten new ones
+
+    Needs a recent sign-in (POST /api/v1/reauth first); the old codes stop working. The
+    new ones are in this response only: they are stored hashed.
+
+    - 401: Not signed in
+    - 403: Re-authenticate first
+    - 409: No authenticator app set up
     """
     session = await authn.require(request)
     status, codes = await run_in_threadpool(

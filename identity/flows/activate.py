@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -51,6 +51,7 @@ from carebridge.http import openapi
 from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import authn, throttle
 from identity.models import ActivationCode, PatientLink, RosterMember
@@ -71,14 +72,16 @@ VOIDED = Counter(
     "Activation codes voided after too many wrong dates of birth (someone tried to guess)",
 )
 
-FAILED = (
+FAILED = N_(
     "That code and date of birth did not match an activation code we can use. Check "
     "both, or ask us for a new code."
 )
-LOCKED = "Activation is locked for this account after too many attempts. Contact us to unlock it."
-ALREADY = "This account is already linked to a patient record."
-CODE_FORMAT = "Enter the activation code, like ABCD-EFGH-JKMN."
-DOB_FORMAT = "Enter your date of birth, like 1980-12-31."
+LOCKED = N_(
+    "Activation is locked for this account after too many attempts. Contact us to unlock it."
+)
+ALREADY = N_("This account is already linked to a patient record.")
+CODE_FORMAT = N_("Enter the activation code, like ABCD-EFGH-JKMN.")
+DOB_FORMAT = N_("Enter your date of birth, like 1980-12-31.")
 
 _ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _US = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})")
@@ -173,7 +176,7 @@ def _usable_code(
         return _Found(None, lookup, not matches)
     row: ActivationCode = found[0]
     eligible, linked = found[2], found[3]
-    expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+    expires_at = row.expires_at
     spent = row.used_at is not None or row.voided_at is not None or expires_at <= now
     if not matches or spent or not eligible or linked:
         return _Found(None, lookup, not matches)
@@ -431,50 +434,27 @@ async def activate_submit(request: Request) -> Response:
     return _render(request, {**shown, "errors": {"form": FAILED}}, status_code=400)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(Activated, "Linked")},
+    security=openapi.session(),
+    body=Activation,
+    problems=(409, 429),
+    tags=("patients",),
+)
 async def api_activate(request: Request) -> Response:
-    """Link the account to a patient with an activation code.
-    ---
-    summary: Redeem an activation code
-    description: >
-      For a fully signed-in account without a patient link. The code (from staff) and the
-      patient's date of birth must match; each code works once. Every mismatch gets the
-      same 400 answer; five of them lock activation for the account until staff unlock it
-      (429). A code presented with wrong dates of birth
-      CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES times (5), from any accounts, is voided and
-      answers like any wrong code from then on: staff issue a new one.
-    tags: [patients]
-    security: [{session: []}]
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {$ref: '#/components/schemas/Activation'}
-    responses:
-      "200":
-        description: Linked
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Activated'}
-      "400":
-        description: The code and date of birth do not match a usable code
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "401":
-        description: Not signed in
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "409":
-        description: The account is already linked to a patient
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "429":
-        description: Activation is locked for this account (or this address, for a while)
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """Redeem an activation code
+
+    For a fully signed-in account without a patient link. The code (from staff) and the
+    patient's date of birth must match; each code works once. Every mismatch gets the
+    same 400 answer; five of them lock activation for the account until staff unlock it
+    (429). A code presented with wrong dates of birth
+    CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES times (5), from any accounts, is voided and
+    answers like any wrong code from then on: staff issue a new one.
+
+    - 400: The code and date of birth do not match a usable code
+    - 401: Not signed in
+    - 409: The account is already linked to a patient
+    - 429: Activation is locked for this account (or this address, for a while)
     """
     session = await authn.require(request)
     body = await read_json(request, Activation)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-import textwrap
 from datetime import UTC, datetime
 from typing import IO, Literal
 
@@ -43,6 +42,7 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.http import bearer, openapi
+from carebridge.http.body import bounded_chunks
 from carebridge.http.forms import read_json
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
@@ -186,6 +186,20 @@ class Unlocked(BaseModel):
     failures_forgotten: int
 
 
+class ImportOptions(BaseModel):
+    """The import's query parameters (described from here; read by ``_flag``)."""
+
+    skip_invalid: bool = Field(
+        default=False, description="Import the valid rows and report the others"
+    )
+    partial: bool = Field(
+        default=False, description="Leave the source's members absent from the file as they are"
+    )
+    columns: str | None = Field(
+        default=None, description="Header names other than the field names: FIELD=HEADER,..."
+    )
+
+
 # Guards
 
 
@@ -295,16 +309,10 @@ async def _spool_upload(request: Request, limit: int) -> IO[bytes]:
     if content_type != "text/csv":
         raise Problem(415, "Send the roster as text/csv.")
     too_large = Problem(413, f"The roster upload is over {limit // (1024 * 1024)} MiB.")
-    length = request.headers.get("content-length", "")
-    if length and (not length.isdigit() or int(length) > limit):
-        raise too_large
+    arriving = bounded_chunks(request, limit, too_large)
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115
     try:
-        size = 0
-        async for chunk in request.stream():  # a chunked body has no length to check first
-            size += len(chunk)
-            if size > limit:
-                raise too_large
+        async for chunk in arriving:
             spool.write(chunk)
         spool.seek(0)
     except BaseException:
@@ -317,78 +325,35 @@ def _row_problems(errors: list[RowError]) -> list[dict[str, object]]:
     return [{"line": e.line, "field": e.field, "message": e.reason} for e in errors]
 
 
+@openapi.operation(
+    answers={200: openapi.Json(RosterImportReport, "Imported")},
+    security=openapi.access_token("admin.roster"),
+    body=openapi.Binary(("text/csv",), "The file"),
+    query=ImportOptions,
+    path={"source": "The organization's roster name (1-64 letters, digits, . _ -)"},
+    problems=(404, 422),
+    tags=("admin",),
+)
 async def import_roster(request: Request) -> Response:
-    """Import a roster CSV for a source.
-    ---
-    summary: Import an eligibility roster (CSV)
-    description: >
-      The same importer as `carebridge roster import`: every row is validated, and the
-      import is all or nothing unless `skip_invalid=true`. Bad rows are reported by line
-      number, field and reason, never by value. A full import (the default) makes the
-      source's members missing from the file ineligible; `partial=true` updates only the
-      rows sent. Needs a client-credentials token with scope `admin.roster`. Like the
-      CLI's, the import has the CLI's database budget (CAREBRIDGE_DB_TIMEOUT_CLI_SECONDS),
-      not a web request's: a large roster keeps the request open as long (a million
-      members, about 95 s), and a client that gives up first does not stop it.
-    tags: [admin]
-    security: [{accessToken: [admin.roster]}]
-    parameters:
-      - {name: source, in: path, required: true, schema: {type: string},
-         description: "The organization's roster name (1-64 letters, digits, . _ -)"}
-      - {name: skip_invalid, in: query, schema: {type: boolean, default: false},
-         description: Import the valid rows and report the others}
-      - {name: partial, in: query, schema: {type: boolean, default: false},
-         description: Leave the source's members absent from the file as they are}
-      - {name: columns, in: query, schema: {type: string},
-         description: "Header names other than the field names: FIELD=HEADER,..."}
-    requestBody:
-      required: true
-      content:
-        text/csv:
-          schema: {type: string}
-    responses:
-      "200":
-        description: Imported
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/RosterImportReport'}
-      "400":
-        description: A query parameter is not valid
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "401":
-        description: No valid access token
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "403":
-        description: The token lacks admin.roster, or is bound to a person
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "404":
-        description: Not a usable source name
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "413":
-        description: Over CAREBRIDGE_ROSTER_UPLOAD_MAX_MIB
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "415":
-        description: Not text/csv
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "422":
-        description: >
-          Nothing was imported: invalid rows (`errors`: line, field, message) without
-          `skip_invalid`, or a file that is not a roster (encoding, header, CSV syntax)
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """Import an eligibility roster (CSV)
+
+    The same importer as `carebridge roster import`: every row is validated, and the
+    import is all or nothing unless `skip_invalid=true`. Bad rows are reported by line
+    number, field and reason, never by value. A full import (the default) makes the
+    source's members missing from the file ineligible; `partial=true` updates only the
+    rows sent. Needs a client-credentials token with scope `admin.roster`. Like the
+    CLI's, the import has the CLI's database budget (CAREBRIDGE_DB_TIMEOUT_CLI_SECONDS),
+    not a web request's: a large roster keeps the request open as long (a million
+    members, about 95 s), and a client that gives up first does not stop it.
+
+    - 400: A query parameter is not valid
+    - 401: No valid access token
+    - 403: The token lacks admin.roster, or is bound to a person
+    - 404: Not a usable source name
+    - 413: Over CAREBRIDGE_ROSTER_UPLOAD_MAX_MIB
+    - 415: Not text/csv
+    - 422: Nothing was imported: invalid rows (`errors`: line, field, message) without
+      `skip_invalid`, or a file that is not a roster (encoding, header, CSV syntax)
     """
     actor = await require_operator(request)
     source = _source(request)
@@ -451,35 +416,18 @@ async def import_roster(request: Request) -> Response:
     return _no_store(report)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(RosterSourceStats, "Counts, and the last import")},
+    security=openapi.access_token("admin.roster"),
+    problems=(404,),
+    tags=("admin",),
+)
 async def source_stats(request: Request) -> Response:
-    """Counts for one roster source.
-    ---
-    summary: Roster counts for a source (no personal data)
-    tags: [admin]
-    security: [{accessToken: [admin.roster]}]
-    parameters:
-      - {name: source, in: path, required: true, schema: {type: string}}
-    responses:
-      "200":
-        description: Counts, and the last import
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/RosterSourceStats'}
-      "401":
-        description: No valid access token
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "403":
-        description: The token lacks admin.roster, or is bound to a person
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "404":
-        description: No roster has been imported for this source
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """Roster counts for a source (no personal data)
+
+    - 401: No valid access token
+    - 403: The token lacks admin.roster, or is bound to a person
+    - 404: No roster has been imported for this source
     """
     await require_operator(request)
     source = _source(request)
@@ -513,58 +461,21 @@ async def source_stats(request: Request) -> Response:
 
 # Staff operations
 
-_STAFF_RESPONSES = """
-        "400":
-          description: The reason is missing or too long
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "401":
-          description: No valid access token
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "403":
-          description: The token lacks admin.roster, or is bound to a person
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "404":
-          description: No such patient ID (or account ID)
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-"""
 
-
+@openapi.operation(
+    answers={201: openapi.Json(IssuedActivationCode, "Issued")},
+    security=openapi.access_token("admin.roster"),
+    body=StaffReason,
+    problems=(404, 409),
+    tags=("admin",),
+)
 async def issue_activation_code(request: Request) -> Response:
-    """Issue an activation code for a patient.
-    ---
-    summary: Issue a one-time activation code for an eligible, unlinked patient ID
-    description: >
-      The code is in this answer only (the database keeps its hash). Earlier unused
-      codes for the patient stop working. It expires after
-      CAREBRIDGE_ACTIVATION_CODE_DAYS.
-    tags: [admin]
-    security: [{accessToken: [admin.roster]}]
-    parameters:
-      - {name: patient_id, in: path, required: true, schema: {type: string}}
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {$ref: '#/components/schemas/StaffReason'}
-    responses:
-      "201":
-        description: Issued
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/IssuedActivationCode'}
-      "409":
-        description: The patient is ineligible or already linked to an account
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """Issue a one-time activation code for an eligible, unlinked patient ID
+
+    The code is in this answer only (the database keeps its hash). Earlier unused codes
+    for the patient stop working. It expires after CAREBRIDGE_ACTIVATION_CODE_DAYS.
+
+    - 409: The patient is ineligible or already linked to an account
     """
     actor = await require_operator(request)
     patient_id = _patient_id(request)
@@ -581,40 +492,22 @@ async def issue_activation_code(request: Request) -> Response:
     return _no_store(code, status_code=201)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(ActivationCodeList, "The codes")},
+    security=openapi.access_token("admin.roster"),
+    problems=(404,),
+    tags=("admin",),
+)
 async def list_activation_codes(request: Request) -> Response:
-    """A patient's activation codes and their state.
-    ---
-    summary: List a patient's activation codes (never the codes), voided ones included
-    description: >
-      Newest first. A code presented with wrong dates of birth
-      CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES times (from any accounts) is `voided`;
-      issue a new one when the patient is who they say. Audited
-      (`roster.activation_code.list`).
-    tags: [admin]
-    security: [{accessToken: [admin.roster]}]
-    parameters:
-      - {name: patient_id, in: path, required: true, schema: {type: string}}
-    responses:
-      "200":
-        description: The codes
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/ActivationCodeList'}
-      "401":
-        description: No valid access token
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "403":
-        description: The token lacks admin.roster, or is bound to a person
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "404":
-        description: No such patient ID
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """List a patient's activation codes (never the codes), voided ones included
+
+    Newest first. A code presented with wrong dates of birth
+    CAREBRIDGE_ACTIVATION_CODE_MAX_FAILURES times (from any accounts) is `voided`; issue
+    a new one when the patient is who they say. Audited (`roster.activation_code.list`).
+
+    - 401: No valid access token
+    - 403: The token lacks admin.roster, or is bound to a person
+    - 404: No such patient ID
     """
     actor = await require_operator(request)
     patient_id = _patient_id(request)
@@ -663,59 +556,34 @@ async def _unlink(request: Request, action: str) -> Response:
     )
 
 
+@openapi.operation(
+    answers={200: openapi.Json(Unlinked, "Unlinked")},
+    security=openapi.access_token("admin.roster"),
+    body=StaffReason,
+    problems=(404, 409),
+    tags=("admin",),
+)
 async def unlink(request: Request) -> Response:
-    """Unlink a patient ID from its account.
-    ---
-    summary: Unlink a patient ID from its account (the account keeps its sign-in)
-    tags: [admin]
-    security: [{accessToken: [admin.roster]}]
-    parameters:
-      - {name: patient_id, in: path, required: true, schema: {type: string}}
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {$ref: '#/components/schemas/StaffReason'}
-    responses:
-      "200":
-        description: Unlinked
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Unlinked'}
-      "409":
-        description: The patient is not linked to an account
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """Unlink a patient ID from its account (the account keeps its sign-in)
+
+    - 409: The patient is not linked to an account
     """
     return await _unlink(request, "roster.unlink")
 
 
+@openapi.operation(
+    answers={200: openapi.Json(Unlinked, "Unlinked; the account must verify again")},
+    security=openapi.access_token("admin.roster"),
+    body=StaffReason,
+    problems=(404, 409),
+    tags=("admin",),
+)
 async def reverify(request: Request) -> Response:
-    """Make a patient's account verify again.
-    ---
-    summary: Unlink a patient ID and end its unused activation codes
-    description: The account must verify again (DOB and SSN last 4, or a new code).
-    tags: [admin]
-    security: [{accessToken: [admin.roster]}]
-    parameters:
-      - {name: patient_id, in: path, required: true, schema: {type: string}}
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {$ref: '#/components/schemas/StaffReason'}
-    responses:
-      "200":
-        description: Unlinked; the account must verify again
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Unlinked'}
-      "409":
-        description: The patient is not linked to an account
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """Unlink a patient ID and end its unused activation codes
+
+    The account must verify again (DOB and SSN last 4, or a new code).
+
+    - 409: The patient is not linked to an account
     """
     return await _unlink(request, "roster.reverify")
 
@@ -734,64 +602,31 @@ async def _unlock(request: Request, kind: Literal["activation", "verification"])
     return _no_store(Unlocked(account_id=account_id, failures_forgotten=failures))
 
 
+@openapi.operation(
+    answers={200: openapi.Json(Unlocked, "Cleared")},
+    security=openapi.access_token("admin.roster"),
+    body=StaffReason,
+    problems=(404,),
+    tags=("admin",),
+)
 async def activation_unlock(request: Request) -> Response:
-    """Clear an account's activation lock.
-    ---
-    summary: Clear an account's activation lock (5 wrong codes or dates of birth lock it)
-    tags: [admin]
-    security: [{accessToken: [admin.roster]}]
-    parameters:
-      - {name: account_id, in: path, required: true, schema: {type: string}}
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {$ref: '#/components/schemas/StaffReason'}
-    responses:
-      "200":
-        description: Cleared
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Unlocked'}
-    """
+    """Clear an account's activation lock (5 wrong codes or dates of birth lock it)"""
     return await _unlock(request, "activation")
 
 
+@openapi.operation(
+    answers={200: openapi.Json(Unlocked, "Cleared")},
+    security=openapi.access_token("admin.roster"),
+    body=StaffReason,
+    problems=(404,),
+    tags=("admin",),
+)
 async def verify_unlock(request: Request) -> Response:
-    """Clear an account's verification lock.
-    ---
-    summary: Clear an account's verification lock after staff review
-    description: Five failed DOB + SSN last 4 attempts lock verification for the account.
-    tags: [admin]
-    security: [{accessToken: [admin.roster]}]
-    parameters:
-      - {name: account_id, in: path, required: true, schema: {type: string}}
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {$ref: '#/components/schemas/StaffReason'}
-    responses:
-      "200":
-        description: Cleared
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Unlocked'}
+    """Clear an account's verification lock after staff review
+
+    Five failed DOB + SSN last 4 attempts lock verification for the account.
     """
     return await _unlock(request, "verification")
-
-
-def _with_staff_responses(doc: str) -> str:
-    """``doc`` with the error answers every staff operation shares, indented to match its
-    own responses (written once, above)."""
-    (heading,) = [line for line in doc.splitlines() if line.strip() == "responses:"]
-    indent = heading[: len(heading) - len(heading.lstrip())] + "  "
-    ours = textwrap.dedent(_STAFF_RESPONSES).strip("\n")
-    return doc.rstrip() + "\n" + textwrap.indent(ours, indent)
-
-
-for _endpoint in (issue_activation_code, unlink, reverify, activation_unlock, verify_unlock):
-    _endpoint.__doc__ = _with_staff_responses(_endpoint.__doc__ or "")
 
 
 def routes() -> list[BaseRoute]:

@@ -36,6 +36,7 @@ from carebridge.http import openapi
 from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import authn, sessions, throttle
 from identity.authn import Step
@@ -44,10 +45,10 @@ from identity.models import AuthSession
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
-CODE_ERROR = "Enter the 6-digit code from your authenticator app."
-RECOVERY_ERROR = "Enter one of your recovery codes, like ABCDE-12345."
-WRONG_CODE = "That code didn't work. Check your authenticator app and enter the newest code."
-WRONG_RECOVERY_CODE = "That recovery code didn't work. Each code works once."
+CODE_ERROR = N_("Enter the 6-digit code from your authenticator app.")
+RECOVERY_ERROR = N_("Enter one of your recovery codes, like ABCDE-12345.")
+WRONG_CODE = N_("That code didn't work. Check your authenticator app and enter the newest code.")
+WRONG_RECOVERY_CODE = N_("That recovery code didn't work. Each code works once.")
 
 
 # Request and response bodies
@@ -544,7 +545,7 @@ async def _challenge_post(request: Request, method: str) -> Response:
     if result.status is Status.GONE:
         return signin_redirect(request)
     if result.status is Status.LOCKED:
-        message = "Too many wrong codes. Wait a few minutes, then try again."
+        message = N_("Too many wrong codes. Wait a few minutes, then try again.")
         context = {"next": next_path, "errors": {"form": message}}
         return _render(request, template, context, status_code=429)
     context = {"next": next_path, "errors": {"code": wrong}}
@@ -570,33 +571,21 @@ async def recovery_submit(request: Request) -> Response:
 # JSON API
 
 
+@openapi.operation(
+    answers={200: openapi.Json(TotpEnrolment, "The seed, as an otpauth URI and as text")},
+    security=openapi.session(),
+    problems=(403,),
+)
 async def api_enroll(request: Request) -> Response:
-    """Start enrolling an authenticator app (or replacing one).
-    ---
-    post:
-      summary: Start enrolling an authenticator app
-      description: >
-        Allowed for a level-1 session of an account without a confirmed authenticator, and
-        for a level-2 session re-authenticated in the last five minutes (POST
-        /api/v1/reauth). Each call makes a new seed; the previous unconfirmed one stops
-        working. The seed is active once POST /api/v1/mfa/totp/confirm accepts a code.
-      security: [{session: []}]
-      responses:
-        "200":
-          description: The seed, as an otpauth URI and as text
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/TotpEnrolment'}
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "403":
-          description: Re-authenticate first
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Start enrolling an authenticator app
+
+    Allowed for a level-1 session of an account without a confirmed authenticator, and
+    for a level-2 session re-authenticated in the last five minutes (POST
+    /api/v1/reauth). Each call makes a new seed; the previous unconfirmed one stops
+    working. The seed is active once POST /api/v1/mfa/totp/confirm accepts a code.
+
+    - 401: Not signed in
+    - 403: Re-authenticate first
     """
     session = await authn.require(request, allow=frozenset({Step.ENROLL}))
     enrolment = await run_in_threadpool(
@@ -610,42 +599,22 @@ async def api_enroll(request: Request) -> Response:
     return JSONResponse(body.model_dump())
 
 
+@openapi.operation(
+    answers={200: openapi.Json(TotpConfirmed, "Confirmed")},
+    security=openapi.session(),
+    body=TotpCode,
+    problems=(403,),
+)
 async def api_confirm(request: Request) -> Response:
-    """Confirm the authenticator being enrolled with a code from it.
-    ---
-    post:
-      summary: Confirm the authenticator app
-      description: >
-        Activates the seed from POST /api/v1/mfa/totp/enroll. The session moves to level 2
-        with a new token (the old one stops working). Confirming the account's first
-        authenticator also returns ten recovery codes, shown this once.
-      security: [{session: []}]
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/TotpCode'}
-      responses:
-        "200":
-          description: Confirmed
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/TotpConfirmed'}
-        "400":
-          description: Wrong code, or nothing being enrolled
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "403":
-          description: Re-authenticate first
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Confirm the authenticator app
+
+    Activates the seed from POST /api/v1/mfa/totp/enroll. The session moves to level 2
+    with a new token (the old one stops working). Confirming the account's first
+    authenticator also returns ten recovery codes, shown this once.
+
+    - 400: Wrong code, or nothing being enrolled
+    - 401: Not signed in
+    - 403: Re-authenticate first
     """
     session = await authn.require(request, allow=frozenset({Step.ENROLL}))
     body = await read_json(request, TotpCode)
@@ -707,93 +676,45 @@ async def _api_second_factor(
     return JSONResponse(body.model_dump())
 
 
+@openapi.operation(
+    answers={200: openapi.Json(SessionToken, "Level 2")},
+    security=openapi.session(),
+    body=TotpCode,
+    problems=(409, 429),
+)
 async def api_challenge(request: Request) -> Response:
-    """Pass the second step with a code from the authenticator app.
-    ---
-    post:
-      summary: Second step with an authenticator code
-      description: >
-        For a level-1 session. Each code works once; wrong codes are counted and enough of
-        them lock the second step for a while (429). On success the session is at level 2
-        with a new token; the old one stops working.
-      security: [{session: []}]
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/TotpCode'}
-      responses:
-        "200":
-          description: Level 2
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/SessionToken'}
-        "400":
-          description: Wrong or already used code
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "409":
-          description: The session is already at level 2
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "429":
-          description: Too many wrong codes; wait
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Second step with an authenticator code
+
+    For a level-1 session. Each code works once; wrong codes are counted and enough of
+    them lock the second step for a while (429). On success the session is at level 2
+    with a new token; the old one stops working.
+
+    - 400: Wrong or already used code
+    - 401: Not signed in
+    - 409: The session is already at level 2
+    - 429: Too many wrong codes; wait
     """
     session = await _api_second_step_session(request)
     body = await read_json(request, TotpCode)
     return await _api_second_factor(request, session, "totp", body.code)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(RecoveryAccepted, "Level 2")},
+    security=openapi.session(),
+    body=RecoveryCodeIn,
+    problems=(409, 429),
+)
 async def api_recovery(request: Request) -> Response:
-    """Pass the second step with a recovery code.
-    ---
-    post:
-      summary: Second step with a recovery code
-      description: >
-        For a level-1 session whose authenticator is not at hand. The code is used up.
-        Wrong codes count towards the same lock as wrong authenticator codes.
-      security: [{session: []}]
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/RecoveryCodeIn'}
-      responses:
-        "200":
-          description: Level 2
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/RecoveryAccepted'}
-        "400":
-          description: Wrong or already used code
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "409":
-          description: The session is already at level 2
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "429":
-          description: Too many wrong codes; wait
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Second step with a recovery code
+
+    For a level-1 session whose authenticator is not at hand. The code is used up. Wrong
+    codes count towards the same lock as wrong authenticator codes.
+
+    - 400: Wrong or already used code
+    - 401: Not signed in
+    - 409: The session is already at level 2
+    - 429: Too many wrong codes; wait
     """
     session = await _api_second_step_session(request)
     body = await read_json(request, RecoveryCodeIn)

@@ -31,6 +31,7 @@ from carebridge.db import transaction
 from carebridge.http import openapi
 from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import accounts, authn, sessions, throttle
 from identity.credentials import password, totp
@@ -38,8 +39,8 @@ from identity.flows import mfa
 from identity.flows.mfa import Result, SessionToken, Status
 from identity.models import AuthSession, PasswordCredential
 
-WRONG_PASSWORD = "That password is not right."  # noqa: S105  (a message)
-ENTER_PASSWORD = "Enter your password."  # noqa: S105  (a message)
+WRONG_PASSWORD = N_("That password is not right.")
+ENTER_PASSWORD = N_("Enter your password.")
 
 
 @openapi.component
@@ -204,49 +205,29 @@ async def reauth_submit(request: Request) -> Response:
     if result.status is Status.GONE:
         return mfa.signin_redirect(request)
     if result.status is Status.LOCKED:
-        message = "Too many wrong attempts. Wait a few minutes, then try again."
+        message = N_("Too many wrong attempts. Wait a few minutes, then try again.")
         return _page(request, {**context, "errors": {"form": message}}, 429)
     message = WRONG_PASSWORD if by_password else mfa.WRONG_CODE
     return _page(request, {**context, "errors": {field: message}}, 400)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(SessionToken, "Re-authenticated")},
+    security=openapi.session(),
+    body=Reauthentication,
+    problems=(429,),
+)
 async def api_reauth(request: Request) -> Response:
-    """Prove it is you again before changing a factor.
-    ---
-    post:
-      summary: Re-authenticate with an authenticator code or the password
-      description: >
-        Changing the authenticator needs a re-authentication in the last five minutes.
-        On success the session keeps its level and gets a new token (the old one stops
-        working). Wrong codes count towards the second step's lock, wrong passwords
-        towards password sign-in's (429 while locked).
-      security: [{session: []}]
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Reauthentication'}
-      responses:
-        "200":
-          description: Re-authenticated
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/SessionToken'}
-        "400":
-          description: Wrong code or password
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "401":
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        "429":
-          description: Too many wrong attempts; wait
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Re-authenticate with an authenticator code or the password
+
+    Changing the authenticator needs a re-authentication in the last five minutes. On
+    success the session keeps its level and gets a new token (the old one stops
+    working). Wrong codes count towards the second step's lock, wrong passwords towards
+    password sign-in's (429 while locked).
+
+    - 400: Wrong code or password
+    - 401: Not signed in
+    - 429: Too many wrong attempts; wait
     """
     session = await authn.require(request)
     body = await read_json(request, Reauthentication)

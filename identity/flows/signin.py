@@ -41,6 +41,7 @@ from carebridge.http import openapi
 from carebridge.http.forms import field_errors, read_form, read_json
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import accounts, authn, sessions, throttle
 from identity.accounts import PasswordAccount
@@ -52,12 +53,12 @@ from identity.models import Account, LoginIdentifier
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
 DEFAULT_NEXT = "/account"
-SIGNIN_FAILED = "The email address or password is not right. Check them and try again."
-TOO_MANY = (
+SIGNIN_FAILED = N_("The email address or password is not right. Check them and try again.")
+TOO_MANY = N_(
     "Too many attempts. Wait a few minutes, then try again. "
     "If this keeps happening, contact support."
 )
-ENTER_PASSWORD = "Enter your password."  # noqa: S105  (a message)
+ENTER_PASSWORD = N_("Enter your password.")
 PASSWORD_TOO_LONG = f"Your password must be at most {password.MAX_LENGTH} characters long."
 
 
@@ -437,41 +438,22 @@ async def signin_submit(request: Request) -> Response:
     return signed_in_redirect(runtime, result, next_to)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(SessionStarted, "Signed in at level 1")},
+    body=Credentials,
+    problems=(401, 429),
+    tags=("accounts",),
+)
 async def api_signin(request: Request) -> Response:
-    """Sign in with a password.
-    ---
-    summary: Sign in with an email address and a password
-    description: >
-      Starts a session at level 1 (first factor). `next_step` says what is still missing.
-      A wrong password, an unknown email address and a disabled account get the same 401;
-      a login or client address with too many failures gets 429 until its lock passes.
-    tags: [accounts]
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {$ref: '#/components/schemas/Credentials'}
-    responses:
-      '200':
-        description: Signed in at level 1
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/SessionStarted'}
-      '400':
-        description: A field is missing, malformed or too long
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      '401':
-        description: The email address or password is not right
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      '429':
-        description: Too many attempts; try again later
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """Sign in with an email address and a password
+
+    Starts a session at level 1 (first factor). `next_step` says what is still missing.
+    A wrong password, an unknown email address and a disabled account get the same 401;
+    a login or client address with too many failures gets 429 until its lock passes.
+
+    - 400: A field is missing, malformed or too long
+    - 401: The email address or password is not right
+    - 429: Too many attempts; try again later
     """
     credentials = await read_json(request, Credentials)
     try:

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
+from carebridge.http import openapi
 from carebridge.http.forms import read_form
 from carebridge.runtime import Runtime
 from identity import sessions
@@ -63,21 +64,17 @@ def _bearer(request: Request) -> str | None:
     return credentials.strip() or None
 
 
+@openapi.operation(
+    answers={204: openapi.Empty("Signed out")},
+    security=openapi.session(),
+    tags=("accounts",),
+)
 async def api_signout(request: Request) -> Response:
-    """Sign out.
-    ---
-    summary: End the session the bearer token names
-    description: The session is deleted on the server; its token stops working at once.
-    tags: [accounts]
-    security: [{session: []}]
-    responses:
-      '204':
-        description: Signed out
-      '401':
-        description: No bearer token, or one that names no live session
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """End the session the bearer token names
+
+    The session is deleted on the server; its token stops working at once.
+
+    - 401: No bearer token, or one that names no live session
     """
     token = _bearer(request)
     runtime: Runtime = request.app.state.runtime

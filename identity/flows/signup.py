@@ -31,8 +31,10 @@ from starlette.routing import BaseRoute, Route
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
+from carebridge.http import openapi
 from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import accounts, sessions, throttle
 from identity.credentials import password
@@ -49,7 +51,7 @@ from identity.flows.signin import (
     signed_in_redirect,
 )
 
-SIGNUP_FAILED = (
+SIGNUP_FAILED = N_(
     "We couldn't create an account or sign you in with this email address and password. "
     "If you already have an account, check your password, or sign in instead."
 )
@@ -221,44 +223,25 @@ async def signup_submit(request: Request) -> Response:
     return signed_in_redirect(runtime, result, next_to)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(signin.SessionStarted, "Signed in at level 1")},
+    body=Credentials,
+    problems=(401, 429),
+    tags=("accounts",),
+)
 async def api_signup(request: Request) -> Response:
-    """Create an account.
-    ---
-    summary: Create an account with an email address and a password
-    description: >
-      Silent: nothing is sent to the email address or anywhere else. Starts a session at
-      level 1 for the new account; `next_step` is `enroll` while MFA is required. For an
-      email address that already has an account this is a sign-in attempt: its password
-      signs in (same 200 answer), any other fails with 401 and counts like a failed
-      sign-in. The password must be at least CAREBRIDGE_PASSWORD_MIN_LENGTH characters,
-      not a commonly used one, and not contain the email address.
-    tags: [accounts]
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {$ref: '#/components/schemas/Credentials'}
-    responses:
-      '200':
-        description: Signed in at level 1
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/SessionStarted'}
-      '400':
-        description: A field is missing, malformed or too long, or the password is refused
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      '401':
-        description: The email address has an account and this is not its password
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      '429':
-        description: Too many attempts; try again later
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """Create an account with an email address and a password
+
+    Silent: nothing is sent to the email address or anywhere else. Starts a session at
+    level 1 for the new account; `next_step` is `enroll` while MFA is required. For an
+    email address that already has an account this is a sign-in attempt: its password
+    signs in (same 200 answer), any other fails with 401 and counts like a failed sign-
+    in. The password must be at least CAREBRIDGE_PASSWORD_MIN_LENGTH characters, not a
+    commonly used one, and not contain the email address.
+
+    - 400: A field is missing, malformed or too long, or the password is refused
+    - 401: The email address has an account and this is not its password
+    - 429: Too many attempts; try again later
     """
     credentials = await read_json(request, Credentials)
     try:

@@ -38,6 +38,7 @@ from carebridge.http import csrf, openapi
 from carebridge.http.forms import read_form
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_, _
 from carebridge.runtime import Runtime
 from carebridge.settings import UpstreamProvider
 from identity import authn, sessions, throttle
@@ -55,9 +56,9 @@ templates = templates_for(Path(__file__).resolve().parent.parent / "templates")
 
 METHODS_PATH = "/account/methods"
 _DONE = {
-    "linked": "The account is linked. You can now sign in with it.",
-    "already-linked": "That account was already linked.",
-    "unlinked": "The account is unlinked. You can no longer sign in with it.",
+    "linked": N_("The account is linked. You can now sign in with it."),
+    "already-linked": N_("That account was already linked."),
+    "unlinked": N_("The account is unlinked. You can no longer sign in with it."),
 }
 
 
@@ -93,7 +94,7 @@ def buttons(runtime: Runtime, next_path: str | None = None) -> list[dict[str, st
     return [
         {
             "name": p.name,
-            "label": f"Sign in with {p.display_name}",
+            "label": _("Sign in with %(provider)s") % {"provider": p.display_name},
             "url": f"/signin/upstream/{p.name}{query}",
         }
         for p in upstream.providers(runtime)
@@ -105,48 +106,58 @@ def buttons(runtime: Runtime, next_path: str | None = None) -> list[dict[str, st
 _TROUBLE: dict[str, tuple[int, str, str]] = {
     "state": (
         400,
-        "This sign-in link has expired or was already used",
-        "Sign-in links work once, for 10 minutes, in the browser that started them. "
-        "Nothing was changed. Please start again.",
+        N_("This sign-in link has expired or was already used"),
+        N_(
+            "Sign-in links work once, for 10 minutes, in the browser that started them. "
+            "Nothing was changed. Please start again."
+        ),
     ),
     "unavailable": (
         502,
-        "We couldn't reach {provider}",
-        "{provider} didn't answer in time. Nothing was changed. Please try again in a few "
-        "minutes, or sign in another way.",
+        N_("We couldn't reach {provider}"),
+        N_(
+            "{provider} didn't answer in time. Nothing was changed. Please try again in a few "
+            "minutes, or sign in another way."
+        ),
     ),
     "refused": (
         400,
-        "Signing in with {provider} didn't finish",
-        "{provider} did not confirm who you are (perhaps you cancelled). Nothing was changed.",
+        N_("Signing in with {provider} didn't finish"),
+        N_("{provider} did not confirm who you are (perhaps you cancelled). Nothing was changed."),
     ),
     "invalid_token": (
         400,
-        "We couldn't verify {provider}'s answer",
-        "The answer from {provider} failed our security checks. Nothing was changed. "
-        "Please try again.",
+        N_("We couldn't verify {provider}'s answer"),
+        N_(
+            "The answer from {provider} failed our security checks. Nothing was changed. "
+            "Please try again."
+        ),
     ),
     "linked_elsewhere": (
         409,
-        "This {provider} account belongs to another carebridge account",
-        "It is linked to a different carebridge account, so it can't be linked to this one. "
-        "Nothing was changed.",
+        N_("This {provider} account belongs to another carebridge account"),
+        N_(
+            "It is linked to a different carebridge account, so it can't be linked to this one. "
+            "Nothing was changed."
+        ),
     ),
     "not_signed_in": (
         403,
-        "Please sign in again to link {provider}",
-        "Linking needs the account that started it to be signed in. Nothing was changed.",
+        N_("Please sign in again to link {provider}"),
+        N_("Linking needs the account that started it to be signed in. Nothing was changed."),
     ),
     "throttled": (
         429,
-        "Too many sign-ins started",
-        "Too many sign-ins with {provider} were started from your network. Nothing was "
-        "changed. Please wait a few minutes, then try again.",
+        N_("Too many sign-ins started"),
+        N_(
+            "Too many sign-ins with {provider} were started from your network. Nothing was "
+            "changed. Please wait a few minutes, then try again."
+        ),
     ),
     "disabled": (
         403,
-        "You can't sign in with this account",
-        "This account is disabled. Please contact support.",
+        N_("You can't sign in with this account"),
+        N_("This account is disabled. Please contact support."),
     ),
 }
 
@@ -162,8 +173,8 @@ def trouble(
         request,
         "identity/upstream_trouble.html",
         {
-            "heading": heading.format(provider=name),
-            "message": message.format(provider=name),
+            "heading": _(heading).format(provider=name),
+            "message": _(message).format(provider=name),
             "retry": retry if kind != "disabled" else None,
             "linking": linking,
             "request_id": getattr(request.state, "request_id", None),
@@ -521,9 +532,7 @@ def methods_of(db: Session, runtime: Runtime, account_id: str) -> SignInMethods:
                 id=link.id,
                 provider=link.provider,
                 display_name=names.get(link.provider, link.provider),
-                linked_at=link.linked_at
-                if link.linked_at.tzinfo
-                else link.linked_at.replace(tzinfo=UTC),
+                linked_at=link.linked_at,
             )
             for link in links
         ],
@@ -575,12 +584,14 @@ def unlink(
 _UNLINK_REFUSED = {
     "last_method": (
         409,
-        "This is your only way to sign in, so it can't be unlinked. Set a password or link "
-        "another account first.",
+        N_(
+            "This is your only way to sign in, so it can't be unlinked. Set a password or link "
+            "another account first."
+        ),
     ),
     "not_recent": (
         403,
-        "For your security, sign in again before changing how you sign in.",
+        N_("For your security, sign in again before changing how you sign in."),
     ),
 }
 
@@ -692,24 +703,15 @@ async def unlink_page(request: Request) -> Response:
 # JSON API
 
 
+@openapi.operation(
+    answers={200: openapi.Json(SignInMethods, "The account's password and linked providers")},
+    security=openapi.session(),
+    tags=("account",),
+)
 async def methods_api(request: Request) -> Response:
-    """The account's ways to sign in: its password, if any, and linked providers.
-    ---
-    get:
-      summary: List the ways to sign in
-      tags: [account]
-      security: [{session: []}]
-      responses:
-        200:
-          description: The account's password and linked providers
-          content:
-            application/json:
-              schema: {$ref: '#/components/schemas/SignInMethods'}
-        401:
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """List the ways to sign in
+
+    - 401: Not signed in
     """
     session = await authn.require(request)
     runtime = _runtime(request)
@@ -722,38 +724,19 @@ async def methods_api(request: Request) -> Response:
     return JSONResponse(methods.model_dump(mode="json"))
 
 
+@openapi.operation(
+    answers={204: openapi.Empty("Unlinked")},
+    security=openapi.session(),
+    problems=(403, 404, 409),
+    tags=("account",),
+)
 async def unlink_api(request: Request) -> Response:
-    """Unlink an upstream provider. Needs a sign-in in the last five minutes, and never
-    removes the last way to sign in.
-    ---
-    delete:
-      summary: Unlink an upstream provider
-      tags: [account]
-      security: [{session: []}]
-      parameters:
-        - {name: id, in: path, required: true, schema: {type: string}}
-      responses:
-        204: {description: Unlinked}
-        401:
-          description: Not signed in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        403:
-          description: The sign-in is not recent enough; sign in again
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        404:
-          description: No such link on this account
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
-        409:
-          description: It is the last way to sign in
-          content:
-            application/problem+json:
-              schema: {$ref: '#/components/schemas/Problem'}
+    """Unlink an upstream provider
+
+    - 401: Not signed in
+    - 403: The sign-in is not recent enough; sign in again
+    - 404: No such link on this account
+    - 409: It is the last way to sign in
     """
     session = await authn.require(request)
     try:

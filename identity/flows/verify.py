@@ -69,6 +69,7 @@ from carebridge.http import openapi
 from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import authn, throttle
 from identity.flows.account import is_verified
@@ -109,12 +110,12 @@ PERSON_ALERT = 10
 # accounts in the audit log's failed identity.verify records around it).
 PERSON_TARGETED = "verification person targeted"
 
-FAILED = (
+FAILED = N_(
     "We couldn't verify your identity with those details. Check them and try again, "
     "or contact support."
 )
-NEED_MORE = "We need one more detail to find your record. Enter your details again, with it."
-MORE_PROOF = (
+NEED_MORE = N_("We need one more detail to find your record. Enter your details again, with it.")
+MORE_PROOF = N_(
     "We need your last name and ZIP code as well to confirm it's you. Enter your details "
     "again, with both, as your employer, insurer or clinic has them. If that doesn't work "
     "(say you have moved or changed your name since), contact support and ask for an "
@@ -122,20 +123,20 @@ MORE_PROOF = (
 )
 # Where an activation code is redeemed, for API clients (the page links to /activate).
 ACTIVATE_API = "/api/v1/activate"
-LOCKED = (
+LOCKED = N_(
     "We can't verify your identity online right now. Contact support and we'll help you finish."
 )
-ALREADY = "Your identity is already verified."
-ENTER_DOB = "Enter your date of birth."
-REAL_DOB = "Enter a real date of birth, like 1980-03-27."
-PAST_DOB = "Your date of birth must be in the past."
-ENTER_SSN4 = "Enter the last four digits of your Social Security number."
-SSN4_DIGITS = "Enter exactly 4 digits: the last four of your Social Security number."
-FULL_SSN = (
+ALREADY = N_("Your identity is already verified.")
+ENTER_DOB = N_("Enter your date of birth.")
+REAL_DOB = N_("Enter a real date of birth, like 1980-03-27.")
+PAST_DOB = N_("Your date of birth must be in the past.")
+ENTER_SSN4 = N_("Enter the last four digits of your Social Security number.")
+SSN4_DIGITS = N_("Enter exactly 4 digits: the last four of your Social Security number.")
+FULL_SSN = N_(
     "Enter only the last four digits of your Social Security number. We don't need the full number."
 )
-ENTER_LAST_NAME = "Enter your last name."
-ENTER_ZIP = "Enter your 5-digit ZIP code."
+ENTER_LAST_NAME = N_("Enter your last name.")
+ENTER_ZIP = N_("Enter your 5-digit ZIP code.")
 
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _SSN4 = re.compile(r"\d{4}")
@@ -147,6 +148,19 @@ Tiebreaker = Literal["last_name", "zip"]
 
 
 # Parsing
+
+
+class NextPage(BaseModel):
+    """The API's query parameter (described from here; read by ``next_path``)."""
+
+    next: str | None = Field(
+        default=None,
+        description=(
+            "A same-site path to go on to afterwards (a page that sent the patient here); "
+            'echoed as ``next`` on success and on 409. Anything else (another site, "//host") '
+            "is ignored."
+        ),
+    )
 
 
 @openapi.component
@@ -607,72 +621,35 @@ async def verify_submit(request: Request) -> Response:
 # JSON API
 
 
+@openapi.operation(
+    answers={200: openapi.Json(Verified, "Verified; the account is linked to its patient record")},
+    security=openapi.session(),
+    body=VerifyDetails,
+    query=NextPage,
+    problems=(403, 409, 422),
+)
 async def api_verify(request: Request) -> Response:
-    """Verify the account's identity against the eligibility roster.
-    ---
-    summary: Link the account to its patient record by DOB and SSN last 4
-    description: >
-      Needs a finished sign-in (second factor done) and an account not yet verified.
-      "No such person", "ineligible", "already claimed" and "shared by several people"
-      get one answer: 422 asking for the tie-breaker (extensions ``tiebreaker``:
-      last_name or zip, and ``needs``: that field) when none was sent, the failure answer
-      when one was. While the date of birth (or the client's address) has seen failures
-      (CAREBRIDGE_VERIFY_STEP_UP_AFTER, default 3), last name and ZIP are needed as well:
-      without both, the answer is 422 with ``needs: ["last_name", "zip"]`` whatever the
-      date of birth and SSN last 4 are; send all four fields again. That answer does not
-      count as a failure, and its ``activate`` names where an activation code from
-      support is redeemed, for a patient whose last name or ZIP has changed since the
-      roster was made. Five failures lock the account until staff review (403): an
-      account's failures are never forgotten before that or a success, and nothing
-      anyone else does locks it.
-    security: [{session: []}]
-    parameters:
-      - name: next
-        in: query
-        required: false
-        schema: {type: string}
-        description: >
-          A same-site path to go on to afterwards (a page that sent the patient here);
-          echoed as ``next`` on success and on 409. Anything else (another site, "//host")
-          is ignored.
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {$ref: '#/components/schemas/VerifyDetails'}
-    responses:
-      "200":
-        description: Verified; the account is linked to its patient record
-        content:
-          application/json:
-            schema: {$ref: '#/components/schemas/Verified'}
-      "400":
-        description: A field is missing or malformed (a full SSN is refused here)
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "401":
-        description: Not signed in, or the second factor is missing
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "403":
-        description: Locked; contact support
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "409":
-        description: Already verified
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
-      "422":
-        description: >
-          Not verified (one answer for every reason), or more details are needed: the
-          fields to send again with the others are in ``needs``
-        content:
-          application/problem+json:
-            schema: {$ref: '#/components/schemas/Problem'}
+    """Link the account to its patient record by DOB and SSN last 4
+
+    Needs a finished sign-in (second factor done) and an account not yet verified. "No
+    such person", "ineligible", "already claimed" and "shared by several people" get one
+    answer: 422 asking for the tie-breaker (extensions ``tiebreaker``: last_name or zip,
+    and ``needs``: that field) when none was sent, the failure answer when one was.
+    While the date of birth (or the client's address) has seen failures
+    (CAREBRIDGE_VERIFY_STEP_UP_AFTER, default 3), last name and ZIP are needed as well:
+    without both, the answer is 422 with ``needs: ["last_name", "zip"]`` whatever the
+    date of birth and SSN last 4 are; send all four fields again. That answer does not
+    count as a failure, and its ``activate`` names where an activation code from support
+    is redeemed, for a patient whose last name or ZIP has changed since the roster was
+    made. Five failures lock the account until staff review (403): an account's failures
+    are never forgotten before that or a success, and nothing anyone else does locks it.
+
+    - 400: A field is missing or malformed (a full SSN is refused here)
+    - 401: Not signed in, or the second factor is missing
+    - 403: Locked; contact support
+    - 409: Already verified
+    - 422: Not verified (one answer for every reason), or more details are needed: the
+      fields to send again with the others are in ``needs``
     """
     session = await authn.require(request)
     details = await read_json(request, VerifyDetails)

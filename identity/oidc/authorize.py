@@ -29,10 +29,12 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.http.forms import read_form
 from carebridge.http.templates import templates_for
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from identity import authn, patients, sessions
 from identity.authn import Step
-from identity.oidc import consents, tokens
+from identity.oidc import consents
 from identity.oidc import scopes as scope_rules
 from identity.oidc.clients import Client
 from identity.oidc.paths import AUTHORIZE_PATH
@@ -43,9 +45,13 @@ from identity.oidc.tokens import Authorizing
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
 _ERROR_MESSAGES = {
-    "invalid_client": "This app is not registered with carebridge, or it has been switched off.",
-    "invalid_request": "The app sent a sign-in request carebridge cannot accept.",
-    "unsupported_response_type": "The app asked to sign you in in a way carebridge does not offer.",
+    "invalid_client": N_(
+        "This app is not registered with carebridge, or it has been switched off."
+    ),
+    "invalid_request": N_("The app sent a sign-in request carebridge cannot accept."),
+    "unsupported_response_type": N_(
+        "The app asked to sign you in in a way carebridge does not offer."
+    ),
 }
 
 
@@ -135,7 +141,7 @@ async def _handle(  # noqa: PLR0911  (one decision per step, read top to bottom)
     step = await run_in_threadpool(step_of) if session is not None else Step.SIGN_IN
     user = None
     if step is Step.DONE and session is not None:
-        user = Authorizing(session.account_id, sessions._aware(session.authenticated_at))
+        user = Authorizing(session.account_id, session.authenticated_at)
     pairs = [(k, v) for k, values in oauth.payload.datalist.items() for v in values]
 
     def check() -> Checked:
@@ -272,7 +278,7 @@ def _needs_login(oauth: StarletteOAuth2Request, prompts: list[str], user: Author
     max_age = str(oauth.payload.data.get("max_age") or "")
     if not max_age.isdigit():
         return False
-    return (tokens.utcnow() - user.auth_time).total_seconds() > int(max_age)
+    return (utcnow() - user.auth_time).total_seconds() > int(max_age)
 
 
 def _consent_page(

@@ -12,8 +12,9 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from identity.oidc import scopes as scope_rules
-from identity.oidc import tokens, withdrawals
+from identity.oidc import withdrawals
 from identity.oidc.models import OidcClient, OidcConsent
 
 
@@ -33,7 +34,7 @@ def remember(db: Session, *, account_id: str, client_id: str, scope: str) -> Non
     """Record a grant; asking again for more scopes adds to it. The row is locked, as by
     :func:`remembered`, until the code the grant gives is stored."""
     row = db.get(OidcConsent, (account_id, client_id), with_for_update=True)
-    now = tokens.utcnow()
+    now = utcnow()
     if row is None:
         db.add(OidcConsent(account_id=account_id, client_id=client_id, scope=scope, granted_at=now))
         return
@@ -62,7 +63,7 @@ def connected_apps(runtime: Runtime, account_id: str) -> list[ConnectedApp]:
                 client_id=consent.client_id,
                 name=name,
                 scopes=[scope_rules.describe(s) for s in consent.scope.split()],
-                granted_at=tokens.aware(consent.granted_at),
+                granted_at=consent.granted_at,
             )
             for consent, name in rows
         ]

@@ -23,6 +23,7 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import DirectStatement
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from identity.models import new_id
 from identity.oidc import pkce, tokens, withdrawals
 from identity.oidc import scopes as scope_rules
@@ -144,7 +145,7 @@ class CodeRecord:
         return self.nonce
 
     def get_auth_time(self) -> int:
-        return int(tokens.aware(self.auth_time).timestamp())
+        return int(self.auth_time.timestamp())
 
     def get_acr(self) -> None:
         return None
@@ -187,7 +188,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         user: Authorizing = request.user
-        now = tokens.utcnow()
+        now = utcnow()
         lifetime = timedelta(seconds=self.server.runtime.settings.authorization_code_seconds)
         data = request.payload.data
         self.server.execution.session().add(
@@ -239,7 +240,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
             return None
         if row.grant_withdrawn_until is not None:
             return None  # its account was disabled, or the app revoked, since
-        if tokens.aware(row.expires_at) <= tokens.utcnow():
+        if row.expires_at <= utcnow():
             return None
         return record
 
@@ -370,7 +371,7 @@ class RefreshRecord:
         return self.scope
 
     def is_expired(self) -> bool:
-        return tokens.aware(self.expires_at) <= tokens.utcnow()
+        return self.expires_at <= utcnow()
 
     def is_revoked(self) -> bool:
         return self.revoked

@@ -6,7 +6,6 @@ from typing import Any, ClassVar
 
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 
-from identity.oidc import tokens
 from identity.oidc.clients import Client
 from identity.oidc.grants import CLIENT_AUTH_METHODS, RefreshRecord
 from identity.oidc.token_lookup import AccessRecord, TokenLookup
@@ -41,6 +40,6 @@ class Introspection(TokenLookup, IntrospectionEndpoint):  # type: ignore[misc]
             "client_id": token.client_id,
             "scope": token.scope,
             "iss": settings.issuer,
-            "exp": int(tokens.aware(token.expires_at).timestamp()),
-            "iat": int(tokens.aware(token.issued_at).timestamp()),
+            "exp": int(token.expires_at.timestamp()),
+            "iat": int(token.issued_at.timestamp()),
         }

@@ -13,7 +13,6 @@ from datetime import datetime
 
 from sqlalchemy import (
     Boolean,
-    DateTime,
     ForeignKey,
     Integer,
     String,
@@ -23,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from carebridge.db import Base
+from carebridge.utc import UtcDateTime
 
 
 class OidcSubject(Base):
@@ -39,7 +39,7 @@ class OidcSubject(Base):
     client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     subject: Mapped[str] = mapped_column(String(100), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class OidcClient(Base):
@@ -64,9 +64,9 @@ class OidcClient(Base):
     sector: Mapped[str] = mapped_column(String(300))
     access_token_seconds: Mapped[int | None] = mapped_column(Integer)
     refresh_token_seconds: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    secret_rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    secret_rotated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    disabled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class OidcAuthorizationCode(Base):
@@ -89,10 +89,10 @@ class OidcAuthorizationCode(Base):
     nonce: Mapped[str | None] = mapped_column(String(255))
     code_challenge: Mapped[str] = mapped_column(String(128))
     code_challenge_method: Mapped[str] = mapped_column(String(10))
-    auth_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    auth_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class OidcRefreshToken(Base):
@@ -112,11 +112,11 @@ class OidcRefreshToken(Base):
         ForeignKey("account.id", ondelete="CASCADE"), index=True
     )
     scope: Mapped[str] = mapped_column(Text)
-    auth_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    auth_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class OidcConsent(Base):
@@ -131,7 +131,7 @@ class OidcConsent(Base):
         ForeignKey("oidc_client.client_id", ondelete="CASCADE"), primary_key=True
     )
     scope: Mapped[str] = mapped_column(Text)
-    granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    granted_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class OidcUsedAssertion(Base):
@@ -142,7 +142,7 @@ class OidcUsedAssertion(Base):
 
     client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     jti: Mapped[str] = mapped_column(String(255), primary_key=True)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
 
 class OidcWithdrawal(Base):
@@ -160,4 +160,4 @@ class OidcWithdrawal(Base):
 
     kind: Mapped[str] = mapped_column(String(8), primary_key=True)
     value: Mapped[str] = mapped_column(String(255), primary_key=True)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)

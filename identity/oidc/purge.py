@@ -14,6 +14,7 @@ from datetime import timedelta
 from sqlalchemy import delete, exists, or_, select
 
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from identity.oidc import client_assertions
 from identity.oidc.models import (
     OidcAuthorizationCode,
@@ -21,7 +22,6 @@ from identity.oidc.models import (
     OidcUsedAssertion,
     OidcWithdrawal,
 )
-from identity.oidc.tokens import utcnow
 from identity.oidc.withdrawals import GRANT
 
 GRACE = timedelta(days=1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from carebridge.i18n import N_
+
 OPENID = "openid"
 OFFLINE_ACCESS = "offline_access"
 LAUNCH_PATIENT = "launch/patient"
@@ -23,14 +25,14 @@ FIXED = USER_SCOPES | CLIENT_ONLY_SCOPES | API_SCOPES
 _SMART = re.compile(r"^patient/(\*|[A-Z][A-Za-z]{0,63})\.(read|write|\*|c?r?u?d?s?)$")
 
 DESCRIPTIONS = {
-    OPENID: "Confirm that it is you (a pseudonymous identifier, not your name)",
-    OFFLINE_ACCESS: "Keep access while you are not using the app",
-    "profile": "See basic profile information (carebridge holds no names)",
-    "email": "See the email address you sign in with",
-    "messaging.read": "Read your secure messages",
-    "messaging.write": "Send secure messages for you",
-    LAUNCH_PATIENT: "Know which patient record you are",
-    FHIR_USER: "Know which patient record you are",
+    OPENID: N_("Confirm that it is you (a pseudonymous identifier, not your name)"),
+    OFFLINE_ACCESS: N_("Keep access while you are not using the app"),
+    "profile": N_("See basic profile information (carebridge holds no names)"),
+    "email": N_("See the email address you sign in with"),
+    "messaging.read": N_("Read your secure messages"),
+    "messaging.write": N_("Send secure messages for you"),
+    LAUNCH_PATIENT: N_("Know which patient record you are"),
+    FHIR_USER: N_("Know which patient record you are"),
 }
 
 

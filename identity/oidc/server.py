@@ -10,6 +10,7 @@ mints (:mod:`identity.oidc.tokens`). The token endpoint's fast path is
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ from authlib.oauth2.rfc6749 import InvalidScopeError
 from authlib.oauth2.rfc6749.authenticate_client import ClientAuthentication
 from authlib.oauth2.rfc6749.endpoint import Endpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
+from cachetools import TTLCache
 from starlette.requests import Request
 
 from carebridge.runtime import Runtime
@@ -40,6 +42,11 @@ from identity.oidc.tokens import EndUser
 
 # Answer and StarletteOAuth2Request are importable from here, as before they moved.
 __all__ = ["Answer", "AuthorizationServer", "StarletteOAuth2Request", "server_for"]
+
+
+def _monotonic() -> float:
+    # Looked up at each call, not bound once: the clock is this module's time.
+    return time.monotonic()
 
 
 # Threads for token work on PostgreSQL. More only contend for the GIL: on two cores, 4
@@ -75,7 +82,12 @@ class AuthorizationServer(StarletteAuthorizationServer):
         self.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(), OpenIDCode(runtime)])
         self.register_grant(RefreshTokenGrant)
         self.register_grant(ClientCredentialsGrant)
-        self._clients: dict[str, tuple[float, Client | None]] = {}
+        # Clients by ID, for client_cache_seconds; asked on the event loop and in the
+        # token threads: one lock.
+        self._clients: TTLCache[str, Client | None] = TTLCache(
+            10_000, runtime.settings.client_cache_seconds, timer=_monotonic
+        )
+        self._clients_lock = threading.Lock()
         self.issuer_parameter = Issuer(self.issuer)
         self.register_extension(self.issuer_parameter)
 
@@ -84,16 +96,15 @@ class AuthorizationServer(StarletteAuthorizationServer):
     def query_client(self, client_id: str) -> Client | None:
         """A client by ID, from a short-lived cache (``client_cache_seconds``): every token
         request asks, and a registration changes rarely."""
-        ttl = self.runtime.settings.client_cache_seconds
-        now = time.monotonic()
-        cached = self._clients.get(client_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        with self._clients_lock:
+            try:
+                return self._clients[client_id]  # None too: an unknown client, remembered
+            except KeyError:
+                pass
         found = clients.find(self.execution.session(), client_id)
-        if ttl and len(client_id) <= 100:
-            if len(self._clients) > 10_000:
-                self._clients.clear()
-            self._clients[client_id] = (now + ttl, found)
+        if self.runtime.settings.client_cache_seconds and len(client_id) <= 100:
+            with self._clients_lock:
+                self._clients[client_id] = found
         return found
 
     def authenticate_client(self, request: Any, methods: list[str], endpoint: str = "token") -> Any:

@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from carebridge.http import boundary
+from carebridge.http.body import read_bounded
 from carebridge.http.forms import MAX_BODY
 from carebridge.http.problems import REFUSED_INPUT
 from identity.oidc.execution import Execution, InTransaction, NoDatabase
@@ -140,14 +141,7 @@ async def read_oauth_form(request: Request) -> list[tuple[str, str]]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise ParameterError("Send the body as application/x-www-form-urlencoded.")
-    length = request.headers.get("content-length", "")
-    if length and (not length.isdigit() or int(length) > MAX_BODY):
-        raise ParameterError("The request body is too large.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise ParameterError("The request body is too large.")
+    body = await read_bounded(request, MAX_BODY, ParameterError("The request body is too large."))
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=False, strict_parsing=False)
     except UnicodeDecodeError:

@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from joserfc import jwt
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from carebridge.db import DirectStatement, Gate, gated, insert_together
 from carebridge.http import bearer
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from identity import accounts
 from identity.models import Account, PatientLink
 from identity.oidc import scopes as scope_rules
@@ -36,14 +37,6 @@ from identity.oidc.withdrawals import GRANT
 def digest(value: str) -> str:
     """Codes and refresh tokens are 256-bit random values: SHA-256 is enough at rest."""
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -208,7 +201,7 @@ def end_user(
         subjects.record(db(), client_id=client.client_id, subject=subject, account_id=account_id)
     return EndUser(
         account_id=account_id,
-        auth_time=int(aware(auth_time).timestamp()),
+        auth_time=int(auth_time.timestamp()),
         subject=subject,
         patient=subject if patient_id is not None else None,
         grant_id=grant_id,

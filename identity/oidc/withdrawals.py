@@ -27,6 +27,7 @@ from sqlalchemy import ColumnElement, DateTime, Table, bindparam, select, text, 
 from sqlalchemy.orm import Session
 
 from carebridge.http.bearer import LEEWAY_SECONDS, AccessToken
+from carebridge.utc import utcnow
 from identity.oidc.models import OidcAuthorizationCode, OidcRefreshToken
 
 JTI = "jti"
@@ -50,10 +51,6 @@ _WITHDRAW = text(
 ).bindparams(bindparam("expires_at", type_=DateTime(timezone=True)))
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _withdraw(db: Session, kind: str, values: Iterable[str], expires_at: datetime) -> None:
     rows = [{"kind": kind, "value": value, "expires_at": expires_at} for value in values]
     if rows:
@@ -64,7 +61,7 @@ def _revoke_refresh_tokens(db: Session, *conditions: ColumnElement[bool]) -> int
     result = db.execute(
         update(OidcRefreshToken)
         .where(*conditions, OidcRefreshToken.revoked_at.is_(None))
-        .values(revoked_at=_now())
+        .values(revoked_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
@@ -79,7 +76,7 @@ def withdraw_token(db: Session, access: AccessToken) -> None:
 def end_family(db: Session, family_id: str) -> int:
     """One grant: its refresh tokens revoked, its code and access tokens withdrawn.
     Returns how many refresh tokens were still good."""
-    _withdraw(db, GRANT, [family_id], _now() + KEPT)
+    _withdraw(db, GRANT, [family_id], utcnow() + KEPT)
     return _revoke_refresh_tokens(db, OidcRefreshToken.family_id == family_id)
 
 
@@ -87,7 +84,7 @@ def end_grants(db: Session, account_id: str, *, client_id: str | None = None) ->
     """Every grant of an account (it is disabled), or of an account to one client (the
     connected app was revoked): each family its codes and refresh tokens started, ended
     as :func:`end_family` ends one. Returns how many refresh tokens were still good."""
-    now = _now()
+    now = utcnow()
     codes = select(_CODES.c.family_id).where(
         _CODES.c.account_id == account_id,
         # A code's family can give tokens no longer than this after the code expired.
@@ -110,5 +107,5 @@ def end_grants(db: Session, account_id: str, *, client_id: str | None = None) ->
 def end_client(db: Session, client_id: str) -> int:
     """A disabled client: every token it holds withdrawn, its refresh tokens revoked.
     Returns how many refresh tokens were still good."""
-    _withdraw(db, CLIENT, [client_id], _now() + KEPT)
+    _withdraw(db, CLIENT, [client_id], utcnow() + KEPT)
     return _revoke_refresh_tokens(db, OidcRefreshToken.client_id == client_id)

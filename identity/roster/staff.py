@@ -194,11 +194,6 @@ def unlink(
     return account_id
 
 
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands datetimes back naive; every stored time is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 CodeStatus = Literal["usable", "used", "expired", "voided"]
 
 
@@ -233,10 +228,10 @@ def _codes(db: Session, patient_id: str) -> list[CodeState]:
     return [
         CodeState(
             id=row.id,
-            created_at=_utc(row.created_at),
-            expires_at=_utc(row.expires_at),
-            used_at=None if row.used_at is None else _utc(row.used_at),
-            voided_at=None if row.voided_at is None else _utc(row.voided_at),
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            used_at=None if row.used_at is None else row.used_at,
+            voided_at=None if row.voided_at is None else row.voided_at,
             failures=row.failures,
             created_by=row.created_by,
         )

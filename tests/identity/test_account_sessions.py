@@ -1,13 +1,26 @@
-"""The account pages and active sessions: listing, revoking, and revoking someone else's."""
+"""The account pages and active sessions: listing, revoking, and revoking someone else's;
+the API never acting on the session cookie; a factor change signing out the other
+sessions."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import UTC, datetime
+
+import pyotp
+from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from carebridge.audit import AuditRecord
+from carebridge.db import transaction
 from carebridge.runtime import Runtime
-from identity.models import AuthSession
+from identity.credentials import recovery
+from identity.models import (
+    AuthSession,
+    PasswordCredential,
+    TotpCredential,
+    UpstreamIdentity,
+    new_id,
+)
 from tests.identity import factories
 
 
@@ -245,3 +258,115 @@ def test_a_control_character_spelled_in_utf8_in_a_device_name_is_not_stored(
     assert response.status_code in (200, 201), response.text
     with runtime.sessions() as db:
         assert db.scalars(select(AuthSession.user_agent)).all() == ["Phone\ufffd 1"]
+
+
+def test_api_never_acts_on_the_session_cookie(client: TestClient, runtime: Runtime) -> None:
+    # A browser signed in to the pages holds the session cookie. The JSON API authenticates
+    # by bearer token only: a form another page on the same site posts to an API endpoint
+    # without a body (no JSON content type to stop it) must not act on that cookie.
+    account_id = factories.account(runtime)
+    factories.sign_in(client, runtime, account_id, level=1)
+    assert client.get("/mfa/enroll").status_code == 200  # the cookie works for pages
+
+    with runtime.sessions() as db:
+        before = db.get(TotpCredential, account_id)
+        assert before is not None
+        seed = before.secret_encrypted
+
+    forged = client.post(
+        "/api/v1/mfa/totp/enroll",
+        content=b"x=1",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert forged.status_code == 401
+    assert client.get("/api/v1/sessions").status_code == 401
+    with runtime.sessions() as db:
+        after = db.get(TotpCredential, account_id)
+        assert after is not None and after.secret_encrypted == seed  # not restarted
+
+
+# A factor change signs out the account's other sessions
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _works(client: TestClient, token: str) -> bool:
+    response = client.get("/api/v1/sessions", headers=_bearer(token))
+    assert response.status_code in (200, 401), response.text
+    return response.status_code == 200
+
+
+def _session_count(runtime: Runtime, account_id: str) -> int:
+    with runtime.sessions() as db:
+        query = select(func.count()).select_from(AuthSession)
+        return db.scalar(query.where(AuthSession.account_id == account_id)) or 0
+
+
+def test_replacing_the_authenticator_signs_out_the_other_sessions(
+    client: TestClient, runtime: Runtime
+) -> None:
+    account_id = factories.account(runtime)
+    factories.totp(runtime, account_id)
+    intruder = factories.session(runtime, account_id, level=2)
+    mine = factories.session(runtime, account_id, level=2)
+    enrolment = client.post("/api/v1/mfa/totp/enroll", headers=_bearer(mine))
+    assert enrolment.status_code == 200, enrolment.text
+    assert enrolment.json()["replacing"] is True
+    code = pyotp.TOTP(enrolment.json()["secret"]).now()
+    confirmed = client.post("/api/v1/mfa/totp/confirm", json={"code": code}, headers=_bearer(mine))
+    assert confirmed.status_code == 200, confirmed.text
+    assert _works(client, confirmed.json()["session_token"])
+    assert not _works(client, intruder)
+    assert _session_count(runtime, account_id) == 1
+    target = f"account:{account_id}"
+    assert ("identity.session.revoke_others", "allowed", target) in _audit(runtime)
+
+
+def test_regenerating_recovery_codes_signs_out_the_other_sessions(
+    client: TestClient, runtime: Runtime
+) -> None:
+    account_id = factories.account(runtime)
+    factories.totp(runtime, account_id)
+    with transaction(runtime.sessions) as db:
+        recovery.regenerate(db, runtime, account_id)
+    intruder = factories.session(runtime, account_id, level=2)
+    mine = factories.session(runtime, account_id, level=2)
+    bystander = factories.session(runtime, factories.account(runtime), level=2)
+    response = client.post("/api/v1/mfa/recovery-codes", headers=_bearer(mine))
+    assert response.status_code == 200, response.text
+    assert _works(client, mine)
+    assert not _works(client, intruder)
+    assert _works(client, bystander)
+    target = f"account:{account_id}"
+    assert ("identity.session.revoke_others", "allowed", target) in _audit(runtime)
+
+
+def test_unlinking_a_provider_signs_out_the_other_sessions(
+    client: TestClient, runtime: Runtime
+) -> None:
+    account_id = factories.account(runtime)
+    factories.totp(runtime, account_id)
+    link_id = new_id("upi")
+    now = datetime.now(UTC)
+    with transaction(runtime.sessions) as db:
+        db.add(PasswordCredential(account_id=account_id, hash="$argon2id$x", changed_at=now))
+        db.add(
+            UpstreamIdentity(
+                id=link_id,
+                account_id=account_id,
+                provider="social",
+                issuer="https://social.example",
+                subject="pat",
+                linked_at=now,
+            )
+        )
+    intruder = factories.session(runtime, account_id, level=2)  # signed in through the link
+    mine = factories.session(runtime, account_id, level=2)
+    response = client.delete(f"/api/v1/account/methods/{link_id}", headers=_bearer(mine))
+    assert response.status_code == 204, response.text
+    assert _works(client, mine)
+    assert not _works(client, intruder)
+    target = f"account:{account_id}"
+    assert ("identity.session.revoke_others", "allowed", target) in _audit(runtime)

@@ -20,6 +20,7 @@ from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from carebridge.utc import utcnow
 from identity import accounts, authn, sessions, throttle
 from identity.credentials import password, recovery, totp
 from identity.flows import mfa
@@ -60,7 +61,7 @@ def _age(runtime: Runtime, token: str, minutes: int) -> None:
         db.execute(
             update(AuthSession)
             .where(AuthSession.token_hash == runtime.keyring.lookup_hash("session", token))
-            .values(authenticated_at=sessions.utcnow() - timedelta(minutes=minutes))
+            .values(authenticated_at=utcnow() - timedelta(minutes=minutes))
         )
 
 
@@ -103,6 +104,36 @@ def test_enrolment_page_shows_a_qr_code_and_the_secret(
     assert page.headers["cache-control"] == "no-store"
     # A reload shows the seed already scanned, not a new one.
     assert _secret_on(client.get("/mfa/enroll").text) == secret
+
+
+def test_a_seed_being_enrolled_is_shown_only_to_the_session_that_made_it(
+    client: TestClient, runtime: Runtime
+) -> None:
+    # Someone who learnt the password signs in (level 1) while the owner is enrolling: had
+    # they seen the owner's seed, the owner's confirming it would hand them the second factor.
+    account_id = factories.account(runtime)
+    owner = factories.sign_in(client, runtime, account_id)
+    owners_seed = _secret_on(client.get("/mfa/enroll").text)
+    # A reload keeps it for its own session.
+    assert _secret_on(client.get("/mfa/enroll").text) == owners_seed
+
+    intruder = factories.sign_in(client, runtime, account_id)
+    intruders_seed = _secret_on(client.get("/mfa/enroll").text)
+    assert intruders_seed != owners_seed
+
+    # Nor is the seed the intruder's session made ever the one the owner confirms.
+    factories.use_token(client, runtime, owner)
+    confirmed_seed = _secret_on(client.get("/mfa/enroll").text)
+    assert confirmed_seed not in (owners_seed, intruders_seed)
+    page = client.get("/mfa/enroll")
+    response = client.post(
+        "/mfa/enroll",
+        data={"csrf_token": factories.csrf(page.text), "code": pyotp.TOTP(confirmed_seed).now()},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    factories.use_token(client, runtime, intruder)
+    assert client.get("/mfa/enroll", follow_redirects=False).status_code == 303  # challenge now
 
 
 def test_enrolment_requires_a_valid_first_code(client: TestClient, runtime: Runtime) -> None:

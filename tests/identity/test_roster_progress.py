@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 from carebridge.cli.roster import _Progress, count_rows
+from identity.roster.csv_format import RowError
 
 
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
+
+
+def shown(terminal: Terminal) -> str:
+    """What a person sees: the text without the terminal's control sequences."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
 
 
 def test_count_rows_counts_data_lines_with_or_without_a_final_line_break(tmp_path: Path) -> None:
@@ -27,14 +34,26 @@ def test_count_rows_counts_data_lines_with_or_without_a_final_line_break(tmp_pat
 def test_a_terminal_gets_a_bar_that_stops_short_of_full_until_done() -> None:
     terminal = Terminal()
     progress = _Progress(terminal, total=200)
+    assert terminal.getvalue() == ""  # nothing before the first rows
     progress.rows(100)
-    assert "[" + "#" * 15 + "." * 15 + "]" in terminal.getvalue()
-    assert "50%" in terminal.getvalue() and "100 of ~200 rows" in terminal.getvalue()
+    assert "50%" in shown(terminal) and "100 of ~200 rows" in shown(terminal)
     progress.rows(250)  # the total overestimated nothing here, underestimated: still < 100%
-    assert terminal.getvalue().rstrip().endswith("250 of ~200 rows")
-    assert "100%" not in terminal.getvalue()
+    assert shown(terminal).rstrip().endswith("250 of ~200 rows")
+    assert "100%" not in shown(terminal)
     progress.done()
-    assert terminal.getvalue().endswith("\n")
+    assert shown(terminal).endswith("\n")
+
+
+def test_row_errors_are_printed_on_their_own_lines_around_the_bar() -> None:
+    terminal = Terminal()
+    progress = _Progress(terminal, total=10)
+    progress.rows(5)
+    progress.error(RowError(3, "dob", "is not a date"))
+    progress.rows(8)
+    progress.done()
+    lines = [line.split("\r")[-1] for line in shown(terminal).splitlines()]
+    assert str(RowError(3, "dob", "is not a date")) in lines
+    assert lines[-1].endswith("8 of ~10 rows")
 
 
 def test_a_pipe_gets_nothing() -> None:
@@ -43,3 +62,10 @@ def test_a_pipe_gets_nothing() -> None:
     progress.rows(5)
     progress.done()
     assert pipe.getvalue() == ""
+
+
+def test_a_pipe_still_gets_the_row_errors() -> None:
+    pipe = io.StringIO()
+    progress = _Progress(pipe, total=10)
+    progress.error(RowError(3, "dob", "is not a date"))
+    assert pipe.getvalue() == f"{RowError(3, 'dob', 'is not a date')}\n"

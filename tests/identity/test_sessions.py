@@ -54,7 +54,7 @@ def test_stepping_up_issues_a_new_token_and_keeps_the_absolute_expiry(runtime: R
     again = _load(runtime, second.token)
     assert again is not None
     assert again.level == sessions.SECOND_FACTOR
-    assert sessions._aware(again.expires_at) == sessions._aware(first.session.expires_at)
+    assert again.expires_at == first.session.expires_at
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,7 @@ def test_use_within_the_idle_window_keeps_the_session(runtime: Runtime) -> None:
     with runtime.sessions() as db:
         session = db.get(AuthSession, started.session.token_hash)
         assert session is not None
-        assert datetime.now(UTC) - sessions._aware(session.last_seen_at) < timedelta(minutes=1)
+        assert datetime.now(UTC) - session.last_seen_at < timedelta(minutes=1)
 
 
 def test_revoking_another_accounts_session_by_handle_does_nothing(runtime: Runtime) -> None:

@@ -307,7 +307,8 @@ def test_openapi_describes_the_account_endpoints(client: TestClient) -> None:
     assert signin["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Credentials"
     }
-    assert set(signin["responses"]) == {"200", "400", "401", "429"}
+    # 413 and 415 too: the body is read bounded, and as application/json only.
+    assert set(signin["responses"]) == {"200", "400", "401", "413", "415", "429"}
     schemas = document["components"]["schemas"]
     assert set(schemas["SessionStarted"]["properties"]) == {"session_token", "next_step"}
     assert set(schemas["Credentials"]["properties"]) == {"login", "password"}

@@ -20,6 +20,7 @@ from twilio.http.response import Response as TwilioResponse
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings, SmsBackend
+from carebridge.utc import utcnow
 from sms import contacts, preferences
 from sms.preferences import PreferenceChanges
 
@@ -156,7 +157,7 @@ def verified_number(
     with transaction(runtime.sessions) as db:
         row = contacts.of_patient(db, patient_id)
         assert row is not None
-        row.verified_at = contacts.utcnow()
+        row.verified_at = utcnow()
         # The code notification set_number queued is not what these tests are about.
         from sms.models import Notification  # noqa: PLC0415
 

@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from sms import contacts, delivery, texts
 from sms.backends import ConsoleSender
 from sms.models import ContactPoint, Preferences
@@ -199,7 +200,7 @@ def test_an_expired_code_is_refused(
     code = code_sent(runtime, console, console_out)
     with transaction(runtime.sessions) as db:
         contact = db.scalars(select(ContactPoint)).one()
-        contact.code_expires_at = delivery.utcnow() - timedelta(seconds=1)
+        contact.code_expires_at = utcnow() - timedelta(seconds=1)
     response = web.post("/api/v1/notifications/phone/verify", json={"code": code}, headers=headers)
     assert response.json()["code_status"] == "expired"
 

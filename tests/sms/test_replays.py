@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from sms import delivery, outbox, phone, webhooks
 from sms.backends import ConsoleSender
 from sms.models import InboundMessage, Notification, OptOut, Preferences, SendAttempt
@@ -494,7 +495,7 @@ def test_a_stop_holding_a_control_character_is_applied_not_lost(
 def sent(runtime: Runtime, patient_id: str, sender: ConsoleSender) -> tuple[str, str]:
     with transaction(runtime.sessions) as db:
         ntf = outbox.enqueue(db, patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id="t")
-    [out] = delivery.claim(runtime, delivery.utcnow(), 10)[1]
+    [out] = delivery.claim(runtime, utcnow(), 10)[1]
     delivery.send(runtime, sender, out)
     return ntf, out.attempt_id
 

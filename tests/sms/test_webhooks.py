@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
+from carebridge.utc import utcnow
 from sms import contacts, delivery, outbox, phone
 from sms.backends import ConsoleSender
 from sms.models import Notification, OptOut, Preferences, SendAttempt
@@ -43,7 +44,7 @@ def app(runtime: Runtime, console: ConsoleSender) -> Iterator[TestClient]:
 def sent_notification(runtime: Runtime, patient_id: str, sender: object) -> tuple[str, str]:
     with transaction(runtime.sessions) as db:
         ntf = outbox.enqueue(db, patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id="thr_1")
-    [out] = delivery.claim(runtime, delivery.utcnow(), 10)[1]
+    [out] = delivery.claim(runtime, utcnow(), 10)[1]
     delivery.send(runtime, sender, out)  # type: ignore[arg-type]
     return ntf, out.attempt_id
 
@@ -186,7 +187,7 @@ def _notification(patient_id: str) -> Notification:
         patient_id=patient_id,
         kind=outbox.NEW_MESSAGE,
         thread_id="thr_1",
-        created_at=delivery.utcnow(),
+        created_at=utcnow(),
         state="pending",
         attempts=0,
     )
@@ -293,7 +294,7 @@ def test_a_late_callback_completes_an_attempt_the_worker_never_recorded(
         ntf = outbox.enqueue(
             db, patient_id=people["zeb"].patient_id, kind=outbox.NEW_MESSAGE, thread_id="t"
         )
-    [out] = delivery.claim(runtime, delivery.utcnow(), 10)[1]
+    [out] = delivery.claim(runtime, utcnow(), 10)[1]
     post_signed(
         app,
         f"/api/twilio/messages/{out.attempt_id}/status",
@@ -415,8 +416,8 @@ def test_a_resend_after_a_silent_attempt_is_flagged_if_both_went_out(
         ntf = outbox.enqueue(
             db, patient_id=people["zeb"].patient_id, kind=outbox.NEW_MESSAGE, thread_id="t"
         )
-    [first] = delivery.claim(runtime, delivery.utcnow(), 10)[1]  # then the worker died
-    later = delivery.utcnow() + delivery.reconcile_window(runtime.settings)
+    [first] = delivery.claim(runtime, utcnow(), 10)[1]  # then the worker died
+    later = utcnow() + delivery.reconcile_window(runtime.settings)
     [second] = delivery.claim(runtime, later, 10)[1]
     delivery.send(runtime, console, second)
     assert state(runtime, ntf).attempt_id == second.attempt_id
@@ -441,9 +442,9 @@ def test_a_late_callback_before_the_resend_is_adopted(
         ntf = outbox.enqueue(
             db, patient_id=people["zeb"].patient_id, kind=outbox.NEW_MESSAGE, thread_id="t"
         )
-    [first] = delivery.claim(runtime, delivery.utcnow(), 10)[1]
+    [first] = delivery.claim(runtime, utcnow(), 10)[1]
     # A failed send of a replacement leaves the notification pending for a retry...
-    later = delivery.utcnow() + delivery.reconcile_window(runtime.settings)
+    later = utcnow() + delivery.reconcile_window(runtime.settings)
     [second] = delivery.claim(runtime, later, 10)[1]
     from sms.interfaces import ErrorKind  # noqa: PLC0415
 

@@ -181,6 +181,6 @@ def test_the_cache_is_bounded_and_kept_per_runtime(runtime: Runtime) -> None:
     access = bearer.AccessToken("s", "c", frozenset(), "j", int(time.time()) + 60, {})
     for name in ("a", "b", "c"):
         cache.put(name, runtime, access)
-    assert cache.get("a", runtime, time.time()) is None  # started over when full
+    assert cache.get("a", runtime, time.time()) is None  # the oldest gave way
     assert cache.get("c", runtime, time.time()) is access
     assert cache.get("c", object(), time.time()) is None

@@ -113,3 +113,13 @@ def test_a_level_with_a_parameter_keeps_its_order() -> None:
 def test_a_route_outside_the_prefix_is_refused() -> None:
     with pytest.raises(ValueError, match="not under"):
         RouteGroup("/api/things", [Route("/api/other", echo)])
+
+
+def test_under_a_root_path_the_tree_matches_as_starlette_does() -> None:
+    # RouteGroup reads the path under root_path the way Starlette's routes do.
+    def under_root(routes: list[BaseRoute]) -> list[tuple[int, str]]:
+        client = TestClient(Starlette(routes=routes), root_path="/base")
+        return [(r.status_code, r.text) for r in (client.request(m, p) for m, p in REQUESTS)]
+
+    assert under_root(tree(flat_routes())) == under_root(flat_routes())
+    assert under_root(tree(flat_routes()))[1][0] == 200
