@@ -3,7 +3,7 @@
 
 Each request takes a connection, runs a lookup by primary key, does ``--work-us`` of
 Python work holding it (as Authlib builds the answer), runs a second statement, and gives
-the connection back, as identity.oidc.server answers a grant on the event loop. Requests
+the connection back, as identity.oidc.token_fast_path answers a grant on the event loop. Requests
 arrive at a fixed rate (open loop: the same throughput for both, ``--load`` of the
 hand-made pool's measured most), and each is timed from its arrival, so time spent queued
 for a connection counts. The two pools alternate, ``--rounds`` times each, in one run:

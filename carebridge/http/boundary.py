@@ -14,7 +14,7 @@ Headers are bytes, not text: a header value may hold any byte but the controls (
 0x08, 0x0A to 0x1F, 0x7F; tab is allowed, RFC 9110 §5.5). Bytes 0x80 to 0x9F there are
 UTF-8 continuation bytes (a right quote, U+2019, is E2 80 99), not C1 controls. A header
 whose value the app decodes holds to the text rule where it is decoded: the Basic
-credentials, where clients authenticate (``identity.oidc.server``).
+credentials, where clients authenticate (``identity.oidc.starlette_oauth2``).
 
 Cookies: only those the app reads (:mod:`carebridge.http.cookies`) are looked at, and
 one that is not text is treated as absent, never answered 400: anyone who can set a
@@ -27,7 +27,7 @@ Two kinds of places apply it, and nothing else needs to:
   anything reads a cookie: the path, the query string, every header's bytes, and the
   app's cookies as Starlette parses them;
 - the body readers: :mod:`carebridge.http.forms` (forms, JSON) and the OAuth glue
-  (``identity.oidc.server``: the token, revocation and introspection bodies and the
+  (``identity.oidc.starlette_oauth2``: the token, revocation and introspection bodies and the
   Basic credentials, decoded as Authlib decodes them), through :func:`check_pairs`,
   :func:`check_form` and :func:`check_json`.
 

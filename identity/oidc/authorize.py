@@ -37,14 +37,9 @@ from identity.authn import Step
 from identity.oidc import consents
 from identity.oidc import scopes as scope_rules
 from identity.oidc.clients import Client
-from identity.oidc.context import AUTHORIZE_PATH, db
-from identity.oidc.server import (
-    Answer,
-    AuthorizationServer,
-    ParameterError,
-    StarletteOAuth2Request,
-    server_for,
-)
+from identity.oidc.paths import AUTHORIZE_PATH
+from identity.oidc.server import AuthorizationServer, server_for
+from identity.oidc.starlette_oauth2 import Answer, ParameterError, StarletteOAuth2Request
 from identity.oidc.tokens import Authorizing
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
@@ -150,9 +145,9 @@ async def _handle(  # noqa: PLR0911  (one decision per step, read top to bottom)
     pairs = [(k, v) for k, values in oauth.payload.datalist.items() for v in values]
 
     def check() -> Checked:
-        with server.transaction():
+        with server.transaction() as (bound, db):
             try:
-                grant = server.get_consent_grant(oauth, end_user=user)
+                grant = bound.get_consent_grant(oauth, end_user=user)
             except OAuth2Error as error:
                 return Checked(error=error)
             except ValueError:
@@ -163,8 +158,8 @@ async def _handle(  # noqa: PLR0911  (one decision per step, read top to bottom)
             client: Client = grant.request.client
             checked = Checked(grant=grant, client=client)
             if user is not None:
-                checked.remembered = consents.remembered(db(), user.account_id, client.client_id)
-                checked.verified = patients.patient_id_of(db(), user.account_id) is not None
+                checked.remembered = consents.remembered(db, user.account_id, client.client_id)
+                checked.verified = patients.patient_id_of(db, user.account_id) is not None
             return checked
 
     checked = await run_in_threadpool(check)
@@ -195,10 +190,10 @@ async def _handle(  # noqa: PLR0911  (one decision per step, read top to bottom)
     approve = decision is None or decision == "allow"
 
     def respond() -> Answer | None:
-        with server.transaction():
+        with server.transaction() as (bound, db):
             actor = f"account:{user.account_id}"
             if on_memory and not requested <= consents.remembered(
-                db(), user.account_id, client.client_id, lock=True
+                db, user.account_id, client.client_id, lock=True
             ):
                 # Revoked since check() read it: no code. Read again, locked, in the
                 # transaction that stores the code, so a revocation committed later
@@ -206,14 +201,14 @@ async def _handle(  # noqa: PLR0911  (one decision per step, read top to bottom)
                 return None
             if (approve and decision is not None) or (approve and client.first_party):
                 consents.remember(
-                    db(),
+                    db,
                     account_id=user.account_id,
                     client_id=client.client_id,
                     scope=" ".join(sorted(requested)),
                 )
             if decision is not None:
                 audit.append(
-                    db(),
+                    db,
                     actor=actor,
                     action="identity.oidc.consent.grant"
                     if approve
@@ -222,7 +217,9 @@ async def _handle(  # noqa: PLR0911  (one decision per step, read top to bottom)
                     target=f"client:{client.client_id}",
                     request_id=request_id,
                 )
-            answer: Answer = server.create_authorization_response(
+            # The grant was made in check()'s transaction: it runs in this one.
+            grant.server = bound
+            answer: Answer = bound.create_authorization_response(
                 request=oauth, grant_user=user if approve else None, grant=grant
             )
             return answer

@@ -12,9 +12,11 @@ from starlette.responses import JSONResponse, Response
 
 from carebridge.http import bearer
 from carebridge.runtime import Runtime
-from identity.oidc import clients, holders, tokens
+from identity.oidc import clients, holders, token_fast_path, tokens
 from identity.oidc import scopes as scope_rules
-from identity.oidc.context import (
+from identity.oidc.client_assertions import ASSERTION_ALGORITHMS
+from identity.oidc.grants import RESPONSE_MODE
+from identity.oidc.paths import (
     AUTHORIZE_PATH,
     END_SESSION_PATH,
     INTROSPECT_PATH,
@@ -22,13 +24,12 @@ from identity.oidc.context import (
     TOKEN_PATH,
     USERINFO_PATH,
 )
-from identity.oidc.grants import ASSERTION_ALGORITHMS, RESPONSE_MODE
-from identity.oidc.server import (
+from identity.oidc.server import server_for
+from identity.oidc.starlette_oauth2 import (
     Answer,
     ParameterError,
     invalid_request,
     read_oauth_form,
-    server_for,
 )
 
 
@@ -44,12 +45,9 @@ async def _client_endpoint(request: Request, path: str, name: str | None) -> Res
     if name is None:
         # The usual token requests are answered on the event loop: no thread, no
         # transaction. Anything else (a cache miss included) runs in a transaction.
-        quick = await server.answer_on_loop(oauth)
-        if quick is not None:
-            return quick.response()
-        answer: Answer = await server.run(lambda: server.create_token_response(oauth))
+        answer: Answer = await token_fast_path.token_response(server, oauth)
     else:
-        answer = await server.run(lambda: server.create_endpoint_response(name, oauth))
+        answer = await server.run(lambda bound: bound.create_endpoint_response(name, oauth))
     return answer.response()
 
 
@@ -77,7 +75,7 @@ async def userinfo(request: Request) -> Response:
     server = server_for(request)
 
     def claims() -> dict[str, Any] | None:
-        with server.transaction() as db:
+        with server.transaction() as (_, db):
             if access.is_client_only:
                 return None
             try:

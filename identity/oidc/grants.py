@@ -1,65 +1,48 @@
-"""Authlib's grants, PKCE, client assertions, revocation and introspection, extended
-where RFC 9700 asks more than Authlib does: S256 PKCE for every client, atomic
-single-use codes, rotated refresh tokens with reuse detection and family revocation,
-private_key_jwt with asymmetric algorithms and jti replay protection only."""
+"""The token grants (RFC 6749 §4.1, §4.4, §6), extended where RFC 9700 asks more than
+Authlib does: atomic single-use codes, rotated refresh tokens with reuse detection and
+family revocation; and the OpenID Connect extension of the code grant (the ID token).
+PKCE is in :mod:`identity.oidc.pkce`, client assertions in
+:mod:`identity.oidc.client_assertions`.
+
+A grant asks the database through its server's ``execution``
+(:mod:`identity.oidc.execution`): how the request runs, said by whoever runs it."""
 
 from __future__ import annotations
 
-import hmac
-import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Protocol, cast
 
-from authlib.oauth2.rfc6749 import (
-    InvalidClientError,
-    InvalidGrantError,
-    InvalidRequestError,
-    InvalidScopeError,
-    grants,
-)
-from authlib.oauth2.rfc7009 import RevocationEndpoint
-from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from authlib.oauth2.rfc7636 import CodeChallenge, create_s256_code_challenge
-from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, InvalidScopeError, grants
 from authlib.oidc.core import grants as oidc_grants
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 from sqlalchemy import Table, bindparam, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import DirectStatement
-from carebridge.http import bearer, boundary
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
 from identity.models import new_id
-from identity.oidc import holders, tokens, withdrawals
+from identity.oidc import pkce, tokens, withdrawals
 from identity.oidc import scopes as scope_rules
 from identity.oidc.clients import Client
-from identity.oidc.context import (
-    INTROSPECT_PATH,
-    REVOKE_PATH,
-    TOKEN_PATH,
-    connection,
-    db,
-    plan,
-    read,
-)
-from identity.oidc.models import OidcAuthorizationCode, OidcUsedAssertion
+from identity.oidc.execution import Execution
+from identity.oidc.models import OidcAuthorizationCode
 from identity.oidc.tokens import AccountState, Authorizing, EndUser
 
-if TYPE_CHECKING:
-    from identity.oidc.server import AuthorizationServer
-
-ASSERTION_ALGORITHMS = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "EdDSA"]
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 # The one response mode (OAuth 2.0 Multiple Response Types §2.1), as discovery advertises.
 RESPONSE_MODE = "query"
+
+
+class Provider(Protocol):
+    """What a grant reads of its server (identity.oidc.server.AuthorizationServer)."""
+
+    runtime: Runtime
+    execution: Execution
+
 
 _CODES = cast(Table, OidcAuthorizationCode.__table__)
 # Built once (see identity.oidc.tokens): the code exchange is a hot path.
@@ -86,7 +69,7 @@ def refresh_lookup(refresh_token: str) -> Lookup | None:
     return tokens.FIND_REFRESH_WITH_ACCOUNT, {"token_hash": tokens.digest(refresh_token)}
 
 
-# For a grant answered on the event loop (AuthorizationServer.answer_on_loop): the form
+# For a grant answered on the event loop (identity.oidc.token_fast_path): the form
 # parameter holding what it looks up, and the lookup, fetched before Authlib runs.
 LOOKUPS = {
     "authorization_code": ("code", code_lookup),
@@ -94,125 +77,43 @@ LOOKUPS = {
 }
 
 
-def _redeem(
-    kind: Literal["authorization_code", "refresh_token"],
-    token_hash: str,
-    successor: dict[str, Any] | None,
-) -> bool:
-    """tokens.redeem in the request's transaction; or, on the event loop, deferred to
-    run once Authlib has answered (True here: the claim is checked when it runs, and an
-    answer whose claim fails is never sent)."""
-    request_plan = plan()
-    if request_plan is not None:
-        request_plan.defer(*tokens.redemption(request_plan.dialect, kind, token_hash, successor))
-        return True
-    return tokens.redeem(connection(), kind, token_hash, successor)
+def end_user(
+    server: Provider, record: CodeRecord | RefreshRecord, client: Client
+) -> EndUser | None:
+    """The person a code or refresh token is for, as ``client`` sees them (tokens.end_user)."""
+    return tokens.end_user(
+        server.execution.session,
+        server.runtime,
+        client,
+        record.account_id,
+        record.auth_time,
+        state=record.account,
+        grant_id=record.family_id,
+    )
 
 
-# private_key_jwt assertions verify until exp + this (clock skew); their jti is kept as long.
-ASSERTION_LEEWAY_SECONDS = 30
-
-
-# Client authentication: private_key_jwt (RFC 7523 §2.2)
-
-# The one answer to an assertion that does not authenticate its client, whoever it names:
-# an unknown client, a client without public keys (secret and public clients) and a bad
-# signature cannot be told apart.
-ASSERTION_NOT_VALID = "The assertion is not valid."
-
-
-class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
-    CLIENT_AUTH_METHOD = "private_key_jwt"
-
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__(validate_jti=True, leeway=ASSERTION_LEEWAY_SECONDS)
-        self.runtime = runtime
-
-    def __call__(self, query_client: Callable[[str], Client | None], request: Any) -> Any:
-        def registered(client_id: str) -> Client:
-            # Authlib says "does not exist" for an unknown client: answer as for a bad
-            # signature instead (RFC 7523 §3.2 asks only for invalid_client).
-            client = query_client(client_id)
-            if client is None:
-                raise InvalidClientError(description=ASSERTION_NOT_VALID)
-            return client
-
-        return super().__call__(registered, request)
-
-    def get_audiences(self) -> list[str]:
-        issuer = self.runtime.settings.issuer
-        return [
-            issuer,
-            f"{issuer}{TOKEN_PATH}",
-            f"{issuer}{REVOKE_PATH}",
-            f"{issuer}{INTROSPECT_PATH}",
-        ]
-
-    def extract_assertion(self, assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        headers, claims = super().extract_assertion(assertion)
-        # "none" and HMAC (keyed with a public key) never authenticate a client.
-        if headers.get("alg") not in ASSERTION_ALGORITHMS:
-            raise InvalidClientError(description="The assertion's algorithm is not accepted.")
-        return headers, claims
-
-    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> Any:
-        try:
-            decoded = jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGORITHMS)
-        except Exception:  # noqa: BLE001  (any failure is the same refusal)
-            raise InvalidClientError(description=ASSERTION_NOT_VALID) from None
-        exp = decoded.claims.get("exp")
-        if not isinstance(exp, int) or exp > time.time() + 600:
-            # A long-lived assertion would need its jti remembered for as long.
-            raise InvalidClientError(description="The assertion must expire within 10 minutes.")
-        self.verify_claims(decoded.claims)
-        return decoded.claims
-
-    def resolve_client_public_key(self, client: Client) -> KeySet:
-        # A client registered for another method has no keys (joserfc refuses an empty
-        # set, which was a 500): the same refusal as a bad signature.
-        if client.auth_method != self.CLIENT_AUTH_METHOD or not client.jwks:
-            raise InvalidClientError(description=ASSERTION_NOT_VALID)
-        try:
-            return client.public_keys()
-        except (JoseError, ValueError):
-            raise InvalidClientError(description=ASSERTION_NOT_VALID) from None
-
-    def validate_jti(self, claims: dict[str, Any], jti: Any) -> bool:
-        # Signed by the client, but a claim all the same: text, or refused before storing.
-        if not isinstance(jti, str) or not jti or len(jti) > 255 or not boundary.is_text(jti):
-            return False
-        expires = datetime.fromtimestamp(int(claims["exp"]), UTC)
-        session = db()
-        try:
-            with session.begin_nested():
-                session.add(OidcUsedAssertion(client_id=claims["sub"], jti=jti, expires_at=expires))
-        except IntegrityError:
-            return False
-        return True
-
-
-# PKCE: S256, for every client (RFC 9700 §2.1.1)
-
-# A code verifier (RFC 7636 §4.1): 43 to 128 unreserved characters.
-_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
-
-
-class S256CodeChallenge(CodeChallenge):  # type: ignore[misc]
-    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
-    SUPPORTED_CODE_CHALLENGE_METHOD: ClassVar[list[str]] = ["S256"]
-
-    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
-        data = grant.request.payload.data
-        if not data.get("code_challenge"):
-            raise InvalidRequestError("PKCE is required: send a code_challenge (S256).")
-        if data.get("code_challenge_method") != "S256":
-            raise InvalidRequestError("code_challenge_method must be S256.")
-        super().validate_code_challenge(grant, redirect_uri)
-
-    def validate_code_verifier(self, grant: Any, result: Any) -> None:
-        if not grant.request.form.get("code_verifier"):
-            raise InvalidRequestError("Missing 'code_verifier'.")
-        super().validate_code_verifier(grant, result)
+def successor(server: Provider, token: dict[str, Any], request: Any) -> dict[str, Any] | None:
+    """The row of the refresh token in ``token``, if it has one (tokens.refresh_row)."""
+    refresh = token.get("refresh_token")
+    if not refresh or request.user is None:
+        return None
+    if request.refresh_token is not None:
+        # RFC 6749 §6: the new refresh token keeps the old one's scope, even when this
+        # request narrowed the access token's.
+        previous = request.refresh_token
+        family, auth_time, scope = previous.family_id, previous.auth_time, previous.scope
+    else:
+        code: CodeRecord = request.authorization_code
+        family, auth_time, scope = code.family_id, code.auth_time, token["scope"]
+    return tokens.refresh_row(
+        server.runtime,
+        request.client,
+        token=refresh,
+        family_id=family,
+        account_id=request.user.account_id,
+        scope=scope,
+        auth_time=auth_time,
+    )
 
 
 # Grants
@@ -253,9 +154,9 @@ class CodeRecord:
         return None
 
 
-def _security_event(action: str, client_id: str, request: Any) -> None:
+def _security_event(server: Provider, action: str, client_id: str, request: Any) -> None:
     audit.append(
-        db(),
+        server.execution.session(),
         actor=f"client:{client_id}",
         action=action,
         outcome=Outcome.DENIED,
@@ -268,7 +169,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
     TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*CLIENT_AUTH_METHODS, "none"]
     AUTHORIZATION_CODE_LENGTH = 43
 
-    server: AuthorizationServer
+    server: Provider
 
     def validate_authorization_request(self) -> str:
         redirect_uri: str = super().validate_authorization_request()
@@ -290,7 +191,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         now = utcnow()
         lifetime = timedelta(seconds=self.server.runtime.settings.authorization_code_seconds)
         data = request.payload.data
-        db().add(
+        self.server.execution.session().add(
             OidcAuthorizationCode(
                 code_hash=tokens.digest(code),
                 family_id=new_id("fam"),
@@ -309,7 +210,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
 
     def query_authorization_code(self, code: str, client: Client) -> CodeRecord | None:
         lookup = code_lookup(code)
-        row = read(*lookup) if lookup is not None else None
+        row = self.server.execution.read(*lookup) if lookup is not None else None
         if row is None or row.client_id != client.client_id:
             return None
         record = CodeRecord(
@@ -331,7 +232,10 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
             else:
                 # Someone saw the code, no more: refused and audited, nothing ended.
                 _security_event(
-                    "identity.oidc.code.reused_without_verifier", client.client_id, self.request
+                    self.server,
+                    "identity.oidc.code.reused_without_verifier",
+                    client.client_id,
+                    self.request,
                 )
             return None
         if row.grant_withdrawn_until is not None:
@@ -350,32 +254,23 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         end the person's grant with it, whenever they present it. Checked here, before
         Authlib's own check, which runs only for a code not yet used."""
         verifier = self.request.form.get("code_verifier") or ""
-        if not _VERIFIER.fullmatch(verifier):
-            return False
-        challenge = create_s256_code_challenge(verifier)
-        return hmac.compare_digest(challenge.encode(), record.code_challenge.encode())
+        return pkce.matches(verifier, record.code_challenge)
 
     def _reused(self, record: CodeRecord) -> None:
         # RFC 6749 §4.1.2: a code used twice was stolen; what it gave is withdrawn, its
         # access token included.
-        withdrawals.end_family(db(), record.family_id)
-        _security_event("identity.oidc.code.reused", record.client_id, self.request)
+        withdrawals.end_family(self.server.execution.session(), record.family_id)
+        _security_event(self.server, "identity.oidc.code.reused", record.client_id, self.request)
 
     def authenticate_user(self, record: CodeRecord) -> EndUser | None:
-        return self.server.end_user(
-            self.request.client,
-            record.account_id,
-            record.auth_time,
-            state=record.account,
-            grant_id=record.family_id,
-        )
+        return end_user(self.server, record, self.request.client)
 
     def save_token(self, token: dict[str, Any]) -> None:
         # The single use itself, with the refresh token it gives: of two exchanges racing,
         # one marks the code used (and stores its refresh token), the other is refused.
         record: CodeRecord = self.request.authorization_code
-        successor = self.server.successor(token, self.request)
-        if not _redeem("authorization_code", record.code_hash, successor):
+        follower = successor(self.server, token, self.request)
+        if not self.server.execution.redeem("authorization_code", record.code_hash, follower):
             self._reused(record)
             raise InvalidGrantError("The code was already used.")
 
@@ -384,16 +279,33 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
 
 
 class OpenIDCode(oidc_grants.OpenIDCode):  # type: ignore[misc]
-    def __init__(self, runtime: Runtime) -> None:
+    """The ID token of a code grant. Authlib registers one extension for every grant;
+    some of its callbacks (``generate_user_info``) get no request, so each grant gets its
+    own, which asks the database through the grant's server (:meth:`__call__`)."""
+
+    def __init__(self, runtime: Runtime, grant: Any = None) -> None:
         super().__init__(require_nonce=False)
         self.runtime = runtime
+        self.grant = grant
+
+    def __call__(self, grant: Any) -> None:
+        if self.grant is None:
+            OpenIDCode(self.runtime, grant)(grant)
+            return
+        super().__call__(grant)
+
+    def _session(self) -> Session:
+        # The grant's server at the time of asking: a grant validated in one transaction
+        # may be answered in the next (identity.oidc.authorize).
+        server: Provider = self.grant.server
+        return server.execution.session()
 
     def exists_nonce(self, nonce: str, request: Any) -> bool:
         query = select(OidcAuthorizationCode.code_hash).where(
             OidcAuthorizationCode.client_id == request.payload.client_id,
             OidcAuthorizationCode.nonce == nonce,
         )
-        return db().execute(query.limit(1)).first() is not None
+        return self._session().execute(query.limit(1)).first() is not None
 
     def resolve_client_private_key(self, client: Client) -> Any:
         # Only the active key signs; all keys are published (a KeySet would pick any).
@@ -417,7 +329,7 @@ class OpenIDCode(oidc_grants.OpenIDCode):  # type: ignore[misc]
         }
 
     def generate_user_info(self, user: EndUser, scope: str) -> dict[str, Any]:
-        return tokens.user_claims(db, self.runtime, user, scope)
+        return tokens.user_claims(self._session, self.runtime, user, scope)
 
 
 @dataclass(frozen=True)
@@ -469,11 +381,11 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [*CLIENT_AUTH_METHODS, "none"]
     INCLUDE_NEW_REFRESH_TOKEN = True
 
-    server: AuthorizationServer
+    server: Provider
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
         lookup = refresh_lookup(refresh_token)
-        row = read(*lookup) if lookup is not None else None
+        row = self.server.execution.read(*lookup) if lookup is not None else None
         # A withdrawn grant: its tokens were revoked, or this one was stored by an
         # exchange racing the withdrawal.
         if row is None or row.revoked_at is not None or row.grant_withdrawn_until is not None:
@@ -491,24 +403,18 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         # family ends, the access tokens it gave included. Before the client is checked,
         # on purpose: unlike a code, a refresh token is a bearer secret that never sits
         # in a URL, so whoever holds a used one stole it, whichever client they claim.
-        withdrawals.end_family(db(), record.family_id)
-        _security_event("identity.oidc.refresh.reused", record.client_id, self.request)
+        withdrawals.end_family(self.server.execution.session(), record.family_id)
+        _security_event(self.server, "identity.oidc.refresh.reused", record.client_id, self.request)
 
     def authenticate_user(self, record: RefreshRecord) -> EndUser | None:
-        return self.server.end_user(
-            self.request.client,
-            record.account_id,
-            record.auth_time,
-            state=record.account,
-            grant_id=record.family_id,
-        )
+        return end_user(self.server, record, self.request.client)
 
     def save_token(self, token: dict[str, Any]) -> None:
         # Rotation: the token is marked used and its successor stored together; of two
         # uses racing, the second is refused and revokes the family (RFC 9700 §4.14.2).
         record: RefreshRecord = self.request.refresh_token
-        successor = self.server.successor(token, self.request)
-        if not _redeem("refresh_token", record.token_hash, successor):
+        follower = successor(self.server, token, self.request)
+        if not self.server.execution.redeem("refresh_token", record.token_hash, follower):
             self._reused(record)
             raise InvalidGrantError("The refresh token was already used.")
 
@@ -546,87 +452,3 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):  # type: ignore[mis
         token = self.generate_token(scope=self.request.scope, include_refresh_token=False)
         self.save_token(token)
         return 200, token, self.TOKEN_RESPONSE_HEADER
-
-
-# Revocation (RFC 7009) and introspection (RFC 7662)
-
-
-@dataclass(frozen=True)
-class AccessRecord:
-    access: bearer.AccessToken
-    revoked: bool
-
-    def check_client(self, client: Client) -> bool:
-        return self.access.client_id == client.client_id
-
-    def get_scope(self) -> str:
-        return " ".join(sorted(self.access.scopes))
-
-    def is_expired(self) -> bool:
-        return self.access.expires_at <= time.time()
-
-    def is_revoked(self) -> bool:
-        return self.revoked
-
-
-class _TokenLookup:
-    server: AuthorizationServer
-
-    def query_token(self, token: str, hint: str | None) -> RefreshRecord | AccessRecord | None:
-        if len(token) > bearer.MAX_TOKEN_LENGTH:
-            return None
-        if "." in token:
-            access = tokens.verify_access_token(self.server.runtime, token)
-            if access is None:
-                return None
-            # Withdrawn, or its account no longer active: inactive (RFC 7662 §2.2).
-            return AccessRecord(access, not holders.in_standing(db(), access))
-        lookup = refresh_lookup(token)
-        row = read(*lookup) if lookup is not None else None
-        return RefreshRecord.of(row) if row is not None else None
-
-
-class Revocation(_TokenLookup, RevocationEndpoint):  # type: ignore[misc]
-    CLIENT_AUTH_METHODS: ClassVar[list[str]] = [*CLIENT_AUTH_METHODS, "none"]
-
-    def revoke_token(self, token: RefreshRecord | AccessRecord, request: Any) -> None:
-        if isinstance(token, AccessRecord):
-            withdrawals.withdraw_token(db(), token.access)
-        else:
-            # The whole grant goes: its successors and its access tokens too (RFC 7009 §2.1).
-            withdrawals.end_family(db(), token.family_id)
-
-
-class Introspection(_TokenLookup, IntrospectionEndpoint):  # type: ignore[misc]
-    CLIENT_AUTH_METHODS: ClassVar[list[str]] = CLIENT_AUTH_METHODS  # confidential only
-
-    def check_permission(self, token: Any, client: Client, request: Any) -> bool:
-        # A client learns about its own tokens only.
-        return bool(token.check_client(client))
-
-    def introspect_token(self, token: RefreshRecord | AccessRecord) -> dict[str, Any]:
-        issuer = self.server.runtime.settings.issuer
-        if isinstance(token, AccessRecord):
-            access = token.access
-            body = {
-                "active": True,
-                "token_type": "Bearer",
-                "client_id": access.client_id,
-                "scope": access.claims.get("scope", ""),
-                "sub": access.subject,
-                "aud": self.server.runtime.settings.api_audience,
-                "iss": issuer,
-                "exp": access.expires_at,
-                "iat": access.claims.get("iat"),
-                "jti": access.jti,
-            }
-            return body
-        return {
-            "active": True,
-            "token_type": "refresh_token",
-            "client_id": token.client_id,
-            "scope": token.scope,
-            "iss": issuer,
-            "exp": int(token.expires_at.timestamp()),
-            "iat": int(token.issued_at.timestamp()),
-        }

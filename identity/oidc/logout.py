@@ -22,7 +22,7 @@ from identity import sessions
 from identity.flows import signout
 from identity.oidc import clients
 from identity.oidc.authorize import error_page, templates
-from identity.oidc.context import END_SESSION_PATH
+from identity.oidc.paths import END_SESSION_PATH
 from identity.oidc.server import server_for
 
 _FIELDS = ("id_token_hint", "post_logout_redirect_uri", "state", "client_id")
@@ -61,7 +61,7 @@ def _where_to(request: Request, params: dict[str, str]) -> str | Response | None
     if not uri:
         return None
     server = server_for(request)
-    with server.transaction() as db:
+    with server.transaction() as (_, db):
         client = clients.find(db, client_id) if client_id else None
     if client is None or uri not in client.post_logout_redirect_uris:
         return error_page(request, "invalid_request")

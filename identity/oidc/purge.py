@@ -15,7 +15,7 @@ from sqlalchemy import delete, exists, or_, select
 
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
-from identity.oidc import grants
+from identity.oidc import client_assertions
 from identity.oidc.models import (
     OidcAuthorizationCode,
     OidcRefreshToken,
@@ -41,7 +41,7 @@ def purge_expired(runtime: Runtime) -> None:
             )
         )
         # An assertion verifies until exp + the leeway: its jti must be kept that long.
-        kept_until = now - timedelta(seconds=grants.ASSERTION_LEEWAY_SECONDS)
+        kept_until = now - timedelta(seconds=client_assertions.ASSERTION_LEEWAY_SECONDS)
         db.execute(delete(OidcUsedAssertion).where(OidcUsedAssertion.expires_at < kept_until))
         family_stored = exists(
             select(OidcRefreshToken.family_id).where(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Route
 
 from identity.oidc import authorize, endpoints, jwks, logout
-from identity.oidc.context import INTROSPECT_PATH, REVOKE_PATH, TOKEN_PATH, USERINFO_PATH
+from identity.oidc.paths import INTROSPECT_PATH, REVOKE_PATH, TOKEN_PATH, USERINFO_PATH
 
 
 def routes() -> list[BaseRoute]:

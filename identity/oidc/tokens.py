@@ -178,7 +178,7 @@ def end_user(
     ``state``: the account as read with the code or refresh token (the token endpoint's
     grants); without it, it is read here. The subject is recorded the first time it is
     given to the client (one INSERT), never looked up again once the state shows it.
-    ``db`` gives the Session, asked for only then (identity.oidc.context.Unit).
+    ``db`` gives the Session, asked for only then (identity.oidc.execution.InTransaction).
     ``grant_id``: the grant the user's tokens are for, if any (EndUser).
     """
     if state is None:

@@ -24,7 +24,8 @@ from starlette.testclient import TestClient
 
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
-from identity.oidc import clients, context
+from identity.oidc import clients
+from identity.oidc.execution import Planned
 from tests.identity import factories
 from tests.identity.roster_helpers import import_roster, link
 
@@ -152,10 +153,11 @@ def lose_the_claim(
 
     def raced(self: Any, token: dict[str, Any]) -> None:
         used = update(model).values(used_at=datetime.now(UTC))
-        if context.plan() is None:
+        execution = self.server.execution
+        if not isinstance(execution, Planned):
             # In a worker thread: in the request's transaction, before its claim.
             where.append("worker thread")
-            context.connection().execute(used)
+            execution.connection().execute(used)
         else:
             where.append("event loop")
             # On the event loop the claim runs once Authlib has answered: another
@@ -170,7 +172,7 @@ def lose_the_claim(
 
 @contextmanager
 def provider_sessions() -> Iterator[list[Session]]:
-    """The ORM Sessions the provider's request transactions (identity.oidc.context.Unit)
+    """The ORM Sessions the provider's request transactions (identity.oidc.execution.InTransaction)
     begin inside the block: a hot path that needs none must make none."""
     begun: list[Session] = []
 
@@ -188,7 +190,7 @@ def provider_sessions() -> Iterator[list[Session]]:
 
 def on_worker_threads(runtime: Runtime) -> None:
     """Answer every token request in a worker thread, in a transaction, as on SQLite: no
-    event loop connections (AuthorizationServer.answer_on_loop). Before the app starts."""
+    event loop connections (identity.oidc.token_fast_path). Before the app starts."""
     runtime.__dict__["loop_connections"] = None
 
 

@@ -1,4 +1,4 @@
-"""Token grants answered on the event loop (AuthorizationServer.answer_on_loop, PostgreSQL):
+"""Token grants answered on the event loop (identity.oidc.token_fast_path, PostgreSQL):
 the grant's lookup and its claim on the loop's own connections, Authlib between them; and
 every request it cannot answer goes to a worker thread, from the start, nothing written.
 On SQLite every grant runs in a worker thread."""
@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from carebridge.audit import AuditRecord
 from carebridge.db import DirectStatement
 from carebridge.runtime import Runtime
-from identity.oidc.context import NoTransactionError, Plan
+from identity.oidc.execution import NoTransactionError, Planned
 from identity.oidc.models import OidcRefreshToken
 from identity.oidc.server import AuthorizationServer
 from tests.identity.oidc import helpers
@@ -185,7 +185,7 @@ def test_a_database_failure_before_the_claim_is_answered_by_a_worker_thread(  # 
         _failing_claim(monkeypatch, DeadlockDetectedError("deadlock detected"), after=False)
         expected = "DeadlockDetectedError"
     threads = _threads(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="identity.oidc.server"):
+    with caplog.at_level(logging.WARNING, logger="identity.oidc.token_fast_path"):
         refreshed = _refresh(client, registered, first["refresh_token"])
     assert refreshed.status_code == 200, refreshed.text
     assert threads == ["worker thread"]
@@ -252,7 +252,7 @@ def _loop_backends(runtime: Runtime) -> int:
 def test_a_plan_answers_only_what_it_fetched_and_defers_one_write() -> None:
     statement = DirectStatement(select(OidcRefreshToken.token_hash))
     other = DirectStatement(select(OidcRefreshToken.family_id))
-    plan = Plan(postgresql.dialect(), {Plan.key(statement, {"a": 1}): "row"})
+    plan = Planned(postgresql.dialect(), {Planned.key(statement, {"a": 1}): "row"})
     assert plan.read(statement, {"a": 1}) == "row"
     for statement_, params in ((statement, {"a": 2}), (other, {"a": 1})):
         with pytest.raises(NoTransactionError):

@@ -191,7 +191,7 @@ def test_a_refresh_marks_its_token_used_and_stores_the_next(
 def test_a_refresh_makes_no_orm_session(
     client: TestClient, runtime: Runtime, tmp_path: Path
 ) -> None:
-    # Its statements run on the transaction's connection (identity.oidc.context.Unit):
+    # Its statements run on the transaction's connection (identity.oidc.execution.InTransaction):
     # an ORM Session costs about a quarter of a refresh, and it needs none.
     registered = helpers.register(runtime)
     someone = helpers.person(runtime, tmp_path)

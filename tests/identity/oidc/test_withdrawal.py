@@ -25,7 +25,8 @@ from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from identity.flows import status
-from identity.oidc import authorize, clients, consents, context
+from identity.oidc import authorize, clients, consents
+from identity.oidc.execution import Planned
 from identity.oidc.grants import AuthorizationCodeGrant
 from identity.oidc.models import OidcAuthorizationCode, OidcConsent
 from identity.oidc.server import AuthorizationServer
@@ -193,10 +194,11 @@ def test_exchange_racing_a_disable_leaves_nothing_alive_after_enable(  # noqa: P
     save_token = AuthorizationCodeGrant.save_token
 
     def raced(grant: AuthorizationCodeGrant, token: dict[str, Any]) -> None:
-        if context.plan() is None:
+        execution = grant.server.execution
+        if not isinstance(execution, Planned):
             # In a worker thread: the disable's writes, in the request's transaction,
             # before its claim.
-            status._set(context.db(), someone.account_id, active=False, actor="test")
+            status._set(execution.session(), someone.account_id, active=False, actor="test")
         else:
             # On the event loop the claim runs after Authlib answers: a disable
             # committed before then.
