@@ -16,23 +16,17 @@ A failing test leaves a screenshot of its page in its tmp_path (failure-<n>.png)
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
-from carebridge.app import create_app
 from carebridge.demo import seed
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
-from tests.browser.harness import LiveApp
+from tests.live_server import LiveApp, free_socket, serve
 from tests.realparts import require
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -49,35 +43,6 @@ CHROMIUM_ARGS = [
 
 
 # The app
-
-
-@contextlib.contextmanager
-def serve(settings: Settings, port_socket: socket.socket) -> Iterator[LiveApp]:
-    """uvicorn in a background thread on ``port_socket``, until the block ends."""
-    runtime = Runtime.build(settings)
-    config = uvicorn.Config(create_app(runtime), log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [port_socket]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped before it started serving"
-        assert time.monotonic() < deadline, "uvicorn did not start within 15 s"
-        time.sleep(0.05)
-    try:
-        yield LiveApp(settings.issuer, runtime)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        port_socket.close()
-        runtime.close()
-
-
-def free_socket() -> socket.socket:
-    # The port comes first: the issuer (and so the app's allowed host) names it.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 @pytest.fixture

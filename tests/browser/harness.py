@@ -6,24 +6,16 @@ import functools
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page
 
-from carebridge.runtime import Runtime
 from tests.realparts import require
 
 AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
 BLOCKING_IMPACTS = ("serious", "critical")
 DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-
-
-@dataclass(frozen=True)
-class LiveApp:
-    url: str  # the issuer: http://127.0.0.1:<port>
-    runtime: Runtime
 
 
 # Screenshots

@@ -16,7 +16,8 @@ import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.harness import LiveApp, check_accessibility, screenshot
+from tests.browser.harness import check_accessibility, screenshot
+from tests.live_server import LiveApp
 
 EMAIL = "patient@example.org"
 PASSWORD = "plum kettle orbit lantern"  # four random words, as the sign-up page suggests

@@ -13,9 +13,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from playwright.sync_api import Page, expect
 
 from identity import sessions
-from tests.browser.harness import LiveApp, check_accessibility
+from tests.browser.harness import check_accessibility
 from tests.identity import factories
 from tests.identity.oidc import helpers
+from tests.live_server import LiveApp
 
 
 def test_the_consent_answer_reaches_an_app_on_another_origin(live_app: LiveApp, page: Page) -> None:

@@ -12,9 +12,10 @@ from carebridge.db import transaction
 from identity import sessions
 from messaging import care_teams, threads
 from messaging.access import Actor
-from tests.browser.harness import LiveApp, check_accessibility
+from tests.browser.harness import check_accessibility
 from tests.identity import factories
 from tests.identity.roster_helpers import import_roster, link
+from tests.live_server import LiveApp
 
 XSS = '<script>window.pwned=1;alert(1)</script><img src=x onerror="window.pwned=1">'
 FILE_XSS = '<img src=x onerror="window.pwned=1">.pdf'

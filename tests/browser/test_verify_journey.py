@@ -17,9 +17,10 @@ from playwright.sync_api import Page, expect
 from identity import sessions
 from identity.flows import activate, verify
 from identity.roster import staff
-from tests.browser.harness import LiveApp, check_accessibility
+from tests.browser.harness import check_accessibility
 from tests.identity import factories
 from tests.identity.test_verify import TWIN_A, ZEB, load_roster, patient_of
+from tests.live_server import LiveApp
 
 NEXT = "/account/sessions"
 

@@ -34,7 +34,8 @@ from carebridge import audit, wiring, worker
 from carebridge.demo import seed
 from carebridge.demo.seed import DemoConfig, DemoPatient
 from sms import links as sms_links
-from tests.browser.harness import LiveApp, check_accessibility, screenshot
+from tests.browser.harness import check_accessibility, screenshot
+from tests.live_server import LiveApp
 from tests.tokens import mint
 
 PATIENT_EMAIL = "journey.patient@example.org"

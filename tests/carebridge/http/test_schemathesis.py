@@ -16,9 +16,6 @@ run takes 60-75 s.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +23,6 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -38,9 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from carebridge.app import create_app
-from carebridge.runtime import Runtime
-from carebridge.settings import Settings
+from tests import live_server
 from tests.identity import factories
 from tests.messaging.conftest import PROVIDER_APP, World, build_world
 from tests.tokens import mint
@@ -102,31 +96,8 @@ class Live:
 
 @pytest.fixture
 def live(tmp_path: Path, postgres_database: str) -> Iterator[Live]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    settings_ = Settings(
-        issuer=f"http://127.0.0.1:{port}",
-        data_dir=tmp_path / "data",
-        database_url=postgres_database,
-    )
-    runtime = Runtime.build(settings_)
-    world = build_world(runtime, tmp_path)
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped before it started serving"
-        assert time.monotonic() < deadline, "uvicorn did not start within 15 s"
-        time.sleep(0.05)
-    try:
-        yield Live(settings_.issuer, world)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        runtime.close()
+    with live_server.live_app(tmp_path, postgres_database) as app:
+        yield Live(app.url, build_world(app.runtime, tmp_path))
 
 
 def _fuzz(

@@ -19,8 +19,8 @@ from identity.accounts import DISABLED
 from identity.models import Account
 from identity.oidc.grants import RefreshTokenGrant
 from identity.oidc.models import OidcRefreshToken, OidcSubject
-from tests.browser.harness import LiveApp
 from tests.identity.oidc import helpers
+from tests.live_server import LiveApp
 
 
 def _tokens(client: TestClient | httpx.Client, registered: helpers.Registered) -> dict[str, str]:

@@ -16,8 +16,8 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from tests.browser.harness import LiveApp
 from tests.identity.oidc import helpers
+from tests.live_server import LiveApp
 from tests.realparts import require
 
 PEERS = Path(__file__).resolve().parents[2] / "peers"
