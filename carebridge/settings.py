@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from email.utils import parseaddr
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -205,6 +206,10 @@ class Settings(BaseSettings):
     activation_code_max_failures: int = Field(default=5, ge=1, le=100)
     # The admin API's roster upload (1,000,000 rows are about 80 MiB).
     roster_upload_max_mib: int = Field(default=256, ge=1, le=4096)
+    # Who identity's e-mails come from, "Name <address>": the name is shown to patients
+    # and to anyone who sees their inbox, so it should not name a condition (a clinic's
+    # own name may). Also the name the e-mails' text signs with.
+    email_from: str = Field(default="carebridge <no-reply@localhost>", min_length=3, max_length=200)
 
     # OpenID Connect provider (identity/oidc/)
     # Defaults for every client; a client may set its own (carebridge clients create).
@@ -322,6 +327,12 @@ class Settings(BaseSettings):
         return value
 
     # Derived values: computed, never configured twice.
+
+    @property
+    def email_sender_name(self) -> str:
+        """The name part of ``email_from`` (the address when it has none)."""
+        name, address = parseaddr(self.email_from)
+        return name or address
 
     @cached_property
     def upstream_providers(self) -> tuple[UpstreamProvider, ...]:

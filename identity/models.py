@@ -47,6 +47,9 @@ class LoginIdentifier(Base):
     )
     lookup_hash: Mapped[str] = mapped_column(String(64), unique=True)
     encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    # When its owner proved they read this address (None: not yet). Recovery e-mails go
+    # only to a verified address.
+    verified_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class PasswordCredential(Base):

@@ -20,6 +20,7 @@ from carebridge.models import metadata
 from carebridge.outbox import OutboxMessage
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from identity.models import LoginIdentifier
 from identity.oidc import purge
 from identity.oidc.models import OidcWithdrawal
 from tests.sms.helpers import same_clock
@@ -190,5 +191,38 @@ def test_0013_adds_the_outbox_and_takes_it_away_again(empty_database_url: str) -
         assert migrate.current_revision(engine) == "0012"
         migrate.upgrade(engine)
         assert "outbox" in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_0014_leaves_existing_addresses_unverified_and_downgrades(
+    empty_database_url: str,
+) -> None:
+    engine = make_engine(empty_database_url)
+    try:
+        migrate.upgrade(engine, "0013")
+        at = datetime(2026, 12, 7, 19, 0, tzinfo=UTC)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO account (id, created_at, status) VALUES ('acct_1', :at, 'active')"
+                ),
+                {"at": at},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO login_identifier (account_id, lookup_hash, encrypted) "
+                    "VALUES ('acct_1', 'h1', :blob)"
+                ),
+                {"blob": b"sealed"},
+            )
+        migrate.upgrade(engine, "0014")
+        with make_sessionmaker(engine)() as session:
+            login = session.get(LoginIdentifier, "acct_1")
+            assert login is not None and login.verified_at is None
+        command.downgrade(migrate.alembic_config(engine), "0013")
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("login_identifier")}
+        assert "verified_at" not in columns
+        migrate.upgrade(engine)
     finally:
         engine.dispose()
