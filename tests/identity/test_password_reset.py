@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pyotp
 import pytest
+import redis
 from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
 from carebridge import outbox
+from carebridge.app import create_app
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
+from carebridge.settings import Settings
 from carebridge.utc import utcnow
 from identity import accounts, throttle
 from identity.credentials import password
@@ -26,6 +29,7 @@ from tests.identity import factories
 from tests.identity.oidc import helpers
 from tests.identity.reset_mail import Mailbox, reset_token
 from tests.identity.roster_helpers import import_roster, link
+from tests.realparts import require
 
 LOGIN = "pat@example.org"
 OLD_PASSWORD = "old correct horse battery"
@@ -310,6 +314,33 @@ def test_flood_of_requests_for_one_address_sends_at_most_a_few_emails(
     clock.advance(timedelta(minutes=31))
     assert _ask_api(client, LOGIN)[0] == 202
     assert len(mailbox.to(runtime, LOGIN)) == throttle.RESET_MAILS_PER_HOUR + 1
+
+
+def test_the_email_budget_is_shared_by_replicas_through_redis(
+    settings: Settings, mailbox: Mailbox
+) -> None:
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        require("Redis", False, f"127.0.0.1:6379: {exc}")
+    # Two replicas: one database, one keyring, one Redis. Each test's keys are its own
+    # (they are keyed hashes under this keyring's pepper) and expire within the hour.
+    shared = settings.model_copy(update={"redis_url": url})
+    assert isinstance(throttle.store_for(shared), throttle.RedisStore)
+    first, second = Runtime.build(shared), Runtime.build(shared)
+    try:
+        _account(first)
+        with (
+            TestClient(create_app(first)) as one,
+            TestClient(create_app(second)) as other,
+        ):
+            for n in range(8):
+                assert _ask_api(one if n % 2 else other, LOGIN)[0] == 202
+        assert len(mailbox.to(first, LOGIN)) == throttle.RESET_MAILS_PER_HOUR
+    finally:
+        first.close()
+        second.close()
 
 
 def test_flood_from_one_client_address_is_throttled_whatever_the_address(
