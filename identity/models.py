@@ -265,3 +265,24 @@ class StaffAction(Base):
     patient_id: Mapped[str | None] = mapped_column(String(40), index=True)
     account_id: Mapped[str | None] = mapped_column(String(40))
     reason: Mapped[str] = mapped_column(String(500))
+
+
+class PasswordReset(Base):
+    """A "forgot password" link (identity/flows/reset.py): ``id`` is the link's public
+    selector, ``secret_hash`` the keyed hash of the whole token (selector and secret).
+
+    Single use (``used_at``), valid until ``expires_at``; a newer link for the account
+    ends the older unused ones (their ``expires_at`` becomes the moment of the new one).
+    Used rows are the record of when the account's password was last reset by e-mail.
+    """
+
+    __tablename__ = "password_reset"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True
+    )
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

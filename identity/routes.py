@@ -10,6 +10,7 @@ from identity.flows import (
     admin,
     mfa,
     reauth,
+    reset,
     signin,
     signout,
     signup,
@@ -31,5 +32,6 @@ def routes() -> list[BaseRoute]:
         *account.routes(),
         *activate.routes(),
         *verify.routes(),
+        *reset.routes(),
         *admin.routes(),
     ]

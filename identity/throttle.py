@@ -122,7 +122,7 @@ ACTIVATE_ACCOUNT = Policy(
 ACTIVATE_ADDRESS = Policy(
     "activate-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
 )
-_NEVER_CAPPED = (
+_NEVER_CAPPED: tuple[Policy, ...] = (
     ADDRESS,
     SIGNUP_ADDRESS,
     UPSTREAM_START_ADDRESS,
@@ -559,3 +559,32 @@ def purge_stale(runtime: Runtime) -> None:
     (Redis expires its own keys)."""
     with runtime.sessions.begin() as db:
         _DATABASE_STORE.purge(db, utcnow())
+
+
+# Forgot password (identity/flows/reset.py). Requests for a link, per client address:
+# delays after 20, like sign-ups. E-mails per address (keyed by its login lookup hash,
+# whether or not an account has it): only counted, and gated by the flow at
+# RESET_MAILS_PER_HOUR; a gated request writes nothing, so a flood cannot keep the count
+# from being forgotten an hour after the last e-mail. Presenting a link, per client
+# address (delays after 20) and per account whose link was named (delays after 4).
+RESET_MAILS_PER_HOUR = 3
+RESET_REQUEST_ADDRESS = Policy(
+    "reset-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+RESET_MAIL = Policy(
+    "reset-mail", free=0, max_delay=0, hard_cap=None, forget_after=timedelta(hours=1)
+)
+RESET_TOKEN_ADDRESS = Policy(
+    "reset-token-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+RESET_TOKEN_ACCOUNT = Policy(
+    "reset-token", free=4, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+# None of them locks for good: purge may drop their counters however high.
+_NEVER_CAPPED = (
+    *_NEVER_CAPPED,
+    RESET_REQUEST_ADDRESS,
+    RESET_MAIL,
+    RESET_TOKEN_ADDRESS,
+    RESET_TOKEN_ACCOUNT,
+)

@@ -27,8 +27,11 @@ SESSION = Cookie("carebridge_session", "__Host-")  # identity.sessions
 CSRF = Cookie("carebridge_csrf", "__Host-")  # carebridge.http.csrf
 SMS_LINK_VISIT = Cookie("carebridge_link", "__Secure-")  # sms.links, Path=/l
 DEMO_PROVIDER = Cookie("demo_provider_session")  # carebridge.demo.provider_app
+PASSWORD_RESET = Cookie(
+    "carebridge_reset", "__Secure-"
+)  # identity.flows.reset, Path=/password/reset
 
-READ = (SESSION, CSRF, SMS_LINK_VISIT, DEMO_PROVIDER)
+READ = (SESSION, CSRF, SMS_LINK_VISIT, DEMO_PROVIDER, PASSWORD_RESET)
 
 
 def names_read(https: bool) -> frozenset[str]:
