@@ -1,24 +1,32 @@
-"""Transactional e-mail through the outbox (identity's ``EmailSender``), and its console.
-
-An e-mail carries IDs and links only, never PHI; even so, the address and the text are
-sealed in the outbox row (a link may hold a token) and wiped once delivered. There is no
-SMTP backend yet: in development the console prints each e-mail to the terminal (like
-sms's console sender); in production no e-mail handler is registered, so e-mails wait in
-the outbox, visible in ``carebridge notifications status``, until one is.
-"""
+"""Queuing an e-mail: what identity's ``EmailSender`` is, and the checks at the door."""
 
 from __future__ import annotations
 
-import sys
-from typing import TextIO
+import unicodedata
 
 from sqlalchemy.orm import Session
 
 from carebridge import outbox
 from carebridge.runtime import Runtime
+from carebridge.settings import is_one_address
 
 CHANNEL = "email"
 TRANSACTIONAL = "transactional"
+SUBJECT_MAX_CHARS = 200
+
+
+class UnsafeEmailHeaderError(ValueError):
+    """A recipient that is not exactly one address, or a subject or address carrying a
+    line break or another control character: what would add a header (Bcc:, a second
+    To:) to the e-mail. Refused before anything is queued."""
+
+
+def _check_subject(subject: str) -> None:
+    if not subject.strip() or len(subject) > SUBJECT_MAX_CHARS:
+        raise UnsafeEmailHeaderError("the subject must be one line of text")
+    # Cc: every control character, CR and LF among them; Zl/Zp: Unicode's line breaks.
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in subject):
+        raise UnsafeEmailHeaderError("the subject must be one line of text")
 
 
 class OutboxEmailSender:
@@ -30,6 +38,11 @@ class OutboxEmailSender:
     def send_email(
         self, db: Session, *, to: str, subject: str, text: str, html: str | None = None
     ) -> str:
+        """Raises :class:`UnsafeEmailHeaderError` for a ``to`` that is not one address on one
+        line, or a ``subject`` that is not one line of text."""
+        if not is_one_address(to):
+            raise UnsafeEmailHeaderError("the recipient must be exactly one address")
+        _check_subject(subject)
         content = {"to": to, "subject": subject, "text": text}
         if html is not None:
             content["html"] = html
@@ -40,23 +53,4 @@ class OutboxEmailSender:
             payload={},
             content=content,
             keyring=self._runtime.keyring,
-        )
-
-
-class ConsoleMailer:
-    """Prints each e-mail to standard output (the developer's terminal, not the log)."""
-
-    channel = CHANNEL
-
-    def __init__(self, out: TextIO | None = None) -> None:
-        self._out = out
-
-    def deliver(self, message: outbox.Message) -> None:
-        if message.kind != TRANSACTIONAL:
-            raise outbox.Undeliverable("unknown_kind")
-        content = message.content
-        print(
-            f"[email to {content['to']}] {content['subject']}\n{content['text']}",
-            file=self._out or sys.stdout,
-            flush=True,
         )
