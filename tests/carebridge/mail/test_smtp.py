@@ -19,6 +19,7 @@ from carebridge.db import transaction
 from carebridge.outbox import delivery as outbox_delivery
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from identity import emails
 from tests.smtp_server import SmtpServer
 
 TO = "pat@example.org"
@@ -280,3 +281,27 @@ def test_a_worker_that_dies_after_sending_sends_again_with_the_same_message_id(
     one, two = smtp_server.messages
     assert one.email["Message-ID"] == two.email["Message-ID"]
     assert row(runtime, first.id).state == outbox.DONE
+
+
+def test_identitys_own_email_arrives_signed_with_the_configured_sender_name(
+    smtp_server: SmtpServer, build: Callable[..., Runtime]
+) -> None:
+    # The name patients see is the configured one (an organization's name can reveal a
+    # condition, so it is the operator's choice), in the From header and the text.
+    runtime = build(smtp_server)
+    outward = wiring.identity_outward(runtime)
+    link = "https://id.example.org/password/forgot"
+    with transaction(runtime.sessions) as db:
+        emails.send(
+            db,
+            outward.email,
+            runtime.settings,
+            to=TO,
+            email=emails.Email("password_changed", link=link),
+        )
+    work(runtime)
+    (received,) = smtp_server.messages
+    assert received.email["From"].addresses[0].display_name == "Riverside Clinic"
+    assert str(received.email["Subject"]) == "Your password was changed"
+    assert link in received.part("plain") and "Riverside Clinic" in received.part("plain")
+    assert f'href="{link}"' in received.part("html")
