@@ -290,7 +290,8 @@ class Settings(BaseSettings):
     # the relay has a private CA, else the system's.
     email_backend: EmailBackend = EmailBackend.CONSOLE
     smtp_url: SecretStr | None = None
-    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Per connection and per command; well inside the outbox lease (60 s) of one e-mail.
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=30)
     smtp_ca_file: Path | None = None
 
     @field_validator("email_from")
