@@ -217,6 +217,11 @@ class SmtpServer:
     def messages(self) -> list[Received]:
         return self.handler.messages
 
+    def sent_to(self, address: str) -> list[Received]:
+        """The e-mails received for ``address`` (compared case-insensitively), oldest first."""
+        wanted = address.casefold()
+        return [m for m in self.messages if wanted in (r.casefold() for r in m.rcpt_tos)]
+
     @property
     def url(self) -> str:
         scheme = "smtps" if self.tls == "smtps" else "smtp"
