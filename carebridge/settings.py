@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from email.errors import NonASCIILocalPartDefect
 from email.headerregistry import AddressHeader, HeaderRegistry
@@ -77,7 +78,10 @@ def is_one_address(value: str) -> bool:
     """Whether ``value`` is exactly one e-mail address ("Name <a@b>" or "a@b") on one
     line: what may go into a From or To header (the standard library's header parser
     decides, not a pattern of ours)."""
-    if not value or any(ch in value for ch in "\r\n\x00") or value != value.strip():
+    # Control characters (CR, LF, NUL, tab…) and Unicode's line breaks: never in a header.
+    if not value or value != value.strip():
+        return False
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
         return False
     try:
         header = _ADDRESS_HEADER("To", value)

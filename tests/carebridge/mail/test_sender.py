@@ -34,6 +34,8 @@ def send(runtime: Runtime, *, to: str = "pat@example.org", subject: str = "Sign 
         "Pat <pat@example.org>, <everyone@attacker.example>",
         "undisclosed: pat@example.org, everyone@attacker.example;",
         "pat@example.org\x00",
+        "Pat\x0b <pat@example.org>",
+        "pat@example.org\u2028Bcc: everyone@attacker.example",
         " pat@example.org",
         "pat",
         "pat@",
