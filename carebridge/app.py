@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -33,10 +33,11 @@ from carebridge.http.problems import (
     refused_input,
     unhandled_exception_handler,
 )
-from carebridge.http.templates import templates
+from carebridge.http.templates import templates_for
 from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
 from carebridge.settings import Role, load_settings, require_production_ready
+from identity import interfaces as identity
 from identity import routes as identity_routes
 from messaging import crypto
 from messaging import routes as messaging_routes
@@ -46,8 +47,19 @@ STATIC = StaticFiles(packages=[("carebridge.http", "static")])
 log = logging.getLogger("carebridge.audit")
 
 
+# The home page includes identity's account navigation for a signed-in visitor.
+HOME_TEMPLATES = templates_for(identity.TEMPLATES)
+
+
 async def home(request: Request) -> Response:
-    return templates.TemplateResponse(request, "home.html")
+    """What carebridge is, and the way in; a signed-in person's account entries instead."""
+    signed_in = await identity.is_signed_in(request)
+    return HOME_TEMPLATES.TemplateResponse(request, "home.html", {"signed_in": signed_in})
+
+
+async def favicon(request: Request) -> Response:
+    """Browsers ask for /favicon.ico whatever the page links: send them to the SVG."""
+    return RedirectResponse(request.url_for("static", path="/favicon.svg").path, 301)
 
 
 def routes(runtime: Runtime) -> list[BaseRoute]:
@@ -56,6 +68,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
     return routing.tree(
         [
             Route("/", home, name="home"),
+            Route("/favicon.ico", favicon, name="favicon"),
             Route("/healthz", health.healthz, name="healthz"),
             Route("/readyz", health.readyz, name="readyz"),
             Route(

@@ -9,12 +9,16 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import unicodedata
+from dataclasses import dataclass, field
+from email.errors import NonASCIILocalPartDefect
+from email.headerregistry import AddressHeader, HeaderRegistry
 from email.utils import parseaddr
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -59,9 +63,81 @@ class SmsBackend(StrEnum):
     TWILIO = "twilio"
 
 
+class EmailBackend(StrEnum):
+    CONSOLE = "console"
+    SMTP = "smtp"
+
+
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_ADDRESS_HEADER = HeaderRegistry()
 # A production metrics token shorter than this is a password someone chose, not a secret.
 METRICS_TOKEN_MIN_LENGTH = 16
+
+
+def is_one_address(value: str) -> bool:
+    """Whether ``value`` is exactly one e-mail address ("Name <a@b>" or "a@b") on one
+    line: what may go into a From or To header (the standard library's header parser
+    decides, not a pattern of ours)."""
+    # Control characters (CR, LF, NUL, tab…) and Unicode's line breaks: never in a header.
+    if not value or value != value.strip():
+        return False
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+        return False
+    try:
+        header = _ADDRESS_HEADER("To", value)
+    except (ValueError, IndexError, TypeError):
+        return False
+    if not isinstance(header, AddressHeader):
+        return False
+    # An internationalized local part (josé@) is an address (RFC 6531: a relay without
+    # SMTPUTF8 refuses it, a dead letter); every other defect is a malformed header.
+    defects = [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
+    if defects or len(header.addresses) != 1 or header.groups[0].display_name:
+        return False
+    address = header.addresses[0]
+    return bool(address.username and address.domain and address.addr_spec.count("@") == 1)
+
+
+@dataclass(frozen=True)
+class SmtpRelay:
+    """``CAREBRIDGE_SMTP_URL``, parsed: where and how to hand e-mails over."""
+
+    host: str
+    port: int
+    implicit_tls: bool  # smtps://; otherwise STARTTLS, unless plain on loopback
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def plain(self) -> bool:
+        """smtp:// to a loopback relay may stay unencrypted (a local relay, tests); it
+        still upgrades when the relay offers STARTTLS."""
+        return not self.implicit_tls and self.host in _LOOPBACK
+
+    @classmethod
+    def parse(cls, url: str) -> SmtpRelay:
+        # The messages never quote the URL: it carries the relay's password.
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise ValueError("is not a valid smtp:// or smtps:// URL") from None
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError("must be an smtps:// (TLS) or smtp:// (STARTTLS) URL")
+        if not parts.hostname:
+            raise ValueError("must name the relay's host")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be scheme://user:password@host:port, nothing after")
+        if port == 0:
+            raise ValueError("must have a port between 1 and 65535")
+        implicit = parts.scheme == "smtps"
+        return cls(
+            host=parts.hostname,
+            port=port or (465 if implicit else 587),
+            implicit_tls=implicit,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+        )
 
 
 def _provider_url(value: str) -> str:
@@ -211,6 +287,45 @@ class Settings(BaseSettings):
     # own name may). Also the name the e-mails' text signs with.
     email_from: str = Field(default="carebridge <no-reply@localhost>", min_length=3, max_length=200)
 
+    # E-mail delivery (carebridge/mail/): the console prints e-mails to the terminal (the
+    # embedded default, refused in production); smtp sends them through a relay at
+    # smtp_url: smtps:// is implicit TLS, smtp:// must upgrade with STARTTLS (plain only
+    # to a loopback relay). Certificates are always verified, against smtp_ca_file when
+    # the relay has a private CA, else the system's.
+    email_backend: EmailBackend = EmailBackend.CONSOLE
+    smtp_url: SecretStr | None = None
+    # Per connection and per command; well inside the outbox lease (60 s) of one e-mail.
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=30)
+    smtp_ca_file: Path | None = None
+
+    @field_validator("email_from")
+    @classmethod
+    def _one_sender(cls, value: str) -> str:
+        # It becomes the From header: one address, no header smuggled after it.
+        if not is_one_address(value):
+            raise ValueError('must be one address, "Name <address>", on one line')
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            SmtpRelay.parse(value.get_secret_value())  # raises ValueError, never echoing it
+        return value
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _readable_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("must name a readable file of PEM certificates")
+        return value
+
+    @model_validator(mode="after")
+    def _smtp_backend_has_a_relay(self) -> Settings:
+        if self.email_backend is EmailBackend.SMTP and self.smtp_relay is None:
+            raise ValueError("CAREBRIDGE_SMTP_URL is required with CAREBRIDGE_EMAIL_BACKEND=smtp")
+        return self
+
     # OpenID Connect provider (identity/oidc/)
     # Defaults for every client; a client may set its own (carebridge clients create).
     access_token_seconds: int = Field(default=600, ge=60, le=3600)
@@ -329,6 +444,13 @@ class Settings(BaseSettings):
     # Derived values: computed, never configured twice.
 
     @property
+    def smtp_relay(self) -> SmtpRelay | None:
+        """The parsed ``smtp_url`` (None when unset)."""
+        if self.smtp_url is None or not self.smtp_url.get_secret_value():
+            return None
+        return SmtpRelay.parse(self.smtp_url.get_secret_value())
+
+    @property
     def email_sender_name(self) -> str:
         """The name part of ``email_from`` (the address when it has none)."""
         name, address = parseaddr(self.email_from)
@@ -399,6 +521,8 @@ class Settings(BaseSettings):
             )
         if self.sms_backend is SmsBackend.CONSOLE:
             problems.append("CAREBRIDGE_SMS_BACKEND must be 'twilio' in production")
+        if self.email_backend is EmailBackend.CONSOLE:
+            problems.append("CAREBRIDGE_EMAIL_BACKEND must be 'smtp' in production")
         if self.demo:
             problems.append("CAREBRIDGE_DEMO (serve --demo) is refused in production")
         token = self.metrics_token.get_secret_value() if self.metrics_token else ""
@@ -432,9 +556,10 @@ def load_settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "?"
         message = error["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{PREFIX}{field.upper()}: {message}") from None
+        if not error["loc"]:  # a check across settings: its message names them
+            raise ConfigError(message) from None
+        raise ConfigError(f"{PREFIX}{str(error['loc'][0]).upper()}: {message}") from None
     settings.upstream_providers  # noqa: B018  (a bad providers file stops the start)
     return settings
 

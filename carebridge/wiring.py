@@ -4,13 +4,15 @@ identity declares what it needs from outside (identity.interfaces: sending a one
 code, sending an e-mail) and never imports sms; the outbox knows channels only by name.
 Here both are given their implementations: sms's code sender and the outbox e-mail
 sender for identity (:func:`identity_outward`, on ``app.state.outward``), and each
-channel's handler for the outbox worker (:func:`outbox_channels`).
+channel's handler for the outbox worker (:func:`outbox_channels`: sms, and the e-mail
+backend the settings chose).
 """
 
 from __future__ import annotations
 
 from carebridge import mail, outbox
 from carebridge.runtime import Runtime
+from carebridge.settings import EmailBackend
 from identity.interfaces import Outward
 from sms import codes
 from sms.jobs import SmsChannel
@@ -26,9 +28,14 @@ def identity_outward(runtime: Runtime) -> Outward:
 def outbox_channels(runtime: Runtime) -> outbox.Channels:
     sms = SmsChannel(runtime)
     handlers: dict[str, outbox.Handler] = {sms.channel: sms}
-    if not runtime.settings.is_production:
-        # No SMTP backend yet: production leaves e-mails waiting in the outbox.
-        handlers[mail.CHANNEL] = mail.ConsoleMailer()
+    # CAREBRIDGE_EMAIL_BACKEND: smtp sends through the relay; console prints to the
+    # terminal (the development default; production refuses to start with it).
+    email: outbox.Handler
+    if runtime.settings.email_backend is EmailBackend.SMTP:
+        email = mail.SmtpMailer(runtime.settings)
+    else:
+        email = mail.ConsoleMailer()
+    handlers[email.channel] = email
     return outbox.Channels(
         handlers=handlers,
         ledgers=(sms,),

@@ -90,5 +90,20 @@ async def require(request: Request, *, allow: frozenset[Step] = frozenset()) -> 
     raise redirect_to(step, request)
 
 
+async def is_signed_in(request: Request) -> bool:
+    """Whether the request comes from a finished sign-in (MFA done). Never redirects: for
+    pages that show something else to visitors (the home page)."""
+    session = await sessions.current(request)
+    if session is None:
+        return False
+    runtime: Runtime = request.app.state.runtime
+
+    def step_of() -> Step:
+        with runtime.sessions() as db:
+            return next_step(db, runtime, session)
+
+    return await run_in_threadpool(step_of) is Step.DONE
+
+
 def is_recent(session: AuthSession) -> bool:
     return utcnow() - session.authenticated_at <= RECENT

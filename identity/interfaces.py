@@ -25,6 +25,7 @@ from typing import Protocol
 from sqlalchemy.orm import Session
 
 from identity.accounts import exists as account_exists
+from identity.authn import is_signed_in
 from identity.oidc.holders import Person, WithdrawnError, check_client_token
 from identity.oidc.holders import person as person_of_token
 from identity.patients import (
@@ -53,6 +54,7 @@ __all__ = [
     "account_exists",  # is there an account with this ID?
     "check_client_token",  # an app's own token: raises WithdrawnError if withdrawn
     "eligibility",  # is this patient ID on the roster, and eligible now?
+    "is_signed_in",  # a page's request: from a finished sign-in? (never redirects)
     "patient_id_of",  # the account's verified patient ID, or None
     "person_of_token",  # whom a user's token acts for (None: no one, or not active)
     # Web guards for other packages' pages and session-authenticated API calls

@@ -15,8 +15,9 @@ import shutil
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -30,6 +31,8 @@ from carebridge.db import make_engine
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from tests.realparts import require
+from tests.smtp_server import SmtpServer
+from tests.smtp_server import start as start_smtp_server
 
 POSTGRES_URL = os.environ.get(
     "CAREBRIDGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -211,3 +214,37 @@ def silent_port() -> Iterator[int]:
     for connection in held:
         connection.close()
     server.close()
+
+
+# A real SMTP server (aiosmtpd): what carebridge's e-mails arrive at (tests/smtp_server.py).
+
+
+@pytest.fixture
+def smtp_servers(tmp_path: Path) -> Iterator[Callable[..., SmtpServer]]:
+    """Starts test SMTP servers of any variant (smtp_server.start's arguments); each is
+    stopped at the end of the test."""
+    started: list[SmtpServer] = []
+
+    def start(**kwargs: Any) -> SmtpServer:
+        server = start_smtp_server(tmp_path / f"smtp{len(started)}", **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def smtp_server(smtp_servers: Callable[..., SmtpServer]) -> SmtpServer:
+    """A plain loopback SMTP server: ``.url`` to send to, ``.messages`` received, and
+    ``.settings()`` for carebridge's Settings (email_backend=smtp, smtp_url)."""
+    return smtp_servers()
+
+
+@pytest.fixture
+def smtp_settings(settings: Settings, smtp_server: SmtpServer) -> Settings:
+    """The test's settings, sending e-mail to ``smtp_server``."""
+    return Settings(
+        data_dir=settings.data_dir, database_url=settings.database_url, **smtp_server.settings()
+    )

@@ -4,7 +4,9 @@
    has handlers for, locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so parallel
    workers never take the same row (SQLite runs one worker). Each becomes ``sending``,
    its attempt counted, ``due_at`` moved to the end of the handler's lease.
-2. **Deliver** (no transaction open): the handler does its one thing.
+2. **Deliver** (no transaction open): the handler does its one thing, row after row;
+   rows still waiting when half the lease is gone are handed back (:func:`release`),
+   due again at once, so none is sent after its lease ran out.
 3. **Record** (one transaction): done; or, by what the handler raised, a retry after
    :class:`~carebridge.outbox.policy.RetryPolicy`'s backoff, or a dead letter.
 
@@ -236,14 +238,38 @@ def _drain_rows(
         batch = claim(runtime, channels, clock(), limit)
         if not batch:
             break
+        # A batch is delivered one row after another under leases taken together: rows
+        # still waiting when half the lease is gone (a slow provider) are handed back
+        # rather than sent after their lease ran out, when another worker may send them too.
+        hand_back_at = time.monotonic() + channels.lease.total_seconds() / 2
         outcomes: list[Outcome] = []
+        started = 0  # rows handed to their handler (one may be in flight when interrupted)
         try:
             for message in batch:
+                if time.monotonic() >= hand_back_at:
+                    break
+                started += 1
                 outcomes.append((message, deliver(channels.handlers[message.channel], message)))
         finally:
             record(runtime, channels, outcomes)
-        total += len(batch)
+            release(runtime, batch[started:])
+        total += len(outcomes)
     return total
+
+
+def release(runtime: Runtime, messages: Sequence[Message]) -> None:
+    """Claimed rows not attempted: due again now, their attempt not counted (one
+    transaction). A row another worker has taken since is left to it."""
+    if not messages:
+        return
+    now = utcnow()
+    with transaction(runtime.sessions) as db:
+        for message in messages:
+            row = db.get(OutboxMessage, message.id)
+            if row is None or row.state != SENDING or row.attempts != message.attempt:
+                continue
+            row.state, row.due_at, row.updated_at = PENDING, now, now
+            row.attempts -= 1
 
 
 def purge(runtime: Runtime, now: datetime | None = None) -> int:

@@ -243,6 +243,8 @@ def test_production_serve_refuses_a_development_keyring(
         "CAREBRIDGE_DATABASE_URL": UNREACHABLE,
         "CAREBRIDGE_KEYRING_FILE": str(path),
         "CAREBRIDGE_SMS_BACKEND": "twilio",
+        "CAREBRIDGE_EMAIL_BACKEND": "smtp",
+        "CAREBRIDGE_SMTP_URL": "smtps://carebridge:hunter2@smtp.example.org:465",
         "CAREBRIDGE_METRICS_TOKEN": "scrape-0123456789abcdef",
     }.items():
         monkeypatch.setenv(name, value)

@@ -54,6 +54,7 @@ OPERATOR_VARIABLES = {
     "CAREBRIDGE_ISSUER": "https://id.example.org",
     "CAREBRIDGE_FORWARDED_ALLOW_IPS": "172.18.0.1",
     "CAREBRIDGE_METRICS_TOKEN": "fedcba9876543210fedcba9876543210",
+    "CAREBRIDGE_SMTP_URL": "smtps://carebridge:0123456789abcdef@smtp.example.org:465",
 }
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
@@ -119,6 +120,7 @@ def test_app_services_run_in_production_mode_on_postgresql(
     env = services[name]["environment"]
     assert env["CAREBRIDGE_ENV"] == "production"
     assert env["CAREBRIDGE_SMS_BACKEND"] == "twilio"
+    assert env["CAREBRIDGE_EMAIL_BACKEND"] == "smtp"
     assert env["CAREBRIDGE_DATABASE_URL"].startswith("postgresql://")
     assert "sqlite" not in env["CAREBRIDGE_DATABASE_URL"]
     # Required values fail the deployment loudly instead of falling back to a default.
@@ -159,7 +161,12 @@ def test_app_service_environment_passes_the_production_checks(
 def test_required_variables_stop_the_deployment(services: dict[str, dict[str, Any]]) -> None:
     environment = "\n".join(map(str, services["carebridge"]["environment"].values()))
     assert interpolate(environment, OPERATOR_VARIABLES)
-    for missing in ("POSTGRES_PASSWORD", "CAREBRIDGE_ISSUER", "CAREBRIDGE_METRICS_TOKEN"):
+    for missing in (
+        "POSTGRES_PASSWORD",
+        "CAREBRIDGE_ISSUER",
+        "CAREBRIDGE_METRICS_TOKEN",
+        "CAREBRIDGE_SMTP_URL",
+    ):
         variables = {k: v for k, v in OPERATOR_VARIABLES.items() if k != missing}
         with pytest.raises(KeyError, match=missing):
             interpolate(environment, variables)

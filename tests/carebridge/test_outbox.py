@@ -3,7 +3,9 @@ due, failures back off under the one policy and end as dead letters an operator 
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
@@ -230,3 +232,33 @@ def test_a_failing_ledger_keeps_no_other_channel_waiting(runtime: Runtime) -> No
         outbox.drain(runtime, channels)
     assert "[email to pat@example.org]" in out.getvalue()
     assert [row.state for row in rows(runtime)] == [outbox.DONE]
+
+
+def test_a_slow_batch_hands_back_rows_before_their_lease_runs_out(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Rows are claimed together and delivered one after another: behind a slow provider
+    # the last ones would be sent after their lease ran out, when another worker may
+    # have claimed and sent them too. They are handed back instead, uncounted.
+    ids = [send_email(runtime, to=f"p{n}@example.org") for n in range(3)]
+    delivered: list[str] = []
+    lease_left: list[float] = []
+
+    class Slow:
+        channel = mail.CHANNEL
+
+        def deliver(self, message: outbox.Message) -> None:
+            with runtime.sessions() as db:
+                row = db.get(outbox.OutboxMessage, message.id)
+                assert row is not None
+                lease_left.append((row.due_at - datetime.now(UTC)).total_seconds())
+            delivered.append(message.id)
+            time.sleep(0.6)
+
+    channels = outbox.Channels(handlers={mail.CHANNEL: Slow()}, lease=timedelta(seconds=1))
+    with caplog.at_level(logging.WARNING):
+        assert outbox.drain(runtime, channels) == 3
+    assert sorted(delivered) == sorted(ids)  # each once, the handed-back ones on a new claim
+    assert min(lease_left) > 0.4  # every row sent with at least half its lease left
+    assert {(row.state, row.attempts) for row in rows(runtime)} == {(outbox.DONE, 1)}
+    assert "lease ran out" not in caplog.text

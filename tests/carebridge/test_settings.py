@@ -21,6 +21,8 @@ PRODUCTION = {
     "CAREBRIDGE_DATABASE_URL": "postgresql://carebridge:hunter2@db.internal:5432/carebridge",
     "CAREBRIDGE_KEYRING_FILE": "/run/secrets/keyring.json",
     "CAREBRIDGE_SMS_BACKEND": "twilio",
+    "CAREBRIDGE_EMAIL_BACKEND": "smtp",
+    "CAREBRIDGE_SMTP_URL": "smtps://carebridge:hunter2@smtp.example.org:465",
     "CAREBRIDGE_METRICS_TOKEN": "scrape-0123456789abcdef",
 }
 
@@ -193,6 +195,8 @@ def test_fully_configured_production_starts(monkeypatch: pytest.MonkeyPatch) -> 
         ("CAREBRIDGE_KEYRING_FILE", None),
         ("CAREBRIDGE_SMS_BACKEND", None),
         ("CAREBRIDGE_SMS_BACKEND", "console"),
+        ("CAREBRIDGE_EMAIL_BACKEND", None),
+        ("CAREBRIDGE_EMAIL_BACKEND", "console"),
     ],
 )
 def test_production_refuses_development_defaults_naming_the_setting(
@@ -215,7 +219,7 @@ def test_production_on_all_defaults_names_the_first_problem(
 ) -> None:
     monkeypatch.setenv("CAREBRIDGE_ENV", "production")
     settings = load_settings()
-    assert len(settings.production_problems()) == 5
+    assert len(settings.production_problems()) == 6
     with pytest.raises(ConfigError, match="CAREBRIDGE_ISSUER"):
         require_production_ready(settings)
 
