@@ -211,6 +211,13 @@ class Settings(BaseSettings):
     # own name may). Also the name the e-mails' text signs with.
     email_from: str = Field(default="carebridge <no-reply@localhost>", min_length=3, max_length=200)
 
+    # E-mail verification (identity/flows/email_verification.py): how long a link and
+    # code stay usable, and how many e-mails (verification codes and "someone tried to
+    # sign up with your address" notices) one address receives in an hour at most: past
+    # it, the answer to whoever asked stays the same and nothing is sent.
+    email_verification_hours: int = Field(default=24, ge=1, le=72)
+    emails_per_address_per_hour: int = Field(default=3, ge=1, le=20)
+
     # OpenID Connect provider (identity/oidc/)
     # Defaults for every client; a client may set its own (carebridge clients create).
     access_token_seconds: int = Field(default=600, ge=60, le=3600)
