@@ -133,15 +133,30 @@ def issue(
 ) -> bool:
     """Send a verification for ``to`` (a normalised address) to the account, in ``db``'s
     transaction; False when the address has had its e-mails for the hour (then nothing
-    is made: the older verifications stay usable).
+    is sent or made: the latest verification stays usable, now in the browser holding
+    ``pending_token``).
 
     ``pending_token``: the browser binding for ``signup``/``signin``; None for ``add``,
     whose address (not yet the account's login) the row carries, bound to the account.
     """
     address_hash = accounts.login_hash(runtime.keyring, to)
-    if not may_email(db, runtime, address_hash):
-        return False
     now = throttle.utcnow()
+    if not may_email(db, runtime, address_hash):
+        if pending_token:
+            # Nothing new is sent: the code already in the inbox finishes in the browser
+            # that asked last (which got this far with the right password or a sign-up).
+            latest = db.scalar(
+                select(EmailVerification)
+                .where(
+                    EmailVerification.account_id == account_id,
+                    EmailVerification.browser_hash.is_not(None),
+                )
+                .order_by(EmailVerification.created_at.desc())
+                .limit(1)
+            )
+            if usable(latest, now) and latest is not None:
+                latest.browser_hash = browser_hash(runtime, pending_token)
+        return False
     db.execute(
         update(EmailVerification)
         .where(

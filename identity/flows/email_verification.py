@@ -193,8 +193,6 @@ def verify_code(
     signed_in: SignedIn | None = None
     with transaction(runtime.sessions) as db:
         row = email_verification.by_pending(db, runtime, pending_token)
-        if row is not None and row.purpose == email_verification.ADD:
-            row = None
         locked, ok, limits = _check(db, runtime, row, code, address=address, request_id=request_id)
         if ok and row is not None:
             status = db.scalar(select(Account.status).where(Account.id == row.account_id))

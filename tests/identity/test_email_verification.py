@@ -4,15 +4,19 @@ accounts that sign in only through a provider adding an address."""
 
 from __future__ import annotations
 
+import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
+import pyotp
 import pytest
 from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
+from carebridge.app import create_app
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
@@ -27,12 +31,14 @@ from identity.models import (
 )
 
 from . import factories
+from .oidc import helpers
 from .verification_mail import code_in, emails_to, last_email_to, link_token_in
 
 FAST = {"argon2_memory_kib": 8192, "argon2_time_cost": 1}
 LOGIN = "jane@example.org"
 PASSWORD = "quiet harbour lamp"
 AUTHORIZE = "/authorize?client_id=app&response_type=code&state=s1"
+SECRET = re.compile(r'<code class="secret" id="secret">([A-Z2-7 ]+)</code>')
 
 
 @pytest.fixture
@@ -121,6 +127,38 @@ def test_signup_then_code_signs_in_then_enrolment_then_authorize_resumes(
     assert session_cookie(client)
     assert verified_at(runtime) is not None
     assert client.cookies.get("carebridge_email_pending") is None
+
+
+def test_a_pending_authorize_request_survives_signup_code_and_enrolment(
+    client: TestClient, runtime: Runtime
+) -> None:
+    registered = helpers.register(runtime)
+    params = helpers.authorization_params(registered, helpers.pkce()[1])
+    start = client.get("/authorize", params=params, follow_redirects=False)
+    assert start.status_code == 303
+    resume = parse_qs(urlsplit(start.headers["location"]).query)["next"][0]
+    assert resume.startswith("/authorize?")
+    page_signup(client, next_to=resume)
+    typed = type_code(client, code_in(last_email_to(runtime, LOGIN)), next_to=resume)
+    assert typed.headers["location"] == f"/mfa/enroll?next={quote(resume, safe='')}"
+    enrol = client.get(typed.headers["location"])
+    secret = SECRET.search(enrol.text)
+    assert secret
+    app = pyotp.TOTP(secret.group(1).replace(" ", ""))
+    confirmed = client.post(
+        "/mfa/enroll",
+        data={"csrf_token": factories.csrf(enrol.text), "code": app.now(), "next": resume},
+        follow_redirects=False,
+    )
+    codes = client.get(confirmed.headers["location"])
+    saved = client.post(
+        "/mfa/recovery-codes",
+        data={"csrf_token": factories.csrf(codes.text), "next": resume},
+        follow_redirects=False,
+    )
+    assert saved.headers["location"] == resume  # back to the authorization request
+    answer = helpers.approve(client, params)
+    assert answer["state"] == [params["state"]] and answer["code"]
 
 
 def test_api_signup_answers_202_and_the_code_starts_a_session(client: TestClient) -> None:
@@ -237,6 +275,31 @@ def test_taken_address_gets_the_same_answer_and_status_and_its_owner_a_notice(
     assert refused.status_code == 400
 
 
+def test_new_and_taken_addresses_take_about_the_same_time(
+    tmp_path: Path, database_url: str
+) -> None:
+    # Both paths hash the password. With parameters slow enough to dominate a request,
+    # a path skipping the hash would answer in a fraction of the time.
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=database_url, argon2_memory_kib=65536
+    )
+    runtime = Runtime.build(settings)
+    with TestClient(create_app(runtime)) as client:
+        for n in range(4):
+            existing_account(runtime, f"taken{n}@example.org")
+
+        def took(login: str) -> float:
+            start = time.perf_counter()
+            assert api_signup(client, login).status_code == 202
+            return time.perf_counter() - start
+
+        # Interleaved, so a busy machine slows both alike.
+        pairs = [(took(f"new{n}@example.org"), took(f"taken{n}@example.org")) for n in range(4)]
+        new, taken = min(a for a, _ in pairs), min(b for _, b in pairs)
+    runtime.close()
+    assert 0.5 < taken / new < 2, (new, taken)
+
+
 def test_mixed_case_and_unicode_addresses_map_to_one_account(
     client: TestClient, runtime: Runtime
 ) -> None:
@@ -332,6 +395,22 @@ def test_a_newer_verification_ends_the_older_one(client: TestClient, runtime: Ru
     new_code = code_in(last_email_to(runtime, LOGIN))
     assert api_code(client, first.json()["pending_token"], old_code).status_code == 400
     assert api_code(client, second.json()["pending_token"], new_code).status_code == 200
+
+
+def test_past_the_hourly_emails_the_code_already_sent_works_in_the_browser_that_asked_last(
+    client: TestClient, runtime: Runtime
+) -> None:
+    existing_account(runtime, verified=False)
+    pendings = [
+        client.post("/api/v1/signin", json={"login": LOGIN, "password": PASSWORD}).json()[
+            "pending_token"
+        ]
+        for _ in range(5)
+    ]
+    assert len(emails_to(runtime, LOGIN)) == 3  # the hourly limit
+    code = code_in(last_email_to(runtime, LOGIN))
+    assert api_code(client, pendings[2], code).status_code == 400  # moved on
+    assert api_code(client, pendings[-1], code).status_code == 200
 
 
 def test_wrong_code_flood_voids_the_verification(client: TestClient, runtime: Runtime) -> None:
