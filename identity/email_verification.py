@@ -54,21 +54,11 @@ SIGNUP = "signup"  # a new account's address
 SIGNIN = "signin"  # an account from before verification, at its next password sign-in
 ADD = "add"  # an address added to an account that had none (upstream sign-in only)
 
-# Every e-mail sent to one address (keyed by its login lookup hash): counted, never
-# refusing by itself; the count is compared with the setting. Forgotten after an hour
-# without any.
-EMAIL_TO = throttle.Policy(
-    "email-to", free=0, max_delay=0, hard_cap=None, forget_after=timedelta(hours=1)
-)
-# Codes typed for one account: 10 free, then doubling delays to 15 minutes (never a
-# permanent lock: a stranger holding a pending state must not lock the owner out).
-CODE_ACCOUNT = throttle.Policy(
-    "email-code", free=10, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=24)
-)
-# Codes and links tried from one client address.
-CODE_ADDRESS = throttle.Policy(
-    "email-code-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
-)
+# The throttles' policies live with the others (identity/throttle.py), where purge
+# knows them.
+EMAIL_TO = throttle.EMAIL_TO
+CODE_ACCOUNT = throttle.EMAIL_CODE_ACCOUNT
+CODE_ADDRESS = throttle.EMAIL_CODE_ADDRESS
 
 
 def account_limit(account_id: str) -> throttle.Limit:

@@ -122,7 +122,7 @@ ACTIVATE_ACCOUNT = Policy(
 ACTIVATE_ADDRESS = Policy(
     "activate-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
 )
-_NEVER_CAPPED = (
+_NEVER_CAPPED: tuple[Policy, ...] = (
     ADDRESS,
     SIGNUP_ADDRESS,
     UPSTREAM_START_ADDRESS,
@@ -559,3 +559,20 @@ def purge_stale(runtime: Runtime) -> None:
     (Redis expires its own keys)."""
     with runtime.sessions.begin() as db:
         _DATABASE_STORE.purge(db, utcnow())
+
+
+# E-mail verification (identity/email_verification.py). E-mails to one address (keyed by
+# its login lookup hash): counted, never refusing by themselves (the flow compares the
+# count with CAREBRIDGE_EMAILS_PER_ADDRESS_PER_HOUR), forgotten after a quiet hour. Codes
+# per account: 10 free, then doubling delays to 15 minutes, never a lock (a stranger
+# holding a pending state must not keep the owner out). Codes and links per client
+# address: 20 free, the same delays.
+EMAIL_TO = Policy("email-to", free=0, max_delay=0, hard_cap=None, forget_after=timedelta(hours=1))
+EMAIL_CODE_ACCOUNT = Policy(
+    "email-code", free=10, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=24)
+)
+EMAIL_CODE_ADDRESS = Policy(
+    "email-code-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+# None of them is capped: purge drops them once quiet, whatever they count.
+_NEVER_CAPPED = (*_NEVER_CAPPED, EMAIL_TO, EMAIL_CODE_ACCOUNT, EMAIL_CODE_ADDRESS)

@@ -28,10 +28,11 @@ and a verification is void after 5 wrong codes. Audited: ``identity.email.verify
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -122,20 +123,20 @@ class EmailSent(BaseModel):
     """A code is on its way to the address (or, if another account has it, a notice to
     its owner: the answer is the same)."""
 
-    next_step: str = "verify_email"
+    next_step: Literal["verify_email"] = "verify_email"
 
 
 # The service
 
 
-def _audit(db: Any, action: str, outcome: Outcome, target: str, request_id: str | None) -> None:
+def _audit(db: Session, action: str, outcome: Outcome, target: str, request_id: str | None) -> None:
     audit.append(
         db, actor="anonymous", action=action, outcome=outcome, target=target, request_id=request_id
     )
 
 
 def _check(
-    db: Any,
+    db: Session,
     runtime: Runtime,
     row: EmailVerification | None,
     code: str,
@@ -563,7 +564,7 @@ class NewAddress(BaseModel):
     answers={202: openapi.Json(EmailSent, "Check your email")},
     security=openapi.session(),
     body=NewAddress,
-    problems=(401, 409),
+    problems=(401, 403, 409),
     tags=("accounts",),
 )
 async def api_add(request: Request) -> Response:
@@ -575,7 +576,8 @@ async def api_add(request: Request) -> Response:
     gets the same answer, and its owner a notice.
 
     - 400: The address is missing or malformed
-    - 401: Not signed in, or not recently
+    - 401: Not signed in
+    - 403: Not signed in recently: POST /api/v1/reauth first
     - 409: The account already has an email address
     """
     session = await authn.require(request)

@@ -20,7 +20,7 @@ from carebridge.app import create_app
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
-from identity import accounts
+from identity import accounts, email_verification, throttle
 from identity.credentials import password
 from identity.models import (
     Account,
@@ -28,6 +28,7 @@ from identity.models import (
     EmailVerification,
     LoginIdentifier,
     PasswordCredential,
+    ThrottleCounter,
 )
 
 from . import factories
@@ -516,3 +517,37 @@ def test_adding_a_taken_address_answers_alike_and_notifies_its_owner(
     )
     with runtime.sessions() as db:
         assert accounts.login_of(db, runtime.keyring, account_id) == "free@example.org"
+
+
+def test_adding_an_address_needs_a_recent_sign_in(client: TestClient, runtime: Runtime) -> None:
+    account_id = factories.account(runtime)
+    token = factories.sign_in(client, runtime, account_id, level=2)
+    with transaction(runtime.sessions) as db:
+        db.execute(
+            update(AuthSession).values(authenticated_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+    page = client.get("/account/email")
+    stale = client.post(
+        "/account/email",
+        data={"csrf_token": factories.csrf(page.text), "login": "new@example.org"},
+        follow_redirects=False,
+    )
+    assert stale.status_code == 303 and stale.headers["location"].startswith("/reauth")
+    bearer = {"Authorization": f"Bearer {token}"}
+    api = client.post("/api/v1/account/email", json={"login": "new@example.org"}, headers=bearer)
+    assert api.status_code == 403
+    assert emails_to(runtime, "new@example.org") == []
+
+
+def test_quiet_email_counters_are_purged_whatever_they_count(runtime: Runtime) -> None:
+    old = datetime.now(UTC) - timedelta(days=40)
+    keys = [
+        email_verification.email_limit("bombed").key,
+        email_verification.account_limit("acc_x").key,
+    ]
+    with transaction(runtime.sessions) as db:
+        for key in keys:
+            db.add(ThrottleCounter(key=key, failures=150, locked_until=None, updated_at=old))
+    with transaction(runtime.sessions) as db:
+        throttle.DatabaseStore().purge(db, datetime.now(UTC))
+    assert count(runtime, ThrottleCounter) == 0
