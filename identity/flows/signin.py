@@ -11,7 +11,9 @@
 3. On success: reset the login's counter, re-hash the password if the Argon2 parameters
    changed, start a new session at level 1 (any session the browser held is ended), and
    say what comes next (``identity.authn.next_step``: the second factor, its enrolment,
-   or done). On failure: one answer for "no such account", "wrong password" and "account
+   or done). An account whose email address is not verified yet gets no session: a code
+   goes to the address (identity/email_verification.py) and the browser to the page
+   that takes it. On failure: one answer for "no such account", "wrong password" and "account
    disabled" alike.
 
 Every attempt, success, failure, lock and refusal is audited.
@@ -245,7 +247,7 @@ def conclude(
     found = attempt.found
     store = throttle.store_for(runtime.settings)
     now = throttle.utcnow()
-    signed_in: SignedIn | Pending | None = None
+    outcome: SignedIn | Pending | None = None
     with transaction(runtime.sessions) as db:
         if not (checked.ok and found is not None and found.status == accounts.ACTIVE):
             audit.append(
@@ -258,7 +260,7 @@ def conclude(
             )
             _audit_locks(db, attempt, request_id)
         elif not found.verified:
-            signed_in = Pending(email_verification.new_pending_token())
+            outcome = Pending(email_verification.new_pending_token())
             email_verification.issue(
                 db,
                 runtime,
@@ -266,7 +268,7 @@ def conclude(
                 account_id=found.account_id,
                 purpose=email_verification.SIGNIN,
                 to=login,
-                pending_token=signed_in.token,
+                pending_token=outcome.token,
             )
             audit.append(
                 db,
@@ -278,7 +280,7 @@ def conclude(
             )
             throttle.settle(store, db, reset=[attempt.login_limit], refund=attempt.refund, now=now)
         else:
-            signed_in = start_session(
+            outcome = start_session(
                 db,
                 runtime,
                 found.account_id,
@@ -293,9 +295,9 @@ def conclude(
                 accounts.replace_password_hash(
                     db, found.account_id, old=found.password_hash, new=checked.new_hash
                 )
-    if signed_in is None:
+    if outcome is None:
         raise InvalidCredentialsError
-    return signed_in
+    return outcome
 
 
 def start_session(
