@@ -551,3 +551,30 @@ def test_quiet_email_counters_are_purged_whatever_they_count(runtime: Runtime) -
     with transaction(runtime.sessions) as db:
         throttle.DatabaseStore().purge(db, datetime.now(UTC))
     assert count(runtime, ThrottleCounter) == 0
+
+
+def test_opening_the_link_without_pressing_the_button_verifies_nothing(
+    client: TestClient, runtime: Runtime
+) -> None:
+    # Mail scanners fetch links: the GET only shows the button.
+    page_signup(client)
+    token = link_token_in(last_email_to(runtime, LOGIN))
+    assert client.get(f"/email/confirm?token={token}").status_code == 200
+    assert verified_at(runtime) is None
+    assert open_link(client, token).status_code == 200
+    assert verified_at(runtime) is not None
+
+
+def test_the_new_forms_without_csrf_token_are_refused_and_change_nothing(
+    client: TestClient, runtime: Runtime
+) -> None:
+    page_signup(client)
+    email = last_email_to(runtime, LOGIN)
+    client.get("/email/verify")
+    code = client.post("/email/verify", data={"code": code_in(email)})
+    link = client.post("/email/confirm", data={"token": link_token_in(email)})
+    factories.sign_in(client, runtime, factories.account(runtime), level=2)
+    add = client.post("/account/email", data={"login": "new@example.org"})
+    assert code.status_code == link.status_code == add.status_code == 403
+    assert verified_at(runtime) is None
+    assert emails_to(runtime, "new@example.org") == []
