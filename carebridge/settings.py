@@ -326,6 +326,13 @@ class Settings(BaseSettings):
             raise ValueError("CAREBRIDGE_SMTP_URL is required with CAREBRIDGE_EMAIL_BACKEND=smtp")
         return self
 
+    # E-mail verification (identity/flows/email_verification.py): how long a link and
+    # code stay usable, and how many e-mails (verification codes and "someone tried to
+    # sign up with your address" notices) one address receives in an hour at most: past
+    # it, the answer to whoever asked stays the same and nothing is sent.
+    email_verification_hours: int = Field(default=24, ge=1, le=72)
+    emails_per_address_per_hour: int = Field(default=3, ge=1, le=20)
+
     # OpenID Connect provider (identity/oidc/)
     # Defaults for every client; a client may set its own (carebridge clients create).
     access_token_seconds: int = Field(default=600, ge=60, le=3600)

@@ -253,6 +253,38 @@ class ActivationCode(Base):
     voided_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+class EmailVerification(Base):
+    """A proof, sent by e-mail, that someone reads an address: a link and a short code.
+
+    Both are kept only as keyed hashes. ``purpose`` says what confirming it does:
+    ``signup``/``signin`` mark the account's login verified (and, through the code typed
+    in the browser holding ``browser_hash``'s token, sign it in); ``add`` gives an
+    account without a login the address in ``address_encrypted`` (bound to the account)
+    as a verified one. Single use (``used_at``), expiring, void after a few wrong codes
+    (``failures``); issuing a new one for an account ends its older ones
+    (identity/flows/email_verification.py).
+    """
+
+    __tablename__ = "email_verification"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True
+    )
+    purpose: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    # The keyed hash of the pending-state token the browser (or API client) that asked
+    # holds; None for ``add`` (the account's session is the binding there).
+    browser_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    address_hash: Mapped[str | None] = mapped_column(String(64))
+    address_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+
 class StaffAction(Base):
     """Why staff did something to a patient or an account (the audit log has IDs only)."""
 

@@ -562,17 +562,13 @@ def purge_stale(runtime: Runtime) -> None:
 
 
 # Forgot password (identity/flows/reset.py). Requests for a link, per client address:
-# delays after 20, like sign-ups. E-mails per address (keyed by its login lookup hash,
-# whether or not an account has it): only counted, and gated by the flow at
-# RESET_MAILS_PER_HOUR; a gated request writes nothing, so a flood cannot keep the count
-# from being forgotten an hour after the last e-mail. Presenting a link, per client
-# address (delays after 20) and per account whose link was named (delays after 4).
-RESET_MAILS_PER_HOUR = 3
+# delays after 20, like sign-ups. E-mails per address: the one budget of every identity
+# e-mail (EMAIL_TO, below), gated by the flow at CAREBRIDGE_EMAILS_PER_ADDRESS_PER_HOUR;
+# a gated request writes nothing, so a flood cannot keep the count from being forgotten
+# an hour after the last e-mail. Presenting a link, per client address (delays after
+# 20) and per account whose link was named (delays after 4).
 RESET_REQUEST_ADDRESS = Policy(
     "reset-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
-)
-RESET_MAIL = Policy(
-    "reset-mail", free=0, max_delay=0, hard_cap=None, forget_after=timedelta(hours=1)
 )
 RESET_TOKEN_ADDRESS = Policy(
     "reset-token-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
@@ -584,7 +580,22 @@ RESET_TOKEN_ACCOUNT = Policy(
 _NEVER_CAPPED = (
     *_NEVER_CAPPED,
     RESET_REQUEST_ADDRESS,
-    RESET_MAIL,
     RESET_TOKEN_ADDRESS,
     RESET_TOKEN_ACCOUNT,
 )
+
+# E-mail verification (identity/email_verification.py). E-mails to one address (keyed by
+# its login lookup hash): counted, never refusing by themselves (the flow compares the
+# count with CAREBRIDGE_EMAILS_PER_ADDRESS_PER_HOUR), forgotten after a quiet hour. Codes
+# per account: 10 free, then doubling delays to 15 minutes, never a lock (a stranger
+# holding a pending state must not keep the owner out). Codes and links per client
+# address: 20 free, the same delays.
+EMAIL_TO = Policy("email-to", free=0, max_delay=0, hard_cap=None, forget_after=timedelta(hours=1))
+EMAIL_CODE_ACCOUNT = Policy(
+    "email-code", free=10, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=24)
+)
+EMAIL_CODE_ADDRESS = Policy(
+    "email-code-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+# None of them is capped: purge drops them once quiet, whatever they count.
+_NEVER_CAPPED = (*_NEVER_CAPPED, EMAIL_TO, EMAIL_CODE_ACCOUNT, EMAIL_CODE_ADDRESS)

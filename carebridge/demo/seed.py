@@ -21,6 +21,7 @@ from carebridge.db import transaction
 from carebridge.demo.people import PEOPLE, SOURCE, roster_csv
 from carebridge.runtime import Runtime
 from carebridge.settings import ConfigError
+from carebridge.utc import utcnow
 from identity import accounts
 from identity.credentials import password
 from identity.models import RosterMember
@@ -119,7 +120,10 @@ def _clinician(runtime: Runtime) -> str:
         return found.account_id
     hashed = password.hash_password(runtime.settings, CLINICIAN_PASSWORD)
     with transaction(runtime.sessions) as db:
-        return accounts.create(db, runtime.keyring, login=CLINICIAN_LOGIN, password_hash=hashed)
+        # A demo address nobody reads: created verified, so the demo signs in at once.
+        return accounts.create(
+            db, runtime.keyring, login=CLINICIAN_LOGIN, password_hash=hashed, verified_at=utcnow()
+        )
 
 
 def _client(runtime: Runtime, previous: DemoConfig | None) -> tuple[str, str]:

@@ -25,13 +25,16 @@ class Cookie:
 
 SESSION = Cookie("carebridge_session", "__Host-")  # identity.sessions
 CSRF = Cookie("carebridge_csrf", "__Host-")  # carebridge.http.csrf
+# identity.email_verification: the browser waiting for an e-mail code (sign-up, or a
+# sign-in whose address is not verified yet). Grants nothing but typing that code.
+EMAIL_PENDING = Cookie("carebridge_email_pending", "__Host-")
 SMS_LINK_VISIT = Cookie("carebridge_link", "__Secure-")  # sms.links, Path=/l
 DEMO_PROVIDER = Cookie("demo_provider_session")  # carebridge.demo.provider_app
 PASSWORD_RESET = Cookie(
     "carebridge_reset", "__Secure-"
 )  # identity.flows.reset, Path=/password/reset
 
-READ = (SESSION, CSRF, SMS_LINK_VISIT, DEMO_PROVIDER, PASSWORD_RESET)
+READ = (SESSION, CSRF, EMAIL_PENDING, SMS_LINK_VISIT, DEMO_PROVIDER, PASSWORD_RESET)
 
 
 def names_read(https: bool) -> frozenset[str]:

@@ -13,7 +13,8 @@ Asking (:func:`admit_request`, then :func:`send_link`):
 3. Everyone else gets the same answer ("if an account uses this address, we sent a
    link") at once, and the rest runs after the answer has gone (a background task): the
    account looked up by the address's lookup hash, the address's e-mail budget counted
-   (at most :data:`throttle.RESET_MAILS_PER_HOUR` an hour, known address or not), and
+   (at most ``CAREBRIDGE_EMAILS_PER_ADDRESS_PER_HOUR`` e-mails an hour, of any kind,
+   known address or not), and
    only for an active account whose address is verified, a link. So neither the answer,
    its status nor its timing depends on whether the account exists, is verified, or is
    past its budget.
@@ -233,7 +234,8 @@ def last_password_reset_at(db: Session, account_id: str) -> datetime | None:
 
 
 def _mail_limit(runtime: Runtime, login: str) -> throttle.Limit:
-    policy = throttle.RESET_MAIL
+    # One e-mail budget per address for every identity e-mail (identity.email_verification).
+    policy = throttle.EMAIL_TO
     return throttle.Limit(policy, f"{policy.prefix}:{accounts.login_hash(runtime.keyring, login)}")
 
 
@@ -266,7 +268,8 @@ def send_link(
     runtime: Runtime, sender: EmailSender, login: str, *, request_id: str | None = None
 ) -> bool:
     """E-mail a link to ``login`` (normalised) if an active account signs in with it, the
-    address is verified, and it has had fewer than RESET_MAILS_PER_HOUR links this hour.
+    address is verified, and it has had fewer than CAREBRIDGE_EMAILS_PER_ADDRESS_PER_HOUR
+    e-mails this hour.
     Returns whether one was queued; the caller's answer must not depend on it. Audited:
     allowed (sent), failed (no such account, unverified, disabled), denied (budget)."""
     store = throttle.store_for(runtime.settings)
@@ -277,7 +280,9 @@ def send_link(
         found = db.execute(
             _ACCOUNT_OF_LOGIN.where(LoginIdentifier.lookup_hash == lookup_hash)
         ).first()
-        counted = store.attempt_gated(db, [limit], now, {limit.key: throttle.RESET_MAILS_PER_HOUR})
+        counted = store.attempt_gated(
+            db, [limit], now, {limit.key: runtime.settings.emails_per_address_per_hour}
+        )
         target = f"account:{found.account_id}" if found is not None else limit.key
         eligible = (
             found is not None and found.verified_at is not None and found.status == accounts.ACTIVE

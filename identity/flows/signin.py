@@ -11,7 +11,9 @@
 3. On success: reset the login's counter, re-hash the password if the Argon2 parameters
    changed, start a new session at level 1 (any session the browser held is ended), and
    say what comes next (``identity.authn.next_step``: the second factor, its enrolment,
-   or done). On failure: one answer for "no such account", "wrong password" and "account
+   or done). An account whose email address is not verified yet gets no session: a code
+   goes to the address (identity/email_verification.py) and the browser to the page
+   that takes it. On failure: one answer for "no such account", "wrong password" and "account
    disabled" alike.
 
 Every attempt, success, failure, lock and refusal is audited.
@@ -43,11 +45,13 @@ from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
-from identity import accounts, authn, sessions, throttle
+from identity import accounts, authn, email_verification, sessions, throttle
 from identity.accounts import PasswordAccount
 from identity.authn import Step
 from identity.credentials import password
+from identity.email_verification import Pending
 from identity.flows import upstream
+from identity.interfaces import EmailSender
 from identity.models import Account, LoginIdentifier
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
@@ -117,6 +121,19 @@ class SessionStarted(BaseModel):
         description="challenge: pass the second factor (POST /api/v1/mfa/challenge); "
         "enroll: enrol one first (POST /api/v1/mfa/totp/enroll); done: signed in"
     )
+
+
+@openapi.component
+class VerificationPending(BaseModel):
+    """An e-mail with a code is on its way (or, for an address that already has an account,
+    a notice to its owner: the answer is the same). Send ``pending_token`` with the code
+    to ``POST /api/v1/email/verify``."""
+
+    pending_token: str
+    next_step: Literal["verify_email"] = "verify_email"
+
+
+VERIFY_PATH = "/email/verify"
 
 
 def form_text(form: FormData, name: str) -> str:
@@ -218,12 +235,19 @@ def conclude(
     user_agent: str,
     request_id: str | None,
     replacing_token: str | None,
-) -> SignedIn:
-    """Record a checked password's outcome: a new session, or InvalidCredentialsError."""
+    email: EmailSender,
+    login: str,
+) -> SignedIn | Pending:
+    """Record a checked password's outcome: a new session, or InvalidCredentialsError.
+
+    An account whose address is not verified yet (one from before e-mail verification,
+    or a sign-up whose code never came back) gets no session: a code is sent to the
+    address, and :class:`Pending` holds what the browser keeps until it is typed.
+    """
     found = attempt.found
     store = throttle.store_for(runtime.settings)
     now = throttle.utcnow()
-    signed_in: SignedIn | None = None
+    outcome: SignedIn | Pending | None = None
     with transaction(runtime.sessions) as db:
         if not (checked.ok and found is not None and found.status == accounts.ACTIVE):
             audit.append(
@@ -235,8 +259,28 @@ def conclude(
                 request_id=request_id,
             )
             _audit_locks(db, attempt, request_id)
+        elif not found.verified:
+            outcome = Pending(email_verification.new_pending_token())
+            email_verification.issue(
+                db,
+                runtime,
+                email,
+                account_id=found.account_id,
+                purpose=email_verification.SIGNIN,
+                to=login,
+                pending_token=outcome.token,
+            )
+            audit.append(
+                db,
+                actor=f"account:{found.account_id}",
+                action="identity.email.verification.sent",
+                outcome=Outcome.ALLOWED,
+                target=f"account:{found.account_id}",
+                request_id=request_id,
+            )
+            throttle.settle(store, db, reset=[attempt.login_limit], refund=attempt.refund, now=now)
         else:
-            signed_in = start_session(
+            outcome = start_session(
                 db,
                 runtime,
                 found.account_id,
@@ -251,9 +295,9 @@ def conclude(
                 accounts.replace_password_hash(
                     db, found.account_id, old=found.password_hash, new=checked.new_hash
                 )
-    if signed_in is None:
+    if outcome is None:
         raise InvalidCredentialsError
-    return signed_in
+    return outcome
 
 
 def start_session(
@@ -301,8 +345,10 @@ def sign_in(
     user_agent: str = "",
     request_id: str | None = None,
     replacing_token: str | None = None,
-) -> SignedIn:
-    """Sign in with a password (run it in the thread pool: it hashes)."""
+    email: EmailSender,
+) -> SignedIn | Pending:
+    """Sign in with a password (run it in the thread pool: it hashes); :class:`Pending`
+    when the account must verify its address first (a code was sent)."""
     action = "identity.signin.password"
     login_limit = throttle.login_limit(accounts.login_hash(runtime.keyring, credentials.login))
     address = throttle.address_limit(runtime.keyring, client_host)
@@ -324,6 +370,8 @@ def sign_in(
         user_agent=user_agent,
         request_id=request_id,
         replacing_token=replacing_token,
+        email=email,
+        login=credentials.login,
     )
 
 
@@ -373,6 +421,21 @@ def signed_in_redirect(runtime: Runtime, result: SignedIn, next_to: str) -> Resp
     response = RedirectResponse(destination(result.step, next_to), status_code=303)
     sessions.set_cookie(response, runtime, result.token)
     return response
+
+
+def verification_redirect(runtime: Runtime, pending: Pending, next_to: str) -> Response:
+    """To the page that takes the e-mail's code, holding the pending state."""
+    target = (
+        VERIFY_PATH if next_to == DEFAULT_NEXT else f"{VERIFY_PATH}?{urlencode({'next': next_to})}"
+    )
+    response = RedirectResponse(target, status_code=303)
+    email_verification.set_pending_cookie(response, runtime, pending.token)
+    return response
+
+
+def verification_pending(pending: Pending) -> Response:
+    body = VerificationPending(pending_token=pending.token)
+    return JSONResponse(body.model_dump(), status_code=202, headers={"Cache-Control": "no-store"})
 
 
 def session_started(result: SignedIn) -> Response:
@@ -426,6 +489,7 @@ async def signin_submit(request: Request) -> Response:
             runtime,
             credentials,
             replacing_token=sessions.presented_token(request),
+            email=request.app.state.outward.email,
             **request_context(request),
         )
     except TooManyAttemptsError:
@@ -435,11 +499,16 @@ async def signin_submit(request: Request) -> Response:
     except InvalidCredentialsError:
         errors = {"form": SIGNIN_FAILED}
         return _page(request, login=raw_login, next_to=next_to, errors=errors, status_code=401)
+    if isinstance(result, Pending):
+        return verification_redirect(runtime, result, next_to)
     return signed_in_redirect(runtime, result, next_to)
 
 
 @openapi.operation(
-    answers={200: openapi.Json(SessionStarted, "Signed in at level 1")},
+    answers={
+        200: openapi.Json(SessionStarted, "Signed in at level 1"),
+        202: openapi.Json(VerificationPending, "The address must be verified: a code was sent"),
+    },
     body=Credentials,
     problems=(401, 429),
     tags=("accounts",),
@@ -449,7 +518,10 @@ async def api_signin(request: Request) -> Response:
 
     Starts a session at level 1 (first factor). `next_step` says what is still missing.
     A wrong password, an unknown email address and a disabled account get the same 401;
-    a login or client address with too many failures gets 429 until its lock passes.
+    a login or client address with too many failures gets 429 until its lock passes. An
+    account whose email address is not verified yet gets no session: 202, a code is sent
+    to the address, and `POST /api/v1/email/verify` with it and the `pending_token`
+    starts the session.
 
     - 400: A field is missing, malformed or too long
     - 401: The email address or password is not right
@@ -458,12 +530,18 @@ async def api_signin(request: Request) -> Response:
     credentials = await read_json(request, Credentials)
     try:
         result = await run_in_threadpool(
-            sign_in, _runtime(request), credentials, **request_context(request)
+            sign_in,
+            _runtime(request),
+            credentials,
+            email=request.app.state.outward.email,
+            **request_context(request),
         )
     except TooManyAttemptsError:
         raise Problem(429, TOO_MANY) from None
     except InvalidCredentialsError:
         raise Problem(401, SIGNIN_FAILED, headers={"WWW-Authenticate": "Bearer"}) from None
+    if isinstance(result, Pending):
+        return verification_pending(result)
     return session_started(result)
 
 

@@ -1,22 +1,25 @@
-"""Silent sign-up: an email address and a password, nothing sent to anyone.
+"""Sign-up that does not tell whether an address is taken: the same answer either way,
+and an e-mail to the address.
 
-``GET/POST /signup`` (page) and ``POST /api/v1/signup`` (JSON). No email, SMS or call
-goes out, so nobody near the person learns they signed up. The new account is signed in
-at once at level 1 and sent on to enrol a second factor (when MFA is required).
+``GET/POST /signup`` (page) and ``POST /api/v1/signup`` (JSON). The password policy is
+checked first; then, whether or not the address has an account, the password is hashed
+(the same Argon2 work on both paths, no early return) and the answer is the same: the
+page goes to "check your email" (``/email/verify``, with the pending state in a cookie),
+the API answers 202 with a pending token.
 
-An email address that already has an account: sign-up is then a password sign-in
-attempt for it. The right password signs in (the answer is the same as for a new
-account: a session and the next step); a wrong one fails like a sign-in, counted by the
-same throttle. Both paths do one Argon2 computation, so timing does not tell them apart.
+- A new address: the account is created with its password, its address unverified, and
+  an e-mail carries a link and a code (identity/email_verification.py). Nothing is
+  usable before one of them comes back: the code typed in the same browser signs in and
+  goes on like a sign-in (identity/flows/email_verification.py); a password sign-in
+  sends a new code instead of a session.
+- A taken address: its owner gets a notice ("someone tried to create an account with
+  your address; if it was you, sign in or reset your password") and nothing else
+  changes. The pending state handed out is as random as a real one and matches nothing.
 
-What this cannot hide: with unique email logins and nothing sent out, whoever tries to
-sign up with an address that is taken, using a password other than its owner's, sees
-that it did not work. No answer avoids it: any account that "worked" must be one they
-can sign in to again with that address and password. So the design makes that probe
-cost what a password guess costs: one attempt counted against the address's login
-(lockable like any other), against the client address, and against the client
-address's sign-up budget (:data:`identity.throttle.SIGNUP_ADDRESS`), each audited.
-docs/architecture.md ("Accounts and sign-in") records the reasoning.
+Each sign-up spends from the client address's sign-up budget
+(:data:`identity.throttle.SIGNUP_ADDRESS`), and one address gets at most
+``CAREBRIDGE_EMAILS_PER_ADDRESS_PER_HOUR`` e-mails, whoever asks. docs/architecture.md
+("Accounts and sign-in") records the reasoning.
 """
 
 from __future__ import annotations
@@ -34,27 +37,20 @@ from carebridge.db import transaction
 from carebridge.http import openapi
 from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
-from carebridge.i18n import N_
 from carebridge.runtime import Runtime
-from identity import accounts, sessions, throttle
+from identity import accounts, email_verification, throttle
 from identity.credentials import password
+from identity.email_verification import Pending
 from identity.flows import signin
 from identity.flows.signin import (
     Credentials,
-    InvalidCredentialsError,
-    SignedIn,
     TooManyAttemptsError,
     form_errors,
     form_text,
     next_path,
     request_context,
-    signed_in_redirect,
 )
-
-SIGNUP_FAILED = N_(
-    "We couldn't create an account or sign you in with this email address and password. "
-    "If you already have an account, check your password, or sign in instead."
-)
+from identity.interfaces import EmailSender
 
 
 class PasswordPolicyError(Exception):
@@ -65,13 +61,14 @@ def sign_up(
     runtime: Runtime,
     credentials: Credentials,
     *,
+    email: EmailSender,
     client_host: str | None,
     user_agent: str = "",
     request_id: str | None = None,
-    replacing_token: str | None = None,
-) -> SignedIn:
-    """Create the account and sign it in, or sign in to the one that has this login
-    (run it in the thread pool: it hashes). The password policy is checked first."""
+) -> Pending:
+    """Create the account and send its verification, or notify the owner of the taken
+    address; the same answer either way (run it in the thread pool: it hashes). The
+    password policy is checked first."""
     problem = password.policy_problem(
         credentials.password,
         login=credentials.login,
@@ -79,60 +76,68 @@ def sign_up(
     )
     if problem:
         raise PasswordPolicyError(problem)
-    keyring = runtime.keyring
-    login_limit = throttle.login_limit(accounts.login_hash(keyring, credentials.login))
-    address = throttle.address_limit(keyring, client_host)
-    signups = throttle.address_limit(keyring, client_host, throttle.SIGNUP_ADDRESS)
-    attempt = signin.begin_attempt(
-        runtime,
-        login=credentials.login,
-        limits=[login_limit, address, signups],
-        refund=[address],  # every sign-up spends from the address's sign-up budget
-        action="identity.signup",
-        request_id=request_id,
-    )
-    if attempt.found is None:
-        new_hash = password.hash_password(runtime.settings, credentials.password)
-        try:
-            return _create(
-                runtime,
-                attempt,
-                credentials.login,
-                new_hash,
-                replacing_token,
-                user_agent=user_agent,
-                request_id=request_id,
-            )
-        except IntegrityError:
-            # Someone created this login since the lookup: carry on as for a taken one.
-            with runtime.sessions() as db:
-                found = accounts.find_by_login(db, keyring, credentials.login)
-            attempt = signin.Attempt(attempt.limits, attempt.refund, attempt.counts, found)
-    stored = attempt.found.password_hash if attempt.found is not None else None
-    checked = password.verify(runtime.settings, stored, credentials.password)
-    return signin.conclude(
-        runtime,
-        attempt,
-        checked,
-        action="identity.signup.existing",
-        user_agent=user_agent,
-        request_id=request_id,
-        replacing_token=replacing_token,
-    )
-
-
-def _create(
-    runtime: Runtime,
-    attempt: signin.Attempt,
-    login: str,
-    password_hash: str,
-    replacing_token: str | None,
-    *,
-    user_agent: str,
-    request_id: str | None,
-) -> SignedIn:
+    signups = throttle.address_limit(runtime.keyring, client_host, throttle.SIGNUP_ADDRESS)
     store = throttle.store_for(runtime.settings)
     with transaction(runtime.sessions) as db:
+        counted = store.attempt(db, [signups], throttle.utcnow())
+        if counted is None:
+            audit.append(
+                db,
+                actor="anonymous",
+                action="identity.signup",
+                outcome=Outcome.DENIED,
+                target=signups.key,
+                request_id=request_id,
+            )
+    if counted is None:
+        raise TooManyAttemptsError
+    # Hashed whether or not the address is taken: the same work on both paths.
+    new_hash = password.hash_password(runtime.settings, credentials.password)
+    pending = Pending(email_verification.new_pending_token())
+    try:
+        _record(
+            runtime,
+            email,
+            login=credentials.login,
+            password_hash=new_hash,
+            pending=pending,
+            request_id=request_id,
+        )
+    except IntegrityError:
+        # Someone created this login since the lookup: carry on as for a taken one.
+        _record(
+            runtime,
+            email,
+            login=credentials.login,
+            password_hash=new_hash,
+            pending=pending,
+            request_id=request_id,
+        )
+    return pending
+
+
+def _record(
+    runtime: Runtime,
+    email: EmailSender,
+    *,
+    login: str,
+    password_hash: str,
+    pending: Pending,
+    request_id: str | None,
+) -> None:
+    with transaction(runtime.sessions) as db:
+        found = accounts.find_by_login(db, runtime.keyring, login)
+        if found is not None:
+            notified = email_verification.notify_taken(db, runtime, email, to=login)
+            audit.append(
+                db,
+                actor="anonymous",
+                action="identity.signup.existing",
+                outcome=Outcome.ALLOWED if notified else Outcome.DENIED,
+                target=f"account:{found.account_id}",
+                request_id=request_id,
+            )
+            return
         account_id = accounts.create(db, runtime.keyring, login=login, password_hash=password_hash)
         actor = f"account:{account_id}"
         audit.append(
@@ -143,19 +148,15 @@ def _create(
             target=actor,
             request_id=request_id,
         )
-        signed_in = signin.start_session(
+        email_verification.issue(
             db,
             runtime,
-            account_id,
-            action="identity.signin.password",
-            user_agent=user_agent,
-            request_id=request_id,
-            replacing_token=replacing_token,
+            email,
+            account_id=account_id,
+            purpose=email_verification.SIGNUP,
+            to=login,
+            pending_token=pending.token,
         )
-        throttle.settle(
-            store, db, reset=[attempt.login_limit], refund=attempt.refund, now=throttle.utcnow()
-        )
-    return signed_in
 
 
 # Adapters
@@ -207,46 +208,49 @@ async def signup_submit(request: Request) -> Response:
     except ValidationError as exc:
         return again(form_errors(exc), 400)
     try:
-        result = await run_in_threadpool(
+        pending = await run_in_threadpool(
             sign_up,
             runtime,
             credentials,
-            replacing_token=sessions.presented_token(request),
+            email=request.app.state.outward.email,
             **request_context(request),
         )
     except PasswordPolicyError as exc:
         return again({"password": str(exc)}, 400)
     except TooManyAttemptsError:
         return again({"form": signin.TOO_MANY}, 429)
-    except InvalidCredentialsError:
-        return again({"form": SIGNUP_FAILED}, 401)
-    return signed_in_redirect(runtime, result, next_to)
+    return signin.verification_redirect(runtime, pending, next_to)
 
 
 @openapi.operation(
-    answers={200: openapi.Json(signin.SessionStarted, "Signed in at level 1")},
+    answers={202: openapi.Json(signin.VerificationPending, "Check your email")},
     body=Credentials,
-    problems=(401, 429),
+    problems=(429,),
     tags=("accounts",),
 )
 async def api_signup(request: Request) -> Response:
     """Create an account with an email address and a password
 
-    Silent: nothing is sent to the email address or anywhere else. Starts a session at
-    level 1 for the new account; `next_step` is `enroll` while MFA is required. For an
-    email address that already has an account this is a sign-in attempt: its password
-    signs in (same 200 answer), any other fails with 401 and counts like a failed sign-
-    in. The password must be at least CAREBRIDGE_PASSWORD_MIN_LENGTH characters, not a
-    commonly used one, and not contain the email address.
+    The answer is the same whether or not the address already has an account: 202 and a
+    `pending_token`. For a new address the account is created, not yet usable, and an
+    e-mail with a link and a code goes to the address; `POST /api/v1/email/verify` with
+    the code and the `pending_token` signs in (`next_step` then says what is still
+    missing). For a taken address its owner gets a notice and nothing else changes. At
+    most CAREBRIDGE_EMAILS_PER_ADDRESS_PER_HOUR e-mails go to one address. The password
+    must be at least CAREBRIDGE_PASSWORD_MIN_LENGTH characters, not a commonly used one,
+    and not contain the email address.
 
     - 400: A field is missing, malformed or too long, or the password is refused
-    - 401: The email address has an account and this is not its password
-    - 429: Too many attempts; try again later
+    - 429: Too many sign-ups from this client address; try again later
     """
     credentials = await read_json(request, Credentials)
     try:
-        result = await run_in_threadpool(
-            sign_up, request.app.state.runtime, credentials, **request_context(request)
+        pending = await run_in_threadpool(
+            sign_up,
+            request.app.state.runtime,
+            credentials,
+            email=request.app.state.outward.email,
+            **request_context(request),
         )
     except PasswordPolicyError as exc:
         raise Problem(
@@ -256,9 +260,7 @@ async def api_signup(request: Request) -> Response:
         ) from None
     except TooManyAttemptsError:
         raise Problem(429, signin.TOO_MANY) from None
-    except InvalidCredentialsError:
-        raise Problem(401, SIGNUP_FAILED, headers={"WWW-Authenticate": "Bearer"}) from None
-    return signin.session_started(result)
+    return signin.verification_pending(pending)
 
 
 def routes() -> list[BaseRoute]:

@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.harness import check_accessibility, screenshot
+from tests.identity.verification_mail import code_in, last_email_to
 from tests.live_server import LiveApp
 
 EMAIL = "patient@example.org"
@@ -40,6 +41,12 @@ def sign_up(page: Page, app: LiveApp) -> None:
     page.get_by_label("Email address").fill(EMAIL)
     page.get_by_label("Create a password").fill(PASSWORD)
     page.get_by_role("button", name="Create account").click()
+    # "Check your email": the code from the e-mail that was sent, typed in this browser.
+    wait_for_path(page, "/email/verify")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Check your email")
+    check_accessibility(page)
+    page.get_by_label("Code from the email").fill(code_in(last_email_to(app.runtime, EMAIL)))
+    page.get_by_role("button", name="Continue").click()
 
 
 def sign_in_with_password(page: Page, app: LiveApp) -> None:
@@ -79,7 +86,7 @@ def test_patient_signs_up_enrols_totp_and_signs_in_with_each_second_factor(
         ),
     )
 
-    # Silent sign-up: straight on to the second factor, no "we sent you a code" step.
+    # Sign-up, then the e-mailed code, then on to the second factor.
     sign_up(page, live_app)
     wait_for_path(page, "/mfa/enroll")
     expect(page.get_by_role("heading", level=1)).to_have_text("Set up two-step verification")
@@ -165,6 +172,12 @@ def enrolled_account(app: LiveApp) -> pyotp.TOTP:
     """An account with a confirmed authenticator, made through the JSON API."""
     with httpx.Client(base_url=app.url, timeout=10) as api:
         answer = api.post("/api/v1/signup", json={"login": EMAIL, "password": PASSWORD})
+        assert answer.status_code == 202, answer.text
+        code = code_in(last_email_to(app.runtime, EMAIL))
+        answer = api.post(
+            "/api/v1/email/verify",
+            json={"pending_token": answer.json()["pending_token"], "code": code},
+        )
         assert answer.status_code == 200, answer.text
         bearer = {"Authorization": f"Bearer {answer.json()['session_token']}"}
         answer = api.post("/api/v1/mfa/totp/enroll", headers=bearer)

@@ -35,6 +35,7 @@ from carebridge.demo import seed
 from carebridge.demo.seed import DemoConfig, DemoPatient
 from sms import links as sms_links
 from tests.browser.harness import check_accessibility, screenshot
+from tests.identity.verification_mail import code_in, last_email_to
 from tests.live_server import LiveApp
 from tests.tokens import mint
 
@@ -100,6 +101,9 @@ def sign_up(page: Page, app: LiveApp, email: str) -> tuple[pyotp.TOTP, int, list
     page.get_by_label("Email address").fill(email)
     page.get_by_label("Create a password").fill(PASSWORD)
     page.get_by_role("button", name="Create account").click()
+    wait_for_path(page, "/email/verify")
+    page.get_by_label("Code from the email").fill(code_in(last_email_to(app.runtime, email)))
+    page.get_by_role("button", name="Continue").click()
     return enrol_totp(page)
 
 

@@ -26,6 +26,7 @@ from identity.credentials import password, recovery, totp
 from identity.flows import mfa
 from identity.models import AuthSession, RecoveryCode, ThrottleCounter, TotpCredential
 from tests.identity import factories
+from tests.identity.verification_mail import code_in, last_email_to
 
 COOKIE = "carebridge_session"
 _SECRET = re.compile(r'<code class="secret" id="secret">([A-Z2-7 ]+)</code>')
@@ -784,7 +785,15 @@ def test_sign_up_enrol_sign_out_and_sign_in_with_the_second_step(
         follow_redirects=False,
     )
     assert signed_up.status_code == 303, signed_up.text
-    assert signed_up.headers["location"] == "/mfa/enroll"
+    assert signed_up.headers["location"] == "/email/verify"
+    code_page = client.get("/email/verify")
+    code = code_in(last_email_to(runtime, "pat@example.org"))
+    verified = client.post(
+        "/email/verify",
+        data={"csrf_token": factories.csrf(code_page.text), "code": code},
+        follow_redirects=False,
+    )
+    assert verified.headers["location"] == "/mfa/enroll"
     enrol = client.get("/mfa/enroll")
     assert "pat@example.org" not in enrol.text  # neither on the page nor in the QR's URI
     app = pyotp.TOTP(_secret_on(enrol.text))

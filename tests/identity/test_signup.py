@@ -1,5 +1,6 @@
-"""Silent sign-up: pages and API, the password policy, logins stored hashed and encrypted,
-taken logins handled as sign-in attempts, CSRF, oversize input, escaping, audit."""
+"""Sign-up: pages and API, the password policy, logins stored hashed and encrypted, the
+same answer for a taken login (no sign-in, no password check), CSRF, oversize input,
+escaping, audit. The code and link themselves: test_email_verification.py."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from starlette.testclient import TestClient
 from carebridge.app import create_app
 from carebridge.audit import AuditRecord
 from carebridge.keyring import associated_data
+from carebridge.outbox import OutboxMessage
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from identity import accounts, throttle
-from identity.flows import signup as signup_flow
 from identity.models import Account, AuthSession, LoginIdentifier, PasswordCredential
+from tests.identity.verification_mail import code_in, last_email_to, signed_up
 
 FAST = {"argon2_memory_kib": 8192, "argon2_time_cost": 1}
 LOGIN = "jane@example.org"
@@ -60,36 +62,37 @@ def audit_actions(runtime: Runtime) -> list[tuple[str, str]]:
 # Creating an account
 
 
-def test_signup_page_creates_the_account_and_signs_in_at_level_one(
+def test_signup_page_creates_the_account_unverified_and_sends_the_code(
     client: TestClient, runtime: Runtime
 ) -> None:
     response = page_signup(client, login="  Jane@EXAMPLE.org ")
     assert response.status_code == 303
-    assert response.headers["location"] == "/mfa/enroll"  # MFA is required: enrol next
-    token = client.cookies.get("carebridge_session")
-    assert token
+    assert response.headers["location"] == "/email/verify"  # "check your email"
+    assert client.cookies.get("carebridge_session") is None  # nothing usable yet
+    assert client.cookies.get("carebridge_email_pending")
     with runtime.sessions() as db:
-        session = db.get(AuthSession, runtime.keyring.lookup_hash("session", token))
-        assert session is not None and session.level == 1
-        assert accounts.login_of(db, runtime.keyring, session.account_id) == LOGIN
-        account = db.get(Account, session.account_id)
+        found = accounts.find_by_login(db, runtime.keyring, LOGIN)
+        assert found is not None and not found.verified
+        assert accounts.login_of(db, runtime.keyring, found.account_id) == LOGIN
+        account = db.get(Account, found.account_id)
         assert account is not None and account.status == "active"
-    assert audit_actions(runtime) == [
-        ("identity.signup", "allowed"),
-        ("identity.signin.password", "allowed"),
-    ]
+    assert count(runtime, AuthSession) == 0
+    assert last_email_to(runtime, LOGIN)["subject"] == "Confirm your email address"
+    assert audit_actions(runtime) == [("identity.signup", "allowed")]
 
 
-def test_signup_api_returns_a_session_token_and_the_enrol_step(client: TestClient) -> None:
+def test_signup_api_answers_202_with_a_pending_token_and_no_session(
+    client: TestClient, runtime: Runtime
+) -> None:
     response = api_signup(client)
-    assert response.status_code == 200
-    assert response.json()["next_step"] == "enroll"
+    assert response.status_code == 202
+    assert response.json()["next_step"] == "verify_email"
     assert response.headers["cache-control"] == "no-store"
-    token = response.json()["session_token"]
-    assert (
-        client.post("/api/v1/signout", headers={"Authorization": f"Bearer {token}"}).status_code
-        == 204
-    )
+    assert count(runtime, AuthSession) == 0
+    # The pending token is no session token.
+    pending = response.json()["pending_token"]
+    bearer = {"Authorization": f"Bearer {pending}"}
+    assert client.get("/api/v1/sessions", headers=bearer).status_code == 401
 
 
 def test_signup_without_mfa_required_is_done_and_goes_to_next(
@@ -100,9 +103,25 @@ def test_signup_without_mfa_required_is_done_and_goes_to_next(
     )
     runtime = Runtime.build(settings)
     with TestClient(create_app(runtime)) as client:
-        assert page_signup(client, next="/threads/3").headers["location"] == "/threads/3"
+        answer = page_signup(client, next="/threads/3")
+        assert answer.headers["location"] == "/email/verify?next=%2Fthreads%2F3"
+        page = client.get(answer.headers["location"])
+        code = code_in(last_email_to(runtime, LOGIN))
+        typed = client.post(
+            "/email/verify",
+            data={"csrf_token": CSRF.findall(page.text)[0], "code": code, "next": "/threads/3"},
+            follow_redirects=False,
+        )
+        assert typed.headers["location"] == "/threads/3"
         other = api_signup(client, login="sam@example.org")
-        assert other.json()["next_step"] == "done"
+        verified = client.post(
+            "/api/v1/email/verify",
+            json={
+                "pending_token": other.json()["pending_token"],
+                "code": code_in(last_email_to(runtime, "sam@example.org")),
+            },
+        )
+        assert verified.json()["next_step"] == "done"
     runtime.close()
 
 
@@ -110,14 +129,22 @@ def test_login_is_stored_only_as_a_keyed_hash_and_bound_ciphertext(
     client: TestClient, runtime: Runtime
 ) -> None:
     api_signup(client)
+    code = code_in(last_email_to(runtime, LOGIN))
     with runtime.sessions() as db:
         row = db.scalars(select(LoginIdentifier)).one()
         dump = " ".join(
             str(value)
-            for table in ("account", "login_identifier", "password_credential", "auth_session")
+            for table in (
+                "account",
+                "login_identifier",
+                "password_credential",
+                "auth_session",
+                "email_verification",
+            )
             for value in db.execute(text(f"SELECT * FROM {table}")).all()  # noqa: S608
         )
     assert "jane" not in dump.lower() and PASSWORD not in dump
+    assert code not in dump and code.replace("-", "") not in dump  # the code only hashed
     assert row.lookup_hash == runtime.keyring.lookup_hash("login", LOGIN)
     plain = runtime.keyring.decrypt(row.encrypted, associated_data("login", row.account_id))
     assert plain == LOGIN.encode()
@@ -125,59 +152,49 @@ def test_login_is_stored_only_as_a_keyed_hash_and_bound_ciphertext(
         runtime.keyring.decrypt(row.encrypted, associated_data("login", "acc_other"))
 
 
-def test_signup_sends_nothing_and_asks_for_nothing_but_email_and_password(
-    client: TestClient,
-) -> None:
+def test_signup_asks_for_nothing_but_email_and_password(client: TestClient) -> None:
     page = client.get("/signup").text
     names = set(re.findall(r'<input[^>]* name="([^"]+)"', page))
     assert names == {"csrf_token", "next", "login", "password"}
-    assert "We don't send anything" in page
+    assert "We will send a code to your email address" in page
 
 
 # A login that is taken
 
 
-def test_signup_with_a_taken_login_and_its_password_signs_in_like_a_new_account(
+def test_signup_with_a_taken_login_answers_like_a_new_one_and_changes_nothing(
     client: TestClient, runtime: Runtime
 ) -> None:
-    first = api_signup(client)
-    second = api_signup(client, login="JANE@example.org")
-    assert second.status_code == first.status_code == 200
-    assert set(second.json()) == set(first.json())
-    assert second.json()["session_token"] != first.json()["session_token"]
-    assert count(runtime, Account) == 1
-    assert ("identity.signup.existing", "allowed") in audit_actions(runtime)
-
-
-def test_signup_with_a_taken_login_and_another_password_is_a_failed_signin_attempt(
-    client: TestClient, runtime: Runtime
-) -> None:
-    api_signup(client)
-    response = api_signup(client, pw="another long passphrase")
-    assert response.status_code == 401
-    assert response.json()["detail"] == signup_flow.SIGNUP_FAILED
-    assert count(runtime, Account) == 1
+    signed_up(client, LOGIN, PASSWORD)
     with runtime.sessions() as db:
         (stored,) = db.scalars(select(PasswordCredential.hash)).all()
-    assert stored.startswith("$argon2id$")
+    new = api_signup(client, login="sam@example.org")
+    taken = api_signup(client, login="JANE@example.org", pw="another long passphrase")
+    assert taken.status_code == new.status_code == 202
+    assert set(taken.json()) == set(new.json())
+    assert count(runtime, Account) == 2
+    with runtime.sessions() as db:
+        assert stored in db.scalars(select(PasswordCredential.hash)).all()
     limit = throttle.login_limit(accounts.login_hash(runtime.keyring, LOGIN))
     with runtime.sessions() as db:
         state = throttle.DatabaseStore().state(db, limit, datetime.now(UTC))
-    assert state.failures == 1  # counted like a failed sign-in
-    assert audit_actions(runtime)[-1] == ("identity.signup.existing", "failed")
+    assert state.failures == 0  # not a password guess: nothing was checked
+    assert audit_actions(runtime)[-1] == ("identity.signup.existing", "allowed")
+    assert last_email_to(runtime, LOGIN)["subject"] == (
+        "Someone tried to create an account with your address"
+    )
 
 
-def test_signup_cannot_be_used_to_guess_a_password_faster_than_signin(
-    client: TestClient,
-) -> None:
-    api_signup(client)
+def test_signup_cannot_be_used_to_guess_a_password(client: TestClient) -> None:
+    signed_up(client, LOGIN, PASSWORD)
     statuses = [api_signup(client, pw=f"guess number {i} here").status_code for i in range(6)]
-    assert statuses == [401, 401, 401, 401, 401, 429]
-    locked = client.post("/api/v1/signin", json={"login": LOGIN, "password": PASSWORD})
-    assert locked.status_code == 429  # the same lock as sign-in
+    assert statuses == [202] * 6  # the same answer as for a new address, whatever the password
+    # ... and the owner is neither locked out nor signed in by any of them.
+    signin = client.post("/api/v1/signin", json={"login": LOGIN, "password": PASSWORD})
+    assert signin.status_code == 200
 
 
-def test_signup_racing_another_for_the_same_login_becomes_a_signin_attempt(
+def test_signup_racing_another_for_the_same_login_answers_like_a_taken_one(
     client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api_signup(client)
@@ -189,12 +206,10 @@ def test_signup_racing_another_for_the_same_login_becomes_a_signin_attempt(
         return None if len(calls) == 1 else original(*args)
 
     monkeypatch.setattr(accounts, "find_by_login", missed_it_the_first_time)
-    wrong = api_signup(client, pw="another long passphrase")
-    assert wrong.status_code == 401
-    calls.clear()
-    right = api_signup(client)
-    assert right.status_code == 200
+    raced = api_signup(client, pw="another long passphrase")
+    assert raced.status_code == 202
     assert count(runtime, Account) == 1
+    assert audit_actions(runtime)[-1] == ("identity.signup.existing", "allowed")
 
 
 def test_signups_per_address_are_budgeted(client: TestClient, runtime: Runtime) -> None:
@@ -203,7 +218,7 @@ def test_signups_per_address_are_budgeted(client: TestClient, runtime: Runtime) 
     with runtime.sessions.begin() as db:
         for _ in range(20):
             store.attempt(db, [limit], datetime.now(UTC))
-    assert api_signup(client, login="twenty-first@example.org").status_code == 200
+    assert api_signup(client, login="twenty-first@example.org").status_code == 202
     assert api_signup(client, login="twenty-second@example.org").status_code == 429
     assert count(runtime, Account) == 1
 
@@ -248,6 +263,21 @@ def test_malformed_or_oversize_logins_are_refused_and_create_nothing(
     assert response.json()["errors"][0]["field"] == "login"
     assert page_signup(client, login=login).status_code == 400
     assert count(runtime, Account) == 0
+
+
+@pytest.mark.parametrize(
+    "login",
+    ["owner@example.org,attacker@example.net", "Owner <owner@example.org>"],
+)
+def test_signup_address_smuggling_a_second_recipient_is_refused_and_sends_nothing(
+    client: TestClient, runtime: Runtime, login: str
+) -> None:
+    # What the sign-up form accepts is what the e-mail goes to: exactly one address.
+    response = api_signup(client, login=login)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "login"
+    assert count(runtime, Account) == 0
+    assert count(runtime, OutboxMessage) == 0
 
 
 def test_oversize_body_is_refused(client: TestClient, runtime: Runtime) -> None:
@@ -296,7 +326,7 @@ def test_open_redirect_attempts_after_signup_go_to_the_default(
     client: TestClient, target: str
 ) -> None:
     response = page_signup(client, next=target)
-    assert response.headers["location"] == "/mfa/enroll"  # no next carried along
+    assert response.headers["location"] == "/email/verify"  # no next carried along
 
 
 def test_openapi_describes_the_account_endpoints(client: TestClient) -> None:
@@ -308,7 +338,12 @@ def test_openapi_describes_the_account_endpoints(client: TestClient) -> None:
         "$ref": "#/components/schemas/Credentials"
     }
     # 413 and 415 too: the body is read bounded, and as application/json only.
-    assert set(signin["responses"]) == {"200", "400", "401", "413", "415", "429"}
+    assert set(signin["responses"]) == {"200", "202", "400", "401", "413", "415", "429"}
+    signup = document["paths"]["/api/v1/signup"]["post"]
+    assert set(signup["responses"]) == {"202", "400", "413", "415", "429"}
+    for path in ("/api/v1/email/verify", "/api/v1/email/confirm", "/api/v1/account/email"):
+        assert "post" in document["paths"][path]
     schemas = document["components"]["schemas"]
     assert set(schemas["SessionStarted"]["properties"]) == {"session_token", "next_step"}
     assert set(schemas["Credentials"]["properties"]) == {"login", "password"}
+    assert set(schemas["VerificationPending"]["properties"]) == {"pending_token", "next_step"}

@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from carebridge.db import engine as db_engine
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from tests.identity import verification_mail
 from tests.identity.oidc import helpers
 from tests.messaging.conftest import World, build_world, start_thread
 from tests.statements import statements
@@ -111,7 +112,7 @@ def test_message_post_and_page(client: TestClient, world: World) -> None:
 
 def test_password_sign_in(client: TestClient, runtime: Runtime) -> None:
     body = {"login": "jane@example.org", "password": "quiet harbour lamp"}
-    assert client.post("/api/v1/signup", json=body).status_code == 200
+    verification_mail.signed_up(client, body["login"], body["password"])
     with statements(runtime.engine) as seen:
         signed_in = client.post("/api/v1/signin", json=body)
     assert signed_in.status_code == 200, signed_in.text

@@ -23,7 +23,7 @@ from carebridge.http import boundary, csrf
 from carebridge.runtime import Runtime
 from identity import sessions
 from identity.models import AuthSession
-from tests.identity import factories
+from tests.identity import factories, verification_mail
 from tests.logcapture import captured_log
 
 MARK = "crafted3x"
@@ -118,9 +118,7 @@ def test_utf8_user_agent_is_not_refused(client: TestClient, runtime: Runtime, ag
     assert client.get("/signin", headers=headers).status_code == 200
     # Signing up with it stores it with the session (the sessions list shows it).
     body = {"login": "zoe@example.org", "password": "quiet harbour lamp"}
-    signed_up = client.post("/api/v1/signup", json=body, headers=headers)
-    assert signed_up.status_code == 200, signed_up.text
-    token = signed_up.json()["session_token"]
+    token = verification_mail.signed_up(client, body["login"], body["password"], headers)
     with runtime.sessions() as db:
         stored = db.get(AuthSession, runtime.keyring.lookup_hash("session", token))
     assert stored is not None and stored.user_agent
