@@ -41,6 +41,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 __all__ = [
     "TEMPLATES",  # for pages that extend identity's templates
+    "AccountDeleted",  # needed from outside: forget another package's data of an account
     # Value types and domain errors
     "Eligibility",  # ELIGIBLE, INELIGIBLE (terminated, gone from the roster) or UNKNOWN
     "EmailSender",  # needed from outside: queues a transactional e-mail (wired in)
@@ -57,7 +58,8 @@ __all__ = [
     "person_of_token",  # whom a user's token acts for (None: no one, or not active)
     # Web guards for other packages' pages and session-authenticated API calls
     "require_account",  # the signed-in (MFA done) account's ID, or on to sign in
-    "require_patient",  # ...with its patient ID, or on to /verify
+    "require_patient",  # ...with its patient ID, or on to /verify (step_up=True: and a
+    # second factor proved in the last few minutes, for exporting messages)
 ]
 
 
@@ -85,9 +87,19 @@ class EmailSender(Protocol):
         """Queue an e-mail in ``db``'s transaction; returns the outbox ID."""
 
 
+class AccountDeleted(Protocol):
+    """Told when an account is deleted, to forget what another package keeps for it."""
+
+    def account_deleted(self, db: Session, *, account_id: str, patient_id: str | None) -> None:
+        """In ``db``'s transaction (the deletion's), delete the per-person data kept for
+        ``account_id`` or its patient ID (contact points, notification preferences);
+        never the care record: the patient ID and its messages stay."""
+
+
 @dataclass(frozen=True)
 class Outward:
     """Everything identity needs from outside, as the composition root wired it."""
 
     one_time_codes: OneTimeCodeSender
     email: EmailSender
+    account_deleted: AccountDeleted
