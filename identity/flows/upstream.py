@@ -550,10 +550,16 @@ def methods_of(db: Session, runtime: Runtime, account_id: str) -> SignInMethods:
 
 
 def unlink(
-    db: Session, current: AuthSession, *, link_id: str, request_id: str | None
-) -> Literal["unlinked", "not_found", "last_method"]:
-    """Remove one of the account's own links, unless it is the last way to sign in; the
-    account's other sessions end (whoever signed in with that link is signed out)."""
+    db: Session,
+    current: AuthSession,
+    *,
+    link_id: str,
+    request_id: str | None,
+    step_up: authn.StepUp = authn.StepUp.DONE,
+) -> Literal["unlinked", "not_found", "last_method", "step_up"]:
+    """Remove one of the account's own links, unless it is the last way to sign in or
+    the session is not stepped up (``step_up``, as the caller found it); the account's
+    other sessions end (whoever signed in with that link is signed out)."""
     account_id = current.account_id
     # Serialize changes to one account's methods, so two unlinks can't both pass the count.
     db.execute(select(Account.id).where(Account.id == account_id).with_for_update())
@@ -571,11 +577,13 @@ def unlink(
         or 0
     )
     has_password = db.get(PasswordCredential, account_id) is not None
-    outcome: Literal["unlinked", "not_found", "last_method"] = "unlinked"
+    outcome: Literal["unlinked", "not_found", "last_method", "step_up"] = "unlinked"
     if link is None:
         outcome = "not_found"
     elif links + int(has_password) <= 1:
         outcome = "last_method"
+    elif step_up is not authn.StepUp.DONE:
+        outcome = "step_up"
     else:
         db.delete(link)
     audit.append(
@@ -674,16 +682,6 @@ async def _unlink(request: Request, session: Any, link_id: str) -> str:
             return authn.step_up_of(db, runtime, session)
 
     step = await run_in_threadpool(stepping_up)
-    if step is not authn.StepUp.DONE:
-        await run_in_threadpool(
-            _record,
-            request,
-            actor=f"account:{session.account_id}",
-            action="identity.upstream.unlink",
-            outcome=Outcome.DENIED,
-            target=f"upstream:{link_id}",
-        )
-        raise authn.step_up_needed(request, step, METHODS_PATH)
 
     def act() -> str:
         with runtime.sessions.begin() as db:
@@ -692,9 +690,13 @@ async def _unlink(request: Request, session: Any, link_id: str) -> str:
                 session,
                 link_id=link_id,
                 request_id=request.state.request_id,
+                step_up=step,
             )
 
-    return await run_in_threadpool(act)
+    outcome = await run_in_threadpool(act)
+    if outcome == "step_up":
+        raise authn.step_up_needed(request, step, METHODS_PATH)
+    return outcome
 
 
 async def unlink_page(request: Request) -> Response:
