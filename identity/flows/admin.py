@@ -692,12 +692,6 @@ async def erase_account(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     return [
         Route(
-            "/api/v1/admin/accounts/{account_id}/erasure",
-            erase_account,
-            methods=["POST"],
-            name="admin_account_erasure",
-        ),
-        Route(
             f"{PREFIX}/sources/{{source}}/imports",
             import_roster,
             methods=["POST"],
@@ -744,5 +738,11 @@ def routes() -> list[BaseRoute]:
             verify_unlock,
             methods=["POST"],
             name="admin_roster_verify_unlock",
+        ),
+        Route(
+            "/api/v1/admin/accounts/{account_id}/erasure",
+            erase_account,
+            methods=["POST"],
+            name="admin_account_erasure",
         ),
     ]

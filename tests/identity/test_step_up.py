@@ -15,9 +15,10 @@ from carebridge.app import create_app
 from carebridge.audit import AuditRecord
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from carebridge.utc import utcnow
 from identity import authn
 from identity.credentials import recovery, totp
-from identity.models import AuthSession
+from identity.models import AuthSession, UpstreamIdentity, new_id
 from tests.identity import factories
 from tests.identity.account_changes import (
     PASSWORD,
@@ -218,12 +219,26 @@ def test_stale_session_is_sent_to_confirm_with_the_second_factor(
 
 
 def test_unlinking_a_sign_in_method_needs_a_step_up(client: TestClient, runtime: Runtime) -> None:
-    pat = patient(runtime)
+    pat = patient(runtime)  # a password too: the link is not the last way to sign in
+    link_id = new_id("upi")
+    with runtime.sessions.begin() as db:
+        db.add(
+            UpstreamIdentity(
+                id=link_id,
+                account_id=pat.account_id,
+                provider="social",
+                issuer="https://social.example",
+                subject="pat",
+                linked_at=utcnow(),
+            )
+        )
     token = factories.session(runtime, pat.account_id, level=2)
-    refused = client.delete("/api/v1/account/methods/upi_x", headers=bearer(token))
+    refused = client.delete(f"/api/v1/account/methods/{link_id}", headers=bearer(token))
     assert refused.status_code == 403
     assert refused.json()["step_up"] == "reauth"
     assert ("identity.upstream.unlink", "denied") in _audit(runtime)
+    with runtime.sessions() as db:
+        assert db.get(UpstreamIdentity, link_id) is not None
 
 
 def test_account_without_a_second_factor_is_sent_to_set_one_up_first(
