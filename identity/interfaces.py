@@ -11,7 +11,8 @@ answer is as of that transaction) and costs one indexed lookup; the per-request 
 withdrawn, so the messaging API makes one lookup per request to learn who is calling.
 
 The implementations live in identity's modules and are re-exported here. An identity
-module imports from here only the Protocols at the end, and none that this module
+module imports from here only what is declared at the end (the Protocols and ``Outward``),
+and none that this module
 imports (directly or not: accounts, authn, models, patients, sessions, oidc.holders,
 oidc.models, oidc.withdrawals), or it would make an import loop.
 """
