@@ -333,6 +333,11 @@ class Settings(BaseSettings):
     email_verification_hours: int = Field(default=24, ge=1, le=72)
     emails_per_address_per_hour: int = Field(default=3, ge=1, le=20)
 
+    # Step-up for sensitive changes (identity/authn.py): password change, second factors,
+    # linking a sign-in method, exporting messages, deleting the account need the second
+    # factor proved in the session within this many minutes.
+    step_up_minutes: int = Field(default=5, ge=1, le=60)
+
     # OpenID Connect provider (identity/oidc/)
     # Defaults for every client; a client may set its own (carebridge clients create).
     access_token_seconds: int = Field(default=600, ge=60, le=3600)

@@ -1,27 +1,43 @@
 """The composition root's wiring: which package does what another one needs.
 
 identity declares what it needs from outside (identity.interfaces: sending a one-time
-code, sending an e-mail) and never imports sms; the outbox knows channels only by name.
-Here both are given their implementations: sms's code sender and the outbox e-mail
-sender for identity (:func:`identity_outward`, on ``app.state.outward``), and each
-channel's handler for the outbox worker (:func:`outbox_channels`: sms, and the e-mail
-backend the settings chose).
+code, sending an e-mail, forgetting a deleted account's data) and never imports sms;
+the outbox knows channels only by name. Here both are given their implementations:
+sms's code sender, the outbox e-mail sender and sms's forgetting of a deleted
+account's contact point and preferences for identity (:func:`identity_outward`, on
+``app.state.outward``), and each channel's handler for the outbox worker
+(:func:`outbox_channels`: sms, and the e-mail backend the settings chose).
 """
 
 from __future__ import annotations
+
+from sqlalchemy.orm import Session
 
 from carebridge import mail, outbox
 from carebridge.runtime import Runtime
 from carebridge.settings import EmailBackend
 from identity.interfaces import Outward
-from sms import codes
+from sms import codes, contacts
 from sms.jobs import SmsChannel
+
+
+class ForgetDeletedAccount:
+    """identity's ``AccountDeleted``: what other packages keep per person goes with the
+    account. sms: the contact point's number, the notification preferences, the SMS
+    links (keyed by patient ID). messaging keeps nothing per account but care-team staff
+    membership, which its foreign key's ``ON DELETE CASCADE`` removes; its threads and
+    messages are the care record and stay."""
+
+    def account_deleted(self, db: Session, *, account_id: str, patient_id: str | None) -> None:
+        if patient_id is not None:
+            contacts.forget_patient(db, patient_id)
 
 
 def identity_outward(runtime: Runtime) -> Outward:
     return Outward(
         one_time_codes=codes.OutboxCodeSender(runtime),
         email=mail.OutboxEmailSender(runtime),
+        account_deleted=ForgetDeletedAccount(),
     )
 
 

@@ -4,6 +4,14 @@ Signing in is a short state machine: no session → first factor (password or up
 provider) → second factor (a TOTP code or a recovery code) → done. With MFA required
 (the default), an account without a confirmed second factor must enrol one before
 anything else is reachable.
+
+Step-up: sensitive changes (the password, second factors, linking or unlinking a sign-in
+method, exporting messages, deleting the account) need more than a finished sign-in: the
+second factor proved in this session within ``step_up_minutes`` (a sign-in's second step,
+``/reauth`` with an authenticator or recovery code, or confirming an authenticator). A
+password alone never steps up. An account with no second factor (MFA optional, or
+upstream sign-in only) is sent to set one up first: its first authenticator needs only a
+recent sign-in, and its owner gets a notice by e-mail (docs/threat-model.md, "Step-up").
 """
 
 from __future__ import annotations
@@ -17,13 +25,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from carebridge.http.problems import wants_json
+from carebridge.http.problems import Problem, wants_json
 from carebridge.runtime import Runtime
+from carebridge.settings import Settings
 from carebridge.utc import utcnow
 from identity import sessions
 from identity.models import AuthSession, TotpCredential
 
-# Changing a factor or a linked sign-in requires having proved it is you this recently.
+# Adding a first second factor, where none is enrolled, requires having signed in (any
+# factor) this recently; every other sensitive change requires a step-up (below).
 RECENT = timedelta(minutes=5)
 
 
@@ -107,3 +117,65 @@ async def is_signed_in(request: Request) -> bool:
 
 def is_recent(session: AuthSession) -> bool:
     return utcnow() - session.authenticated_at <= RECENT
+
+
+# Step-up
+
+
+class StepUp(StrEnum):
+    DONE = "done"  # the second factor was proved recently enough
+    REAUTH = "reauth"  # prove the second factor again: /reauth
+    ENROL = "enrol"  # the account has no second factor: set one up first
+
+
+def is_stepped_up(session: AuthSession, settings: Settings) -> bool:
+    """Whether the session proved the second factor within ``step_up_minutes``."""
+    if session.stepped_up_at is None:
+        return False
+    return utcnow() - session.stepped_up_at <= timedelta(minutes=settings.step_up_minutes)
+
+
+def step_up_of(db: Session, runtime: Runtime, session: AuthSession) -> StepUp:
+    if is_stepped_up(session, runtime.settings):
+        return StepUp.DONE
+    totp = db.get(TotpCredential, session.account_id)
+    return StepUp.REAUTH if totp is not None and totp.confirmed_at is not None else StepUp.ENROL
+
+
+def step_up_needed(request: Request, step: StepUp, next_path: str | None = None) -> HTTPException:
+    """What a page (a redirect to ``/reauth`` or ``/mfa/enroll``, then back to
+    ``next_path``, by default the request's own) or an API call (a 403 problem) gets
+    when a sensitive change needs a step-up first."""
+    if wants_json(request):
+        if step is StepUp.ENROL:
+            return Problem(
+                403,
+                "Set up two-step verification first (POST /api/v1/mfa/totp/enroll), "
+                "then try again.",
+                step_up="enrol",
+            )
+        return Problem(
+            403,
+            "Confirm it is you with your second factor first: POST /api/v1/reauth with an "
+            "authenticator or recovery code, then try again.",
+            step_up="reauth",
+        )
+    if next_path is None:
+        next_path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    page = "/reauth" if step is StepUp.REAUTH else "/mfa/enroll"
+    return HTTPException(303, headers={"Location": f"{page}?{urlencode({'next': next_path})}"})
+
+
+async def require_step_up(
+    request: Request, session: AuthSession, *, next_path: str | None = None
+) -> None:
+    """Return if the session is stepped up; otherwise raise :func:`step_up_needed`."""
+    runtime: Runtime = request.app.state.runtime
+
+    def state() -> StepUp:
+        with runtime.sessions() as db:
+            return step_up_of(db, runtime, session)
+
+    step = await run_in_threadpool(state)
+    if step is not StepUp.DONE:
+        raise step_up_needed(request, step, next_path)

@@ -11,7 +11,8 @@ answer is as of that transaction) and costs one indexed lookup; the per-request 
 withdrawn, so the messaging API makes one lookup per request to learn who is calling.
 
 The implementations live in identity's modules and are re-exported here. An identity
-module imports from here only the Protocols at the end, and none that this module
+module imports from here only what is declared at the end (the Protocols and ``Outward``),
+and none that this module
 imports (directly or not: accounts, authn, models, patients, sessions, oidc.holders,
 oidc.models, oidc.withdrawals), or it would make an import loop.
 """
@@ -42,6 +43,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 __all__ = [
     "TEMPLATES",  # for pages that extend identity's templates
+    "AccountDeleted",  # needed from outside: forget another package's data of an account
     # Value types and domain errors
     "Eligibility",  # ELIGIBLE, INELIGIBLE (terminated, gone from the roster) or UNKNOWN
     "EmailSender",  # needed from outside: queues a transactional e-mail (wired in)
@@ -59,7 +61,8 @@ __all__ = [
     "person_of_token",  # whom a user's token acts for (None: no one, or not active)
     # Web guards for other packages' pages and session-authenticated API calls
     "require_account",  # the signed-in (MFA done) account's ID, or on to sign in
-    "require_patient",  # ...with its patient ID, or on to /verify
+    "require_patient",  # ...with its patient ID, or on to /verify (step_up=True: and a
+    # second factor proved in the last few minutes, for exporting messages)
 ]
 
 
@@ -87,9 +90,19 @@ class EmailSender(Protocol):
         """Queue an e-mail in ``db``'s transaction; returns the outbox ID."""
 
 
+class AccountDeleted(Protocol):
+    """Told when an account is deleted, to forget what another package keeps for it."""
+
+    def account_deleted(self, db: Session, *, account_id: str, patient_id: str | None) -> None:
+        """In ``db``'s transaction (the deletion's), delete the per-person data kept for
+        ``account_id`` or its patient ID (contact points, notification preferences);
+        never the care record: the patient ID and its messages stay."""
+
+
 @dataclass(frozen=True)
 class Outward:
     """Everything identity needs from outside, as the composition root wired it."""
 
     one_time_codes: OneTimeCodeSender
     email: EmailSender
+    account_deleted: AccountDeleted

@@ -114,7 +114,10 @@ class AuthSession(Base):
 
     ``level`` is how the session authenticated: 1 after a first factor (password or an
     upstream provider), 2 once a second factor passed too. ``authenticated_at`` is when
-    the person last proved who they are, for re-authentication before sensitive changes.
+    the person last proved who they are (any factor: OIDC ``auth_time``, ``max_age``);
+    ``stepped_up_at`` when they last proved the second factor (an authenticator or a
+    recovery code; None: never in this session), which sensitive changes need
+    (:func:`identity.authn.is_stepped_up`).
     """
 
     __tablename__ = "auth_session"
@@ -128,6 +131,7 @@ class AuthSession(Base):
     level: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     authenticated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    stepped_up_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     user_agent: Mapped[str] = mapped_column(String(200), default="")

@@ -63,13 +63,19 @@ async def require_account(request: Request) -> str:
     return (await authn.require(request)).account_id
 
 
-async def require_patient(request: Request) -> SignedInPatient:
+async def require_patient(request: Request, *, step_up: bool = False) -> SignedInPatient:
     """The signed-in (MFA done) account and its patient ID.
 
     An account that has not verified yet is sent to /verify (a page) and back, or gets a
-    403 problem (an API call).
+    403 problem (an API call). With ``step_up`` (a sensitive operation: exporting every
+    message), the second factor must have been proved in the last few minutes too
+    (identity.authn, "Step-up"): a page is sent to prove it and back, an API call gets a
+    403 problem.
     """
-    account_id = await require_account(request)
+    session = await authn.require(request)
+    if step_up:
+        await authn.require_step_up(request, session)
+    account_id = session.account_id
     runtime: Runtime = request.app.state.runtime
 
     def lookup() -> str | None:

@@ -59,13 +59,18 @@ def start(
     level: int,
     user_agent: str = "",
     replacing: AuthSession | None = None,
+    stepped_up: bool = False,
 ) -> Started:
     """A new session (sign-in), or the next one for ``replacing`` at a new level.
 
     Replacing keeps the absolute expiry of the sign-in that began the session, so stepping
-    up or re-authenticating never stretches its lifetime.
+    up or re-authenticating never stretches its lifetime. ``stepped_up``: the second factor
+    was proved just now; otherwise the replaced session's last proof of it is kept.
     """
     now = utcnow()
+    stepped_up_at = replacing.stepped_up_at if replacing is not None else None
+    if stepped_up:
+        stepped_up_at = now
     settings = runtime.settings
     expires = now + timedelta(hours=settings.session_absolute_hours)
     if replacing is not None:
@@ -79,6 +84,7 @@ def start(
         level=level,
         created_at=now if replacing is None else replacing.created_at,
         authenticated_at=now,
+        stepped_up_at=stepped_up_at,
         last_seen_at=now,
         expires_at=expires,
         user_agent=user_agent[:200],
@@ -146,6 +152,19 @@ def revoke_all(db: Session, account_id: str, *, keep: AuthSession | None = None)
     if keep is not None:
         query = query.where(AuthSession.token_hash != keep.token_hash)
     db.execute(query)
+
+
+def revoke_everywhere(db: Session, account_id: str, *, actor: str, request_id: str | None) -> None:
+    """End every session of the account, the caller's too, audited."""
+    revoke_all(db, account_id)
+    audit.append(
+        db,
+        actor=actor,
+        action="identity.session.revoke_all",
+        outcome=Outcome.ALLOWED,
+        target=f"account:{account_id}",
+        request_id=request_id,
+    )
 
 
 def revoke_others(db: Session, current: AuthSession, *, request_id: str | None) -> None:

@@ -223,7 +223,9 @@ async def download(request: Request) -> Response:
 
 
 async def export_page(request: Request) -> Response:
-    _, patient_id = await require_patient(request)
+    # Every message at once: a sensitive operation, behind a step-up (a second factor
+    # proved in the last few minutes), like the account's other sensitive changes.
+    _, patient_id = await require_patient(request, step_up=True)
     runtime = _runtime(request)
     archive = await _run(
         request,

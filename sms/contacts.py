@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from carebridge import audit
@@ -25,7 +25,7 @@ from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
 from sms import outbox, phone
-from sms.models import ContactPoint, OptOut, Preferences
+from sms.models import ContactPoint, OptOut, Preferences, SecureLink
 
 CODE_TTL = timedelta(minutes=10)
 MAX_CODE_FAILURES = 5
@@ -263,3 +263,18 @@ def remove(runtime: Runtime, *, patient_id: str, actor: str, request_id: str | N
             request_id=request_id,
         )
     return True
+
+
+def forget_patient(db: Session, patient_id: str) -> None:
+    """The patient's account was deleted (identity's ``AccountDeleted``, wired in
+    carebridge/wiring.py): in ``db``'s transaction, forget the number as :func:`remove`
+    does (the row stays, emptied, for the sends that refer to it), delete the
+    notification preferences (no row: everything off) and end the SMS links. The
+    patient ID itself stays, and the opt-out list (kept by number, not by person)."""
+    contact = of_patient(db, patient_id)
+    if contact is not None:
+        contact.number_encrypted, contact.number_hash, contact.last_digits = b"", REMOVED, ""
+        contact.verified_at = contact.code_hash = contact.code_expires_at = None
+        contact.updated_at = utcnow()
+    db.execute(delete(Preferences).where(Preferences.patient_id == patient_id))
+    db.execute(delete(SecureLink).where(SecureLink.patient_id == patient_id))

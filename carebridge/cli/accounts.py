@@ -12,9 +12,11 @@ import argparse
 import sys
 from typing import Any
 
+from carebridge import wiring
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
 from identity import accounts
-from identity.flows import mfa, signin, status
+from identity.flows import delete_account, mfa, signin, status
+from identity.roster import staff
 
 _ACCOUNT_ID_HELP = "the account's ID (acc_...) instead of an email address on standard input"
 
@@ -43,7 +45,21 @@ def register(commands: Any) -> None:
         "Enable again the account of the email address read from standard input (or --account-id).",
     )
     enable_command.set_defaults(handler=enable)
-    for command in (unlock_command, disable_command, enable_command):
+    delete_command = add_parser(
+        sub,
+        "delete",
+        "Delete the account of the email address read from standard input (or "
+        "--account-id), for an erasure request made to the organization: its sign-in "
+        "methods, sessions, app grants, contact points and link to the patient ID go; the "
+        "messages stay with the care team, and the audit log stays.",
+    )
+    delete_command.add_argument(
+        "--reason",
+        required=True,
+        help="why (the request's reference, how the requester was identified); never personal data",
+    )
+    delete_command.set_defaults(handler=delete)
+    for command in (unlock_command, disable_command, enable_command, delete_command):
         command.add_argument("--account-id", metavar="ACCOUNT_ID", help=_ACCOUNT_ID_HELP)
 
 
@@ -114,4 +130,35 @@ def disable(args: argparse.Namespace) -> int:
 def enable(args: argparse.Namespace) -> int:
     _set_active(args, True)
     print("account enabled")
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    account_id = _account_id(args)
+    login = _login_from_stdin() if account_id is None else None
+    rt = runtime()
+    try:
+        require_current_schema(rt)
+        if login is not None:
+            with rt.sessions() as db:
+                found = accounts.find_by_login(db, rt.keyring, login)
+            if found is None:
+                raise CommandError("no account has this email address")
+            account_id = found.account_id
+        assert account_id is not None  # noqa: S101  (one of the two is given)
+        try:
+            erased = delete_account.erase(
+                rt,
+                wiring.identity_outward(rt),
+                account_id,
+                reason=args.reason,
+                actor="operator",
+            )
+        except staff.StaffError as exc:
+            raise CommandError(str(exc)) from None
+    finally:
+        rt.close()
+    kept = f"; patient {erased.patient_id} and its messages stay" if erased.patient_id else ""
+    notice = "a notice was sent" if erased.notice_sent else "no verified address: no notice"
+    print(f"account {erased.account_id} deleted{kept} ({notice})")
     return 0

@@ -27,12 +27,14 @@ from carebridge.http import openapi
 from carebridge.http.forms import read_form
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
-from identity import authn, sessions
+from identity import authn, notices, sessions
 from identity.credentials import recovery, totp
 from identity.flows import mfa
 from identity.flows.mfa import Status
+from identity.interfaces import EmailSender
 from identity.models import AuthSession, PatientLink
-from identity.oidc import consents
+from identity.notices import Notice
+from identity.oidc import consents, withdrawals
 
 _HANDLE = re.compile(r"ses_[A-Za-z0-9_-]{22}")
 
@@ -74,11 +76,17 @@ def security_status(runtime: Runtime, account_id: str) -> Security:
 
 
 def regenerate_recovery_codes(
-    runtime: Runtime, session: AuthSession, *, request_id: str | None, reveal: bool = True
+    runtime: Runtime,
+    session: AuthSession,
+    *,
+    request_id: str | None,
+    email: EmailSender,
+    reveal: bool = True,
 ) -> tuple[Status, list[str]]:
     """New codes (Status.WRONG: no authenticator to back them). With ``reveal`` they wait,
-    encrypted to this session, for the page that shows them once; the API returns them."""
-    if not authn.is_recent(session):
+    encrypted to this session, for the page that shows them once; the API returns them.
+    Needs a step-up; the owner gets a notice."""
+    if not authn.is_stepped_up(session, runtime.settings):
         return Status.REAUTH, []
     actor = f"account:{session.account_id}"
     with transaction(runtime.sessions) as db:
@@ -95,14 +103,18 @@ def regenerate_recovery_codes(
             request_id=request_id,
         )
         sessions.revoke_others(db, session, request_id=request_id)
+        notices.send(db, runtime, email, session.account_id, Notice.RECOVERY_CODES_REGENERATED)
     return Status.OK, codes
 
 
-def remove_totp(runtime: Runtime, session: AuthSession, *, request_id: str | None) -> Status:
-    """Turn two-step verification off: only where the policy leaves it optional."""
+def remove_totp(
+    runtime: Runtime, session: AuthSession, *, request_id: str | None, email: EmailSender
+) -> Status:
+    """Turn two-step verification off: only where the policy leaves it optional, after a
+    step-up; the owner gets a notice."""
     if runtime.settings.mfa_required:
         return Status.WRONG
-    if not authn.is_recent(session):
+    if not authn.is_stepped_up(session, runtime.settings):
         return Status.REAUTH
     actor = f"account:{session.account_id}"
     with transaction(runtime.sessions) as db:
@@ -116,6 +128,7 @@ def remove_totp(runtime: Runtime, session: AuthSession, *, request_id: str | Non
             target=actor,
             request_id=request_id,
         )
+        notices.send(db, runtime, email, session.account_id, Notice.SECOND_FACTOR_REMOVED)
     return Status.OK
 
 
@@ -149,6 +162,15 @@ def revoke_session(
     return revoked
 
 
+def sign_out_everywhere(runtime: Runtime, account_id: str, *, request_id: str | None) -> None:
+    """End every session of the account, this one too, and every app's grant (refresh
+    tokens revoked, access tokens withdrawn); audited."""
+    actor = f"account:{account_id}"
+    with transaction(runtime.sessions) as db:
+        sessions.revoke_everywhere(db, account_id, actor=actor, request_id=request_id)
+        withdrawals.end_grants(db, account_id)
+
+
 # Pages
 
 
@@ -159,6 +181,11 @@ def _runtime(request: Request) -> Runtime:
 
 def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
+
+
+def _email(request: Request) -> EmailSender:
+    sender: EmailSender = request.app.state.outward.email
+    return sender
 
 
 def _render(request: Request, name: str, context: dict[str, Any]) -> Response:
@@ -198,7 +225,9 @@ async def regenerate_submit(request: Request) -> Response:
     session = await authn.require(request)
     await read_form(request)
     status, _ = await run_in_threadpool(
-        regenerate_recovery_codes, _runtime(request), session, request_id=_request_id(request)
+        lambda: regenerate_recovery_codes(
+            _runtime(request), session, request_id=_request_id(request), email=_email(request)
+        )
     )
     if status is Status.REAUTH:
         return mfa.reauth_redirect("/account/security")
@@ -212,7 +241,9 @@ async def remove_totp_submit(request: Request) -> Response:
     session = await authn.require(request)
     await read_form(request)
     status = await run_in_threadpool(
-        remove_totp, _runtime(request), session, request_id=_request_id(request)
+        lambda: remove_totp(
+            _runtime(request), session, request_id=_request_id(request), email=_email(request)
+        )
     )
     if status is Status.REAUTH:
         return mfa.reauth_redirect("/account/security")
@@ -240,6 +271,19 @@ async def revoke_submit(request: Request) -> Response:
     response = RedirectResponse("/account/sessions", status_code=303)
     if handle == session.handle:
         sessions.clear_cookie(response, _runtime(request))
+    return response
+
+
+async def revoke_all_submit(request: Request) -> Response:
+    session = await authn.require(request)
+    await read_form(request)
+    await run_in_threadpool(
+        lambda: sign_out_everywhere(
+            _runtime(request), session.account_id, request_id=_request_id(request)
+        )
+    )
+    response = RedirectResponse("/signin?signed_out=1", status_code=303)
+    sessions.clear_cookie(response, _runtime(request))
     return response
 
 
@@ -295,6 +339,27 @@ async def api_revoke(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@openapi.operation(
+    answers={204: openapi.Empty("Signed out everywhere")},
+    security=openapi.session(),
+)
+async def api_revoke_all(request: Request) -> Response:
+    """Sign out everywhere
+
+    Ends every session of the account, the one making this request too, and every app's
+    grant (refresh tokens revoked, access tokens withdrawn).
+
+    - 401: Not signed in
+    """
+    session = await authn.require(request)
+    await run_in_threadpool(
+        lambda: sign_out_everywhere(
+            _runtime(request), session.account_id, request_id=_request_id(request)
+        )
+    )
+    return Response(status_code=204)
+
+
 @openapi.component
 class RecoveryCodes(BaseModel):
     recovery_codes: list[str] = Field(description="Ten single-use codes, shown this once")
@@ -308,21 +373,25 @@ class RecoveryCodes(BaseModel):
 async def api_regenerate(request: Request) -> Response:
     """Replace the recovery codes with ten new ones
 
-    Needs a recent sign-in (POST /api/v1/reauth first); the old codes stop working. The
-    new ones are in this response only: they are stored hashed.
+    Needs a step-up (POST /api/v1/reauth with a second factor first); the old codes stop
+    working. The new ones are in this response only: they are stored hashed.
 
     - 401: Not signed in
-    - 403: Re-authenticate first
+    - 403: Step-up needed
     - 409: No authenticator app set up
     """
     session = await authn.require(request)
     status, codes = await run_in_threadpool(
         lambda: regenerate_recovery_codes(
-            _runtime(request), session, request_id=_request_id(request), reveal=False
+            _runtime(request),
+            session,
+            request_id=_request_id(request),
+            email=_email(request),
+            reveal=False,
         )
     )
     if status is Status.REAUTH:
-        raise mfa.reauth_problem()
+        raise authn.step_up_needed(request, authn.StepUp.REAUTH)
     if status is not Status.OK:
         raise Problem(409, "Set up an authenticator app first.")
     return JSONResponse(RecoveryCodes(recovery_codes=codes).model_dump())
@@ -338,6 +407,8 @@ def routes() -> list[BaseRoute]:
         Route("/account/security/totp/remove", remove_totp_submit, methods=["POST"]),
         Route("/account/sessions", sessions_page, methods=["GET"], name="account_sessions"),
         Route("/account/sessions/revoke", revoke_submit, methods=["POST"]),
+        Route("/account/sessions/revoke-all", revoke_all_submit, methods=["POST"]),
         Route("/api/v1/sessions", api_sessions, methods=["GET"]),
+        Route("/api/v1/sessions", api_revoke_all, methods=["DELETE"]),
         Route("/api/v1/sessions/{handle}", api_revoke, methods=["DELETE"]),
     ]

@@ -18,6 +18,10 @@ identity/roster/staff.py, identity/flows/activate.py and verify.py for the unloc
   (usable, used, expired, voided after wrong dates of birth), never a code.
 - ``POST .../patients/{patient_id}/unlink`` and ``.../reverify``.
 - ``POST .../accounts/{account_id}/activation-unlock`` and ``.../verify-unlock``.
+- ``POST /api/v1/admin/accounts/{account_id}/erasure``: an erasure request made to the
+  organization, which deletes the account as its owner could
+  (identity/flows/delete_account.py). A separate scope, ``admin.accounts``: a roster
+  back end cannot delete accounts.
 
 Staff operations take a stated reason (an explanation, never personal data), kept on a
 ``staff_action`` row beside the audit event, as from the CLI. The patient look-up, which
@@ -46,13 +50,14 @@ from carebridge.http.body import bounded_chunks
 from carebridge.http.forms import read_json
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
-from identity.flows import activate, verify
+from identity.flows import activate, delete_account, verify
 from identity.models import Account
 from identity.oidc import holders
 from identity.roster import importer, staff
 from identity.roster.csv_format import RowError
 
 SCOPE = "admin.roster"
+ACCOUNTS_SCOPE = "admin.accounts"
 PREFIX = "/api/v1/admin/roster"
 # Row errors listed in one answer; the counts say how many there were in all.
 MAX_LISTED_ERRORS = 1000
@@ -212,10 +217,12 @@ def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
-async def require_operator(request: Request) -> str:
+async def require_operator(
+    request: Request, scope: str = SCOPE, action: str = "roster.admin"
+) -> str:
     """The calling client as the audit log names it, or a 401/403 problem: 401 too for a
     token withdrawn since it was issued (revoked, or its client disabled)."""
-    access = bearer.require(request, SCOPE)
+    access = bearer.require(request, scope)
     actor = f"client:{access.client_id}"
     runtime = _runtime(request)
 
@@ -232,7 +239,7 @@ async def require_operator(request: Request) -> str:
                 audit.append(
                     db,
                     actor=actor,
-                    action="roster.admin",
+                    action=action,
                     outcome=Outcome.DENIED,
                     request_id=_request_id(request),
                 )
@@ -629,6 +636,59 @@ async def verify_unlock(request: Request) -> Response:
     return await _unlock(request, "verification")
 
 
+@openapi.component
+class Erased(BaseModel):
+    account_id: str
+    patient_id: str | None = Field(
+        description="The patient ID it was linked to: it stays, with its messages"
+    )
+    notice_sent: bool = Field(description="A notice went to the verified address")
+
+
+@openapi.operation(
+    answers={200: openapi.Json(Erased, "Deleted")},
+    security=openapi.access_token(ACCOUNTS_SCOPE),
+    body=StaffReason,
+    problems=(404,),
+    tags=("admin",),
+)
+async def erase_account(request: Request) -> Response:
+    """Delete an account for an erasure request made to the organization
+
+    Deletes what the account's owner would delete themselves: sign-in methods, sessions,
+    app grants and consents, contact points and notification preferences, the link to
+    the patient ID. The messages stay with the care team; the audit log stays. Needs a
+    client-credentials token with scope `admin.accounts`.
+
+    - 404: No account has this ID
+    """
+    actor = await require_operator(request, ACCOUNTS_SCOPE, "identity.account.erasure")
+    account_id = str(request.path_params["account_id"])
+    if not _ACCOUNT_ID.fullmatch(account_id):
+        raise Problem(404, "No account has this ID.")
+    body = await read_json(request, StaffReason)
+    try:
+        erased = await run_in_threadpool(
+            lambda: delete_account.erase(
+                _runtime(request),
+                request.app.state.outward,
+                account_id,
+                reason=body.reason,
+                actor=actor,
+                request_id=_request_id(request),
+            )
+        )
+    except staff.StaffError as exc:
+        raise _staff_problem(exc) from None
+    return _no_store(
+        Erased(
+            account_id=erased.account_id,
+            patient_id=erased.patient_id,
+            notice_sent=erased.notice_sent,
+        )
+    )
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route(
@@ -678,5 +738,11 @@ def routes() -> list[BaseRoute]:
             verify_unlock,
             methods=["POST"],
             name="admin_roster_verify_unlock",
+        ),
+        Route(
+            "/api/v1/admin/accounts/{account_id}/erasure",
+            erase_account,
+            methods=["POST"],
+            name="admin_account_erasure",
         ),
     ]

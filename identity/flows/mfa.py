@@ -38,9 +38,10 @@ from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
-from identity import authn, sessions, throttle
+from identity import authn, notices, sessions, throttle
 from identity.authn import Step
 from identity.credentials import recovery, totp
+from identity.interfaces import EmailSender
 from identity.models import AuthSession
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
@@ -199,14 +200,18 @@ def unlock_second_step(runtime: Runtime, account_id: str, *, actor: str = "opera
 
 
 def may_change_factors(db: Session, runtime: Runtime, session: AuthSession) -> bool:
-    """Enrolling during sign-up needs nothing more; any other factor change needs a recent
-    re-authentication, and a session short of its second step changes nothing."""
+    """Enrolling during sign-up needs nothing more; replacing an authenticator needs a
+    step-up (the current one proved in the last few minutes); adding a first one where
+    none is required needs a recent sign-in; a session short of its second step changes
+    nothing."""
     has_totp = totp.confirmed(db, session.account_id) is not None
     if session.level < sessions.SECOND_FACTOR:
         if has_totp:
             return False
         if runtime.settings.mfa_required:
             return True
+    if has_totp:
+        return authn.is_stepped_up(session, runtime.settings)
     return authn.is_recent(session)
 
 
@@ -246,6 +251,7 @@ def _step_up(
         level=level,
         user_agent=user_agent,
         replacing=current,
+        stepped_up=True,
     )
 
 
@@ -257,11 +263,14 @@ def confirm_enrolment(
     reveal_codes: bool,
     user_agent: str,
     request_id: str | None,
+    email: EmailSender | None = None,
 ) -> Result:
-    """Activate the seed being enrolled; the session steps up with a new token.
+    """Activate the seed being enrolled; the session steps up with a new token (and is
+    stepped up: it just proved the second factor now in force).
 
     The first authenticator also gets ten recovery codes: returned (API) or kept for the
-    new session to see once (``reveal_codes``, pages).
+    new session to see once (``reveal_codes``, pages). The owner gets a notice through
+    ``email``.
     """
     account_id = session.account_id
     with transaction(runtime.sessions) as db:
@@ -288,6 +297,8 @@ def confirm_enrolment(
             codes = recovery.regenerate(db, runtime, account_id, reveal_to=reveal_to)
         else:  # a replaced authenticator: whoever else is signed in is signed out
             sessions.revoke_others(db, started.session, request_id=request_id)
+        if email is not None:
+            notices.send(db, runtime, email, account_id, notices.Notice.SECOND_FACTOR_ADDED)
         audit.append(
             db,
             actor=_actor(session),
@@ -421,7 +432,12 @@ def _locked_problem() -> Problem:
 
 
 def reauth_problem() -> Problem:
-    return Problem(403, "Confirm it is you first: POST /api/v1/reauth, then try again.")
+    return Problem(
+        403,
+        "Confirm it is you first: POST /api/v1/reauth (with an authenticator or recovery "
+        "code where the account has one), then try again.",
+        step_up="reauth",
+    )
 
 
 def _gone_problem() -> Problem:
@@ -469,6 +485,7 @@ async def enroll_submit(request: Request) -> Response:
         reveal_codes=True,
         user_agent=_user_agent(request),
         request_id=_request_id(request),
+        email=request.app.state.outward.email,
     )
     if result.status is Status.REAUTH:
         return reauth_redirect(f"/mfa/enroll?{urlencode({'next': next_path})}")
@@ -626,6 +643,7 @@ async def api_confirm(request: Request) -> Response:
         reveal_codes=False,
         user_agent=_user_agent(request),
         request_id=_request_id(request),
+        email=request.app.state.outward.email,
     )
     if result.status is Status.REAUTH:
         raise reauth_problem()

@@ -41,8 +41,9 @@ from carebridge.http.templates import templates_for
 from carebridge.i18n import N_, _
 from carebridge.runtime import Runtime
 from carebridge.settings import UpstreamProvider
-from identity import authn, sessions, throttle
+from identity import authn, notices, sessions, throttle
 from identity.credentials import upstream
+from identity.interfaces import EmailSender
 from identity.models import (
     Account,
     AuthSession,
@@ -50,6 +51,7 @@ from identity.models import (
     UpstreamIdentity,
     new_id,
 )
+from identity.notices import Notice
 
 log = logging.getLogger("carebridge.identity.upstream")
 templates = templates_for(Path(__file__).resolve().parent.parent / "templates")
@@ -314,6 +316,7 @@ class _Context:
     login: upstream.LoginState
     current: AuthSession | None
     request_id: str | None
+    email: EmailSender | None = None
 
     def record(self, actor: str, action: str, outcome: Outcome, target: str) -> None:
         audit.append(
@@ -336,10 +339,12 @@ def complete(
     session_token: str | None,
     user_agent: str,
     request_id: str | None,
+    email: EmailSender | None = None,
 ) -> Completed:
-    """Sign in, create or link, once the provider has said who signed in."""
+    """Sign in, create or link, once the provider has said who signed in; a link made
+    sends its owner a notice through ``email``."""
     current = sessions.load(db, runtime, session_token) if session_token else None
-    context = _Context(db, runtime, provider, identity, login, current, request_id)
+    context = _Context(db, runtime, provider, identity, login, current, request_id, email)
     if login.link_account is not None:
         return _link(context, login.link_account)
     return _sign_in(context, user_agent)
@@ -361,6 +366,10 @@ def _link(context: _Context, account_id: str) -> Completed:
         link = _new_link(db, context.provider, context.identity, account_id)
         if link is not None:
             context.record(actor, action, Outcome.ALLOWED, f"upstream:{link.id}")
+            if context.email is not None:
+                notices.send(
+                    db, context.runtime, context.email, account_id, Notice.SIGN_IN_METHOD_LINKED
+                )
             return Completed("linked", f"{METHODS_PATH}?done=linked")
         link = _find_link(db, context.identity)  # linked by a concurrent request
     if link is not None and link.account_id == account_id:
@@ -486,6 +495,7 @@ async def callback(request: Request) -> Response:
                 session_token=sessions.presented_token(request),
                 user_agent=sessions.user_agent(request),
                 request_id=request.state.request_id,
+                email=request.app.state.outward.email,
             )
 
     done = await run_in_threadpool(finish)
@@ -540,10 +550,16 @@ def methods_of(db: Session, runtime: Runtime, account_id: str) -> SignInMethods:
 
 
 def unlink(
-    db: Session, current: AuthSession, *, link_id: str, request_id: str | None
-) -> Literal["unlinked", "not_found", "last_method"]:
-    """Remove one of the account's own links, unless it is the last way to sign in; the
-    account's other sessions end (whoever signed in with that link is signed out)."""
+    db: Session,
+    current: AuthSession,
+    *,
+    link_id: str,
+    request_id: str | None,
+    step_up: authn.StepUp = authn.StepUp.DONE,
+) -> Literal["unlinked", "not_found", "last_method", "step_up"]:
+    """Remove one of the account's own links, unless it is the last way to sign in or
+    the session is not stepped up (``step_up``, as the caller found it); the account's
+    other sessions end (whoever signed in with that link is signed out)."""
     account_id = current.account_id
     # Serialize changes to one account's methods, so two unlinks can't both pass the count.
     db.execute(select(Account.id).where(Account.id == account_id).with_for_update())
@@ -561,11 +577,13 @@ def unlink(
         or 0
     )
     has_password = db.get(PasswordCredential, account_id) is not None
-    outcome: Literal["unlinked", "not_found", "last_method"] = "unlinked"
+    outcome: Literal["unlinked", "not_found", "last_method", "step_up"] = "unlinked"
     if link is None:
         outcome = "not_found"
     elif links + int(has_password) <= 1:
         outcome = "last_method"
+    elif step_up is not authn.StepUp.DONE:
+        outcome = "step_up"
     else:
         db.delete(link)
     audit.append(
@@ -589,10 +607,6 @@ _UNLINK_REFUSED = {
             "another account first."
         ),
     ),
-    "not_recent": (
-        403,
-        N_("For your security, sign in again before changing how you sign in."),
-    ),
 }
 
 
@@ -605,8 +619,12 @@ async def _methods_page(
         with runtime.sessions() as db:
             return methods_of(db, runtime, session.account_id)
 
+    def stepping_up() -> authn.StepUp:
+        with runtime.sessions() as db:
+            return authn.step_up_of(db, runtime, session)
+
     methods = await run_in_threadpool(load)
-    linked = {link.provider for link in methods.upstream}
+    step_up = await run_in_threadpool(stepping_up)
     return templates.TemplateResponse(
         request,
         "identity/methods.html",
@@ -614,8 +632,7 @@ async def _methods_page(
             "methods": methods,
             "can_unlink": methods.count > 1,
             "providers": upstream.providers(runtime),
-            "reauth": [p for p in upstream.providers(runtime) if p.name in linked],
-            "recent": authn.is_recent(session),
+            "step_up": step_up.value,
             "done": _DONE.get(request.query_params.get("done", "")),
             "errors": errors or {},
         },
@@ -642,9 +659,7 @@ async def link_start(request: Request) -> Response:
     provider = upstream.get(_runtime(request), parsed.provider)
     if provider is None:
         raise HTTPException(404)
-    if not authn.is_recent(session):
-        status, message = _UNLINK_REFUSED["not_recent"]
-        return await _methods_page(request, session, errors={"form": message}, status=status)
+    await authn.require_step_up(request, session, next_path=METHODS_PATH)
     return await _to_provider(
         request,
         provider,
@@ -660,17 +675,13 @@ class UnlinkForm(BaseModel):
 
 
 async def _unlink(request: Request, session: Any, link_id: str) -> str:
-    if not authn.is_recent(session):
-        await run_in_threadpool(
-            _record,
-            request,
-            actor=f"account:{session.account_id}",
-            action="identity.upstream.unlink",
-            outcome=Outcome.DENIED,
-            target=f"upstream:{link_id}",
-        )
-        return "not_recent"
     runtime = _runtime(request)
+
+    def stepping_up() -> authn.StepUp:
+        with runtime.sessions() as db:
+            return authn.step_up_of(db, runtime, session)
+
+    step = await run_in_threadpool(stepping_up)
 
     def act() -> str:
         with runtime.sessions.begin() as db:
@@ -679,9 +690,13 @@ async def _unlink(request: Request, session: Any, link_id: str) -> str:
                 session,
                 link_id=link_id,
                 request_id=request.state.request_id,
+                step_up=step,
             )
 
-    return await run_in_threadpool(act)
+    outcome = await run_in_threadpool(act)
+    if outcome == "step_up":
+        raise authn.step_up_needed(request, step, METHODS_PATH)
+    return outcome
 
 
 async def unlink_page(request: Request) -> Response:
@@ -734,7 +749,7 @@ async def unlink_api(request: Request) -> Response:
     """Unlink an upstream provider
 
     - 401: Not signed in
-    - 403: The sign-in is not recent enough; sign in again
+    - 403: Step-up needed: POST /api/v1/reauth with a second factor first
     - 404: No such link on this account
     - 409: It is the last way to sign in
     """

@@ -39,18 +39,38 @@ def totp(runtime: Runtime, account_id: str) -> pyotp.TOTP:
     return pyotp.TOTP(secret)
 
 
-def session(runtime: Runtime, account_id: str, *, level: int = 1, user_agent: str = "") -> str:
-    """A session for the account at ``level``; returns its token."""
+def session(
+    runtime: Runtime,
+    account_id: str,
+    *,
+    level: int = 1,
+    user_agent: str = "",
+    stepped_up: bool = False,
+) -> str:
+    """A session for the account at ``level`` (``stepped_up``: its second factor proved
+    just now, for tests of what comes after a step-up); returns its token."""
     with transaction(runtime.sessions) as db:
         started = sessions.start(
-            db, runtime, account_id=account_id, level=level, user_agent=user_agent
+            db,
+            runtime,
+            account_id=account_id,
+            level=level,
+            user_agent=user_agent,
+            stepped_up=stepped_up,
         )
     return started.token
 
 
-def sign_in(client: TestClient, runtime: Runtime, account_id: str, *, level: int = 1) -> str:
+def sign_in(
+    client: TestClient,
+    runtime: Runtime,
+    account_id: str,
+    *,
+    level: int = 1,
+    stepped_up: bool = False,
+) -> str:
     """A session, with its cookie set on ``client``; returns its token."""
-    token = session(runtime, account_id, level=level)
+    token = session(runtime, account_id, level=level, stepped_up=stepped_up)
     use_token(client, runtime, token)
     return token
 

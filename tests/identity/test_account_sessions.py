@@ -308,7 +308,7 @@ def test_replacing_the_authenticator_signs_out_the_other_sessions(
     account_id = factories.account(runtime)
     factories.totp(runtime, account_id)
     intruder = factories.session(runtime, account_id, level=2)
-    mine = factories.session(runtime, account_id, level=2)
+    mine = factories.session(runtime, account_id, level=2, stepped_up=True)
     enrolment = client.post("/api/v1/mfa/totp/enroll", headers=_bearer(mine))
     assert enrolment.status_code == 200, enrolment.text
     assert enrolment.json()["replacing"] is True
@@ -330,7 +330,7 @@ def test_regenerating_recovery_codes_signs_out_the_other_sessions(
     with transaction(runtime.sessions) as db:
         recovery.regenerate(db, runtime, account_id)
     intruder = factories.session(runtime, account_id, level=2)
-    mine = factories.session(runtime, account_id, level=2)
+    mine = factories.session(runtime, account_id, level=2, stepped_up=True)
     bystander = factories.session(runtime, factories.account(runtime), level=2)
     response = client.post("/api/v1/mfa/recovery-codes", headers=_bearer(mine))
     assert response.status_code == 200, response.text
@@ -361,7 +361,7 @@ def test_unlinking_a_provider_signs_out_the_other_sessions(
             )
         )
     intruder = factories.session(runtime, account_id, level=2)  # signed in through the link
-    mine = factories.session(runtime, account_id, level=2)
+    mine = factories.session(runtime, account_id, level=2, stepped_up=True)
     response = client.delete(f"/api/v1/account/methods/{link_id}", headers=_bearer(mine))
     assert response.status_code == 204, response.text
     assert _works(client, mine)

@@ -57,12 +57,14 @@ def _session_row(runtime: Runtime, token: str) -> AuthSession | None:
 
 
 def _age(runtime: Runtime, token: str, minutes: int) -> None:
-    """Make the session's last proof of identity ``minutes`` old."""
+    """Make the session's last proof of identity (and of its second factor) ``minutes``
+    old."""
+    then = utcnow() - timedelta(minutes=minutes)
     with transaction(runtime.sessions) as db:
         db.execute(
             update(AuthSession)
             .where(AuthSession.token_hash == runtime.keyring.lookup_hash("session", token))
-            .values(authenticated_at=utcnow() - timedelta(minutes=minutes))
+            .values(authenticated_at=then, stepped_up_at=then)
         )
 
 
@@ -471,7 +473,7 @@ def test_replacing_the_authenticator_needs_a_recent_reauthentication(
 def test_stale_session_cannot_confirm_a_replacement(client: TestClient, runtime: Runtime) -> None:
     account_id = factories.account(runtime)
     factories.totp(runtime, account_id)
-    token = factories.sign_in(client, runtime, account_id, level=2)
+    token = factories.sign_in(client, runtime, account_id, level=2, stepped_up=True)
     page = client.get("/mfa/enroll")
     new_app = pyotp.TOTP(_secret_on(page.text))
     _age(runtime, token, minutes=10)
@@ -529,13 +531,14 @@ def _password_account(runtime: Runtime, secret: str) -> str:
 
 
 def test_reauthentication_with_the_password(client: TestClient, runtime: Runtime) -> None:
+    # Only for an account without a second factor, and it never steps up
+    # (tests/identity/test_step_up.py has the accounts with one).
     account_id = _password_account(runtime, "a long enough passphrase")
-    factories.totp(runtime, account_id)
     token = factories.sign_in(client, runtime, account_id, level=2)
     _age(runtime, token, minutes=10)
     page = client.get("/reauth?next=/account/security")
     assert 'autocomplete="current-password"' in page.text
-    assert 'autocomplete="one-time-code"' in page.text
+    assert 'autocomplete="one-time-code"' not in page.text
     form = {"csrf_token": factories.csrf(page.text), "method": "password"}
     wrong = client.post("/reauth", data={**form, "password": "not it", "next": "/account/security"})
     assert wrong.status_code == 400
@@ -558,6 +561,7 @@ def test_reauthentication_with_the_password(client: TestClient, runtime: Runtime
     assert row is not None
     assert row.level == 2
     assert authn.is_recent(row)
+    assert not authn.is_stepped_up(row, runtime.settings)
     with runtime.sessions() as db:
         assert db.get(ThrottleCounter, login_key) is None
     actions = _audit(runtime)
@@ -569,10 +573,9 @@ def test_api_reauthentication_takes_a_code_or_a_password(
     client: TestClient, runtime: Runtime
 ) -> None:
     account_id = _password_account(runtime, "a long enough passphrase")
-    app = factories.totp(runtime, account_id)
     token = factories.session(runtime, account_id, level=2)
     both = client.post(
-        "/api/v1/reauth", json={"code": app.now(), "password": "x"}, headers=_bearer(token)
+        "/api/v1/reauth", json={"code": "123456", "password": "x"}, headers=_bearer(token)
     )
     assert both.status_code == 400
     wrong = client.post("/api/v1/reauth", json={"password": "nope"}, headers=_bearer(token))
@@ -583,7 +586,19 @@ def test_api_reauthentication_takes_a_code_or_a_password(
     )
     assert done.status_code == 200, done.text
     assert done.json()["level"] == 2
+    assert done.json()["stepped_up"] is False  # a password never steps up
     assert client.get("/api/v1/sessions", headers=_bearer(token)).status_code == 401
+    # With an authenticator: its code steps up; the password is no longer taken.
+    app = factories.totp(runtime, account_id)
+    fresh = done.json()["session_token"]
+    refused = client.post(
+        "/api/v1/reauth", json={"password": "a long enough passphrase"}, headers=_bearer(fresh)
+    )
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["field"] == "password"
+    coded = client.post("/api/v1/reauth", json={"code": app.now()}, headers=_bearer(fresh))
+    assert coded.status_code == 200, coded.text
+    assert coded.json()["stepped_up"] is True
 
 
 def test_security_page_shows_status_and_remaining_codes(

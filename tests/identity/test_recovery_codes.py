@@ -151,7 +151,7 @@ def test_api_regenerates_codes_once_recently_authenticated(
     account_id = factories.account(runtime)
     factories.totp(runtime, account_id)
     old = _regenerate(runtime, account_id)
-    token = factories.session(runtime, account_id, level=2)
+    token = factories.session(runtime, account_id, level=2, stepped_up=True)
     bearer = {"authorization": f"Bearer {token}"}
 
     response = client.post("/api/v1/mfa/recovery-codes", headers=bearer)
@@ -169,10 +169,10 @@ def test_api_regeneration_needs_a_recent_sign_in(client: TestClient, runtime: Ru
     account_id = factories.account(runtime)
     factories.totp(runtime, account_id)
     old = _regenerate(runtime, account_id)
-    token = factories.session(runtime, account_id, level=2)
+    token = factories.session(runtime, account_id, level=2, stepped_up=True)
     with transaction(runtime.sessions) as db:
         stale = datetime.now(UTC) - timedelta(hours=1)
-        db.execute(update(AuthSession).values(authenticated_at=stale))
+        db.execute(update(AuthSession).values(authenticated_at=stale, stepped_up_at=stale))
     response = client.post(
         "/api/v1/mfa/recovery-codes", headers={"authorization": f"Bearer {token}"}
     )

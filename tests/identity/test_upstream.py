@@ -38,6 +38,7 @@ from identity.models import (
     UpstreamLoginState,
     new_id,
 )
+from tests.identity import account_changes
 
 CALLBACK = "http://testserver/signin/upstream/{}/callback"
 
@@ -191,10 +192,12 @@ def new_account(runtime: Runtime, *, password: bool = False) -> str:
 def signed_in_as(
     client: TestClient, runtime: Runtime, account_id: str, *, minutes_ago: int = 0
 ) -> str:
-    """Give the client a complete session, authenticated ``minutes_ago``."""
+    """Give the client a complete session, authenticated (second factor included, so
+    stepped up) ``minutes_ago``."""
     with transaction(runtime.sessions) as db:
         started = sessions.start(db, runtime, account_id=account_id, level=sessions.SECOND_FACTOR)
         started.session.authenticated_at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+        started.session.stepped_up_at = started.session.authenticated_at
     client.cookies.delete("carebridge_session")
     client.cookies.set("carebridge_session", started.token, domain="testserver.local")
     return started.token
@@ -599,12 +602,13 @@ def test_linking_requires_a_signed_in_account(client: TestClient, runtime: Runti
         assert db.scalar(select(func.count()).select_from(UpstreamLoginState)) == 0
 
 
-def test_linking_requires_a_recent_sign_in(client: TestClient, runtime: Runtime) -> None:
+def test_linking_requires_a_step_up(client: TestClient, runtime: Runtime) -> None:
     account_id = new_account(runtime, password=True)
     signed_in_as(client, runtime, account_id, minutes_ago=10)
     response = link(client)
-    assert response.status_code == 403
-    assert "sign in again" in response.text
+    # No second factor to prove: set one up first, then back to linking.
+    assert response.status_code == 303
+    assert response.headers["location"] == "/mfa/enroll?next=%2Faccount%2Fmethods"
     with runtime.sessions() as db:
         assert db.scalar(select(func.count()).select_from(UpstreamLoginState)) == 0
 
@@ -630,6 +634,16 @@ def test_linking_adds_the_provider_to_the_signed_in_account(
     sign_in(client, "alice")
     assert session_account(runtime, client) == account_id
     assert counts(runtime) == (1, 1)
+
+
+def test_linking_is_announced_to_a_verified_address(client: TestClient, runtime: Runtime) -> None:
+    pat = account_changes.patient(runtime)
+    signed_in_as(client, runtime, pat.account_id)
+    callback = through_provider(link(client).headers["location"], "alice")
+    assert client.get(callback, follow_redirects=False).status_code == 303
+    (notice,) = account_changes.emails_to(runtime, pat.login)
+    assert notice["subject"] == "A new way to sign in was linked to your account"
+    assert "alice" not in notice["text"]  # the provider's account is not named
 
 
 def test_provider_linked_to_another_account_is_refused(
@@ -730,12 +744,14 @@ def test_unlinking_needs_a_recent_sign_in(client: TestClient, runtime: Runtime) 
     account_id = new_account(runtime, password=True)
     link_id = _link_directly(runtime, account_id, "alice")
     token = signed_in_as(client, runtime, account_id, minutes_ago=10)
-    assert _unlink(client, link_id).status_code == 403
+    assert _unlink(client, link_id).status_code == 303  # on to step up, then back
     api = client.delete(
         f"/api/v1/account/methods/{link_id}", headers={"Authorization": f"Bearer {token}"}
     )
     assert api.status_code == 403
+    assert api.json()["step_up"] == "enrol"
     assert len(links(runtime)) == 1
+    assert (f"account:{account_id}", "identity.upstream.unlink", "denied") in audit_trail(runtime)
 
 
 def test_unlinking_another_accounts_link_is_not_found(client: TestClient, runtime: Runtime) -> None:

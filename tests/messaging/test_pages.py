@@ -171,6 +171,11 @@ def test_export_from_the_page(client: TestClient, world: World) -> None:
     patient_browser(client, world, "zeb")
     inbox = client.get("/messages")
     assert 'href="/messages/export"' in inbox.text
+    # Every message at once needs a step-up: a second factor proved in the last minutes.
+    refused = client.get("/messages/export", follow_redirects=False)
+    assert refused.status_code == 303
+    assert refused.headers["location"] == "/reauth?next=%2Fmessages%2Fexport"
+    factories.sign_in(client, world.runtime, world.accounts["zeb"], level=2, stepped_up=True)
     response = client.get("/messages/export")
     assert response.status_code == 200
     document = zipfile.ZipFile(io.BytesIO(response.content)).read("threads.json")

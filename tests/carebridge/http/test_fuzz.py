@@ -207,6 +207,12 @@ def _populate(runtime: Runtime, client: TestClient, config: seed.DemoConfig, dat
     admin_token = mint(
         runtime, sub=admin.client_id, client_id=admin.client_id, scope="admin.roster"
     )
+    # Erasure requests: they delete the bystander below, after the roster operations on
+    # it (the erasure route comes after them).
+    eraser = helpers.register(runtime, scopes="admin.accounts")
+    eraser_token = mint(
+        runtime, sub=eraser.client_id, client_id=eraser.client_id, scope="admin.accounts"
+    )
     signing_key = ECKey.generate_key("P-256", private=True)
     jwks = {"keys": [{**signing_key.as_dict(private=False), "kid": "k1"}]}
     extra_clients = {
@@ -255,6 +261,7 @@ def _populate(runtime: Runtime, client: TestClient, config: seed.DemoConfig, dat
         "messaging.read": app_token,
         "messaging.write": app_token,
         "admin.roster": admin_token,
+        "admin.accounts": eraser_token,
     }
     return World(
         runtime=runtime,

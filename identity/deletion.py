@@ -1,0 +1,110 @@
+"""Deleting an account: by its owner (identity/flows/delete_account.py) or for an erasure
+request made to the organization (the admin API and ``carebridge accounts delete``).
+
+What goes, in one transaction: the sign-in methods (the login identifier, the password,
+the authenticator, the recovery codes, the linked upstream identities), every session,
+every grant to an app (refresh tokens revoked and deleted, access tokens withdrawn, as
+disabling ends them), remembered consents and pairwise subjects, the link to the patient
+ID, and what other packages keep for the person (contact points and notification
+preferences: :class:`identity.interfaces.AccountDeleted`, wired by the composition root).
+Tables of other packages that point at the account (care-team staff membership) go by
+their foreign keys' ``ON DELETE CASCADE``.
+
+What stays: the patient ID on the roster and everything the care record holds under it
+(threads, messages, attachments, under the care team's retention and legal holds), the
+audit log (IDs only), and staff actions' records. The patient can verify again later
+with a new account and find their messages.
+
+The owner is told at their verified address, queued before the address is deleted (the
+outbox row is sealed, and wiped once sent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from carebridge import audit
+from carebridge.audit import Outcome
+from carebridge.runtime import Runtime
+from identity import notices, patients
+from identity.interfaces import Outward
+from identity.models import (
+    Account,
+    AuthSession,
+    LoginIdentifier,
+    PasswordCredential,
+    PatientLink,
+    RecoveryCode,
+    TotpCredential,
+    UpstreamIdentity,
+)
+from identity.notices import Notice
+from identity.oidc import withdrawals
+from identity.oidc.models import (
+    OidcAuthorizationCode,
+    OidcConsent,
+    OidcRefreshToken,
+    OidcSubject,
+)
+
+ACTION = "identity.account.delete"
+
+# Every table of identity's holding a row per account, deleted explicitly (their foreign
+# keys cascade too; being explicit keeps the list reviewable). The account row is last.
+_PER_ACCOUNT = (
+    AuthSession,
+    RecoveryCode,
+    TotpCredential,
+    PasswordCredential,
+    UpstreamIdentity,
+    PatientLink,
+    OidcConsent,
+    OidcRefreshToken,
+    OidcAuthorizationCode,
+    OidcSubject,
+    LoginIdentifier,
+)
+
+
+@dataclass(frozen=True)
+class Deleted:
+    account_id: str
+    # The patient ID the account was linked to: it stays, with its care record.
+    patient_id: str | None
+    notice_sent: bool
+
+
+def delete_account(
+    db: Session,
+    runtime: Runtime,
+    outward: Outward,
+    account_id: str,
+    *,
+    actor: str,
+    request_id: str | None = None,
+) -> Deleted | None:
+    """Delete the account in ``db``'s transaction; None if there is no such account."""
+    account = db.get(Account, account_id, with_for_update=True)
+    if account is None:
+        return None
+    patient_id = patients.patient_id_of(db, account_id)
+    # Queued (sealed) while the address is still known.
+    sent = notices.send(db, runtime, outward.email, account_id, Notice.ACCOUNT_DELETED)
+    withdrawals.end_grants(db, account_id)
+    outward.account_deleted.account_deleted(db, account_id=account_id, patient_id=patient_id)
+    for model in _PER_ACCOUNT:
+        db.execute(delete(model).where(model.account_id == account_id))
+    db.expunge(account)
+    db.execute(delete(Account).where(Account.id == account_id))
+    audit.append(
+        db,
+        actor=actor,
+        action=ACTION,
+        outcome=Outcome.ALLOWED,
+        target=f"account:{account_id}",
+        request_id=request_id,
+    )
+    return Deleted(account_id, patient_id, sent)
