@@ -588,7 +588,16 @@ def _result_page(
         status_code=status_code,
         headers={"Cache-Control": "no-store"},
     )
-    response.delete_cookie(_cookie_name(_runtime(request)), path=PAGE)
+    runtime = _runtime(request)
+    # With the attributes it was set with: browsers ignore a __Secure- cookie's clearing
+    # that lacks Secure, and the token would stay in the jar.
+    response.delete_cookie(
+        _cookie_name(runtime),
+        path=PAGE,
+        httponly=True,
+        samesite="lax",
+        secure=runtime.settings.issuer_is_https,
+    )
     return response
 
 

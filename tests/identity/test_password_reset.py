@@ -24,7 +24,11 @@ from carebridge.utc import utcnow
 from identity import accounts, throttle
 from identity.credentials import password
 from identity.flows import reset
-from identity.models import LoginIdentifier, PasswordCredential, PasswordReset
+from identity.models import (
+    LoginIdentifier,
+    PasswordCredential,
+    PasswordReset,
+)
 from tests.identity import factories
 from tests.identity.oidc import helpers
 from tests.identity.reset_mail import Mailbox, reset_token
@@ -402,3 +406,31 @@ def test_reset_links_are_stored_hashed(
     assert len(secret) == 43 and secret not in row.secret_hash
     assert isinstance(row.expires_at, datetime)
     assert timedelta(minutes=29) < row.expires_at - row.created_at <= timedelta(minutes=30)
+
+
+# Review (issue 19): attacks on the reset's edges.
+
+
+def test_reset_cookie_is_cleared_with_the_secure_attribute_its_prefix_needs(
+    settings: Settings,
+) -> None:
+    # A __Secure- cookie is only set, or cleared, by a Set-Cookie with Secure: without it
+    # browsers ignore the clearing and the token stays in the cookie jar.
+    https = Settings(
+        data_dir=settings.data_dir,
+        database_url=settings.database_url,
+        issuer="https://id.example.org",
+    )
+    runtime = Runtime.build(https)
+    try:
+        with TestClient(create_app(runtime), base_url="https://id.example.org") as browser:
+            opened = browser.get("/password/reset?token=pwr_x.y", follow_redirects=False)
+            assert opened.headers["set-cookie"].startswith("__Secure-carebridge_reset=")
+            refused = browser.get("/password/reset")
+            assert refused.status_code == 400
+            cleared = refused.headers["set-cookie"]
+            assert cleared.startswith("__Secure-carebridge_reset=")
+            attributes = {part.strip().lower() for part in cleared.split(";")[1:]}
+            assert {"max-age=0", "secure", "httponly"} <= attributes
+    finally:
+        runtime.close()
