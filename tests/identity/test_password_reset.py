@@ -23,8 +23,9 @@ from carebridge.settings import Settings
 from carebridge.utc import utcnow
 from identity import accounts, throttle
 from identity.credentials import password
-from identity.flows import reset
+from identity.flows import reset, status
 from identity.models import (
+    Account,
     LoginIdentifier,
     PasswordCredential,
     PasswordReset,
@@ -434,3 +435,42 @@ def test_reset_cookie_is_cleared_with_the_secure_attribute_its_prefix_needs(
             assert {"max-age=0", "secure", "httponly"} <= attributes
     finally:
         runtime.close()
+
+
+def test_reset_link_of_a_disabled_account_is_refused_and_does_not_enable_it(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox
+) -> None:
+    account_id, _ = _account(runtime)
+    token = _link_token(client, runtime, mailbox)
+    assert status.set_active_by_id(runtime, account_id, active=False)
+    assert _reset_api(client, token) == 400
+    assert _ask_api(client, LOGIN)[0] == 202
+    assert len(mailbox.to(runtime, LOGIN)) == 1  # no new link for a disabled account
+    with runtime.sessions() as db:
+        assert db.scalar(select(Account.status).where(Account.id == account_id)) == "disabled"
+        credential = db.get(PasswordCredential, account_id)
+        assert credential is not None
+        assert password.verify(runtime.settings, credential.hash, OLD_PASSWORD).ok
+
+
+def test_account_disabled_while_the_new_password_is_hashed_keeps_its_password(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The link is checked, then the new password hashed (slow), then the link claimed: an
+    # operator disabling the account meanwhile must win.
+    account_id, _ = _account(runtime)
+    token = _link_token(client, runtime, mailbox)
+    real_hash = reset.password.hash_password
+
+    def hash_while_disabled(*args: object, **kwargs: object) -> str:
+        status.set_active_by_id(runtime, account_id, active=False)
+        return real_hash(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reset.password, "hash_password", hash_while_disabled)
+    assert _reset_api(client, token) == 400
+    monkeypatch.undo()
+    with runtime.sessions() as db:
+        credential = db.get(PasswordCredential, account_id)
+        assert credential is not None
+        assert password.verify(runtime.settings, credential.hash, OLD_PASSWORD).ok
+    assert len(mailbox.to(runtime, LOGIN)) == 1  # no "your password was reset" notice
