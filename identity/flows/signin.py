@@ -48,7 +48,7 @@ from identity.accounts import PasswordAccount
 from identity.authn import Step
 from identity.credentials import password
 from identity.flows import upstream
-from identity.models import Account, LoginIdentifier
+from identity.models import Account, LoginIdentifier, PasswordCredential
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
@@ -209,6 +209,20 @@ def _audit_locks(db: Session, attempt: Attempt, request_id: str | None) -> None:
             )
 
 
+def _password_unchanged(db: Session, found: PasswordAccount) -> bool:
+    """Whether the hash just checked is still the account's. A password reset committed
+    while it was being checked ended every session: this sign-in must not start one after
+    it. Read locked (FOR SHARE on PostgreSQL) so that a reset in flight, which holds the
+    row for update until it commits, either waits for this sign-in's session (and ends it)
+    or is seen here."""
+    current = db.scalar(
+        select(PasswordCredential.hash)
+        .where(PasswordCredential.account_id == found.account_id)
+        .with_for_update(read=True)
+    )
+    return current is not None and current == found.password_hash
+
+
 def conclude(
     runtime: Runtime,
     attempt: Attempt,
@@ -225,7 +239,12 @@ def conclude(
     now = throttle.utcnow()
     signed_in: SignedIn | None = None
     with transaction(runtime.sessions) as db:
-        if not (checked.ok and found is not None and found.status == accounts.ACTIVE):
+        if not (
+            checked.ok
+            and found is not None
+            and found.status == accounts.ACTIVE
+            and _password_unchanged(db, found)
+        ):
             audit.append(
                 db,
                 actor="anonymous",

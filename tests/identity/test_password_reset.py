@@ -23,9 +23,10 @@ from carebridge.settings import Settings
 from carebridge.utc import utcnow
 from identity import accounts, throttle
 from identity.credentials import password
-from identity.flows import reset, status
+from identity.flows import reset, signin, status
 from identity.models import (
     Account,
+    AuthSession,
     LoginIdentifier,
     PasswordCredential,
     PasswordReset,
@@ -474,3 +475,30 @@ def test_account_disabled_while_the_new_password_is_hashed_keeps_its_password(
         assert credential is not None
         assert password.verify(runtime.settings, credential.hash, OLD_PASSWORD).ok
     assert len(mailbox.to(runtime, LOGIN)) == 1  # no "your password was reset" notice
+
+
+def test_sign_in_with_the_old_password_racing_a_reset_keeps_no_session(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whoever knows the old password keeps a sign-in in flight: it checks the old hash,
+    # the reset commits (ending every session), then the sign-in starts its session.
+    account_id, _ = _account(runtime, second_factor=False)
+    token = _link_token(client, runtime, mailbox)
+    sender = client.app.state.outward.email  # type: ignore[attr-defined]
+    real_verify = signin.password.verify
+
+    def verify_then_reset(*args: object, **kwargs: object) -> password.Checked:
+        checked = real_verify(*args, **kwargs)  # type: ignore[arg-type]
+        reset.reset_password(runtime, sender, token, NEW_PASSWORD, client_host=None)
+        return checked
+
+    monkeypatch.setattr(signin.password, "verify", verify_then_reset)
+    raced = client.post("/api/v1/signin", json={"login": LOGIN, "password": OLD_PASSWORD})
+    monkeypatch.undo()
+
+    assert raced.status_code == 401
+    with runtime.sessions() as db:
+        assert (
+            db.scalars(select(AuthSession).where(AuthSession.account_id == account_id)).all() == []
+        )
+    assert _sign_in(client, NEW_PASSWORD)[0] == 200
