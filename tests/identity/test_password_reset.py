@@ -5,6 +5,7 @@ link used by someone signed in as another, floods, header injection)."""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -502,3 +503,69 @@ def test_sign_in_with_the_old_password_racing_a_reset_keeps_no_session(
             db.scalars(select(AuthSession).where(AuthSession.account_id == account_id)).all() == []
         )
     assert _sign_in(client, NEW_PASSWORD)[0] == 200
+
+
+def test_old_access_tokens_are_refused_at_userinfo_and_messaging_after_a_reset(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    account_id, _ = _account(runtime)
+    link(runtime, account_id, import_roster(runtime, tmp_path)["zeb"])
+    scope = "openid offline_access messaging.read"
+    registered = helpers.register(runtime, scopes=scope, name="Patient App")
+    helpers.use_session(client, runtime, factories.session(runtime, account_id, level=2))
+    verifier, challenge = helpers.pkce()
+    answer = helpers.approve(
+        client, helpers.authorization_params(registered, challenge, scope=scope)
+    )
+    issued = helpers.exchange(client, registered, answer["code"][0], verifier).json()
+    bearer = {"Authorization": f"Bearer {issued['access_token']}"}
+    assert client.get("/oauth2/userinfo", headers=bearer).status_code == 200
+    assert client.get("/api/v1/messaging/threads", headers=bearer).status_code == 200
+    client.cookies.clear()
+
+    assert _reset_api(client, _link_token(client, runtime, mailbox)) == 204
+
+    assert client.get("/oauth2/userinfo", headers=bearer).status_code == 401
+    assert client.get("/api/v1/messaging/threads", headers=bearer).status_code == 401
+    assert _refresh(client, registered, issued["refresh_token"]) == 400
+
+
+def test_two_simultaneous_resets_with_one_token_change_the_password_once(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account_id, _ = _account(runtime)
+    token = _link_token(client, runtime, mailbox)
+    sender = client.app.state.outward.email  # type: ignore[attr-defined]
+    real_hash = reset.password.hash_password
+    both_checked = threading.Barrier(2, timeout=10)
+
+    def hash_together(*args: object, **kwargs: object) -> str:
+        both_checked.wait()  # both requests have passed check(); now both claim
+        return real_hash(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reset.password, "hash_password", hash_together)
+    outcomes: dict[str, str] = {}
+
+    def use(new_password: str) -> None:
+        try:
+            reset.reset_password(runtime, sender, token, new_password, client_host=None)
+            outcomes[new_password] = "reset"
+        except reset.InvalidLinkError:
+            outcomes[new_password] = "refused"
+
+    threads = [
+        threading.Thread(target=use, args=(p,)) for p in (NEW_PASSWORD, "other fine passphrase")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.undo()
+    assert sorted(outcomes.values()) == ["refused", "reset"]
+    (winner,) = [p for p, outcome in outcomes.items() if outcome == "reset"]
+    with runtime.sessions() as db:
+        credential = db.get(PasswordCredential, account_id)
+        assert credential is not None
+        assert password.verify(runtime.settings, credential.hash, winner).ok
+    notices = [s for s in mailbox.to(runtime, LOGIN) if s.subject == "Your password was reset"]
+    assert len(notices) == 1
