@@ -69,10 +69,19 @@ class PasswordAccount:
     # A confirmed TOTP authenticator: sign-in's next step is its challenge. Read here, in
     # the query sign-in makes anyway, to save a round trip per sign-in.
     has_second_factor: bool = False
+    # When the password was last set (a re-hash of the same password keeps it): sign-in
+    # starts a session only if it is still this once the password has been checked.
+    password_changed_at: datetime | None = None
 
 
 _BY_LOGIN = (
-    select(Account.id, Account.status, PasswordCredential.hash, TotpCredential.confirmed_at)
+    select(
+        Account.id,
+        Account.status,
+        PasswordCredential.hash,
+        TotpCredential.confirmed_at,
+        PasswordCredential.changed_at,
+    )
     .join(LoginIdentifier, LoginIdentifier.account_id == Account.id)
     .outerjoin(PasswordCredential, PasswordCredential.account_id == Account.id)
     .outerjoin(TotpCredential, TotpCredential.account_id == Account.id)
@@ -86,7 +95,11 @@ def find_by_login(db: Session, keyring: Keyring, login: str) -> PasswordAccount 
     if row is None:
         return None
     return PasswordAccount(
-        account_id=row[0], status=row[1], password_hash=row[2], has_second_factor=row[3] is not None
+        account_id=row[0],
+        status=row[1],
+        password_hash=row[2],
+        has_second_factor=row[3] is not None,
+        password_changed_at=row[4],
     )
 
 

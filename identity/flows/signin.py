@@ -209,18 +209,20 @@ def _audit_locks(db: Session, attempt: Attempt, request_id: str | None) -> None:
             )
 
 
-def _password_unchanged(db: Session, found: PasswordAccount) -> bool:
-    """Whether the hash just checked is still the account's. A password reset committed
-    while it was being checked ended every session: this sign-in must not start one after
-    it. Read locked (FOR SHARE on PostgreSQL) so that a reset in flight, which holds the
-    row for update until it commits, either waits for this sign-in's session (and ends it)
-    or is seen here."""
-    current = db.scalar(
-        select(PasswordCredential.hash)
+def _password_unchanged(db: Session, found: PasswordAccount, *, rehash: bool) -> bool:
+    """Whether the password just checked is still the account's (``changed_at`` as read
+    with it: a re-hash of the same password keeps it). A password reset committed while
+    it was being checked ended every session: this sign-in must not start one after it.
+    Read locked (on PostgreSQL) so that a reset in flight, which holds the row for update
+    until it commits, either waits for this sign-in's session (and ends it) or is seen
+    here; for update when this sign-in will re-hash, so that two of them never both hold
+    it for share and then wait on each other to write."""
+    changed_at = db.scalar(
+        select(PasswordCredential.changed_at)
         .where(PasswordCredential.account_id == found.account_id)
-        .with_for_update(read=True)
+        .with_for_update(read=not rehash)
     )
-    return current is not None and current == found.password_hash
+    return changed_at is not None and changed_at == found.password_changed_at
 
 
 def conclude(
@@ -243,7 +245,7 @@ def conclude(
             checked.ok
             and found is not None
             and found.status == accounts.ACTIVE
-            and _password_unchanged(db, found)
+            and _password_unchanged(db, found, rehash=checked.new_hash is not None)
         ):
             audit.append(
                 db,

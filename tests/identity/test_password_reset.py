@@ -5,9 +5,11 @@ link used by someone signed in as another, floods, header injection)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
@@ -569,3 +571,44 @@ def test_two_simultaneous_resets_with_one_token_change_the_password_once(
         assert password.verify(runtime.settings, credential.hash, winner).ok
     notices = [s for s in mailbox.to(runtime, LOGIN) if s.subject == "Your password was reset"]
     assert len(notices) == 1
+
+
+def test_two_sign_ins_that_rehash_the_password_at_once_both_succeed(
+    runtime: Runtime, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sign-in's check that the password is unchanged reads it locked for share: two
+    # sign-ins of one account must not then both try to upgrade that lock to re-hash it
+    # (a deadlock on PostgreSQL).
+    _account(runtime, second_factor=False)
+    stronger = Runtime.build(settings.model_copy(update={"argon2_memory_kib": 9216}))
+    real_start = signin.start_session
+    both_checked = threading.Barrier(2, timeout=3)  # SQLite lets one through at a time
+
+    def start_together(*args: Any, **kwargs: Any) -> signin.SignedIn:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_checked.wait()
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(signin, "start_session", start_together)
+    outcomes: list[str] = []
+
+    def sign_in() -> None:
+        credentials = signin.Credentials(login=LOGIN, password=OLD_PASSWORD)
+        try:
+            signin.sign_in(stronger, credentials, client_host=None)
+            outcomes.append("signed in")
+        except Exception as exc:  # noqa: BLE001  (what went wrong is the finding)
+            outcomes.append(type(exc).__name__)
+
+    try:
+        threads = [threading.Thread(target=sign_in) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        stronger.close()
+    assert outcomes == ["signed in", "signed in"]
+    with runtime.sessions() as db:
+        stored = db.scalars(select(PasswordCredential.hash)).one()
+    assert "$m=9216," in stored
