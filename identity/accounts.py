@@ -148,6 +148,26 @@ def replace_password_hash(db: Session, account_id: str, *, old: str, new: str) -
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def password_unchanged(
+    db: Session, account_id: str, changed_at: datetime | None, *, rehash: bool
+) -> bool:
+    """Whether the account's password is still the one set at ``changed_at`` (read before
+    a slow check of it; a re-hash of the same password keeps ``changed_at``).
+
+    For starting a session after the check: a password reset committed meanwhile ended
+    every session, so none may start after it. Read locked (on PostgreSQL) so that a reset
+    in flight, which holds the row for update until it commits, either waits for the new
+    session (and ends it) or is seen here; for update when the caller will re-hash, so two
+    callers never both hold it for share and then wait on each other to write.
+    """
+    current = db.scalar(
+        select(PasswordCredential.changed_at)
+        .where(PasswordCredential.account_id == account_id)
+        .with_for_update(read=not rehash)
+    )
+    return current is not None and current == changed_at
+
+
 def exists(db: Session, account_id: str) -> bool:
     """Whether there is an account with this ID (active or not)."""
     return db.get(Account, account_id) is not None

@@ -132,7 +132,7 @@ def with_password(
         credential = db.get(PasswordCredential, account_id)
         if login is None or credential is None:
             return Result(Status.WRONG)
-        stored = credential.hash
+        stored, changed_at = credential.hash, credential.changed_at
         limit = throttle.login_limit(accounts.login_hash(runtime.keyring, login))
         if store.attempt(db, [limit], throttle.utcnow()) is None:
             _audit(db, account_id, action, Outcome.DENIED, request_id)
@@ -142,6 +142,9 @@ def with_password(
         if not checked.ok:
             _audit(db, account_id, action, Outcome.FAILED, request_id)
             return Result(Status.WRONG)
+        rehash = checked.new_hash is not None
+        if not accounts.password_unchanged(db, account_id, changed_at, rehash=rehash):
+            return Result(Status.GONE)  # reset meanwhile: this session has been ended
         store.reset(db, limit)
         if checked.new_hash:
             accounts.replace_password_hash(db, account_id, old=stored, new=checked.new_hash)

@@ -48,7 +48,7 @@ from identity.accounts import PasswordAccount
 from identity.authn import Step
 from identity.credentials import password
 from identity.flows import upstream
-from identity.models import Account, LoginIdentifier, PasswordCredential
+from identity.models import Account, LoginIdentifier
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
@@ -209,22 +209,6 @@ def _audit_locks(db: Session, attempt: Attempt, request_id: str | None) -> None:
             )
 
 
-def _password_unchanged(db: Session, found: PasswordAccount, *, rehash: bool) -> bool:
-    """Whether the password just checked is still the account's (``changed_at`` as read
-    with it: a re-hash of the same password keeps it). A password reset committed while
-    it was being checked ended every session: this sign-in must not start one after it.
-    Read locked (on PostgreSQL) so that a reset in flight, which holds the row for update
-    until it commits, either waits for this sign-in's session (and ends it) or is seen
-    here; for update when this sign-in will re-hash, so that two of them never both hold
-    it for share and then wait on each other to write."""
-    changed_at = db.scalar(
-        select(PasswordCredential.changed_at)
-        .where(PasswordCredential.account_id == found.account_id)
-        .with_for_update(read=not rehash)
-    )
-    return changed_at is not None and changed_at == found.password_changed_at
-
-
 def conclude(
     runtime: Runtime,
     attempt: Attempt,
@@ -245,7 +229,12 @@ def conclude(
             checked.ok
             and found is not None
             and found.status == accounts.ACTIVE
-            and _password_unchanged(db, found, rehash=checked.new_hash is not None)
+            and accounts.password_unchanged(
+                db,
+                found.account_id,
+                found.password_changed_at,
+                rehash=checked.new_hash is not None,
+            )
         ):
             audit.append(
                 db,

@@ -24,7 +24,7 @@ from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
-from identity import accounts, throttle
+from identity import accounts, sessions, throttle
 from identity.credentials import password
 from identity.flows import reset, signin, status
 from identity.models import (
@@ -612,3 +612,44 @@ def test_two_sign_ins_that_rehash_the_password_at_once_both_succeed(
     with runtime.sessions() as db:
         stored = db.scalars(select(PasswordCredential.hash)).one()
     assert "$m=9216," in stored
+
+
+def test_reauthentication_with_the_old_password_racing_a_reset_keeps_no_session(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A session and the old password: re-authentication checks the password, finds the
+    # session still there, and the reset commits (ending every session) just before the
+    # renewed session is written. The reset must end the renewed one too.
+    account_id, _ = _account(runtime)
+    session_token = factories.session(runtime, account_id, level=2)
+    token = _link_token(client, runtime, mailbox)
+    sender = client.app.state.outward.email  # type: ignore[attr-defined]
+    real_start = sessions.start
+    resets: list[threading.Thread] = []
+
+    def reset_then_start(*args: Any, **kwargs: Any) -> sessions.Started:
+        racing = threading.Thread(
+            target=reset.reset_password,
+            args=(runtime, sender, token, NEW_PASSWORD),
+            kwargs={"client_host": None},
+        )
+        racing.start()
+        racing.join(timeout=2)  # as far as the re-authentication's locks let it go
+        resets.append(racing)
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(sessions, "start", reset_then_start)
+    client.post(
+        "/api/v1/reauth",
+        json={"password": OLD_PASSWORD},
+        headers={"Authorization": f"Bearer {session_token}"},
+    )
+    monkeypatch.undo()
+    for racing in resets:
+        racing.join()
+
+    with runtime.sessions() as db:
+        assert (
+            db.scalars(select(AuthSession).where(AuthSession.account_id == account_id)).all() == []
+        )
+    assert _sign_in(client, NEW_PASSWORD)[0] == 200
