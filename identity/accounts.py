@@ -75,6 +75,9 @@ class PasswordAccount:
     # The login address was proved to be read (an e-mail link or code); an account
     # without it is asked to verify at sign-in (identity/email_verification.py).
     verified: bool = True
+    # When the password was last set (a re-hash of the same password keeps it): sign-in
+    # starts a session only if it is still this once the password has been checked.
+    password_changed_at: datetime | None = None
 
 
 _BY_LOGIN = (
@@ -84,6 +87,7 @@ _BY_LOGIN = (
         PasswordCredential.hash,
         TotpCredential.confirmed_at,
         LoginIdentifier.verified_at,
+        PasswordCredential.changed_at,
     )
     .join(LoginIdentifier, LoginIdentifier.account_id == Account.id)
     .outerjoin(PasswordCredential, PasswordCredential.account_id == Account.id)
@@ -103,6 +107,7 @@ def find_by_login(db: Session, keyring: Keyring, login: str) -> PasswordAccount 
         password_hash=row[2],
         has_second_factor=row[3] is not None,
         verified=row[4] is not None,
+        password_changed_at=row[5],
     )
 
 
@@ -160,6 +165,26 @@ def replace_password_hash(db: Session, account_id: str, *, old: str, new: str) -
         .values(hash=new)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def password_unchanged(
+    db: Session, account_id: str, changed_at: datetime | None, *, rehash: bool
+) -> bool:
+    """Whether the account's password is still the one set at ``changed_at`` (read before
+    a slow check of it; a re-hash of the same password keeps ``changed_at``).
+
+    For starting a session after the check: a password reset committed meanwhile ended
+    every session, so none may start after it. Read locked (on PostgreSQL) so that a reset
+    in flight, which holds the row for update until it commits, either waits for the new
+    session (and ends it) or is seen here; for update when the caller will re-hash, so two
+    callers never both hold it for share and then wait on each other to write.
+    """
+    current = db.scalar(
+        select(PasswordCredential.changed_at)
+        .where(PasswordCredential.account_id == account_id)
+        .with_for_update(read=not rehash)
+    )
+    return current is not None and current == changed_at
 
 
 def exists(db: Session, account_id: str) -> bool:

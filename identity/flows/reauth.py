@@ -172,7 +172,7 @@ def with_password(
         if totp.confirmed(db, account_id) is not None:
             _audit(db, account_id, action, Outcome.DENIED, request_id)
             return Result(Status.REAUTH)
-        stored = credential.hash
+        stored, changed_at = credential.hash, credential.changed_at
         limit = throttle.login_limit(accounts.login_hash(runtime.keyring, login))
         if store.attempt(db, [limit], throttle.utcnow()) is None:
             _audit(db, account_id, action, Outcome.DENIED, request_id)
@@ -182,10 +182,14 @@ def with_password(
         if not checked.ok:
             _audit(db, account_id, action, Outcome.FAILED, request_id)
             return Result(Status.WRONG)
-        store.reset(db, limit)
-        if checked.new_hash:
-            accounts.replace_password_hash(db, account_id, old=stored, new=checked.new_hash)
-        started = _renew(db, runtime, session, user_agent, stepped_up=False)
+        rehash = checked.new_hash is not None
+        started = None
+        # A reset committed meanwhile has ended this session: nothing to renew.
+        if accounts.password_unchanged(db, account_id, changed_at, rehash=rehash):
+            store.reset(db, limit)
+            if checked.new_hash:
+                accounts.replace_password_hash(db, account_id, old=stored, new=checked.new_hash)
+            started = _renew(db, runtime, session, user_agent, stepped_up=False)
         if started is None:
             return Result(Status.GONE)
         _audit(db, account_id, action, Outcome.ALLOWED, request_id)

@@ -422,17 +422,24 @@ def reset_password(
     account_id = ticket.account_id
     actor = f"account:{account_id}"
     with transaction(runtime.sessions) as db:
+        # The account may have been disabled since check(): read again, locked against an
+        # operator's disabling (status._set locks it for update) until this commits.
+        active = db.scalar(
+            select(Account.status).where(Account.id == account_id).with_for_update(read=True)
+        )
         # The claim: one conditional UPDATE, so two uses racing cannot both pass.
-        claimed = db.execute(
-            update(PasswordReset)
-            .where(
-                PasswordReset.id == ticket.reset_id,
-                PasswordReset.used_at.is_(None),
-                PasswordReset.expires_at > now,
-            )
-            .values(used_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
+        claimed = 0
+        if active == accounts.ACTIVE:
+            claimed = db.execute(
+                update(PasswordReset)
+                .where(
+                    PasswordReset.id == ticket.reset_id,
+                    PasswordReset.used_at.is_(None),
+                    PasswordReset.expires_at > now,
+                )
+                .values(used_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
         if claimed:
             _apply(
                 db, runtime, sender, account_id=account_id, new_hash=new_hash, now=now, login=login
@@ -593,7 +600,16 @@ def _result_page(
         status_code=status_code,
         headers={"Cache-Control": "no-store"},
     )
-    response.delete_cookie(_cookie_name(_runtime(request)), path=PAGE)
+    runtime = _runtime(request)
+    # With the attributes it was set with: browsers ignore a __Secure- cookie's clearing
+    # that lacks Secure, and the token would stay in the jar.
+    response.delete_cookie(
+        _cookie_name(runtime),
+        path=PAGE,
+        httponly=True,
+        samesite="lax",
+        secure=runtime.settings.issuer_is_https,
+    )
     return response
 
 

@@ -249,7 +249,17 @@ def conclude(
     now = throttle.utcnow()
     outcome: SignedIn | Pending | None = None
     with transaction(runtime.sessions) as db:
-        if not (checked.ok and found is not None and found.status == accounts.ACTIVE):
+        if not (
+            checked.ok
+            and found is not None
+            and found.status == accounts.ACTIVE
+            and accounts.password_unchanged(
+                db,
+                found.account_id,
+                found.password_changed_at,
+                rehash=checked.new_hash is not None,
+            )
+        ):
             audit.append(
                 db,
                 actor="anonymous",

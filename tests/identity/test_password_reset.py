@@ -5,8 +5,11 @@ link used by someone signed in as another, floods, header injection)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
@@ -21,10 +24,16 @@ from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
-from identity import accounts, throttle
+from identity import accounts, sessions, throttle
 from identity.credentials import password
-from identity.flows import reset
-from identity.models import LoginIdentifier, PasswordCredential, PasswordReset
+from identity.flows import reset, signin, status
+from identity.models import (
+    Account,
+    AuthSession,
+    LoginIdentifier,
+    PasswordCredential,
+    PasswordReset,
+)
 from tests.identity import factories
 from tests.identity.oidc import helpers
 from tests.identity.reset_mail import Mailbox, reset_token
@@ -402,3 +411,245 @@ def test_reset_links_are_stored_hashed(
     assert len(secret) == 43 and secret not in row.secret_hash
     assert isinstance(row.expires_at, datetime)
     assert timedelta(minutes=29) < row.expires_at - row.created_at <= timedelta(minutes=30)
+
+
+# Review (issue 19): attacks on the reset's edges.
+
+
+def test_reset_cookie_is_cleared_with_the_secure_attribute_its_prefix_needs(
+    settings: Settings,
+) -> None:
+    # A __Secure- cookie is only set, or cleared, by a Set-Cookie with Secure: without it
+    # browsers ignore the clearing and the token stays in the cookie jar.
+    https = Settings(
+        data_dir=settings.data_dir,
+        database_url=settings.database_url,
+        issuer="https://id.example.org",
+    )
+    runtime = Runtime.build(https)
+    try:
+        with TestClient(create_app(runtime), base_url="https://id.example.org") as browser:
+            opened = browser.get("/password/reset?token=pwr_x.y", follow_redirects=False)
+            assert opened.headers["set-cookie"].startswith("__Secure-carebridge_reset=")
+            refused = browser.get("/password/reset")
+            assert refused.status_code == 400
+            cleared = refused.headers["set-cookie"]
+            assert cleared.startswith("__Secure-carebridge_reset=")
+            attributes = {part.strip().lower() for part in cleared.split(";")[1:]}
+            assert {"max-age=0", "secure", "httponly"} <= attributes
+    finally:
+        runtime.close()
+
+
+def test_reset_link_of_a_disabled_account_is_refused_and_does_not_enable_it(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox
+) -> None:
+    account_id, _ = _account(runtime)
+    token = _link_token(client, runtime, mailbox)
+    assert status.set_active_by_id(runtime, account_id, active=False)
+    assert _reset_api(client, token) == 400
+    assert _ask_api(client, LOGIN)[0] == 202
+    assert len(mailbox.to(runtime, LOGIN)) == 1  # no new link for a disabled account
+    with runtime.sessions() as db:
+        assert db.scalar(select(Account.status).where(Account.id == account_id)) == "disabled"
+        credential = db.get(PasswordCredential, account_id)
+        assert credential is not None
+        assert password.verify(runtime.settings, credential.hash, OLD_PASSWORD).ok
+
+
+def test_account_disabled_while_the_new_password_is_hashed_keeps_its_password(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The link is checked, then the new password hashed (slow), then the link claimed: an
+    # operator disabling the account meanwhile must win.
+    account_id, _ = _account(runtime)
+    token = _link_token(client, runtime, mailbox)
+    real_hash = reset.password.hash_password
+
+    def hash_while_disabled(*args: object, **kwargs: object) -> str:
+        status.set_active_by_id(runtime, account_id, active=False)
+        return real_hash(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reset.password, "hash_password", hash_while_disabled)
+    assert _reset_api(client, token) == 400
+    monkeypatch.undo()
+    with runtime.sessions() as db:
+        credential = db.get(PasswordCredential, account_id)
+        assert credential is not None
+        assert password.verify(runtime.settings, credential.hash, OLD_PASSWORD).ok
+    assert len(mailbox.to(runtime, LOGIN)) == 1  # no "your password was reset" notice
+
+
+def test_sign_in_with_the_old_password_racing_a_reset_keeps_no_session(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whoever knows the old password keeps a sign-in in flight: it checks the old hash,
+    # the reset commits (ending every session), then the sign-in starts its session.
+    account_id, _ = _account(runtime, second_factor=False)
+    token = _link_token(client, runtime, mailbox)
+    sender = client.app.state.outward.email  # type: ignore[attr-defined]
+    real_verify = signin.password.verify
+
+    def verify_then_reset(*args: object, **kwargs: object) -> password.Checked:
+        checked = real_verify(*args, **kwargs)  # type: ignore[arg-type]
+        reset.reset_password(runtime, sender, token, NEW_PASSWORD, client_host=None)
+        return checked
+
+    monkeypatch.setattr(signin.password, "verify", verify_then_reset)
+    raced = client.post("/api/v1/signin", json={"login": LOGIN, "password": OLD_PASSWORD})
+    monkeypatch.undo()
+
+    assert raced.status_code == 401
+    with runtime.sessions() as db:
+        assert (
+            db.scalars(select(AuthSession).where(AuthSession.account_id == account_id)).all() == []
+        )
+    assert _sign_in(client, NEW_PASSWORD)[0] == 200
+
+
+def test_old_access_tokens_are_refused_at_userinfo_and_messaging_after_a_reset(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    account_id, _ = _account(runtime)
+    link(runtime, account_id, import_roster(runtime, tmp_path)["zeb"])
+    scope = "openid offline_access messaging.read"
+    registered = helpers.register(runtime, scopes=scope, name="Patient App")
+    helpers.use_session(client, runtime, factories.session(runtime, account_id, level=2))
+    verifier, challenge = helpers.pkce()
+    answer = helpers.approve(
+        client, helpers.authorization_params(registered, challenge, scope=scope)
+    )
+    issued = helpers.exchange(client, registered, answer["code"][0], verifier).json()
+    bearer = {"Authorization": f"Bearer {issued['access_token']}"}
+    assert client.get("/oauth2/userinfo", headers=bearer).status_code == 200
+    assert client.get("/api/v1/messaging/threads", headers=bearer).status_code == 200
+    client.cookies.clear()
+
+    assert _reset_api(client, _link_token(client, runtime, mailbox)) == 204
+
+    assert client.get("/oauth2/userinfo", headers=bearer).status_code == 401
+    assert client.get("/api/v1/messaging/threads", headers=bearer).status_code == 401
+    assert _refresh(client, registered, issued["refresh_token"]) == 400
+
+
+def test_two_simultaneous_resets_with_one_token_change_the_password_once(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account_id, _ = _account(runtime)
+    token = _link_token(client, runtime, mailbox)
+    sender = client.app.state.outward.email  # type: ignore[attr-defined]
+    real_hash = reset.password.hash_password
+    both_checked = threading.Barrier(2, timeout=10)
+
+    def hash_together(*args: object, **kwargs: object) -> str:
+        both_checked.wait()  # both requests have passed check(); now both claim
+        return real_hash(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reset.password, "hash_password", hash_together)
+    outcomes: dict[str, str] = {}
+
+    def use(new_password: str) -> None:
+        try:
+            reset.reset_password(runtime, sender, token, new_password, client_host=None)
+            outcomes[new_password] = "reset"
+        except reset.InvalidLinkError:
+            outcomes[new_password] = "refused"
+
+    threads = [
+        threading.Thread(target=use, args=(p,)) for p in (NEW_PASSWORD, "other fine passphrase")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.undo()
+    assert sorted(outcomes.values()) == ["refused", "reset"]
+    (winner,) = [p for p, outcome in outcomes.items() if outcome == "reset"]
+    with runtime.sessions() as db:
+        credential = db.get(PasswordCredential, account_id)
+        assert credential is not None
+        assert password.verify(runtime.settings, credential.hash, winner).ok
+    notices = [s for s in mailbox.to(runtime, LOGIN) if s.subject == "Your password was reset"]
+    assert len(notices) == 1
+
+
+def test_two_sign_ins_that_rehash_the_password_at_once_both_succeed(
+    runtime: Runtime, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sign-in's check that the password is unchanged reads it locked for share: two
+    # sign-ins of one account must not then both try to upgrade that lock to re-hash it
+    # (a deadlock on PostgreSQL).
+    _account(runtime, second_factor=False)
+    stronger = Runtime.build(settings.model_copy(update={"argon2_memory_kib": 9216}))
+    real_start = signin.start_session
+    both_checked = threading.Barrier(2, timeout=3)  # SQLite lets one through at a time
+
+    def start_together(*args: Any, **kwargs: Any) -> signin.SignedIn:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_checked.wait()
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(signin, "start_session", start_together)
+    outcomes: list[str] = []
+
+    def sign_in() -> None:
+        credentials = signin.Credentials(login=LOGIN, password=OLD_PASSWORD)
+        try:
+            signin.sign_in(stronger, credentials, client_host=None)
+            outcomes.append("signed in")
+        except Exception as exc:  # noqa: BLE001  (what went wrong is the finding)
+            outcomes.append(type(exc).__name__)
+
+    try:
+        threads = [threading.Thread(target=sign_in) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        stronger.close()
+    assert outcomes == ["signed in", "signed in"]
+    with runtime.sessions() as db:
+        stored = db.scalars(select(PasswordCredential.hash)).one()
+    assert "$m=9216," in stored
+
+
+def test_reauthentication_with_the_old_password_racing_a_reset_keeps_no_session(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A session and the old password: re-authentication checks the password, finds the
+    # session still there, and the reset commits (ending every session) just before the
+    # renewed session is written. The reset must end the renewed one too.
+    account_id, _ = _account(runtime)
+    session_token = factories.session(runtime, account_id, level=2)
+    token = _link_token(client, runtime, mailbox)
+    sender = client.app.state.outward.email  # type: ignore[attr-defined]
+    real_start = sessions.start
+    resets: list[threading.Thread] = []
+
+    def reset_then_start(*args: Any, **kwargs: Any) -> sessions.Started:
+        racing = threading.Thread(
+            target=reset.reset_password,
+            args=(runtime, sender, token, NEW_PASSWORD),
+            kwargs={"client_host": None},
+        )
+        racing.start()
+        racing.join(timeout=2)  # as far as the re-authentication's locks let it go
+        resets.append(racing)
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(sessions, "start", reset_then_start)
+    client.post(
+        "/api/v1/reauth",
+        json={"password": OLD_PASSWORD},
+        headers={"Authorization": f"Bearer {session_token}"},
+    )
+    monkeypatch.undo()
+    for racing in resets:
+        racing.join()
+
+    with runtime.sessions() as db:
+        assert (
+            db.scalars(select(AuthSession).where(AuthSession.account_id == account_id)).all() == []
+        )
+    assert _sign_in(client, NEW_PASSWORD)[0] == 200
