@@ -17,7 +17,7 @@ import redis
 from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
-from carebridge import outbox
+from carebridge import outbox, wiring
 from carebridge.app import create_app
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
@@ -595,7 +595,13 @@ def test_two_sign_ins_that_rehash_the_password_at_once_both_succeed(
     def sign_in() -> None:
         credentials = signin.Credentials(login=LOGIN, password=OLD_PASSWORD)
         try:
-            signin.sign_in(stronger, credentials, client_host=None)
+            signed = signin.sign_in(
+                stronger,
+                credentials,
+                client_host=None,
+                email=wiring.identity_outward(stronger).email,
+            )
+            assert isinstance(signed, signin.SignedIn)
             outcomes.append("signed in")
         except Exception as exc:  # noqa: BLE001  (what went wrong is the finding)
             outcomes.append(type(exc).__name__)
@@ -619,8 +625,9 @@ def test_reauthentication_with_the_old_password_racing_a_reset_keeps_no_session(
 ) -> None:
     # A session and the old password: re-authentication checks the password, finds the
     # session still there, and the reset commits (ending every session) just before the
-    # renewed session is written. The reset must end the renewed one too.
-    account_id, _ = _account(runtime)
+    # renewed session is written. The reset must end the renewed one too. (An account
+    # with an authenticator re-authenticates with a code, never its password.)
+    account_id, _ = _account(runtime, second_factor=False)
     session_token = factories.session(runtime, account_id, level=2)
     token = _link_token(client, runtime, mailbox)
     sender = client.app.state.outward.email  # type: ignore[attr-defined]
