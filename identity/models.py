@@ -50,6 +50,8 @@ class LoginIdentifier(Base):
     # When its owner proved they read this address (None: not yet). Recovery e-mails go
     # only to a verified address.
     verified_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # When this address replaced the account's previous one (None: its first address).
+    changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class PasswordCredential(Base):

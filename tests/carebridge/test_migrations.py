@@ -226,3 +226,17 @@ def test_0014_leaves_existing_addresses_unverified_and_downgrades(
         migrate.upgrade(engine)
     finally:
         engine.dispose()
+
+
+def test_0018_gives_addresses_no_change_time_and_downgrades(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
+    try:
+        migrate.upgrade(engine, "0018")
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("login_identifier")}
+        assert "changed_at" in columns
+        command.downgrade(migrate.alembic_config(engine), "0017")
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("login_identifier")}
+        assert "changed_at" not in columns
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
