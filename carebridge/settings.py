@@ -338,6 +338,11 @@ class Settings(BaseSettings):
     # factor proved in the session within this many minutes.
     step_up_minutes: int = Field(default=5, ge=1, le=60)
 
+    # Lost second factor without a recovery code (identity/recovery.py): hours between
+    # proving identity and replacing the authenticator, while notices let the real owner
+    # object ("this wasn't me").
+    recovery_wait_hours: int = Field(default=24, ge=1, le=24 * 14)
+
     # OpenID Connect provider (identity/oidc/)
     # Defaults for every client; a client may set its own (carebridge clients create).
     access_token_seconds: int = Field(default=600, ge=60, le=3600)

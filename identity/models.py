@@ -324,3 +324,38 @@ class PasswordReset(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class RecoveryRequest(Base):
+    """A request to replace a lost second factor without a recovery code
+    (identity/recovery.py): self-service (``kind="self"``: an e-mailed link, then date of
+    birth and SSN last 4 against the account's own roster record) or staff-assisted
+    (``kind="staff"``: an operator's one-time code e-mailed to the verified address).
+
+    ``state``: started → identity_proved → waiting → completed, or cancelled at any point.
+    Secrets are kept as keyed hashes only: ``link_hash`` (the e-mailed link or the staff
+    code), ``cancel_hash`` (the "this wasn't me" link, valid for the whole wait).
+    ``session_handle`` binds a self-service link to the browser that asked for it.
+    """
+
+    __tablename__ = "recovery_request"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    session_handle: Mapped[str | None] = mapped_column(String(40))
+    link_hash: Mapped[str | None] = mapped_column(String(64))
+    link_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    link_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    cancel_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    proved_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    wait_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+    operator: Mapped[str | None] = mapped_column(String(64))
+    evidence: Mapped[str | None] = mapped_column(String(500))
+    reason: Mapped[str | None] = mapped_column(String(500))

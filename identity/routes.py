@@ -13,6 +13,7 @@ from identity.flows import (
     mfa,
     password_change,
     reauth,
+    recovery,
     reset,
     signin,
     signout,
@@ -39,5 +40,6 @@ def routes() -> list[BaseRoute]:
         *activate.routes(),
         *verify.routes(),
         *reset.routes(),
+        *recovery.routes(),
         *admin.routes(),
     ]

@@ -599,3 +599,15 @@ EMAIL_CODE_ADDRESS = Policy(
 )
 # None of them is capped: purge drops them once quiet, whatever they count.
 _NEVER_CAPPED = (*_NEVER_CAPPED, EMAIL_TO, EMAIL_CODE_ACCOUNT, EMAIL_CODE_ADDRESS)
+
+# Lost second factor (identity/recovery.py). Starting a recovery, presenting its link,
+# code or "this wasn't me" link: per client address 20 free, per account 5 free, then
+# doubling delays to 15 minutes; never a lock (a stranger must not keep the owner out).
+# Date of birth and SSN last 4 are counted by the roster's own policies (VERIFY_*).
+RECOVERY_ADDRESS = Policy(
+    "recovery-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+RECOVERY_ACCOUNT = Policy(
+    "recovery", free=5, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=24)
+)
+_NEVER_CAPPED = (*_NEVER_CAPPED, RECOVERY_ADDRESS, RECOVERY_ACCOUNT)

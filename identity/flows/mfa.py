@@ -39,6 +39,7 @@ from carebridge.http.templates import templates_for
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import authn, notices, sessions, throttle
+from identity import recovery as lost_factor
 from identity.authn import Step
 from identity.credentials import recovery, totp
 from identity.interfaces import EmailSender
@@ -318,6 +319,7 @@ def pass_second_factor(
     method: str,
     user_agent: str,
     request_id: str | None,
+    email: EmailSender | None = None,
 ) -> Result:
     """Level 1 → level 2 with a TOTP code (``method="totp"``) or a recovery code."""
     account_id = session.account_id
@@ -354,6 +356,8 @@ def pass_second_factor(
         started = _step_up(db, runtime, session, user_agent)
         if started is None:
             return Result(Status.GONE)
+        # The second factor is not lost after all: any recovery in progress stops.
+        lost_factor.cancel_on_sign_in(db, runtime, email, account_id, request_id=request_id)
         audit.append(
             db,
             actor=_actor(session),
@@ -556,6 +560,7 @@ async def _challenge_post(request: Request, method: str) -> Response:
         method=method,
         user_agent=_user_agent(request),
         request_id=_request_id(request),
+        email=request.app.state.outward.email,
     )
     if result.status is Status.OK:
         return signed_in_redirect(runtime, result.token, next_path)
@@ -675,6 +680,7 @@ async def _api_second_factor(
         method=method,
         user_agent=_user_agent(request),
         request_id=_request_id(request),
+        email=request.app.state.outward.email,
     )
     if result.status is Status.LOCKED:
         raise _locked_problem()
