@@ -50,6 +50,7 @@ from identity.credentials import recovery as recovery_codes
 from identity.credentials import totp
 from identity.interfaces import EmailSender
 from identity.models import (
+    Account,
     AuthSession,
     LoginIdentifier,
     PasswordReset,
@@ -565,6 +566,8 @@ def start_staff(
         raise staff.StaffError(f"--evidence is at most {MAX_EVIDENCE} characters")
     now = throttle.utcnow()
     with transaction(runtime.sessions) as db:
+        if db.get(Account, account_id) is None:
+            raise staff.NotFoundError("no account has this ID")
         why = refusal(db, runtime, account_id, kind="staff")
         if why is not None:
             audit.append(

@@ -14,7 +14,7 @@ from typing import Any
 
 from carebridge import wiring
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
-from identity import accounts
+from identity import accounts, recovery
 from identity.flows import delete_account, mfa, signin, status
 from identity.roster import staff
 
@@ -59,7 +59,30 @@ def register(commands: Any) -> None:
         help="why (the request's reference, how the requester was identified); never personal data",
     )
     delete_command.set_defaults(handler=delete)
-    for command in (unlock_command, disable_command, enable_command, delete_command):
+    recover_command = add_parser(
+        sub,
+        "recover",
+        "Start a staff-assisted recovery of a lost second factor for the account of the "
+        "email address read from standard input (or --account-id): a one-time code goes "
+        "to its verified address only (never printed here); the person enters it after "
+        "their password, then the waiting period and notices apply.",
+    )
+    recover_command.add_argument(
+        "--evidence",
+        required=True,
+        help="the evidence checked (e.g. photo ID seen in person); never its values",
+    )
+    recover_command.add_argument(
+        "--reason", required=True, help="why (e.g. the ticket); never personal data"
+    )
+    recover_command.set_defaults(handler=recover)
+    for command in (
+        unlock_command,
+        disable_command,
+        enable_command,
+        delete_command,
+        recover_command,
+    ):
         command.add_argument("--account-id", metavar="ACCOUNT_ID", help=_ACCOUNT_ID_HELP)
 
 
@@ -161,4 +184,40 @@ def delete(args: argparse.Namespace) -> int:
     kept = f"; patient {erased.patient_id} and its messages stay" if erased.patient_id else ""
     notice = "a notice was sent" if erased.notice_sent else "no verified address: no notice"
     print(f"account {erased.account_id} deleted{kept} ({notice})")
+    return 0
+
+
+def recover(args: argparse.Namespace) -> int:
+    account_id = _account_id(args)
+    login = _login_from_stdin() if account_id is None else None
+    rt = runtime()
+    try:
+        require_current_schema(rt)
+        if login is not None:
+            with rt.sessions() as db:
+                found = accounts.find_by_login(db, rt.keyring, login)
+            if found is None:
+                raise CommandError("no account has this email address")
+            account_id = found.account_id
+        assert account_id is not None  # noqa: S101  (one of the two is given)
+        try:
+            recovery_id = recovery.start_staff(
+                rt,
+                wiring.identity_outward(rt).email,
+                account_id,
+                evidence=args.evidence,
+                reason=args.reason,
+                operator="operator",
+            )
+        except staff.StaffError as exc:
+            raise CommandError(str(exc)) from None
+        except recovery.RefusedError as exc:
+            raise CommandError(f"recovery refused: {exc.refusal.value.replace('_', ' ')}") from None
+        wait = rt.settings.recovery_wait_hours
+    finally:
+        rt.close()
+    print(
+        f"recovery {recovery_id} started for {account_id}: a one-time code was e-mailed to "
+        f"its verified address (not shown here); after it is entered, {wait} h wait"
+    )
     return 0

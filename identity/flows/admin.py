@@ -22,6 +22,9 @@ identity/roster/staff.py, identity/flows/activate.py and verify.py for the unloc
   organization, which deletes the account as its owner could
   (identity/flows/delete_account.py). A separate scope, ``admin.accounts``: a roster
   back end cannot delete accounts.
+- ``POST /api/v1/admin/accounts/{account_id}/recovery``: staff-assisted recovery of a lost
+  second factor (identity/recovery.py). Its own scope, ``admin.recovery``. The one-time
+  code goes to the account's verified address only: never in the answer.
 
 Staff operations take a stated reason (an explanation, never personal data), kept on a
 ``staff_action`` row beside the audit event, as from the CLI. The patient look-up, which
@@ -50,6 +53,7 @@ from carebridge.http.body import bounded_chunks
 from carebridge.http.forms import read_json
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
+from identity import recovery
 from identity.flows import activate, delete_account, verify
 from identity.models import Account
 from identity.oidc import holders
@@ -58,6 +62,7 @@ from identity.roster.csv_format import RowError
 
 SCOPE = "admin.roster"
 ACCOUNTS_SCOPE = "admin.accounts"
+RECOVERY_SCOPE = "admin.recovery"
 PREFIX = "/api/v1/admin/roster"
 # Row errors listed in one answer; the counts say how many there were in all.
 MAX_LISTED_ERRORS = 1000
@@ -689,6 +694,91 @@ async def erase_account(request: Request) -> Response:
     )
 
 
+@openapi.component
+class StaffRecovery(BaseModel):
+    """What the operator checked, and why: kept on the recovery's record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    evidence: str = Field(
+        description="The evidence checked, e.g. photo ID seen at the clinic desk; never its values",
+        json_schema_extra={"maxLength": recovery.MAX_EVIDENCE},
+    )
+    reason: str = Field(
+        description="Why, e.g. patient lost phone and recovery codes (ticket 1234)",
+        json_schema_extra={"maxLength": staff.MAX_REASON},
+    )
+
+
+@openapi.component
+class RecoveryStarted(BaseModel):
+    """The code went to the account's verified address (and nowhere else)."""
+
+    account_id: str
+    recovery_id: str
+    wait_hours: int = Field(description="The waiting period after the code is entered")
+
+
+@openapi.operation(
+    answers={202: openapi.Json(RecoveryStarted, "Started; the code was e-mailed")},
+    security=openapi.access_token(RECOVERY_SCOPE),
+    body=StaffRecovery,
+    problems=(404, 409),
+    tags=("admin",),
+)
+async def start_recovery(request: Request) -> Response:
+    """Start a staff-assisted recovery of a lost second factor
+
+    E-mails a one-time code to the account's verified address only; the answer never
+    holds it. The person enters it after their password at the second step, then the
+    same waiting period and notices as self-service recovery apply. Needs a
+    client-credentials token with scope `admin.recovery`.
+
+    - 400: Evidence or reason missing or too long
+    - 404: No account has this ID
+    - 409: No verified address, or a password reset or e-mail change in the last 7 days
+    """
+    actor = await require_operator(request, RECOVERY_SCOPE, "identity.recovery.staff_start")
+    account_id = str(request.path_params["account_id"])
+    if not _ACCOUNT_ID.fullmatch(account_id):
+        raise Problem(404, "No account has this ID.")
+    body = await read_json(request, StaffRecovery)
+    runtime = _runtime(request)
+    try:
+        recovery_id = await run_in_threadpool(
+            lambda: recovery.start_staff(
+                runtime,
+                request.app.state.outward.email,
+                account_id,
+                evidence=body.evidence,
+                reason=body.reason,
+                operator=actor,
+                request_id=_request_id(request),
+            )
+        )
+    except staff.StaffError as exc:
+        raise _staff_problem(exc) from None
+    except recovery.RefusedError as exc:
+        raise Problem(409, RECOVERY_REFUSED[exc.refusal]) from None
+    return _no_store(
+        RecoveryStarted(
+            account_id=account_id,
+            recovery_id=recovery_id,
+            wait_hours=runtime.settings.recovery_wait_hours,
+        ),
+        status_code=202,
+    )
+
+
+RECOVERY_REFUSED = {
+    recovery.Refusal.NO_ADDRESS: "The account has no verified e-mail address.",
+    recovery.Refusal.NO_ROSTER: "The account is not linked to a patient record.",
+    recovery.Refusal.RECENT_CHANGE: (
+        "The account's password was reset or its e-mail address changed in the last 7 days."
+    ),
+}
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route(
@@ -744,5 +834,11 @@ def routes() -> list[BaseRoute]:
             erase_account,
             methods=["POST"],
             name="admin_account_erasure",
+        ),
+        Route(
+            "/api/v1/admin/accounts/{account_id}/recovery",
+            start_recovery,
+            methods=["POST"],
+            name="admin_account_recovery",
         ),
     ]

@@ -213,6 +213,10 @@ def _populate(runtime: Runtime, client: TestClient, config: seed.DemoConfig, dat
     eraser_token = mint(
         runtime, sub=eraser.client_id, client_id=eraser.client_id, scope="admin.accounts"
     )
+    recoverer = helpers.register(runtime, scopes="admin.recovery")
+    recoverer_token = mint(
+        runtime, sub=recoverer.client_id, client_id=recoverer.client_id, scope="admin.recovery"
+    )
     signing_key = ECKey.generate_key("P-256", private=True)
     jwks = {"keys": [{**signing_key.as_dict(private=False), "kid": "k1"}]}
     extra_clients = {
@@ -262,6 +266,7 @@ def _populate(runtime: Runtime, client: TestClient, config: seed.DemoConfig, dat
         "messaging.write": app_token,
         "admin.roster": admin_token,
         "admin.accounts": eraser_token,
+        "admin.recovery": recoverer_token,
     }
     return World(
         runtime=runtime,
