@@ -158,7 +158,9 @@ def _render(request: Request, context: dict[str, Any], *, status_code: int = 200
         "identity/recovery.html",
         {"errors": {}, "message": "", "stage": "none", **context},
         status_code=status_code,
-        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+        # Same-origin only: the cancel page's URL holds its token, and a form POST under
+        # no-referrer would send "Origin: null", which the CSRF check refuses.
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "same-origin"},
     )
 
 
