@@ -782,27 +782,42 @@ def complete(
     now = throttle.utcnow()
     with transaction(runtime.sessions) as db:
         row = _open(db, account_id)
-        if (
-            row is None
-            or row.state != WAITING
-            or row.wait_until is None
-            or row.wait_until > now
-            or db.get(AuthSession, session.token_hash) is None
-        ):
-            raise RecoveryError
-        # Ended, not completed, if a password reset or e-mail change happened meanwhile.
-        totp.remove(db, account_id)
-        recovery_codes.remove_all(db, account_id)
-        sessions.revoke_all(db, account_id, keep=session)
-        withdrawals.end_grants(db, account_id)
-        _end(
-            db,
-            runtime,
-            sender,
-            row,
-            state=COMPLETED,
-            reason="enrol",
-            actor=_actor(account_id),
-            request_id=request_id,
+        ready = (
+            row is not None
+            and row.state == WAITING
+            and row.wait_until is not None
+            and row.wait_until <= now
+            and db.get(AuthSession, session.token_hash) is not None
         )
-        _notice(db, runtime, sender, account_id, "recovery_completed")
+        # A password reset or an e-mail change during the wait (or the address no longer
+        # verified): ended, not completed; the reset may be the owner taking it back.
+        stopped = ready and refusal(db, runtime, account_id, kind="staff") is not None
+        if row is not None and stopped:
+            _end(
+                db,
+                runtime,
+                sender,
+                row,
+                state=CANCELLED,
+                reason="recent_change",
+                actor=_actor(account_id),
+                request_id=request_id,
+            )
+        elif row is not None and ready:
+            totp.remove(db, account_id)
+            recovery_codes.remove_all(db, account_id)
+            sessions.revoke_all(db, account_id, keep=session)
+            withdrawals.end_grants(db, account_id)
+            _end(
+                db,
+                runtime,
+                sender,
+                row,
+                state=COMPLETED,
+                reason="enrol",
+                actor=_actor(account_id),
+                request_id=request_id,
+            )
+            _notice(db, runtime, sender, account_id, "recovery_completed")
+    if stopped or not ready:
+        raise RecoveryError

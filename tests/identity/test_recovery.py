@@ -434,3 +434,22 @@ def test_identity_step_needs_the_link_first(
     )
     assert skipped.status_code == 422
     assert _state(runtime, account_id) == ["started"]
+
+
+def test_password_reset_during_the_wait_stops_the_recovery(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, clock: Clock, tmp_path: Path
+) -> None:
+    account_id, _ = _account(runtime, tmp_path)
+    attacker = _sign_in(client, runtime)
+    _api_to_waiting(client, runtime, mailbox, attacker)
+    # The owner takes the account back by resetting the password during the wait.
+    assert client.post("/api/v1/password/forgot", json={"login": LOGIN}).status_code == 202
+    reset = reset_token(mailbox.last_to(runtime, LOGIN))
+    new_password = "a brand new long passphrase"
+    answer = client.post("/api/v1/password/reset", json={"token": reset, "password": new_password})
+    assert answer.status_code == 204
+    clock.advance(timedelta(hours=2))
+    again = _sign_in(client, runtime, new_password)  # even with the new password
+    assert client.post("/api/v1/recovery/complete", headers=_bearer(again)).status_code == 409
+    assert _state(runtime, account_id) == ["cancelled"]
+    assert _factors(runtime, account_id)[0]
