@@ -45,7 +45,7 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
-from identity import emails, notices, sessions, throttle
+from identity import accounts, emails, notices, sessions, throttle
 from identity.credentials import recovery as recovery_codes
 from identity.credentials import totp
 from identity.interfaces import EmailSender
@@ -170,6 +170,22 @@ def _admit(db: Session, runtime: Runtime, limits: list[throttle.Limit]) -> bool:
     return throttle.store_for(runtime.settings).attempt(db, limits, throttle.utcnow()) is not None
 
 
+def _mail_budget(db: Session, runtime: Runtime, account_id: str) -> bool:
+    """Count one e-mail to the account's verified address against the budget every
+    identity e-mail shares (``throttle.EMAIL_TO``); False if it is spent (nothing counted)."""
+    address = notices.verified_address(db, runtime, account_id)
+    if address is None:
+        return False
+    policy = throttle.EMAIL_TO
+    limit = throttle.Limit(
+        policy, f"{policy.prefix}:{accounts.login_hash(runtime.keyring, address)}"
+    )
+    counted = throttle.store_for(runtime.settings).attempt_gated(
+        db, [limit], throttle.utcnow(), {limit.key: runtime.settings.emails_per_address_per_hour}
+    )
+    return not isinstance(counted, throttle.Refused)
+
+
 # Eligibility
 
 
@@ -288,6 +304,7 @@ def start(
     that has not started its wait (a waiting one stays: cancel it with its link)."""
     account_id = session.account_id
     now = throttle.utcnow()
+    why: Refusal | None = None
     with transaction(runtime.sessions) as db:
         if not _admit(db, runtime, _limits(runtime, account_id, client_host)):
             locked = True
@@ -295,7 +312,10 @@ def start(
             locked = False
             why = refusal(db, runtime, account_id, kind="self")
             open_row = _open(db, account_id)
-            if why is None and (open_row is None or open_row.state != WAITING):
+            fresh = why is None and (open_row is None or open_row.state != WAITING)
+            if fresh and not _mail_budget(db, runtime, account_id):
+                locked = True  # the address had its e-mails for this hour
+            elif fresh:
                 if open_row is not None:
                     _end(
                         db,
@@ -334,7 +354,9 @@ def start(
                 db,
                 actor=_actor(account_id),
                 action="identity.recovery.start",
-                outcome=Outcome.ALLOWED if why is None else Outcome.FAILED,
+                outcome=(
+                    Outcome.DENIED if locked else Outcome.ALLOWED if why is None else Outcome.FAILED
+                ),
                 target=_actor(account_id) if why is None else f"{_actor(account_id)} {why}",
                 request_id=request_id,
             )

@@ -453,3 +453,29 @@ def test_password_reset_during_the_wait_stops_the_recovery(
     assert client.post("/api/v1/recovery/complete", headers=_bearer(again)).status_code == 409
     assert _state(runtime, account_id) == ["cancelled"]
     assert _factors(runtime, account_id)[0]
+
+
+def test_flood_of_recovery_requests_does_not_mail_bomb_the_owner(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    _account(runtime, tmp_path)
+    session_token = _sign_in(client, runtime)
+    statuses = [
+        client.post("/api/v1/recovery/start", headers=_bearer(session_token)).status_code
+        for _ in range(8)
+    ]
+    budget = runtime.settings.emails_per_address_per_hour
+    assert statuses[:budget] == [202] * budget
+    assert set(statuses[budget:]) == {429}
+    assert len(mailbox.to(runtime, LOGIN)) == budget
+    # The newest link is the one that works; the replaced ones do not.
+    links = [_token(sent, _LINK) for sent in mailbox.to(runtime, LOGIN)]
+    for old in links[:-1]:
+        answer = client.post(
+            "/api/v1/recovery/link", json={"token": old}, headers=_bearer(session_token)
+        )
+        assert answer.status_code == 400
+    answer = client.post(
+        "/api/v1/recovery/link", json={"token": links[-1]}, headers=_bearer(session_token)
+    )
+    assert answer.status_code == 204
