@@ -479,3 +479,29 @@ def test_flood_of_recovery_requests_does_not_mail_bomb_the_owner(
         "/api/v1/recovery/link", json={"token": links[-1]}, headers=_bearer(session_token)
     )
     assert answer.status_code == 204
+
+
+def test_recovery_link_of_one_account_does_nothing_for_another(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    account_id, _ = _account(runtime, tmp_path)
+    victim = _sign_in(client, runtime)
+    client.post("/api/v1/recovery/start", headers=_bearer(victim))
+    token = _token(mailbox.last_to(runtime, LOGIN), _LINK)
+    other = "other@example.org"
+    hashed = password.hash_password(runtime.settings, PASSWORD)
+    with transaction(runtime.sessions) as db:
+        other_id = accounts.create(db, runtime.keyring, login=other, password_hash=hashed)
+        db.execute(
+            update(LoginIdentifier)
+            .where(LoginIdentifier.account_id == other_id)
+            .values(verified_at=utcnow())
+        )
+    signed = client.post("/api/v1/signin", json={"login": other, "password": PASSWORD})
+    intruder = signed.json()["session_token"]
+    answer = client.post("/api/v1/recovery/link", json={"token": token}, headers=_bearer(intruder))
+    assert answer.status_code == 400
+    # Nothing moved: the owner's own session still follows it.
+    answer = client.post("/api/v1/recovery/link", json={"token": token}, headers=_bearer(victim))
+    assert answer.status_code == 204
+    assert _state(runtime, account_id) == ["started"]

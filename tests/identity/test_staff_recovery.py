@@ -14,8 +14,12 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from carebridge.cli import main
+from carebridge.db import transaction
 from carebridge.runtime import Runtime
+from identity import accounts
+from identity.credentials import password
 from identity.models import RecoveryRequest, StaffAction
+from tests.identity import factories
 from tests.identity.reset_mail import Mailbox, Sent
 from tests.identity.test_recovery import (
     _CANCEL,
@@ -183,3 +187,23 @@ def test_staff_code_cancelled_by_this_wasnt_me(
     response = client.post("/api/v1/recovery/complete", headers=_bearer(session_token))
     assert response.status_code == 409
     assert _factors(runtime, account_id)[0]
+
+
+def test_staff_code_of_one_account_does_nothing_for_another(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    account_id, _ = _account(runtime, tmp_path)
+    client.post(
+        f"/api/v1/admin/accounts/{account_id}/recovery",
+        json={"evidence": EVIDENCE, "reason": REASON},
+        headers=_operator(runtime, "admin.recovery"),
+    )
+    code = _code(mailbox.last_to(runtime, LOGIN))
+    other = "other@example.org"
+    hashed = password.hash_password(runtime.settings, "another long passphrase")
+    with transaction(runtime.sessions) as db:
+        other_id = accounts.create(db, runtime.keyring, login=other, password_hash=hashed)
+    intruder = factories.session(runtime, other_id)
+    assert _enter(client, intruder, code) == 400
+    assert _state(runtime, account_id) == ["started"]
+    assert _state(runtime, other_id) == []
