@@ -332,7 +332,8 @@ class RecoveryRequest(Base):
     birth and SSN last 4 against the account's own roster record) or staff-assisted
     (``kind="staff"``: an operator's one-time code e-mailed to the verified address).
 
-    ``state``: started → identity_proved → waiting → completed, or cancelled at any point.
+    ``state``: started (link or code sent) → waiting (identity proved, the wait running)
+    → completed, or cancelled at any point (``end_reason``).
     Secrets are kept as keyed hashes only: ``link_hash`` (the e-mailed link or the staff
     code), ``cancel_hash`` (the "this wasn't me" link, valid for the whole wait).
     ``session_handle`` binds a self-service link to the browser that asked for it.
