@@ -34,6 +34,7 @@ from identity.interfaces import Outward
 from identity.models import (
     Account,
     AuthSession,
+    EmailChange,
     LoginIdentifier,
     PasswordCredential,
     PatientLink,
@@ -65,6 +66,7 @@ _PER_ACCOUNT = (
     OidcRefreshToken,
     OidcAuthorizationCode,
     OidcSubject,
+    EmailChange,
     LoginIdentifier,
 )
 
