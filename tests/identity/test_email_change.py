@@ -153,7 +153,7 @@ def test_the_link_changes_the_address_in_any_browser(
     client.cookies.clear()  # another browser, nobody signed in
     shown = client.get(f"/email/change/confirm?token={link}")
     assert shown.status_code == 200
-    assert shown.headers["referrer-policy"] == "no-referrer"
+    assert shown.headers["referrer-policy"] == "same-origin"
     assert _login(runtime, pat.account_id) == pat.login  # a GET changes nothing
     done = client.post(
         "/email/change/confirm", data={"token": link, "csrf_token": factories.csrf(shown.text)}
@@ -244,7 +244,7 @@ def test_undo_within_7_days_restores_the_address_ends_everything_and_sets_a_new_
     browser = TestClient(client.app)  # any browser, nobody signed in
     shown = browser.get(f"/email/undo?token={undo}")
     assert shown.status_code == 200
-    assert shown.headers["referrer-policy"] == "no-referrer"
+    assert shown.headers["referrer-policy"] == "same-origin"
     assert _login(runtime, pat.account_id) == NEW  # nothing happens without the password
     weak = browser.post(
         "/email/undo",
