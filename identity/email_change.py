@@ -6,8 +6,8 @@ names a new address, normalised and checked as at sign-up. A verification of pur
 code, keyed hashes, single use, 24 hours, void after 5 wrong codes) goes to the NEW
 address; its code works only in the session that asked. An address another account
 has gets the same answer, and its owner the "someone tried to use your address" notice
-instead. Both count under the address's hourly e-mail budget (``throttle.EMAIL_TO``);
-requests count per account and per client address.
+(``email_change_attempted``) instead. Both count under the address's hourly e-mail
+budget (``throttle.EMAIL_TO``); requests count per account and per client address.
 
 Completing (:func:`confirm_code`, :func:`confirm_link`): the code or the link comes
 back; in one transaction the login identifier becomes the new address (verified now,
@@ -23,6 +23,8 @@ page asks for it there): then, in one transaction, the old address is the login 
 ends, pending reset links and verifications stop working, and both addresses get a
 notice. Until the new password is submitted nothing changes. If the old address has
 meanwhile become another account's, the undo is refused (:class:`AddressTakenError`).
+Undoing a change voids the undo links of the account's later changes (they went to
+addresses the undo takes away).
 
 Recovery through the new address waits: identity/flows/reset.py sends no reset link to
 an address that replaced another less than :data:`UNDO_FOR` ago (:func:`recently_changed`).
@@ -173,7 +175,9 @@ def request_change(
                 select(LoginIdentifier.account_id).where(LoginIdentifier.lookup_hash == new_hash)
             )
             if taken is not None:
-                email_verification.notify_taken(db, runtime, sender, to=new_login)
+                email_verification.notify_taken(
+                    db, runtime, sender, to=new_login, template="email_change_attempted"
+                )
             else:
                 verification_id = email_verification.issue(
                     db,
@@ -569,6 +573,22 @@ def _undo(
         .values(expires_at=now)
         .execution_options(synchronize_session=False)
     )
+    # A later change's undo link went to an address this undo takes away (an intruder
+    # may have changed the address twice): it stops working, so it cannot take the
+    # account back from the owner. Earlier changes' links, to older addresses, still work.
+    if change.completed_at is not None:
+        db.execute(
+            update(EmailChange)
+            .where(
+                EmailChange.account_id == account_id,
+                EmailChange.id != change.id,
+                EmailChange.completed_at >= change.completed_at,
+                EmailChange.undone_at.is_(None),
+                EmailChange.undo_until > now,
+            )
+            .values(undo_until=now)
+            .execution_options(synchronize_session=False)
+        )
     sessions.revoke_all(db, account_id)
     withdrawals.end_grants(db, account_id)
     forgot = _link(runtime, "/password/forgot")

@@ -202,8 +202,16 @@ def issue(
     return verification_id
 
 
-def notify_taken(db: Session, runtime: Runtime, sender: EmailSender, *, to: str) -> bool:
-    """Tell an address's owner someone tried to sign up with it (within the hourly limit)."""
+def notify_taken(
+    db: Session,
+    runtime: Runtime,
+    sender: EmailSender,
+    *,
+    to: str,
+    template: str = "signup_attempted",
+) -> bool:
+    """Tell an address's owner someone tried to sign up with it, or (``template``) to
+    make it another account's address (within the hourly limit)."""
     if not may_email(db, runtime, accounts.login_hash(runtime.keyring, to)):
         return False
     emails.send(
@@ -211,7 +219,7 @@ def notify_taken(db: Session, runtime: Runtime, sender: EmailSender, *, to: str)
         sender,
         runtime.settings,
         to=to,
-        email=emails.Email("signup_attempted", link=confirm_link(runtime, "/signin")),
+        email=emails.Email(template, link=confirm_link(runtime, "/signin")),
     )
     return True
 

@@ -191,7 +191,7 @@ def test_a_taken_address_answers_the_same_and_its_owner_is_told(
     assert asked.status_code == 202
     assert asked.json() == {"next_step": "verify_email"}
     (notice,) = mailbox.to(runtime, NEW)
-    assert notice.subject == "Someone tried to create an account with your address"
+    assert notice.subject == "Someone tried to use your email address"
     assert _CODE.search(notice.text) is None
     assert _login(runtime, other.account_id) == NEW
     assert _login(runtime, pat.account_id) == pat.login
@@ -372,3 +372,62 @@ def test_unicode_and_mixed_case_addresses_are_normalised(
     # The same address in other case is the same account's: "already yours".
     same = client.post(CHANGE_API, json={"login": typed.upper()}, headers=bearer(token))
     assert same.status_code == 400
+
+
+def test_undo_of_an_earlier_change_voids_the_undo_links_of_later_ones(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox
+) -> None:
+    # An intruder changes the address twice; the second undo link goes to their own
+    # first address. Once the owner undoes the first change, that link is dead.
+    account_id, token = _changed_by_code(client, runtime, mailbox)
+    owners_undo = _token(_UNDO, mailbox.last_to(runtime, "pat@example.org"))
+    client.post(CHANGE_API, json={"login": "third@example.com"}, headers=bearer(token))
+    code = _code(mailbox.last_to(runtime, "third@example.com"))
+    assert client.post(VERIFY_API, json={"code": code}, headers=bearer(token)).status_code == 200
+    intruders_undo = _token(_UNDO, mailbox.last_to(runtime, NEW))
+    body = {"token": owners_undo, "new_password": NEW_PASSWORD}
+    assert client.post(UNDO_API, json=body).status_code == 204
+    assert _login(runtime, account_id) == "pat@example.org"
+    back = client.post(UNDO_API, json={"token": intruders_undo, "new_password": "x" * 20 + "!"})
+    assert back.status_code == 400
+    assert _login(runtime, account_id) == "pat@example.org"
+
+
+def test_asking_for_changes_is_throttled_per_account(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox
+) -> None:
+    pat = patient(runtime)
+    token = factories.sign_in(client, runtime, pat.account_id, level=2, stepped_up=True)
+    for number in range(6):
+        body = {"login": f"new{number}@example.net"}
+        assert client.post(CHANGE_API, json=body, headers=bearer(token)).status_code == 202
+    refused = client.post(CHANGE_API, json={"login": "new9@example.net"}, headers=bearer(token))
+    assert refused.status_code == 429
+    assert mailbox.to(runtime, "new9@example.net") == []
+    assert "identity.email.change.request" in _actions(runtime)
+
+
+def test_the_new_address_gets_at_most_its_hourly_emails_and_the_same_answer(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox
+) -> None:
+    pat = patient(runtime)
+    token = factories.sign_in(client, runtime, pat.account_id, level=2, stepped_up=True)
+    limit = runtime.settings.emails_per_address_per_hour
+    for _ in range(limit + 1):
+        asked = client.post(CHANGE_API, json={"login": NEW}, headers=bearer(token))
+        assert asked.status_code == 202
+        assert asked.json() == {"next_step": "verify_email"}
+    assert len(mailbox.to(runtime, NEW)) == limit
+    # The last code sent still works.
+    code = _code(mailbox.last_to(runtime, NEW))
+    assert client.post(VERIFY_API, json={"code": code}, headers=bearer(token)).status_code == 200
+
+
+def test_undo_token_guessing_is_throttled_per_client_address(
+    client: TestClient, runtime: Runtime
+) -> None:
+    body = {"token": "guess", "new_password": NEW_PASSWORD}
+    for _ in range(21):
+        assert client.post(UNDO_API, json=body).status_code == 400
+    assert client.post(UNDO_API, json=body).status_code == 429
+    assert client.get("/email/undo?token=guess").status_code == 429
