@@ -209,6 +209,22 @@ def request_change(
     return Requested(Result.SENT)
 
 
+def end_pending(db: Session, account_id: str, now: datetime) -> None:
+    """The account's pending changes of address stop: their codes and links no longer
+    work (after a password reset, whoever asked with the old password is out)."""
+    db.execute(
+        update(EmailVerification)
+        .where(
+            EmailVerification.account_id == account_id,
+            EmailVerification.purpose == email_verification.CHANGE,
+            EmailVerification.used_at.is_(None),
+            EmailVerification.expires_at > now,
+        )
+        .values(expires_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
 # Completing
 
 

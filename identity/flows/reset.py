@@ -485,6 +485,7 @@ def _apply(
         credential.hash = new_hash
         credential.changed_at = now
     _end_unused(db, account_id, now)
+    email_change.end_pending(db, account_id, now)
     # Whoever knew the old password (or held a session or an app's token) is out.
     sessions.revoke_all(db, account_id)
     withdrawals.end_grants(db, account_id)

@@ -431,3 +431,22 @@ def test_undo_token_guessing_is_throttled_per_client_address(
         assert client.post(UNDO_API, json=body).status_code == 400
     assert client.post(UNDO_API, json=body).status_code == 429
     assert client.get("/email/undo?token=guess").status_code == 429
+
+
+def test_a_password_reset_ends_a_pending_change_of_address(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox
+) -> None:
+    # An intruder with a stepped-up session asks for their address; the owner resets
+    # the password first: the intruder's link and code no longer work.
+    pat = patient(runtime)
+    token = factories.sign_in(client, runtime, pat.account_id, level=2, stepped_up=True)
+    client.post(CHANGE_API, json={"login": NEW}, headers=bearer(token))
+    sent = mailbox.last_to(runtime, NEW)
+    client.post("/api/v1/password/forgot", json={"login": pat.login})
+    reset_link = mailbox.last_to(runtime, pat.login).text
+    match = re.search(r"/password/reset\?token=(\S+)", reset_link)
+    assert match, reset_link
+    body = {"token": match.group(1), "password": NEW_PASSWORD}
+    assert client.post("/api/v1/password/reset", json=body).status_code == 204
+    assert client.post(CONFIRM_API, json={"token": _token(_CONFIRM, sent)}).status_code == 400
+    assert _login(runtime, pat.account_id) == pat.login
