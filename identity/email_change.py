@@ -546,20 +546,19 @@ def _undo(
     )
     if owner is not None and owner != account_id:
         raise AddressTakenError
-    db.execute(
-        update(LoginIdentifier)
-        .where(LoginIdentifier.account_id == account_id)
-        .values(
-            lookup_hash=change.old_address_hash,
-            encrypted=change.old_address_encrypted,
-            verified_at=now,
-            changed_at=change.old_changed_at,
-        )
-        .execution_options(synchronize_session=False)
-    )
     try:
-        db.flush()
-    except IntegrityError:  # taken a moment ago by another transaction
+        db.execute(
+            update(LoginIdentifier)
+            .where(LoginIdentifier.account_id == account_id)
+            .values(
+                lookup_hash=change.old_address_hash,
+                encrypted=change.old_address_encrypted,
+                verified_at=now,
+                changed_at=change.old_changed_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    except IntegrityError:  # taken a moment ago by another transaction (rolled back)
         raise AddressTakenError from None
     credential = db.get(PasswordCredential, account_id, with_for_update=True)
     if credential is None:
