@@ -34,10 +34,14 @@ from identity.interfaces import Outward
 from identity.models import (
     Account,
     AuthSession,
+    EmailChange,
+    EmailVerification,
     LoginIdentifier,
     PasswordCredential,
+    PasswordReset,
     PatientLink,
     RecoveryCode,
+    RecoveryRequest,
     TotpCredential,
     UpstreamIdentity,
 )
@@ -65,6 +69,10 @@ _PER_ACCOUNT = (
     OidcRefreshToken,
     OidcAuthorizationCode,
     OidcSubject,
+    EmailChange,
+    EmailVerification,
+    PasswordReset,
+    RecoveryRequest,
     LoginIdentifier,
 )
 

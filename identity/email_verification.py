@@ -53,6 +53,9 @@ MAX_CODE_FAILURES = 5
 SIGNUP = "signup"  # a new account's address
 SIGNIN = "signin"  # an account from before verification, at its next password sign-in
 ADD = "add"  # an address added to an account that had none (upstream sign-in only)
+CHANGE = "change"  # a new address replacing the account's (identity/email_change.py)
+# The purposes whose row carries the address being proved (not yet the account's login).
+_CARRIES_ADDRESS = (ADD, CHANGE)
 
 # The throttles' policies live with the others (identity/throttle.py), where purge
 # knows them.
@@ -120,19 +123,23 @@ def issue(
     purpose: str,
     to: str,
     pending_token: str | None,
-) -> bool:
+    template: str = "verify_email",
+    link_path: str = "/email/confirm",
+) -> str | None:
     """Send a verification for ``to`` (a normalised address) to the account, in ``db``'s
-    transaction; False when the address has had its e-mails for the hour (then nothing
-    is sent or made: the latest verification stays usable, now in the browser holding
-    ``pending_token``).
+    transaction; returns its ID, or None when the address has had its e-mails for the
+    hour (then nothing is sent or made: the latest verification stays usable, for
+    ``signup``/``signin`` now in the browser holding ``pending_token``).
 
-    ``pending_token``: the browser binding for ``signup``/``signin``; None for ``add``,
-    whose address (not yet the account's login) the row carries, bound to the account.
+    ``pending_token``: the browser binding for ``signup``/``signin``, the session's for
+    ``change``; None for ``add``, bound to the account. ``add`` and ``change`` rows carry
+    their address (not yet the account's login). ``template`` and ``link_path``: the
+    e-mail and the page its link opens.
     """
     address_hash = accounts.login_hash(runtime.keyring, to)
     now = throttle.utcnow()
     if not may_email(db, runtime, address_hash):
-        if pending_token:
+        if pending_token and purpose in (SIGNUP, SIGNIN):
             # Nothing new is sent: the code already in the inbox finishes in the browser
             # that asked last (which got this far with the right password or a sign-up).
             latest = db.scalar(
@@ -140,13 +147,14 @@ def issue(
                 .where(
                     EmailVerification.account_id == account_id,
                     EmailVerification.browser_hash.is_not(None),
+                    EmailVerification.purpose.in_((SIGNUP, SIGNIN)),
                 )
                 .order_by(EmailVerification.created_at.desc())
                 .limit(1)
             )
             if usable(latest, now) and latest is not None:
                 latest.browser_hash = browser_hash(runtime, pending_token)
-        return False
+        return None
     db.execute(
         update(EmailVerification)
         .where(
@@ -166,10 +174,10 @@ def issue(
             token_hash=token_hash(runtime, token),
             code_hash=code_hash(runtime, verification_id, code),
             browser_hash=browser_hash(runtime, pending_token) if pending_token else None,
-            address_hash=address_hash if purpose == ADD else None,
+            address_hash=address_hash if purpose in _CARRIES_ADDRESS else None,
             address_encrypted=(
                 runtime.keyring.encrypt(to.encode("utf-8"), associated_data("login", account_id))
-                if purpose == ADD
+                if purpose in _CARRIES_ADDRESS
                 else None
             ),
             created_at=now,
@@ -185,17 +193,25 @@ def issue(
         runtime.settings,
         to=to,
         email=emails.Email(
-            "verify_email",
-            link=f"{confirm_link(runtime)}?token={token}",
+            template,
+            link=f"{confirm_link(runtime, link_path)}?token={token}",
             code=grouped(code),
             hours=runtime.settings.email_verification_hours,
         ),
     )
-    return True
+    return verification_id
 
 
-def notify_taken(db: Session, runtime: Runtime, sender: EmailSender, *, to: str) -> bool:
-    """Tell an address's owner someone tried to sign up with it (within the hourly limit)."""
+def notify_taken(
+    db: Session,
+    runtime: Runtime,
+    sender: EmailSender,
+    *,
+    to: str,
+    template: str = "signup_attempted",
+) -> bool:
+    """Tell an address's owner someone tried to sign up with it, or (``template``) to
+    make it another account's address (within the hourly limit)."""
     if not may_email(db, runtime, accounts.login_hash(runtime.keyring, to)):
         return False
     emails.send(
@@ -203,7 +219,7 @@ def notify_taken(db: Session, runtime: Runtime, sender: EmailSender, *, to: str)
         sender,
         runtime.settings,
         to=to,
-        email=emails.Email("signup_attempted", link=confirm_link(runtime, "/signin")),
+        email=emails.Email(template, link=confirm_link(runtime, "/signin")),
     )
     return True
 
@@ -246,7 +262,10 @@ def claim(db: Session, row: EmailVerification, now: datetime) -> bool:
 def mark_verified(db: Session, row: EmailVerification, now: datetime) -> bool:
     """What a used verification proves: the account's login is verified, or (``add``)
     the account gets the address as its verified login. False if that address has
-    become another account's (or this account got one) meanwhile."""
+    become another account's (or this account got one) meanwhile, and for ``change``
+    (what that proves is identity/email_change.py's to apply)."""
+    if row.purpose == CHANGE:
+        return False
     if row.purpose != ADD:
         db.execute(
             update(LoginIdentifier)
@@ -275,9 +294,16 @@ def mark_verified(db: Session, row: EmailVerification, now: datetime) -> bool:
     return True
 
 
-def by_token(db: Session, runtime: Runtime, token: str) -> EmailVerification | None:
+def by_token(
+    db: Session, runtime: Runtime, token: str, *, change: bool = False
+) -> EmailVerification | None:
+    """The verification a link's token names: of a change of address if ``change``, else
+    of any other purpose (each link works only on its own page)."""
+    purpose = EmailVerification.purpose == CHANGE if change else EmailVerification.purpose != CHANGE
     return db.scalar(
-        select(EmailVerification).where(EmailVerification.token_hash == token_hash(runtime, token))
+        select(EmailVerification).where(
+            EmailVerification.token_hash == token_hash(runtime, token), purpose
+        )
     )
 
 
@@ -285,7 +311,10 @@ def by_pending(db: Session, runtime: Runtime, pending_token: str) -> EmailVerifi
     """The latest verification the holder of ``pending_token`` asked for."""
     return db.scalar(
         select(EmailVerification)
-        .where(EmailVerification.browser_hash == browser_hash(runtime, pending_token))
+        .where(
+            EmailVerification.browser_hash == browser_hash(runtime, pending_token),
+            EmailVerification.purpose != CHANGE,
+        )
         .order_by(EmailVerification.created_at.desc())
         .limit(1)
     )

@@ -360,3 +360,33 @@ class RecoveryRequest(Base):
     operator: Mapped[str | None] = mapped_column(String(64))
     evidence: Mapped[str | None] = mapped_column(String(500))
     reason: Mapped[str | None] = mapped_column(String(500))
+
+
+class EmailChange(Base):
+    """A change of an account's e-mail address (identity/email_change.py).
+
+    Pending until the new address proves it reads the e-mail: the link and code live in
+    ``email_verification`` (purpose ``change``, row ``verification_id``, keyed hashes
+    only). Completed (``completed_at``): the old address (sealed as the login was, and its
+    lookup hash) is kept so the undo link e-mailed to it (``undo_token_hash``, a keyed
+    hash) can restore it until ``undo_until``; ``undone_at`` once it did.
+    """
+
+    __tablename__ = "email_change"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True
+    )
+    verification_id: Mapped[str] = mapped_column(String(40), index=True)
+    new_address_hash: Mapped[str] = mapped_column(String(64))
+    new_address_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    old_address_hash: Mapped[str | None] = mapped_column(String(64))
+    old_address_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The old address's own ``changed_at``, put back by an undo.
+    old_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    undo_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    undo_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    undone_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

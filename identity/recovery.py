@@ -766,6 +766,20 @@ def cancel_on_sign_in(
 ) -> None:
     """A completed two-factor sign-in proves the factor is not lost: every open request
     of the account ends (in the caller's transaction), with a notice if one was waiting."""
+    end_open(db, runtime, sender, account_id, reason="signed_in", request_id=request_id)
+
+
+def end_open(
+    db: Session,
+    runtime: Runtime,
+    sender: EmailSender | None,
+    account_id: str,
+    *,
+    reason: str,
+    request_id: str | None,
+) -> None:
+    """End every open request of the account in the caller's transaction (a notice for
+    each that was waiting, when ``sender`` is given): the owner showed up."""
     rows = db.scalars(
         select(RecoveryRequest)
         .where(RecoveryRequest.account_id == account_id, RecoveryRequest.state.in_(OPEN))
@@ -775,7 +789,7 @@ def cancel_on_sign_in(
         if sender is None:
             row.state = CANCELLED
             row.ended_at = throttle.utcnow()
-            row.end_reason = "signed_in"
+            row.end_reason = reason
             continue
         _end(
             db,
@@ -783,7 +797,7 @@ def cancel_on_sign_in(
             sender,
             row,
             state=CANCELLED,
-            reason="signed_in",
+            reason=reason,
             actor=_actor(account_id),
             request_id=request_id,
         )

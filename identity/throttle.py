@@ -611,3 +611,29 @@ RECOVERY_ACCOUNT = Policy(
     "recovery", free=5, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=24)
 )
 _NEVER_CAPPED = (*_NEVER_CAPPED, RECOVERY_ADDRESS, RECOVERY_ACCOUNT)
+
+# Changing the e-mail address (identity/email_change.py). Asking for a change, per
+# account (5 free, then delays: each request e-mails someone) and per client address (20
+# free); the codes and links that confirm it count under EMAIL_CODE_ACCOUNT/ADDRESS like
+# every verification, and its e-mails under EMAIL_TO. The undo link, per client address
+# (20 free) and per account whose link was named (4 free), as reset links are.
+EMAIL_CHANGE_ACCOUNT = Policy(
+    "email-change", free=5, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+EMAIL_CHANGE_ADDRESS = Policy(
+    "email-change-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+EMAIL_UNDO_ADDRESS = Policy(
+    "email-undo-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+EMAIL_UNDO_ACCOUNT = Policy(
+    "email-undo", free=4, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+# None of them locks for good: purge may drop their counters however high.
+_NEVER_CAPPED = (
+    *_NEVER_CAPPED,
+    EMAIL_CHANGE_ACCOUNT,
+    EMAIL_CHANGE_ADDRESS,
+    EMAIL_UNDO_ADDRESS,
+    EMAIL_UNDO_ACCOUNT,
+)

@@ -63,7 +63,7 @@ from carebridge.http.forms import read_form, read_json
 from carebridge.http.problems import Problem
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
-from identity import accounts, emails, sessions, throttle
+from identity import accounts, email_change, emails, sessions, throttle
 from identity.credentials import password
 from identity.flows.signin import (
     PASSWORD_TOO_LONG,
@@ -260,7 +260,10 @@ def admit_request(runtime: Runtime, *, client_host: str | None, request_id: str 
 
 
 _ACCOUNT_OF_LOGIN = select(
-    LoginIdentifier.account_id, LoginIdentifier.verified_at, Account.status
+    LoginIdentifier.account_id,
+    LoginIdentifier.verified_at,
+    LoginIdentifier.changed_at,
+    Account.status,
 ).join(Account, Account.id == LoginIdentifier.account_id)
 
 
@@ -269,9 +272,12 @@ def send_link(
 ) -> bool:
     """E-mail a link to ``login`` (normalised) if an active account signs in with it, the
     address is verified, and it has had fewer than CAREBRIDGE_EMAILS_PER_ADDRESS_PER_HOUR
-    e-mails this hour.
+    e-mails this hour, and the address did not replace the account's previous one less
+    than 7 days ago (identity/email_change.py: whoever changed the address must not
+    reset the password through it while the old address can still undo the change).
     Returns whether one was queued; the caller's answer must not depend on it. Audited:
-    allowed (sent), failed (no such account, unverified, disabled), denied (budget)."""
+    allowed (sent), failed (no such account, unverified, disabled; recently changed
+    address as ``identity.password.forgot.email_changed``), denied (budget)."""
     store = throttle.store_for(runtime.settings)
     limit = _mail_limit(runtime, login)
     now = throttle.utcnow()
@@ -288,8 +294,13 @@ def send_link(
             found is not None and found.verified_at is not None and found.status == accounts.ACTIVE
         )
         outcome = Outcome.FAILED  # no such account, unverified, disabled
+        action = "identity.password.forgot"
         if isinstance(counted, throttle.Refused):
             outcome = Outcome.DENIED
+        elif (
+            found is not None and eligible and email_change.recently_changed(found.changed_at, now)
+        ):
+            action = "identity.password.forgot.email_changed"
         elif found is not None and eligible:
             # To the address on record, never to what was typed.
             address = accounts.login_of(db, runtime.keyring, found.account_id)
@@ -310,7 +321,7 @@ def send_link(
         audit.append(
             db,
             actor="anonymous",
-            action="identity.password.forgot",
+            action=action,
             outcome=outcome,
             target=target,
             request_id=request_id,
@@ -474,6 +485,7 @@ def _apply(
         credential.hash = new_hash
         credential.changed_at = now
     _end_unused(db, account_id, now)
+    email_change.end_pending(db, account_id, now)
     # Whoever knew the old password (or held a session or an app's token) is out.
     sessions.revoke_all(db, account_id)
     withdrawals.end_grants(db, account_id)
