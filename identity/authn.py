@@ -5,8 +5,8 @@ provider) → second factor (a TOTP code or a recovery code) → done. With MFA 
 (the default), an account without a confirmed second factor must enrol one before
 anything else is reachable.
 
-Step-up: sensitive changes (the password, second factors, linking or unlinking a sign-in
-method, exporting messages, deleting the account) need more than a finished sign-in: the
+Step-up: sensitive changes (the password, the e-mail address, second factors, linking or
+unlinking a sign-in method, exporting messages, deleting the account) need more than a finished sign-in: the
 second factor proved in this session within ``step_up_minutes`` (a sign-in's second step,
 ``/reauth`` with an authenticator or recovery code, or confirming an authenticator). A
 password alone never steps up. An account with no second factor (MFA optional, or
