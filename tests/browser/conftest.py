@@ -3,6 +3,9 @@
 - ``live_app``: the app under uvicorn in a background thread on a free loopback port, with
   its issuer on that port and the test's database (every browser test runs on SQLite and
   on PostgreSQL, like the rest of the suite).
+- ``mailbox``: where the app's e-mails arrive: the outbox delivered by carebridge's own
+  ``SmtpMailer`` to a real SMTP server (aiosmtpd on loopback), read back from the MIME
+  messages it received (tests/identity/reset_mail.py ``SmtpMailbox``).
 - ``page``: a fresh browser context (no cookies, no storage) from one Chromium per session.
 - ``check_accessibility(page)``, in tests/browser/harness.py: axe-core (from
   tests/browser/node_modules: ``npm ci --prefix tests/browser``) over the page;
@@ -26,8 +29,10 @@ from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from carebridge.demo import seed
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from tests.identity.reset_mail import SmtpMailbox
 from tests.live_server import LiveApp, free_socket, serve
 from tests.realparts import require
+from tests.smtp_server import SmtpServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -75,6 +80,13 @@ def demo_app(tmp_path: Path, database_url: str) -> Iterator[LiveApp]:
         seeding.close()
     with serve(settings, sock) as app:
         yield app
+
+
+@pytest.fixture
+def mailbox(smtp_server: SmtpServer) -> SmtpMailbox:
+    """The app's e-mails as an SMTP server received them (call ``.to(runtime, address)``:
+    it delivers what the outbox holds first)."""
+    return SmtpMailbox(smtp_server)
 
 
 # The browser

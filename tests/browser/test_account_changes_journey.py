@@ -16,15 +16,16 @@ from tests.browser.test_accounts_journey import (
     sign_up,
     wait_for_path,
 )
+from tests.identity.reset_mail import Mailbox
 from tests.live_server import LiveApp
 
 NEW_PASSWORD = "amber violin harbour tulip"
 
 
 def test_change_password_confirm_it_is_you_and_delete_the_account(
-    live_app: LiveApp, page: Page
+    live_app: LiveApp, page: Page, mailbox: Mailbox
 ) -> None:
-    sign_up(page, live_app)
+    sign_up(page, live_app, mailbox)
     wait_for_path(page, "/mfa/enroll")
     totp = pyotp.TOTP("".join(page.locator("#secret").inner_text().split()))
     step = totp.timecode(time.time())
@@ -71,8 +72,10 @@ def test_change_password_confirm_it_is_you_and_delete_the_account(
     expect(page.get_by_role("alert")).to_be_visible()
 
 
-def test_sign_out_everywhere_from_the_sessions_page(live_app: LiveApp, page: Page) -> None:
-    sign_up(page, live_app)
+def test_sign_out_everywhere_from_the_sessions_page(
+    live_app: LiveApp, page: Page, mailbox: Mailbox
+) -> None:
+    sign_up(page, live_app, mailbox)
     wait_for_path(page, "/mfa/enroll")
     totp = pyotp.TOTP("".join(page.locator("#secret").inner_text().split()))
     page.get_by_label("Code from the app").fill(totp.now())

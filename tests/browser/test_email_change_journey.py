@@ -19,7 +19,7 @@ from identity.models import LoginIdentifier
 from tests.browser.harness import check_accessibility
 from tests.browser.test_accounts_journey import wait_for_path
 from tests.identity import factories
-from tests.identity.reset_mail import Mailbox, Sent
+from tests.identity.reset_mail import Mailbox, Sent, SmtpMailbox
 from tests.live_server import LiveApp
 
 EMAIL = "patient@example.org"
@@ -53,7 +53,7 @@ def _sign_in(page: Page, app: LiveApp, login: str, secret: str, code: str) -> No
 
 
 def test_patient_changes_the_email_then_undoes_it_from_the_old_address(
-    live_app: LiveApp, page: Page
+    live_app: LiveApp, page: Page, mailbox: SmtpMailbox
 ) -> None:
     runtime = live_app.runtime
     hashed = password.hash_password(runtime.settings, OLD_PASSWORD)
@@ -65,7 +65,6 @@ def test_patient_changes_the_email_then_undoes_it_from_the_old_address(
             .values(verified_at=utcnow())
         )
     totp = factories.totp(runtime, account_id)
-    mailbox = Mailbox()
     step = totp.timecode(time.time())
 
     # A sign-in's second step is a step-up: the change page opens at once.

@@ -1,5 +1,5 @@
 """Forgot password in a real browser, on SQLite and PostgreSQL: from the sign-in page's
-link to a new password, the link read from the e-mail the outbox delivered, every page
+link to a new password, the link read from the e-mail an SMTP server received, every page
 checked with axe-core; the reset signs nobody in and the next sign-in asks for the
 second factor."""
 
@@ -18,7 +18,7 @@ from identity.credentials import password
 from identity.models import LoginIdentifier
 from tests.browser.harness import check_accessibility
 from tests.identity import factories
-from tests.identity.reset_mail import Mailbox, Sent
+from tests.identity.reset_mail import Mailbox, Sent, SmtpMailbox
 from tests.live_server import LiveApp
 
 EMAIL = "patient@example.org"
@@ -36,7 +36,7 @@ def _received(app: LiveApp, mailbox: Mailbox, count: int) -> Sent:
 
 
 def test_patient_resets_a_forgotten_password_from_the_emailed_link(
-    live_app: LiveApp, page: Page
+    live_app: LiveApp, page: Page, mailbox: SmtpMailbox
 ) -> None:
     runtime = live_app.runtime
     hashed = password.hash_password(runtime.settings, OLD_PASSWORD)
@@ -48,7 +48,6 @@ def test_patient_resets_a_forgotten_password_from_the_emailed_link(
             .values(verified_at=utcnow())
         )
     factories.totp(runtime, account_id)
-    mailbox = Mailbox()
 
     page.goto(f"{live_app.url}/signin")
     page.get_by_role("link", name="Forgot your password?").click()

@@ -22,7 +22,7 @@ from identity.credentials import password
 from identity.models import LoginIdentifier, RecoveryRequest
 from tests.browser.harness import check_accessibility
 from tests.identity import factories
-from tests.identity.reset_mail import Mailbox, Sent
+from tests.identity.reset_mail import Mailbox, Sent, SmtpMailbox
 from tests.identity.roster_helpers import ZEB, import_roster, link
 from tests.live_server import LiveApp, free_socket, serve
 
@@ -57,7 +57,11 @@ def _link(sent: Sent, path: str) -> str:
 
 
 def test_lost_authenticator_recovery_is_stopped_by_this_wasnt_me(
-    short_wait_app: LiveApp, page: Page, browser: Browser, tmp_path: Path
+    short_wait_app: LiveApp,
+    page: Page,
+    browser: Browser,
+    tmp_path: Path,
+    mailbox: SmtpMailbox,
 ) -> None:
     app = short_wait_app
     runtime = app.runtime
@@ -71,7 +75,6 @@ def test_lost_authenticator_recovery_is_stopped_by_this_wasnt_me(
         )
     factories.totp(runtime, account_id)
     link(runtime, account_id, import_roster(runtime, tmp_path)["zeb"])
-    mailbox = Mailbox()
 
     page.goto(f"{app.url}/signin")
     page.get_by_label("Email address").fill(EMAIL)
