@@ -301,7 +301,8 @@ def start(
 ) -> None:
     """E-mail a link to the verified address, bound to ``session``; RefusedError or
     LockedError otherwise. A new request replaces the account's open self-service one
-    that has not started its wait (a waiting one stays: cancel it with its link)."""
+    that has not started its wait (a waiting one stays: cancel it with its link; so does a
+    staff one, whose code the password alone must not void)."""
     account_id = session.account_id
     now = throttle.utcnow()
     why: Refusal | None = None
@@ -312,7 +313,11 @@ def start(
             locked = False
             why = refusal(db, runtime, account_id, kind="self")
             open_row = _open(db, account_id)
-            fresh = why is None and (open_row is None or open_row.state != WAITING)
+            # A waiting request, or support's code, is not replaced from here: the
+            # password alone must not undo either.
+            fresh = why is None and (
+                open_row is None or (open_row.state != WAITING and open_row.kind == "self")
+            )
             if fresh and not _mail_budget(db, runtime, account_id):
                 locked = True  # the address had its e-mails for this hour
             elif fresh:
