@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from carebridge import audit
@@ -218,6 +218,16 @@ def _open(db: Session, account_id: str) -> RecoveryRequest | None:
         .limit(1)
         .with_for_update()
     ).first()
+
+
+def _end_password_only_sessions(db: Session, account_id: str) -> None:
+    """A request stopped by "this wasn't me" or by the second factor: whoever else knows
+    the password loses the sessions it gave them (two-factor sessions stay)."""
+    db.execute(
+        delete(AuthSession).where(
+            AuthSession.account_id == account_id, AuthSession.level < sessions.SECOND_FACTOR
+        )
+    )
 
 
 def _end(
@@ -748,6 +758,7 @@ def cancel_by_link(
                 actor="anonymous",
                 request_id=request_id,
             )
+            _end_password_only_sessions(db, row.account_id)
         else:
             audit.append(
                 db,
@@ -792,6 +803,8 @@ def cancel_on_sign_in(
             actor=_actor(account_id),
             request_id=request_id,
         )
+    if rows:
+        _end_password_only_sessions(db, account_id)
 
 
 def complete(
