@@ -542,3 +542,21 @@ def test_two_factor_sign_in_ends_the_intruders_password_only_sessions(
     assert _state(runtime, account_id) == ["cancelled"]
     assert client.post("/api/v1/recovery/start", headers=_bearer(intruder)).status_code == 401
     assert _levels(runtime, account_id) == [2]
+
+
+def test_step_up_with_the_authenticator_cancels_the_recovery(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, clock: Clock, tmp_path: Path
+) -> None:
+    account_id, totp = _account(runtime, tmp_path)
+    owner = factories.session(runtime, account_id, level=2)  # signed in before it began
+    intruder = _sign_in(client, runtime)
+    _api_to_waiting(client, runtime, mailbox, intruder)
+    # The owner confirms it's them with the authenticator: the factor is not lost.
+    again = client.post("/api/v1/reauth", json={"code": totp.now()}, headers=_bearer(owner))
+    assert again.status_code == 200, again.text
+    assert _state(runtime, account_id) == ["cancelled"]
+    assert mailbox.last_to(runtime, LOGIN).subject == "Account recovery stopped"
+    clock.advance(timedelta(hours=2))
+    response = client.post("/api/v1/recovery/complete", headers=_bearer(intruder))
+    assert response.status_code in (401, 409)
+    assert _factors(runtime, account_id)[0]
