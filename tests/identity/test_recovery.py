@@ -560,3 +560,17 @@ def test_step_up_with_the_authenticator_cancels_the_recovery(
     response = client.post("/api/v1/recovery/complete", headers=_bearer(intruder))
     assert response.status_code in (401, 409)
     assert _factors(runtime, account_id)[0]
+
+
+def test_recovery_link_email_tells_the_owner_their_password_is_known(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    # Only a password sign-in can ask for the link: the owner who did not ask must not
+    # be told to ignore it.
+    _account(runtime, tmp_path)
+    intruder = _sign_in(client, runtime)
+    assert client.post("/api/v1/recovery/start", headers=_bearer(intruder)).status_code == 202
+    sent = mailbox.last_to(runtime, LOGIN)
+    assert "someone knows your password" in sent.text
+    assert "someone knows your password" in sent.html
+    assert "ignore this email" not in sent.text
