@@ -196,6 +196,13 @@ def refusal(db: Session, runtime: Runtime, account_id: str, *, kind: str) -> Ref
     if kind == "self" and db.get(PatientLink, account_id) is None:
         return Refusal.NO_ROSTER
     now = throttle.utcnow()
+    if any(now - moment < RECENT_CHANGE for moment in _last_changes(db, account_id)):
+        return Refusal.RECENT_CHANGE
+    return None
+
+
+def _last_changes(db: Session, account_id: str) -> list[datetime]:
+    """When the account's password was last reset and its address last changed."""
     identifier = db.get(LoginIdentifier, account_id)
     # As identity.flows.reset.last_password_reset_at reads it (not imported: a cycle).
     reset_at = db.scalar(
@@ -204,10 +211,7 @@ def refusal(db: Session, runtime: Runtime, account_id: str, *, kind: str) -> Ref
         )
     )
     changed_at = identifier.changed_at if identifier is not None else None
-    for moment in (reset_at, changed_at):
-        if moment is not None and now - moment < RECENT_CHANGE:
-            return Refusal.RECENT_CHANGE
-    return None
+    return [moment for moment in (reset_at, changed_at) if moment is not None]
 
 
 def _open(db: Session, account_id: str) -> RecoveryRequest | None:
@@ -831,7 +835,15 @@ def complete(
         )
         # A password reset or an e-mail change during the wait (or the address no longer
         # verified): ended, not completed; the reset may be the owner taking it back.
-        stopped = ready and refusal(db, runtime, account_id, kind="staff") is not None
+        # Since the request began, too: the wait may be longer than RECENT_CHANGE.
+        stopped = (
+            ready
+            and row is not None
+            and (
+                refusal(db, runtime, account_id, kind="staff") is not None
+                or any(moment >= row.created_at for moment in _last_changes(db, account_id))
+            )
+        )
         if row is not None and stopped:
             _end(
                 db,

@@ -574,3 +574,30 @@ def test_recovery_link_email_tells_the_owner_their_password_is_known(
     assert "someone knows your password" in sent.text
     assert "someone knows your password" in sent.html
     assert "ignore this email" not in sent.text
+
+
+def test_password_reset_early_in_a_long_wait_still_stops_the_recovery(  # noqa: PLR0917
+    client: TestClient,
+    runtime: Runtime,
+    mailbox: Mailbox,
+    clock: Clock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The wait may be configured longer than the 7 days a reset is "recent" for.
+    longer = runtime.settings.model_copy(update={"recovery_wait_hours": 24 * 14})
+    monkeypatch.setattr(runtime, "settings", longer)
+    account_id, _ = _account(runtime, tmp_path)
+    intruder = _sign_in(client, runtime)
+    _api_to_waiting(client, runtime, mailbox, intruder)
+    clock.advance(timedelta(days=1))
+    assert client.post("/api/v1/password/forgot", json={"login": LOGIN}).status_code == 202
+    reset = reset_token(mailbox.last_to(runtime, LOGIN))
+    new_password = "a brand new long passphrase"
+    answer = client.post("/api/v1/password/reset", json={"token": reset, "password": new_password})
+    assert answer.status_code == 204
+    clock.advance(timedelta(days=13, hours=1))  # the wait is over, the reset 13 days old
+    again = _sign_in(client, runtime, new_password)
+    assert client.post("/api/v1/recovery/complete", headers=_bearer(again)).status_code == 409
+    assert _state(runtime, account_id) == ["cancelled"]
+    assert _factors(runtime, account_id)[0]
