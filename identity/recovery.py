@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from carebridge import audit
@@ -196,6 +196,13 @@ def refusal(db: Session, runtime: Runtime, account_id: str, *, kind: str) -> Ref
     if kind == "self" and db.get(PatientLink, account_id) is None:
         return Refusal.NO_ROSTER
     now = throttle.utcnow()
+    if any(now - moment < RECENT_CHANGE for moment in _last_changes(db, account_id)):
+        return Refusal.RECENT_CHANGE
+    return None
+
+
+def _last_changes(db: Session, account_id: str) -> list[datetime]:
+    """When the account's password was last reset and its address last changed."""
     identifier = db.get(LoginIdentifier, account_id)
     # As identity.flows.reset.last_password_reset_at reads it (not imported: a cycle).
     reset_at = db.scalar(
@@ -204,10 +211,7 @@ def refusal(db: Session, runtime: Runtime, account_id: str, *, kind: str) -> Ref
         )
     )
     changed_at = identifier.changed_at if identifier is not None else None
-    for moment in (reset_at, changed_at):
-        if moment is not None and now - moment < RECENT_CHANGE:
-            return Refusal.RECENT_CHANGE
-    return None
+    return [moment for moment in (reset_at, changed_at) if moment is not None]
 
 
 def _open(db: Session, account_id: str) -> RecoveryRequest | None:
@@ -218,6 +222,16 @@ def _open(db: Session, account_id: str) -> RecoveryRequest | None:
         .limit(1)
         .with_for_update()
     ).first()
+
+
+def _end_password_only_sessions(db: Session, account_id: str) -> None:
+    """A request stopped by "this wasn't me" or by the second factor: whoever else knows
+    the password loses the sessions it gave them (two-factor sessions stay)."""
+    db.execute(
+        delete(AuthSession).where(
+            AuthSession.account_id == account_id, AuthSession.level < sessions.SECOND_FACTOR
+        )
+    )
 
 
 def _end(
@@ -301,7 +315,8 @@ def start(
 ) -> None:
     """E-mail a link to the verified address, bound to ``session``; RefusedError or
     LockedError otherwise. A new request replaces the account's open self-service one
-    that has not started its wait (a waiting one stays: cancel it with its link)."""
+    that has not started its wait (a waiting one stays: cancel it with its link; so does a
+    staff one, whose code the password alone must not void)."""
     account_id = session.account_id
     now = throttle.utcnow()
     why: Refusal | None = None
@@ -312,7 +327,11 @@ def start(
             locked = False
             why = refusal(db, runtime, account_id, kind="self")
             open_row = _open(db, account_id)
-            fresh = why is None and (open_row is None or open_row.state != WAITING)
+            # A waiting request, or support's code, is not replaced from here: the
+            # password alone must not undo either.
+            fresh = why is None and (
+                open_row is None or (open_row.state != WAITING and open_row.kind == "self")
+            )
             if fresh and not _mail_budget(db, runtime, account_id):
                 locked = True  # the address had its e-mails for this hour
             elif fresh:
@@ -743,6 +762,7 @@ def cancel_by_link(
                 actor="anonymous",
                 request_id=request_id,
             )
+            _end_password_only_sessions(db, row.account_id)
         else:
             audit.append(
                 db,
@@ -801,6 +821,8 @@ def end_open(
             actor=_actor(account_id),
             request_id=request_id,
         )
+    if rows:
+        _end_password_only_sessions(db, account_id)
 
 
 def complete(
@@ -827,7 +849,15 @@ def complete(
         )
         # A password reset or an e-mail change during the wait (or the address no longer
         # verified): ended, not completed; the reset may be the owner taking it back.
-        stopped = ready and refusal(db, runtime, account_id, kind="staff") is not None
+        # Since the request began, too: the wait may be longer than RECENT_CHANGE.
+        stopped = (
+            ready
+            and row is not None
+            and (
+                refusal(db, runtime, account_id, kind="staff") is not None
+                or any(moment >= row.created_at for moment in _last_changes(db, account_id))
+            )
+        )
         if row is not None and stopped:
             _end(
                 db,

@@ -40,9 +40,11 @@ from carebridge.http.problems import Problem
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import accounts, authn, sessions, throttle
+from identity import recovery as lost_factor
 from identity.credentials import password, recovery, totp
 from identity.flows import mfa
 from identity.flows.mfa import Result, Status
+from identity.interfaces import EmailSender
 from identity.models import AuthSession, PasswordCredential
 
 WRONG_PASSWORD = N_("That password is not right.")
@@ -109,9 +111,11 @@ def with_code(
     user_agent: str,
     request_id: str | None,
     method: str = "totp",
+    email: EmailSender | None = None,
 ) -> Result:
     """The session again, stepped up just now with an authenticator code
-    (``method="totp"``) or a recovery code (``method="recovery"``, used up)."""
+    (``method="totp"``) or a recovery code (``method="recovery"``, used up). As at
+    sign-in, the second factor proved ends any recovery of it in progress."""
     account_id = session.account_id
     action = f"identity.reauth.{method}"
     with transaction(runtime.sessions) as db:
@@ -146,6 +150,7 @@ def with_code(
         started = _renew(db, runtime, session, user_agent, stepped_up=True)
         if started is None:
             return Result(Status.GONE)
+        lost_factor.cancel_on_sign_in(db, runtime, email, account_id, request_id=request_id)
         _audit(db, account_id, action, Outcome.ALLOWED, request_id)
         return Result(Status.OK, started.token, started.session.level)
 
@@ -264,6 +269,7 @@ async def reauth_submit(request: Request) -> Response:
                 user_agent=sessions.user_agent(request),
                 request_id=_request_id(request),
                 method=method,
+                email=request.app.state.outward.email,
             )
         )
     if result.status is Status.OK:
@@ -314,7 +320,13 @@ async def api_reauth(request: Request) -> Response:
         typed = body.code if body.code is not None else str(body.recovery_code)
         result = await run_in_threadpool(
             lambda: with_code(
-                runtime, session, typed, user_agent=user_agent, request_id=request_id, method=method
+                runtime,
+                session,
+                typed,
+                user_agent=user_agent,
+                request_id=request_id,
+                method=method,
+                email=request.app.state.outward.email,
             )
         )
     field, _, _, wrong = _FIELDS[method]

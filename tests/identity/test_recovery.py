@@ -240,6 +240,9 @@ def test_this_wasnt_me_link_stops_the_recovery(
 
     clock.advance(timedelta(hours=2))
     response = client.post("/api/v1/recovery/complete", headers=_bearer(session_token))
+    assert response.status_code == 401  # and the session that asked is gone
+    fresh = _sign_in(client, runtime)
+    response = client.post("/api/v1/recovery/complete", headers=_bearer(fresh))
     assert response.status_code == 409
     assert _factors(runtime, account_id) == (True, 0)
     # The cancel link worked once.
@@ -260,7 +263,7 @@ def test_two_factor_sign_in_cancels_the_recovery(
     assert mailbox.last_to(runtime, LOGIN).subject == "Account recovery stopped"
     clock.advance(timedelta(hours=2))
     response = client.post("/api/v1/recovery/complete", headers=_bearer(attacker))
-    assert response.status_code == 409
+    assert response.status_code == 401  # and the session that asked is gone
     assert _factors(runtime, account_id)[0]
 
 
@@ -505,3 +508,96 @@ def test_recovery_link_of_one_account_does_nothing_for_another(
     answer = client.post("/api/v1/recovery/link", json={"token": token}, headers=_bearer(victim))
     assert answer.status_code == 204
     assert _state(runtime, account_id) == ["started"]
+
+
+def _levels(runtime: Runtime, account_id: str) -> list[int]:
+    with runtime.sessions() as db:
+        query = select(AuthSession.level).where(AuthSession.account_id == account_id)
+        return sorted(db.scalars(query))
+
+
+def test_this_wasnt_me_ends_the_intruders_password_only_sessions(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    account_id, _ = _account(runtime, tmp_path)
+    factories.session(runtime, account_id, level=2)  # the owner, signed in before
+    intruder = _sign_in(client, runtime)
+    cancel = _api_to_waiting(client, runtime, mailbox, intruder)
+    assert client.post("/api/v1/recovery/cancel", json={"token": cancel}).status_code == 204
+    # The password is known to someone else: their password-only session ends, so they
+    # cannot go on (or start again) from it; the owner's two-factor session stays.
+    assert client.post("/api/v1/recovery/start", headers=_bearer(intruder)).status_code == 401
+    assert _levels(runtime, account_id) == [2]
+
+
+def test_two_factor_sign_in_ends_the_intruders_password_only_sessions(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    account_id, totp = _account(runtime, tmp_path)
+    intruder = _sign_in(client, runtime)
+    _api_to_waiting(client, runtime, mailbox, intruder)
+    owner = _sign_in(client, runtime)
+    passed = client.post("/api/v1/mfa/challenge", json={"code": totp.now()}, headers=_bearer(owner))
+    assert passed.status_code == 200, passed.text
+    assert _state(runtime, account_id) == ["cancelled"]
+    assert client.post("/api/v1/recovery/start", headers=_bearer(intruder)).status_code == 401
+    assert _levels(runtime, account_id) == [2]
+
+
+def test_step_up_with_the_authenticator_cancels_the_recovery(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, clock: Clock, tmp_path: Path
+) -> None:
+    account_id, totp = _account(runtime, tmp_path)
+    owner = factories.session(runtime, account_id, level=2)  # signed in before it began
+    intruder = _sign_in(client, runtime)
+    _api_to_waiting(client, runtime, mailbox, intruder)
+    # The owner confirms it's them with the authenticator: the factor is not lost.
+    again = client.post("/api/v1/reauth", json={"code": totp.now()}, headers=_bearer(owner))
+    assert again.status_code == 200, again.text
+    assert _state(runtime, account_id) == ["cancelled"]
+    assert mailbox.last_to(runtime, LOGIN).subject == "Account recovery stopped"
+    clock.advance(timedelta(hours=2))
+    response = client.post("/api/v1/recovery/complete", headers=_bearer(intruder))
+    assert response.status_code in (401, 409)
+    assert _factors(runtime, account_id)[0]
+
+
+def test_recovery_link_email_tells_the_owner_their_password_is_known(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    # Only a password sign-in can ask for the link: the owner who did not ask must not
+    # be told to ignore it.
+    _account(runtime, tmp_path)
+    intruder = _sign_in(client, runtime)
+    assert client.post("/api/v1/recovery/start", headers=_bearer(intruder)).status_code == 202
+    sent = mailbox.last_to(runtime, LOGIN)
+    assert "someone knows your password" in sent.text
+    assert "someone knows your password" in sent.html
+    assert "ignore this email" not in sent.text
+
+
+def test_password_reset_early_in_a_long_wait_still_stops_the_recovery(  # noqa: PLR0917
+    client: TestClient,
+    runtime: Runtime,
+    mailbox: Mailbox,
+    clock: Clock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The wait may be configured longer than the 7 days a reset is "recent" for.
+    longer = runtime.settings.model_copy(update={"recovery_wait_hours": 24 * 14})
+    monkeypatch.setattr(runtime, "settings", longer)
+    account_id, _ = _account(runtime, tmp_path)
+    intruder = _sign_in(client, runtime)
+    _api_to_waiting(client, runtime, mailbox, intruder)
+    clock.advance(timedelta(days=1))
+    assert client.post("/api/v1/password/forgot", json={"login": LOGIN}).status_code == 202
+    reset = reset_token(mailbox.last_to(runtime, LOGIN))
+    new_password = "a brand new long passphrase"
+    answer = client.post("/api/v1/password/reset", json={"token": reset, "password": new_password})
+    assert answer.status_code == 204
+    clock.advance(timedelta(days=13, hours=1))  # the wait is over, the reset 13 days old
+    again = _sign_in(client, runtime, new_password)
+    assert client.post("/api/v1/recovery/complete", headers=_bearer(again)).status_code == 409
+    assert _state(runtime, account_id) == ["cancelled"]
+    assert _factors(runtime, account_id)[0]

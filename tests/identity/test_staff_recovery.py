@@ -185,7 +185,7 @@ def test_staff_code_cancelled_by_this_wasnt_me(
     assert client.post("/api/v1/recovery/cancel", json={"token": cancel}).status_code == 204
     clock.advance(timedelta(hours=2))
     response = client.post("/api/v1/recovery/complete", headers=_bearer(session_token))
-    assert response.status_code == 409
+    assert response.status_code == 401  # and the session that asked is gone
     assert _factors(runtime, account_id)[0]
 
 
@@ -207,3 +207,24 @@ def test_staff_code_of_one_account_does_nothing_for_another(
     assert _enter(client, intruder, code) == 400
     assert _state(runtime, account_id) == ["started"]
     assert _state(runtime, other_id) == []
+
+
+def test_password_holder_cannot_void_the_staff_code_by_starting_self_service(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    account_id, _ = _account(runtime, tmp_path)
+    client.post(
+        f"/api/v1/admin/accounts/{account_id}/recovery",
+        json={"evidence": EVIDENCE, "reason": REASON},
+        headers=_operator(runtime, "admin.recovery"),
+    )
+    code = _code(mailbox.last_to(runtime, LOGIN))
+    # Someone with only the password starts self-service, again and again.
+    intruder = _sign_in(client, runtime)
+    for _ in range(2):
+        client.post("/api/v1/recovery/start", headers=_bearer(intruder))
+    assert _state(runtime, account_id) == ["started"]
+    # The owner's code from support still works.
+    owner = _sign_in(client, runtime)
+    assert _enter(client, owner, code) == 200
+    assert _state(runtime, account_id) == ["waiting"]
