@@ -617,3 +617,31 @@ def test_the_link_alone_finishes_signup_and_the_password_then_signs_in(
     assert client.post("/api/v1/email/confirm", json={"token": token}).status_code == 200
     answer = client.post("/api/v1/signin", json={"login": LOGIN, "password": PASSWORD})
     assert answer.status_code == 200 and "session_token" in answer.json()
+
+
+def test_stolen_session_without_a_fresh_second_factor_cannot_add_an_address(
+    client: TestClient, runtime: Runtime
+) -> None:
+    # An upstream-only account with an authenticator: a session whose sign-in is recent
+    # (an upstream re-authentication renews it) but whose second factor is not. The
+    # added address would become the account's recovery and reset channel.
+    account_id = factories.account(runtime)
+    app = factories.totp(runtime, account_id)
+    token = factories.sign_in(client, runtime, account_id, level=2)
+    page = client.get("/account/email")
+    refused = client.post(
+        "/account/email",
+        data={"csrf_token": factories.csrf(page.text), "login": "thief@example.org"},
+        follow_redirects=False,
+    )
+    assert refused.status_code == 303 and refused.headers["location"].startswith("/reauth")
+    bearer = {"Authorization": f"Bearer {token}"}
+    api = client.post("/api/v1/account/email", json={"login": "thief@example.org"}, headers=bearer)
+    assert api.status_code == 403 and api.json()["step_up"] == "reauth"
+    assert emails_to(runtime, "thief@example.org") == []
+    # With the authenticator proved just now, it may.
+    reauth = client.post("/api/v1/reauth", json={"code": app.now()}, headers=bearer)
+    assert reauth.status_code == 200, reauth.text
+    bearer = {"Authorization": f"Bearer {reauth.json()['session_token']}"}
+    added = client.post("/api/v1/account/email", json={"login": "new@example.org"}, headers=bearer)
+    assert added.status_code == 202
