@@ -6,12 +6,13 @@ provider) → second factor (a TOTP code or a recovery code) → done. With MFA 
 anything else is reachable.
 
 Step-up: sensitive changes (the password, the e-mail address, second factors, linking or
-unlinking a sign-in method, exporting messages, deleting the account) need more than a finished sign-in: the
-second factor proved in this session within ``step_up_minutes`` (a sign-in's second step,
-``/reauth`` with an authenticator or recovery code, or confirming an authenticator). A
-password alone never steps up. An account with no second factor (MFA optional, or
-upstream sign-in only) is sent to set one up first: its first authenticator needs only a
-recent sign-in, and its owner gets a notice by e-mail (docs/threat-model.md, "Step-up").
+unlinking a sign-in method, exporting messages, deleting the account) need more than a
+finished sign-in: the second factor proved in this session within ``step_up_minutes`` (a
+sign-in's second step, ``/reauth`` with an authenticator or recovery code, or confirming
+an authenticator). A password alone never steps up. An account with no second factor
+(MFA optional, or upstream sign-in only) is sent to set one up first: its first
+authenticator needs only a recent sign-in, and its owner gets a notice by e-mail
+(docs/threat-model.md, "Step-up").
 """
 
 from __future__ import annotations
