@@ -116,10 +116,11 @@ def create(
     keyring: Keyring,
     *,
     login: str,
-    password_hash: str,
+    password_hash: str | None,
     verified_at: datetime | None = None,
 ) -> str:
-    """A new active account with its login and password, in the caller's transaction.
+    """A new active account with its login and password, in the caller's transaction
+    (sign-up's has no password until its address is verified: ``password_hash`` None).
 
     The login is unverified unless ``verified_at`` says when it was proved (sign-up sends
     a verification; operators' and the demo's accounts may be created verified).
@@ -139,7 +140,8 @@ def create(
             verified_at=verified_at,
         )
     )
-    db.add(PasswordCredential(account_id=account_id, hash=password_hash, changed_at=now))
+    if password_hash is not None:
+        db.add(PasswordCredential(account_id=account_id, hash=password_hash, changed_at=now))
     db.flush()
     return account_id
 

@@ -34,7 +34,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
@@ -46,7 +46,7 @@ from carebridge.runtime import Runtime
 from identity import accounts, emails, throttle
 from identity.credentials import recovery
 from identity.interfaces import EmailSender
-from identity.models import EmailVerification, LoginIdentifier, new_id
+from identity.models import EmailVerification, LoginIdentifier, PasswordCredential, new_id
 
 CODE_LENGTH = 8
 MAX_CODE_FAILURES = 5
@@ -125,6 +125,7 @@ def issue(
     pending_token: str | None,
     template: str = "verify_email",
     link_path: str = "/email/confirm",
+    password_hash: str | None = None,
 ) -> str | None:
     """Send a verification for ``to`` (a normalised address) to the account, in ``db``'s
     transaction; returns its ID, or None when the address has had its e-mails for the
@@ -134,14 +135,17 @@ def issue(
     ``pending_token``: the browser binding for ``signup``/``signin``, the session's for
     ``change``; None for ``add``, bound to the account. ``add`` and ``change`` rows carry
     their address (not yet the account's login). ``template`` and ``link_path``: the
-    e-mail and the page its link opens.
+    e-mail and the page its link opens. ``password_hash``: ``signup``'s password, set on
+    the account only once verified.
     """
     address_hash = accounts.login_hash(runtime.keyring, to)
     now = throttle.utcnow()
     if not may_email(db, runtime, address_hash):
-        if pending_token and purpose in (SIGNUP, SIGNIN):
+        if pending_token and purpose in (SIGNUP, SIGNIN) and password_hash is None:
             # Nothing new is sent: the code already in the inbox finishes in the browser
-            # that asked last (which got this far with the right password or a sign-up).
+            # that asked last (which got this far with the right password). Not for a
+            # sign-up: anyone may send one, and the code must not finish it with
+            # another sign-up's password.
             latest = db.scalar(
                 select(EmailVerification)
                 .where(
@@ -180,6 +184,7 @@ def issue(
                 if purpose in _CARRIES_ADDRESS
                 else None
             ),
+            password_hash=password_hash,
             created_at=now,
             expires_at=now + timedelta(hours=runtime.settings.email_verification_hours),
             used_at=None,
@@ -267,6 +272,18 @@ def mark_verified(db: Session, row: EmailVerification, now: datetime) -> bool:
     if row.purpose == CHANGE:
         return False
     if row.purpose != ADD:
+        if row.password_hash is not None:
+            # A sign-up's password: the account's now (one sign-up's, the latest's, as a
+            # newer verification ended the older ones).
+            db.execute(
+                delete(PasswordCredential).where(PasswordCredential.account_id == row.account_id)
+            )
+            db.add(
+                PasswordCredential(
+                    account_id=row.account_id, hash=row.password_hash, changed_at=now
+                )
+            )
+            db.flush()
         db.execute(
             update(LoginIdentifier)
             .where(

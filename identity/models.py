@@ -285,6 +285,8 @@ class EmailVerification(Base):
     browser_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     address_hash: Mapped[str | None] = mapped_column(String(64))
     address_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # ``signup``: the Argon2 hash of the password chosen, the account's once verified.
+    password_hash: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -13,10 +13,11 @@ link anywhere, and adding an address to an account that signs in only through a 
   session the browser holds (perhaps another account's) is not touched.
 - ``GET/POST /account/email`` and ``POST /account/email/verify`` (pages),
   ``POST /api/v1/account/email`` and ``POST /api/v1/account/email/verify``: an account
-  without a login address (upstream sign-in only), recently signed in, adds one; it
-  becomes the account's login, verified, only when the code (in its session) or the
-  link comes back. An address another account has gets the same answer, and its owner
-  the "someone tried" notice.
+  without a login address (upstream sign-in only), recently signed in (stepped up,
+  where it has an authenticator: the address becomes its reset and recovery channel),
+  adds one; it becomes the account's login, verified, only when the code (in its
+  session) or the link comes back. An address another account has gets the same
+  answer, and its owner the "someone tried" notice.
 
 Every failure (no such pending state, a wrong, used, expired, voided, truncated or
 another account's code or token) gets one answer. Codes and links are counted before
@@ -48,6 +49,7 @@ from carebridge.http.templates import templates_for
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity import accounts, authn, email_verification, sessions, throttle
+from identity.credentials import totp
 from identity.flows import mfa, signin
 from identity.flows.signin import (
     Credentials,
@@ -60,7 +62,7 @@ from identity.flows.signin import (
     request_context,
 )
 from identity.interfaces import EmailSender
-from identity.models import Account, EmailVerification, LoginIdentifier
+from identity.models import Account, AuthSession, EmailVerification, LoginIdentifier
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
@@ -263,6 +265,16 @@ def has_address(runtime: Runtime, account_id: str) -> bool:
             select(LoginIdentifier.account_id).where(LoginIdentifier.account_id == account_id)
         )
     return found is not None
+
+
+def may_add(runtime: Runtime, session: AuthSession) -> bool:
+    """Adding an address gives the account a reset and recovery channel: with an
+    authenticator, the second factor proved within ``step_up_minutes`` (as linking a
+    sign-in method); without one, a recent sign-in (all such an account can prove)."""
+    with runtime.sessions() as db:
+        if totp.confirmed(db, session.account_id) is not None:
+            return authn.is_stepped_up(session, runtime.settings)
+    return authn.is_recent(session)
 
 
 def add_address(
@@ -496,7 +508,7 @@ def _add_page(
 
 async def add_submit(request: Request) -> Response:
     session = await authn.require(request)
-    if not authn.is_recent(session):
+    if not await run_in_threadpool(may_add, _runtime(request), session):
         return mfa.reauth_redirect("/account/email")
     form = await read_form(request)
     raw_login = form_text(form, "login")
@@ -570,18 +582,19 @@ class NewAddress(BaseModel):
 async def api_add(request: Request) -> Response:
     """Add an email address to an account that signs in only through a provider
 
-    Needs a recent sign-in (POST /api/v1/reauth first). A code goes to the address; it
+    Needs a recent sign-in, and where the account has an authenticator a step-up (POST
+    /api/v1/reauth with its code first). A code goes to the address; it
     becomes the account's email address, verified, once `POST /api/v1/account/email/verify`
     takes the code (or the e-mail's link is followed). An address another account has
     gets the same answer, and its owner a notice.
 
     - 400: The address is missing or malformed
     - 401: Not signed in
-    - 403: Not signed in recently: POST /api/v1/reauth first
+    - 403: Not signed in recently, or not stepped up: POST /api/v1/reauth first
     - 409: The account already has an email address
     """
     session = await authn.require(request)
-    if not authn.is_recent(session):
+    if not await run_in_threadpool(may_add, _runtime(request), session):
         raise mfa.reauth_problem()
     body = await read_json(request, NewAddress)
     try:

@@ -7,11 +7,15 @@ checked first; then, whether or not the address has an account, the password is 
 page goes to "check your email" (``/email/verify``, with the pending state in a cookie),
 the API answers 202 with a pending token.
 
-- A new address: the account is created with its password, its address unverified, and
-  an e-mail carries a link and a code (identity/email_verification.py). Nothing is
-  usable before one of them comes back: the code typed in the same browser signs in and
-  goes on like a sign-in (identity/flows/email_verification.py); a password sign-in
-  sends a new code instead of a session.
+- A new address: the account is created without a password, its address unverified,
+  and an e-mail carries a link and a code (identity/email_verification.py); the
+  password's hash waits on that verification and becomes the account's only when one of
+  them comes back: the code typed in the same browser signs in and goes on like a
+  sign-in (identity/flows/email_verification.py). Until then signing in with the chosen
+  password fails like a wrong one, so it cannot tell a new address from a taken one.
+- An address whose account is such an unfinished sign-up (no password, unverified):
+  this sign-up replaces it (a new verification with this password, the older one
+  ended), so a stranger's sign-up cannot hold someone else's address.
 - A taken address: its owner gets a notice ("someone tried to create an account with
   your address; if it was you, sign in or reset your password") and nothing else
   changes. The pending state handed out is as random as a real one and matches nothing.
@@ -127,7 +131,11 @@ def _record(
 ) -> None:
     with transaction(runtime.sessions) as db:
         found = accounts.find_by_login(db, runtime.keyring, login)
-        if found is not None:
+        if found is not None and not found.verified and found.password_hash is None:
+            # Another unfinished sign-up (perhaps a stranger's): this one replaces it, and
+            # whoever reads the address finishes it.
+            account_id = found.account_id
+        elif found is not None:
             notified = email_verification.notify_taken(db, runtime, email, to=login)
             audit.append(
                 db,
@@ -138,7 +146,8 @@ def _record(
                 request_id=request_id,
             )
             return
-        account_id = accounts.create(db, runtime.keyring, login=login, password_hash=password_hash)
+        else:
+            account_id = accounts.create(db, runtime.keyring, login=login, password_hash=None)
         actor = f"account:{account_id}"
         audit.append(
             db,
@@ -156,6 +165,7 @@ def _record(
             purpose=email_verification.SIGNUP,
             to=login,
             pending_token=pending.token,
+            password_hash=password_hash,
         )
 
 

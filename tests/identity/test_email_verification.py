@@ -311,11 +311,8 @@ def test_mixed_case_and_unicode_addresses_map_to_one_account(
     )  # fullwidth letters: NFKC makes them ASCII
     assert count(runtime, Account) == 1
     sent = emails_to(runtime, LOGIN)
-    assert [e["subject"] for e in sent] == [
-        "Confirm your email address",
-        "Someone tried to create an account with your address",
-        "Someone tried to create an account with your address",
-    ]
+    # An unfinished sign-up is replaced by the next one (one account throughout).
+    assert [e["subject"] for e in sent] == ["Confirm your email address"] * 3
 
 
 def test_email_bomb_of_signups_for_one_address_is_throttled(
@@ -578,3 +575,73 @@ def test_the_new_forms_without_csrf_token_are_refused_and_change_nothing(
     assert code.status_code == link.status_code == add.status_code == 403
     assert verified_at(runtime) is None
     assert emails_to(runtime, "new@example.org") == []
+
+
+# Sign-up's password is not usable before the address is verified
+
+
+def test_signup_then_signin_with_the_chosen_password_does_not_tell_a_taken_address(
+    client: TestClient, runtime: Runtime
+) -> None:
+    existing_account(runtime, "taken@example.org")
+    chosen = {"password": "an attacker's own words"}
+    for login in ("taken@example.org", "new@example.org"):
+        assert client.post("/api/v1/signup", json={"login": login, **chosen}).status_code == 202
+    answers = [
+        client.post("/api/v1/signin", json={"login": login, **chosen})
+        for login in ("taken@example.org", "new@example.org")
+    ]
+    assert [a.status_code for a in answers] == [401, 401]
+    bodies = [{k: v for k, v in a.json().items() if k != "request_id"} for a in answers]
+    assert bodies[0] == bodies[1]
+
+
+def test_a_strangers_unverified_signup_does_not_keep_the_owner_from_the_address(
+    client: TestClient, runtime: Runtime
+) -> None:
+    stranger = {"login": LOGIN, "password": "an attacker's own words"}
+    assert client.post("/api/v1/signup", json=stranger).status_code == 202
+    pending = api_signup(client).json()["pending_token"]  # the owner, with PASSWORD
+    assert api_code(client, pending, code_in(last_email_to(runtime, LOGIN))).status_code == 200
+    owner = {"login": LOGIN, "password": PASSWORD}
+    assert client.post("/api/v1/signin", json=owner).status_code == 200
+    assert client.post("/api/v1/signin", json=stranger).status_code == 401
+    assert count(runtime, Account) == 1
+
+
+def test_the_link_alone_finishes_signup_and_the_password_then_signs_in(
+    client: TestClient, runtime: Runtime
+) -> None:
+    assert api_signup(client).status_code == 202
+    token = link_token_in(last_email_to(runtime, LOGIN))
+    assert client.post("/api/v1/email/confirm", json={"token": token}).status_code == 200
+    answer = client.post("/api/v1/signin", json={"login": LOGIN, "password": PASSWORD})
+    assert answer.status_code == 200 and "session_token" in answer.json()
+
+
+def test_stolen_session_without_a_fresh_second_factor_cannot_add_an_address(
+    client: TestClient, runtime: Runtime
+) -> None:
+    # An upstream-only account with an authenticator: a session whose sign-in is recent
+    # (an upstream re-authentication renews it) but whose second factor is not. The
+    # added address would become the account's recovery and reset channel.
+    account_id = factories.account(runtime)
+    app = factories.totp(runtime, account_id)
+    token = factories.sign_in(client, runtime, account_id, level=2)
+    page = client.get("/account/email")
+    refused = client.post(
+        "/account/email",
+        data={"csrf_token": factories.csrf(page.text), "login": "thief@example.org"},
+        follow_redirects=False,
+    )
+    assert refused.status_code == 303 and refused.headers["location"].startswith("/reauth")
+    bearer = {"Authorization": f"Bearer {token}"}
+    api = client.post("/api/v1/account/email", json={"login": "thief@example.org"}, headers=bearer)
+    assert api.status_code == 403 and api.json()["step_up"] == "reauth"
+    assert emails_to(runtime, "thief@example.org") == []
+    # With the authenticator proved just now, it may.
+    reauth = client.post("/api/v1/reauth", json={"code": app.now()}, headers=bearer)
+    assert reauth.status_code == 200, reauth.text
+    bearer = {"Authorization": f"Bearer {reauth.json()['session_token']}"}
+    added = client.post("/api/v1/account/email", json={"login": "new@example.org"}, headers=bearer)
+    assert added.status_code == 202

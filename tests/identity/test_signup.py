@@ -197,7 +197,7 @@ def test_signup_cannot_be_used_to_guess_a_password(client: TestClient) -> None:
 def test_signup_racing_another_for_the_same_login_answers_like_a_taken_one(
     client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    api_signup(client)
+    signed_up(client, LOGIN, PASSWORD)
     original = accounts.find_by_login
     calls = []
 
