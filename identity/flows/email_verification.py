@@ -508,9 +508,10 @@ def _add_page(
 
 async def add_submit(request: Request) -> Response:
     session = await authn.require(request)
+    # Read first: crafted input is refused (400) whoever sends it, before the step-up.
+    form = await read_form(request)
     if not await run_in_threadpool(may_add, _runtime(request), session):
         return mfa.reauth_redirect("/account/email")
-    form = await read_form(request)
     raw_login = form_text(form, "login")
     try:
         credentials = Credentials.model_validate({"login": raw_login, "password": "unused"})
@@ -594,9 +595,9 @@ async def api_add(request: Request) -> Response:
     - 409: The account already has an email address
     """
     session = await authn.require(request)
+    body = await read_json(request, NewAddress)  # crafted input: 400 before the step-up
     if not await run_in_threadpool(may_add, _runtime(request), session):
         raise mfa.reauth_problem()
-    body = await read_json(request, NewAddress)
     try:
         credentials = Credentials.model_validate({"login": body.login, "password": "unused"})
     except ValidationError as exc:
