@@ -241,3 +241,24 @@ def test_0018_gives_addresses_no_change_time_and_downgrades(empty_database_url: 
         migrate.upgrade(engine)
     finally:
         engine.dispose()
+
+
+def test_the_account_lifecycle_migrations_downgrade_and_upgrade_again(
+    empty_database_url: str,
+) -> None:
+    # 0014-0021 (e-mail verification, reset, step-up, recovery, e-mail change): each one's
+    # downgrade takes away what its upgrade added, on both databases, and head comes back.
+    engine = make_engine(empty_database_url)
+    try:
+        migrate.upgrade(engine)
+        added = {"email_verification", "password_reset", "recovery_request", "email_change"}
+        assert added <= set(sa.inspect(engine).get_table_names())
+        command.downgrade(migrate.alembic_config(engine), "0013")
+        assert migrate.current_revision(engine) == "0013"
+        assert not added & set(sa.inspect(engine).get_table_names())
+        session_columns = {c["name"] for c in sa.inspect(engine).get_columns("auth_session")}
+        assert "stepped_up_at" not in session_columns
+        migrate.upgrade(engine)
+        assert added <= set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
