@@ -14,6 +14,7 @@ from typing import Any
 
 from carebridge import wiring
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
+from carebridge.runtime import Runtime
 from identity import accounts, recovery
 from identity.flows import delete_account, mfa, signin, status
 from identity.roster import staff
@@ -93,16 +94,29 @@ def _login_from_stdin() -> str:
     return login
 
 
-def _account_id(args: argparse.Namespace) -> str | None:
+def _named(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(account ID, login): exactly one is given. Read before the database is opened, so
+    bad input fails fast."""
     account_id: str | None = args.account_id
     if account_id is not None and not account_id.startswith("acc_"):
         raise CommandError("--account-id: an account ID looks like acc_...")
-    return account_id
+    return account_id, _login_from_stdin() if account_id is None else None
+
+
+def _account_of(rt: Runtime, account_id: str | None, login: str | None) -> str:
+    """The ID of the account named either way; CommandError when no account has the login."""
+    if login is None:
+        assert account_id is not None  # noqa: S101  (one of the two is given)
+        return account_id
+    with rt.sessions() as db:
+        found = accounts.find_by_login(db, rt.keyring, login)
+    if found is None:
+        raise CommandError("no account has this email address")
+    return found.account_id
 
 
 def unlock(args: argparse.Namespace) -> int:
-    account_id = _account_id(args)
-    login = _login_from_stdin() if account_id is None else None
+    account_id, login = _named(args)
     rt = runtime()
     try:
         require_current_schema(rt)
@@ -126,8 +140,7 @@ def unlock(args: argparse.Namespace) -> int:
 
 
 def _set_active(args: argparse.Namespace, active: bool) -> None:
-    account_id = _account_id(args)
-    login = _login_from_stdin() if account_id is None else None
+    account_id, login = _named(args)
     rt = runtime()
     try:
         require_current_schema(rt)
@@ -157,18 +170,11 @@ def enable(args: argparse.Namespace) -> int:
 
 
 def delete(args: argparse.Namespace) -> int:
-    account_id = _account_id(args)
-    login = _login_from_stdin() if account_id is None else None
+    account_id, login = _named(args)
     rt = runtime()
     try:
         require_current_schema(rt)
-        if login is not None:
-            with rt.sessions() as db:
-                found = accounts.find_by_login(db, rt.keyring, login)
-            if found is None:
-                raise CommandError("no account has this email address")
-            account_id = found.account_id
-        assert account_id is not None  # noqa: S101  (one of the two is given)
+        account_id = _account_of(rt, account_id, login)
         try:
             erased = delete_account.erase(
                 rt,
@@ -188,18 +194,11 @@ def delete(args: argparse.Namespace) -> int:
 
 
 def recover(args: argparse.Namespace) -> int:
-    account_id = _account_id(args)
-    login = _login_from_stdin() if account_id is None else None
+    account_id, login = _named(args)
     rt = runtime()
     try:
         require_current_schema(rt)
-        if login is not None:
-            with rt.sessions() as db:
-                found = accounts.find_by_login(db, rt.keyring, login)
-            if found is None:
-                raise CommandError("no account has this email address")
-            account_id = found.account_id
-        assert account_id is not None  # noqa: S101  (one of the two is given)
+        account_id = _account_of(rt, account_id, login)
         try:
             recovery_id = recovery.start_staff(
                 rt,
