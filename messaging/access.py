@@ -56,6 +56,18 @@ class Actor:
     def for_care_team(self) -> bool:
         return self.care_team_id is not None
 
+    @property
+    def side(self) -> str:
+        """Which side of a thread the actor reads for (thread_read_state.participant): the
+        patient's, or the care team's, whose staff read for all of it."""
+        return "team" if self.for_care_team else "patient"
+
+    @property
+    def is_person(self) -> bool:
+        """A person, whose reading counts; an app's own token (client credentials) reads
+        for nobody, so it marks nothing read (issue 20)."""
+        return self.kind != "app"
+
 
 class RefusedError(Exception):
     """The request may not proceed; ``status`` and ``detail`` are safe to show.

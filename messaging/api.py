@@ -27,7 +27,7 @@ from carebridge.http.boundary import MultilineText
 from carebridge.http.forms import parse_json
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
-from messaging import export, files, threads
+from messaging import export, files, reads, threads
 from messaging.access import (
     ATTACHMENT_ID,
     Actor,
@@ -86,6 +86,11 @@ class MessageOut(BaseModel):
     body: str
     created_at: datetime
     attachments: list[AttachmentOut]
+    read: bool | None = Field(
+        description="For a message from the caller's side: whether the other side has read"
+        " it (a care team has when any of its staff did; never who). Null for the other"
+        " side's messages"
+    )
 
 
 @openapi.component
@@ -100,7 +105,13 @@ class ThreadOut(BaseModel):
     status: str = Field(description="open or closed")
     created_at: datetime
     last_message_at: datetime
-    unread: int = Field(description="Messages this caller has not marked read")
+    unread: int = Field(
+        description="The other side's messages the caller's side has not read (a care team's"
+        " staff share one read state; an app's own token reads for nobody)"
+    )
+    other_side_read_seq: int = Field(
+        description="How far the other side has read: the last message seq it read, 0 if none"
+    )
 
 
 @openapi.component
@@ -119,6 +130,24 @@ class ThreadDetail(BaseModel):
 @openapi.component
 class ReadState(BaseModel):
     last_read_seq: int
+
+
+@openapi.component
+class TeamUnreadOut(BaseModel):
+    care_team_id: str
+    care_team_name: str
+    unread_messages: int = Field(description="The other side's messages not yet read")
+    unread_threads: int = Field(description="Threads with at least one unread message")
+
+
+@openapi.component
+class UnreadSummary(BaseModel):
+    unread_messages: int
+    unread_threads: int
+    care_teams: list[TeamUnreadOut] = Field(
+        description="A care team's token: its team's line; a patient's: one per team they"
+        " have conversations with"
+    )
 
 
 # Query parameters (described from these models; the handlers read them as before).
@@ -411,6 +440,7 @@ async def post_message(request: Request) -> Response:
             author_id=None if actor.kind == "patient" else message.author_id,
             body=payload.body,
             created_at=message.created_at,
+            read=False,  # just written: the other side has not read it yet
         )
 
     view = await _perform(
@@ -465,6 +495,7 @@ async def upload_attachment(request: Request) -> Response:
             attachments=[
                 AttachmentView(attachment.id, name, attachment.content_type, attachment.size)
             ],
+            read=False,
         )
 
     view = await _perform(
@@ -534,9 +565,12 @@ async def mark_read(request: Request) -> Response:
     """Mark a thread read, up to a message seq or entirely
 
     Needs messaging.write: it changes what the caller's other apps and devices show as
-    unread, so a token that may only read cannot do it.
+    unread, so a token that may only read cannot do it. Read state is per side: a staff
+    member's read counts for the whole care team (the audit log names who), and the
+    patient sees the team's messages as read. An app's own token (client credentials)
+    reads for no person and cannot mark anything read.
 
-    - 403: The token lacks messaging.write
+    - 403: The token lacks messaging.write, or is a care team app's own token
     - 404: No such thread of this caller
     """
     thread_id = str(request.path_params["thread_id"])
@@ -554,6 +588,38 @@ async def mark_read(request: Request) -> Response:
         work=lambda db, actor: threads.mark_read(db, actor, thread_id, through),
     )
     return _json(ReadState(last_read_seq=seq))
+
+
+@openapi.operation(
+    answers={200: openapi.Json(UnreadSummary, "The caller's side's unread counts")},
+    security=openapi.access_token("messaging.read"),
+)
+async def unread_summary(request: Request) -> Response:
+    """Unread counts of the caller's side, in total and per care team
+
+    A care team's token (its app or a staff member) gets the team's counts, which every
+    staff member shares: one staff member's read lowers them for all. A patient's token
+    gets one line per care team. Per-thread counts are in the thread list.
+
+    - 401: No valid access token
+    - 403: The token lacks the scope, or acts for no patient or care team
+    """
+    caller = await _caller(request, READ, "messaging.unread", "threads")
+    teams = await _perform(
+        request,
+        caller,
+        action="messaging.unread",
+        target="threads",
+        work=reads.unread_by_team,
+    )
+    lines = [TeamUnreadOut.model_construct(**team.__dict__) for team in teams]
+    return _json(
+        UnreadSummary(
+            unread_messages=sum(team.unread_messages for team in teams),
+            unread_threads=sum(team.unread_threads for team in teams),
+            care_teams=lines,
+        )
+    )
 
 
 @openapi.operation(
@@ -616,4 +682,5 @@ def routes() -> list[BaseRoute]:
         Route(f"{thread}/read", mark_read, methods=["POST"]),
         Route(f"{thread}/close", close_thread, methods=["POST"]),
         Route(f"{base}/export", export_threads, methods=["GET"]),
+        Route(f"{base}/unread", unread_summary, methods=["GET"]),
     ]

@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -91,14 +92,19 @@ class Thread(Base):
 
 
 class ThreadReadState(Base):
-    """How far one participant has read a thread (by message sequence number)."""
+    """How far one side of a thread has read it (by message sequence number).
+
+    Read state is per side, not per person: a care team has read a message when any of
+    its staff did (issue 20), and a thread has one patient and one team. Which person read
+    is in the audit log (the request's record names them), never here.
+    """
 
     __tablename__ = "thread_read_state"
 
     thread_id: Mapped[str] = mapped_column(
         ForeignKey("thread.id", ondelete="CASCADE"), primary_key=True
     )
-    # "patient:<patient ID>", "account:<staff account ID>" or "app:<client ID>".
+    # The side: "patient" or "team" (messaging.reads.PATIENT, TEAM).
     participant: Mapped[str] = mapped_column(String(120), primary_key=True)
     last_read_seq: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -109,6 +115,16 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("thread_id", "seq"),
         CheckConstraint("author_kind IN ('patient', 'staff', 'app')", name="author_kind"),
+        # A care team's unread count: the patient's messages after the team's read
+        # position (messaging.reads). Patients' messages are the few; the index holds
+        # only them, so posts by the team do not pay for it.
+        Index(
+            "ix_message_patient_seq",
+            "thread_id",
+            "seq",
+            postgresql_where=text("author_kind = 'patient'"),
+            sqlite_where=text("author_kind = 'patient'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

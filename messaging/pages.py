@@ -24,7 +24,7 @@ from carebridge.http.templates import templates_for
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from identity.interfaces import require_patient
-from messaging import export, files, threads
+from messaging import export, files, reads, threads
 from messaging.access import Actor, Caller, RefusedError, perform, thread_target
 from messaging.api import attachment_response, read_bounded
 from messaging.threads import MessageView, Page, ThreadView
@@ -77,7 +77,7 @@ async def inbox(request: Request) -> Response:
 
     def work(db: Session, actor: Actor) -> tuple[Page[ThreadView], int]:
         page = threads.list_threads(db, runtime.keyring, actor, cursor=cursor, limit=_PAGE)
-        return page, threads.unread_total(db, actor)
+        return page, reads.unread_total(db, actor)
 
     page, unread = await _run(
         request, Caller.of_patient(patient_id), "messaging.thread.list", "threads", work

@@ -27,7 +27,6 @@ from sqlalchemy import (
     null,
     or_,
     select,
-    text,
     type_coerce,
     union_all,
     update,
@@ -43,7 +42,7 @@ from carebridge.keyring import Keyring
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
 from identity.interfaces import Eligibility, eligibility
-from messaging import crypto, files
+from messaging import crypto, files, reads
 from messaging.access import (
     THREAD_ID,
     Actor,
@@ -54,7 +53,7 @@ from messaging.access import (
     not_found,
 )
 from messaging.crypto import ThreadCipher
-from messaging.models import Attachment, CareTeam, Message, Thread, ThreadReadState
+from messaging.models import Attachment, CareTeam, Message, Thread
 from sms.interfaces import new_message_notice
 
 T = TypeVar("T")
@@ -84,6 +83,9 @@ class MessageView:
     created_at: datetime
     attachments: list[AttachmentView] = field(default_factory=list)
     mine: bool = False
+    # For a message from the reader's side: whether the other side has read it (a care
+    # team when any of its staff did); None for the other side's messages.
+    read: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ class ThreadView:
     created_at: datetime
     last_message_at: datetime
     unread: int
+    # How far the other side has read (a message seq; 0: nothing yet).
+    other_side_read_seq: int
 
 
 @dataclass(frozen=True)
@@ -150,25 +154,13 @@ def _parse_seq_cursor(cursor: str | None) -> int:
 # Reading
 
 
-_READ_STATES = cast(Table, ThreadReadState.__table__)
+_READ_STATES = reads.READ_STATES
 _MESSAGES = cast(Table, Message.__table__)
 _THREADS = cast(Table, Thread.__table__)
 # Hot-path statements, built once (building one and its cache key costs more than
-# running it): the read-state upsert, the reader's page, and the claim of a thread's
-# next message number for each kind of actor.
-# The read-state upsert run on its own, on both backends, is one constant text, the
-# only SQL text here: the dialects' insert().on_conflict_do_update() is not cacheable
-# (SQLAlchemy compiles it again on every execution, on every request here), and
-# PostgreSQL and SQLite (3.24+) both speak this form. A read position only moves forward.
-# In the post's one statement on PostgreSQL it is a Core construct (_advanced), compiled
-# once by its DirectStatement.
-_ADVANCE = text(
-    "INSERT INTO thread_read_state (thread_id, participant, last_read_seq, updated_at)"
-    " VALUES (:thread_id, :participant, :seq, :now)"
-    " ON CONFLICT (thread_id, participant) DO UPDATE"
-    " SET last_read_seq = excluded.last_read_seq, updated_at = excluded.updated_at"
-    " WHERE thread_read_state.last_read_seq < excluded.last_read_seq"
-).bindparams(bindparam("now", type_=DateTime(timezone=True)))
+# running it): the reader's page, and the claim of a thread's next message number for
+# each kind of actor (with the writer's read-state upsert, reads.ADVANCE, as a Core
+# construct on PostgreSQL, compiled once by its DirectStatement: _advanced).
 
 
 def _claim_next_seq(mine: Any, key: Any = None) -> Any:
@@ -194,38 +186,43 @@ def _claim_next_seq(mine: Any, key: Any = None) -> Any:
 
 _TEAMS = cast(Table, CareTeam.__table__)
 _ATTACHMENTS = cast(Table, Attachment.__table__)
-# Only what a reader's view needs: every row of the page repeats these.
-_THREAD_FOR_READER = (
-    select(
-        *(
-            _THREADS.c[name]
-            for name in (
-                "id",
-                "patient_id",
-                "care_team_id",
-                "subject_encrypted",
-                "status",
-                "data_key_wrapped",
-                "kek_id",
-                "last_seq",
-                "created_at",
-                "last_message_at",
-            )
-        ),
-        _TEAMS.c.name.label("team_name"),
-        func.coalesce(_READ_STATES.c.last_read_seq, 0).label("last_read"),
-    )
-    .select_from(
-        _THREADS.join(_TEAMS, _TEAMS.c.id == _THREADS.c.care_team_id).outerjoin(
-            _READ_STATES,
-            and_(
-                _READ_STATES.c.thread_id == _THREADS.c.id,
-                _READ_STATES.c.participant == bindparam("participant"),
+# The reader's side's read position, and the other side's (read receipts).
+_MINE = _READ_STATES.alias("mine")
+_THEIRS = _READ_STATES.alias("theirs")
+
+
+def _thread_for_reader(side: str) -> Any:
+    """Only what a reader's view needs: every row of the page repeats these."""
+    return (
+        select(
+            *(
+                _THREADS.c[name]
+                for name in (
+                    "id",
+                    "patient_id",
+                    "care_team_id",
+                    "subject_encrypted",
+                    "status",
+                    "data_key_wrapped",
+                    "kek_id",
+                    "last_seq",
+                    "created_at",
+                    "last_message_at",
+                )
             ),
+            _TEAMS.c.name.label("team_name"),
+            func.coalesce(_THEIRS.c.last_read_seq, 0).label("other_read"),
+            reads.unread_of(side, _MINE.c.last_read_seq).label("unread"),
         )
+        .select_from(
+            _THREADS.join(_TEAMS, _TEAMS.c.id == _THREADS.c.care_team_id)
+            .outerjoin(_MINE, reads.position_of(_MINE, "side"))
+            .outerjoin(_THEIRS, reads.position_of(_THEIRS, "other_side"))
+        )
+        .where(_THREADS.c.id == bindparam("thread_id"))
     )
-    .where(_THREADS.c.id == bindparam("thread_id"))
-)
+
+
 # A page of messages with their attachments (usually none) in one round trip: the page
 # first, then each message's attachment rows, if any, joined on.
 _PAGE = (
@@ -265,28 +262,36 @@ def _nulls(columns: Any) -> list[Any]:
     return [type_coerce(null(), column.type).label(column.key) for column in columns]
 
 
-_READ_PAGE = union_all(
-    _THREAD_FOR_READER.add_columns(*_nulls(_PAGE_ROWS), literal_column("0", Integer).label("part")),
-    select(
-        *_nulls(_THREAD_FOR_READER.selected_columns),
-        *_PAGE_ROWS,
-        literal_column("1", Integer).label("part"),
-    ).select_from(_PAGE.outerjoin(_ATTACHMENTS, _ATTACHMENTS.c.message_id == _PAGE.c.message_id)),
-).order_by(
-    literal_column("part"),
-    literal_column("message_seq"),
-    literal_column("attachment_created_at"),
-    literal_column("attachment_id"),
-)
-# PostgreSQL: the request's audit record written by the same statement. Both run direct.
-_READ_PAGE_AUDITED = audit.with_record(_READ_PAGE)
-_READ_PAGE_DIRECT = DirectStatement(_READ_PAGE)
-_READ_PAGE_AUDITED_DIRECT = DirectStatement(_READ_PAGE_AUDITED)
+def _read_page(side: str) -> Any:
+    thread = _thread_for_reader(side)
+    return union_all(
+        thread.add_columns(*_nulls(_PAGE_ROWS), literal_column("0", Integer).label("part")),
+        select(
+            *_nulls(thread.selected_columns),
+            *_PAGE_ROWS,
+            literal_column("1", Integer).label("part"),
+        ).select_from(
+            _PAGE.outerjoin(_ATTACHMENTS, _ATTACHMENTS.c.message_id == _PAGE.c.message_id)
+        ),
+    ).order_by(
+        literal_column("part"),
+        literal_column("message_seq"),
+        literal_column("attachment_created_at"),
+        literal_column("attachment_id"),
+    )
+
+
+# Per side (the unread count differs). PostgreSQL: the request's audit record written by
+# the same statement. All run direct.
+_READ_PAGE_DIRECT = {side: DirectStatement(_read_page(side)) for side in reads.OTHER_SIDE}
+_READ_PAGE_AUDITED_DIRECT = {
+    side: DirectStatement(audit.with_record(_read_page(side))) for side in reads.OTHER_SIDE
+}
 
 
 def _advanced(claimed: CTE) -> CTE:
-    """PostgreSQL: the writer's read position moved to the number ``claimed`` took (the
-    upsert of _ADVANCE, reading the claim)."""
+    """PostgreSQL: the writer's side's read position moved to the number ``claimed`` took
+    (the upsert of reads.ADVANCE, reading the claim; ``participant`` is the side)."""
     upsert = pg_insert(_READ_STATES).from_select(
         ["thread_id", "participant", "last_read_seq", "updated_at"],
         select(
@@ -320,39 +325,37 @@ def _claim_and_advance(for_care_team: bool) -> DirectStatement:
     )
 
 
-def _claim_gate(for_care_team: bool) -> Gate:
+def _claim_gate(for_care_team: bool, by_person: bool) -> Gate:
     """A post's claim of the next number, only while the thread still holds the wrapped
-    key the writer sealed its message under (``wrapped``), with the read-state upsert."""
+    key the writer sealed its message under (``wrapped``), with the read-state upsert
+    when a person writes (an app's own token moves no read position)."""
     claimed = _claim_next_seq(
         _owned_by(for_care_team), _THREADS.c.data_key_wrapped == bindparam("wrapped")
     ).cte("claimed")
-    return Gate(claimed, ("last_seq",), also=(_advanced(claimed),))
+    return Gate(claimed, ("last_seq",), also=(_advanced(claimed),) if by_person else ())
 
 
 _CLAIMED = ("last_seq", "patient_id", "data_key_wrapped", "kek_id")
 # Keyed by "acts for a care team": which column names the owner.
 _CLAIM = {True: _claim_next_seq(_owned_by(True)), False: _claim_next_seq(_owned_by(False))}
 _CLAIM_AND_ADVANCE = {True: _claim_and_advance(True), False: _claim_and_advance(False)}
+# PostgreSQL, an app's own token writing: the claim alone (it moves no read position).
+_CLAIM_DIRECT = {team: DirectStatement(_CLAIM[team]) for team in (True, False)}
 # A post under a key this process already holds: the claim and the rows that depend on
-# it in one statement (insert_gated).
-_CLAIM_GATE = {True: _claim_gate(True), False: _claim_gate(False)}
-
-
-def _advance(db: Session, thread_id: str, participant: str, seq: int) -> None:
-    """Move a participant's read position forward (never back), in one statement."""
-    db.execute(
-        _ADVANCE,
-        {"thread_id": thread_id, "participant": participant, "seq": seq, "now": utcnow()},
-    )
+# it in one statement (insert_gated). Keyed by (acts for a care team, is a person).
+_CLAIM_GATE = {
+    (team, person): _claim_gate(team, person) for team in (True, False) for person in (True, False)
+}
 
 
 def _view(
     keyring: Keyring,
-    thread: Thread,
+    thread: Any,
     team_name: str,
-    last_read: int,
     cipher: ThreadCipher | None = None,
     *,
+    unread: int,
+    other_read: int,
     actor: Actor,
 ) -> ThreadView:
     cipher = cipher or crypto.cipher_for(keyring, thread)
@@ -365,21 +368,27 @@ def _view(
         status=thread.status,
         created_at=thread.created_at,
         last_message_at=thread.last_message_at,
-        unread=max(0, thread.last_seq - last_read),
+        unread=max(0, unread),
+        other_side_read_seq=other_read,
     )
 
 
 def list_threads(
     db: Session, keyring: Keyring, actor: Actor, *, cursor: str | None, limit: int
 ) -> Page[ThreadView]:
-    """The actor's live threads, most recent activity first, with unread counts."""
-    state = ThreadReadState
+    """The actor's live threads, most recent activity first, with the unread counts of
+    the actor's side and how far the other side has read."""
+    mine, theirs = _READ_STATES.alias("mine"), _READ_STATES.alias("theirs")
     query = (
-        select(Thread, CareTeam.name, func.coalesce(state.last_read_seq, 0))
-        .join(CareTeam, CareTeam.id == Thread.care_team_id)
-        .outerjoin(
-            state, and_(state.thread_id == Thread.id, state.participant == actor.participant)
+        select(
+            Thread,
+            CareTeam.name,
+            reads.unread_of(actor.side, mine.c.last_read_seq),
+            func.coalesce(theirs.c.last_read_seq, 0),
         )
+        .join(CareTeam, CareTeam.id == Thread.care_team_id)
+        .outerjoin(mine, reads.position_of(mine, "side"))
+        .outerjoin(theirs, reads.position_of(theirs, "other_side"))
         .where(Thread.data_key_wrapped.is_not(None))
     )
     if actor.for_care_team:
@@ -395,40 +404,34 @@ def list_threads(
             )
         )
     query = query.order_by(Thread.last_message_at.desc(), Thread.id.desc()).limit(limit + 1)
-    rows = db.execute(query).all()
-    views = [_view(keyring, thread, name, read, actor=actor) for thread, name, read in rows[:limit]]
+    rows = db.execute(query, reads.sides(actor)).all()
+    views = [
+        _view(keyring, thread, name, unread=unread, other_read=other_read, actor=actor)
+        for thread, name, unread, other_read in rows[:limit]
+    ]
     more = len(rows) > limit
     return Page(views, _thread_cursor(rows[limit - 1][0]) if more else None)
 
 
-def unread_total(db: Session, actor: Actor) -> int:
-    state = ThreadReadState
-    query = (
-        select(func.coalesce(func.sum(Thread.last_seq - func.coalesce(state.last_read_seq, 0)), 0))
-        .outerjoin(
-            state, and_(state.thread_id == Thread.id, state.participant == actor.participant)
-        )
-        .where(Thread.patient_id == actor.id, Thread.data_key_wrapped.is_not(None))
-    )
-    return int(db.execute(query).scalar_one())
-
-
 def _message_view(
-    actor: Actor, row: Any, body: str, attachments: list[AttachmentView]
+    actor: Actor, row: Any, body: str, attachments: list[AttachmentView], other_read: int
 ) -> MessageView:
-    """A message of a page row (_READ_PAGE's named columns), its body opened."""
+    """A message of a page row (_READ_PAGE's named columns), its body opened; for a
+    message from the reader's side, whether the other side has read it (never who)."""
     author_kind, author_id = row.author_kind, row.author_id
-    created_at = row.message_created_at
+    seq, created_at = row.message_seq, row.message_created_at
     # A patient sees who wrote by "mine" and the team's name: no author IDs, their own
     # (the patient ID) included.
     if actor.kind == "patient":
         mine = author_kind == "patient"
+        read = seq <= other_read if mine else None
         return MessageView(
-            row.message_id, row.message_seq, author_kind, None, body, created_at, attachments, mine
+            row.message_id, seq, author_kind, None, body, created_at, attachments, mine, read
         )
     mine = author_kind == actor.kind and author_id == actor.id
+    read = seq <= other_read if author_kind != "patient" else None
     return MessageView(
-        row.message_id, row.message_seq, author_kind, author_id, body, created_at, attachments, mine
+        row.message_id, seq, author_kind, author_id, body, created_at, attachments, mine, read
     )
 
 
@@ -448,25 +451,36 @@ def get_thread(
         raise not_found()
     params: dict[str, Any] = {
         "thread_id": thread_id,
-        "participant": actor.participant,
+        "side": actor.side,
+        "other_side": reads.OTHER_SIDE[actor.side],
         "after": after,
         "limit": limit + 1,
     }
     record = audit.take_staged_params(db)
     if record is not None:
         params.update(record)
-    read = _READ_PAGE_DIRECT if record is None else _READ_PAGE_AUDITED_DIRECT
+    read = (_READ_PAGE_DIRECT if record is None else _READ_PAGE_AUDITED_DIRECT)[actor.side]
     # Named tuples: a page is a hundred-odd cell reads, each as cheap as an index.
     found = read.named_rows(db, params)
     # The thread (the first row, if it exists): its columns carry the Thread model's
-    # attribute names, and the team's name and the reader's position.
+    # attribute names, and the team's name, the reader's unread count and how far the
+    # other side has read.
     thread: Any = found[0] if found and found[0].part == 0 else None
     if thread is None or not may_see(actor, thread):
         raise not_found()
     if thread.data_key_wrapped is None:
         raise gone()
     cipher = crypto.cipher_for(keyring, thread)
-    view = _view(keyring, thread, thread.team_name, thread.last_read, cipher, actor=actor)
+    other_read = thread.other_read
+    view = _view(
+        keyring,
+        thread,
+        thread.team_name,
+        cipher,
+        unread=thread.unread,
+        other_read=other_read,
+        actor=actor,
+    )
     shown: list[Any] = []
     attachments: dict[str, list[AttachmentView]] = {}
     more = False
@@ -490,11 +504,12 @@ def get_thread(
             m,
             open_body(m.message_id, m.body_encrypted),
             attachments.get(m.message_id, []),
+            other_read,
         )
         for m in shown
     ]
     if mark_read and shown:
-        _advance(db, thread.id, actor.participant, shown[-1].message_seq)
+        reads.record_read(db, actor, thread.id, shown[-1].message_seq)
     return view, Page(messages, str(shown[-1].message_seq) if more else None)
 
 
@@ -614,7 +629,7 @@ def create_thread(
     )
     db.add(thread)
     db.flush()
-    _advance(db, thread_id, actor.participant, 1)
+    reads.record_read(db, actor, thread_id, 1)
     posted = _insert_message(
         db, cipher, actor, patient_id=patient_id, seq=1, moment=moment, body=body
     )
@@ -624,21 +639,23 @@ def create_thread(
 def _next_seq(
     db: Session, keyring: Keyring, actor: Actor, thread_id: str, moment: datetime
 ) -> tuple[ThreadCipher, str, int]:
-    """Take the thread's next message number (locking its row until commit) and move the
-    writer's read position to it; a refusal says why only to someone who may see the
-    thread. On PostgreSQL both in one statement."""
+    """Take the thread's next message number (locking its row until commit) and, for a
+    person, move the writer's side's read position to it; a refusal says why only to
+    someone who may see the thread. On PostgreSQL both in one statement."""
     postgresql = db.get_bind().dialect.name == "postgresql"
     params = {
         "thread_id": thread_id,
         "owner": actor.care_team_id if actor.for_care_team else actor.id,
         "moment": moment,
-        "participant": actor.participant,
+        "participant": actor.side,
     }
     claimed: Any = None
     if not THREAD_ID.fullmatch(thread_id):
         pass
-    elif postgresql:
+    elif postgresql and actor.is_person:
         claimed = _CLAIM_AND_ADVANCE[actor.for_care_team].first(db, params)
+    elif postgresql:
+        claimed = _CLAIM_DIRECT[actor.for_care_team].first(db, params)
     else:
         claimed = db.execute(_CLAIM[actor.for_care_team], params).first()
     if claimed is None:
@@ -648,7 +665,7 @@ def _next_seq(
         raise not_found()
     seq, patient_id, wrapped, kek_id = claimed
     if not postgresql:
-        _advance(db, thread_id, actor.participant, seq)
+        reads.record_read(db, actor, thread_id, seq)
     return crypto.open_thread_key(keyring, thread_id, wrapped, kek_id), patient_id, seq
 
 
@@ -691,12 +708,12 @@ def _post_under_recent_key(
     records = audit.take_staged(db)
     claimed = insert_gated(
         db,
-        _CLAIM_GATE[actor.for_care_team],
+        _CLAIM_GATE[actor.for_care_team, actor.is_person],
         {
             "thread_id": thread_id,
             "owner": actor.care_team_id if actor.for_care_team else actor.id,
             "moment": moment,
-            "participant": actor.participant,
+            "participant": actor.side,
             "wrapped": wrapped,
         },
         [*rows, *records],
@@ -772,9 +789,15 @@ def download(
 
 
 def mark_read(db: Session, actor: Actor, thread_id: str, through: int | None) -> int:
+    """A person marks their side's read position (a care team's: for all its staff);
+    answers the side's position. An app's own token reads for nobody: refused."""
     thread = load_thread(db, actor, thread_id)
+    if not actor.is_person:
+        raise RefusedError(
+            403, N_("An app's own token reads for no person: it cannot mark messages read.")
+        )
     seq = thread.last_seq if through is None else max(0, min(through, thread.last_seq))
-    _advance(db, thread.id, actor.participant, seq)
+    reads.record_read(db, actor, thread.id, seq)
     return seq
 
 

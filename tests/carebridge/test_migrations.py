@@ -262,3 +262,57 @@ def test_the_account_lifecycle_migrations_downgrade_and_upgrade_again(
         assert added <= set(sa.inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_0028_keeps_read_state_per_side_and_downgrades(empty_database_url: str) -> None:
+    # Staff members' positions become the team's (the furthest any of them read), an app's
+    # goes (it reads for nobody), the patient's row is named for the side; downgrade gives
+    # every staff member the team's position again.
+    engine = make_engine(empty_database_url)
+    try:
+        migrate.upgrade(engine, "0021")
+        at = datetime(2026, 12, 7, 22, 0, tzinfo=UTC)
+        statements = [
+            "INSERT INTO care_team (id, name, retention_days, created_at)"
+            " VALUES ('ct_1', 'Northside', 30, :at)",
+            "INSERT INTO account (id, created_at, status) VALUES ('acc_1', :at, 'active')",
+            "INSERT INTO account (id, created_at, status) VALUES ('acc_2', :at, 'active')",
+            "INSERT INTO care_team_staff (care_team_id, account_id, created_at)"
+            " VALUES ('ct_1', 'acc_1', :at)",
+            "INSERT INTO care_team_staff (care_team_id, account_id, created_at)"
+            " VALUES ('ct_1', 'acc_2', :at)",
+            "INSERT INTO thread (id, patient_id, care_team_id, subject_encrypted, status,"
+            " last_seq, legal_hold, created_at, last_message_at)"
+            " VALUES ('th_1', 'pat_1', 'ct_1', :blob, 'open', 4, false, :at, :at)",
+        ]
+        positions = {"patient:pat_1": 1, "account:acc_1": 2, "account:acc_2": 3, "app:app_1": 4}
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement), {"at": at, "blob": b"sealed"})
+            for participant, seq in positions.items():
+                connection.execute(
+                    text(
+                        "INSERT INTO thread_read_state (thread_id, participant, last_read_seq,"
+                        " updated_at) VALUES ('th_1', :participant, :seq, :at)"
+                    ),
+                    {"participant": participant, "seq": seq, "at": at},
+                )
+
+        def read_state() -> set[tuple[str, int]]:
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    text("SELECT participant, last_read_seq FROM thread_read_state")
+                )
+                return {(row[0], row[1]) for row in rows}
+
+        migrate.upgrade(engine, "0028")
+        assert read_state() == {("patient", 1), ("team", 3)}
+        indexes = {i["name"] for i in sa.inspect(engine).get_indexes("message")}
+        assert "ix_message_patient_seq" in indexes
+        command.downgrade(migrate.alembic_config(engine), "0021")
+        assert read_state() == {("patient:pat_1", 1), ("account:acc_1", 3), ("account:acc_2", 3)}
+        indexes = {i["name"] for i in sa.inspect(engine).get_indexes("message")}
+        assert "ix_message_patient_seq" not in indexes
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()

@@ -56,8 +56,8 @@ def test_a_post_under_a_key_in_hand_writes_everything(client: TestClient, world:
     with world.runtime.sessions() as db:
         notices = db.scalars(select(Notification).where(Notification.thread_id == thread_id))
         assert [n.patient_id for n in notices] == [world.patients["zeb"]] * 2
-        position = db.get(ThreadReadState, (thread_id, f"app:{PROVIDER_APP}"))
-        assert position is not None and position.last_read_seq == 2
+        # An app's own token writes for no person: no read position moved.
+        assert db.get(ThreadReadState, (thread_id, "team")) is None
         thread = db.get(Thread, thread_id)
         assert thread is not None and thread.last_seq == 2
         posts = db.scalars(
@@ -76,6 +76,24 @@ def rewrap_in_place(world: World, thread_id: str) -> None:
         assert thread is not None and thread.data_key_wrapped is not None
         key = crypto.cipher_for(keyring, thread).key
         thread.data_key_wrapped = keyring.wrap_data_key(key, crypto._key_context(thread_id))
+
+
+def test_a_staff_post_under_a_key_in_hand_moves_the_teams_read_position(
+    client: TestClient, world: World
+) -> None:
+    thread_id = start_thread(client, world)
+    assert post(client, world, thread_id, "Hello", headers=world.patient("zeb")).is_success
+    assert crypto.recent_key(world.runtime.keyring, thread_id) is not None
+
+    posted = post(client, world, thread_id, "Seen, thanks.", headers=world.staff())
+
+    assert posted.status_code == 201, posted.text
+    assert posted.json()["seq"] == 3
+    with world.runtime.sessions() as db:
+        team = db.get(ThreadReadState, (thread_id, "team"))
+        assert team is not None and team.last_read_seq == 3
+        patient = db.get(ThreadReadState, (thread_id, "patient"))
+        assert patient is not None and patient.last_read_seq == 2
 
 
 def test_a_key_rewrapped_since_it_was_cached_takes_the_long_way(
