@@ -264,7 +264,7 @@ def test_the_account_lifecycle_migrations_downgrade_and_upgrade_again(
         engine.dispose()
 
 
-def test_0028_keeps_read_state_per_side_and_downgrades(empty_database_url: str) -> None:
+def test_0022_keeps_read_state_per_side_and_downgrades(empty_database_url: str) -> None:
     # Staff members' positions become the team's (the furthest any of them read), an app's
     # goes (it reads for nobody), the patient's row is named for the side; downgrade gives
     # every staff member the team's position again.
@@ -305,7 +305,7 @@ def test_0028_keeps_read_state_per_side_and_downgrades(empty_database_url: str) 
                 )
                 return {(row[0], row[1]) for row in rows}
 
-        migrate.upgrade(engine, "0028")
+        migrate.upgrade(engine, "0022")
         assert read_state() == {("patient", 1), ("team", 3)}
         indexes = {i["name"] for i in sa.inspect(engine).get_indexes("message")}
         assert "ix_message_patient_seq" in indexes

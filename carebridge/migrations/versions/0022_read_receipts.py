@@ -9,7 +9,7 @@ a team's unread count cheap.
 Downgrade gives every staff member of the thread's team the team's position, and the
 patient's row its patient ID again.
 
-Revision ID: 0028
+Revision ID: 0022
 Revises: 0021
 Create Date: 2026-12-07 22:15:00.000000
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0028"
+revision = "0022"
 down_revision = "0021"
 branch_labels = None
 depends_on = None
