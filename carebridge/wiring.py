@@ -3,7 +3,8 @@
 identity declares what it needs from outside (identity.interfaces: sending a one-time
 code, sending an e-mail, forgetting a deleted account's data) and never imports sms;
 the outbox knows channels only by name. Here both are given their implementations:
-sms's code sender, the outbox e-mail sender and sms's forgetting of a deleted
+sms's code sender, sms's security-notice texter (a recovery's "this wasn't me" link
+by SMS), the outbox e-mail sender and sms's forgetting of a deleted
 account's contact point and preferences for identity (:func:`identity_outward`, on
 ``app.state.outward``), and each channel's handler for the outbox worker
 (:func:`outbox_channels`: sms, and the e-mail backend the settings chose).
@@ -18,6 +19,7 @@ from carebridge.runtime import Runtime
 from carebridge.settings import EmailBackend
 from identity.interfaces import Outward
 from sms import codes, contacts
+from sms.interfaces import SecurityNoticeTexter
 from sms.jobs import SmsChannel
 
 
@@ -38,6 +40,7 @@ def identity_outward(runtime: Runtime) -> Outward:
         one_time_codes=codes.OutboxCodeSender(runtime),
         email=mail.OutboxEmailSender(runtime),
         account_deleted=ForgetDeletedAccount(),
+        security_texts=SecurityNoticeTexter(runtime),
     )
 
 

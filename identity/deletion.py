@@ -92,9 +92,11 @@ def delete_account(
     account_id: str,
     *,
     actor: str,
+    action: str = ACTION,
     request_id: str | None = None,
 ) -> Deleted | None:
-    """Delete the account in ``db``'s transaction; None if there is no such account."""
+    """Delete the account in ``db``'s transaction; None if there is no such account.
+    ``action``: what the audit record calls it (a declined sign-up is one, too)."""
     account = db.get(Account, account_id, with_for_update=True)
     if account is None:
         return None
@@ -110,7 +112,7 @@ def delete_account(
     audit.append(
         db,
         actor=actor,
-        action=ACTION,
+        action=action,
         outcome=Outcome.ALLOWED,
         target=f"account:{account_id}",
         request_id=request_id,

@@ -48,8 +48,9 @@ __all__ = [
     "Eligibility",  # ELIGIBLE, INELIGIBLE (terminated, gone from the roster) or UNKNOWN
     "EmailSender",  # needed from outside: queues a transactional e-mail (wired in)
     "OneTimeCodeSender",  # needed from outside: queues a one-time code by SMS (wired in)
-    "Outward",  # the two senders, as the composition root wired them
+    "Outward",  # what identity needs from outside, as the composition root wired it
     "Person",  # the active account a user's token acts for, and its verified patient ID
+    "SecurityNoticeTexter",  # needed from outside: texts a security notice (wired in)
     "SignedInPatient",  # the account signed in on a patient's page, and its patient ID
     "WithdrawnError",  # the token was withdrawn before it expired: a 401
     # Questions answered in the caller's transaction (its Session), with values
@@ -69,7 +70,8 @@ __all__ = [
 # What identity needs from outside (wired by the composition root)
 #
 # identity declares these and never imports their implementations: carebridge.wiring
-# gives it sms's one-time-code sender and the outbox's e-mail sender. Both enqueue in
+# gives it sms's one-time-code sender and security-notice texter, and the outbox's e-mail
+# sender. All enqueue in
 # the caller's transaction (the transactional outbox): sent if and only if it commits.
 
 
@@ -90,6 +92,17 @@ class EmailSender(Protocol):
         """Queue an e-mail in ``db``'s transaction; returns the outbox ID."""
 
 
+class SecurityNoticeTexter(Protocol):
+    """Texts a security notice to a patient's verified phone number (SMS): one generic
+    sentence and a "this wasn't me" link, nothing else (no PHI, nothing naming a
+    condition). Sent whatever the patient's message-notification preferences say (it is
+    about the account, not care), never to a number that opted out (STOP)."""
+
+    def send_security_notice(self, db: Session, *, patient_id: str, link: str) -> str | None:
+        """Queue the notice in ``db``'s transaction; returns the outbox ID, or None when
+        the patient has no verified number that may take it."""
+
+
 class AccountDeleted(Protocol):
     """Told when an account is deleted, to forget what another package keeps for it."""
 
@@ -106,3 +119,4 @@ class Outward:
     one_time_codes: OneTimeCodeSender
     email: EmailSender
     account_deleted: AccountDeleted
+    security_texts: SecurityNoticeTexter

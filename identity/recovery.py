@@ -20,12 +20,16 @@ operator, the evidence and the reason, and e-mails a one-time code (128 bits) to
 verified address only; :func:`enter_code` at the second step starts the wait.
 
 The wait (``CAREBRIDGE_RECOVERY_WAIT_HOURS``): a notice to the verified address with a
-"this wasn't me" link valid for the whole wait (:func:`cancel_by_link`). A completed
+"this wasn't me" link valid for the whole wait (:func:`cancel_by_link`), and the same link
+texted to the patient's verified number if it has one (``SecurityNoticeTexter``: a
+generic sentence, whatever its notification preferences; not at the start, which the
+password alone can ask for, so it would let whoever has it text the owner at will). A completed
 two-factor sign-in cancels every open request (:func:`cancel_on_sign_in`). After the
 wait, :func:`complete` (a password sign-in of the account) removes the authenticator and
 recovery codes, ends every other session and app grant, and leaves the session at the
-enrolment step; a notice says so. Secrets are stored as keyed hashes, compared in
-constant time, single use. Every step is audited (never a value).
+enrolment step; a notice says so (by e-mail, and by SMS with the forgot-password link).
+Secrets are stored as keyed hashes, compared in constant time, single use. Every step
+is audited (never a value).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from carebridge.runtime import Runtime
 from identity import accounts, emails, notices, sessions, throttle
 from identity.credentials import recovery as recovery_codes
 from identity.credentials import totp
-from identity.interfaces import EmailSender
+from identity.interfaces import EmailSender, SecurityNoticeTexter
 from identity.models import (
     Account,
     AuthSession,
@@ -281,6 +285,14 @@ def _notice(
     return True
 
 
+def _text(db: Session, texts: SecurityNoticeTexter, account_id: str, link: str) -> None:
+    """The same notice by SMS, to the patient's verified number if it has one (a second
+    sign-in method the person who asked may not hold): a generic sentence and ``link``."""
+    linked = db.get(PatientLink, account_id)
+    if linked is not None:
+        texts.send_security_notice(db, patient_id=linked.patient_id, link=link)
+
+
 def status(runtime: Runtime, account_id: str) -> Status | None:
     with runtime.sessions() as db:
         row = db.scalars(
@@ -444,7 +456,9 @@ def _start_wait(
     db: Session,
     runtime: Runtime,
     sender: EmailSender,
+    texts: SecurityNoticeTexter,
     row: RecoveryRequest,
+    *,
     request_id: str | None,
 ) -> datetime:
     now = throttle.utcnow()
@@ -454,15 +468,17 @@ def _start_wait(
     row.wait_until = now + _wait(runtime)
     row.link_hash = None
     row.cancel_hash = _hash(runtime, "cancel", cancel_token)
+    cancel_link = _link(runtime, CANCEL_PATH, cancel_token)
     _notice(
         db,
         runtime,
         sender,
         row.account_id,
         "recovery_started",
-        link=_link(runtime, CANCEL_PATH, cancel_token),
+        link=cancel_link,
         hours=runtime.settings.recovery_wait_hours,
     )
+    _text(db, texts, row.account_id, cancel_link)
     audit.append(
         db,
         actor=_actor(row.account_id),
@@ -491,6 +507,7 @@ def prove_identity(
     dob: date,
     ssn4: str,
     *,
+    texts: SecurityNoticeTexter,
     client_host: str | None,
     request_id: str | None,
 ) -> datetime:
@@ -561,7 +578,7 @@ def prove_identity(
                 target=f"{actor} recovery:{row.id}",
                 request_id=request_id,
             )
-            return _start_wait(db, runtime, sender, row, request_id)
+            return _start_wait(db, runtime, sender, texts, row, request_id=request_id)
         audit.append(
             db,
             actor=actor,
@@ -686,6 +703,7 @@ def enter_code(
     session: AuthSession,
     typed: str,
     *,
+    texts: SecurityNoticeTexter,
     client_host: str | None,
     request_id: str | None,
 ) -> datetime:
@@ -712,7 +730,7 @@ def enter_code(
             throttle.store_for(runtime.settings).reset(
                 db, _limits(runtime, account_id, client_host)[1]
             )
-            return _start_wait(db, runtime, sender, row, request_id)
+            return _start_wait(db, runtime, sender, texts, row, request_id=request_id)
         audit.append(
             db,
             actor=_actor(account_id),
@@ -830,6 +848,7 @@ def complete(
     sender: EmailSender,
     session: AuthSession,
     *,
+    texts: SecurityNoticeTexter,
     request_id: str | None,
 ) -> None:
     """After the wait, at the second step: the old authenticator and recovery codes go,
@@ -885,5 +904,6 @@ def complete(
                 request_id=request_id,
             )
             _notice(db, runtime, sender, account_id, "recovery_completed")
+            _text(db, texts, account_id, _forgot(runtime))
     if stopped or not ready:
         raise RecoveryError

@@ -1,4 +1,5 @@
-"""One-time codes identity asks to text (identity's ``OneTimeCodeSender``).
+"""One-time codes identity asks to text (identity's ``OneTimeCodeSender``), and the
+delivery of every outbox row of channel ``sms`` (codes and security notices).
 
 Unlike a notification (sms's own ledger, decided by the dispatcher), a code is a row of
 the channel-neutral outbox (carebridge.outbox, channel ``sms``), with the number and the
@@ -15,10 +16,10 @@ from sqlalchemy.orm import Session
 from carebridge import outbox
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
-from sms import contacts, phone, ratelimit, texts
+from sms import contacts, phone, ratelimit, security_notices, texts
 from sms.interfaces import ErrorKind, Sender, SendError
 
-CHANNEL = "sms"
+CHANNEL = security_notices.CHANNEL
 ONE_TIME_CODE = "one_time_code"
 
 # What no retry can help: the row becomes a dead letter at once.
@@ -45,9 +46,22 @@ class OutboxCodeSender:
 
 
 def deliver(runtime: Runtime, sender: Sender, message: outbox.Message) -> None:
-    """Text one code: never to a number on our opt-out list; at the sender's rate."""
-    if message.kind != ONE_TIME_CODE:
+    """Text one code, or one security notice (:mod:`sms.security_notices`): never to a
+    number on our opt-out list; at the sender's rate."""
+    label = runtime.settings.sms_sender_label
+    if message.kind == ONE_TIME_CODE:
+        body = texts.one_time_code_sms(label, message.content["code"])
+    elif message.kind == security_notices.SECURITY_NOTICE:
+        body = texts.security_notice_sms(label, message.content["link"])
+    else:
         raise outbox.Undeliverable("unknown_kind")
+    send_text(runtime, sender, message, body)
+
+
+def send_text(runtime: Runtime, sender: Sender, message: outbox.Message, body: str) -> None:
+    """Text ``body`` to the row's sealed number (``content["to"]``): never to a number on
+    our opt-out list (a STOP may have come in since it was queued); at the sender's rate;
+    a refusal no retry can help makes the row a dead letter at once."""
     to = message.content["to"]
     with runtime.sessions() as db:
         if contacts.is_opted_out(db, phone.number_hash(runtime.keyring, to)):
@@ -56,7 +70,6 @@ def deliver(runtime: Runtime, sender: Sender, message: outbox.Message) -> None:
     wait = ratelimit.reserve(runtime, f"sms:{sender.key}", settings.sms_rate_per_second, utcnow())
     if wait > 0:
         time.sleep(wait)
-    body = texts.one_time_code_sms(settings.sms_sender_label, message.content["code"])
     # Its status callbacks name no attempt of sms's ledger: the webhook acknowledges and
     # ignores them (the row is done once Twilio accepted the text).
     callback = f"{settings.effective_public_base_url}/api/twilio/messages/{message.id}/status"

@@ -3,7 +3,8 @@ other packages may ask of sms (the rest of the package is private to it).
 
 :mod:`sms.delivery` is the only caller of a :class:`Sender`; :mod:`sms.backends` builds
 the configured one (the console for development, :mod:`sms.twilio_client` for production).
-messaging writes the notice of a new message with :func:`new_message_notice`.
+messaging writes the notice of a new message with :func:`new_message_notice`; identity's
+security notices by SMS are :class:`SecurityNoticeTexter`'s (the composition root wires it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy import Table
 
 from carebridge.db import FromGate
 from sms import outbox
+from sms.security_notices import OutboxSecurityNoticeTexter
 
 
 class ErrorKind(StrEnum):
@@ -88,3 +90,9 @@ def new_message_notice(
     message does. IDs only, never content. The caller hands the row on as it is: which
     table it goes to, and its columns, are sms's own."""
     return outbox.row(patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id=thread_id)
+
+
+# identity's ``SecurityNoticeTexter``: texts a security notice (a generic sentence and a
+# "this wasn't me" link) to the patient's verified number, whatever its notification
+# preferences, never to one that opted out (sms.security_notices).
+SecurityNoticeTexter = OutboxSecurityNoticeTexter

@@ -82,3 +82,15 @@ def one_time_code_sms(label: str, code: str) -> str:
     return prefix + _("Your one-time code is %(code)s. Do not share it with anyone.") % {
         "code": code
     }
+
+
+def security_notice_sms(label: str, url: str) -> str:
+    """A security notice identity asked for (an account recovery): one generic sentence and
+    the "this wasn't me" link, GSM-7 only. Longer than one segment with a long link (two
+    concatenated segments): cutting it would cut the link."""
+    prefix = f"{label}: " if label else ""
+    # TRANSLATORS: keep it free of anything about health or care, and keep STOP as it is.
+    return prefix + _(
+        "Someone asked to change how you sign in to your account. If this wasn't you, "
+        "open %(url)s Reply STOP to opt out"
+    ) % {"url": url}

@@ -10,7 +10,11 @@ link anywhere, and adding an address to an account that signs in only through a 
 - ``GET/POST /email/confirm`` (page; the GET only shows a button, so a mail scanner
   fetching the link verifies nothing) and ``POST /api/v1/email/confirm``: the link's
   token verifies the address of the account it was sent for, and signs nobody in; a
-  session the browser holds (perhaps another account's) is not touched.
+  session the browser holds (perhaps another account's) is not touched. The page says
+  what confirming does (a sign-up's link finishes that sign-up, with the password chosen
+  for it) and offers "I didn't sign up" (``POST /email/decline``, ``POST
+  /api/v1/email/decline``: identity/signup_decline.py), which cancels a sign-up nobody
+  finished instead.
 - ``GET/POST /account/email`` and ``POST /account/email/verify`` (pages),
   ``POST /api/v1/account/email`` and ``POST /api/v1/account/email/verify``: an account
   without a login address (upstream sign-in only), recently signed in (stepped up,
@@ -48,7 +52,7 @@ from carebridge.http.problems import Problem
 from carebridge.http.templates import templates_for
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
-from identity import accounts, authn, email_verification, sessions, throttle
+from identity import accounts, authn, email_verification, sessions, signup_decline, throttle
 from identity.credentials import totp
 from identity.flows import mfa, signin
 from identity.flows.signin import (
@@ -61,7 +65,7 @@ from identity.flows.signin import (
     next_path,
     request_context,
 )
-from identity.interfaces import EmailSender
+from identity.interfaces import EmailSender, Outward
 from identity.models import Account, AuthSession, EmailVerification, LoginIdentifier
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
@@ -491,6 +495,71 @@ async def api_confirm(request: Request) -> Response:
     return JSONResponse(EmailVerified().model_dump(), headers={"Cache-Control": "no-store"})
 
 
+def _outward(request: Request) -> Outward:
+    outward: Outward = request.app.state.outward
+    return outward
+
+
+async def decline_submit(request: Request) -> Response:
+    """ "I didn't sign up", the confirm page's second button."""
+    form = await read_form(request)
+    token = form_text(form, "token")[:_MAX_TOKEN]
+    context = request_context(request)
+    try:
+        await run_in_threadpool(
+            signup_decline.decline,
+            _runtime(request),
+            _outward(request),
+            token,
+            client_host=context["client_host"],
+            request_id=context["request_id"],
+        )
+    except signup_decline.TooManyDeclinesError:
+        page = {"token": "", "confirmed": False, "errors": {"form": signin.TOO_MANY}}
+        return _render(request, "identity/email_confirm.html", page, status_code=429)
+    except signup_decline.DeclineFailedError:
+        page = {"token": "", "confirmed": False, "errors": {"form": LINK_FAILED}}
+        return _render(request, "identity/email_confirm.html", page, status_code=400)
+    page = {"token": "", "confirmed": False, "declined": True}
+    return _render(request, "identity/email_confirm.html", page)
+
+
+@openapi.operation(
+    answers={204: openapi.Empty("Nothing was confirmed; an unfinished sign-up was cancelled")},
+    body=LinkToken,
+    problems=(429,),
+    tags=("accounts",),
+)
+async def api_decline(request: Request) -> Response:
+    """Decline an e-mail's link: "I didn't sign up"
+
+    Uses the link up without verifying the address. If it is the link of a sign-up nobody
+    finished, that sign-up is cancelled (the account and the password chosen for it are
+    deleted), so a stranger's sign-up with someone else's address cannot be finished by
+    its owner by mistake. Signs nobody in; the answer does not say what the link was for.
+    A used, expired, voided, truncated or unknown token gets the same 400.
+
+    - 400: The body is not valid, or the token is not usable
+    - 429: Too many tries from this client address
+    """
+    body = await read_json(request, LinkToken)
+    context = request_context(request)
+    try:
+        await run_in_threadpool(
+            signup_decline.decline,
+            _runtime(request),
+            _outward(request),
+            body.token,
+            client_host=context["client_host"],
+            request_id=context["request_id"],
+        )
+    except signup_decline.TooManyDeclinesError:
+        raise Problem(429, signin.TOO_MANY) from None
+    except signup_decline.DeclineFailedError:
+        raise Problem(400, LINK_FAILED) from None
+    return Response(status_code=204, headers={"Cache-Control": "no-store"})
+
+
 # Adding an address (accounts that sign in only through a provider)
 
 
@@ -659,6 +728,8 @@ def routes() -> list[BaseRoute]:
         Route("/email/confirm", confirm_page, methods=["GET"], name="email_confirm"),
         Route("/email/confirm", confirm_submit, methods=["POST"]),
         Route("/api/v1/email/confirm", api_confirm, methods=["POST"]),
+        Route("/email/decline", decline_submit, methods=["POST"]),
+        Route("/api/v1/email/decline", api_decline, methods=["POST"]),
         Route("/account/email", add_page, methods=["GET"], name="account_email"),
         Route("/account/email", add_submit, methods=["POST"]),
         Route("/account/email/verify", add_verify_submit, methods=["POST"]),

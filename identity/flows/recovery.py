@@ -29,7 +29,7 @@ from identity import authn, recovery, sessions
 from identity.authn import Step
 from identity.flows.signin import TOO_MANY, form_errors, form_text, request_context
 from identity.flows.verify import VerifyDetails
-from identity.interfaces import EmailSender, Outward
+from identity.interfaces import EmailSender, Outward, SecurityNoticeTexter
 from identity.models import AuthSession
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
@@ -132,6 +132,11 @@ def _runtime(request: Request) -> Runtime:
 def _sender(request: Request) -> EmailSender:
     outward: Outward = request.app.state.outward
     return outward.email
+
+
+def _texts(request: Request) -> SecurityNoticeTexter:
+    outward: Outward = request.app.state.outward
+    return outward.security_texts
 
 
 def _ctx(request: Request) -> dict[str, Any]:
@@ -255,6 +260,7 @@ async def identity_submit(request: Request) -> Response:
                 session,
                 details.dob,
                 details.ssn4,
+                texts=_texts(request),
                 **_ctx(request),
             )
         )
@@ -274,7 +280,12 @@ async def code_submit(request: Request) -> Response:
     try:
         await run_in_threadpool(
             lambda: recovery.enter_code(
-                _runtime(request), _sender(request), session, code, **_ctx(request)
+                _runtime(request),
+                _sender(request),
+                session,
+                code,
+                texts=_texts(request),
+                **_ctx(request),
             )
         )
     except recovery.LockedError:
@@ -299,6 +310,7 @@ async def complete_submit(request: Request) -> Response:
                 _runtime(request),
                 _sender(request),
                 session,
+                texts=_texts(request),
                 request_id=request_context(request)["request_id"],
             )
         )
@@ -436,6 +448,7 @@ async def api_identity(request: Request) -> Response:
                 session,
                 details.dob,
                 details.ssn4,
+                texts=_texts(request),
                 **_ctx(request),
             )
         )
@@ -469,7 +482,12 @@ async def api_code(request: Request) -> Response:
     try:
         wait_until = await run_in_threadpool(
             lambda: recovery.enter_code(
-                _runtime(request), _sender(request), session, body.code, **_ctx(request)
+                _runtime(request),
+                _sender(request),
+                session,
+                body.code,
+                texts=_texts(request),
+                **_ctx(request),
             )
         )
     except recovery.LockedError:
@@ -501,6 +519,7 @@ async def api_complete(request: Request) -> Response:
                 _runtime(request),
                 _sender(request),
                 session,
+                texts=_texts(request),
                 request_id=request_context(request)["request_id"],
             )
         )

@@ -1,6 +1,7 @@
 """The whole journey (issue 8) in a real browser, on SQLite and PostgreSQL, in demo mode.
 
-1. A patient signs up silently, enrols TOTP, verifies with a demo DOB + SSN last 4, adds
+1. A patient signs up silently (the code from the e-mail the SMTP backend sent to a
+   real SMTP server, aiosmtpd), enrols TOTP, verifies with a demo DOB + SSN last 4, adds
    and verifies a phone number, turns SMS on (voicemail off) with quiet hours.
 2. The clinician signs in to the demo provider app through OpenID Connect and writes.
 3. The worker's outbox job delivers the notification: the console SMS holds only the
@@ -35,7 +36,7 @@ from carebridge.demo import seed
 from carebridge.demo.seed import DemoConfig, DemoPatient
 from sms import links as sms_links
 from tests.browser.harness import check_accessibility, screenshot
-from tests.identity.verification_mail import code_in, last_email_to
+from tests.identity.reset_mail import Mailbox, code_in
 from tests.live_server import LiveApp
 from tests.tokens import mint
 
@@ -96,13 +97,16 @@ def enrol_totp(page: Page) -> tuple[pyotp.TOTP, int, list[str]]:
     return totp, step, recovery
 
 
-def sign_up(page: Page, app: LiveApp, email: str) -> tuple[pyotp.TOTP, int, list[str]]:
+def sign_up(
+    page: Page, app: LiveApp, mailbox: Mailbox, email: str
+) -> tuple[pyotp.TOTP, int, list[str]]:
     page.goto(f"{app.url}/signup")
     page.get_by_label("Email address").fill(email)
     page.get_by_label("Create a password").fill(PASSWORD)
     page.get_by_role("button", name="Create account").click()
     wait_for_path(page, "/email/verify")
-    page.get_by_label("Code from the email").fill(code_in(last_email_to(app.runtime, email)))
+    # The code as the person reads it: from the mail the SMTP server received.
+    page.get_by_label("Code from the email").fill(code_in(mailbox.wait_for(app.runtime, email, 1)))
     page.get_by_role("button", name="Continue").click()
     return enrol_totp(page)
 
@@ -207,6 +211,7 @@ def deliver(app: LiveApp, capfd: pytest.CaptureFixture[str]) -> str:
 def test_the_whole_journey(
     demo_app: LiveApp,
     browser: Browser,
+    mailbox: Mailbox,
     capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -219,7 +224,7 @@ def test_the_whole_journey(
     patient = patient_context.new_page()
     # 1. Sign up silently: nothing printed (no SMS, no call) until a number is added.
     capfd.readouterr()
-    _, _, recovery = sign_up(patient, app, PATIENT_EMAIL)
+    _, _, recovery = sign_up(patient, app, mailbox, PATIENT_EMAIL)
     assert capfd.readouterr().out == ""
     verify_as(patient, app, person)
     shot(patient, "2-verified")
@@ -287,7 +292,7 @@ def test_the_whole_journey(
     # 6. A second patient: the first one's thread and link look like nothing at all.
     intruder_context = browser.new_context(viewport={"width": 1024, "height": 768})
     intruder = intruder_context.new_page()
-    sign_up(intruder, app, SECOND_EMAIL)
+    sign_up(intruder, app, mailbox, SECOND_EMAIL)
     verify_as(intruder, app, other)
     missing = intruder.goto(f"{app.url}/messages/th_{'x' * 22}")
     missing_text = main_text(intruder)
@@ -335,7 +340,7 @@ def message_count(api: httpx2.Client, thread_id: str) -> int:
 
 @pytest.mark.timeout(300)
 def test_each_step_out_of_order_gets_a_clear_page_and_changes_nothing(
-    demo_app: LiveApp, browser: Browser
+    demo_app: LiveApp, browser: Browser, mailbox: Mailbox
 ) -> None:
     app = demo_app
     config = config_of(app)
@@ -355,7 +360,7 @@ def test_each_step_out_of_order_gets_a_clear_page_and_changes_nothing(
 
     # The link before verifying: the generic page, and the account is still no patient.
     patient = browser.new_context(viewport={"width": 1024, "height": 768}).new_page()
-    sign_up(patient, app, PATIENT_EMAIL)
+    sign_up(patient, app, mailbox, PATIENT_EMAIL)
     response = patient.goto(link)
     assert response is not None and response.status == 404
     expect(patient.get_by_role("heading", level=1)).to_be_visible()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 
 import pyotp
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
+from carebridge import outbox
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
@@ -24,13 +26,17 @@ from identity.credentials import password
 from identity.models import (
     AuthSession,
     LoginIdentifier,
+    PatientLink,
     RecoveryCode,
     RecoveryRequest,
     TotpCredential,
 )
+from sms.backends import ConsoleSender
+from sms.jobs import SmsChannel
 from tests.identity import factories
 from tests.identity.reset_mail import Mailbox, Sent, reset_token
 from tests.identity.roster_helpers import ZEB, import_roster, link
+from tests.sms.helpers import verified_number
 
 LOGIN = "pat@example.org"
 PASSWORD = "correct horse battery staple"
@@ -601,3 +607,67 @@ def test_password_reset_early_in_a_long_wait_still_stops_the_recovery(  # noqa: 
     assert client.post("/api/v1/recovery/complete", headers=_bearer(again)).status_code == 409
     assert _state(runtime, account_id) == ["cancelled"]
     assert _factors(runtime, account_id)[0]
+
+
+# The other sign-in method: the patient's verified number (sms), through the outbox
+
+
+def _texts(runtime: Runtime) -> list[str]:
+    """Deliver the outbox's SMS rows; the texts' bodies, by the console sender."""
+    out = StringIO()
+    sms = SmsChannel(runtime, ConsoleSender(out=out))
+    outbox.drain(runtime, outbox.Channels(handlers={sms.channel: sms}))
+    return [line.partition("] ")[2] for line in out.getvalue().splitlines()]
+
+
+def test_the_wait_and_its_end_are_texted_to_the_verified_number_whatever_its_preferences(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, clock: Clock, tmp_path: Path
+) -> None:
+    account_id, _ = _account(runtime, tmp_path)
+    with runtime.sessions() as db:
+        patient_id = db.scalars(
+            select(PatientLink.patient_id).where(PatientLink.account_id == account_id)
+        ).one()
+    # Message notifications turned off: a security notice goes all the same.
+    verified_number(runtime, patient_id, "+12025550143", sms_enabled=False)
+    session_token = _sign_in(client, runtime)
+    assert _texts(runtime) == []  # starting (the password alone) texts nothing
+    cancel = _api_to_waiting(client, runtime, mailbox, session_token)
+
+    (waiting,) = _texts(runtime)
+    texted = _CANCEL.search(waiting)
+    assert texted and texted.group(1) == cancel  # the e-mail's "this wasn't me" link
+    clock.advance(timedelta(hours=1, minutes=1))
+    done = client.post("/api/v1/recovery/complete", headers=_bearer(session_token))
+    assert done.status_code == 204, done.text
+    (completed,) = _texts(runtime)
+    assert "/password/forgot" in completed
+    for text in (waiting, completed):
+        assert "wasn't you" in text and "STOP" in text
+        assert not any(part in text for part in (ZEB[0], ZEB[1], DOB, SSN4, LOGIN))
+
+
+def test_the_texted_this_wasnt_me_link_stops_the_recovery(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, clock: Clock, tmp_path: Path
+) -> None:
+    account_id, _ = _account(runtime, tmp_path)
+    with runtime.sessions() as db:
+        patient_id = db.scalars(
+            select(PatientLink.patient_id).where(PatientLink.account_id == account_id)
+        ).one()
+    verified_number(runtime, patient_id, "+12025550143")
+    _api_to_waiting(client, runtime, mailbox, _sign_in(client, runtime))
+    texted = _CANCEL.search(_texts(runtime)[0])
+    assert texted
+    stopped = client.post("/api/v1/recovery/cancel", json={"token": texted.group(1)})
+    assert stopped.status_code == 204, stopped.text
+    assert _state(runtime, account_id) == ["cancelled"]
+
+
+def test_no_verified_number_means_no_text_and_the_recovery_goes_on(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, clock: Clock, tmp_path: Path
+) -> None:
+    account_id, _ = _account(runtime, tmp_path)
+    _api_to_waiting(client, runtime, mailbox, _sign_in(client, runtime))
+    assert _texts(runtime) == []
+    assert _state(runtime, account_id) == ["waiting"]
