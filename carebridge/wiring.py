@@ -14,9 +14,11 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from carebridge import mail, outbox
+from carebridge.events.api import Hooks as EventHooks
+from carebridge.events.delivery import WebhookHandler
 from carebridge.runtime import Runtime
 from carebridge.settings import EmailBackend
-from identity.interfaces import Outward
+from identity.interfaces import Outward, client_exists, in_standing
 from sms import codes, contacts
 from sms.jobs import SmsChannel
 
@@ -41,6 +43,10 @@ def identity_outward(runtime: Runtime) -> Outward:
     )
 
 
+def event_hooks() -> EventHooks:
+    return EventHooks(in_standing=in_standing, client_exists=client_exists)
+
+
 def outbox_channels(runtime: Runtime) -> outbox.Channels:
     sms = SmsChannel(runtime)
     handlers: dict[str, outbox.Handler] = {sms.channel: sms}
@@ -52,6 +58,9 @@ def outbox_channels(runtime: Runtime) -> outbox.Channels:
     else:
         email = mail.ConsoleMailer()
     handlers[email.channel] = email
+    # Webhooks to provider apps (carebridge.events), signed per Standard Webhooks.
+    webhook = WebhookHandler(runtime)
+    handlers[webhook.channel] = webhook
     return outbox.Channels(
         handlers=handlers,
         ledgers=(sms,),

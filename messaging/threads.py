@@ -43,7 +43,7 @@ from carebridge.keyring import Keyring
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
 from identity.interfaces import Eligibility, eligibility
-from messaging import crypto, files
+from messaging import crypto, events, files
 from messaging.access import (
     THREAD_ID,
     Actor,
@@ -618,6 +618,7 @@ def create_thread(
     posted = _insert_message(
         db, cipher, actor, patient_id=patient_id, seq=1, moment=moment, body=body
     )
+    events.thread_created(db, thread, posted.id)
     return thread, posted
 
 
@@ -658,12 +659,13 @@ def post_message(
     check_body(settings, body)
     moment = utcnow()
     posted = _post_under_recent_key(db, keyring, actor, thread_id, moment=moment, body=body)
-    if posted is not None:
-        return posted
-    cipher, patient_id, seq = _next_seq(db, keyring, actor, thread_id, moment)
-    return _insert_message(
-        db, cipher, actor, patient_id=patient_id, seq=seq, moment=moment, body=body
-    )
+    if posted is None:
+        cipher, patient_id, seq = _next_seq(db, keyring, actor, thread_id, moment)
+        posted = _insert_message(
+            db, cipher, actor, patient_id=patient_id, seq=seq, moment=moment, body=body
+        )
+    events.message_created(db, thread_id, posted.id, actor.kind)
+    return posted
 
 
 def _post_under_recent_key(
@@ -753,6 +755,7 @@ def post_attachment(
     attachment.filename_encrypted = cipher.seal_text(attachment.id, crypto.FILENAME, name)
     attachment.content_encrypted = cipher.seal(attachment.id, crypto.CONTENT, content)
     db.add(attachment)
+    events.message_created(db, thread_id, message.id, actor.kind)
     return message, attachment
 
 
@@ -774,7 +777,17 @@ def download(
 def mark_read(db: Session, actor: Actor, thread_id: str, through: int | None) -> int:
     thread = load_thread(db, actor, thread_id)
     seq = thread.last_seq if through is None else max(0, min(through, thread.last_seq))
+    before = db.scalar(
+        select(ThreadReadState.last_read_seq).where(
+            ThreadReadState.thread_id == thread.id,
+            ThreadReadState.participant == actor.participant,
+        )
+    )
     _advance(db, thread.id, actor.participant, seq)
+    # A person's reading, not an integration's (a client-credentials token reads as "app").
+    if actor.kind != "app" and seq > (before or 0):
+        reader = "care_team" if actor.for_care_team else "patient"
+        events.message_read(db, thread, reader=reader, through_seq=seq)
     return seq
 
 
@@ -785,3 +798,4 @@ def close_thread(db: Session, actor: Actor, thread_id: str) -> None:
     if thread.status != "closed":
         thread.status = "closed"
         thread.closed_at = utcnow()
+        events.thread_closed(db, thread)
