@@ -16,6 +16,7 @@ import json
 import logging
 
 import httpx
+from sqlalchemy import select
 from standardwebhooks import Webhook
 
 from carebridge.events import address
@@ -67,7 +68,7 @@ class WebhookHandler:
     def deliver(self, message: Message) -> None:
         now = utcnow()
         with self.runtime.sessions() as db:
-            event = db.get(Event, message.payload.get("event", ""))
+            event = db.scalar(select(Event).where(Event.id == message.payload.get("event", "")))
             endpoint = db.get(WebhookEndpoint, message.payload.get("endpoint", ""))
             if event is None:
                 raise Undeliverable("event_purged")

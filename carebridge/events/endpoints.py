@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from carebridge import audit
 from carebridge.audit import Outcome
+from carebridge.events import address
 from carebridge.events.models import WebhookEndpoint
 from carebridge.ids import new_id
 from carebridge.keyring import Keyring, associated_data
@@ -96,7 +97,8 @@ def check_url(settings: Settings, url: str) -> str:
         literal = ipaddress.ip_address(parts.hostname)
     except ValueError:
         literal = None
-    if literal is not None and not literal.is_global and not settings.webhook_allow_loopback:
+    loopback = settings.webhook_allow_loopback and not settings.is_production
+    if literal is not None and not address.is_allowed(literal, allow_loopback=loopback):
         raise EndpointError("The URL's address is not a public one.")
     try:
         parts.port  # noqa: B018  (raises on a port out of range)
