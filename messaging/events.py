@@ -33,12 +33,22 @@ def audiences(db: Session, *, patient_id: str, care_team_id: str) -> list[events
 
 
 def _thread_audiences(db: Session, thread_id: str) -> list[events.Audience]:
-    owners = db.execute(
-        select(Thread.patient_id, Thread.care_team_id).where(Thread.id == thread_id)
-    ).first()
-    if owners is None:
+    # The thread's patient and its team's clients in one statement (the post's hot path).
+    rows = db.execute(
+        select(Thread.patient_id, CareTeamClient.client_id)
+        .outerjoin(CareTeamClient, CareTeamClient.care_team_id == Thread.care_team_id)
+        .where(Thread.id == thread_id)
+        .order_by(CareTeamClient.client_id)
+    ).all()
+    if not rows:
         return []
-    return audiences(db, patient_id=owners[0], care_team_id=owners[1])
+    patient_id = rows[0][0]
+    found = [events.Audience(client_id=client, patient=patient_id) for _, client in rows if client]
+    found += [
+        events.Audience(client_id=app.client_id, patient=app.subject)
+        for app in apps_of_patient(db, patient_id, READ_SCOPE)
+    ]
+    return found
 
 
 def thread_created(db: Session, thread: Thread, message_id: str) -> None:
