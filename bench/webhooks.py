@@ -129,6 +129,40 @@ def run_workers(rt: Runtime, count: int, log: Path, expected: int) -> float:
     return max(arrivals(log).values()) - started
 
 
+def measure_delay(rt: Runtime, log: Path, seconds: float) -> None:
+    """Commit to arrival, under the worker's one-second job period."""
+    log.write_text("")
+    channels = outbox.Channels(handlers={events.CHANNEL: WebhookHandler(rt)})
+    stop = threading.Event()
+
+    def job() -> None:
+        while not stop.is_set():
+            outbox.drain(rt, channels)
+            stop.wait(1.0)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    committed: dict[str, float] = {}
+    deadline = time.monotonic() + seconds
+    index = 10_000_000
+    while time.monotonic() < deadline:
+        event_id = emit_one(rt, index)
+        committed[event_id] = time.time()
+        index += 1
+        time.sleep(0.02)
+    while len(arrivals(log)) < len(committed):
+        time.sleep(0.1)
+    stop.set()
+    worker.join()
+    seen = arrivals(log)
+    delays = sorted((seen[e] - t) * 1000 for e, t in committed.items())
+    p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+    print(
+        f"commit to arrival, 1 worker (job every 1 s), {len(delays)} events: "
+        f"p50 {statistics.median(delays):.0f} ms, p99 {p99:.0f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=2000)
@@ -168,37 +202,7 @@ def main() -> None:
                     f"  {workers} worker{'s' if workers > 1 else ' '}: "
                     f"{args.events / seconds:7.1f} delivered/s ({seconds:.1f} s)"
                 )
-            # Commit to arrival, under the worker's one-second job period.
-            log.write_text("")
-            channels = outbox.Channels(handlers={events.CHANNEL: WebhookHandler(rt)})
-            stop = threading.Event()
-
-            def job() -> None:
-                while not stop.is_set():
-                    outbox.drain(rt, channels)
-                    stop.wait(1.0)
-
-            worker = threading.Thread(target=job)
-            worker.start()
-            committed: dict[str, float] = {}
-            deadline = time.monotonic() + args.delay_seconds
-            index = 10_000_000
-            while time.monotonic() < deadline:
-                event_id = emit_one(rt, index)
-                committed[event_id] = time.time()
-                index += 1
-                time.sleep(0.02)
-            while len(arrivals(log)) < len(committed):
-                time.sleep(0.1)
-            stop.set()
-            worker.join()
-            seen = arrivals(log)
-            delays = sorted((seen[e] - t) * 1000 for e, t in committed.items())
-            p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-            print(
-                f"commit to arrival, 1 worker (job every 1 s), {len(delays)} events: "
-                f"p50 {statistics.median(delays):.0f} ms, p99 {p99:.0f} ms"
-            )
+            measure_delay(rt, log, args.delay_seconds)
         finally:
             if receiver is not None:
                 receiver.terminate()
