@@ -358,3 +358,11 @@ def test_a_disabled_endpoint_gets_nothing_and_its_queued_events_become_dead_lett
         (outbox.DEAD, "endpoint_disabled")
     }
     assert len(webhook_rows(runtime)) == 2
+
+
+def test_production_refuses_the_loopback_setting(tmp_path: Path) -> None:
+    production = Settings(data_dir=tmp_path, env="production", webhook_allow_loopback=True)
+    assert any("WEBHOOK_ALLOW_LOOPBACK" in problem for problem in production.production_problems())
+    # Even if it ran: a loopback literal is refused at registration in production.
+    with pytest.raises(endpoints.EndpointError):
+        endpoints.check_url(production, "https://127.0.0.1/in")
