@@ -6,7 +6,8 @@ the outbox knows channels only by name. Here both are given their implementation
 sms's code sender, the outbox e-mail sender and sms's forgetting of a deleted
 account's contact point and preferences for identity (:func:`identity_outward`, on
 ``app.state.outward``), and each channel's handler for the outbox worker
-(:func:`outbox_channels`: sms, and the e-mail backend the settings chose).
+(:func:`outbox_channels`: sms, the e-mail backend the settings chose, webhooks), and
+what the event feed and the webhook API ask identity (:func:`event_hooks`).
 """
 
 from __future__ import annotations
