@@ -39,15 +39,12 @@ class DeadDelivery:
 
 
 def _dead(db: Session, endpoint_id: str | None, limit: int) -> list[OutboxMessage]:
-    rows = db.scalars(
-        select(OutboxMessage)
-        .where(OutboxMessage.channel == CHANNEL, OutboxMessage.state == DEAD)
-        .order_by(OutboxMessage.updated_at.desc())
+    query = select(OutboxMessage).where(
+        OutboxMessage.channel == CHANNEL, OutboxMessage.state == DEAD
     )
-    found = [
-        row for row in rows if endpoint_id is None or row.payload.get("endpoint") == endpoint_id
-    ]
-    return found[:limit]
+    if endpoint_id is not None:
+        query = query.where(OutboxMessage.payload["endpoint"].as_string() == endpoint_id)
+    return list(db.scalars(query.order_by(OutboxMessage.updated_at.desc()).limit(limit)))
 
 
 def dead_deliveries(
