@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from carebridge import audit, wiring
 from carebridge.db import describe_error, unavailable
 from carebridge.demo import provider_app
+from carebridge.events import api as events_api
 from carebridge.http import cookies, health, metrics, openapi, routing
 from carebridge.http.boundary import InputBoundaryMiddleware
 from carebridge.http.csrf import CsrfCookieMiddleware
@@ -83,6 +84,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
             *identity_routes.routes(),
             *messaging_routes.routes(),
             *sms_routes.routes(),
+            *events_api.routes(),
             *(provider_app.routes() if runtime.settings.demo else []),
         ]
     )
@@ -153,6 +155,8 @@ def create_app(runtime: Runtime) -> Starlette:
     app.state.runtime = runtime
     # What identity needs from outside (identity.interfaces.Outward), wired here.
     app.state.outward = wiring.identity_outward(runtime)
+    # What the event feed and the webhook API ask identity (carebridge.events.api.Hooks).
+    app.state.event_hooks = wiring.event_hooks()
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from carebridge import audit  # noqa: F401  (registers its tables on Base.metadata)
 from carebridge.db import Base
+from carebridge.events import models as events_models  # noqa: F401
 from carebridge.outbox import models as outbox_models  # noqa: F401
 from identity import models as identity_models  # noqa: F401
 from identity.oidc import models as oidc_models  # noqa: F401

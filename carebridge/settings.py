@@ -360,6 +360,20 @@ class Settings(BaseSettings):
     )
     retention_days_default: int = Field(default=2555, ge=1, le=36500)
 
+    # Webhooks and the event feed (carebridge/events/)
+    # Loopback receivers: only for tests and development (a webhook receiver on this
+    # machine); otherwise loopback is refused like any private address. Refused in production.
+    webhook_allow_loopback: bool = False
+    # A receiver slower than this is a failed attempt (retried with the outbox's backoff).
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # How long a rotated endpoint keeps signing with its previous secret too, so the app
+    # can switch over without dropping a delivery.
+    webhook_secret_overlap_hours: int = Field(default=24, ge=0, le=24 * 30)
+    # How long events stay readable in the feed (and replayable); purged after.
+    event_retention_days: int = Field(default=14, ge=1, le=90)
+    # The longest a feed request waits for a new event (long polling), in seconds.
+    event_feed_max_wait_seconds: int = Field(default=25, ge=0, le=60)
+
     @field_validator("attachment_types", mode="before")
     @classmethod
     def _attachment_types_list(cls, value: object) -> object:
@@ -542,6 +556,8 @@ class Settings(BaseSettings):
             problems.append("CAREBRIDGE_EMAIL_BACKEND must be 'smtp' in production")
         if self.demo:
             problems.append("CAREBRIDGE_DEMO (serve --demo) is refused in production")
+        if self.webhook_allow_loopback:
+            problems.append("CAREBRIDGE_WEBHOOK_ALLOW_LOOPBACK is refused in production")
         token = self.metrics_token.get_secret_value() if self.metrics_token else ""
         if len(token) < METRICS_TOKEN_MIN_LENGTH:
             problems.append(

@@ -7,7 +7,8 @@ sms's code sender, sms's security-notice texter (a recovery's "this wasn't me" l
 by SMS), the outbox e-mail sender and sms's forgetting of a deleted
 account's contact point and preferences for identity (:func:`identity_outward`, on
 ``app.state.outward``), and each channel's handler for the outbox worker
-(:func:`outbox_channels`: sms, and the e-mail backend the settings chose).
+(:func:`outbox_channels`: sms, the e-mail backend the settings chose, webhooks), and
+what the event feed and the webhook API ask identity (:func:`event_hooks`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from carebridge import mail, outbox
+from carebridge.events.api import Hooks as EventHooks
+from carebridge.events.delivery import WebhookHandler
 from carebridge.runtime import Runtime
 from carebridge.settings import EmailBackend
-from identity.interfaces import Outward
+from identity.interfaces import Outward, client_exists, in_standing
 from sms import codes, contacts
 from sms.interfaces import SecurityNoticeTexter
 from sms.jobs import SmsChannel
@@ -44,6 +47,10 @@ def identity_outward(runtime: Runtime) -> Outward:
     )
 
 
+def event_hooks() -> EventHooks:
+    return EventHooks(in_standing=in_standing, client_exists=client_exists)
+
+
 def outbox_channels(runtime: Runtime) -> outbox.Channels:
     sms = SmsChannel(runtime)
     handlers: dict[str, outbox.Handler] = {sms.channel: sms}
@@ -55,6 +62,9 @@ def outbox_channels(runtime: Runtime) -> outbox.Channels:
     else:
         email = mail.ConsoleMailer()
     handlers[email.channel] = email
+    # Webhooks to provider apps (carebridge.events), signed per Standard Webhooks.
+    webhook = WebhookHandler(runtime)
+    handlers[webhook.channel] = webhook
     return outbox.Channels(
         handlers=handlers,
         ledgers=(sms,),

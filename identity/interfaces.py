@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session
 
 from identity.accounts import exists as account_exists
 from identity.authn import is_signed_in
-from identity.oidc.holders import Person, WithdrawnError, check_client_token
+from identity.oidc.audiences import AppOfPatient, apps_of_patient, client_exists
+from identity.oidc.holders import Person, WithdrawnError, check_client_token, in_standing
 from identity.oidc.holders import person as person_of_token
 from identity.patients import (
     Eligibility,
@@ -44,6 +45,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 __all__ = [
     "TEMPLATES",  # for pages that extend identity's templates
     "AccountDeleted",  # needed from outside: forget another package's data of an account
+    "AppOfPatient",  # an app a patient authorized, and the patient's sub with it
     # Value types and domain errors
     "Eligibility",  # ELIGIBLE, INELIGIBLE (terminated, gone from the roster) or UNKNOWN
     "EmailSender",  # needed from outside: queues a transactional e-mail (wired in)
@@ -55,8 +57,11 @@ __all__ = [
     "WithdrawnError",  # the token was withdrawn before it expired: a 401
     # Questions answered in the caller's transaction (its Session), with values
     "account_exists",  # is there an account with this ID?
+    "apps_of_patient",  # the apps whose tokens may read the patient's data in a scope
     "check_client_token",  # an app's own token: raises WithdrawnError if withdrawn
+    "client_exists",  # is there an OIDC client with this ID?
     "eligibility",  # is this patient ID on the roster, and eligible now?
+    "in_standing",  # does a token still act (not withdrawn, its person's account active)?
     "is_signed_in",  # a page's request: from a finished sign-in? (never redirects)
     "patient_id_of",  # the account's verified patient ID, or None
     "person_of_token",  # whom a user's token acts for (None: no one, or not active)

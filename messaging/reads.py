@@ -57,6 +57,16 @@ ADVANCE = text(
 ).bindparams(bindparam("now", type_=DateTime(timezone=True)))
 
 
+def position(db: Session, actor: Actor, thread_id: str) -> int:
+    """How far ``actor``'s side has read ``thread_id`` (0: never)."""
+    seq = db.scalar(
+        select(READ_STATES.c.last_read_seq).where(
+            READ_STATES.c.thread_id == thread_id, READ_STATES.c.participant == actor.side
+        )
+    )
+    return int(seq or 0)
+
+
 def record_read(db: Session, actor: Actor, thread_id: str, seq: int) -> None:
     """The one place a person's read of a thread is recorded: ``actor``'s side has read
     ``thread_id`` through message ``seq`` (moved forward, never back). An app's own token

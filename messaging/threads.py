@@ -42,7 +42,7 @@ from carebridge.keyring import Keyring
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
 from identity.interfaces import Eligibility, eligibility
-from messaging import crypto, files, reads
+from messaging import crypto, events, files, reads
 from messaging.access import (
     THREAD_ID,
     Actor,
@@ -633,6 +633,7 @@ def create_thread(
     posted = _insert_message(
         db, cipher, actor, patient_id=patient_id, seq=1, moment=moment, body=body
     )
+    events.thread_created(db, thread, posted.id)
     return thread, posted
 
 
@@ -675,12 +676,13 @@ def post_message(
     check_body(settings, body)
     moment = utcnow()
     posted = _post_under_recent_key(db, keyring, actor, thread_id, moment=moment, body=body)
-    if posted is not None:
-        return posted
-    cipher, patient_id, seq = _next_seq(db, keyring, actor, thread_id, moment)
-    return _insert_message(
-        db, cipher, actor, patient_id=patient_id, seq=seq, moment=moment, body=body
-    )
+    if posted is None:
+        cipher, patient_id, seq = _next_seq(db, keyring, actor, thread_id, moment)
+        posted = _insert_message(
+            db, cipher, actor, patient_id=patient_id, seq=seq, moment=moment, body=body
+        )
+    events.message_created(db, thread_id, posted.id, actor.kind)
+    return posted
 
 
 def _post_under_recent_key(
@@ -770,6 +772,7 @@ def post_attachment(
     attachment.filename_encrypted = cipher.seal_text(attachment.id, crypto.FILENAME, name)
     attachment.content_encrypted = cipher.seal(attachment.id, crypto.CONTENT, content)
     db.add(attachment)
+    events.message_created(db, thread_id, message.id, actor.kind)
     return message, attachment
 
 
@@ -797,7 +800,11 @@ def mark_read(db: Session, actor: Actor, thread_id: str, through: int | None) ->
             403, N_("An app's own token reads for no person: it cannot mark messages read.")
         )
     seq = thread.last_seq if through is None else max(0, min(through, thread.last_seq))
+    before = reads.position(db, actor, thread.id)
     reads.record_read(db, actor, thread.id, seq)
+    if seq > before:
+        reader = "care_team" if actor.for_care_team else "patient"
+        events.message_read(db, thread, reader=reader, through_seq=seq)
     return seq
 
 
@@ -808,3 +815,4 @@ def close_thread(db: Session, actor: Actor, thread_id: str) -> None:
     if thread.status != "closed":
         thread.status = "closed"
         thread.closed_at = utcnow()
+        events.thread_closed(db, thread)

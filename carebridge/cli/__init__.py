@@ -19,6 +19,7 @@ from carebridge.cli import (
     notifications,
     roster,
     serve,
+    webhooks,
     worker,
 )
 from carebridge.cli.common import CommandError
@@ -37,6 +38,7 @@ COMMAND_GROUPS = (
     clients,
     messaging,
     notifications,
+    webhooks,
 )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from carebridge import outbox, wiring, worker
 from carebridge.cli.common import add_parser, require_current_schema
+from carebridge.events import operations as events_operations
 from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
 from carebridge.settings import Role, load_settings, require_production_ready
@@ -29,6 +30,7 @@ JOBS = (
     *sms_jobs.JOBS,
     wiring.OUTBOX,
     outbox.PURGE,
+    events_operations.PURGE,
 )
 
 

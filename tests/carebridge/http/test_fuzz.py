@@ -167,6 +167,8 @@ def world(fuzz_database: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         issuer=ISSUER,
         demo=True,
         twilio_auth_token=TWILIO_TOKEN,
+        # The event feed's long poll: a fuzzed wait= answers at once.
+        event_feed_max_wait_seconds=0,
     )
     runtime = Runtime.build(settings)
     config = seed.seed(runtime)
@@ -217,6 +219,13 @@ def _populate(runtime: Runtime, client: TestClient, config: seed.DemoConfig, dat
     recoverer_token = mint(
         runtime, sub=recoverer.client_id, client_id=recoverer.client_id, scope="admin.recovery"
     )
+    webhooks = helpers.register(runtime, scopes="admin.webhooks events.read")
+    webhooks_token = mint(
+        runtime,
+        sub=webhooks.client_id,
+        client_id=webhooks.client_id,
+        scope="admin.webhooks events.read",
+    )
     signing_key = ECKey.generate_key("P-256", private=True)
     jwks = {"keys": [{**signing_key.as_dict(private=False), "kid": "k1"}]}
     extra_clients = {
@@ -260,6 +269,8 @@ def _populate(runtime: Runtime, client: TestClient, config: seed.DemoConfig, dat
         "account_id": bystander.account_id,
         "source": "acme",
         "handle": handle,
+        "endpoint_id": "whk_fuzz",
+        "delivery_id": "obx_fuzz",
     }
     tokens = {
         "messaging.read": app_token,
@@ -267,6 +278,8 @@ def _populate(runtime: Runtime, client: TestClient, config: seed.DemoConfig, dat
         "admin.roster": admin_token,
         "admin.accounts": eraser_token,
         "admin.recovery": recoverer_token,
+        "admin.webhooks": webhooks_token,
+        "events.read": webhooks_token,
     }
     return World(
         runtime=runtime,

@@ -87,7 +87,7 @@ class Live:
                 scope="messaging.read messaging.write",
             )
         elif path.startswith("/api/v1/admin/"):
-            token = mint(runtime, sub="ops", client_id="ops", scope="admin.roster")
+            token = mint(runtime, sub="ops", client_id="ops", scope="admin.roster admin.webhooks")
         else:
             # A fresh session each time: the run signs out and ends sessions too.
             token = factories.session(runtime, self.patient, level=2)

@@ -1,0 +1,78 @@
+"""Writing events: the one function features call, inside the change's transaction.
+
+A feature says what happened and to whom (:class:`Audience`: a client, and the
+patient's ID as that client knows it); this writes one ``event`` row per client and one
+outbox row per enabled webhook endpoint of that client. Both commit or roll back with
+the change: no event for a change that did not happen, none lost to a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from carebridge import outbox
+from carebridge.events.models import Event, WebhookEndpoint
+from carebridge.ids import new_id
+from carebridge.utc import utcnow
+
+CHANNEL = "webhook"
+# The events of this version (docs/architecture.md, "Events and webhooks").
+MESSAGE_CREATED = "message.created"
+MESSAGE_READ = "message.read"
+THREAD_CREATED = "thread.created"
+THREAD_CLOSED = "thread.closed"
+
+_EVENTS = insert(Event)
+
+
+@dataclass(frozen=True)
+class Audience:
+    """One client that may hear of an event, and the patient as that client knows them
+    (the patient ID for a care team's client, the pairwise subject for a patient's app)."""
+
+    client_id: str
+    patient: str
+
+
+def emit(
+    db: Session, event_type: str, audiences: Iterable[Audience], data: Mapping[str, str]
+) -> list[str]:
+    """Record ``event_type`` for each audience (IDs only in ``data``); returns the event IDs."""
+    now = utcnow()
+    seen: set[str] = set()
+    rows: list[dict[str, object]] = []
+    for audience in audiences:
+        if audience.client_id in seen:
+            continue
+        seen.add(audience.client_id)
+        rows.append(
+            {
+                "id": new_id("evt"),
+                "client_id": audience.client_id,
+                "type": event_type,
+                "data": {**data, "patient": audience.patient},
+                "created_at": now,
+            }
+        )
+    if not rows:
+        return []
+    db.execute(_EVENTS, rows)
+    endpoints = db.execute(
+        select(WebhookEndpoint.id, WebhookEndpoint.client_id).where(
+            WebhookEndpoint.client_id.in_(seen), WebhookEndpoint.enabled.is_(True)
+        )
+    ).all()
+    for endpoint_id, client_id in endpoints:
+        for row in rows:
+            if row["client_id"] == client_id:
+                outbox.enqueue(
+                    db,
+                    channel=CHANNEL,
+                    kind=event_type,
+                    payload={"endpoint": endpoint_id, "event": str(row["id"])},
+                )
+    return [str(row["id"]) for row in rows]

@@ -1,0 +1,56 @@
+"""Which apps a patient authorized to read something, and what each calls the patient.
+
+For events (carebridge.events): an app hears of a patient's thread only if its tokens
+could read it, i.e. the patient's remembered grant to it holds the scope, the app is
+not disabled and the account is active; and it is told the patient's ID as it knows
+it, the ``sub`` it was given (pairwise for other sectors, the patient ID for first-party
+clients), recorded in ``oidc_subject`` when its first token was issued.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from identity import accounts
+from identity.models import Account, PatientLink
+from identity.oidc.models import OidcClient, OidcConsent, OidcSubject
+
+
+@dataclass(frozen=True)
+class AppOfPatient:
+    """An app acting for a patient, and the patient's ``sub`` with that app."""
+
+    client_id: str
+    subject: str
+
+
+def apps_of_patient(db: Session, patient_id: str, scope: str) -> list[AppOfPatient]:
+    rows = db.execute(
+        select(OidcConsent.client_id, OidcConsent.scope, OidcSubject.subject)
+        .join(PatientLink, PatientLink.account_id == OidcConsent.account_id)
+        .join(Account, Account.id == OidcConsent.account_id)
+        .join(OidcClient, OidcClient.client_id == OidcConsent.client_id)
+        .join(
+            OidcSubject,
+            (OidcSubject.client_id == OidcConsent.client_id)
+            & (OidcSubject.account_id == OidcConsent.account_id),
+        )
+        .where(
+            PatientLink.patient_id == patient_id,
+            Account.status == accounts.ACTIVE,
+            OidcClient.disabled_at.is_(None),
+        )
+        .order_by(OidcConsent.client_id)
+    ).all()
+    return [
+        AppOfPatient(client_id=client_id, subject=subject)
+        for client_id, granted, subject in rows
+        if scope in granted.split()
+    ]
+
+
+def client_exists(db: Session, client_id: str) -> bool:
+    return db.get(OidcClient, client_id) is not None
