@@ -89,6 +89,10 @@ class EmailSender(Protocol):
     ) -> str:
         """Queue an e-mail in ``db``'s transaction; returns the outbox ID."""
 
+    def withdraw(self, db: Session, *, to: str) -> int:
+        """In ``db``'s transaction, drop the e-mails queued for ``to`` and not sent yet
+        (a deleted account's); returns how many."""
+
 
 class AccountDeleted(Protocol):
     """Told when an account is deleted, to forget what another package keeps for it."""
