@@ -17,19 +17,27 @@ with a new account and find their messages.
 
 The owner is told at their verified address, queued before the address is deleted (the
 outbox row is sealed, and wiped once sent).
+
+Nothing queued for the person is left behind: the e-mails not yet sent to any address
+the account held (its login, a pending or completed change's addresses, an address being
+verified) are withdrawn before that notice is queued, so the notice is the one that goes
+out; sms drops its unsent notifications for the patient (through ``AccountDeleted``);
+the throttle counters keyed by the account ID go, in the database or Redis.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from carebridge import audit
 from carebridge.audit import Outcome
+from carebridge.keyring import associated_data
 from carebridge.runtime import Runtime
-from identity import notices, patients
+from identity import notices, patients, throttle
+from identity.flows import mfa
 from identity.interfaces import Outward
 from identity.models import (
     Account,
@@ -77,6 +85,28 @@ _PER_ACCOUNT = (
 )
 
 
+_THROTTLES = (*throttle.KEYED_BY_ACCOUNT, mfa.SECOND_STEP)
+
+
+def _addresses(db: Session, runtime: Runtime, account_id: str) -> set[str]:
+    """Every address the account holds, decrypted (all sealed as its login is)."""
+    login = select(LoginIdentifier.encrypted).where(LoginIdentifier.account_id == account_id)
+    sealed: list[bytes | None] = list(db.scalars(login))
+    for new, old in db.execute(
+        select(EmailChange.new_address_encrypted, EmailChange.old_address_encrypted).where(
+            EmailChange.account_id == account_id
+        )
+    ):
+        sealed += [new, old]
+    sealed += db.scalars(
+        select(EmailVerification.address_encrypted).where(
+            EmailVerification.account_id == account_id
+        )
+    )
+    bound = associated_data("login", account_id)
+    return {runtime.keyring.decrypt(blob, bound).decode("utf-8") for blob in sealed if blob}
+
+
 @dataclass(frozen=True)
 class Deleted:
     account_id: str
@@ -101,7 +131,9 @@ def delete_account(
     if account is None:
         return None
     patient_id = patients.patient_id_of(db, account_id)
-    # Queued (sealed) while the address is still known.
+    for address in sorted(_addresses(db, runtime, account_id)):
+        outward.email.withdraw(db, to=address)
+    # Queued (sealed) while the address is still known, after the withdrawal above.
     sent = notices.send(db, runtime, outward.email, account_id, Notice.ACCOUNT_DELETED)
     withdrawals.end_grants(db, account_id)
     outward.account_deleted.account_deleted(db, account_id=account_id, patient_id=patient_id)
@@ -109,6 +141,7 @@ def delete_account(
         db.execute(delete(model).where(model.account_id == account_id))
     db.expunge(account)
     db.execute(delete(Account).where(Account.id == account_id))
+    throttle.forget_account(throttle.store_for(runtime.settings), db, account_id, _THROTTLES)
     audit.append(
         db,
         actor=actor,

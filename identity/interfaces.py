@@ -96,6 +96,10 @@ class EmailSender(Protocol):
     ) -> str:
         """Queue an e-mail in ``db``'s transaction; returns the outbox ID."""
 
+    def withdraw(self, db: Session, *, to: str) -> int:
+        """In ``db``'s transaction, drop the e-mails queued for ``to`` and not sent yet
+        (a deleted account's); returns how many."""
+
 
 class SecurityNoticeTexter(Protocol):
     """Texts a security notice to a patient's verified phone number (SMS): one generic

@@ -637,3 +637,53 @@ _NEVER_CAPPED = (
     EMAIL_UNDO_ADDRESS,
     EMAIL_UNDO_ACCOUNT,
 )
+
+# Changing the password while signed in (identity/flows/password_change.py): every
+# attempt counts, before the new password is hashed, per account (5 free, then doubling
+# delays to 15 minutes: each change hashes, ends sessions and e-mails a notice) and per
+# client address (20 free), refused with the same uniform "too many attempts" as sign-in.
+# Regenerating recovery codes (identity/flows/account.py), per account: 5 free, then the
+# same delays (each one e-mails a notice and ends the other sessions). Never a lock: a
+# stranger with a stolen session must not keep the owner out for good.
+PASSWORD_CHANGE_ACCOUNT = Policy(
+    "password-change", free=5, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+PASSWORD_CHANGE_ADDRESS = Policy(
+    "password-change-ip", free=20, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+RECOVERY_CODES_ACCOUNT = Policy(
+    "recovery-codes", free=5, max_delay=15 * 60, hard_cap=None, forget_after=timedelta(hours=1)
+)
+_NEVER_CAPPED = (
+    *_NEVER_CAPPED,
+    PASSWORD_CHANGE_ACCOUNT,
+    PASSWORD_CHANGE_ADDRESS,
+    RECOVERY_CODES_ACCOUNT,
+)
+
+# The policies whose counters are keyed "<prefix>:<account ID>": deleting the account
+# deletes them (identity/deletion.py), in either store. The second step's own policy
+# (identity/flows/mfa.py) is added there.
+KEYED_BY_ACCOUNT: tuple[Policy, ...] = (
+    VERIFY_ACCOUNT,
+    ACTIVATE_ACCOUNT,
+    RESET_TOKEN_ACCOUNT,
+    EMAIL_CODE_ACCOUNT,
+    RECOVERY_ACCOUNT,
+    EMAIL_CHANGE_ACCOUNT,
+    EMAIL_UNDO_ACCOUNT,
+    PASSWORD_CHANGE_ACCOUNT,
+    RECOVERY_CODES_ACCOUNT,
+)
+
+
+def account_limit(policy: Policy, account_id: str) -> Limit:
+    return Limit(policy, f"{policy.prefix}:{account_id}")
+
+
+def forget_account(
+    store: Store, db: Session, account_id: str, policies: Sequence[Policy] = KEYED_BY_ACCOUNT
+) -> None:
+    """Delete every counter keyed by ``account_id`` (in key order, as attempts lock)."""
+    limits = [account_limit(policy, account_id) for policy in policies]
+    settle(store, db, reset=limits, now=utcnow())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from carebridge import audit
@@ -25,7 +25,7 @@ from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
 from sms import outbox, phone
-from sms.models import ContactPoint, OptOut, Preferences, SecureLink
+from sms.models import ContactPoint, Notification, OptOut, Preferences, SecureLink
 
 CODE_TTL = timedelta(minutes=10)
 MAX_CODE_FAILURES = 5
@@ -58,6 +58,8 @@ class ContactView:
 # A removed number leaves its row behind, emptied: the code counters must outlive it, or
 # removing and re-adding a number would buy unlimited code SMS (toll fraud, harassment).
 REMOVED = ""
+# Why a notification was not sent: its patient's account was deleted before it went.
+ACCOUNT_DELETED = "account_deleted"
 
 
 def _row_of(db: Session, patient_id: str) -> ContactPoint | None:
@@ -269,8 +271,10 @@ def forget_patient(db: Session, patient_id: str) -> None:
     """The patient's account was deleted (identity's ``AccountDeleted``, wired in
     carebridge/wiring.py): in ``db``'s transaction, forget the number as :func:`remove`
     does (the row stays, emptied, for the sends that refer to it), delete the
-    notification preferences (no row: everything off) and end the SMS links. The
-    patient ID itself stays, and the opt-out list (kept by number, not by person)."""
+    notification preferences (no row: everything off), end the SMS links and suppress
+    the notifications not sent yet (``account_deleted``: nothing goes out after the
+    deletion). The patient ID itself stays, and the opt-out list (kept by number, not by
+    person); a notification already being sent is left to its attempt."""
     contact = of_patient(db, patient_id)
     if contact is not None:
         contact.number_encrypted, contact.number_hash, contact.last_digits = b"", REMOVED, ""
@@ -278,3 +282,14 @@ def forget_patient(db: Session, patient_id: str) -> None:
         contact.updated_at = utcnow()
     db.execute(delete(Preferences).where(Preferences.patient_id == patient_id))
     db.execute(delete(SecureLink).where(SecureLink.patient_id == patient_id))
+    db.execute(
+        update(Notification)
+        .where(Notification.patient_id == patient_id, Notification.state == "pending")
+        .values(
+            state="suppressed",
+            reason=ACCOUNT_DELETED,
+            next_attempt_at=None,
+            updated_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )

@@ -14,7 +14,7 @@ from carebridge.events import operations as events_operations
 from carebridge.logs import configure_logging
 from carebridge.runtime import Runtime
 from carebridge.settings import Role, load_settings, require_production_ready
-from identity import throttle
+from identity import one_time_rows, throttle
 from identity.oidc import purge as oidc_purge
 from messaging import jobs as messaging_jobs
 from sms import jobs as sms_jobs
@@ -26,6 +26,7 @@ JOBS = (
     worker.AUDIT_CHECKPOINT,
     worker.Job("throttle-purge", 3600.0, throttle.purge_stale),
     worker.Job("oidc-purge", 3600.0, oidc_purge.purge_expired),
+    worker.Job("identity-one-time-purge", 3600.0, one_time_rows.purge_job),
     *messaging_jobs.JOBS,
     *sms_jobs.JOBS,
     wiring.OUTBOX,

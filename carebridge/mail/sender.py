@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import unicodedata
 
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from carebridge import outbox
+from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
 from carebridge.settings import is_one_address
 
 CHANNEL = "email"
 TRANSACTIONAL = "transactional"
 SUBJECT_MAX_CHARS = 200
+# The outbox row's only clear field: a keyed hash of the recipient, so the e-mails still
+# queued for an address can be withdrawn (a deleted account's) without opening any row.
+_RECIPIENT = "outbox-email-to"
+
+
+def recipient_key(keyring: Keyring, address: str) -> str:
+    normalised = unicodedata.normalize("NFKC", address).strip().casefold()
+    return keyring.lookup_hash(_RECIPIENT, normalised)
 
 
 class UnsafeEmailHeaderError(ValueError):
@@ -50,7 +60,23 @@ class OutboxEmailSender:
             db,
             channel=CHANNEL,
             kind=TRANSACTIONAL,
-            payload={},
+            payload={"to": recipient_key(self._runtime.keyring, to)},
             content=content,
             keyring=self._runtime.keyring,
         )
+
+    def withdraw(self, db: Session, *, to: str) -> int:
+        """Delete, in ``db``'s transaction, the e-mails to ``to`` not sent yet: pending
+        ones and dead letters (both still hold the sealed address and text). One being
+        sent right now is left to finish; it is wiped once sent."""
+        table = outbox.OutboxMessage
+        result = db.execute(
+            delete(table)
+            .where(
+                table.channel == CHANNEL,
+                table.state.in_((outbox.PENDING, outbox.DEAD)),
+                table.payload["to"].as_string() == recipient_key(self._runtime.keyring, to),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]

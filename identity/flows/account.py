@@ -27,9 +27,9 @@ from carebridge.http import openapi
 from carebridge.http.forms import read_form
 from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
-from identity import authn, notices, sessions
+from identity import authn, notices, sessions, throttle
 from identity.credentials import recovery, totp
-from identity.flows import mfa
+from identity.flows import mfa, signin
 from identity.flows.mfa import Status
 from identity.interfaces import EmailSender
 from identity.models import AuthSession, PatientLink
@@ -85,10 +85,23 @@ def regenerate_recovery_codes(
 ) -> tuple[Status, list[str]]:
     """New codes (Status.WRONG: no authenticator to back them). With ``reveal`` they wait,
     encrypted to this session, for the page that shows them once; the API returns them.
-    Needs a step-up; the owner gets a notice."""
+    Needs a step-up; the owner gets a notice. Each one counts against the account's
+    ``throttle.RECOVERY_CODES_ACCOUNT`` (Status.LOCKED past it: nothing regenerated)."""
     if not authn.is_stepped_up(session, runtime.settings):
         return Status.REAUTH, []
     actor = f"account:{session.account_id}"
+    limit = throttle.account_limit(throttle.RECOVERY_CODES_ACCOUNT, session.account_id)
+    with transaction(runtime.sessions) as db:
+        if throttle.store_for(runtime.settings).attempt(db, [limit], throttle.utcnow()) is None:
+            audit.append(
+                db,
+                actor=actor,
+                action="identity.mfa.recovery.regenerate",
+                outcome=Outcome.DENIED,
+                target=actor,
+                request_id=request_id,
+            )
+            return Status.LOCKED, []
     with transaction(runtime.sessions) as db:
         if totp.confirmed(db, session.account_id) is None:
             return Status.WRONG, []
@@ -231,6 +244,12 @@ async def regenerate_submit(request: Request) -> Response:
     )
     if status is Status.REAUTH:
         return mfa.reauth_redirect("/account/security")
+    if status is Status.LOCKED:
+        security = await run_in_threadpool(security_status, _runtime(request), session.account_id)
+        context = {"security": security, "errors": {"form": signin.TOO_MANY}}
+        return mfa.templates.TemplateResponse(
+            request, "identity/account_security.html", context, status_code=429
+        )
     if status is not Status.OK:
         return RedirectResponse("/account/security", status_code=303)
     location = f"/mfa/recovery-codes?{urlencode({'next': '/account/security'})}"
@@ -368,7 +387,7 @@ class RecoveryCodes(BaseModel):
 @openapi.operation(
     answers={200: openapi.Json(RecoveryCodes, "The new codes")},
     security=openapi.session(),
-    problems=(403, 409),
+    problems=(403, 409, 429),
 )
 async def api_regenerate(request: Request) -> Response:
     """Replace the recovery codes with ten new ones
@@ -379,6 +398,7 @@ async def api_regenerate(request: Request) -> Response:
     - 401: Not signed in
     - 403: Step-up needed
     - 409: No authenticator app set up
+    - 429: Too many new sets of codes for this account lately
     """
     session = await authn.require(request)
     status, codes = await run_in_threadpool(
@@ -392,6 +412,8 @@ async def api_regenerate(request: Request) -> Response:
     )
     if status is Status.REAUTH:
         raise authn.step_up_needed(request, authn.StepUp.REAUTH)
+    if status is Status.LOCKED:
+        raise Problem(429, signin.TOO_MANY)
     if status is not Status.OK:
         raise Problem(409, "Set up an authenticator app first.")
     return JSONResponse(RecoveryCodes(recovery_codes=codes).model_dump())

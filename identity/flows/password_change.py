@@ -11,6 +11,10 @@ token, and every grant of the account to an app is ended (refresh tokens revoked
 tokens withdrawn, as disabling an account ends them): whoever held the old password may
 have connected an app with it. The owner gets a notice at their verified address. The
 new password is hashed outside any transaction (Argon2 takes a while).
+
+Every attempt is counted before the hashing, per account and per client address
+(``throttle.PASSWORD_CHANGE_ACCOUNT``/``_ADDRESS``); past them the answer is sign-in's
+uniform "too many attempts" (429), and nothing is hashed.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ from carebridge.http.problems import Problem
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
-from identity import accounts, authn, notices, sessions
+from identity import accounts, authn, notices, sessions, throttle
 from identity.credentials import password
-from identity.flows import mfa
+from identity.flows import mfa, signin
 from identity.flows.mfa import SessionToken
 from identity.interfaces import EmailSender
 from identity.models import AuthSession, PasswordCredential
@@ -52,6 +56,7 @@ class Result(StrEnum):
     STEP_UP = "step_up"  # the session is not (or no longer) stepped up
     NO_PASSWORD = "no_password"  # noqa: S105  (an outcome, not a password)
     GONE = "gone"  # the session ended meanwhile
+    TOO_MANY = "too_many"  # past the account's or the client address's throttle
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,11 @@ def change(
     email: EmailSender,
     user_agent: str,
     request_id: str | None,
+    client_host: str | None = None,
 ) -> Changed:
     """Set the account's new password (run it in the thread pool: it hashes)."""
     account_id = session.account_id
+    actor = f"account:{account_id}"
     with runtime.sessions() as db:
         login = accounts.login_of(db, runtime.keyring, account_id) or ""
     problem = password.policy_problem(
@@ -93,8 +100,22 @@ def change(
     )
     if problem:
         raise PolicyError(problem)
+    limits = [
+        throttle.address_limit(runtime.keyring, client_host, throttle.PASSWORD_CHANGE_ADDRESS),
+        throttle.account_limit(throttle.PASSWORD_CHANGE_ACCOUNT, account_id),
+    ]
+    with transaction(runtime.sessions) as db:
+        if throttle.store_for(runtime.settings).attempt(db, limits, throttle.utcnow()) is None:
+            audit.append(
+                db,
+                actor=actor,
+                action="identity.password.change",
+                outcome=Outcome.DENIED,
+                target=actor,
+                request_id=request_id,
+            )
+            return Changed(Result.TOO_MANY)
     new_hash = password.hash_password(runtime.settings, new_password)
-    actor = f"account:{account_id}"
     with transaction(runtime.sessions) as db:
         current = db.get(AuthSession, session.token_hash)
         if current is None:
@@ -159,6 +180,7 @@ async def _change(request: Request, session: AuthSession, new_password: str) -> 
             email=request.app.state.outward.email,
             user_agent=sessions.user_agent(request),
             request_id=getattr(request.state, "request_id", None),
+            client_host=request.client.host if request.client else None,
         )
     )
 
@@ -185,6 +207,8 @@ async def submit(request: Request) -> Response:
         return mfa.signin_redirect(request)
     if changed.outcome is Result.NO_PASSWORD:
         return _render(request, {"form": NO_PASSWORD}, 409)
+    if changed.outcome is Result.TOO_MANY:
+        return _render(request, {"form": signin.TOO_MANY}, 429)
     return mfa.signed_in_redirect(_runtime(request), changed.token, "/account?done=password")
 
 
@@ -195,7 +219,7 @@ async def submit(request: Request) -> Response:
     answers={200: openapi.Json(SessionToken, "Changed; this session's new token")},
     security=openapi.session(),
     body=NewPassword,
-    problems=(403, 409),
+    problems=(403, 409, 429),
     tags=("account",),
 )
 async def api_change(request: Request) -> Response:
@@ -211,6 +235,7 @@ async def api_change(request: Request) -> Response:
     - 401: Not signed in
     - 403: Step-up needed
     - 409: The account has no password (it signs in through another provider)
+    - 429: Too many attempts for this account or from this client address
     """
     session = await authn.require(request)
     body = await read_json(request, NewPassword)
@@ -227,6 +252,8 @@ async def api_change(request: Request) -> Response:
         raise Problem(401, "Sign in first.", headers={"WWW-Authenticate": "Bearer"})
     if changed.outcome is Result.NO_PASSWORD:
         raise Problem(409, NO_PASSWORD)
+    if changed.outcome is Result.TOO_MANY:
+        raise Problem(429, signin.TOO_MANY)
     body_out = SessionToken(session_token=changed.token, level=changed.level)
     return JSONResponse(body_out.model_dump())
 

@@ -4,12 +4,16 @@ address. Through HTTP, both databases."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from carebridge.audit import AuditRecord
+from carebridge.db import transaction
 from carebridge.runtime import Runtime
+from identity import throttle
 from identity.credentials import password
+from identity.flows import signin
 from identity.models import PasswordCredential
 from tests.identity import factories
 from tests.identity.account_changes import (
@@ -125,3 +129,57 @@ def test_an_account_without_a_password_has_none_to_change(
         "/api/v1/account/password", json={"new_password": NEW}, headers=bearer(token)
     )
     assert refused.status_code == 409
+
+
+# Throttles (identity/throttle.py: PASSWORD_CHANGE_ACCOUNT, PASSWORD_CHANGE_ADDRESS)
+
+
+def test_changing_the_password_in_a_loop_is_refused(
+    client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stolen, stepped-up session trying password after password (each one hashed, each
+    one ending the owner's other sessions and e-mailing them): 5 free and one that earns a
+    delay go through, then the account is refused with sign-in's uniform answer for that
+    delay and nothing more is changed."""
+    now = throttle.utcnow()
+    monkeypatch.setattr(throttle, "utcnow", lambda: now)
+    allowed = throttle.PASSWORD_CHANGE_ACCOUNT.free + 1
+    pat = patient(runtime)
+    token = factories.session(runtime, pat.account_id, level=2, stepped_up=True)
+    for n in range(allowed):
+        changed = client.post(
+            "/api/v1/account/password", json={"new_password": f"{NEW} {n}"}, headers=bearer(token)
+        )
+        assert changed.status_code == 200, changed.text
+        token = changed.json()["session_token"]
+    refused = client.post(
+        "/api/v1/account/password", json={"new_password": NEW + " more"}, headers=bearer(token)
+    )
+    assert refused.status_code == 429
+    assert refused.json()["detail"] == signin.TOO_MANY
+    assert _verifies(runtime, pat.account_id, f"{NEW} {allowed - 1}")
+    assert ("identity.password.change", "denied") in _outcomes(runtime)
+
+
+def test_changing_passwords_from_one_client_address_past_its_budget_is_refused(
+    client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = throttle.utcnow()
+    monkeypatch.setattr(throttle, "utcnow", lambda: now)
+    pat = patient(runtime)
+    factories.sign_in(client, runtime, pat.account_id, level=2, stepped_up=True)
+    # The test client's address has used its free attempts (other accounts' changes).
+    limit = throttle.address_limit(runtime.keyring, "testclient", throttle.PASSWORD_CHANGE_ADDRESS)
+    store = throttle.store_for(runtime.settings)
+    with transaction(runtime.sessions) as db:
+        for _ in range(throttle.PASSWORD_CHANGE_ADDRESS.free + 1):
+            assert store.attempt(db, [limit], throttle.utcnow()) is not None
+    refused = post_form(client, "/account/password", "/account/password", {"new_password": NEW})
+    assert refused.status_code == 429
+    assert "Too many attempts" in refused.text
+    assert _verifies(runtime, pat.account_id, PASSWORD)
+
+
+def _outcomes(runtime: Runtime) -> list[tuple[str, str]]:
+    with runtime.sessions() as db:
+        return [(r.action, str(r.outcome)) for r in db.scalars(select(AuditRecord))]

@@ -13,7 +13,9 @@ from starlette.testclient import TestClient
 
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
+from identity import throttle
 from identity.credentials import recovery
+from identity.flows import signin
 from identity.models import AuthSession, RecoveryCode
 from tests.identity import factories
 
@@ -180,3 +182,36 @@ def test_api_regeneration_needs_a_recent_sign_in(client: TestClient, runtime: Ru
     assert "reauth" in response.json()["detail"]
     with runtime.sessions() as db:
         assert recovery.remaining(db, account_id) == len(old)
+
+
+def test_regenerating_codes_in_a_loop_is_refused(
+    client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each new set ends the other sessions and e-mails the owner: a stepped-up session
+    regenerating in a loop gets 5 free and one that earns a delay, then sign-in's uniform
+    refusal for that delay, and the codes stay."""
+    now = throttle.utcnow()
+    monkeypatch.setattr(throttle, "utcnow", lambda: now)
+    account_id = factories.account(runtime)
+    factories.totp(runtime, account_id)
+    token = factories.session(runtime, account_id, level=2, stepped_up=True)
+    bearer = {"authorization": f"Bearer {token}"}
+    codes: list[str] = []
+    for _ in range(throttle.RECOVERY_CODES_ACCOUNT.free + 1):
+        response = client.post("/api/v1/mfa/recovery-codes", headers=bearer)
+        assert response.status_code == 200
+        codes = response.json()["recovery_codes"]
+    refused = client.post("/api/v1/mfa/recovery-codes", headers=bearer)
+    assert refused.status_code == 429
+    assert refused.json()["detail"] == signin.TOO_MANY
+    # The page says the same to a person.
+    factories.sign_in(client, runtime, account_id, level=2, stepped_up=True)
+    page = client.get("/account/security")
+    form = client.post(
+        "/account/security/recovery-codes",
+        data={"csrf_token": factories.csrf(page.text)},
+        follow_redirects=False,
+    )
+    assert form.status_code == 429
+    assert "Too many attempts" in form.text
+    assert _use(runtime, account_id, codes[0])  # the last set given out still works

@@ -628,3 +628,19 @@ def test_settling_after_a_success_touches_counters_in_key_order() -> None:
         ("refund", "verify-dob:d"),
         ("refund", "verify-record:r"),
     ]
+
+
+def test_forgetting_an_account_deletes_its_counters_and_no_others(
+    runtime: Runtime, store: throttle.Store
+) -> None:
+    """What a deletion does (identity/deletion.py), in either store."""
+    account, other = f"acc_{key()}", f"acc_{key()}"
+    policies = throttle.KEYED_BY_ACCOUNT
+    mine = [Counter(runtime, store, throttle.account_limit(p, account)) for p in policies]
+    theirs = Counter(runtime, store, throttle.account_limit(throttle.RECOVERY_ACCOUNT, other))
+    for counter in [*mine, theirs]:
+        assert counter.attempt(T0) == 1
+    with runtime.sessions.begin() as db:
+        throttle.forget_account(store, db, account)
+    assert [counter.state(T0).failures for counter in mine] == [0] * len(policies)
+    assert theirs.state(T0).failures == 1
