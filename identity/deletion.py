@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.runtime import Runtime
-from identity import notices, patients
+from identity import notices, patients, sessions
 from identity.interfaces import Outward
 from identity.models import (
     Account,
@@ -95,8 +95,8 @@ def delete_account(
     request_id: str | None = None,
 ) -> Deleted | None:
     """Delete the account in ``db``'s transaction; None if there is no such account."""
-    account = db.get(Account, account_id, with_for_update=True)
-    if account is None:
+    # Its sessions go: the session lock first, so none is raised or started meanwhile.
+    if sessions.lock_account_sessions(db, account_id) is None:
         return None
     patient_id = patients.patient_id_of(db, account_id)
     # Queued (sealed) while the address is still known.
@@ -105,7 +105,6 @@ def delete_account(
     outward.account_deleted.account_deleted(db, account_id=account_id, patient_id=patient_id)
     for model in _PER_ACCOUNT:
         db.execute(delete(model).where(model.account_id == account_id))
-    db.expunge(account)
     db.execute(delete(Account).where(Account.id == account_id))
     audit.append(
         db,
