@@ -36,7 +36,7 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.keyring import associated_data
 from carebridge.runtime import Runtime
-from identity import notices, patients, throttle
+from identity import notices, patients, sessions, throttle
 from identity.flows import mfa
 from identity.interfaces import Outward
 from identity.models import (
@@ -127,8 +127,8 @@ def delete_account(
 ) -> Deleted | None:
     """Delete the account in ``db``'s transaction; None if there is no such account.
     ``action``: what the audit record calls it (a declined sign-up is one, too)."""
-    account = db.get(Account, account_id, with_for_update=True)
-    if account is None:
+    # Its sessions go: the session lock first, so none is raised or started meanwhile.
+    if sessions.lock_account_sessions(db, account_id) is None:
         return None
     patient_id = patients.patient_id_of(db, account_id)
     for address in sorted(_addresses(db, runtime, account_id)):
@@ -139,7 +139,6 @@ def delete_account(
     outward.account_deleted.account_deleted(db, account_id=account_id, patient_id=patient_id)
     for model in _PER_ACCOUNT:
         db.execute(delete(model).where(model.account_id == account_id))
-    db.expunge(account)
     db.execute(delete(Account).where(Account.id == account_id))
     throttle.forget_account(throttle.store_for(runtime.settings), db, account_id, _THROTTLES)
     audit.append(

@@ -513,9 +513,9 @@ def _undo(
     request_id: str | None,
 ) -> None:
     account_id = ticket.account_id
-    status = db.scalar(
-        select(Account.status).where(Account.id == account_id).with_for_update(read=True)
-    )
+    # The undo ends every session: the session lock first (identity.sessions); the
+    # status read under it is current.
+    lock = sessions.lock_account_sessions(db, account_id)
     # The claim: one conditional UPDATE, so two uses racing cannot both pass.
     claimed = db.execute(
         update(EmailChange)
@@ -531,7 +531,8 @@ def _undo(
     login = db.get(LoginIdentifier, account_id, with_for_update=True)
     if (
         not claimed
-        or status != accounts.ACTIVE
+        or lock is None
+        or lock.status != accounts.ACTIVE
         or change is None
         or login is None
         or change.old_address_hash is None
@@ -589,7 +590,7 @@ def _undo(
         .execution_options(synchronize_session=False)
     )
     # So does a lost-second-factor recovery started meanwhile (the owner is back).
-    recovery.end_open(db, runtime, sender, account_id, reason="email_undone", request_id=request_id)
+    recovery.end_open(db, runtime, sender, lock, reason="email_undone", request_id=request_id)
     # A later change's undo link went to an address this undo takes away (an intruder
     # may have changed the address twice): it stops working, so it cannot take the
     # account back from the owner. Earlier changes' links, to older addresses, still work.
@@ -606,7 +607,7 @@ def _undo(
             .values(undo_until=now)
             .execution_options(synchronize_session=False)
         )
-    sessions.revoke_all(db, account_id)
+    sessions.revoke_all(db, lock)
     withdrawals.end_grants(db, account_id)
     forgot = _link(runtime, "/password/forgot")
     for address in dict.fromkeys((ticket.old_address, replaced)):

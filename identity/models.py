@@ -119,7 +119,10 @@ class AuthSession(Base):
     the person last proved who they are (any factor: OIDC ``auth_time``, ``max_age``);
     ``stepped_up_at`` when they last proved the second factor (an authenticator or a
     recovery code; None: never in this session), which sensitive changes need
-    (:func:`identity.authn.is_stepped_up`).
+    (:func:`identity.authn.is_stepped_up`). ``first_factor`` is how the first factor was
+    last proved in it: ``"password"`` or ``"upstream:<provider>"`` (None: a session from
+    before it was recorded, read as unknown); recovering a lost second factor needs the
+    password (:func:`identity.sessions.proved_password`).
     """
 
     __tablename__ = "auth_session"
@@ -134,6 +137,8 @@ class AuthSession(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     authenticated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     stepped_up_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # "upstream:" and a provider's name (at most 64 characters) fit.
+    first_factor: Mapped[str | None] = mapped_column(String(80), nullable=True)
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     user_agent: Mapped[str] = mapped_column(String(200), default="")

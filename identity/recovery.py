@@ -1,8 +1,9 @@
 """Lost second factor without a recovery code: re-proving identity, a waiting period,
 "this wasn't me", then a new authenticator.
 
-Self-service (``kind="self"``), from the second step of a sign-in (a level-1 session,
-the password just proved):
+Self-service (``kind="self"``), from the second step of a sign-in (a level-1 session
+whose first factor was the password: a social sign-in is refused, as at every step a
+session drives, since its provider may be the very mailbox the link goes to):
 
 1. :func:`start`: refused (nothing sent) without a verified address, without a roster
    link (nothing to check the person against), or within :data:`RECENT_CHANGE` of a
@@ -17,7 +18,8 @@ the password just proved):
 
 Staff-assisted (``kind="staff"``): :func:`start_staff` (CLI, admin API) records the
 operator, the evidence and the reason, and e-mails a one-time code (128 bits) to the
-verified address only; :func:`enter_code` at the second step starts the wait.
+verified address only; :func:`enter_code` at the second step (a password sign-in too)
+starts the wait.
 
 The wait (``CAREBRIDGE_RECOVERY_WAIT_HOURS``): a notice to the verified address with a
 "this wasn't me" link valid for the whole wait (:func:`cancel_by_link`), and the same link
@@ -88,6 +90,9 @@ class Refusal(StrEnum):
     NO_ADDRESS = "no_address"  # no verified address: contact support
     NO_ROSTER = "no_roster"  # not linked to a roster record: contact support
     RECENT_CHANGE = "recent_change"  # a reset or an e-mail change in the last 7 days
+    # The session's first factor was not the password (a social sign-in, whose provider
+    # may also be the mailbox, or a session from before first factors were recorded).
+    PASSWORD_SIGN_IN = "password_sign_in"  # noqa: S105  (a reason, not a password)
 
 
 class RecoveryError(Exception):
@@ -205,6 +210,32 @@ def refusal(db: Session, runtime: Runtime, account_id: str, *, kind: str) -> Ref
     return None
 
 
+def _password_refusal(session: AuthSession) -> Refusal | None:
+    """Every step a session drives needs one that proved the password: a social sign-in
+    can be the very mailbox the link and the codes go to (docs/threat-model.md)."""
+    return None if sessions.proved_password(session) else Refusal.PASSWORD_SIGN_IN
+
+
+def _refuse_without_password(
+    runtime: Runtime, session: AuthSession, *, action: str, request_id: str | None
+) -> None:
+    """Raise RefusedError (audited) if ``session`` did not prove the password."""
+    why = _password_refusal(session)
+    if why is None:
+        return
+    actor = _actor(session.account_id)
+    with transaction(runtime.sessions) as db:
+        audit.append(
+            db,
+            actor=actor,
+            action=action,
+            outcome=Outcome.FAILED,
+            target=f"{actor} {why}",
+            request_id=request_id,
+        )
+    raise RefusedError(why)
+
+
 def _last_changes(db: Session, account_id: str) -> list[datetime]:
     """When the account's password was last reset and its address last changed."""
     identifier = db.get(LoginIdentifier, account_id)
@@ -228,12 +259,13 @@ def _open(db: Session, account_id: str) -> RecoveryRequest | None:
     ).first()
 
 
-def _end_password_only_sessions(db: Session, account_id: str) -> None:
+def _end_password_only_sessions(db: Session, lock: sessions.AccountLock) -> None:
     """A request stopped by "this wasn't me" or by the second factor: whoever else knows
     the password loses the sessions it gave them (two-factor sessions stay)."""
     db.execute(
         delete(AuthSession).where(
-            AuthSession.account_id == account_id, AuthSession.level < sessions.SECOND_FACTOR
+            AuthSession.account_id == lock.account_id,
+            AuthSession.level < sessions.SECOND_FACTOR,
         )
     )
 
@@ -337,7 +369,7 @@ def start(
             locked = True
         else:
             locked = False
-            why = refusal(db, runtime, account_id, kind="self")
+            why = _password_refusal(session) or refusal(db, runtime, account_id, kind="self")
             open_row = _open(db, account_id)
             # A waiting request, or support's code, is not replaced from here: the
             # password alone must not undo either.
@@ -538,6 +570,7 @@ def prove_identity(
             and row.state == STARTED
             and row.link_used_at is not None
             and row.session_handle == session.handle
+            and sessions.proved_password(session)  # as it was at start(): same handle
         )
         if not ready:
             raise RecoveryError
@@ -708,8 +741,11 @@ def enter_code(
     request_id: str | None,
 ) -> datetime:
     """The code from support, at the second step: starts the wait. RecoveryError (wrong,
-    expired, used, none), LockedError."""
+    expired, used, none), LockedError, RefusedError (not a password sign-in)."""
     account_id = session.account_id
+    _refuse_without_password(
+        runtime, session, action="identity.recovery.code", request_id=request_id
+    )
     now = throttle.utcnow()
     with transaction(runtime.sessions) as db:
         if not _admit(db, runtime, _limits(runtime, account_id, client_host)):
@@ -755,12 +791,21 @@ def cancel_by_link(
 ) -> None:
     """ "This wasn't me": the cancel link stops the request (RecoveryError if it does not
     work: unknown, malformed, or the request already ended)."""
+    selector = token.partition(".")[0] if _TOKEN.fullmatch(token) else None
     with transaction(runtime.sessions) as db:
         if not _admit(db, runtime, _limits(runtime, None, client_host)):
             raise LockedError
+        # Whose request, read unlocked; then the account's session lock (it ends
+        # sessions), and only then the request's row, locked: the lock's order.
+        account_id = (
+            db.scalar(select(RecoveryRequest.account_id).where(RecoveryRequest.id == selector))
+            if selector is not None
+            else None
+        )
+        lock = sessions.lock_account_sessions(db, account_id) if account_id else None
         row = (
-            db.get(RecoveryRequest, token.partition(".")[0], with_for_update=True)
-            if _TOKEN.fullmatch(token)
+            db.get(RecoveryRequest, selector, with_for_update=True)
+            if selector is not None and lock is not None
             else None
         )
         works = (
@@ -769,7 +814,7 @@ def cancel_by_link(
             and row.cancel_hash is not None
             and hmac.compare_digest(row.cancel_hash, _hash(runtime, "cancel", token))
         )
-        if works and row is not None:
+        if works and row is not None and lock is not None:
             _end(
                 db,
                 runtime,
@@ -780,7 +825,7 @@ def cancel_by_link(
                 actor="anonymous",
                 request_id=request_id,
             )
-            _end_password_only_sessions(db, row.account_id)
+            _end_password_only_sessions(db, lock)
         else:
             audit.append(
                 db,
@@ -798,26 +843,28 @@ def cancel_on_sign_in(
     db: Session,
     runtime: Runtime,
     sender: EmailSender | None,
-    account_id: str,
+    lock: sessions.AccountLock,
     *,
     request_id: str | None,
 ) -> None:
     """A completed two-factor sign-in proves the factor is not lost: every open request
-    of the account ends (in the caller's transaction), with a notice if one was waiting."""
-    end_open(db, runtime, sender, account_id, reason="signed_in", request_id=request_id)
+    of the locked account ends (in the caller's transaction), with a notice if one was
+    waiting."""
+    end_open(db, runtime, sender, lock, reason="signed_in", request_id=request_id)
 
 
 def end_open(
     db: Session,
     runtime: Runtime,
     sender: EmailSender | None,
-    account_id: str,
+    lock: sessions.AccountLock,
     *,
     reason: str,
     request_id: str | None,
 ) -> None:
-    """End every open request of the account in the caller's transaction (a notice for
-    each that was waiting, when ``sender`` is given): the owner showed up."""
+    """End every open request of the locked account in the caller's transaction (a notice
+    for each that was waiting, when ``sender`` is given): the owner showed up."""
+    account_id = lock.account_id
     rows = db.scalars(
         select(RecoveryRequest)
         .where(RecoveryRequest.account_id == account_id, RecoveryRequest.state.in_(OPEN))
@@ -840,7 +887,7 @@ def end_open(
             request_id=request_id,
         )
     if rows:
-        _end_password_only_sessions(db, account_id)
+        _end_password_only_sessions(db, lock)
 
 
 def complete(
@@ -854,13 +901,20 @@ def complete(
     """After the wait, at the second step: the old authenticator and recovery codes go,
     every other session and app grant ends, the session stays (at level 1: the next step
     is enrolling a new authenticator, which shows new recovery codes). RecoveryError if no
-    request of the account has waited its time."""
+    request of the account has waited its time; RefusedError if the session did not
+    prove the password (whoever finishes enrols the new authenticator)."""
     account_id = session.account_id
+    _refuse_without_password(
+        runtime, session, action="identity.recovery.complete", request_id=request_id
+    )
     now = throttle.utcnow()
     with transaction(runtime.sessions) as db:
+        # It ends the other sessions: the session lock first (identity.sessions).
+        lock = sessions.lock_account_sessions(db, account_id)
         row = _open(db, account_id)
         ready = (
-            row is not None
+            lock is not None
+            and row is not None
             and row.state == WAITING
             and row.wait_until is not None
             and row.wait_until <= now
@@ -888,10 +942,10 @@ def complete(
                 actor=_actor(account_id),
                 request_id=request_id,
             )
-        elif row is not None and ready:
+        elif row is not None and lock is not None and ready:
             totp.remove(db, account_id)
             recovery_codes.remove_all(db, account_id)
-            sessions.revoke_all(db, account_id, keep=session)
+            sessions.revoke_all(db, lock, keep=session)
             withdrawals.end_grants(db, account_id)
             _end(
                 db,

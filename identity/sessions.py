@@ -4,6 +4,17 @@ A session gets a new token whenever its authentication level changes (sign-in, s
 factor, re-authentication), so a token seen before sign-in is worthless after. Sessions
 end after ``session_idle_minutes`` without use and ``session_absolute_hours`` after the
 sign-in that began them, whichever comes first.
+
+A session records its first factor (``first_factor``: ``"password"`` or
+``"upstream:<provider>"``, the one last proved in it; NULL for sessions from before
+migration 0022, read as unknown): recovering a lost second factor needs a session that
+proved the password (docs/threat-model.md, "Lost second factor").
+
+One lock orders every write to an account's sessions (:func:`lock_account_sessions`):
+whatever creates or raises a session, and whatever ends all of them (a password reset or
+change, sign out everywhere, disabling, deletion, recovery), takes it first in its
+transaction. Without it, on PostgreSQL, a second factor proved just as a reset commits
+writes its level-2 session after the reset's DELETE looked, and it survives.
 """
 
 from __future__ import annotations
@@ -29,6 +40,9 @@ from identity.models import Account, AuthSession, new_id
 
 FIRST_FACTOR = 1
 SECOND_FACTOR = 2
+# How a session's first factor was proved (AuthSession.first_factor).
+PASSWORD = "password"  # noqa: S105  (a kind of factor, not a password)
+_UPSTREAM = "upstream:"
 # Writing last_seen_at on every request would turn each page view into a write.
 _TOUCH_EVERY = timedelta(seconds=60)
 _STATE_KEY = "auth_session"
@@ -39,6 +53,53 @@ _COLUMNS = tuple(column.key for column in _SESSIONS.columns)
 
 def cookie_name(runtime: Runtime) -> str:
     return cookies.SESSION.name(runtime.settings.issuer_is_https)
+
+
+def upstream(provider: str) -> str:
+    """The first factor of a sign-in through the upstream provider ``provider``."""
+    return f"{_UPSTREAM}{provider}"
+
+
+def upstream_provider(session: AuthSession) -> str | None:
+    """The provider the session's first factor was proved with, if it was one."""
+    factor = session.first_factor or ""
+    return factor.removeprefix(_UPSTREAM) if factor.startswith(_UPSTREAM) else None
+
+
+def proved_password(session: AuthSession) -> bool:
+    """Whether the session's first factor was the account's password (a session from
+    before 0022 recorded none: no)."""
+    return session.first_factor == PASSWORD
+
+
+# The lock
+
+
+@dataclass(frozen=True)
+class AccountLock:
+    """Proof that this transaction holds ``account_id``'s session lock; the functions
+    below that write sessions take it, so none can be called without it. Valid only
+    in the transaction that took it."""
+
+    account_id: str
+    status: str  # the account's, read under the lock
+
+
+def lock_account_sessions(db: Session, account_id: str) -> AccountLock | None:
+    """Take the account's session lock (None: no such account, e.g. deleted meanwhile).
+
+    The account row, ``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's transactions begin
+    IMMEDIATE, so there writers are serial already and this is a plain read. Why a lock
+    and not a "sessions ended at" stamp re-checked before writing: under READ COMMITTED
+    a check and the INSERT after it can still straddle a commit; only mutual exclusion
+    closes that, and the row lock is the one both sides already know how to take.
+
+    Take it FIRST in the transaction, before any other row is locked or written (the
+    session that will be replaced is read after it): every caller acquiring it in the
+    same order is what keeps two of them from deadlocking.
+    """
+    status = db.scalar(select(Account.status).where(Account.id == account_id).with_for_update())
+    return None if status is None else AccountLock(account_id, status)
 
 
 @dataclass(frozen=True)
@@ -54,19 +115,30 @@ def _token_hash(runtime: Runtime, token: str) -> str:
 def start(
     db: Session,
     runtime: Runtime,
+    lock: AccountLock,
     *,
-    account_id: str,
     level: int,
+    first_factor: str | None = None,
     user_agent: str = "",
     replacing: AuthSession | None = None,
     stepped_up: bool = False,
 ) -> Started:
-    """A new session (sign-in), or the next one for ``replacing`` at a new level.
+    """A new session (sign-in), or the next one for ``replacing`` at a new level, for
+    the account ``lock`` is held for.
 
     Replacing keeps the absolute expiry of the sign-in that began the session, so stepping
     up or re-authenticating never stretches its lifetime. ``stepped_up``: the second factor
     was proved just now; otherwise the replaced session's last proof of it is kept.
+    ``first_factor``: the one proved just now (:data:`PASSWORD`, :func:`upstream`); a new
+    session needs one, a replacement keeps the replaced session's without.
     """
+    account_id = lock.account_id
+    if replacing is not None and replacing.account_id != account_id:
+        raise ValueError("a session is replaced only by one of its own account")
+    if first_factor is None:
+        if replacing is None:
+            raise ValueError("a new session records its first factor")
+        first_factor = replacing.first_factor
     now = utcnow()
     stepped_up_at = replacing.stepped_up_at if replacing is not None else None
     if stepped_up:
@@ -85,6 +157,7 @@ def start(
         created_at=now if replacing is None else replacing.created_at,
         authenticated_at=now,
         stepped_up_at=stepped_up_at,
+        first_factor=first_factor,
         last_seen_at=now,
         expires_at=expires,
         user_agent=user_agent[:200],
@@ -147,16 +220,20 @@ def revoke(db: Session, account_id: str, handle: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def revoke_all(db: Session, account_id: str, *, keep: AuthSession | None = None) -> None:
-    query = delete(AuthSession).where(AuthSession.account_id == account_id)
+def revoke_all(db: Session, lock: AccountLock, *, keep: AuthSession | None = None) -> None:
+    """End every session of the locked account but ``keep``."""
+    query = delete(AuthSession).where(AuthSession.account_id == lock.account_id)
     if keep is not None:
         query = query.where(AuthSession.token_hash != keep.token_hash)
     db.execute(query)
 
 
-def revoke_everywhere(db: Session, account_id: str, *, actor: str, request_id: str | None) -> None:
-    """End every session of the account, the caller's too, audited."""
-    revoke_all(db, account_id)
+def revoke_everywhere(
+    db: Session, lock: AccountLock, *, actor: str, request_id: str | None
+) -> None:
+    """End every session of the locked account, the caller's too, audited."""
+    account_id = lock.account_id
+    revoke_all(db, lock)
     audit.append(
         db,
         actor=actor,
@@ -167,10 +244,12 @@ def revoke_everywhere(db: Session, account_id: str, *, actor: str, request_id: s
     )
 
 
-def revoke_others(db: Session, current: AuthSession, *, request_id: str | None) -> None:
-    """End the account's sessions other than ``current``, audited: after a factor change
-    made for fear of compromise, an intruder's session must not outlive it."""
-    revoke_all(db, current.account_id, keep=current)
+def revoke_others(
+    db: Session, lock: AccountLock, current: AuthSession, *, request_id: str | None
+) -> None:
+    """End the locked account's sessions other than ``current``, audited: after a factor
+    change made for fear of compromise, an intruder's session must not outlive it."""
+    revoke_all(db, lock, keep=current)
     actor = f"account:{current.account_id}"
     audit.append(
         db,

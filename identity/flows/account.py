@@ -26,9 +26,10 @@ from carebridge.db import transaction
 from carebridge.http import openapi
 from carebridge.http.forms import read_form
 from carebridge.http.problems import Problem
+from carebridge.i18n import _
 from carebridge.runtime import Runtime
 from identity import authn, notices, sessions, throttle
-from identity.credentials import recovery, totp
+from identity.credentials import recovery, totp, upstream
 from identity.flows import mfa, signin
 from identity.flows.mfa import Status
 from identity.interfaces import EmailSender
@@ -46,6 +47,11 @@ class SessionInfo(BaseModel):
     created_at: datetime
     last_seen_at: datetime
     current: bool = Field(description="True for the session making this request")
+    signed_in_with: str | None = Field(
+        default=None,
+        description='How it signed in: "password", or "upstream:" and the provider\'s name; '
+        "null for a session from before this was recorded",
+    )
 
 
 @openapi.component
@@ -103,7 +109,9 @@ def regenerate_recovery_codes(
             )
             return Status.LOCKED, []
     with transaction(runtime.sessions) as db:
-        if totp.confirmed(db, session.account_id) is None:
+        # It ends the other sessions: the session lock first (identity.sessions).
+        lock = sessions.lock_account_sessions(db, session.account_id)
+        if lock is None or totp.confirmed(db, session.account_id) is None:
             return Status.WRONG, []
         reveal_to = session.handle if reveal else None
         codes = recovery.regenerate(db, runtime, session.account_id, reveal_to=reveal_to)
@@ -115,7 +123,7 @@ def regenerate_recovery_codes(
             target=actor,
             request_id=request_id,
         )
-        sessions.revoke_others(db, session, request_id=request_id)
+        sessions.revoke_others(db, lock, session, request_id=request_id)
         notices.send(db, runtime, email, session.account_id, Notice.RECOVERY_CODES_REGENERATED)
     return Status.OK, codes
 
@@ -180,8 +188,10 @@ def sign_out_everywhere(runtime: Runtime, account_id: str, *, request_id: str | 
     tokens revoked, access tokens withdrawn); audited."""
     actor = f"account:{account_id}"
     with transaction(runtime.sessions) as db:
-        sessions.revoke_everywhere(db, account_id, actor=actor, request_id=request_id)
-        withdrawals.end_grants(db, account_id)
+        lock = sessions.lock_account_sessions(db, account_id)
+        if lock is not None:
+            sessions.revoke_everywhere(db, lock, actor=actor, request_id=request_id)
+            withdrawals.end_grants(db, account_id)
 
 
 # Pages
@@ -271,10 +281,25 @@ async def remove_totp_submit(request: Request) -> Response:
     return RedirectResponse("/account/security?done=removed", status_code=303)
 
 
+def _signed_in_with(runtime: Runtime, session: AuthSession) -> str:
+    """How the session signed in, for people: "Password", a provider's name, or ""."""
+    if sessions.proved_password(session):
+        return _("Password")
+    provider = sessions.upstream_provider(session)
+    if provider is None:
+        return ""
+    found = upstream.get(runtime, provider)
+    return found.display_name if found is not None else provider
+
+
 async def sessions_page(request: Request) -> Response:
     session = await authn.require(request)
-    listed = await run_in_threadpool(list_sessions, _runtime(request), session.account_id)
-    context = {"sessions": listed, "current": session.handle}
+    runtime = _runtime(request)
+    listed = await run_in_threadpool(list_sessions, runtime, session.account_id)
+    context = {
+        "sessions": [(each, _signed_in_with(runtime, each)) for each in listed],
+        "current": session.handle,
+    }
     return _render(request, "account_sessions.html", context)
 
 
@@ -316,6 +341,7 @@ def _info(session: AuthSession, current: AuthSession) -> SessionInfo:
         created_at=session.created_at,
         last_seen_at=session.last_seen_at,
         current=session.handle == current.handle,
+        signed_in_with=session.first_factor,
     )
 
 

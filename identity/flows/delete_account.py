@@ -43,6 +43,10 @@ def delete_own(
 ) -> deletion.Deleted | None:
     """The owner deletes their account (None: the session ended meanwhile)."""
     with transaction(runtime.sessions) as db:
+        # The session lock before the session is checked: one ended by a reset or a sign
+        # out everywhere committed first is gone here (deletion takes it again: a no-op).
+        if sessions.lock_account_sessions(db, session.account_id) is None:
+            return None
         current = db.get(AuthSession, session.token_hash)
         if current is None:
             return None

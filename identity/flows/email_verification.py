@@ -66,7 +66,7 @@ from identity.flows.signin import (
     request_context,
 )
 from identity.interfaces import EmailSender, Outward
-from identity.models import Account, AuthSession, EmailVerification, LoginIdentifier
+from identity.models import AuthSession, EmailVerification, LoginIdentifier
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
@@ -200,22 +200,23 @@ def verify_code(
     signed_in: SignedIn | None = None
     with transaction(runtime.sessions) as db:
         row = email_verification.by_pending(db, runtime, pending_token)
+        # The session lock before the code's checks write anything (identity.sessions).
+        lock = sessions.lock_account_sessions(db, row.account_id) if row is not None else None
         locked, ok, limits = _check(db, runtime, row, code, address=address, request_id=request_id)
-        if ok and row is not None:
-            status = db.scalar(select(Account.status).where(Account.id == row.account_id))
-            if status == accounts.ACTIVE:
-                signed_in = signin.start_session(
-                    db,
-                    runtime,
-                    row.account_id,
-                    action="identity.signin.email_code",
-                    user_agent=user_agent,
-                    request_id=request_id,
-                    replacing_token=replacing_token,
-                )
-                throttle.settle(
-                    store, db, reset=limits[1:], refund=limits[:1], now=throttle.utcnow()
-                )
+        if ok and lock is not None and lock.status == accounts.ACTIVE:
+            signed_in = signin.start_session(
+                db,
+                runtime,
+                lock,
+                # The code comes only after a password: checked at sign-in, or chosen
+                # at sign-up in this browser (the pending token's).
+                first_factor=sessions.PASSWORD,
+                action="identity.signin.email_code",
+                user_agent=user_agent,
+                request_id=request_id,
+                replacing_token=replacing_token,
+            )
+            throttle.settle(store, db, reset=limits[1:], refund=limits[:1], now=throttle.utcnow())
     if locked:
         raise TooManyAttemptsError
     if signed_in is None:

@@ -239,16 +239,22 @@ def start_enrolment(
 
 
 def _step_up(
-    db: Session, runtime: Runtime, session: AuthSession, user_agent: str
+    db: Session,
+    runtime: Runtime,
+    lock: sessions.AccountLock | None,
+    session: AuthSession,
+    user_agent: str,
 ) -> sessions.Started | None:
+    """The session at level 2 with a new token; None if it (or its account) has ended.
+    Read after the session lock, so an "end every session" committed first is seen."""
     current = db.get(AuthSession, session.token_hash)
-    if current is None:
+    if current is None or lock is None:
         return None
     level = max(current.level, sessions.SECOND_FACTOR)
     return sessions.start(
         db,
         runtime,
-        account_id=current.account_id,
+        lock,
         level=level,
         user_agent=user_agent,
         replacing=current,
@@ -275,7 +281,8 @@ def confirm_enrolment(
     """
     account_id = session.account_id
     with transaction(runtime.sessions) as db:
-        if db.get(AuthSession, session.token_hash) is None:
+        lock = sessions.lock_account_sessions(db, account_id)
+        if lock is None or db.get(AuthSession, session.token_hash) is None:
             return Result(Status.GONE)
         if not may_change_factors(db, runtime, session):
             return Result(Status.REAUTH)
@@ -290,14 +297,14 @@ def confirm_enrolment(
                 request_id=request_id,
             )
             return Result(Status.WRONG)
-        started = _step_up(db, runtime, session, user_agent)
+        started = _step_up(db, runtime, lock, session, user_agent)
         assert started is not None  # noqa: S101  (checked above, in this transaction)
         codes: list[str] = []
         if first:
             reveal_to = started.session.handle if reveal_codes else None
             codes = recovery.regenerate(db, runtime, account_id, reveal_to=reveal_to)
         else:  # a replaced authenticator: whoever else is signed in is signed out
-            sessions.revoke_others(db, started.session, request_id=request_id)
+            sessions.revoke_others(db, lock, started.session, request_id=request_id)
         if email is not None:
             notices.send(db, runtime, email, account_id, notices.Notice.SECOND_FACTOR_ADDED)
         audit.append(
@@ -325,6 +332,8 @@ def pass_second_factor(
     account_id = session.account_id
     action = f"identity.mfa.challenge.{method}"
     with transaction(runtime.sessions) as db:
+        # First, before the attempt is counted: the lock's order (identity.sessions).
+        lock = sessions.lock_account_sessions(db, account_id)
         count = count_attempt(db, runtime, account_id)
         if count is None:
             record_refusal(
@@ -353,11 +362,11 @@ def pass_second_factor(
             )
             return Result(Status.WRONG)
         attempt_passed(db, runtime, account_id)
-        started = _step_up(db, runtime, session, user_agent)
-        if started is None:
+        started = _step_up(db, runtime, lock, session, user_agent)
+        if started is None or lock is None:
             return Result(Status.GONE)
         # The second factor is not lost after all: any recovery in progress stops.
-        lost_factor.cancel_on_sign_in(db, runtime, email, account_id, request_id=request_id)
+        lost_factor.cancel_on_sign_in(db, runtime, email, lock, request_id=request_id)
         audit.append(
             db,
             actor=_actor(session),

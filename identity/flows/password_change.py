@@ -117,8 +117,10 @@ def change(
             return Changed(Result.TOO_MANY)
     new_hash = password.hash_password(runtime.settings, new_password)
     with transaction(runtime.sessions) as db:
+        # It renews this session and ends the others: the session lock first.
+        lock = sessions.lock_account_sessions(db, account_id)
         current = db.get(AuthSession, session.token_hash)
-        if current is None:
+        if current is None or lock is None:
             return Changed(Result.GONE)
         step = authn.step_up_of(db, runtime, current)
         if step is not authn.StepUp.DONE:
@@ -139,12 +141,12 @@ def change(
         started = sessions.start(
             db,
             runtime,
-            account_id=account_id,
+            lock,
             level=current.level,
             user_agent=user_agent,
             replacing=current,
         )
-        sessions.revoke_others(db, started.session, request_id=request_id)
+        sessions.revoke_others(db, lock, started.session, request_id=request_id)
         withdrawals.end_grants(db, account_id)
         notices.send(db, runtime, email, account_id, Notice.PASSWORD_CHANGED)
     return Changed(Result.OK, started.token, started.session.level)

@@ -87,16 +87,26 @@ def _audit(db: Session, account_id: str, action: str, outcome: Outcome, rid: str
 
 
 def _renew(
-    db: Session, runtime: Runtime, session: AuthSession, user_agent: str, *, stepped_up: bool
+    db: Session,
+    runtime: Runtime,
+    lock: sessions.AccountLock | None,
+    session: AuthSession,
+    user_agent: str,
+    *,
+    stepped_up: bool,
+    first_factor: str | None = None,
 ) -> sessions.Started | None:
+    """The session again with a new token; None if it (or its account) has ended. Read
+    after the session lock, so an "end every session" committed first is seen."""
     current = db.get(AuthSession, session.token_hash)
-    if current is None:
+    if current is None or lock is None:
         return None
     return sessions.start(
         db,
         runtime,
-        account_id=current.account_id,
+        lock,
         level=current.level,
+        first_factor=first_factor,
         user_agent=user_agent,
         replacing=current,
         stepped_up=stepped_up,
@@ -119,6 +129,8 @@ def with_code(
     account_id = session.account_id
     action = f"identity.reauth.{method}"
     with transaction(runtime.sessions) as db:
+        # First, before the attempt is counted: the lock's order (identity.sessions).
+        lock = sessions.lock_account_sessions(db, account_id)
         count = mfa.count_attempt(db, runtime, account_id)
         if count is None:
             mfa.record_refusal(
@@ -147,10 +159,10 @@ def with_code(
             )
             return Result(Status.WRONG)
         mfa.attempt_passed(db, runtime, account_id)
-        started = _renew(db, runtime, session, user_agent, stepped_up=True)
-        if started is None:
+        started = _renew(db, runtime, lock, session, user_agent, stepped_up=True)
+        if started is None or lock is None:
             return Result(Status.GONE)
-        lost_factor.cancel_on_sign_in(db, runtime, email, account_id, request_id=request_id)
+        lost_factor.cancel_on_sign_in(db, runtime, email, lock, request_id=request_id)
         _audit(db, account_id, action, Outcome.ALLOWED, request_id)
         return Result(Status.OK, started.token, started.session.level)
 
@@ -187,6 +199,7 @@ def with_password(
         if not checked.ok:
             _audit(db, account_id, action, Outcome.FAILED, request_id)
             return Result(Status.WRONG)
+        lock = sessions.lock_account_sessions(db, account_id)
         rehash = checked.new_hash is not None
         started = None
         # A reset committed meanwhile has ended this session: nothing to renew.
@@ -194,7 +207,15 @@ def with_password(
             store.reset(db, limit)
             if checked.new_hash:
                 accounts.replace_password_hash(db, account_id, old=stored, new=checked.new_hash)
-            started = _renew(db, runtime, session, user_agent, stepped_up=False)
+            started = _renew(
+                db,
+                runtime,
+                lock,
+                session,
+                user_agent,
+                stepped_up=False,
+                first_factor=sessions.PASSWORD,
+            )
         if started is None:
             return Result(Status.GONE)
         _audit(db, account_id, action, Outcome.ALLOWED, request_id)

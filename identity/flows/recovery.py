@@ -44,6 +44,12 @@ REFUSALS = {
         "Your account isn't linked to a patient record we can check you against, so it "
         "can't be recovered online. Contact support."
     ),
+    recovery.Refusal.PASSWORD_SIGN_IN: N_(
+        "To replace your second factor, sign in with your email address and password, not "
+        "with another account. If you have no password or don't remember it, use “Forgot "
+        "your password?” first: your account can be recovered this way 7 days after that. "
+        "Or contact support."
+    ),
     recovery.Refusal.RECENT_CHANGE: N_(
         "Your password was reset or your email address changed in the last 7 days, so "
         "your account can't be recovered this way yet. Wait until 7 days have passed, or "
@@ -196,10 +202,16 @@ async def _status_page(request: Request, session: AuthSession, **context: Any) -
 # Pages
 
 
+def _refused(request: Request, refusal: recovery.Refusal) -> Response:
+    return _render(request, {"stage": "refused", "message": REFUSALS[refusal]}, status_code=403)
+
+
 async def recovery_page(request: Request) -> Response:
     session = await _level_one(request)
     if session is None:
         return RedirectResponse("/account", status_code=303)
+    if not sessions.proved_password(session):  # said before anything is started
+        return _refused(request, recovery.Refusal.PASSWORD_SIGN_IN)
     if request.query_params.get("code") == "1":
         return await _status_page(request, session, stage="code")
     return await _status_page(request, session)
@@ -292,6 +304,8 @@ async def code_submit(request: Request) -> Response:
         return await _status_page(
             request, session, stage="code", errors={"form": TOO_MANY}, status_code=429
         )
+    except recovery.RefusedError as exc:
+        return _refused(request, exc.refusal)
     except recovery.RecoveryError:
         return await _status_page(
             request, session, stage="code", errors={"code": WRONG_CODE}, status_code=400
@@ -314,6 +328,8 @@ async def complete_submit(request: Request) -> Response:
                 request_id=request_context(request)["request_id"],
             )
         )
+    except recovery.RefusedError as exc:
+        return _refused(request, exc.refusal)
     except recovery.RecoveryError:
         return await _status_page(request, session, errors={"form": NOT_READY}, status_code=409)
     return RedirectResponse("/mfa/enroll", status_code=303)
@@ -352,10 +368,11 @@ async def cancel_submit(request: Request) -> Response:
 async def api_start(request: Request) -> Response:
     """Start recovering a lost second factor without a recovery code
 
-    For a level-1 session (password proved). E-mails a link, valid 30 minutes, to the
-    account's confirmed address; it works only with this session (POST
-    /api/v1/recovery/link). Refused (403) without a confirmed address, without a link to
-    a patient record, or within 7 days of a password reset or an e-mail change.
+    For a level-1 session that signed in with the password (not a social sign-in).
+    E-mails a link, valid 30 minutes, to the account's confirmed address; it works only
+    with this session (POST /api/v1/recovery/link). Refused (403) for a session that did
+    not sign in with the password, without a confirmed address, without a link to a
+    patient record, or within 7 days of a password reset or an e-mail change.
 
     - 401: Not signed in
     - 403: This account can't be recovered this way now (contact support, or wait)
@@ -463,17 +480,19 @@ async def api_identity(request: Request) -> Response:
     answers={200: openapi.Json(RecoveryWaiting, "Code accepted; the wait started")},
     security=openapi.session(),
     body=SupportCode,
-    problems=(409, 429),
+    problems=(403, 409, 429),
     tags=("accounts",),
 )
 async def api_code(request: Request) -> Response:
     """Enter the one-time code from support
 
-    For a level-1 session of the account support started a recovery for. On success the
-    waiting period starts and a notice goes to the confirmed address.
+    For a level-1 session, signed in with the password, of the account support started a
+    recovery for. On success the waiting period starts and a notice goes to the confirmed
+    address.
 
     - 400: Wrong, expired or used code
     - 401: Not signed in
+    - 403: The session did not sign in with the password
     - 409: The session already passed its second step
     - 429: Too many attempts; try again later
     """
@@ -492,6 +511,8 @@ async def api_code(request: Request) -> Response:
         )
     except recovery.LockedError:
         raise Problem(429, TOO_MANY) from None
+    except recovery.RefusedError as exc:
+        raise Problem(403, REFUSALS[exc.refusal]) from None
     except recovery.RecoveryError:
         raise Problem(400, WRONG_CODE) from None
     return _waiting(wait_until)
@@ -500,16 +521,18 @@ async def api_code(request: Request) -> Response:
 @openapi.operation(
     answers={204: openapi.Empty("Old factors removed; enrol a new authenticator")},
     security=openapi.session(),
-    problems=(409,),
+    problems=(403, 409),
     tags=("accounts",),
 )
 async def api_complete(request: Request) -> Response:
     """Finish a recovery after its waiting period
 
     Removes the old authenticator and recovery codes, ends every other session and app
-    grant; this session goes on to POST /api/v1/mfa/totp/enroll.
+    grant; this session (signed in with the password) goes on to POST
+    /api/v1/mfa/totp/enroll.
 
     - 401: Not signed in
+    - 403: The session did not sign in with the password
     - 409: No recovery has waited its time, or the session already passed its second step
     """
     session = await _api_session(request)
@@ -523,6 +546,8 @@ async def api_complete(request: Request) -> Response:
                 request_id=request_context(request)["request_id"],
             )
         )
+    except recovery.RefusedError as exc:
+        raise Problem(403, REFUSALS[exc.refusal]) from None
     except recovery.RecoveryError:
         raise Problem(409, NOT_READY) from None
     return Response(status_code=204, headers={"Cache-Control": "no-store"})

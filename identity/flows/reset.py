@@ -433,14 +433,13 @@ def reset_password(
     account_id = ticket.account_id
     actor = f"account:{account_id}"
     with transaction(runtime.sessions) as db:
-        # The account may have been disabled since check(): read again, locked against an
-        # operator's disabling (status._set locks it for update) until this commits.
-        active = db.scalar(
-            select(Account.status).where(Account.id == account_id).with_for_update(read=True)
-        )
+        # The reset ends every session: the session lock first (identity.sessions). It
+        # also holds off an operator's disabling (which takes it too) until this commits,
+        # and the status read under it is current: the account may be disabled since check().
+        lock = sessions.lock_account_sessions(db, account_id)
         # The claim: one conditional UPDATE, so two uses racing cannot both pass.
         claimed = 0
-        if active == accounts.ACTIVE:
+        if lock is not None and lock.status == accounts.ACTIVE:
             claimed = db.execute(
                 update(PasswordReset)
                 .where(
@@ -451,10 +450,8 @@ def reset_password(
                 .values(used_at=now)
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
-        if claimed:
-            _apply(
-                db, runtime, sender, account_id=account_id, new_hash=new_hash, now=now, login=login
-            )
+        if claimed and lock is not None:
+            _apply(db, runtime, sender, lock, new_hash=new_hash, now=now, login=login)
         audit.append(
             db,
             actor=actor if claimed else "anonymous",
@@ -472,12 +469,13 @@ def _apply(
     db: Session,
     runtime: Runtime,
     sender: EmailSender,
+    lock: sessions.AccountLock,
     *,
-    account_id: str,
     new_hash: str,
     now: datetime,
     login: str | None,
 ) -> None:
+    account_id = lock.account_id
     credential = db.get(PasswordCredential, account_id, with_for_update=True)
     if credential is None:
         db.add(PasswordCredential(account_id=account_id, hash=new_hash, changed_at=now))
@@ -487,7 +485,7 @@ def _apply(
     _end_unused(db, account_id, now)
     email_change.end_pending(db, account_id, now)
     # Whoever knew the old password (or held a session or an app's token) is out.
-    sessions.revoke_all(db, account_id)
+    sessions.revoke_all(db, lock)
     withdrawals.end_grants(db, account_id)
     if login:
         emails.send(

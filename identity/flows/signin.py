@@ -249,10 +249,17 @@ def conclude(
     now = throttle.utcnow()
     outcome: SignedIn | Pending | None = None
     with transaction(runtime.sessions) as db:
+        # The session lock first (a right password only: a wrong one writes no session).
+        lock = (
+            sessions.lock_account_sessions(db, found.account_id)
+            if checked.ok and found is not None
+            else None
+        )
         if not (
             checked.ok
             and found is not None
-            and found.status == accounts.ACTIVE
+            and lock is not None
+            and lock.status == accounts.ACTIVE
             and accounts.password_unchanged(
                 db,
                 found.account_id,
@@ -293,7 +300,8 @@ def conclude(
             outcome = start_session(
                 db,
                 runtime,
-                found.account_id,
+                lock,
+                first_factor=sessions.PASSWORD,
                 action=action,
                 user_agent=user_agent,
                 request_id=request_id,
@@ -313,15 +321,17 @@ def conclude(
 def start_session(
     db: Session,
     runtime: Runtime,
-    account_id: str,
+    lock: sessions.AccountLock,
     *,
+    first_factor: str,
     action: str,
     user_agent: str,
     request_id: str | None,
     replacing_token: str | None,
     has_second_factor: bool | None = None,
 ) -> SignedIn:
-    """A new level-1 session for the account (ending the one the browser held), audited.
+    """A new level-1 session for the locked account (ending the one the browser held),
+    audited.
 
     ``has_second_factor``: whether the account has a confirmed authenticator, when the
     caller already knows (password sign-in reads it with the account); else looked up.
@@ -331,8 +341,14 @@ def start_session(
         if previous is not None:
             sessions.end(db, previous)
             db.flush()
+    account_id = lock.account_id
     started = sessions.start(
-        db, runtime, account_id=account_id, level=sessions.FIRST_FACTOR, user_agent=user_agent
+        db,
+        runtime,
+        lock,
+        level=sessions.FIRST_FACTOR,
+        first_factor=first_factor,
+        user_agent=user_agent,
     )
     actor = f"account:{account_id}"
     audit.append(

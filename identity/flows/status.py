@@ -40,12 +40,14 @@ def set_active_by_id(
 
 
 def _set(db: Session, account_id: str, *, active: bool, actor: str) -> bool:
-    account = db.get(Account, account_id, with_for_update=True)
-    if account is None:
+    # Disabling ends every session: the session lock (the account row, for update).
+    lock = sessions.lock_account_sessions(db, account_id)
+    account = db.get(Account, account_id)
+    if lock is None or account is None:
         return False
     account.status = accounts.ACTIVE if active else accounts.DISABLED
     if not active:
-        sessions.revoke_all(db, account.id)
+        sessions.revoke_all(db, lock)
         withdrawals.end_grants(db, account.id)
     audit.append(
         db,

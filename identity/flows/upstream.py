@@ -343,11 +343,13 @@ def complete(
 ) -> Completed:
     """Sign in, create or link, once the provider has said who signed in; a link made
     sends its owner a notice through ``email``."""
-    current = sessions.load(db, runtime, session_token) if session_token else None
-    context = _Context(db, runtime, provider, identity, login, current, request_id, email)
     if login.link_account is not None:
+        current = sessions.load(db, runtime, session_token) if session_token else None
+        context = _Context(db, runtime, provider, identity, login, current, request_id, email)
         return _link(context, login.link_account)
-    return _sign_in(context, user_agent)
+    # Signing in reads the browser's session only under the account's session lock.
+    context = _Context(db, runtime, provider, identity, login, None, request_id, email)
+    return _sign_in(context, user_agent, session_token)
 
 
 def _link(context: _Context, account_id: str) -> Completed:
@@ -378,8 +380,8 @@ def _link(context: _Context, account_id: str) -> Completed:
     return Completed("linked_elsewhere")
 
 
-def _sign_in(context: _Context, user_agent: str) -> Completed:
-    db, runtime, current = context.db, context.runtime, context.current
+def _sign_in(context: _Context, user_agent: str, session_token: str | None) -> Completed:
+    db, runtime = context.db, context.runtime
     link = _find_link(db, context.identity)
     if link is None:
         link = _new_link(db, context.provider, context.identity, new_id("acc"))
@@ -394,12 +396,14 @@ def _sign_in(context: _Context, user_agent: str) -> Completed:
                 f"upstream:{link.id}",
             )
     actor, action, target = f"account:{link.account_id}", "identity.signin.upstream", link.id
-    account = db.get(Account, link.account_id)
-    if account is None or account.status == "disabled":
+    # The session lock before the browser's session is read or anything is written
+    # (identity.sessions); the status read under it is current.
+    lock = sessions.lock_account_sessions(db, link.account_id)
+    if lock is None or lock.status == "disabled":
         context.record(actor, action, Outcome.DENIED, f"upstream:{target}")
         return Completed("disabled")
-
-    if current is not None and current.account_id == account.id:
+    current = sessions.load(db, runtime, session_token) if session_token else None
+    if current is not None and current.account_id == lock.account_id:
         # Signing in again as the same person: re-authentication; the level is kept.
         level, replacing = max(current.level, sessions.FIRST_FACTOR), current
     else:
@@ -408,7 +412,13 @@ def _sign_in(context: _Context, user_agent: str) -> Completed:
             db.flush()
         level, replacing = sessions.FIRST_FACTOR, None
     started = sessions.start(
-        db, runtime, account_id=account.id, level=level, user_agent=user_agent, replacing=replacing
+        db,
+        runtime,
+        lock,
+        level=level,
+        first_factor=sessions.upstream(context.provider.name),
+        user_agent=user_agent,
+        replacing=replacing,
     )
     context.record(actor, action, Outcome.ALLOWED, f"upstream:{target}")
     step = authn.next_step(db, runtime, started.session)
@@ -561,8 +571,9 @@ def unlink(
     the session is not stepped up (``step_up``, as the caller found it); the account's
     other sessions end (whoever signed in with that link is signed out)."""
     account_id = current.account_id
-    # Serialize changes to one account's methods, so two unlinks can't both pass the count.
-    db.execute(select(Account.id).where(Account.id == account_id).with_for_update())
+    # Serialize changes to one account's methods, so two unlinks can't both pass the
+    # count; it ends the other sessions too: the session lock is the one to take.
+    lock = sessions.lock_account_sessions(db, account_id)
     link = db.scalars(
         select(UpstreamIdentity).where(
             UpstreamIdentity.id == link_id, UpstreamIdentity.account_id == account_id
@@ -594,8 +605,8 @@ def unlink(
         target=f"upstream:{link_id}",
         request_id=request_id,
     )
-    if outcome == "unlinked":
-        sessions.revoke_others(db, current, request_id=request_id)
+    if outcome == "unlinked" and lock is not None:
+        sessions.revoke_others(db, lock, current, request_id=request_id)
     return outcome
 
 

@@ -316,3 +316,41 @@ def test_0022_keeps_read_state_per_side_and_downgrades(empty_database_url: str) 
         migrate.upgrade(engine)
     finally:
         engine.dispose()
+
+
+def test_0024_leaves_existing_sessions_without_a_first_factor_and_downgrades(
+    empty_database_url: str,
+) -> None:
+    # Sessions from before 0024 record no first factor: unknown, so not a password for
+    # recovering a lost second factor (their holders sign in again with it).
+    engine = make_engine(empty_database_url)
+    try:
+        migrate.upgrade(engine, "0023")
+        at = datetime(2026, 12, 7, 22, 0, tzinfo=UTC)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO account (id, created_at, status) VALUES ('acct_1', :at, 'active')"
+                ),
+                {"at": at},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO auth_session (token_hash, handle, account_id, level, "
+                    "created_at, authenticated_at, last_seen_at, expires_at, user_agent) "
+                    "VALUES ('h1', 'ses_1', 'acct_1', 1, :at, :at, :at, :at, '')"
+                ),
+                {"at": at},
+            )
+        migrate.upgrade(engine, "0024")
+        with engine.connect() as connection:
+            factor = connection.execute(
+                text("SELECT first_factor FROM auth_session WHERE handle = 'ses_1'")
+            ).one()
+            assert factor == (None,)
+        command.downgrade(migrate.alembic_config(engine), "0023")
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("auth_session")}
+        assert "first_factor" not in columns
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()

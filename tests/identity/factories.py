@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime
 
 import pyotp
+from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
 from carebridge.db import transaction
@@ -39,6 +40,13 @@ def totp(runtime: Runtime, account_id: str) -> pyotp.TOTP:
     return pyotp.TOTP(secret)
 
 
+def lock(db: Session, account_id: str) -> sessions.AccountLock:
+    """The account's session lock, in ``db``'s transaction (the account must exist)."""
+    held = sessions.lock_account_sessions(db, account_id)
+    assert held is not None, account_id
+    return held
+
+
 def session(
     runtime: Runtime,
     account_id: str,
@@ -46,15 +54,18 @@ def session(
     level: int = 1,
     user_agent: str = "",
     stepped_up: bool = False,
+    first_factor: str = sessions.PASSWORD,
 ) -> str:
     """A session for the account at ``level`` (``stepped_up``: its second factor proved
-    just now, for tests of what comes after a step-up); returns its token."""
+    just now, for tests of what comes after a step-up), begun with ``first_factor``;
+    returns its token."""
     with transaction(runtime.sessions) as db:
         started = sessions.start(
             db,
             runtime,
-            account_id=account_id,
+            lock(db, account_id),
             level=level,
+            first_factor=first_factor,
             user_agent=user_agent,
             stepped_up=stepped_up,
         )

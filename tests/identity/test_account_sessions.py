@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
+from identity import sessions
 from identity.credentials import recovery
 from identity.models import (
     AuthSession,
@@ -193,7 +194,14 @@ def test_api_lists_the_accounts_sessions(client: TestClient, runtime: Runtime) -
         _handle_of(runtime, mine),
     }
     assert [s["current"] for s in listed if s["handle"] == _handle_of(runtime, mine)] == [True]
-    assert {"handle", "user_agent", "created_at", "last_seen_at", "current"} == set(listed[0])
+    assert {
+        "handle",
+        "user_agent",
+        "created_at",
+        "last_seen_at",
+        "current",
+        "signed_in_with",
+    } == set(listed[0])
     assert other_device not in response.text and mine not in response.text
 
 
@@ -368,3 +376,17 @@ def test_unlinking_a_provider_signs_out_the_other_sessions(
     assert not _works(client, intruder)
     target = f"account:{account_id}"
     assert ("identity.session.revoke_others", "allowed", target) in _audit(runtime)
+
+
+def test_sessions_say_how_each_signed_in(client: TestClient, runtime: Runtime) -> None:
+    account_id = _enrolled(runtime)
+    factories.session(
+        runtime, account_id, level=2, user_agent="Phone", first_factor=sessions.upstream("google")
+    )
+    mine = factories.sign_in(client, runtime, account_id, level=2)
+    listed = client.get("/api/v1/sessions", headers=_bearer(mine)).json()["sessions"]
+    assert sorted(s["signed_in_with"] for s in listed) == ["password", "upstream:google"]
+    page = client.get("/account/sessions")
+    assert page.status_code == 200
+    assert "Signed in with" in page.text and "Password" in page.text
+    assert "google" in page.text  # a provider no longer configured: its name

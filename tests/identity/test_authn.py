@@ -11,6 +11,7 @@ from carebridge.runtime import Runtime
 from identity import authn, sessions
 from identity.authn import Step
 from identity.models import Account, TotpCredential, new_id
+from tests.identity import factories
 
 
 @pytest.mark.parametrize(
@@ -41,7 +42,9 @@ def test_steps_follow_the_factors_an_account_has(runtime: Runtime) -> None:
     with transaction(runtime.sessions) as db:
         db.add(Account(id=account_id, created_at=now, status="active"))
         assert authn.next_step(db, runtime, None) is Step.SIGN_IN
-        first = sessions.start(db, runtime, account_id=account_id, level=1).session
+        db.flush()
+        lock = factories.lock(db, account_id)
+        first = sessions.start(db, runtime, lock, level=1, first_factor=sessions.PASSWORD).session
         assert authn.next_step(db, runtime, first) is Step.ENROLL  # MFA required by default
         db.add(
             TotpCredential(
@@ -50,5 +53,5 @@ def test_steps_follow_the_factors_an_account_has(runtime: Runtime) -> None:
         )
         db.flush()
         assert authn.next_step(db, runtime, first) is Step.CHALLENGE
-        second = sessions.start(db, runtime, account_id=account_id, level=2, replacing=first)
+        second = sessions.start(db, runtime, lock, level=2, replacing=first)
         assert authn.next_step(db, runtime, second.session) is Step.DONE

@@ -21,7 +21,7 @@ from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
-from identity import accounts, throttle
+from identity import accounts, sessions, throttle
 from identity.credentials import password
 from identity.models import (
     AuthSession,
@@ -671,3 +671,44 @@ def test_no_verified_number_means_no_text_and_the_recovery_goes_on(
     _api_to_waiting(client, runtime, mailbox, _sign_in(client, runtime))
     assert _texts(runtime) == []
     assert _state(runtime, account_id) == ["waiting"]
+
+
+def test_recovery_from_a_social_sign_in_is_refused(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, clock: Clock, tmp_path: Path
+) -> None:
+    # A provider that is also the mailbox (a Google account and its Gmail) would give an
+    # intruder the first step and the link at once: recovery wants the password.
+    account_id, _ = _account(runtime, tmp_path)
+    social = factories.session(
+        runtime, account_id, level=1, first_factor=sessions.upstream("google")
+    )
+    factories.use_token(client, runtime, social)
+    page = client.get("/recovery")
+    assert page.status_code == 403
+    assert "sign in with your email address and password" in page.text
+    refused = client.post("/api/v1/recovery/start", headers=_bearer(social))
+    assert refused.status_code == 403
+    assert "Forgot your password?" in refused.json()["detail"]
+    assert mailbox.collect(runtime) == []
+
+    # A password sign-in gets to the wait; finishing it from the social session is refused.
+    _api_to_waiting(client, runtime, mailbox, _sign_in(client, runtime))
+    clock.advance(timedelta(hours=1, seconds=1))
+    social = factories.session(
+        runtime, account_id, level=1, first_factor=sessions.upstream("google")
+    )
+    finish = client.post("/api/v1/recovery/complete", headers=_bearer(social))
+    assert finish.status_code == 403
+    assert _factors(runtime, account_id)[0]  # the authenticator is still there
+
+
+def test_a_session_from_before_first_factors_were_recorded_cannot_recover(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    account_id, _ = _account(runtime, tmp_path)
+    token = factories.session(runtime, account_id, level=1)
+    with transaction(runtime.sessions) as db:
+        db.execute(update(AuthSession).values(first_factor=None))  # as migration 0024 left it
+    refused = client.post("/api/v1/recovery/start", headers=_bearer(token))
+    assert refused.status_code == 403
+    assert mailbox.collect(runtime) == []

@@ -11,6 +11,7 @@ from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from identity import sessions
 from identity.models import Account, AuthSession, new_id
+from tests.identity import factories
 
 
 def _account(runtime: Runtime) -> str:
@@ -22,7 +23,14 @@ def _account(runtime: Runtime) -> str:
 
 def _start(runtime: Runtime, account_id: str, level: int = 1) -> sessions.Started:
     with transaction(runtime.sessions) as db:
-        return sessions.start(db, runtime, account_id=account_id, level=level, user_agent="ua")
+        return sessions.start(
+            db,
+            runtime,
+            factories.lock(db, account_id),
+            level=level,
+            first_factor=sessions.PASSWORD,
+            user_agent="ua",
+        )
 
 
 def _load(runtime: Runtime, token: str) -> AuthSession | None:
@@ -47,7 +55,7 @@ def test_stepping_up_issues_a_new_token_and_keeps_the_absolute_expiry(runtime: R
         old = sessions.load(db, runtime, first.token)
         assert old is not None
         second = sessions.start(
-            db, runtime, account_id=account_id, level=sessions.SECOND_FACTOR, replacing=old
+            db, runtime, factories.lock(db, account_id), level=sessions.SECOND_FACTOR, replacing=old
         )
     assert second.token != first.token
     assert _load(runtime, first.token) is None  # the pre-MFA token is worthless now
@@ -103,7 +111,7 @@ def test_revoke_all_can_keep_the_current_session(runtime: Runtime) -> None:
     current, other = _start(runtime, account_id), _start(runtime, account_id)
     with transaction(runtime.sessions) as db:
         keep = db.get(AuthSession, current.session.token_hash)
-        sessions.revoke_all(db, account_id, keep=keep)
+        sessions.revoke_all(db, factories.lock(db, account_id), keep=keep)
     assert _load(runtime, current.token) is not None
     assert _load(runtime, other.token) is None
 
@@ -120,10 +128,14 @@ def test_replacing_a_session_another_request_replaced_first_is_no_error(
     with transaction(runtime.sessions) as db:
         held_by_first = sessions.load(db, runtime, first.token)
         assert held_by_first is not None
-        sessions.start(db, runtime, account_id=account_id, level=2, replacing=held_by_first)
+        sessions.start(
+            db, runtime, factories.lock(db, account_id), level=2, replacing=held_by_first
+        )
     assert held_by_second is not None
     with transaction(runtime.sessions) as db:
-        late = sessions.start(db, runtime, account_id=account_id, level=2, replacing=held_by_second)
+        late = sessions.start(
+            db, runtime, factories.lock(db, account_id), level=2, replacing=held_by_second
+        )
         sessions.end(db, held_by_second)  # and a sign-out of the same, already gone
     assert _load(runtime, late.token) is not None
     assert _load(runtime, first.token) is None

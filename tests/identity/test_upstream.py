@@ -38,7 +38,7 @@ from identity.models import (
     UpstreamLoginState,
     new_id,
 )
-from tests.identity import account_changes
+from tests.identity import account_changes, factories
 
 CALLBACK = "http://testserver/signin/upstream/{}/callback"
 
@@ -195,7 +195,13 @@ def signed_in_as(
     """Give the client a complete session, authenticated (second factor included, so
     stepped up) ``minutes_ago``."""
     with transaction(runtime.sessions) as db:
-        started = sessions.start(db, runtime, account_id=account_id, level=sessions.SECOND_FACTOR)
+        started = sessions.start(
+            db,
+            runtime,
+            factories.lock(db, account_id),
+            level=sessions.SECOND_FACTOR,
+            first_factor=sessions.upstream("test"),
+        )
         started.session.authenticated_at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
         started.session.stepped_up_at = started.session.authenticated_at
     client.cookies.delete("carebridge_session")
