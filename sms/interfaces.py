@@ -3,7 +3,8 @@ other packages may ask of sms (the rest of the package is private to it).
 
 :mod:`sms.delivery` is the only caller of a :class:`Sender`; :mod:`sms.backends` builds
 the configured one (the console for development, :mod:`sms.twilio_client` for production).
-messaging writes the notice of a new message with :func:`new_message_notice`.
+messaging writes the notice of a new message with :func:`new_message_notice`, and asks
+how it went with :func:`notice_status_of_thread` (sms never tells messaging anything).
 """
 
 from __future__ import annotations
@@ -12,9 +13,23 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from sqlalchemy import Table
+from sqlalchemy.orm import Session
 
 from carebridge.db import FromGate
-from sms import outbox
+from sms import notice_status, outbox
+from sms.notice_status import NoticeStatus
+from sms.recipients import Recipient
+
+__all__ = [
+    "ErrorKind",
+    "NoticeStatus",  # waiting, sent, unreachable (no usable contact) or not sent
+    "Recipient",  # who a notice is for: the patient, or (later) an account acting for them
+    "SendError",
+    "Sender",
+    "classify",
+    "new_message_notice",
+    "notice_status_of_thread",
+]
 
 
 class ErrorKind(StrEnum):
@@ -88,3 +103,10 @@ def new_message_notice(
     message does. IDs only, never content. The caller hands the row on as it is: which
     table it goes to, and its columns, are sms's own."""
     return outbox.row(patient_id=patient_id, kind=outbox.NEW_MESSAGE, thread_id=thread_id)
+
+
+def notice_status_of_thread(db: Session, thread_id: str) -> NoticeStatus | None:
+    """How the patient's notice of the thread's latest new message went, for its care
+    team (None: no notice was written), in the caller's transaction. UNREACHABLE is for
+    the care team to act on: "patient could not be notified: no usable contact"."""
+    return notice_status.of_thread(db, thread_id)
