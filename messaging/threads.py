@@ -99,6 +99,9 @@ class ThreadView:
     created_at: datetime
     last_message_at: datetime
     unread: int
+    # For the care team reading one thread: how the patient's notice of its latest new
+    # message went (sms.interfaces.NoticeStatus; messaging.api fills it in).
+    patient_notice: str | None = None
 
 
 @dataclass(frozen=True)
