@@ -37,6 +37,7 @@ from identity.patients import (
     patient_id_of,
     require_account,
     require_patient,
+    verified_email_of_patient,
 )
 
 # identity's templates (its form macros, the account navigation), for pages extending them.
@@ -69,6 +70,8 @@ __all__ = [
     "require_account",  # the signed-in (MFA done) account's ID, or on to sign in
     "require_patient",  # ...with its patient ID, or on to /verify (step_up=True: and a
     # second factor proved in the last few minutes, for exporting messages)
+    # In the caller's transaction too: where sms may send a notice by e-mail
+    "verified_email_of_patient",  # the patient's verified address, or None
 ]
 
 

@@ -17,9 +17,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from carebridge.http.problems import Problem, wants_json
+from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
-from identity import authn
-from identity.models import PatientLink, RosterMember
+from identity import accounts, authn
+from identity.models import Account, LoginIdentifier, PatientLink, RosterMember
 
 
 class Eligibility(StrEnum):
@@ -46,6 +47,24 @@ def patient_id_of(db: Session, account_id: str) -> str | None:
 def account_of(db: Session, patient_id: str) -> str | None:
     query = select(PatientLink.account_id).where(PatientLink.patient_id == patient_id)
     return db.execute(query).scalar_one_or_none()
+
+
+def verified_email_of_patient(db: Session, keyring: Keyring, patient_id: str) -> str | None:
+    """The e-mail address of the patient's active account, if its owner proved they read
+    it (None otherwise): where a notice by e-mail may go. The address only, for the
+    outbox to seal; never logged."""
+    query = (
+        select(PatientLink.account_id)
+        .join(Account, Account.id == PatientLink.account_id)
+        .join(LoginIdentifier, LoginIdentifier.account_id == PatientLink.account_id)
+        .where(
+            PatientLink.patient_id == patient_id,
+            Account.status == accounts.ACTIVE,
+            LoginIdentifier.verified_at.is_not(None),
+        )
+    )
+    account_id = db.execute(query).scalar_one_or_none()
+    return accounts.login_of(db, keyring, account_id) if account_id is not None else None
 
 
 class SignedInPatient(NamedTuple):

@@ -103,6 +103,9 @@ class ThreadView:
     unread: int
     # How far the other side has read (a message seq; 0: nothing yet).
     other_side_read_seq: int
+    # For the care team reading one thread: how the patient's notice of its latest new
+    # message went (sms.interfaces.NoticeStatus; messaging.api fills it in).
+    patient_notice: str | None = None
 
 
 @dataclass(frozen=True)

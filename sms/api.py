@@ -41,6 +41,12 @@ class NotificationSettings(BaseModel):
     sms_enabled: bool
     voice_enabled: bool
     voicemail_enabled: bool
+    email_enabled: bool = Field(
+        description="A generic notice by e-mail, to the account's verified address"
+    )
+    email_available: bool = Field(
+        description="The account has a verified address: e-mail may be turned on"
+    )
     time_zone: str
     quiet_start: str
     quiet_end: str
@@ -91,6 +97,8 @@ def _body(runtime: Runtime, patient_id: str) -> JSONResponse:
         sms_enabled=prefs.sms_enabled,
         voice_enabled=prefs.voice_enabled,
         voicemail_enabled=prefs.voicemail_enabled,
+        email_enabled=prefs.email_enabled,
+        email_available=snap.email_available,
         time_zone=prefs.time_zone,
         quiet_start=prefs.quiet_start,
         quiet_end=prefs.quiet_end,

@@ -33,29 +33,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
+from carebridge.mail import OutboxEmailSender
 from carebridge.outbox import RetryPolicy
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
+from identity.interfaces import verified_email_of_patient
 from sms import contacts, links, preferences, ratelimit, statuses, texts
 from sms.dispatcher import (
+    DAY,
     NEW_MESSAGE,
     PHONE_VERIFICATION,
+    WEEK,
     Action,
     Channel,
     Contact,
     Counts,
+    Reason,
     decide,
 )
 from sms.interfaces import ErrorKind, Sender, SendError, classify
 from sms.models import ContactPoint, Notification, OptOut, Preferences, SendAttempt
+from sms.recipients import Recipient
 
 log = logging.getLogger("carebridge.sms")
 
@@ -117,15 +123,19 @@ def _due(now: datetime) -> ColumnElement[bool]:
 
 @dataclass
 class _Inputs:
-    """What the dispatcher reads for one batch, loaded in four queries."""
+    """What the dispatcher reads for one batch, loaded in a few queries."""
 
     prefs: dict[str, Preferences]
     contacts: dict[str, ContactPoint]
     opted_out: set[str]  # number hashes
-    counts: dict[str, list[int]]  # patient -> [last day, last week]
+    # When each recipient's notices of the last week went (oldest first): the caps.
+    sent: dict[Recipient, list[datetime]]
+    emails: dict[str, str | None]  # patient -> verified address, where e-mail is allowed
 
 
-def _load_inputs(db: Session, batch: list[Notification], now: datetime) -> _Inputs:
+def _load_inputs(
+    db: Session, runtime: Runtime, batch: list[Notification], now: datetime
+) -> _Inputs:
     patients = sorted({row.patient_id for row in batch})
     prefs_query = (
         select(Preferences)
@@ -145,26 +155,65 @@ def _load_inputs(db: Session, batch: list[Notification], now: datetime) -> _Inpu
     by_patient = {row.patient_id: row for row in found}
     hashes = [row.number_hash for row in by_patient.values()]
     opted_out = set(db.scalars(select(OptOut.number_hash).where(OptOut.number_hash.in_(hashes))))
-    day, week = now - timedelta(days=1), now - timedelta(days=7)
-    count_query = (
+    sent_query = (
         select(
-            Notification.patient_id,
-            func.coalesce(func.sum(case((Notification.dispatched_at >= day, 1), else_=0)), 0),
-            func.count(),
+            Notification.patient_id, Notification.recipient_account_id, Notification.dispatched_at
         )
         .where(
             Notification.patient_id.in_(patients),
             Notification.kind == NEW_MESSAGE,
             Notification.id.not_in([row.id for row in batch]),
-            Notification.dispatched_at >= week,
+            Notification.dispatched_at >= now - WEEK,
         )
-        .group_by(Notification.patient_id)
+        .order_by(Notification.dispatched_at)
     )
-    counts = {
-        patient: [int(last_day), int(last_week)]
-        for patient, last_day, last_week in db.execute(count_query).tuples()
+    sent: dict[Recipient, list[datetime]] = {}
+    for patient, account, dispatched in db.execute(sent_query).tuples():
+        if dispatched is not None:  # the query's condition: for the type checker
+            sent.setdefault(Recipient(patient, account), []).append(dispatched)
+    # The address is looked up only for those who chose e-mail notices.
+    emails = {
+        patient: verified_email_of_patient(db, runtime.keyring, patient)
+        for patient, row in prefs.items()
+        if row.email_enabled
     }
-    return _Inputs(prefs, by_patient, opted_out, counts)
+    return _Inputs(prefs, by_patient, opted_out, sent, emails)
+
+
+def _counts(sent: list[datetime], now: datetime) -> Counts:
+    return Counts(
+        last_day=sum(1 for moment in sent if moment >= now - DAY),
+        last_week=len(sent),
+        recent=tuple(sent),
+    )
+
+
+def _merge_pending(db: Session, notification: Notification, now: datetime) -> str:
+    """Fold every other waiting notice of the recipient into this one, which is about to
+    go: one notice for all the messages since the last. Returns the thread its link
+    leads to ("" for the list of threads, when the messages are in several).
+
+    Rows another worker holds are skipped, never waited for (that worker holds them
+    before the recipient's lock, which this one holds: waiting could deadlock); it
+    decides them after this commits, and finds the cap used."""
+    query = select(Notification).where(
+        Recipient.of(notification).rows(),
+        Notification.kind == NEW_MESSAGE,
+        Notification.state == "pending",
+        Notification.dispatched_at.is_(None),
+        Notification.id != notification.id,
+    )
+    if _is_postgres(db):
+        query = query.with_for_update(skip_locked=True)
+    threads = {notification.thread_id or ""}
+    for other in db.scalars(query):
+        if other.state != "pending":  # decided earlier in this batch (not flushed yet)
+            continue
+        other.state, other.decision, other.reason = "merged", "merge", Reason.MERGED.value
+        other.merged_into, other.next_attempt_at, other.updated_at = notification.id, None, now
+        notification.covers += other.covers
+        threads.add(other.thread_id or "")
+    return threads.pop() if len(threads) == 1 else ""
 
 
 def _contact_for(inputs: _Inputs, contact: ContactPoint | None) -> Contact | None:
@@ -217,6 +266,8 @@ def _prepare(
     db: Session, runtime: Runtime, notification: Notification, inputs: _Inputs, now: datetime
 ) -> tuple[str, Outgoing | None]:
     settings = runtime.settings
+    if notification.state == "merged":  # covered by a notice decided earlier in the batch
+        return "merge", None
     if notification.state == "sending":
         _supersede(db, notification, now)
     notification.updated_at = now
@@ -232,13 +283,14 @@ def _prepare(
         contact is None or contact.id != notification.contact_point_id
     ):
         contact = None  # the number it was for is gone or replaced
-    counted = inputs.counts.setdefault(notification.patient_id, [0, 0])
+    sent = inputs.sent.setdefault(Recipient.of(notification), [])
     decision = decide(
         notification.kind,
         preferences.for_dispatch(prefs),
         _contact_for(inputs, contact),
-        Counts(last_day=counted[0], last_week=counted[1]),
+        _counts(sent, now),
         now,
+        email=inputs.emails.get(notification.patient_id) is not None,
     )
     notification.decision, notification.reason = decision.action.value, decision.reason.value
     if decision.action is Action.SUPPRESS:
@@ -247,12 +299,19 @@ def _prepare(
     if decision.action is Action.DEFER:
         notification.state, notification.next_attempt_at = "pending", decision.until
         return decision.action.value, None
-    # SEND always comes with a verified contact and a channel.
+    assert decision.channel is not None  # noqa: S101  (SEND comes with a channel)
+    thread_id = notification.thread_id or ""
+    if notification.kind == NEW_MESSAGE:
+        thread_id = _merge_pending(db, notification, now)
+        if notification.dispatched_at is None:
+            sent.append(now)  # the next one of this recipient in the batch counts this one
+    if decision.channel is Channel.EMAIL:
+        address = inputs.emails.get(notification.patient_id)
+        assert address is not None  # noqa: S101  (the dispatcher chose e-mail: there is one)
+        _queue_email(db, runtime, notification, address, thread_id=thread_id, now=now)
+        return decision.action.value, None
+    # SEND by phone always comes with a verified contact.
     assert contact is not None  # noqa: S101
-    assert decision.channel is not None  # noqa: S101
-    if notification.kind == NEW_MESSAGE and notification.dispatched_at is None:
-        counted[0] += 1  # the next one of this patient in the batch counts this one
-        counted[1] += 1
     body = ""
     if decision.channel is Channel.SMS:
         label = settings.sms_sender_label
@@ -263,11 +322,11 @@ def _prepare(
                 db,
                 runtime,
                 patient_id=notification.patient_id,
-                thread_id=notification.thread_id or "",
+                thread_id=thread_id,
                 notification_id=notification.id,
                 now=now,
             )
-            body = texts.new_message_sms(label, url)
+            body = texts.new_message_sms(label, url, notification.covers)
     attempt = SendAttempt(
         id=f"at{secrets.token_hex(16)}",
         notification_id=notification.id,
@@ -292,6 +351,35 @@ def _prepare(
     )
 
 
+def _queue_email(
+    db: Session,
+    runtime: Runtime,
+    notification: Notification,
+    address: str,
+    *,
+    thread_id: str,
+    now: datetime,
+) -> None:
+    """The notice by e-mail: queued in the outbox's e-mail channel in this transaction,
+    which delivers it (retries, dead letters). Handed over is as far as sms sees it."""
+    url = links.create(
+        db,
+        runtime,
+        patient_id=notification.patient_id,
+        thread_id=thread_id,
+        notification_id=notification.id,
+        now=now,
+    )
+    subject, text = texts.new_message_email(
+        runtime.settings.sms_sender_label, url, notification.covers
+    )
+    OutboxEmailSender(runtime).send_email(db, to=address, subject=subject, text=text)
+    notification.state, notification.channel = "sent", Channel.EMAIL.value
+    notification.attempts += 1
+    notification.dispatched_at = notification.dispatched_at or now
+    notification.next_attempt_at = None
+
+
 def claim(runtime: Runtime, now: datetime, limit: int) -> tuple[int, list[Outgoing]]:
     """Decide a batch of due notifications; returns how many were taken and what to send."""
     with transaction(runtime.sessions) as db:
@@ -302,7 +390,7 @@ def claim(runtime: Runtime, now: datetime, limit: int) -> tuple[int, list[Outgoi
         batch = list(db.execute(query).scalars())
         if not batch:
             return 0, []
-        inputs = _load_inputs(db, batch, now)
+        inputs = _load_inputs(db, runtime, batch, now)
         decided: list[tuple[Notification, str]] = []
         outgoing: list[Outgoing] = []
         with db.no_autoflush:

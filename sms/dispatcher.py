@@ -9,7 +9,7 @@ stores the decision and its reason on the notification (ARCHITECTURE.md invarian
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sms.quiet_hours import parse_hhmm, quiet_until
@@ -27,18 +27,22 @@ class Action(StrEnum):
 class Channel(StrEnum):
     SMS = "sms"
     VOICE = "voice"
+    EMAIL = "email"  # a generic notice through carebridge.mail (the outbox's e-mail channel)
 
 
 class Reason(StrEnum):
     ALLOWED = "allowed"
     REQUESTED = "requested"  # a code the patient asked for: preferences do not apply
     QUIET_HOURS = "quiet_hours"
-    NO_CHANNEL = "no_channel"  # the patient allowed neither SMS nor calls
+    NO_CHANNEL = "no_channel"  # the patient allowed no channel (SMS, calls, e-mail)
     NO_NUMBER = "no_number"
+    NO_ADDRESS = "no_address"  # e-mail allowed, but no verified address to send it to
     UNVERIFIED_NUMBER = "unverified_number"
     NUMBER_UNUSABLE = "number_unusable"  # Twilio said it cannot be reached that way
     OPTED_OUT = "opted_out"  # STOP (ours or the carrier's 21610)
-    CAP_REACHED = "cap_reached"
+    CAP_REACHED = "cap_reached"  # deferred until the cap allows one more (then merged)
+    CAP_ZERO = "cap_zero"  # the patient chose a cap of none at all
+    MERGED = "merged"  # covered by another notice of the same recipient (one for many)
     UNKNOWN_KIND = "unknown_kind"
 
 
@@ -53,6 +57,7 @@ class Prefs:
     quiet_end: str
     daily_cap: int
     weekly_cap: int
+    email_enabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,12 @@ class Contact:
 
 @dataclass(frozen=True)
 class Counts:
-    """Notifications already handed to Twilio for this patient."""
+    """Notices already sent to this recipient: how many in the last day and week, and
+    when each of the last week's went (oldest first), to find when a cap allows one more."""
 
     last_day: int
     last_week: int
+    recent: tuple[datetime, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,31 +102,97 @@ def _decide_code(contact: Contact | None) -> Decision:
     return Decision(Action.SEND, Reason.REQUESTED, Channel.SMS)
 
 
+# Reasons that say the patient cannot be reached (as opposed to chose not to be): the
+# care team is shown these ("could not be notified: no usable contact").
+UNREACHABLE = frozenset(
+    {Reason.NO_NUMBER, Reason.UNVERIFIED_NUMBER, Reason.NUMBER_UNUSABLE, Reason.NO_ADDRESS}
+)
+DAY, WEEK = timedelta(days=1), timedelta(days=7)
+
+
+def _cap_frees_at(counts: Counts, cap: int, window: timedelta, now: datetime) -> datetime:
+    """When fewer than ``cap`` notices lie in the rolling ``window``: the oldest one that
+    must leave it has left."""
+    inside = sorted(sent for sent in counts.recent if sent > now - window)
+    if len(inside) < cap:  # counted elsewhere than the times given: wait a full window
+        return now + window
+    return inside[len(inside) - cap] + window
+
+
+def _until_caps_allow(prefs: Prefs, counts: Counts, now: datetime) -> datetime | None:
+    waits = []
+    if counts.last_day >= prefs.daily_cap:
+        waits.append(_cap_frees_at(counts, prefs.daily_cap, DAY, now))
+    if counts.last_week >= prefs.weekly_cap:
+        waits.append(_cap_frees_at(counts, prefs.weekly_cap, WEEK, now))
+    return max(waits) if waits else None
+
+
+def _phone_problem(prefs: Prefs, contact: Contact | None) -> Reason | None:
+    """Why the phone channels the patient allowed cannot be used (None: one can)."""
+    if contact is None:
+        return Reason.NO_NUMBER
+    if not contact.verified:
+        return Reason.UNVERIFIED_NUMBER
+    sms_ok = prefs.sms_enabled and contact.sms_usable and not contact.opted_out
+    voice_ok = prefs.voice_enabled and contact.voice_usable
+    if sms_ok or voice_ok:
+        return None
+    opted_out = prefs.sms_enabled and contact.sms_usable and contact.opted_out
+    return Reason.OPTED_OUT if opted_out else Reason.NUMBER_UNUSABLE
+
+
+def _channel(prefs: Prefs, contact: Contact | None, email: bool) -> Channel | Reason:
+    """The channel a notice goes by (SMS, then a call, then e-mail), or why none can."""
+    problems: list[Reason] = []
+    if prefs.sms_enabled or prefs.voice_enabled:
+        problem = _phone_problem(prefs, contact)
+        if problem is None:
+            assert contact is not None  # noqa: S101  (no problem: there is a number)
+            sms_ok = prefs.sms_enabled and contact.sms_usable and not contact.opted_out
+            return Channel.SMS if sms_ok else Channel.VOICE
+        problems.append(problem)
+    if prefs.email_enabled:
+        if email:
+            return Channel.EMAIL
+        problems.append(Reason.NO_ADDRESS)
+    # The patient's own choice (an opt-out) is named first; then what cannot reach them.
+    return Reason.OPTED_OUT if Reason.OPTED_OUT in problems else problems[0]
+
+
 def decide(  # noqa: PLR0911  (one rule, one return: read top to bottom)
-    kind: str, prefs: Prefs, contact: Contact | None, counts: Counts, now: datetime
+    kind: str,
+    prefs: Prefs,
+    contact: Contact | None,
+    counts: Counts,
+    now: datetime,
+    *,
+    email: bool = False,
 ) -> Decision:
-    """Send now on a channel, defer to the end of quiet hours, or suppress with a reason."""
+    """Send now on a channel, defer (quiet hours, a cap) or suppress with a reason.
+
+    ``email``: the recipient has a verified e-mail address. A notice that cannot go now
+    is deferred, never dropped: it is merged with the others of its recipient when it
+    goes (sms.delivery). Only the patient's choice (no channel, an opt-out, a cap of
+    none) or no usable contact suppresses one.
+    """
     if kind == PHONE_VERIFICATION:
         return _decide_code(contact)
     if kind != NEW_MESSAGE:
         return _suppress(Reason.UNKNOWN_KIND)
-    if not (prefs.sms_enabled or prefs.voice_enabled):
+    if not (prefs.sms_enabled or prefs.voice_enabled or prefs.email_enabled):
         return _suppress(Reason.NO_CHANNEL)
-    if contact is None:
-        return _suppress(Reason.NO_NUMBER)
-    if not contact.verified:
-        return _suppress(Reason.UNVERIFIED_NUMBER)
-    sms_ok = prefs.sms_enabled and contact.sms_usable and not contact.opted_out
-    voice_ok = prefs.voice_enabled and contact.voice_usable
-    if not (sms_ok or voice_ok):
-        # Say why the channel the patient wanted cannot be used.
-        opted_out = prefs.sms_enabled and contact.sms_usable and contact.opted_out
-        return _suppress(Reason.OPTED_OUT if opted_out else Reason.NUMBER_UNUSABLE)
-    if counts.last_day >= prefs.daily_cap or counts.last_week >= prefs.weekly_cap:
-        return _suppress(Reason.CAP_REACHED)
+    channel = _channel(prefs, contact, email)
+    if isinstance(channel, Reason):
+        return _suppress(channel)
+    if prefs.daily_cap <= 0 or prefs.weekly_cap <= 0:
+        return _suppress(Reason.CAP_ZERO)
+    capped_until = _until_caps_allow(prefs, counts, now)
+    if capped_until is not None:
+        return Decision(Action.DEFER, Reason.CAP_REACHED, until=capped_until)
     until = quiet_until(
         now, prefs.time_zone, parse_hhmm(prefs.quiet_start), parse_hhmm(prefs.quiet_end)
     )
     if until is not None:
         return Decision(Action.DEFER, Reason.QUIET_HOURS, until=until)
-    return Decision(Action.SEND, Reason.ALLOWED, Channel.SMS if sms_ok else Channel.VOICE)
+    return Decision(Action.SEND, Reason.ALLOWED, channel)

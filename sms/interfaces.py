@@ -3,8 +3,10 @@ other packages may ask of sms (the rest of the package is private to it).
 
 :mod:`sms.delivery` is the only caller of a :class:`Sender`; :mod:`sms.backends` builds
 the configured one (the console for development, :mod:`sms.twilio_client` for production).
-messaging writes the notice of a new message with :func:`new_message_notice`; identity's
-security notices by SMS are :class:`SecurityNoticeTexter`'s (the composition root wires it).
+messaging writes the notice of a new message with :func:`new_message_notice`, and asks
+how it went with :func:`notice_status_of_thread` (sms never tells messaging anything);
+identity's security notices by SMS are :class:`SecurityNoticeTexter`'s (the composition
+root wires it).
 """
 
 from __future__ import annotations
@@ -13,10 +15,25 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from sqlalchemy import Table
+from sqlalchemy.orm import Session
 
 from carebridge.db import FromGate
-from sms import outbox
+from sms import notice_status, outbox
+from sms.notice_status import NoticeStatus
+from sms.recipients import Recipient
 from sms.security_notices import OutboxSecurityNoticeTexter
+
+__all__ = [
+    "ErrorKind",
+    "NoticeStatus",  # waiting, sent, unreachable (no usable contact) or not sent
+    "Recipient",  # who a notice is for: the patient, or (later) an account acting for them
+    "SecurityNoticeTexter",  # identity's Protocol: a security notice texted to a verified number
+    "SendError",
+    "Sender",
+    "classify",
+    "new_message_notice",
+    "notice_status_of_thread",
+]
 
 
 class ErrorKind(StrEnum):
@@ -96,3 +113,10 @@ def new_message_notice(
 # "this wasn't me" link) to the patient's verified number, whatever its notification
 # preferences, never to one that opted out (sms.security_notices).
 SecurityNoticeTexter = OutboxSecurityNoticeTexter
+
+
+def notice_status_of_thread(db: Session, thread_id: str) -> NoticeStatus | None:
+    """How the patient's notice of the thread's latest new message went, for its care
+    team (None: no notice was written), in the caller's transaction. UNREACHABLE is for
+    the care team to act on: "patient could not be notified: no usable contact"."""
+    return notice_status.of_thread(db, thread_id)

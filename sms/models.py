@@ -25,15 +25,23 @@ class Notification(Base):
     States: pending (due at ``next_attempt_at``, or now when that is empty) → sending (an
     attempt is recorded and may have reached Twilio) → sent (Twilio accepted it) →
     delivered | undelivered; or suppressed (the dispatcher said no) | failed (a permanent
-    error, or out of attempts).
+    error, or out of attempts) | merged (another notice of the same recipient covered it).
+    A notice that cannot go now (quiet hours, a cap) stays pending until the dispatcher
+    allows it; by e-mail, "sent" means handed to the outbox's e-mail channel.
     """
 
     __tablename__ = "notification"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # The patient the notice is about (its secure link is bound to them).
     patient_id: Mapped[str] = mapped_column(String(40), index=True)
+    # Who is told (sms.interfaces.Recipient): None, the patient themself; an account ID,
+    # someone who acts for the patient (a proxy, a later issue) and is told by their own
+    # preferences. Caps, deferral and merging are counted per recipient.
+    recipient_account_id: Mapped[str | None] = mapped_column(String(40), index=True)
     kind: Mapped[str] = mapped_column(String(32))
-    thread_id: Mapped[str | None] = mapped_column(String(40))
+    # Indexed: a care team asks how the notice of a thread went (sms.notice_status).
+    thread_id: Mapped[str | None] = mapped_column(String(40), index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     # For a phone verification code: the number being verified.
@@ -49,6 +57,10 @@ class Notification(Base):
     delivery_status: Mapped[str | None] = mapped_column(String(16))
     error_code: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # How many new messages its notice counts: itself and those merged into it.
+    covers: Mapped[int] = mapped_column(Integer, default=1)
+    # State "merged": the notice that covered this one (it sent nothing of its own).
+    merged_into: Mapped[str | None] = mapped_column(String(40))
 
 
 class SendAttempt(Base):
@@ -145,6 +157,8 @@ class Preferences(Base):
     sms_opted_in_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     voice_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     voicemail_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A generic notice by e-mail, to the account's verified address (off until chosen).
+    email_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     time_zone: Mapped[str] = mapped_column(String(64))
     quiet_start: Mapped[str] = mapped_column(String(5))  # "HH:MM", local time
     quiet_end: Mapped[str] = mapped_column(String(5))

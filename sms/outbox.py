@@ -42,6 +42,8 @@ def _values(
         "updated_at": now,
         "state": "pending",
         "attempts": 0,
+        "covers": 1,  # this message; a notice that goes counts those merged into it
+        "recipient_account_id": None,  # the patient themself (sms.recipients)
     }
 
 

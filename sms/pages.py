@@ -70,6 +70,7 @@ async def _page(
     context = {
         "prefs": values or snap.prefs,
         "contact": snap.contact,
+        "email_available": snap.email_available,
         "errors": errors or {},
         "notice": _NOTICES.get(request.query_params.get("done", "")),
         "zones": sorted(preferences.time_zones()),
@@ -172,6 +173,7 @@ def changes_from_form(form: FormData) -> dict[str, Any]:
         "sms_enabled": form.get("sms_enabled") == "on",
         "voice_enabled": form.get("voice_enabled") == "on",
         "voicemail_enabled": form.get("voicemail_enabled") == "on",
+        "email_enabled": form.get("email_enabled") == "on",
         "insecure_consent": form.get("insecure_consent") == "on",
         "time_zone": _text(form, "time_zone"),
         "quiet_start": _text(form, "quiet_start", 5),

@@ -1,7 +1,9 @@
 """Each patient's notification preferences, and every change to them audited.
 
 The defaults are the quiet ones: no SMS until a verified number and an explicit opt-in,
-no calls, no voicemail, quiet hours 21:00-08:00 in the patient's zone, at most one
+no calls, no voicemail, no e-mail (offered once the account's address is verified, and
+off until the patient turns it on: an address given to sign in is no consent to notices
+in that inbox, which others may read), quiet hours 21:00-08:00 in the patient's zone, at most one
 notification a day and three a week (the FCC's limits for healthcare messages), and no
 consent to anything beyond the generic notice on an insecure channel.
 """
@@ -22,6 +24,7 @@ from carebridge.i18n import N_
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
+from identity.interfaces import verified_email_of_patient
 from sms import contacts, texts
 from sms.dispatcher import Prefs
 from sms.models import OptOut, Preferences
@@ -50,6 +53,7 @@ class PreferenceChanges(BaseModel):
     sms_enabled: bool = False
     voice_enabled: bool = False
     voicemail_enabled: bool = False
+    email_enabled: bool = False
     time_zone: str = Field(max_length=64)
     quiet_start: str = Field(pattern=HHMM)
     quiet_end: str = Field(pattern=HHMM)
@@ -72,6 +76,7 @@ def defaults(settings: Settings, patient_id: str) -> Preferences:
         sms_opted_in_at=None,
         voice_enabled=False,
         voicemail_enabled=False,
+        email_enabled=False,
         time_zone=settings.notify_time_zone,
         quiet_start=settings.notify_quiet_start,
         quiet_end=settings.notify_quiet_end,
@@ -96,6 +101,7 @@ def for_dispatch(prefs: Preferences) -> Prefs:
         quiet_end=prefs.quiet_end,
         daily_cap=prefs.daily_cap,
         weekly_cap=prefs.weekly_cap,
+        email_enabled=prefs.email_enabled,
     )
 
 
@@ -103,6 +109,7 @@ def for_dispatch(prefs: Preferences) -> Prefs:
 class Snapshot:
     prefs: Preferences
     contact: contacts.ContactView | None
+    email_available: bool = False  # the account has a verified address: e-mail is offered
 
 
 def snapshot(runtime: Runtime, patient_id: str) -> Snapshot:
@@ -116,9 +123,10 @@ def snapshot(runtime: Runtime, patient_id: str) -> Snapshot:
     with runtime.sessions() as db:
         prefs = load(db, runtime.settings, patient_id)
         contact = contacts.view(db, contacts.of_patient(db, patient_id))
+        email = verified_email_of_patient(db, runtime.keyring, patient_id) is not None
         db.expunge_all()
     prefs.time_zone = time_zones_module.canonical_name(prefs.time_zone) or prefs.time_zone
-    return Snapshot(prefs, contact)
+    return Snapshot(prefs, contact, email)
 
 
 def update(
@@ -143,6 +151,9 @@ def update(
         if (changes.sms_enabled or changes.voice_enabled) and not verified:
             field = "sms_enabled" if changes.sms_enabled else "voice_enabled"
             raise PreferenceError(field, N_("Add and verify a phone number first."))
+        address = verified_email_of_patient(db, runtime.keyring, patient_id)
+        if changes.email_enabled and address is None:
+            raise PreferenceError("email_enabled", N_("Verify your e-mail address first."))
         prefs = db.get(Preferences, patient_id)
         if prefs is None:
             prefs = defaults(settings, patient_id)
@@ -163,6 +174,7 @@ def update(
         prefs.sms_enabled = changes.sms_enabled
         prefs.voice_enabled = changes.voice_enabled
         prefs.voicemail_enabled = changes.voicemail_enabled
+        prefs.email_enabled = changes.email_enabled
         prefs.insecure_consent = changes.insecure_consent
         prefs.time_zone = changes.time_zone
         prefs.quiet_start = changes.quiet_start

@@ -12,7 +12,7 @@ preference is stored.
 
 from __future__ import annotations
 
-from carebridge.i18n import N_, _
+from carebridge.i18n import N_, _, ngettext
 
 SMS_LIMIT = 160  # one GSM-7 segment
 
@@ -27,20 +27,56 @@ CONSENT_TEXT = N_(
 )
 
 
-def new_message_sms(label: str, url: str) -> str:
-    """The notice with its secure link; at most 160 characters, or a shorter wording."""
+def new_message_sms(label: str, url: str, count: int = 1) -> str:
+    """The notice with its secure link; at most 160 characters, or a shorter wording.
+    ``count``: the new messages it covers (notices deferred by quiet hours or a cap are
+    merged into one)."""
     prefix = f"{label}: " if label else ""
+    values = {"url": url, "count": count}
     # TRANSLATORS: keep STOP (and START) as they are: they are the keywords carriers and
     # sms.webhooks act on, whatever the language of the text.
-    text = prefix + _("You have a new secure message. View it at %(url)s Reply STOP to opt out") % {
-        "url": url
-    }
+    text = (
+        prefix
+        + ngettext(
+            "You have a new secure message. View it at %(url)s Reply STOP to opt out",
+            "You have %(count)d new secure messages. View them at %(url)s Reply STOP to opt out",
+            count,
+        )
+        % values
+    )
     if len(text) <= SMS_LIMIT:
         return text
-    text = prefix + _("New secure message: %(url)s STOP to opt out") % {"url": url}
+    text = (
+        prefix
+        + ngettext(
+            "New secure message: %(url)s STOP to opt out",
+            "%(count)d new secure messages: %(url)s STOP to opt out",
+            count,
+        )
+        % values
+    )
     if len(text) <= SMS_LIMIT:
         return text
     return (_("New secure message: %(url)s STOP to end") % {"url": url})[:SMS_LIMIT]
+
+
+def new_message_email(label: str, url: str, count: int = 1) -> tuple[str, str]:
+    """The e-mail notice: ``(subject, text)``. Generic like the SMS: no team, no name,
+    nothing of the message; the link leads to sign-in first."""
+    who = label or _("Secure messages")
+    subject = ngettext(
+        "You have a new secure message", "You have %(count)d new secure messages", count
+    ) % {"count": count}
+    body = ngettext(
+        "You have a new secure message. Sign in to read it:",
+        "You have %(count)d new secure messages. Sign in to read them:",
+        count,
+    ) % {"count": count}
+    why = _(
+        "You get this e-mail because you turned on e-mail notices in your notification "
+        "settings. You can turn them off there."
+    )
+    return f"{who}: {subject}", f"{body}\n\n{url}\n\n{why}\n"
 
 
 def verification_sms(label: str, code: str) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
 from sms.dispatcher import (
     NEW_MESSAGE,
     PHONE_VERIFICATION,
+    UNREACHABLE,
     Action,
     Channel,
     Contact,
@@ -102,20 +103,67 @@ def test_landline_with_voice_off_is_number_unusable() -> None:
     ("counts", "action"),
     [
         (Counts(last_day=0, last_week=2), Action.SEND),
-        (Counts(last_day=1, last_week=1), Action.SUPPRESS),
-        (Counts(last_day=0, last_week=3), Action.SUPPRESS),
+        (Counts(last_day=1, last_week=1), Action.DEFER),
+        (Counts(last_day=0, last_week=3), Action.DEFER),
     ],
 )
 def test_caps_one_a_day_three_a_week(counts: Counts, action: Action) -> None:
     decision = decide(NEW_MESSAGE, prefs(), GOOD, counts, NOON_UTC)
     assert decision.action is action
-    if action is Action.SUPPRESS:
+    if action is Action.DEFER:
         assert decision.reason is Reason.CAP_REACHED
 
 
-def test_a_cap_of_zero_suppresses_everything() -> None:
+def test_a_reached_cap_defers_until_the_oldest_notice_leaves_its_day() -> None:
+    sent = NOON_UTC - timedelta(hours=3)
+    counts = Counts(last_day=1, last_week=1, recent=(sent,))
+    decision = decide(NEW_MESSAGE, prefs(), GOOD, counts, NOON_UTC)
+    assert decision == Decision(Action.DEFER, Reason.CAP_REACHED, until=sent + timedelta(days=1))
+
+
+def test_a_reached_weekly_cap_waits_for_the_week_to_roll() -> None:
+    times = tuple(NOON_UTC - timedelta(days=days) for days in (6, 4, 2))
+    counts = Counts(last_day=0, last_week=3, recent=times)
+    decision = decide(NEW_MESSAGE, prefs(), GOOD, counts, NOON_UTC)
+    assert decision.until == times[0] + timedelta(days=7)
+
+
+def test_a_cap_of_zero_is_the_patients_choice_of_none() -> None:
     decision = decide(NEW_MESSAGE, prefs(daily_cap=0), GOOD, NONE_YET, NOON_UTC)
-    assert decision.reason is Reason.CAP_REACHED
+    assert decision == Decision(Action.SUPPRESS, Reason.CAP_ZERO)
+
+
+def test_email_goes_when_it_is_the_only_channel_allowed() -> None:
+    only_email = prefs(sms_enabled=False, email_enabled=True)
+    decision = decide(NEW_MESSAGE, only_email, None, NONE_YET, NOON_UTC, email=True)
+    assert decision == Decision(Action.SEND, Reason.ALLOWED, Channel.EMAIL)
+
+
+def test_email_without_a_verified_address_is_no_usable_contact() -> None:
+    only_email = prefs(sms_enabled=False, email_enabled=True)
+    decision = decide(NEW_MESSAGE, only_email, None, NONE_YET, NOON_UTC, email=False)
+    assert decision == Decision(Action.SUPPRESS, Reason.NO_ADDRESS)
+    assert decision.reason in UNREACHABLE
+
+
+def test_email_takes_over_from_an_unusable_number() -> None:
+    both = prefs(email_enabled=True)
+    decision = decide(NEW_MESSAGE, both, contact(sms_usable=False), NONE_YET, NOON_UTC, email=True)
+    assert decision.channel is Channel.EMAIL
+
+
+def test_an_opt_out_is_named_before_a_missing_address() -> None:
+    both = prefs(email_enabled=True)
+    decision = decide(NEW_MESSAGE, both, contact(opted_out=True), NONE_YET, NOON_UTC)
+    assert decision == Decision(Action.SUPPRESS, Reason.OPTED_OUT)
+    assert decision.reason not in UNREACHABLE
+
+
+def test_email_waits_out_quiet_hours_like_a_text() -> None:
+    now = datetime(2026, 6, 10, 23, 0, tzinfo=UTC)
+    only_email = prefs(sms_enabled=False, email_enabled=True)
+    decision = decide(NEW_MESSAGE, only_email, None, NONE_YET, now, email=True)
+    assert decision.reason is Reason.QUIET_HOURS
 
 
 def test_quiet_hours_defer_to_their_end_in_the_patients_zone() -> None:
@@ -133,8 +181,8 @@ def test_the_same_instant_is_daytime_elsewhere() -> None:
     assert decision.action is Action.SEND
 
 
-def test_caps_win_over_quiet_hours() -> None:
-    # A notification that would be suppressed anyway is not kept waiting all night.
+def test_caps_are_checked_before_quiet_hours() -> None:
+    # Deferred to when the cap allows one more; quiet hours are decided again then.
     now = datetime(2026, 6, 10, 23, 0, tzinfo=UTC)
     decision = decide(NEW_MESSAGE, prefs(), GOOD, Counts(1, 1), now)
     assert decision.reason is Reason.CAP_REACHED

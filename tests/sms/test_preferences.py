@@ -61,6 +61,8 @@ def test_defaults_are_everything_off(runtime: Runtime, web: TestClient, people: 
         "sms_enabled": False,
         "voice_enabled": False,
         "voicemail_enabled": False,
+        "email_enabled": False,  # offered (a verified address), but off until chosen
+        "email_available": False,  # zeb signs in without a password and address
         "time_zone": "America/New_York",
         "quiet_start": "21:00",
         "quiet_end": "08:00",
