@@ -359,6 +359,11 @@ class Settings(BaseSettings):
         default=["pdf", "png", "jpeg"], min_length=1
     )
     retention_days_default: int = Field(default=2555, ge=1, le=36500)
+    # Break the glass (messaging/break_glass.py): how long a staff member's emergency
+    # access to a thread outside their pools lasts (a shift), and the shortest typed
+    # reason accepted, so that "x" is not a reason an audit reviewer has to chase.
+    break_glass_hours: int = Field(default=8, ge=1, le=24)
+    break_glass_reason_min_chars: int = Field(default=15, ge=1, le=200)
 
     @field_validator("attachment_types", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from typing import Protocol
 from sqlalchemy.orm import Session
 
 from identity.accounts import exists as account_exists
+from identity.accounts import verified_login_of as verified_email_of
 from identity.authn import is_signed_in
 from identity.oidc.holders import Person, WithdrawnError, check_client_token
 from identity.oidc.holders import person as person_of_token
@@ -37,6 +38,7 @@ from identity.patients import (
     require_account,
     require_patient,
 )
+from identity.staff_access import end_staff_access
 
 # identity's templates (its form macros, the account navigation), for pages extending them.
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -56,6 +58,7 @@ __all__ = [
     "account_exists",  # is there an account with this ID?
     "check_client_token",  # an app's own token: raises WithdrawnError if withdrawn
     "eligibility",  # is this patient ID on the roster, and eligible now?
+    "end_staff_access",  # offboarding: the account's sessions and grants to the team's apps
     "is_signed_in",  # a page's request: from a finished sign-in? (never redirects)
     "patient_id_of",  # the account's verified patient ID, or None
     "person_of_token",  # whom a user's token acts for (None: no one, or not active)
@@ -63,6 +66,7 @@ __all__ = [
     "require_account",  # the signed-in (MFA done) account's ID, or on to sign in
     "require_patient",  # ...with its patient ID, or on to /verify (step_up=True: and a
     # second factor proved in the last few minutes, for exporting messages)
+    "verified_email_of",  # the account's sign-in address if verified, else None
 ]
 
 
