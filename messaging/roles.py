@@ -209,13 +209,12 @@ def remove_pool(runtime: Runtime, team_id: str, pool_id: str, *, actor: str) -> 
 def list_roles(runtime: Runtime, team_id: str) -> list[RoleInfo]:
     with runtime.sessions() as db:
         _team(db, team_id)
-        held = dict(
-            db.execute(
-                select(CareTeamStaff.role_id, func.count())
-                .where(CareTeamStaff.care_team_id == team_id)
-                .group_by(CareTeamStaff.role_id)
-            ).tuples()
+        counts = (
+            select(CareTeamStaff.role_id, func.count())
+            .where(CareTeamStaff.care_team_id == team_id)
+            .group_by(CareTeamStaff.role_id)
         )
+        held = {role_id: int(n) for role_id, n in db.execute(counts).tuples()}
         roles = db.scalars(
             select(CareTeamRole)
             .where(CareTeamRole.care_team_id == team_id)
