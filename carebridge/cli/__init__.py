@@ -19,6 +19,7 @@ from carebridge.cli import (
     notifications,
     roster,
     serve,
+    staff,
     worker,
 )
 from carebridge.cli.common import CommandError
@@ -36,6 +37,7 @@ COMMAND_GROUPS = (
     roster,
     clients,
     messaging,
+    staff,
     notifications,
 )
 
