@@ -364,6 +364,11 @@ class Settings(BaseSettings):
     # reason accepted, so that "x" is not a reason an audit reviewer has to chase.
     break_glass_hours: int = Field(default=8, ge=1, le=24)
     break_glass_reason_min_chars: int = Field(default=15, ge=1, le=200)
+    # Staff invites (messaging/invites.py): how long an enrolment link stays good (time
+    # to sign up and set up a second factor, not long enough to lie about in a mailbox),
+    # and how many a team may send an hour (a stolen admin token cannot mail-bomb).
+    staff_invite_days: int = Field(default=7, ge=1, le=30)
+    staff_invites_per_hour: int = Field(default=20, ge=1, le=1000)
 
     @field_validator("attachment_types", mode="before")
     @classmethod

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from identity.accounts import exists as account_exists
 from identity.accounts import verified_login_of as verified_email_of
-from identity.authn import is_signed_in
+from identity.authn import is_signed_in, require_second_factor
 from identity.oidc.holders import Person, WithdrawnError, check_client_token
 from identity.oidc.holders import person as person_of_token
 from identity.patients import (
@@ -66,6 +66,7 @@ __all__ = [
     "require_account",  # the signed-in (MFA done) account's ID, or on to sign in
     "require_patient",  # ...with its patient ID, or on to /verify (step_up=True: and a
     # second factor proved in the last few minutes, for exporting messages)
+    "require_second_factor",  # ...whose second factor was proved (staff need one)
     "verified_email_of",  # the account's sign-in address if verified, else None
 ]
 

@@ -28,7 +28,7 @@ from carebridge.http.forms import parse_json
 from carebridge.http.problems import Problem
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
-from messaging import break_glass, care_teams, export, files, threads
+from messaging import break_glass, care_teams, export, files, invites, threads
 from messaging.access import (
     ATTACHMENT_ID,
     Actor,
@@ -153,6 +153,19 @@ class BreakGlassEventOut(BaseModel):
 @openapi.component
 class BreakGlassReport(BaseModel):
     events: list[BreakGlassEventOut]
+
+
+@openapi.component
+class NewInvite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str = Field(min_length=3, max_length=invites.MAX_EMAIL, description="Who to invite")
+    role: str = Field(min_length=1, max_length=100, description="One of the team's roles")
+
+
+@openapi.component
+class InviteOut(BaseModel):
+    id: str
+    expires_at: datetime = Field(description="Until when the one-time link works")
 
 
 @openapi.component
@@ -739,6 +752,43 @@ async def offboard_staff(request: Request) -> Response:
     return Response(status_code=204)
 
 
+@openapi.operation(
+    answers={201: openapi.Json(InviteOut, "The invite, e-mailed")},
+    security=openapi.access_token("messaging.write"),
+    body=NewInvite,
+    problems=(422, 429),
+)
+async def invite_staff(request: Request) -> Response:
+    """Invite a staff member by e-mail: a one-time enrolment link for a role
+
+    The link leads to sign-up or sign-in, a second factor, then membership with the
+    role; only the invited address can use it, once, before it expires. Audited.
+
+    - 403: Not a team admin's token
+    - 422: No such role, or not an address
+    - 429: Too many invites from this team in the last hour
+    """
+    caller = await _caller(request, WRITE, "messaging.staff.invite", "invites")
+    payload = await _read_json(request, NewInvite)
+    runtime = _runtime(request)
+
+    def work(db: Session, actor: Actor) -> invites.Sent:
+        team = _team_admin(actor)
+        try:
+            return invites.invite(
+                db, runtime, team, email=payload.email, role=payload.role, actor=actor.participant
+            )
+        except invites.TooManyInvitesError:
+            raise RefusedError(429, N_("Too many invites were sent; try again later.")) from None
+        except invites.InviteError as exc:
+            raise RefusedError(422, str(exc)) from None
+
+    sent = await _perform(
+        request, caller, action="messaging.staff.invite", target="invites", work=work
+    )
+    return _json(InviteOut(id=sent.id, expires_at=sent.expires_at), 201)
+
+
 def routes() -> list[BaseRoute]:
     base = "/api/v1/messaging"
     thread = f"{base}/threads/{{thread_id}}"
@@ -753,6 +803,7 @@ def routes() -> list[BaseRoute]:
         Route(f"{thread}/close", close_thread, methods=["POST"]),
         Route(f"{thread}/break-glass", use_break_glass, methods=["POST"]),
         Route(f"{base}/break-glass", break_glass_report, methods=["GET"]),
+        Route(f"{base}/staff/invites", invite_staff, methods=["POST"]),
         Route(f"{base}/staff/{{account_id}}", offboard_staff, methods=["DELETE"]),
         Route(f"{base}/export", export_threads, methods=["GET"]),
     ]

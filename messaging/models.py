@@ -134,6 +134,29 @@ class BreakGlassGrant(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class StaffInvite(Base):
+    """A one-time enrolment link a team admin (or the operator) sent to a future staff
+    member: the address and the token are kept only as keyed hashes (the keyring's
+    pepper); used once, before ``expires_at``, by the account whose verified sign-in
+    address is the invited one (messaging.invites)."""
+
+    __tablename__ = "staff_invite"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    care_team_id: Mapped[str] = mapped_column(
+        ForeignKey("care_team.id", ondelete="CASCADE"), index=True
+    )
+    role_id: Mapped[str] = mapped_column(ForeignKey("care_team_role.id", ondelete="CASCADE"))
+    email_hash: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # "account:<ID>" of the team admin, or "operator".
+    invited_by: Mapped[str] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    used_by: Mapped[str | None] = mapped_column(String(40))
+
+
 class Thread(Base):
     __tablename__ = "thread"
     __table_args__ = (

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
+from carebridge.db import transaction
 from carebridge.runtime import Runtime
-from messaging import break_glass, care_teams, roles
+from messaging import break_glass, care_teams, invites, roles
 
 _T = TypeVar("_T")
 OPERATOR = "operator"
@@ -44,6 +45,9 @@ def register(commands: Any) -> None:
     role = team_command("set-role", "Give a staff member another role.", set_role)
     role.add_argument("account_id")
     role.add_argument("role")
+    invite = team_command("invite", "E-mail a one-time enrolment link for a role.", invite_staff)
+    invite.add_argument("email")
+    invite.add_argument("--role", required=True, help="the team's role to give")
     team_command(
         "offboard", "Remove a staff member and end their sessions and tokens at once.", offboard
     ).add_argument("account_id")
@@ -55,7 +59,7 @@ def _run(operation: Callable[[Runtime], _T]) -> _T:
     try:
         require_current_schema(rt)
         return operation(rt)
-    except (roles.RoleError, care_teams.CareTeamError) as exc:
+    except (roles.RoleError, care_teams.CareTeamError, invites.InviteError) as exc:
         raise CommandError(str(exc)) from None
     finally:
         rt.close()
@@ -121,6 +125,18 @@ def remove_pool(args: argparse.Namespace) -> int:
 def set_role(args: argparse.Namespace) -> int:
     _run(lambda rt: roles.set_staff_role(rt, args.team, args.account_id, args.role, actor=OPERATOR))
     print(f"account {args.account_id} is {args.role!r} in {args.team}")
+    return 0
+
+
+def invite_staff(args: argparse.Namespace) -> int:
+    def send(rt: Runtime) -> invites.Sent:
+        with transaction(rt.sessions) as db:
+            return invites.invite(
+                db, rt, args.team, email=args.email, role=args.role, actor=OPERATOR
+            )
+
+    sent = _run(send)
+    print(f"invite {sent.id} sent; the link works until {sent.expires_at.isoformat()}")
     return 0
 
 

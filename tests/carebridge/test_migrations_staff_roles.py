@@ -13,7 +13,13 @@ from sqlalchemy import text
 from carebridge import migrate
 from carebridge.db import make_engine
 
-_ADDED = {"care_team_role", "care_team_pool", "care_team_pool_role", "break_glass_grant"}
+_ADDED = {
+    "care_team_role",
+    "care_team_pool",
+    "care_team_pool_role",
+    "break_glass_grant",
+    "staff_invite",
+}
 
 
 def test_0024_gives_existing_staff_a_role_that_sees_every_pool_and_downgrades(

@@ -1,5 +1,5 @@
 """Staff roles and pools, and break-the-glass grants (issue 20): ``care_team_role``,
-``care_team_pool``, ``care_team_pool_role``, ``break_glass_grant``, ``role_id`` on
+``care_team_pool``, ``care_team_pool_role``, ``break_glass_grant``, ``staff_invite``, ``role_id`` on
 ``care_team_staff`` and ``pool_id`` on ``thread``.
 
 Every existing team gets the default roles (messaging.roles.DEFAULT_ROLES) and, for its
@@ -142,6 +142,36 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_break_glass_grant_thread_id"), "break_glass_grant", ["thread_id"], unique=False
     )
+    op.create_table(
+        "staff_invite",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("care_team_id", sa.String(length=40), nullable=False),
+        sa.Column("role_id", sa.String(length=40), nullable=False),
+        sa.Column("email_hash", sa.String(length=64), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("invited_by", sa.String(length=120), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("used_by", sa.String(length=40), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["care_team_id"],
+            ["care_team.id"],
+            name=op.f("fk_staff_invite_care_team_id_care_team"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["role_id"],
+            ["care_team_role.id"],
+            name=op.f("fk_staff_invite_role_id_care_team_role"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_staff_invite")),
+        sa.UniqueConstraint("token_hash", name=op.f("uq_staff_invite_token_hash")),
+    )
+    op.create_index(
+        op.f("ix_staff_invite_care_team_id"), "staff_invite", ["care_team_id"], unique=False
+    )
     with op.batch_alter_table("thread") as batch:
         batch.add_column(sa.Column("pool_id", sa.String(length=40), nullable=True))
         batch.create_foreign_key(
@@ -223,6 +253,7 @@ def downgrade() -> None:
         batch.drop_index(op.f("ix_thread_pool_id"))
         batch.drop_constraint(op.f("fk_thread_pool_id_care_team_pool"), type_="foreignkey")
         batch.drop_column("pool_id")
+    op.drop_table("staff_invite")
     op.drop_table("break_glass_grant")
     op.drop_table("care_team_pool_role")
     op.drop_table("care_team_pool")
