@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from carebridge import audit
 from carebridge.audit import Outcome
+from carebridge.db import transaction
 from carebridge.i18n import gettext
 from carebridge.ids import new_id
 from carebridge.mail import OutboxEmailSender
@@ -180,20 +181,8 @@ def accept(
 ) -> str:
     """Make the account staff with the invited role (or give an existing member that
     role); the link is used up. Returns the team's ID."""
-    actor = f"account:{account_id}"
-    try:
-        row = _find(db, runtime, token, lock=True)
-        _check_address(db, runtime, row, account_id)
-    except EnrolmentRefusedError as exc:
-        audit.append(
-            db,
-            actor=actor,
-            action="messaging.staff.enrol",
-            outcome=Outcome.DENIED,
-            target=f"invite:{exc.refusal.value}",
-            request_id=request_id,
-        )
-        raise
+    row = _find(db, runtime, token, lock=True)
+    _check_address(db, runtime, row, account_id)
     row.used_at = utcnow()
     row.used_by = account_id
     member = db.get(CareTeamStaff, (row.care_team_id, account_id))
@@ -211,10 +200,26 @@ def accept(
     db.flush()
     audit.append(
         db,
-        actor=actor,
+        actor=f"account:{account_id}",
         action="messaging.staff.enrol",
         outcome=Outcome.ALLOWED,
         target=f"invite:{row.id}",
         request_id=request_id,
     )
     return row.care_team_id
+
+
+def record_refusal(
+    runtime: Runtime, account_id: str, refusal: Refusal, *, request_id: str | None
+) -> None:
+    """A refused enrolment, audited as denied in a transaction of its own (the refused
+    one rolled back); the target says why, never the token."""
+    with transaction(runtime.sessions) as db:
+        audit.append(
+            db,
+            actor=f"account:{account_id}",
+            action="messaging.staff.enrol",
+            outcome=Outcome.DENIED,
+            target=f"invite:{refusal.value}",
+            request_id=request_id,
+        )

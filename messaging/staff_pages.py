@@ -94,6 +94,9 @@ async def enrol(request: Request) -> Response:
     try:
         name = await run_in_threadpool(accept)
     except EnrolmentRefusedError as exc:
+        await run_in_threadpool(
+            invites.record_refusal, runtime, account_id, exc.refusal, request_id=request_id
+        )
         return _refused(request, exc)
     return _page(request, {"joined": name})
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
+from carebridge.audit import AuditRecord, Outcome
 from carebridge.db import transaction
 from carebridge.utc import utcnow
 from identity.oidc import subjects
@@ -101,6 +102,15 @@ def test_an_invite_link_for_another_address_is_refused(client: TestClient, world
     posted = client.post("/staff/enrol", data={"csrf_token": csrf, "token": token})
     assert posted.status_code == 403
     assert _nurses(world) == 0
+    with world.runtime.sessions() as db:
+        denied = db.scalars(
+            select(AuditRecord.target).where(
+                AuditRecord.action == "messaging.staff.enrol",
+                AuditRecord.outcome == Outcome.DENIED,
+                AuditRecord.actor == f"account:{someone.account_id}",
+            )
+        ).all()
+    assert denied == ["invite:other_address"]
 
 
 def test_an_invite_link_with_a_forged_token_is_refused(client: TestClient, world: World) -> None:
