@@ -359,6 +359,16 @@ class Settings(BaseSettings):
         default=["pdf", "png", "jpeg"], min_length=1
     )
     retention_days_default: int = Field(default=2555, ge=1, le=36500)
+    # Break the glass (messaging/break_glass.py): how long a staff member's emergency
+    # access to a thread outside their pools lasts (a shift), and the shortest typed
+    # reason accepted, so that "x" is not a reason an audit reviewer has to chase.
+    break_glass_hours: int = Field(default=8, ge=1, le=24)
+    break_glass_reason_min_chars: int = Field(default=15, ge=1, le=200)
+    # Staff invites (messaging/invites.py): how long an enrolment link stays good (time
+    # to sign up and set up a second factor, not long enough to lie about in a mailbox),
+    # and how many a team may send an hour (a stolen admin token cannot mail-bomb).
+    staff_invite_days: int = Field(default=7, ge=1, le=30)
+    staff_invites_per_hour: int = Field(default=20, ge=1, le=1000)
 
     # Webhooks and the event feed (carebridge/events/)
     # Loopback receivers: only for tests and development (a webhook receiver on this

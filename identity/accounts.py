@@ -156,6 +156,15 @@ def login_of(db: Session, keyring: Keyring, account_id: str) -> str | None:
     return keyring.decrypt(encrypted, associated_data("login", account_id)).decode("utf-8")
 
 
+def verified_login_of(db: Session, keyring: Keyring, account_id: str) -> str | None:
+    """The account's sign-in address if its owner verified it (an unverified address may
+    be someone else's), else None: where another package may e-mail the account."""
+    verified = db.scalar(
+        select(LoginIdentifier.verified_at).where(LoginIdentifier.account_id == account_id)
+    )
+    return None if verified is None else login_of(db, keyring, account_id)
+
+
 def replace_password_hash(db: Session, account_id: str, *, old: str, new: str) -> bool:
     """Store a re-hash of the same password (new Argon2 parameters).
 

@@ -101,6 +101,23 @@ async def require(request: Request, *, allow: frozenset[Step] = frozenset()) -> 
     raise redirect_to(step, request)
 
 
+async def require_second_factor(request: Request) -> str:
+    """The account ID of a finished sign-in whose second factor was proved, whatever
+    ``mfa_required`` says (care-team staff must have one: a staff invite's page). A page
+    is sent to set one up, or to prove it, and back."""
+    session = await require(request)
+    if session.level >= sessions.SECOND_FACTOR:
+        return session.account_id
+    runtime: Runtime = request.app.state.runtime
+
+    def enrolled() -> bool:
+        with runtime.sessions() as db:
+            totp = db.get(TotpCredential, session.account_id)
+            return totp is not None and totp.confirmed_at is not None
+
+    raise redirect_to(Step.CHALLENGE if await run_in_threadpool(enrolled) else Step.ENROLL, request)
+
+
 async def is_signed_in(request: Request) -> bool:
     """Whether the request comes from a finished sign-in (MFA done). Never redirects: for
     pages that show something else to visitors (the home page)."""

@@ -26,7 +26,8 @@ from typing import Protocol
 from sqlalchemy.orm import Session
 
 from identity.accounts import exists as account_exists
-from identity.authn import is_signed_in
+from identity.accounts import verified_login_of as verified_email_of
+from identity.authn import is_signed_in, require_second_factor
 from identity.oidc.audiences import AppOfPatient, apps_of_patient, client_exists
 from identity.oidc.holders import Person, WithdrawnError, check_client_token, in_standing
 from identity.oidc.holders import person as person_of_token
@@ -39,6 +40,7 @@ from identity.patients import (
     require_patient,
     verified_email_of_patient,
 )
+from identity.staff_access import end_staff_access
 
 # identity's templates (its form macros, the account navigation), for pages extending them.
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -62,6 +64,7 @@ __all__ = [
     "check_client_token",  # an app's own token: raises WithdrawnError if withdrawn
     "client_exists",  # is there an OIDC client with this ID?
     "eligibility",  # is this patient ID on the roster, and eligible now?
+    "end_staff_access",  # offboarding: the account's sessions and grants to the team's apps
     "in_standing",  # does a token still act (not withdrawn, its person's account active)?
     "is_signed_in",  # a page's request: from a finished sign-in? (never redirects)
     "patient_id_of",  # the account's verified patient ID, or None
@@ -70,7 +73,9 @@ __all__ = [
     "require_account",  # the signed-in (MFA done) account's ID, or on to sign in
     "require_patient",  # ...with its patient ID, or on to /verify (step_up=True: and a
     # second factor proved in the last few minutes, for exporting messages)
-    # In the caller's transaction too: where sms may send a notice by e-mail
+    "require_second_factor",  # ...whose second factor was proved (staff need one)
+    # In the caller's transaction too: where a notice may go by e-mail
+    "verified_email_of",  # the account's sign-in address if verified, else None
     "verified_email_of_patient",  # the patient's verified address, or None
 ]
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 from cachetools import TTLCache
@@ -27,9 +27,17 @@ from carebridge.db import transaction
 from carebridge.http.bearer import AccessToken
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
+from carebridge.utc import UtcDateTime, utcnow
 from identity.interfaces import WithdrawnError, check_client_token, person_of_token
 from messaging.crypto import ContentUnavailableError, KeyUnavailableError, ShreddedError
-from messaging.models import CareTeamClient, CareTeamStaff, Thread
+from messaging.models import (
+    BreakGlassGrant,
+    CareTeamClient,
+    CareTeamPoolRole,
+    CareTeamRole,
+    CareTeamStaff,
+    Thread,
+)
 
 log = logging.getLogger("carebridge.messaging")
 T = TypeVar("T")
@@ -46,6 +54,11 @@ class Actor:
     kind: Literal["patient", "staff", "app"]
     id: str
     care_team_id: str | None = None
+    # Staff only (messaging.roles): the pools their role works, None when it sees every
+    # pool; the threads they broke the glass on, while the grant lasts; team admin or not.
+    pools: frozenset[str] | None = None
+    glass: frozenset[str] = frozenset()
+    team_admin: bool = False
 
     @property
     def participant(self) -> str:
@@ -101,9 +114,23 @@ _TEAM_STAFF = cast(Table, CareTeamStaff.__table__)
 _TEAM_OF_CLIENT = select(_TEAM_CLIENTS.c.care_team_id).where(
     _TEAM_CLIENTS.c.client_id == bindparam("client_id")
 )
-_IS_STAFF = select(_TEAM_STAFF.c.account_id).where(
-    _TEAM_STAFF.c.care_team_id == bindparam("team"),
-    _TEAM_STAFF.c.account_id == bindparam("account"),
+_TEAM_ROLES = cast(Table, CareTeamRole.__table__)
+_POOL_ROLES = cast(Table, CareTeamPoolRole.__table__)
+_GRANTS = cast(Table, BreakGlassGrant.__table__)
+# A staff member's role: what they may see and do.
+_STAFF_ROLE = (
+    select(_TEAM_ROLES.c.id, _TEAM_ROLES.c.sees_all_pools, _TEAM_ROLES.c.is_team_admin)
+    .select_from(_TEAM_STAFF.join(_TEAM_ROLES, _TEAM_ROLES.c.id == _TEAM_STAFF.c.role_id))
+    .where(
+        _TEAM_STAFF.c.care_team_id == bindparam("team"),
+        _TEAM_STAFF.c.account_id == bindparam("account"),
+    )
+)
+_POOLS_OF_ROLE = select(_POOL_ROLES.c.pool_id).where(_POOL_ROLES.c.role_id == bindparam("role"))
+_GLASS = select(_GRANTS.c.thread_id).where(
+    _GRANTS.c.account_id == bindparam("account"),
+    _GRANTS.c.care_team_id == bindparam("team"),
+    _GRANTS.c.expires_at > bindparam("now", type_=UtcDateTime()),
 )
 
 
@@ -187,11 +214,27 @@ def _actor(db: Session, token: AccessToken) -> Actor | None:
     if person is None:
         return None
     if team is not None:
-        staff = db.execute(_IS_STAFF, {"team": team, "account": person.account_id}).first()
-        return Actor("staff", person.account_id, team) if staff is not None else None
+        return _staff(db, team, person.account_id)
     if person.patient_id is None:
         return None
     return Actor("patient", person.patient_id)
+
+
+def _staff(db: Session, team: str, account_id: str) -> Actor | None:
+    """A staff member of ``team`` with what their role lets them see; None if the account
+    is not (or no longer: offboarded) staff of the team. Read on every request, so a
+    change of role or an offboarding applies to the next one."""
+    role = db.execute(_STAFF_ROLE, {"team": team, "account": account_id}).first()
+    if role is None:
+        return None
+    role_id, sees_all, admin = role
+    if sees_all:
+        return Actor("staff", account_id, team, team_admin=bool(admin))
+    pools = frozenset(db.execute(_POOLS_OF_ROLE, {"role": role_id}).scalars())
+    glass = frozenset(
+        db.execute(_GLASS, {"account": account_id, "team": team, "now": utcnow()}).scalars()
+    )
+    return Actor("staff", account_id, team, pools=pools, glass=glass, team_admin=bool(admin))
 
 
 @dataclass(frozen=True)
@@ -234,10 +277,20 @@ def load_thread(db: Session, actor: Actor, thread_id: str, *, lock: bool = False
     return thread
 
 
-def may_see(actor: Actor, thread: Thread) -> bool:
-    if actor.for_care_team:
-        return thread.care_team_id == actor.care_team_id
-    return thread.patient_id == actor.id
+def may_see(actor: Actor, thread: Any) -> bool:
+    """The one rule of who sees a thread (a Thread, or a row with its columns): the
+    patient's own; for a care team, its team's, and for staff whose role does not see
+    every pool, only the team-wide pool's (NULL), their pools', and those they broke the
+    glass on while the grant lasts. Every read, post, close and download passes here."""
+    if not actor.for_care_team:
+        return bool(thread.patient_id == actor.id)
+    if thread.care_team_id != actor.care_team_id:
+        return False
+    return may_see_pool(actor, thread.pool_id) or thread.id in actor.glass
+
+
+def may_see_pool(actor: Actor, pool_id: str | None) -> bool:
+    return actor.pools is None or pool_id is None or pool_id in actor.pools
 
 
 # Every attempt, audited

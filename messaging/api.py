@@ -26,8 +26,9 @@ from carebridge.http import body as request_body
 from carebridge.http.boundary import MultilineText
 from carebridge.http.forms import parse_json
 from carebridge.http.problems import Problem
+from carebridge.i18n import N_
 from carebridge.runtime import Runtime
-from messaging import export, files, reads, threads
+from messaging import break_glass, care_teams, export, files, invites, reads, threads
 from messaging.access import (
     ATTACHMENT_ID,
     Actor,
@@ -54,6 +55,11 @@ class NewThread(BaseModel):
     patient_id: str = Field(min_length=1, max_length=40, description="The opaque patient ID")
     subject: MultilineText = Field(min_length=1, max_length=threads.MAX_SUBJECT)
     body: MultilineText = Field(min_length=1, description="Plain text; never rendered as HTML")
+    pool_id: str | None = Field(
+        default=None,
+        max_length=40,
+        description="Route to one of the team's pools; default: the team-wide pool",
+    )
 
 
 @openapi.component
@@ -123,6 +129,9 @@ class ThreadOut(BaseModel):
             " notice was written"
         ),
     )
+    pool_id: str | None = Field(
+        default=None, description="The team's pool the thread is routed to; null: team-wide"
+    )
 
 
 @openapi.component
@@ -136,6 +145,49 @@ class ThreadDetail(BaseModel):
     thread: ThreadOut
     messages: list[MessageOut]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page")
+
+
+@openapi.component
+class BreakGlass(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(
+        max_length=break_glass.MAX_REASON,
+        description="Why emergency access is needed (audited; shown to the team admins)",
+    )
+
+
+@openapi.component
+class BreakGlassOut(BaseModel):
+    thread_id: str
+    expires_at: datetime = Field(description="Until when this staff member sees the thread")
+
+
+@openapi.component
+class BreakGlassEventOut(BaseModel):
+    id: str
+    account_id: str = Field(description="The staff member who used emergency access")
+    thread_id: str
+    created_at: datetime
+    expires_at: datetime
+    reason: str | None = Field(description="Their typed reason; null once the thread is shredded")
+
+
+@openapi.component
+class BreakGlassReport(BaseModel):
+    events: list[BreakGlassEventOut]
+
+
+@openapi.component
+class NewInvite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str = Field(min_length=3, max_length=invites.MAX_EMAIL, description="Who to invite")
+    role: str = Field(min_length=1, max_length=100, description="One of the team's roles")
+
+
+@openapi.component
+class InviteOut(BaseModel):
+    id: str
+    expires_at: datetime = Field(description="Until when the one-time link works")
 
 
 @openapi.component
@@ -376,6 +428,7 @@ async def create_thread(request: Request) -> Response:
             patient_id=payload.patient_id,
             subject=payload.subject,
             body=payload.body,
+            pool_id=payload.pool_id,
         )
         return threads.get_thread(db, runtime.keyring, actor, thread.id, cursor=None, limit=1)
 
@@ -692,6 +745,139 @@ async def export_threads(request: Request) -> Response:
     return export.response(archive)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(BreakGlassOut, "Emergency access granted")},
+    security=openapi.access_token("messaging.read"),
+    body=BreakGlass,
+    problems=(404, 422),
+)
+async def use_break_glass(request: Request) -> Response:
+    """Break the glass: open a thread of the team outside one's pools, with a reason
+
+    For a staff member whose role does not see the thread's pool: grants them the thread
+    for a few hours (break_glass_hours). Audited, and every team admin is e-mailed a
+    notice (no patient, thread or reason in it) to look at the report.
+
+    - 403: Not a staff member's token
+    - 404: No such thread of this care team
+    - 422: No reason, or one too short or too long
+    """
+    thread_id = str(request.path_params["thread_id"])
+    target = thread_target(thread_id)
+    caller = await _caller(request, READ, "messaging.thread.break_glass", target)
+    payload = await _read_json(request, BreakGlass)
+    runtime = _runtime(request)
+    grant = await _perform(
+        request,
+        caller,
+        action="messaging.thread.break_glass",
+        target=target,
+        work=lambda db, actor: break_glass.break_glass(
+            db, runtime, actor, thread_id, reason=payload.reason
+        ),
+    )
+    return _json(BreakGlassOut(thread_id=grant.thread_id, expires_at=grant.expires_at))
+
+
+def _team_admin(actor: Actor) -> str:
+    if actor.kind != "staff" or not actor.team_admin or actor.care_team_id is None:
+        raise RefusedError(403, N_("Only a team admin of this care team may do this."))
+    return actor.care_team_id
+
+
+@openapi.operation(
+    answers={200: openapi.Json(BreakGlassReport, "The team's emergency accesses")},
+    security=openapi.access_token("messaging.read"),
+)
+async def break_glass_report(request: Request) -> Response:
+    """The team's break-the-glass events, newest first, with their reasons
+
+    - 403: Not a team admin's token
+    """
+    caller = await _caller(request, READ, "messaging.break_glass.report", "break_glass")
+    runtime = _runtime(request)
+    events = await _perform(
+        request,
+        caller,
+        action="messaging.break_glass.report",
+        target="break_glass",
+        work=lambda db, actor: break_glass.report(
+            db, runtime, _team_admin(actor), since=None, reasons=True
+        ),
+    )
+    items = [BreakGlassEventOut.model_construct(**event.__dict__) for event in events]
+    return _json(BreakGlassReport(events=items))
+
+
+@openapi.operation(
+    answers={204: openapi.Empty("Offboarded")},
+    security=openapi.access_token("messaging.write"),
+    problems=(404,),
+)
+async def offboard_staff(request: Request) -> Response:
+    """Offboard a staff member: their membership, sessions and tokens end at once
+
+    The person's web sessions end, their refresh tokens for the team's apps are revoked
+    and their access tokens are refused from the next request. Audited.
+
+    - 403: Not a team admin's token
+    - 404: Not staff of this team
+    """
+    account_id = str(request.path_params["account_id"])
+    target = f"account:{account_id}" if len(account_id) <= 40 else "account:malformed"
+    caller = await _caller(request, WRITE, "messaging.staff.offboard", target)
+    request_id = _request_id(request)
+
+    def work(db: Session, actor: Actor) -> None:
+        team = _team_admin(actor)
+        try:
+            care_teams.offboard(
+                db, team, account_id, actor=actor.participant, request_id=request_id
+            )
+        except care_teams.CareTeamError:
+            raise RefusedError(404, N_("No such staff member of this care team.")) from None
+
+    await _perform(request, caller, action="messaging.staff.offboard", target=target, work=work)
+    return Response(status_code=204)
+
+
+@openapi.operation(
+    answers={201: openapi.Json(InviteOut, "The invite, e-mailed")},
+    security=openapi.access_token("messaging.write"),
+    body=NewInvite,
+    problems=(422, 429),
+)
+async def invite_staff(request: Request) -> Response:
+    """Invite a staff member by e-mail: a one-time enrolment link for a role
+
+    The link leads to sign-up or sign-in, a second factor, then membership with the
+    role; only the invited address can use it, once, before it expires. Audited.
+
+    - 403: Not a team admin's token
+    - 422: No such role, or not an address
+    - 429: Too many invites from this team in the last hour
+    """
+    caller = await _caller(request, WRITE, "messaging.staff.invite", "invites")
+    payload = await _read_json(request, NewInvite)
+    runtime = _runtime(request)
+
+    def work(db: Session, actor: Actor) -> invites.Sent:
+        team = _team_admin(actor)
+        try:
+            return invites.invite(
+                db, runtime, team, email=payload.email, role=payload.role, actor=actor.participant
+            )
+        except invites.TooManyInvitesError:
+            raise RefusedError(429, N_("Too many invites were sent; try again later.")) from None
+        except invites.InviteError as exc:
+            raise RefusedError(422, str(exc)) from None
+
+    sent = await _perform(
+        request, caller, action="messaging.staff.invite", target="invites", work=work
+    )
+    return _json(InviteOut(id=sent.id, expires_at=sent.expires_at), 201)
+
+
 def routes() -> list[BaseRoute]:
     base = "/api/v1/messaging"
     thread = f"{base}/threads/{{thread_id}}"
@@ -704,6 +890,10 @@ def routes() -> list[BaseRoute]:
         Route(f"{thread}/attachments/{{attachment_id}}", download_attachment, methods=["GET"]),
         Route(f"{thread}/read", mark_read, methods=["POST"]),
         Route(f"{thread}/close", close_thread, methods=["POST"]),
+        Route(f"{thread}/break-glass", use_break_glass, methods=["POST"]),
+        Route(f"{base}/break-glass", break_glass_report, methods=["GET"]),
+        Route(f"{base}/staff/invites", invite_staff, methods=["POST"]),
+        Route(f"{base}/staff/{{account_id}}", offboard_staff, methods=["DELETE"]),
         Route(f"{base}/export", export_threads, methods=["GET"]),
         Route(f"{base}/unread", unread_summary, methods=["GET"]),
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from carebridge import audit
@@ -13,8 +13,9 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.ids import new_id
 from carebridge.runtime import Runtime
-from identity.interfaces import account_exists
-from messaging.models import CareTeam, CareTeamClient, CareTeamStaff
+from identity.interfaces import account_exists, end_staff_access
+from messaging import roles
+from messaging.models import BreakGlassGrant, CareTeam, CareTeamClient, CareTeamStaff
 
 
 class CareTeamError(Exception):
@@ -45,6 +46,7 @@ def create(runtime: Runtime, *, name: str, retention_days: int | None, actor: st
     with transaction(runtime.sessions) as db:
         db.add(CareTeam(id=team_id, name=name, retention_days=days, created_at=datetime.now(UTC)))
         db.flush()
+        roles.create_defaults(db, team_id)
         _audit(db, actor, "messaging.care_team.create", f"care_team:{team_id}")
     return team_id
 
@@ -85,7 +87,11 @@ def remove_client(runtime: Runtime, team_id: str, client_id: str, *, actor: str)
         _audit(db, actor, "messaging.care_team.remove_client", f"client:{client_id}")
 
 
-def add_staff(runtime: Runtime, team_id: str, account_id: str, *, actor: str) -> None:
+def add_staff(
+    runtime: Runtime, team_id: str, account_id: str, *, actor: str, role: str | None = None
+) -> None:
+    """Make the account staff of the team with ``role`` (by name; default
+    roles.DEFAULT_STAFF_ROLE). Already staff: nothing changes (roles.set_staff_role does)."""
     with transaction(runtime.sessions) as db:
         if db.get(CareTeam, team_id) is None:
             raise CareTeamError(f"no care team {team_id}")
@@ -93,20 +99,58 @@ def add_staff(runtime: Runtime, team_id: str, account_id: str, *, actor: str) ->
             raise CareTeamError(f"no account {account_id}")
         if db.get(CareTeamStaff, (team_id, account_id)) is not None:
             return
+        try:
+            role_id = roles.role_named(db, team_id, role or roles.DEFAULT_STAFF_ROLE).id
+        except roles.RoleError as exc:
+            raise CareTeamError(str(exc)) from None
         db.add(
-            CareTeamStaff(care_team_id=team_id, account_id=account_id, created_at=datetime.now(UTC))
+            CareTeamStaff(
+                care_team_id=team_id,
+                account_id=account_id,
+                role_id=role_id,
+                created_at=datetime.now(UTC),
+            )
         )
         db.flush()
         _audit(db, actor, "messaging.care_team.add_staff", f"account:{account_id}")
 
 
-def remove_staff(runtime: Runtime, team_id: str, account_id: str, *, actor: str) -> None:
+def remove_staff(
+    runtime: Runtime, team_id: str, account_id: str, *, actor: str, request_id: str | None = None
+) -> None:
+    """Offboarding: the membership, and the person's sessions and grants to the team's
+    clients, end in one transaction (identity.interfaces.end_staff_access); an access
+    token they still hold is refused on its next request (no longer staff, and its grant
+    withdrawn). Their break-the-glass grants go with the membership."""
     with transaction(runtime.sessions) as db:
-        existing = db.get(CareTeamStaff, (team_id, account_id))
-        if existing is None:
-            raise CareTeamError(f"account {account_id} is not staff of {team_id}")
-        db.delete(existing)
-        _audit(db, actor, "messaging.care_team.remove_staff", f"account:{account_id}")
+        offboard(db, team_id, account_id, actor=actor, request_id=request_id)
+
+
+def offboard(
+    db: Session, team_id: str, account_id: str, *, actor: str, request_id: str | None
+) -> None:
+    """remove_staff in the caller's transaction (a team admin's API request)."""
+    existing = db.get(CareTeamStaff, (team_id, account_id))
+    if existing is None:
+        raise CareTeamError(f"account {account_id} is not staff of {team_id}")
+    db.delete(existing)
+    db.execute(
+        delete(BreakGlassGrant).where(
+            BreakGlassGrant.care_team_id == team_id, BreakGlassGrant.account_id == account_id
+        )
+    )
+    clients = db.scalars(
+        select(CareTeamClient.client_id).where(CareTeamClient.care_team_id == team_id)
+    ).all()
+    end_staff_access(db, account_id, client_ids=clients, actor=actor, request_id=request_id)
+    audit.append(
+        db,
+        actor=actor,
+        action="messaging.care_team.remove_staff",
+        outcome=Outcome.ALLOWED,
+        target=f"account:{account_id}",
+        request_id=request_id,
+    )
 
 
 def list_teams(runtime: Runtime) -> list[TeamInfo]:

@@ -36,6 +36,7 @@ SUBJECT = "subject"
 BODY = "body"
 FILENAME = "filename"
 CONTENT = "content"
+BREAK_GLASS_REASON = "break_glass_reason"
 
 
 class ContentUnavailableError(Exception):

@@ -62,7 +62,100 @@ class CareTeamStaff(Base):
     account_id: Mapped[str] = mapped_column(
         ForeignKey("account.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+    # What the person's job needs (messaging.roles): which pools' threads they see, and
+    # whether they administer the team. A role in use cannot be removed (RESTRICT).
+    role_id: Mapped[str] = mapped_column(
+        ForeignKey("care_team_role.id", ondelete="RESTRICT"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class CareTeamRole(Base):
+    """A staff role of one care team (clinician, nurse, front desk, team admin...)."""
+
+    __tablename__ = "care_team_role"
+    __table_args__ = (UniqueConstraint("care_team_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    care_team_id: Mapped[str] = mapped_column(
+        ForeignKey("care_team.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    # Sees the threads of every pool of the team, not only those of its own pools.
+    sees_all_pools: Mapped[bool] = mapped_column(Boolean)
+    # Invites and offboards the team's staff, and is told of every break-the-glass.
+    is_team_admin: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class CareTeamPool(Base):
+    """A pool of work of one care team: the threads routed to it are seen by the staff
+    whose role works it (care_team_pool_role), and by roles that see all pools."""
+
+    __tablename__ = "care_team_pool"
+    __table_args__ = (UniqueConstraint("care_team_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    care_team_id: Mapped[str] = mapped_column(
+        ForeignKey("care_team.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class CareTeamPoolRole(Base):
+    """A role that works a pool."""
+
+    __tablename__ = "care_team_pool_role"
+
+    pool_id: Mapped[str] = mapped_column(
+        ForeignKey("care_team_pool.id", ondelete="CASCADE"), primary_key=True
+    )
+    role_id: Mapped[str] = mapped_column(
+        ForeignKey("care_team_role.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class BreakGlassGrant(Base):
+    """A staff member's emergency access to one thread outside their pools, until
+    ``expires_at``. The typed reason is sealed under the thread's own data key (it may
+    name a patient's condition), so it is shredded with the thread."""
+
+    __tablename__ = "break_glass_grant"
+    __table_args__ = (Index(None, "account_id", "care_team_id", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    care_team_id: Mapped[str] = mapped_column(
+        ForeignKey("care_team.id", ondelete="CASCADE"), index=True
+    )
+    account_id: Mapped[str] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    thread_id: Mapped[str] = mapped_column(ForeignKey("thread.id", ondelete="CASCADE"), index=True)
+    reason_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class StaffInvite(Base):
+    """A one-time enrolment link a team admin (or the operator) sent to a future staff
+    member: the address and the token are kept only as keyed hashes (the keyring's
+    pepper); used once, before ``expires_at``, by the account whose verified sign-in
+    address is the invited one (messaging.invites)."""
+
+    __tablename__ = "staff_invite"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    care_team_id: Mapped[str] = mapped_column(
+        ForeignKey("care_team.id", ondelete="CASCADE"), index=True
+    )
+    role_id: Mapped[str] = mapped_column(ForeignKey("care_team_role.id", ondelete="CASCADE"))
+    email_hash: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # "account:<ID>" of the team admin, or "operator".
+    invited_by: Mapped[str] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    used_by: Mapped[str | None] = mapped_column(String(40))
 
 
 class Thread(Base):
@@ -77,6 +170,11 @@ class Thread(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     patient_id: Mapped[str] = mapped_column(String(40))
     care_team_id: Mapped[str] = mapped_column(ForeignKey("care_team.id"))
+    # The pool the thread is routed to (messaging.roles); NULL: the team-wide pool that
+    # every role of the team sees. A removed pool's threads fall back to it.
+    pool_id: Mapped[str | None] = mapped_column(
+        ForeignKey("care_team_pool.id", ondelete="SET NULL"), index=True
+    )
     subject_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[str] = mapped_column(String(16))
     # NULL once crypto-shredded; kek_id says which KEK wrapped it (for re-wrapping).

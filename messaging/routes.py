@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from messaging import api, pages
+from messaging import api, pages, staff_pages
 
 
 def routes() -> list[BaseRoute]:
-    return [*api.routes(), *pages.routes()]
+    return [*api.routes(), *pages.routes(), *staff_pages.routes()]

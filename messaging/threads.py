@@ -50,10 +50,12 @@ from messaging.access import (
     gone,
     load_thread,
     may_see,
+    may_see_pool,
     not_found,
 )
 from messaging.crypto import ThreadCipher
 from messaging.models import Attachment, CareTeam, Message, Thread
+from messaging.roles import pool_of_team
 from sms.interfaces import new_message_notice
 
 T = TypeVar("T")
@@ -106,6 +108,9 @@ class ThreadView:
     # For the care team reading one thread: how the patient's notice of its latest new
     # message went (sms.interfaces.NoticeStatus; messaging.api fills it in).
     patient_notice: str | None = None
+    # The pool the thread is routed to (messaging.roles), for care teams; None: the
+    # team-wide pool, and always for a patient.
+    pool_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,7 @@ def _thread_for_reader(side: str) -> Any:
                     "id",
                     "patient_id",
                     "care_team_id",
+                    "pool_id",
                     "subject_encrypted",
                     "status",
                     "data_key_wrapped",
@@ -373,6 +379,7 @@ def _view(
         last_message_at=thread.last_message_at,
         unread=max(0, unread),
         other_side_read_seq=other_read,
+        pool_id=thread.pool_id if actor.for_care_team else None,
     )
 
 
@@ -396,6 +403,15 @@ def list_threads(
     )
     if actor.for_care_team:
         query = query.where(Thread.care_team_id == actor.care_team_id)
+        if actor.pools is not None:
+            # may_see's rule, as a condition: the team-wide pool, the role's, the glass.
+            query = query.where(
+                or_(
+                    Thread.pool_id.is_(None),
+                    Thread.pool_id.in_(actor.pools),
+                    Thread.id.in_(actor.glass),
+                )
+            )
     else:
         query = query.where(Thread.patient_id == actor.id)
     if cursor:
@@ -596,10 +612,16 @@ def create_thread(
     patient_id: str,
     subject: str,
     body: str,
+    pool_id: str | None = None,
 ) -> tuple[Thread, Posted]:
-    """Care teams open threads (patients reply in them)."""
+    """Care teams open threads (patients reply in them), in the team-wide pool unless the
+    opener routes it to one of the team's pools they see."""
     if actor.care_team_id is None:
         raise RefusedError(403, N_("Only a care team can start a conversation."))
+    if pool_id is not None and not (
+        may_see_pool(actor, pool_id) and pool_of_team(db, actor.care_team_id, pool_id)
+    ):
+        raise RefusedError(422, N_("No such pool in this care team."))
     subject = subject.strip()
     if not subject or len(subject) > MAX_SUBJECT or "\x00" in subject:
         raise RefusedError(400, f"The subject must be 1 to {MAX_SUBJECT} characters.")
@@ -621,6 +643,7 @@ def create_thread(
         id=thread_id,
         patient_id=patient_id,
         care_team_id=actor.care_team_id,
+        pool_id=pool_id,
         subject_encrypted=cipher.seal_text(thread_id, crypto.SUBJECT, subject),
         status="open",
         data_key_wrapped=wrapped.wrapped,
@@ -673,10 +696,18 @@ def _next_seq(
     return crypto.open_thread_key(keyring, thread_id, wrapped, kek_id), patient_id, seq
 
 
+def _check_pools(db: Session, actor: Actor, thread_id: str) -> None:
+    """Staff limited to some pools post only where they see (404 elsewhere): the claim
+    of the next number checks the team only, so their thread is looked up first."""
+    if actor.pools is not None:
+        load_thread(db, actor, thread_id)
+
+
 def post_message(
     db: Session, keyring: Keyring, settings: Settings, actor: Actor, thread_id: str, *, body: str
 ) -> Posted:
     check_body(settings, body)
+    _check_pools(db, actor, thread_id)
     moment = utcnow()
     posted = _post_under_recent_key(db, keyring, actor, thread_id, moment=moment, body=body)
     if posted is None:
@@ -758,6 +789,7 @@ def post_attachment(
     """A message carrying one attachment (and optionally text)."""
     check_body(settings, body, allow_empty=True)
     content_type = check_attachment(settings, content)
+    _check_pools(db, actor, thread_id)
     moment = utcnow()
     cipher, patient_id, seq = _next_seq(db, keyring, actor, thread_id, moment)
     message = _insert_message(

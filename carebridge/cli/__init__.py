@@ -19,6 +19,7 @@ from carebridge.cli import (
     notifications,
     roster,
     serve,
+    staff,
     webhooks,
     worker,
 )
@@ -37,6 +38,7 @@ COMMAND_GROUPS = (
     roster,
     clients,
     messaging,
+    staff,
     notifications,
     webhooks,
 )

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
 from carebridge.runtime import Runtime
-from messaging import care_teams, export, keys, retention
+from messaging import care_teams, export, keys, retention, roles
 
 _T = TypeVar("_T")
 OPERATOR = "operator"
@@ -40,6 +40,10 @@ def register(commands: Any) -> None:
         command = add_parser(teams_sub, name, help_text)
         command.add_argument("team", help="care team ID (ct_...)")
         command.add_argument(what)
+        if name == "add-staff":
+            command.add_argument(
+                "--role", help=f"the team's role to give (default: {roles.DEFAULT_STAFF_ROLE})"
+            )
         command.set_defaults(handler=handler)
     retention_cmd = add_parser(teams_sub, "set-retention", "Change a team's retention period.")
     retention_cmd.add_argument("team")
@@ -116,14 +120,18 @@ def remove_client(args: argparse.Namespace) -> int:
 
 
 def add_staff(args: argparse.Namespace) -> int:
-    _run(lambda rt: care_teams.add_staff(rt, args.team, args.account_id, actor=OPERATOR))
+    _run(
+        lambda rt: care_teams.add_staff(
+            rt, args.team, args.account_id, actor=OPERATOR, role=args.role
+        )
+    )
     print(f"account {args.account_id} is staff of {args.team}")
     return 0
 
 
 def remove_staff(args: argparse.Namespace) -> int:
     _run(lambda rt: care_teams.remove_staff(rt, args.team, args.account_id, actor=OPERATOR))
-    print(f"account {args.account_id} is no longer staff of {args.team}")
+    print(f"account {args.account_id} is no longer staff of {args.team}: sessions and tokens ended")
     return 0
 
 
