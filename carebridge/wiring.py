@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from carebridge import mail, outbox
 from carebridge.runtime import Runtime
 from carebridge.settings import EmailBackend
-from identity.interfaces import Outward
+from identity.interfaces import Outward, roster_patient_ids
+from messaging.interfaces import sync_roster
 from sms import codes, contacts
 from sms.jobs import SmsChannel
 
@@ -33,11 +34,25 @@ class ForgetDeletedAccount:
             contacts.forget_patient(db, patient_id)
 
 
+class CareTeamsFollowRoster:
+    """identity's ``RosterImported``: after an import of a source, the care teams fed by
+    it (messaging) have its eligible members as patients; rows removed end theirs."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def roster_imported(self, *, source: str) -> None:
+        with self.runtime.sessions() as db:
+            members = roster_patient_ids(db, source)
+        sync_roster(self.runtime, source, members, actor=f"roster:{source}")
+
+
 def identity_outward(runtime: Runtime) -> Outward:
     return Outward(
         one_time_codes=codes.OutboxCodeSender(runtime),
         email=mail.OutboxEmailSender(runtime),
         account_deleted=ForgetDeletedAccount(),
+        roster_imported=CareTeamsFollowRoster(runtime),
     )
 
 

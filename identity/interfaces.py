@@ -36,6 +36,7 @@ from identity.patients import (
     patient_id_of,
     require_account,
     require_patient,
+    roster_patient_ids,
 )
 
 # identity's templates (its form macros, the account navigation), for pages extending them.
@@ -50,6 +51,7 @@ __all__ = [
     "OneTimeCodeSender",  # needed from outside: queues a one-time code by SMS (wired in)
     "Outward",  # the two senders, as the composition root wired them
     "Person",  # the active account a user's token acts for, and its verified patient ID
+    "RosterImported",  # needed from outside: told after a roster import (care teams)
     "SignedInPatient",  # the account signed in on a patient's page, and its patient ID
     "WithdrawnError",  # the token was withdrawn before it expired: a 401
     # Questions answered in the caller's transaction (its Session), with values
@@ -62,6 +64,7 @@ __all__ = [
     # Web guards for other packages' pages and session-authenticated API calls
     "require_account",  # the signed-in (MFA done) account's ID, or on to sign in
     "require_patient",  # ...with its patient ID, or on to /verify (step_up=True: and a
+    "roster_patient_ids",  # a roster source's eligible members' patient IDs
     # second factor proved in the last few minutes, for exporting messages)
 ]
 
@@ -99,6 +102,14 @@ class AccountDeleted(Protocol):
         never the care record: the patient ID and its messages stay."""
 
 
+class RosterImported(Protocol):
+    """Told after a roster import committed, so what follows the roster (messaging's care
+    relationships of the teams fed by that source) follows it too."""
+
+    def roster_imported(self, *, source: str) -> None:
+        """After the import's transaction; ``roster_patient_ids`` says who is on it now."""
+
+
 @dataclass(frozen=True)
 class Outward:
     """Everything identity needs from outside, as the composition root wired it."""
@@ -106,3 +117,5 @@ class Outward:
     one_time_codes: OneTimeCodeSender
     email: EmailSender
     account_deleted: AccountDeleted
+    # None: nothing follows the roster (tests that need no care teams).
+    roster_imported: RosterImported | None = None
