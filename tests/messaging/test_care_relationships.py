@@ -14,6 +14,7 @@ from messaging import relationships
 from messaging.interfaces import operator_end, operator_start, set_roster_source
 from messaging.models import CareRelationship, Thread
 from tests.identity.roster_helpers import HEADER, PEOPLE
+from tests.identity.test_admin_api import csv_body, ops, upload
 
 from .conftest import World, start_thread
 
@@ -191,3 +192,21 @@ def test_a_roster_source_feeds_a_team_and_rows_removed_end_it(world: World, tmp_
     (otto,) = _rows(world, "otto", world.team)
     assert otto.ended_at is not None and otto.ended_by == "roster:acme"
     assert _rows(world, "zeb", world.team)[0].ended_at is None
+
+
+def test_an_admin_roster_upload_ends_the_relationships_of_rows_removed(
+    client: TestClient, world: World
+) -> None:
+    set_roster_source(world.runtime, world.team, "acme", actor="operator")
+    kept = [",".join([*PEOPLE[name], ""]) for name in ("zeb", "pip")]
+    answer = upload(client, ops(world.runtime), csv_body(*kept))
+    assert answer.status_code == 200, answer.text
+    assert _rows(world, "zeb", world.team)[0].ended_at is None
+    # otto left with this full upload: never started (not eligible at the sync).
+    assert not _rows(world, "otto", world.team)
+    everyone = [",".join([*row, ""]) for row in PEOPLE.values()]
+    assert upload(client, ops(world.runtime), csv_body(*everyone)).status_code == 200
+    assert _rows(world, "otto", world.team)[0].ended_at is None
+    assert upload(client, ops(world.runtime), csv_body(*kept)).status_code == 200
+    (otto,) = _rows(world, "otto", world.team)
+    assert otto.ended_at is not None and otto.end_reason == "no longer on roster acme"
