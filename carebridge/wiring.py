@@ -20,7 +20,8 @@ from carebridge.events.api import Hooks as EventHooks
 from carebridge.events.delivery import WebhookHandler
 from carebridge.runtime import Runtime
 from carebridge.settings import EmailBackend
-from identity.interfaces import Outward, client_exists, in_standing
+from identity.interfaces import Outward, client_exists, in_standing, roster_patient_ids
+from messaging.interfaces import sync_roster
 from sms import codes, contacts
 from sms.interfaces import SecurityNoticeTexter
 from sms.jobs import SmsChannel
@@ -38,12 +39,26 @@ class ForgetDeletedAccount:
             contacts.forget_patient(db, patient_id)
 
 
+class CareTeamsFollowRoster:
+    """identity's ``RosterImported``: after an import of a source, the care teams fed by
+    it (messaging) have its eligible members as patients; rows removed end theirs."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def roster_imported(self, *, source: str) -> None:
+        with self.runtime.sessions() as db:
+            members = roster_patient_ids(db, source)
+        sync_roster(self.runtime, source, members, actor=f"roster:{source}")
+
+
 def identity_outward(runtime: Runtime) -> Outward:
     return Outward(
         one_time_codes=codes.OutboxCodeSender(runtime),
         email=mail.OutboxEmailSender(runtime),
         account_deleted=ForgetDeletedAccount(),
         security_texts=SecurityNoticeTexter(runtime),
+        roster_imported=CareTeamsFollowRoster(runtime),
     )
 
 

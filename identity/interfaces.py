@@ -38,6 +38,7 @@ from identity.patients import (
     patient_id_of,
     require_account,
     require_patient,
+    roster_patient_ids,
     verified_email_of_patient,
 )
 from identity.staff_access import end_staff_access
@@ -55,6 +56,7 @@ __all__ = [
     "OneTimeCodeSender",  # needed from outside: queues a one-time code by SMS (wired in)
     "Outward",  # what identity needs from outside, as the composition root wired it
     "Person",  # the active account a user's token acts for, and its verified patient ID
+    "RosterImported",  # needed from outside: told after a roster import (care teams)
     "SecurityNoticeTexter",  # needed from outside: texts a security notice (wired in)
     "SignedInPatient",  # the account signed in on a patient's page, and its patient ID
     "WithdrawnError",  # the token was withdrawn before it expired: a 401
@@ -74,6 +76,7 @@ __all__ = [
     "require_patient",  # ...with its patient ID, or on to /verify (step_up=True: and a
     # second factor proved in the last few minutes, for exporting messages)
     "require_second_factor",  # ...whose second factor was proved (staff need one)
+    "roster_patient_ids",  # a roster source's eligible members' patient IDs
     # In the caller's transaction too: where a notice may go by e-mail
     "verified_email_of",  # the account's sign-in address if verified, else None
     "verified_email_of_patient",  # the patient's verified address, or None
@@ -129,6 +132,14 @@ class AccountDeleted(Protocol):
         never the care record: the patient ID and its messages stay."""
 
 
+class RosterImported(Protocol):
+    """Told after a roster import committed, so what follows the roster (messaging's care
+    relationships of the teams fed by that source) follows it too."""
+
+    def roster_imported(self, *, source: str) -> None:
+        """After the import's transaction; ``roster_patient_ids`` says who is on it now."""
+
+
 @dataclass(frozen=True)
 class Outward:
     """Everything identity needs from outside, as the composition root wired it."""
@@ -137,3 +148,5 @@ class Outward:
     email: EmailSender
     account_deleted: AccountDeleted
     security_texts: SecurityNoticeTexter
+    # None: nothing follows the roster (tests that need no care teams).
+    roster_imported: RosterImported | None = None

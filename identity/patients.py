@@ -39,6 +39,16 @@ def eligibility(db: Session, patient_id: str) -> Eligibility:
     return Eligibility.ELIGIBLE if eligible else Eligibility.INELIGIBLE
 
 
+def roster_patient_ids(db: Session, source: str) -> frozenset[str]:
+    """The patient IDs of a roster source's members eligible now: what a care team fed
+    by that source has as its patients (the composition root passes them to messaging
+    after an import; identity knows nothing of care teams)."""
+    query = select(RosterMember.patient_id).where(
+        RosterMember.source == source, RosterMember.eligible.is_(True)
+    )
+    return frozenset(db.scalars(query))
+
+
 def patient_id_of(db: Session, account_id: str) -> str | None:
     link = db.get(PatientLink, account_id)
     return link.patient_id if link is not None else None

@@ -28,7 +28,7 @@ from carebridge.http.forms import parse_json
 from carebridge.http.problems import Problem
 from carebridge.i18n import N_
 from carebridge.runtime import Runtime
-from messaging import break_glass, care_teams, export, files, invites, reads, threads
+from messaging import break_glass, care_teams, export, files, invites, reads, relationships, threads
 from messaging.access import (
     ATTACHMENT_ID,
     Actor,
@@ -52,7 +52,24 @@ T = TypeVar("T")
 @openapi.component
 class NewThread(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    patient_id: str = Field(min_length=1, max_length=40, description="The opaque patient ID")
+    patient_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=40,
+        description="A care team's token: the opaque patient ID (and no care_team_id)",
+    )
+    care_team_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=40,
+        description="A patient's token: one of their care teams (GET .../care-teams)",
+    )
+    topic_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=40,
+        description="A patient's token: a topic that team offers",
+    )
     subject: MultilineText = Field(min_length=1, max_length=threads.MAX_SUBJECT)
     body: MultilineText = Field(min_length=1, description="Plain text; never rendered as HTML")
     pool_id: str | None = Field(
@@ -131,6 +148,11 @@ class ThreadOut(BaseModel):
     )
     pool_id: str | None = Field(
         default=None, description="The team's pool the thread is routed to; null: team-wide"
+    )
+    started_by: str = Field(description="team, or patient (the patient wrote first)")
+    topic_id: str | None = Field(description="The topic a patient chose, if they started it")
+    escalated_at: datetime | None = Field(
+        description="When a patient-started thread was escalated, unanswered too long"
     )
 
 
@@ -211,6 +233,61 @@ class UnreadSummary(BaseModel):
         description="A care team's token: its team's line; a patient's: one per team they"
         " have conversations with"
     )
+
+
+@openapi.component
+class TopicOut(BaseModel):
+    id: str
+    label: str
+
+
+@openapi.component
+class CareTeamOut(BaseModel):
+    id: str
+    name: str
+    topics: list[TopicOut]
+
+
+@openapi.component
+class CareTeamList(BaseModel):
+    care_teams: list[CareTeamOut]
+
+
+@openapi.component
+class NewRelationship(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    patient_id: str = Field(min_length=1, max_length=40, description="The opaque patient ID")
+
+
+@openapi.component
+class EndRelationship(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    patient_id: str = Field(min_length=1, max_length=40, description="The opaque patient ID")
+    reason: str = Field(
+        min_length=1, max_length=relationships.MAX_REASON, description="Why; never PHI"
+    )
+
+
+@openapi.component
+class RelationshipOut(BaseModel):
+    id: str
+    patient_id: str
+    care_team_id: str
+    source: str = Field(description="staff, app, operator, roster, thread or migration")
+    created_by: str
+    created_at: datetime
+    ended_at: datetime | None
+    ended_by: str | None
+    end_reason: str | None
+
+
+@openapi.component
+class RelationshipList(BaseModel):
+    relationships: list[RelationshipOut]
+
+
+class RelationshipQuery(BaseModel):
+    patient_id: str | None = Field(default=None, description="Only this patient's history")
 
 
 # Query parameters (described from these models; the handlers read them as before).
@@ -399,37 +476,68 @@ async def list_threads(request: Request) -> Response:
     answers={201: openapi.Json(ThreadDetail, "The new thread")},
     security=openapi.access_token("messaging.write"),
     body=NewThread,
-    problems=(409, 422),
+    problems=(404, 409, 422),
 )
 async def create_thread(request: Request) -> Response:
-    """Open a thread with a patient, by patient ID, with its first message
+    """Open a thread, with its first message
 
-    The patient is notified (by SMS, per their preferences) that a secure message is
-    waiting; the notice carries no content.
+    A care team's token opens one with a patient, by patient_id: the patient is notified
+    (by SMS, per their preferences) that a secure message is waiting; the notice carries
+    no content. A first thread with a patient starts their care relationship; after the
+    relationship ended, the team starts a new one explicitly (POST .../care-relationships).
 
-    - 400: The body is not valid
+    A patient's token writes first to one of their care teams (care_team_id) on a topic it
+    offers (topic_id), where the team takes patient-started threads; the team's automatic
+    first reply, if any, follows as the thread's second message.
+
+    - 400: The body is not valid (care_team_id or topic_id from a team, or missing)
     - 401: No valid access token
-    - 403: Not a care team's token, or the scope is missing
+    - 403: The scope is missing; patient_id from a patient's token; the team does not
+      take patient-started threads; or the relationship with this patient ended
+    - 404: No such care team of this patient
     - 409: The patient is no longer eligible (terminated on the roster, or gone from a
       full re-import); audited as denied. Their existing threads stay open.
     - 413: The message is too long
-    - 422: No such patient
+    - 422: No such patient, or no such topic of that team
     """
     caller = await _caller(request, WRITE, "messaging.thread.create", "threads")
     payload = await _read_json(request, NewThread)
     runtime = _runtime(request)
 
     def work(db: Session, actor: Actor) -> tuple[ThreadView, threads.Page[MessageView]]:
-        thread, _ = threads.create_thread(
-            db,
-            runtime.keyring,
-            runtime.settings,
-            actor,
-            patient_id=payload.patient_id,
-            subject=payload.subject,
-            body=payload.body,
-            pool_id=payload.pool_id,
-        )
+        if actor.kind == "patient":
+            if payload.patient_id is not None:
+                # Only a care team opens a thread with a patient.
+                raise RefusedError(403, "Only a care team can start a conversation with a patient.")
+            if not payload.care_team_id or not payload.topic_id or payload.pool_id:
+                raise RefusedError(
+                    400, "A patient's token sends care_team_id and topic_id (a topic routes)."
+                )
+            thread, _ = threads.start_by_patient(
+                db,
+                runtime.keyring,
+                runtime.settings,
+                actor,
+                care_team_id=payload.care_team_id,
+                topic_id=payload.topic_id,
+                subject=payload.subject,
+                body=payload.body,
+            )
+        else:
+            if payload.patient_id is None or payload.care_team_id or payload.topic_id:
+                raise RefusedError(
+                    400, "A care team's token sends patient_id, not care_team_id or topic_id."
+                )
+            thread, _ = threads.create_thread(
+                db,
+                runtime.keyring,
+                runtime.settings,
+                actor,
+                patient_id=payload.patient_id,
+                subject=payload.subject,
+                body=payload.body,
+                pool_id=payload.pool_id,
+            )
         return threads.get_thread(db, runtime.keyring, actor, thread.id, cursor=None, limit=1)
 
     view, page = await _perform(
@@ -495,6 +603,7 @@ async def post_message(request: Request) -> Response:
     A care team's message notifies the patient (in the same transaction).
 
     - 400: The body is not valid
+    - 403: The care relationship between the thread's patient and team ended
     - 404: No such thread of this caller
     - 409: The thread is closed
     - 413: The message is too long
@@ -878,6 +987,146 @@ async def invite_staff(request: Request) -> Response:
     return _json(InviteOut(id=sent.id, expires_at=sent.expires_at), 201)
 
 
+@openapi.operation(
+    answers={200: openapi.Json(CareTeamList, "The care teams this patient may write to")},
+    security=openapi.access_token("messaging.read"),
+)
+async def list_care_teams(request: Request) -> Response:
+    """List the patient's care teams that take patient-started threads, with their topics
+
+    - 401: No valid access token
+    - 403: Not a patient's token, or the scope is missing
+    """
+    caller = await _caller(request, READ, "messaging.care_team.list", "care_teams")
+    teams = await _perform(
+        request,
+        caller,
+        action="messaging.care_team.list",
+        target="care_teams",
+        work=threads.teams_for_patient,
+    )
+    return _json(
+        CareTeamList(
+            care_teams=[
+                CareTeamOut(
+                    id=team.id,
+                    name=team.name,
+                    topics=[TopicOut(id=i, label=label) for i, label in team.topics],
+                )
+                for team in teams
+            ]
+        )
+    )
+
+
+def _team_only(actor: Actor) -> str:
+    if actor.care_team_id is None:
+        raise RefusedError(403, "Only a care team's token manages care relationships.")
+    return actor.care_team_id
+
+
+def _source(actor: Actor) -> str:
+    return "staff" if actor.kind == "staff" else "app"
+
+
+def _relationship_out(view: relationships.RelationshipView) -> RelationshipOut:
+    return RelationshipOut(**view.__dict__)
+
+
+@openapi.operation(
+    answers={
+        200: openapi.Json(RelationshipOut, "Already active: the relationship"),
+        201: openapi.Json(RelationshipOut, "The relationship, started now"),
+    },
+    security=openapi.access_token("messaging.write"),
+    body=NewRelationship,
+    problems=(409, 422),
+)
+async def start_relationship(request: Request) -> Response:
+    """Start a care relationship between the caller's team and a patient
+
+    Needed to write to a patient again after the relationship ended (opening a thread
+    does not bring an ended one back). Audited.
+
+    - 403: Not a care team's token
+    - 409: The patient is no longer eligible
+    - 422: No such patient
+    """
+    caller = await _caller(request, WRITE, "messaging.care_relationship.start", "care_team")
+    payload = await _read_json(request, NewRelationship)
+    view, started = await _perform(
+        request,
+        caller,
+        action="messaging.care_relationship.start",
+        target="care_team",
+        work=lambda db, actor: relationships.start(
+            db,
+            patient_id=payload.patient_id,
+            team_id=_team_only(actor),
+            source=_source(actor),
+            actor=actor.participant,
+        ),
+    )
+    return _json(_relationship_out(view), 201 if started else 200)
+
+
+@openapi.operation(
+    answers={200: openapi.Json(RelationshipOut, "The relationship, ended")},
+    security=openapi.access_token("messaging.write"),
+    body=EndRelationship,
+    problems=(404,),
+)
+async def end_relationship(request: Request) -> Response:
+    """End the care relationship between the caller's team and a patient
+
+    The record is kept (history); threads stay readable, and neither side can write in
+    them until a new relationship is started. Audited.
+
+    - 403: Not a care team's token
+    - 404: No active relationship with this patient
+    """
+    caller = await _caller(request, WRITE, "messaging.care_relationship.end", "care_team")
+    payload = await _read_json(request, EndRelationship)
+    view = await _perform(
+        request,
+        caller,
+        action="messaging.care_relationship.end",
+        target="care_team",
+        work=lambda db, actor: relationships.end(
+            db,
+            patient_id=payload.patient_id,
+            team_id=_team_only(actor),
+            actor=actor.participant,
+            reason=payload.reason,
+        ),
+    )
+    return _json(_relationship_out(view))
+
+
+@openapi.operation(
+    answers={200: openapi.Json(RelationshipList, "The team's relationships, newest first")},
+    security=openapi.access_token("messaging.read"),
+    query=RelationshipQuery,
+)
+async def list_relationships(request: Request) -> Response:
+    """List the caller's team's care relationships, ended ones included
+
+    - 403: Not a care team's token
+    """
+    caller = await _caller(request, READ, "messaging.care_relationship.list", "care_team")
+    patient_id = request.query_params.get("patient_id") or None
+    views = await _perform(
+        request,
+        caller,
+        action="messaging.care_relationship.list",
+        target="care_team",
+        work=lambda db, actor: relationships.history(
+            db, team_id=_team_only(actor), patient_id=patient_id
+        ),
+    )
+    return _json(RelationshipList(relationships=[_relationship_out(v) for v in views]))
+
+
 def routes() -> list[BaseRoute]:
     base = "/api/v1/messaging"
     thread = f"{base}/threads/{{thread_id}}"
@@ -896,4 +1145,8 @@ def routes() -> list[BaseRoute]:
         Route(f"{base}/staff/{{account_id}}", offboard_staff, methods=["DELETE"]),
         Route(f"{base}/export", export_threads, methods=["GET"]),
         Route(f"{base}/unread", unread_summary, methods=["GET"]),
+        Route(f"{base}/care-teams", list_care_teams, methods=["GET"]),
+        Route(f"{base}/care-relationships", list_relationships, methods=["GET"]),
+        Route(f"{base}/care-relationships", start_relationship, methods=["POST"]),
+        Route(f"{base}/care-relationships/end", end_relationship, methods=["POST"]),
     ]

@@ -6,8 +6,10 @@ No feature package uses it today, by design: identity and sms may not import mes
 carebridge.demo) builds messaging's routes, jobs and key rotation from its modules.
 
 What messaging offers outside itself is the operator's side of care teams: which OIDC
-clients act for a team and which accounts are its staff. Everything else (threads,
-messages, their keys and tables) is private to messaging.
+clients act for a team and which accounts are its staff, its settings for patients who
+write first, and its care relationships (started, ended, and kept in step with a roster
+source after an import). Everything else (threads, messages, their keys and tables) is
+private to messaging.
 
 messaging itself asks identity through :mod:`identity.interfaces` and sms through
 :mod:`sms.interfaces`, nothing else of theirs (pyproject.toml, [tool.importlinter]).
@@ -26,17 +28,49 @@ from messaging.care_teams import (
     remove_staff,
     set_retention,
 )
+from messaging.relationships import (
+    RelationshipError,
+    RelationshipView,
+    RosterSync,
+    operator_end,
+    operator_history,
+    operator_start,
+    sync_roster,
+)
+from messaging.team_settings import (
+    PatientThreads,
+    TopicView,
+    add_topic,
+    configure,
+    retire_topic,
+    set_roster_source,
+    settings_of,
+)
 
 __all__ = [
     # Value types and domain errors
     "CareTeamError",  # an operator's request that cannot be carried out (one line)
+    "PatientThreads",  # a team's settings for patient-started threads, with its topics
+    "RelationshipError",  # a care-relationship request that cannot be carried out
+    "RelationshipView",  # one care relationship (history included)
+    "RosterSync",  # what a roster sync started and ended, per team
     "TeamInfo",  # a team, its retention, its clients and how many staff
+    "TopicView",  # a topic a team offers (id, label)
     # Operations (each audited, in a transaction of its own)
     "add_client",
     "add_staff",
+    "add_topic",
+    "configure",  # patients_may_start, auto reply, escalate_after
     "create",
     "list_teams",
+    "operator_end",  # end one, with a reason (CLI)
+    "operator_history",  # a team's relationships, ended ones too
+    "operator_start",  # start a care relationship (CLI)
     "remove_client",
     "remove_staff",
+    "retire_topic",
     "set_retention",
+    "set_roster_source",
+    "settings_of",
+    "sync_roster",  # after a roster import: the source's teams follow its members
 ]

@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -37,6 +38,15 @@ class CareTeam(Base):
     name: Mapped[str] = mapped_column(String(200))
     retention_days: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Patients write first only where the team says it reads what they send.
+    patients_may_start: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Posted as the team's message right after a patient's first one (office hours, "If
+    # this is an emergency, call 911"): an operator's text, never a patient's.
+    auto_reply: Mapped[str | None] = mapped_column(String(2000))
+    # A patient-started thread unanswered by staff this long is escalated (None: never).
+    escalate_after_seconds: Mapped[int | None] = mapped_column(Integer)
+    # The roster source whose eligible members are this team's patients (None: none).
+    roster_source: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class CareTeamClient(Base):
@@ -158,6 +168,61 @@ class StaffInvite(Base):
     used_by: Mapped[str | None] = mapped_column(String(40))
 
 
+class CareTeamTopic(Base):
+    """What a patient may write to a team about; a row with an ID, so a later wave can
+    route a topic to a pool of staff roles."""
+
+    __tablename__ = "care_team_topic"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    care_team_id: Mapped[str] = mapped_column(
+        ForeignKey("care_team.id", ondelete="CASCADE"), index=True
+    )
+    # An operator's label ("Prescription refill"), shown to the team's patients.
+    label: Mapped[str] = mapped_column(String(100))
+    # Retired topics stay (threads name them) but are offered no more.
+    retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class CareRelationship(Base):
+    """A patient belongs to a care team while a row of theirs has no ``ended_at``.
+
+    History is kept: ending sets ``ended_*`` and never deletes; a new relationship is a
+    new row. At most one active row per (patient, team).
+    """
+
+    __tablename__ = "care_relationship"
+    __table_args__ = (
+        CheckConstraint(
+            "source IN ('staff', 'app', 'operator', 'roster', 'thread', 'migration')",
+            name="source",
+        ),
+        Index(
+            "uq_care_relationship_active",
+            "patient_id",
+            "care_team_id",
+            unique=True,
+            sqlite_where=text("ended_at IS NULL"),
+            postgresql_where=text("ended_at IS NULL"),
+        ),
+        Index(None, "care_team_id", "ended_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(40))
+    care_team_id: Mapped[str] = mapped_column(ForeignKey("care_team.id", ondelete="CASCADE"))
+    # How it began: staff, a team's app, the operator (CLI), a roster import, or a thread
+    # the team opened; "migration" for pairs that had a thread before relationships.
+    source: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    ended_by: Mapped[str | None] = mapped_column(String(120))
+    # An operator's or staff's words ("moved away", "gone from the roster"): no PHI.
+    end_reason: Mapped[str | None] = mapped_column(String(200))
+
+
 class Thread(Base):
     __tablename__ = "thread"
     __table_args__ = (
@@ -187,6 +252,14 @@ class Thread(Base):
     last_message_at: Mapped[datetime] = mapped_column(UtcDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     shredded_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # "team" (the care team opened it) or "patient" (a patient wrote first, on a topic).
+    # Added to a table other rows reference: no CHECK and no foreign key, so SQLite adds
+    # (and a downgrade drops) the columns in place instead of rebuilding the table.
+    started_by: Mapped[str] = mapped_column(String(16), default="team", server_default="team")
+    # A care_team_topic ID (topics are retired, never deleted).
+    topic_id: Mapped[str | None] = mapped_column(String(40))
+    # Set once by the escalation job: a patient-started thread unanswered too long.
+    escalated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class ThreadReadState(Base):

@@ -207,6 +207,99 @@ async def reply(request: Request) -> Response:
     return RedirectResponse(f"/messages/{thread_id}?sent=1#message-{seq}", status_code=303)
 
 
+async def _new_form(
+    request: Request,
+    patient_id: str,
+    *,
+    error: str | None = None,
+    fields: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    runtime = _runtime(request)
+    teams = await _run(
+        request,
+        Caller.of_patient(patient_id),
+        "messaging.care_team.list",
+        "care_teams",
+        threads.teams_for_patient,
+    )
+    given = fields or {}
+    context = {
+        **_thread_context(runtime),
+        "teams": teams,
+        "error": error,
+        "max_subject": threads.MAX_SUBJECT,
+        "chosen": given.get("topic", ""),
+        "subject": given.get("subject", ""),
+        "draft": given.get("body", ""),
+    }
+    return templates.TemplateResponse(
+        request, "messaging/new.html", context, status_code=status_code
+    )
+
+
+async def new_page(request: Request) -> Response:
+    """A patient writes first: to one of their care teams, on a topic it offers."""
+    _, patient_id = await require_patient(request)
+    return await _new_form(request, patient_id)
+
+
+async def new_post(request: Request) -> Response:
+    _, patient_id = await require_patient(request)
+    runtime = _runtime(request)
+    settings = runtime.settings
+    text_limit = settings.message_max_chars * 4 + 1024
+    raw = await read_bounded(request, settings.attachment_max_bytes + text_limit, "upload")
+    form = await parse_form(
+        request, raw, multiline=("body",), max_files=1, max_fields=6, max_part_size=text_limit
+    )
+    fields = {
+        name: value
+        for name in ("topic", "subject", "body")
+        if isinstance(value := form.get(name), str)
+    }
+    fields["body"] = fields.get("body", "").replace("\r\n", "\n")
+    team_id, _, topic_id = fields.get("topic", "").partition(":")
+    upload = form.get("file")
+    has_file = isinstance(upload, UploadFile) and bool(upload.filename)
+    content = await upload.read() if has_file and isinstance(upload, UploadFile) else None
+    filename = (upload.filename or "") if isinstance(upload, UploadFile) else ""
+
+    def work(db: Session, actor: Actor) -> str:
+        thread, _ = threads.start_by_patient(
+            db,
+            runtime.keyring,
+            settings,
+            actor,
+            care_team_id=team_id,
+            topic_id=topic_id,
+            subject=fields.get("subject", ""),
+            body=fields["body"],
+        )
+        if content is not None:
+            threads.post_attachment(
+                db, runtime.keyring, settings, actor, thread.id, filename=filename, content=content
+            )
+        return thread.id
+
+    try:
+        thread_id = await run_in_threadpool(
+            perform,
+            runtime,
+            Caller.of_patient(patient_id),
+            action="messaging.thread.create",
+            target="threads",
+            request_id=_request_id(request),
+            work=work,
+        )
+    except RefusedError as exc:
+        # A friendly page with what they wrote kept, whatever the refusal.
+        return await _new_form(
+            request, patient_id, error=exc.detail, fields=fields, status_code=exc.status
+        )
+    return RedirectResponse(f"/messages/{thread_id}?sent=1", status_code=303)
+
+
 async def download(request: Request) -> Response:
     _, patient_id = await require_patient(request)
     runtime = _runtime(request)
@@ -241,6 +334,8 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/messages", inbox, methods=["GET"], name="messages"),
         Route("/messages/export", export_page, methods=["GET"]),
+        Route("/messages/new", new_page, methods=["GET"]),
+        Route("/messages/new", new_post, methods=["POST"]),
         Route("/messages/{thread_id}", thread_page, methods=["GET"], name="message_thread"),
         Route("/messages/{thread_id}/reply", reply, methods=["POST"]),
         Route("/messages/{thread_id}/attachments/{attachment_id}", download, methods=["GET"]),

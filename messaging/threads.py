@@ -42,7 +42,7 @@ from carebridge.keyring import Keyring
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
 from identity.interfaces import Eligibility, eligibility
-from messaging import crypto, events, files, reads
+from messaging import crypto, events, files, reads, relationships
 from messaging.access import (
     THREAD_ID,
     Actor,
@@ -54,7 +54,14 @@ from messaging.access import (
     not_found,
 )
 from messaging.crypto import ThreadCipher
-from messaging.models import Attachment, CareTeam, Message, Thread
+from messaging.models import (
+    Attachment,
+    CareRelationship,
+    CareTeam,
+    CareTeamTopic,
+    Message,
+    Thread,
+)
 from messaging.roles import pool_of_team
 from sms.interfaces import new_message_notice
 
@@ -62,6 +69,8 @@ T = TypeVar("T")
 MAX_SUBJECT = 200
 PAGE_DEFAULT = 25
 PAGE_MAX = 100
+# The author of a team's automatic first reply (author_kind "app"): no person, no client.
+AUTO_REPLY_AUTHOR = "carebridge:auto-reply"
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,11 @@ class ThreadView:
     # The pool the thread is routed to (messaging.roles), for care teams; None: the
     # team-wide pool, and always for a patient.
     pool_id: str | None = None
+    # "team" or "patient" (a patient wrote first, on topic_id); escalated_at: a
+    # patient-started thread left unanswered past the team's escalate_after.
+    started_by: str = "team"
+    topic_id: str | None = None
+    escalated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -171,15 +185,31 @@ _THREADS = cast(Table, Thread.__table__)
 # construct on PostgreSQL, compiled once by its DirectStatement: _advanced).
 
 
+_RELATIONSHIPS = cast(Table, CareRelationship.__table__)
+# The thread's patient and team still in an active care relationship (either side writes
+# only then; messaging.relationships).
+_IN_CARE = (
+    select(_RELATIONSHIPS.c.id)
+    .where(
+        _RELATIONSHIPS.c.patient_id == _THREADS.c.patient_id,
+        _RELATIONSHIPS.c.care_team_id == _THREADS.c.care_team_id,
+        _RELATIONSHIPS.c.ended_at.is_(None),
+    )
+    .exists()
+)
+
+
 def _claim_next_seq(mine: Any, key: Any = None) -> Any:
-    """Claim a thread's next message number: the actor's (``mine``), open, and its key
-    still there (``key``: by default, any)."""
+    """Claim a thread's next message number: the actor's (``mine``), open, its patient
+    and team in an active care relationship, and its key still there (``key``: by
+    default, any)."""
     return (
         update(_THREADS)
         .where(
             _THREADS.c.id == bindparam("thread_id"),
             mine,
             _THREADS.c.status == "open",
+            _IN_CARE,
             _THREADS.c.data_key_wrapped.is_not(None) if key is None else key,
         )
         .values(last_seq=_THREADS.c.last_seq + 1, last_message_at=bindparam("moment"))
@@ -217,6 +247,9 @@ def _thread_for_reader(side: str) -> Any:
                     "last_seq",
                     "created_at",
                     "last_message_at",
+                    "started_by",
+                    "topic_id",
+                    "escalated_at",
                 )
             ),
             _TEAMS.c.name.label("team_name"),
@@ -380,6 +413,9 @@ def _view(
         unread=max(0, unread),
         other_side_read_seq=other_read,
         pool_id=thread.pool_id if actor.for_care_team else None,
+        started_by=thread.started_by,
+        topic_id=thread.topic_id,
+        escalated_at=thread.escalated_at,
     )
 
 
@@ -622,9 +658,7 @@ def create_thread(
         may_see_pool(actor, pool_id) and pool_of_team(db, actor.care_team_id, pool_id)
     ):
         raise RefusedError(422, N_("No such pool in this care team."))
-    subject = subject.strip()
-    if not subject or len(subject) > MAX_SUBJECT or "\x00" in subject:
-        raise RefusedError(400, f"The subject must be 1 to {MAX_SUBJECT} characters.")
+    subject = _check_subject(subject)
     check_body(settings, body)
     standing = eligibility(db, patient_id)
     if standing is Eligibility.UNKNOWN:
@@ -636,6 +670,7 @@ def create_thread(
             N_("This patient is no longer eligible: a conversation cannot be started."),
             denied=True,
         )
+    _require_care(db, actor, patient_id, actor.care_team_id)
     thread_id = new_id("th")
     cipher, wrapped = crypto.new_thread_key(keyring, thread_id)
     moment = utcnow()
@@ -644,6 +679,7 @@ def create_thread(
         patient_id=patient_id,
         care_team_id=actor.care_team_id,
         pool_id=pool_id,
+        started_by="team",
         subject_encrypted=cipher.seal_text(thread_id, crypto.SUBJECT, subject),
         status="open",
         data_key_wrapped=wrapped.wrapped,
@@ -659,6 +695,133 @@ def create_thread(
     posted = _insert_message(
         db, cipher, actor, patient_id=patient_id, seq=1, moment=moment, body=body
     )
+    events.thread_created(db, thread, posted.id)
+    return thread, posted
+
+
+def _require_care(db: Session, actor: Actor, patient_id: str, team_id: str) -> None:
+    """A team opens a thread only with its patient: the first thread with a patient it
+    never had starts their relationship; after one ENDED, staff start a new one
+    explicitly (opening a thread does not silently bring it back)."""
+    if relationships.active(db, patient_id, team_id) is not None:
+        return
+    if relationships.ever(db, patient_id, team_id):
+        raise RefusedError(403, relationships.NO_ACTIVE)
+    relationships.start(
+        db, patient_id=patient_id, team_id=team_id, source="thread", actor=actor.participant
+    )
+
+
+def _check_subject(subject: str) -> str:
+    subject = subject.strip()
+    if not subject or len(subject) > MAX_SUBJECT or "\x00" in subject:
+        raise RefusedError(400, f"The subject must be 1 to {MAX_SUBJECT} characters.")
+    return subject
+
+
+@dataclass(frozen=True)
+class TeamChoice:
+    """A care team a patient may write to, and the topics it offers."""
+
+    id: str
+    name: str
+    topics: list[tuple[str, str]]  # (topic ID, label)
+
+
+def teams_for_patient(db: Session, actor: Actor) -> list[TeamChoice]:
+    """The patient's care teams (active relationships) that take patient-started threads."""
+    if actor.kind != "patient":
+        raise RefusedError(403, N_("Only a patient can list the care teams they may write to."))
+    query = (
+        select(CareTeam)
+        .join(CareRelationship, CareRelationship.care_team_id == CareTeam.id)
+        .where(
+            CareRelationship.patient_id == actor.id,
+            CareRelationship.ended_at.is_(None),
+            CareTeam.patients_may_start.is_(True),
+        )
+        .order_by(CareTeam.name, CareTeam.id)
+    )
+    teams = list(db.scalars(query))
+    topics: dict[str, list[tuple[str, str]]] = {}
+    if teams:
+        offered = (
+            select(CareTeamTopic)
+            .where(
+                CareTeamTopic.care_team_id.in_([team.id for team in teams]),
+                CareTeamTopic.retired_at.is_(None),
+            )
+            .order_by(CareTeamTopic.created_at, CareTeamTopic.id)
+        )
+        for topic in db.scalars(offered):
+            topics.setdefault(topic.care_team_id, []).append((topic.id, topic.label))
+    # A team with no topic offered cannot be written to: a thread needs one.
+    return [TeamChoice(t.id, t.name, topics[t.id]) for t in teams if t.id in topics]
+
+
+def start_by_patient(
+    db: Session,
+    keyring: Keyring,
+    settings: Settings,
+    actor: Actor,
+    *,
+    care_team_id: str,
+    topic_id: str,
+    subject: str,
+    body: str,
+) -> tuple[Thread, Posted]:
+    """A patient writes first to one of their care teams, on a topic the team offers; the
+    team's automatic first reply, if it has one, follows as the team's message."""
+    if actor.kind != "patient":
+        raise RefusedError(403, N_("Only a patient can write to a care team this way."))
+    subject = _check_subject(subject)
+    check_body(settings, body)
+    team = db.get(CareTeam, care_team_id) if len(care_team_id) <= 40 else None
+    # Not their team answers like no team at all: a patient learns no other team's ID.
+    if team is None or relationships.active(db, actor.id, team.id) is None:
+        raise RefusedError(404, N_("No such care team."))
+    if not team.patients_may_start:
+        raise RefusedError(403, N_("This care team does not take new conversations from patients."))
+    topic = db.get(CareTeamTopic, topic_id) if len(topic_id) <= 40 else None
+    if topic is None or topic.care_team_id != team.id or topic.retired_at is not None:
+        raise RefusedError(422, N_("This care team offers no such topic."))
+    thread_id = new_id("th")
+    cipher, wrapped = crypto.new_thread_key(keyring, thread_id)
+    moment = utcnow()
+    thread = Thread(
+        id=thread_id,
+        patient_id=actor.id,
+        care_team_id=team.id,
+        started_by="patient",
+        topic_id=topic.id,
+        subject_encrypted=cipher.seal_text(thread_id, crypto.SUBJECT, subject),
+        status="open",
+        data_key_wrapped=wrapped.wrapped,
+        kek_id=wrapped.kek_id,
+        last_seq=2 if team.auto_reply else 1,
+        legal_hold=False,
+        created_at=moment,
+        last_message_at=moment,
+    )
+    db.add(thread)
+    db.flush()
+    reads.record_read(db, actor, thread_id, 1)
+    posted = _insert_message(
+        db, cipher, actor, patient_id=actor.id, seq=1, moment=moment, body=body
+    )
+    if team.auto_reply:
+        # Sealed like every message; no notice: the patient is the one who just wrote.
+        reply_id = new_id("msg")
+        reply = {
+            "id": reply_id,
+            "thread_id": thread_id,
+            "seq": 2,
+            "author_kind": "app",
+            "author_id": AUTO_REPLY_AUTHOR,
+            "body_encrypted": cipher.seal_text(reply_id, crypto.BODY, team.auto_reply),
+            "created_at": moment,
+        }
+        insert_together(db, [(_MESSAGES, reply)])
     events.thread_created(db, thread, posted.id)
     return thread, posted
 
@@ -689,6 +852,8 @@ def _next_seq(
         thread = load_thread(db, actor, thread_id)  # 404 or 410
         if thread.status != "open":
             raise RefusedError(409, N_("This conversation is closed."))
+        if relationships.active(db, thread.patient_id, thread.care_team_id) is None:
+            raise RefusedError(403, relationships.NO_ACTIVE)
         raise not_found()
     seq, patient_id, wrapped, kek_id = claimed
     if not postgresql:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from carebridge.cli import care_relationships
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
 from carebridge.runtime import Runtime
 from messaging import care_teams, export, keys, retention, roles
@@ -49,6 +50,7 @@ def register(commands: Any) -> None:
     retention_cmd.add_argument("team")
     retention_cmd.add_argument("days", type=int)
     retention_cmd.set_defaults(handler=set_retention)
+    care_relationships.register(teams_sub)
 
     hold = add_parser(sub, "legal-hold", "Keep threads past retention (or release them).")
     hold_sub = hold.add_subparsers(title="commands", metavar="COMMAND", required=True)

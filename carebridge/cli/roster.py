@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
 from carebridge.runtime import Runtime
+from carebridge.wiring import CareTeamsFollowRoster
 from identity.flows import activate, verify
 from identity.roster import importer, staff
 from identity.roster.csv_format import FIELDS, RowError
@@ -269,6 +270,8 @@ def import_file(args: argparse.Namespace) -> int:
             on_error=progress.error,
             on_progress=progress.rows,
         )
+        # The care teams fed by this source follow it (messaging, through the wiring).
+        CareTeamsFollowRoster(rt).roster_imported(source=args.source)
     except importer.ImportRefusedError as exc:
         raise CommandError(str(exc)) from None
     finally:

@@ -55,6 +55,7 @@ from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
 from identity import recovery
 from identity.flows import activate, delete_account, verify
+from identity.interfaces import Outward
 from identity.models import Account
 from identity.oidc import holders
 from identity.roster import importer, staff
@@ -413,6 +414,10 @@ async def import_roster(request: Request) -> Response:
             errors=_row_problems(errors[:MAX_LISTED_ERRORS]),
             errors_truncated=len(errors) > MAX_LISTED_ERRORS,
         ) from None
+    # What follows the roster (care teams fed by this source) follows it now.
+    outward: Outward = request.app.state.outward
+    if outward.roster_imported is not None:
+        await run_in_threadpool(outward.roster_imported.roster_imported, source=source)
     report = RosterImportReport(
         import_id=result.import_id,
         source=result.source,

@@ -12,6 +12,7 @@ from carebridge.db import transaction
 from identity import sessions
 from messaging import care_teams, threads
 from messaging.access import Actor
+from messaging.interfaces import add_topic, configure, operator_start
 from tests.browser.harness import check_accessibility
 from tests.identity import factories
 from tests.identity.roster_helpers import import_roster, link
@@ -97,4 +98,35 @@ def test_patient_reads_replies_uploads_and_downloads(
     page.goto(f"{live_app.url}/messages")
     expect(page.get_by_text("You have no unread messages.")).to_be_visible()
     assert dialogs == []
+    assert page.evaluate("window.pwned === undefined")
+
+
+def test_patient_writes_first_to_their_care_team(
+    live_app: LiveApp, page: Page, tmp_path: Path
+) -> None:
+    runtime = live_app.runtime
+    patient_id = signed_in_patient(live_app, page, tmp_path)
+    team = care_teams.create(runtime, name="Northside clinic", retention_days=30, actor="t")
+    configure(
+        runtime,
+        team,
+        actor="t",
+        patients_may_start=True,
+        auto_reply="We answer within a day. If this is an emergency, call 911.",
+    )
+    add_topic(runtime, team, "Prescription refill", actor="t")
+    operator_start(runtime, team, patient_id, actor="t")
+
+    page.goto(f"{live_app.url}/messages")
+    page.get_by_role("link", name="Write to your care team").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("New message")
+    check_accessibility(page)
+    page.get_by_label("Care team and topic").select_option(label="Prescription refill")
+    page.get_by_label("Subject").fill("Refill")
+    page.get_by_label("Your message").fill(f"My usual one {XSS}")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("status")).to_have_text("Your message was sent.")
+    expect(page.locator(".message-body").first).to_have_text(f"My usual one {XSS}")
+    expect(page.locator(".message-body").last).to_contain_text("call 911")
+    check_accessibility(page)
     assert page.evaluate("window.pwned === undefined")

@@ -354,3 +354,65 @@ def test_0024_leaves_existing_sessions_without_a_first_factor_and_downgrades(
         migrate.upgrade(engine)
     finally:
         engine.dispose()
+
+
+def test_0027_gives_every_pair_with_a_thread_a_care_relationship_and_downgrades(
+    empty_database_url: str,
+) -> None:
+    engine = make_engine(empty_database_url)
+    now = datetime.now(UTC)
+    try:
+        migrate.upgrade(engine, "0026")
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO care_team (id, name, retention_days, created_at)"
+                    " VALUES ('ct_1', 'Clinic', 30, :now)"
+                ),
+                {"now": now},
+            )
+            for thread_id, patient_id in [("th_1", "p_1"), ("th_2", "p_1"), ("th_3", "p_2")]:
+                connection.execute(
+                    text(
+                        "INSERT INTO thread (id, patient_id, care_team_id, subject_encrypted,"
+                        " status, last_seq, legal_hold, created_at, last_message_at)"
+                        " VALUES (:id, :patient, 'ct_1', :subject, 'open', 1, :false, :now, :now)"
+                    ),
+                    {
+                        "id": thread_id,
+                        "patient": patient_id,
+                        "subject": b"x",
+                        "false": False,
+                        "now": now,
+                    },
+                )
+            # A message referencing a thread: SQLite must not rebuild the thread table.
+            connection.execute(
+                text(
+                    "INSERT INTO message (id, thread_id, seq, author_kind, author_id,"
+                    " body_encrypted, created_at)"
+                    " VALUES ('msg_1', 'th_1', 1, 'staff', 'acc_1', :body, :now)"
+                ),
+                {"body": b"x", "now": now},
+            )
+        migrate.upgrade(engine)
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT patient_id, care_team_id, source, ended_at FROM care_relationship"
+                    " ORDER BY patient_id"
+                )
+            ).all()
+            started_by = connection.execute(text("SELECT DISTINCT started_by FROM thread")).all()
+        assert [tuple(row) for row in rows] == [
+            ("p_1", "ct_1", "migration", None),
+            ("p_2", "ct_1", "migration", None),
+        ]
+        assert [tuple(row) for row in started_by] == [("team",)]
+        command.downgrade(migrate.alembic_config(engine), "0026")
+        assert "care_relationship" not in sa.inspect(engine).get_table_names()
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("thread")}
+        assert not {"started_by", "topic_id", "escalated_at"} & columns
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()

@@ -227,7 +227,11 @@ def test_the_worker_jobs_expire_and_check_keys(client: TestClient, world: World)
 
     old = start_thread(client, world)
     age(world, old, 31)
-    assert {job.name for job in JOBS} == {"messaging-key-check", "messaging-expire"}
+    assert {job.name for job in JOBS} == {
+        "messaging-key-check",
+        "messaging-expire",
+        "messaging-escalate",
+    }
     for job in JOBS:
         assert run_once(world.runtime, job)
     with world.runtime.sessions() as db:

@@ -19,11 +19,15 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from carebridge.app import create_app
+from carebridge.db import transaction
 from carebridge.demo import seed
 from carebridge.demo.seed import DemoConfig
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from identity import accounts, sessions
+from messaging import threads
+from messaging.access import Actor
+from messaging.interfaces import add_topic, configure, operator_start
 from sms.models import Notification
 from tests.identity.factories import account, csrf, session, totp
 from tests.logcapture import captured_log
@@ -191,3 +195,28 @@ def test_signing_out_of_the_app_needs_the_form_token(
     )
     assert out.status_code == 303
     assert urlsplit(out.headers["location"]).path == "/end-session"
+
+
+def test_the_demo_app_shows_a_new_patient_started_thread(
+    demo: tuple[Runtime, TestClient, DemoConfig],
+) -> None:
+    runtime, client, config = demo
+    team, patient_id = config.care_team_id, config.patients[0].patient_id
+    configure(runtime, team, actor="t", patients_may_start=True)
+    topic = add_topic(runtime, team, "General question", actor="t")
+    operator_start(runtime, team, patient_id, actor="t")
+    with transaction(runtime.sessions) as db:
+        threads.start_by_patient(
+            db,
+            runtime.keyring,
+            runtime.settings,
+            Actor("patient", patient_id),
+            care_team_id=team,
+            topic_id=topic,
+            subject="A question from me",
+            body="Hello",
+        )
+    _clinician_signed_in(runtime, client)
+    _sign_in_to_the_app(client)
+    home = client.get("/demo/provider/")
+    assert "A question from me" in home.text and "<strong>Patient</strong>" in home.text
