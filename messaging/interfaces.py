@@ -25,6 +25,7 @@ from messaging.care_teams import (
     remove_client,
     remove_staff,
     set_retention,
+    team_name_of_thread,
 )
 
 __all__ = [
@@ -39,4 +40,6 @@ __all__ = [
     "remove_client",
     "remove_staff",
     "set_retention",
+    # Questions in the caller's transaction
+    "team_name_of_thread",  # a thread's care team name (sms's TeamNames, as wired)
 ]
