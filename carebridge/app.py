@@ -157,6 +157,8 @@ def create_app(runtime: Runtime) -> Starlette:
     app.state.outward = wiring.identity_outward(runtime)
     # What the event feed and the webhook API ask identity (carebridge.events.api.Hooks).
     app.state.event_hooks = wiring.event_hooks()
+    # A call says the care team's name (where the patient allows it) when answered.
+    app.state.team_names = wiring.MessagingTeamNames()
     return app
 
 

@@ -8,7 +8,9 @@ by SMS), the outbox e-mail sender and sms's forgetting of a deleted
 account's contact point and preferences for identity (:func:`identity_outward`, on
 ``app.state.outward``), and each channel's handler for the outbox worker
 (:func:`outbox_channels`: sms, the e-mail backend the settings chose, webhooks), and
-what the event feed and the webhook API ask identity (:func:`event_hooks`).
+what the event feed and the webhook API ask identity (:func:`event_hooks`), and the care
+team names sms's notices may carry (:class:`MessagingTeamNames`, on ``app.state.team_names``
+for the voice callbacks, and given to the sms channel).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from carebridge.events.delivery import WebhookHandler
 from carebridge.runtime import Runtime
 from carebridge.settings import EmailBackend
 from identity.interfaces import Outward, client_exists, in_standing, roster_patient_ids
-from messaging.interfaces import sync_roster
+from messaging.interfaces import sync_roster, team_name_of_thread
 from sms import codes, contacts
 from sms.interfaces import SecurityNoticeTexter
 from sms.jobs import SmsChannel
@@ -52,6 +54,14 @@ class CareTeamsFollowRoster:
         sync_roster(self.runtime, source, members, actor=f"roster:{source}")
 
 
+class MessagingTeamNames:
+    """sms's ``TeamNames``: a thread's care team name, from messaging (sms may not import
+    messaging), for the notices a patient's consent in force allows to name the team."""
+
+    def team_name_of_thread(self, db: Session, thread_id: str) -> str | None:
+        return team_name_of_thread(db, thread_id)
+
+
 def identity_outward(runtime: Runtime) -> Outward:
     return Outward(
         one_time_codes=codes.OutboxCodeSender(runtime),
@@ -67,7 +77,7 @@ def event_hooks() -> EventHooks:
 
 
 def outbox_channels(runtime: Runtime) -> outbox.Channels:
-    sms = SmsChannel(runtime)
+    sms = SmsChannel(runtime, team_names=MessagingTeamNames())
     handlers: dict[str, outbox.Handler] = {sms.channel: sms}
     # CAREBRIDGE_EMAIL_BACKEND: smtp sends through the relay; console prints to the
     # terminal (the development default; production refuses to start with it).

@@ -15,7 +15,7 @@ from carebridge.ids import new_id
 from carebridge.runtime import Runtime
 from identity.interfaces import account_exists, end_staff_access
 from messaging import roles
-from messaging.models import BreakGlassGrant, CareTeam, CareTeamClient, CareTeamStaff
+from messaging.models import BreakGlassGrant, CareTeam, CareTeamClient, CareTeamStaff, Thread
 
 
 class CareTeamError(Exception):
@@ -172,3 +172,10 @@ def list_teams(runtime: Runtime) -> list[TeamInfo]:
             )
             for team in db.scalars(select(CareTeam).order_by(CareTeam.created_at, CareTeam.id))
         ]
+
+
+def team_name_of_thread(db: Session, thread_id: str) -> str | None:
+    """The name of the care team a thread belongs to (None: no such thread), in the
+    caller's transaction: what sms names in a notice the patient allowed to name it."""
+    query = select(CareTeam.name).join(Thread, Thread.care_team_id == CareTeam.id)
+    return db.scalar(query.where(Thread.id == thread_id))

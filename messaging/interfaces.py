@@ -27,6 +27,7 @@ from messaging.care_teams import (
     remove_client,
     remove_staff,
     set_retention,
+    team_name_of_thread,
 )
 from messaging.relationships import (
     RelationshipError,
@@ -73,4 +74,6 @@ __all__ = [
     "set_roster_source",
     "settings_of",
     "sync_roster",  # after a roster import: the source's teams follow its members
+    # Questions in the caller's transaction
+    "team_name_of_thread",  # a thread's care team name (sms's TeamNames, as wired)
 ]

@@ -7,6 +7,7 @@ never acts on the cookie), with a finished sign-in and a verified patient.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -17,9 +18,10 @@ from starlette.routing import BaseRoute, Route
 from carebridge.http import openapi
 from carebridge.http.forms import read_json
 from carebridge.http.problems import Problem
+from carebridge.i18n import _
 from carebridge.runtime import Runtime
 from identity.interfaces import require_patient
-from sms import contacts, preferences
+from sms import consent, contacts, preferences, texts
 from sms.phone import InvalidNumberError
 from sms.preferences import PreferenceChanges, PreferenceError
 
@@ -52,9 +54,23 @@ class NotificationSettings(BaseModel):
     quiet_end: str
     daily_cap: int
     weekly_cap: int
-    insecure_consent: bool
-    insecure_consent_version: str | None
+    insecure_consent: bool = Field(
+        description="The patient chose notices naming the care team (consent recorded)"
+    )
+    insecure_consent_version: str | None = Field(
+        description="The consent text version the patient agreed to"
+    )
     insecure_consent_at: datetime | None
+    notice_level: Literal["generic", "team_name"] = Field(
+        description="What notices say now: the team's name only under the text in force"
+    )
+    consent_version: str = Field(description="The consent text version in force")
+    consent_text: str = Field(
+        description="The consent text in force: show it, and send its version to agree"
+    )
+    consent_needs_renewal: bool = Field(
+        description="Consent was given to an older text: notices are generic until renewed"
+    )
     phone: PhoneState | None
 
 
@@ -107,6 +123,10 @@ def _body(runtime: Runtime, patient_id: str) -> JSONResponse:
         insecure_consent=prefs.insecure_consent,
         insecure_consent_version=prefs.insecure_consent_version,
         insecure_consent_at=prefs.insecure_consent_at,
+        notice_level=consent.in_force(prefs).value,
+        consent_version=texts.CONSENT_VERSION,
+        consent_text=_(texts.CONSENT_TEXT),
+        consent_needs_renewal=consent.needs_asking(prefs),
         phone=_phone(snap.contact),
     )
     return JSONResponse(body.model_dump(mode="json"))
@@ -136,12 +156,15 @@ async def get_preferences(request: Request) -> Response:
 async def put_preferences(request: Request) -> Response:
     """Set notification preferences (audited)
 
-    SMS and calls need a verified phone number. Turning SMS on is the explicit opt-in;
-    giving insecure-channel consent records the consent text's version and the time.
+    SMS and calls need a verified phone number. Turning SMS on is the explicit opt-in.
+    Notices naming the care team (`insecure_consent`) need the patient's consent to the
+    text in force: send `insecure_consent_version` equal to `consent_version` to give or
+    renew it (recorded with the time, audited); `insecure_consent` false withdraws it at
+    once. A consent to an older text is kept but not applied until renewed.
 
     - 400: A field is not valid
     - 401: Not signed in
-    - 409: Not possible yet (no verified number)
+    - 409: Not possible yet (no verified number, or consent to a text not in force)
     """
     account_id, patient_id = await require_patient(request)
     changes = await read_json(request, PreferenceChanges)

@@ -46,7 +46,7 @@ from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
 from identity.interfaces import verified_email_of_patient
-from sms import contacts, links, preferences, ratelimit, statuses, texts
+from sms import consent, contacts, links, preferences, ratelimit, statuses, texts
 from sms.dispatcher import (
     DAY,
     NEW_MESSAGE,
@@ -59,7 +59,7 @@ from sms.dispatcher import (
     Reason,
     decide,
 )
-from sms.interfaces import ErrorKind, Sender, SendError, classify
+from sms.interfaces import ErrorKind, Sender, SendError, TeamNames, classify
 from sms.models import ContactPoint, Notification, OptOut, Preferences, SendAttempt
 from sms.recipients import Recipient
 
@@ -262,8 +262,22 @@ def _audit_decisions(db: Session, decided: list[tuple[Notification, str]]) -> No
         )
 
 
+def _team_of(db: Session, team_names: TeamNames | None, thread_id: str) -> str:
+    """The care team's name for a notice allowed to carry it: one thread's team only (a
+    notice covering several threads names none). Asked now, at send: never stored."""
+    if team_names is None or not thread_id:
+        return ""
+    return team_names.team_name_of_thread(db, thread_id) or ""
+
+
 def _prepare(
-    db: Session, runtime: Runtime, notification: Notification, inputs: _Inputs, now: datetime
+    db: Session,
+    runtime: Runtime,
+    notification: Notification,
+    inputs: _Inputs,
+    now: datetime,
+    *,
+    team_names: TeamNames | None = None,
 ) -> tuple[str, Outgoing | None]:
     settings = runtime.settings
     if notification.state == "merged":  # covered by a notice decided earlier in the batch
@@ -291,6 +305,9 @@ def _prepare(
         _counts(sent, now),
         now,
         email=inputs.emails.get(notification.patient_id) is not None,
+        # Read now, under the preferences lock: a consent withdrawn after the notice
+        # was queued already holds for it (rendered at send, never at enqueue).
+        level=consent.in_force(prefs),
     )
     notification.decision, notification.reason = decision.action.value, decision.reason.value
     if decision.action is Action.SUPPRESS:
@@ -305,10 +322,11 @@ def _prepare(
         thread_id = _merge_pending(db, notification, now)
         if notification.dispatched_at is None:
             sent.append(now)  # the next one of this recipient in the batch counts this one
+    team = _team_of(db, team_names, thread_id) if decision.names_team else ""
     if decision.channel is Channel.EMAIL:
         address = inputs.emails.get(notification.patient_id)
         assert address is not None  # noqa: S101  (the dispatcher chose e-mail: there is one)
-        _queue_email(db, runtime, notification, address, thread_id=thread_id, now=now)
+        _queue_email(db, runtime, notification, address, thread_id=thread_id, team=team, now=now)
         return decision.action.value, None
     # SEND by phone always comes with a verified contact.
     assert contact is not None  # noqa: S101
@@ -326,7 +344,7 @@ def _prepare(
                 notification_id=notification.id,
                 now=now,
             )
-            body = texts.new_message_sms(label, url, notification.covers)
+            body = texts.new_message_sms(label, url, notification.covers, team)
     attempt = SendAttempt(
         id=f"at{secrets.token_hex(16)}",
         notification_id=notification.id,
@@ -358,6 +376,7 @@ def _queue_email(
     address: str,
     *,
     thread_id: str,
+    team: str,
     now: datetime,
 ) -> None:
     """The notice by e-mail: queued in the outbox's e-mail channel in this transaction,
@@ -371,7 +390,7 @@ def _queue_email(
         now=now,
     )
     subject, text = texts.new_message_email(
-        runtime.settings.sms_sender_label, url, notification.covers
+        runtime.settings.sms_sender_label, url, notification.covers, team
     )
     OutboxEmailSender(runtime).send_email(db, to=address, subject=subject, text=text)
     notification.state, notification.channel = "sent", Channel.EMAIL.value
@@ -380,8 +399,12 @@ def _queue_email(
     notification.next_attempt_at = None
 
 
-def claim(runtime: Runtime, now: datetime, limit: int) -> tuple[int, list[Outgoing]]:
-    """Decide a batch of due notifications; returns how many were taken and what to send."""
+def claim(
+    runtime: Runtime, now: datetime, limit: int, team_names: TeamNames | None = None
+) -> tuple[int, list[Outgoing]]:
+    """Decide a batch of due notifications; returns how many were taken and what to send.
+    ``team_names``: where a notice the patient allowed to name its care team asks the
+    name (None: every notice is generic)."""
     with transaction(runtime.sessions) as db:
         query = select(Notification).where(_due(now)).order_by(Notification.created_at)
         query = query.limit(limit)
@@ -395,7 +418,7 @@ def claim(runtime: Runtime, now: datetime, limit: int) -> tuple[int, list[Outgoi
         outgoing: list[Outgoing] = []
         with db.no_autoflush:
             for row in batch:
-                decision, out = _prepare(db, runtime, row, inputs, now)
+                decision, out = _prepare(db, runtime, row, inputs, now, team_names=team_names)
                 decided.append((row, decision))
                 if out is not None:
                     outgoing.append(out)
@@ -598,6 +621,7 @@ def drain(
     *,
     clock: Callable[[], datetime] = utcnow,
     max_seconds: float = 5.0,
+    team_names: TeamNames | None = None,
 ) -> int:
     """Deliver what is due, batch after batch, for up to ``max_seconds``; returns how many
     notifications were taken (decided, whatever the decision)."""
@@ -607,7 +631,7 @@ def drain(
     deadline = time.monotonic() + max_seconds
     total = 0
     while time.monotonic() < deadline:
-        taken, outgoing = claim(runtime, clock(), limit)
+        taken, outgoing = claim(runtime, clock(), limit, team_names)
         send_all(runtime, sender, outgoing)
         total += taken
         if taken == 0:
@@ -739,10 +763,29 @@ def apply_status(
 @dataclass(frozen=True)
 class CallContext:
     voicemail_allowed: bool
+    team: str = ""  # the care team's name, where the consent in force allows it now
 
 
-def call_context(runtime: Runtime, attempt_id: str, answered_by: str) -> CallContext | None:
-    """Record who answered a call and say whether a voicemail may be left."""
+def _call_team(
+    db: Session, team_names: TeamNames | None, notification: Notification, prefs: Preferences
+) -> str:
+    """What the call may name, decided as it is spoken (a consent withdrawn while the
+    phone rang already holds): one thread's team, under the consent text in force."""
+    if consent.in_force(prefs) is not consent.Level.TEAM_NAME or notification.thread_id is None:
+        return ""
+    merged = db.scalars(
+        select(Notification.thread_id).where(Notification.merged_into == notification.id)
+    )
+    if set(merged) - {notification.thread_id}:
+        return ""  # it covers messages of several threads: no one team to name
+    return _team_of(db, team_names, notification.thread_id)
+
+
+def call_context(
+    runtime: Runtime, attempt_id: str, answered_by: str, team_names: TeamNames | None = None
+) -> CallContext | None:
+    """Record who answered a call, say whether a voicemail may be left, and what team
+    (if any) it may name."""
     with transaction(runtime.sessions) as db:
         attempt = db.get(SendAttempt, attempt_id)
         if attempt is None or attempt.channel != Channel.VOICE.value:
@@ -752,4 +795,9 @@ def call_context(runtime: Runtime, attempt_id: str, answered_by: str) -> CallCon
         if notification is None:
             return None
         prefs = db.get(Preferences, notification.patient_id)
-        return CallContext(voicemail_allowed=bool(prefs and prefs.voicemail_enabled))
+        if prefs is None:
+            return CallContext(voicemail_allowed=False)
+        return CallContext(
+            voicemail_allowed=prefs.voicemail_enabled,
+            team=_call_team(db, team_names, notification, prefs),
+        )

@@ -30,6 +30,13 @@ class Channel(StrEnum):
     EMAIL = "email"  # a generic notice through carebridge.mail (the outbox's e-mail channel)
 
 
+class Level(StrEnum):
+    """What a notice may say beyond "you have a new secure message" (sms.consent)."""
+
+    GENERIC = "generic"  # the default: nobody named
+    TEAM_NAME = "team_name"  # the care team's name, under a consent to the text in force
+
+
 class Reason(StrEnum):
     ALLOWED = "allowed"
     REQUESTED = "requested"  # a code the patient asked for: preferences do not apply
@@ -84,6 +91,8 @@ class Decision:
     reason: Reason
     channel: Channel | None = None
     until: datetime | None = None  # DEFER: when to decide again
+    # SEND: the notice may name the care team (the consent level in force said so).
+    names_team: bool = False
 
 
 def _suppress(reason: Reason) -> Decision:
@@ -168,13 +177,16 @@ def decide(  # noqa: PLR0911  (one rule, one return: read top to bottom)
     now: datetime,
     *,
     email: bool = False,
+    level: Level = Level.GENERIC,
 ) -> Decision:
     """Send now on a channel, defer (quiet hours, a cap) or suppress with a reason.
 
     ``email``: the recipient has a verified e-mail address. A notice that cannot go now
     is deferred, never dropped: it is merged with the others of its recipient when it
     goes (sms.delivery). Only the patient's choice (no channel, an opt-out, a cap of
-    none) or no usable contact suppresses one.
+    none) or no usable contact suppresses one. ``level``: the insecure-channel consent
+    in force when deciding (sms.consent.in_force); only TEAM_NAME lets the notice name
+    the care team, and only a new-message notice ever names one.
     """
     if kind == PHONE_VERIFICATION:
         return _decide_code(contact)
@@ -195,4 +207,4 @@ def decide(  # noqa: PLR0911  (one rule, one return: read top to bottom)
     )
     if until is not None:
         return Decision(Action.DEFER, Reason.QUIET_HOURS, until=until)
-    return Decision(Action.SEND, Reason.ALLOWED, channel)
+    return Decision(Action.SEND, Reason.ALLOWED, channel, names_team=level is Level.TEAM_NAME)

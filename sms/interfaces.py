@@ -6,7 +6,8 @@ the configured one (the console for development, :mod:`sms.twilio_client` for pr
 messaging writes the notice of a new message with :func:`new_message_notice`, and asks
 how it went with :func:`notice_status_of_thread` (sms never tells messaging anything);
 identity's security notices by SMS are :class:`SecurityNoticeTexter`'s (the composition
-root wires it).
+root wires it). What sms needs from outside, the care team's name for a notice the patient
+allowed to name it, is :class:`TeamNames` (messaging's, wired by the composition root).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "SecurityNoticeTexter",  # identity's Protocol: a security notice texted to a verified number
     "SendError",
     "Sender",
+    "TeamNames",  # what sms needs from outside: a thread's care team name (wired by the root)
     "classify",
     "new_message_notice",
     "notice_status_of_thread",
@@ -120,3 +122,15 @@ def notice_status_of_thread(db: Session, thread_id: str) -> NoticeStatus | None:
     team (None: no notice was written), in the caller's transaction. UNREACHABLE is for
     the care team to act on: "patient could not be notified: no usable contact"."""
     return notice_status.of_thread(db, thread_id)
+
+
+# What sms needs from outside
+
+
+class TeamNames(Protocol):
+    """The name of the care team of a thread, for a notice the patient's consent in force
+    allows to name it (sms.consent). Asked when the notice is sent (never stored by sms,
+    never logged), in the caller's transaction; None: no such thread."""
+
+    def team_name_of_thread(self, db: Session, thread_id: str) -> str | None:
+        """The care team's display name."""

@@ -12,7 +12,7 @@ from carebridge import outbox
 from carebridge.runtime import Runtime
 from carebridge.worker import Job
 from sms import backends, codes, delivery, links
-from sms.interfaces import Sender
+from sms.interfaces import Sender, TeamNames
 
 
 class SmsChannel:
@@ -22,9 +22,14 @@ class SmsChannel:
     channel = codes.CHANNEL
     name = "sms-notifications"
 
-    def __init__(self, runtime: Runtime, sender: Sender | None = None) -> None:
+    def __init__(
+        self, runtime: Runtime, sender: Sender | None = None, team_names: TeamNames | None = None
+    ) -> None:
         self._runtime = runtime
         self._given = sender
+        # Where a notice the patient allowed to name its care team asks the name
+        # (messaging's, wired by the composition root); None: every notice is generic.
+        self._team_names = team_names
 
     @property
     def _sender(self) -> Sender:
@@ -35,7 +40,7 @@ class SmsChannel:
         return self._given
 
     def drain(self) -> int:
-        return delivery.drain(self._runtime, self._sender)
+        return delivery.drain(self._runtime, self._sender, team_names=self._team_names)
 
     def deliver(self, message: outbox.Message) -> None:
         codes.deliver(self._runtime, self._sender, message)

@@ -18,7 +18,7 @@ from carebridge.i18n import N_, _
 from carebridge.runtime import Runtime
 from identity.interfaces import TEMPLATES as IDENTITY_TEMPLATES
 from identity.interfaces import require_patient
-from sms import contacts, preferences, texts
+from sms import consent, contacts, preferences, texts
 from sms.phone import InvalidNumberError
 from sms.preferences import PreferenceChanges, PreferenceError
 
@@ -75,6 +75,11 @@ async def _page(
         "notice": _NOTICES.get(request.query_params.get("done", "")),
         "zones": sorted(preferences.time_zones()),
         "consent_text": _(texts.CONSENT_TEXT),
+        "consent_version": texts.CONSENT_VERSION,
+        # What is stored, whatever the form sent back: the level in force, or a consent
+        # to an older text that the page asks again for.
+        "consent_in_force": consent.in_force(snap.prefs) is consent.Level.TEAM_NAME,
+        "consent_stale": consent.needs_asking(snap.prefs),
         "max_daily": settings.notify_daily_cap,
         "max_weekly": settings.notify_weekly_cap,
     }
@@ -174,7 +179,8 @@ def changes_from_form(form: FormData) -> dict[str, Any]:
         "voice_enabled": form.get("voice_enabled") == "on",
         "voicemail_enabled": form.get("voicemail_enabled") == "on",
         "email_enabled": form.get("email_enabled") == "on",
-        "insecure_consent": form.get("insecure_consent") == "on",
+        "insecure_consent": form.get("notice_level") == "team_name",
+        "insecure_consent_version": _text(form, "insecure_consent_version", 32) or None,
         "time_zone": _text(form, "time_zone"),
         "quiet_start": _text(form, "quiet_start", 5),
         "quiet_end": _text(form, "quiet_end", 5),

@@ -5,7 +5,8 @@ no calls, no voicemail, no e-mail (offered once the account's address is verifie
 off until the patient turns it on: an address given to sign in is no consent to notices
 in that inbox, which others may read), quiet hours 21:00-08:00 in the patient's zone, at most one
 notification a day and three a week (the FCC's limits for healthcare messages), and no
-consent to anything beyond the generic notice on an insecure channel.
+consent to anything beyond the generic notice on an insecure channel (sms.consent: the
+care team's name only under a consent to the text in force).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
 from identity.interfaces import verified_email_of_patient
-from sms import contacts, texts
+from sms import consent, contacts
 from sms.dispatcher import Prefs
 from sms.models import OptOut, Preferences
 
@@ -59,7 +60,14 @@ class PreferenceChanges(BaseModel):
     quiet_end: str = Field(pattern=HHMM)
     daily_cap: int = Field(ge=0, le=10)
     weekly_cap: int = Field(ge=0, le=50)
+    # The care team's name in notices (sms.consent): giving it, or renewing it for a new
+    # consent text, names the text version the patient was shown and agreed to.
     insecure_consent: bool = False
+    insecure_consent_version: str | None = Field(
+        default=None,
+        max_length=32,
+        description="The consent text version the patient was shown and agreed to",
+    )
 
     @field_validator("time_zone")
     @classmethod
@@ -166,16 +174,22 @@ def update(
                 opt_out = db.get(OptOut, contact.number_hash)
                 if opt_out is not None:
                     db.delete(opt_out)
-        if changes.insecure_consent and not prefs.insecure_consent:
-            prefs.insecure_consent_version = texts.CONSENT_VERSION
-            prefs.insecure_consent_at = now
-        elif not changes.insecure_consent:
-            prefs.insecure_consent_version = prefs.insecure_consent_at = None
+        try:
+            consent.choose(
+                db,
+                prefs,
+                team_name=changes.insecure_consent,
+                version=changes.insecure_consent_version,
+                actor=actor,
+                request_id=request_id,
+                now=now,
+            )
+        except consent.ConsentError as exc:
+            raise PreferenceError("insecure_consent", exc.message) from exc
         prefs.sms_enabled = changes.sms_enabled
         prefs.voice_enabled = changes.voice_enabled
         prefs.voicemail_enabled = changes.voicemail_enabled
         prefs.email_enabled = changes.email_enabled
-        prefs.insecure_consent = changes.insecure_consent
         prefs.time_zone = changes.time_zone
         prefs.quiet_start = changes.quiet_start
         prefs.quiet_end = changes.quiet_end

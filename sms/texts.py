@@ -1,7 +1,8 @@
 """Every word sms/ sends or says, in one place to review for PHI.
 
-Nothing here takes a name, a diagnosis, a provider or a message: only the configured
-sender label (which may itself be neutral on purpose), a link, a code, a callback number.
+Nothing here takes a patient's name, a diagnosis or a message: only the configured
+sender label (which may itself be neutral on purpose), a link, a code, a callback number,
+and the care team's name where the patient's consent in force allows it (sms.consent).
 HHS's guidance for voicemail is the model: a name and a number to call back.
 
 Each wording is a message of carebridge.i18n (``make messages`` extracts them), with
@@ -16,23 +17,61 @@ from carebridge.i18n import N_, _, ngettext
 
 SMS_LIMIT = 160  # one GSM-7 segment
 
-# Shown next to the insecure-channel consent box; its version is stored with the consent
-# (a translation is of the same version: it must say the same). Marked here, translated
-# where shown (sms.pages).
-CONSENT_VERSION = "2026-11-23"
-CONSENT_TEXT = N_(
-    "I agree that text messages and calls may say more than that I have a new secure "
-    "message. I understand that SMS and voicemail are not secure and others with access "
-    "to my phone may see or hear them."
-)
+# The insecure-channel consent, per version of its text. A constant, not a setting: the
+# words are what the patient agreed to, reviewed here with every other word sent, and
+# translated from the catalog; a setting could change them without a new version or a
+# translation. New words are a new version (a release): the consents given under the
+# old one stop applying, and the preferences page asks again (sms.consent). Older
+# versions stay, to say what an earlier consent was to. A translation is of the same
+# version: it must say the same.
+CONSENT_TEXTS = {
+    "2026-11-23": N_(
+        "I agree that text messages and calls may say more than that I have a new secure "
+        "message. I understand that SMS and voicemail are not secure and others with access "
+        "to my phone may see or hear them."
+    ),
+    "2026-12-07": N_(
+        "I agree that my text messages, calls and e-mail notices may name the care team "
+        "that wrote to me. I understand that these are not secure: anyone who sees my "
+        "phone or my inbox, or hears my voicemail, may learn which care team I see, and a "
+        "team's name can say what kind of care I get. Never the message itself."
+    ),
+}
+CONSENT_VERSION = "2026-12-07"  # the version in force: only a consent to it names a team
+CONSENT_TEXT = CONSENT_TEXTS[CONSENT_VERSION]
+TEAM_NAME_LIMIT = 60  # a team's name in a notice: cut, so the link always fits
 
 
-def new_message_sms(label: str, url: str, count: int = 1) -> str:
+def team_in_notice(name: str | None) -> str:
+    """A care team's name as a notice may carry it: one line of printable characters,
+    cut to a length (TwiML and e-mail escape it again where they must)."""
+    if not name:
+        return ""
+    printable = "".join(char if char.isprintable() else " " for char in name)
+    return " ".join(printable.split())[:TEAM_NAME_LIMIT].strip()
+
+
+def new_message_sms(label: str, url: str, count: int = 1, team: str = "") -> str:
     """The notice with its secure link; at most 160 characters, or a shorter wording.
     ``count``: the new messages it covers (notices deferred by quiet hours or a cap are
-    merged into one)."""
+    merged into one). ``team``: the care team's name, only where the patient's consent
+    in force allows it (sms.consent); dropped rather than the link when too long."""
     prefix = f"{label}: " if label else ""
-    values = {"url": url, "count": count}
+    values = {"url": url, "count": count, "team": team_in_notice(team)}
+    if values["team"]:
+        text = (
+            prefix
+            + ngettext(
+                "You have a new secure message from %(team)s. View it at %(url)s "
+                "Reply STOP to opt out",
+                "You have %(count)d new secure messages from %(team)s. View them at "
+                "%(url)s Reply STOP to opt out",
+                count,
+            )
+            % values
+        )
+        if len(text) <= SMS_LIMIT:
+            return text
     # TRANSLATORS: keep STOP (and START) as they are: they are the keywords carriers and
     # sms.webhooks act on, whatever the language of the text.
     text = (
@@ -60,18 +99,36 @@ def new_message_sms(label: str, url: str, count: int = 1) -> str:
     return (_("New secure message: %(url)s STOP to end") % {"url": url})[:SMS_LIMIT]
 
 
-def new_message_email(label: str, url: str, count: int = 1) -> tuple[str, str]:
-    """The e-mail notice: ``(subject, text)``. Generic like the SMS: no team, no name,
-    nothing of the message; the link leads to sign-in first."""
+def new_message_email(label: str, url: str, count: int = 1, team: str = "") -> tuple[str, str]:
+    """The e-mail notice: ``(subject, text)``. Generic like the SMS: nothing of the
+    message; the link leads to sign-in first. ``team``: the care team's name, only where
+    the patient's consent in force allows it (sms.consent)."""
     who = label or _("Secure messages")
-    subject = ngettext(
-        "You have a new secure message", "You have %(count)d new secure messages", count
-    ) % {"count": count}
-    body = ngettext(
-        "You have a new secure message. Sign in to read it:",
-        "You have %(count)d new secure messages. Sign in to read them:",
-        count,
-    ) % {"count": count}
+    values = {"count": count, "team": team_in_notice(team)}
+    if values["team"]:
+        subject = (
+            ngettext(
+                "You have a new secure message from %(team)s",
+                "You have %(count)d new secure messages from %(team)s",
+                count,
+            )
+            % values
+        )
+    else:
+        subject = (
+            ngettext(
+                "You have a new secure message", "You have %(count)d new secure messages", count
+            )
+            % values
+        )
+    body = (
+        ngettext(
+            "You have a new secure message. Sign in to read it:",
+            "You have %(count)d new secure messages. Sign in to read them:",
+            count,
+        )
+        % values
+    )
     why = _(
         "You get this e-mail because you turned on e-mail notices in your notification "
         "settings. You can turn them off there."
@@ -101,9 +158,13 @@ def _spoken_number(number: str) -> str:
     return ", ".join(" ".join(group) for group in (digits[:3], digits[3:6], digits[6:]) if group)
 
 
-def voice_notice(label: str, callback_number: str) -> str:
-    """What a person who answers hears, and the voicemail when the patient allowed one."""
+def voice_notice(label: str, callback_number: str, team: str = "") -> str:
+    """What a person who answers hears, and the voicemail when the patient allowed one.
+    ``team``: the care team's name, only where the patient's consent in force allows it."""
     who = label or _("your care team")
+    named = team_in_notice(team)
+    if named:
+        who = _("%(who)s, for %(team)s") % {"who": who, "team": named}
     if not callback_number:
         return _("Hello. This is %(who)s. Please sign in to your account. Goodbye.") % {"who": who}
     spoken = _spoken_number(callback_number)

@@ -43,7 +43,7 @@ from carebridge.http.problems import Problem
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
 from sms import backends, delivery, phone, texts, twilio_client
-from sms.interfaces import Sender, SendError
+from sms.interfaces import Sender, SendError, TeamNames
 from sms.models import ContactPoint, InboundMessage, OptOut, Preferences
 
 log = logging.getLogger("carebridge.sms")
@@ -204,13 +204,16 @@ async def call_twiml(request: Request) -> Response:
     return _xml(twilio_client.hold_twiml())
 
 
-def twiml_for(answered_by: str, voicemail_allowed: bool, label: str, callback: str) -> str:
-    """HHS's model: a name and a number to call back; nothing else, to anyone."""
+def twiml_for(
+    answered_by: str, voicemail_allowed: bool, label: str, callback: str, team: str = ""
+) -> str:
+    """HHS's model: a name and a number to call back; nothing else, to anyone (the care
+    team's name only where the patient's consent in force allows it)."""
     if answered_by == "human":
-        return twilio_client.say_twiml(texts.voice_notice(label, callback))
+        return twilio_client.say_twiml(texts.voice_notice(label, callback, team))
     if answered_by in ("machine_end_beep", "machine_end_silence", "machine_end_other"):
         if voicemail_allowed:
-            return twilio_client.say_twiml(texts.voice_notice(label, callback))
+            return twilio_client.say_twiml(texts.voice_notice(label, callback, team))
         return twilio_client.hangup_twiml()
     # fax, unknown, machine_start (not a final answer with DetectMessageEnd): end the call.
     return twilio_client.hangup_twiml()
@@ -223,7 +226,10 @@ async def call_amd(request: Request) -> Response:
     runtime = _runtime(request)
     answered_by = _one(params, "AnsweredBy", 24)
     call_sid = _one(params, "CallSid")
-    context = await run_in_threadpool(delivery.call_context, runtime, attempt_id, answered_by)
+    team_names: TeamNames | None = getattr(request.app.state, "team_names", None)
+    context = await run_in_threadpool(
+        delivery.call_context, runtime, attempt_id, answered_by, team_names
+    )
     if context is None or not _SID.fullmatch(call_sid):
         return Response(status_code=204)
     settings = runtime.settings
@@ -232,6 +238,7 @@ async def call_amd(request: Request) -> Response:
         context.voicemail_allowed,
         settings.sms_sender_label,
         settings.voice_callback_number,
+        context.team,
     )
     try:
         await run_in_threadpool(sender_for(request).update_call, call_sid, twiml)

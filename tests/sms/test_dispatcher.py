@@ -15,6 +15,7 @@ from sms.dispatcher import (
     Contact,
     Counts,
     Decision,
+    Level,
     Prefs,
     Reason,
     decide,
@@ -278,3 +279,15 @@ def test_southern_hemisphere_dst() -> None:
     assert quiet_until(now, "Australia/Sydney", Q_START, Q_END) == datetime(
         2026, 1, 15, 21, 0, tzinfo=UTC
     )
+
+
+def test_only_a_notice_sent_under_the_team_name_level_names_the_team() -> None:
+    named = decide(NEW_MESSAGE, prefs(), GOOD, NONE_YET, NOON_UTC, level=Level.TEAM_NAME)
+    assert named == Decision(Action.SEND, Reason.ALLOWED, Channel.SMS, names_team=True)
+    assert not decide(NEW_MESSAGE, prefs(), GOOD, NONE_YET, NOON_UTC).names_team
+    # A deferred or suppressed notice names nobody (it is decided again when it goes).
+    capped = Counts(last_day=1, last_week=1, recent=(NOON_UTC - timedelta(hours=1),))
+    deferred = decide(NEW_MESSAGE, prefs(), GOOD, capped, NOON_UTC, level=Level.TEAM_NAME)
+    assert deferred.action is Action.DEFER and not deferred.names_team
+    code = decide(PHONE_VERIFICATION, prefs(), GOOD, NONE_YET, NOON_UTC, level=Level.TEAM_NAME)
+    assert code.action is Action.SEND and not code.names_team

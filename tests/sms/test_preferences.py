@@ -71,6 +71,10 @@ def test_defaults_are_everything_off(runtime: Runtime, web: TestClient, people: 
         "insecure_consent": False,
         "insecure_consent_version": None,
         "insecure_consent_at": None,
+        "notice_level": "generic",
+        "consent_version": texts.CONSENT_VERSION,
+        "consent_text": texts.CONSENT_TEXT,
+        "consent_needs_renewal": False,
         "phone": None,
     }
 
@@ -132,7 +136,11 @@ def test_phone_verification_then_opt_in(
     assert response.json()["phone"]["verified"] is True
     response = web.put(
         "/api/v1/notifications/preferences",
-        json=full_prefs(sms_enabled=True, insecure_consent=True),
+        json=full_prefs(
+            sms_enabled=True,
+            insecure_consent=True,
+            insecure_consent_version=texts.CONSENT_VERSION,
+        ),
         headers=headers,
     )
     assert response.status_code == 200

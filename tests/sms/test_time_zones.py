@@ -169,10 +169,10 @@ class _Form(HTMLParser):
             return
         name = at.get("name")
         if tag == "input" and name:
-            if at.get("type") != "checkbox":
+            if at.get("type") not in ("checkbox", "radio"):
                 self.fields[name] = at.get("value") or ""
-            elif "checked" in at:
-                self.fields[name] = "on"
+            elif "checked" in at:  # as a browser sends them: the value, or "on"
+                self.fields[name] = at.get("value") or "on"
         elif tag == "select" and name:
             self.select = name
         elif tag == "option" and self.select:
