@@ -21,22 +21,24 @@ outbox row is sealed, and wiped once sent).
 Nothing queued for the person is left behind: the e-mails not yet sent to any address
 the account held (its login, a pending or completed change's addresses, an address being
 verified) are withdrawn before that notice is queued, so the notice is the one that goes
-out; sms drops its unsent notifications for the patient (through ``AccountDeleted``);
-the throttle counters keyed by the account ID go, in the database or Redis.
+out; not those to an address another account holds too (anyone can type one to add or
+change to): that mail may be the other account's (:func:`_withdrawable`). sms drops its
+unsent notifications for the patient (through ``AccountDeleted``); the throttle counters
+keyed by the account ID go, in the database or Redis.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.keyring import associated_data
 from carebridge.runtime import Runtime
-from identity import notices, patients, sessions, throttle
+from identity import accounts, notices, patients, sessions, throttle
 from identity.flows import mfa
 from identity.interfaces import Outward
 from identity.models import (
@@ -107,6 +109,36 @@ def _addresses(db: Session, runtime: Runtime, account_id: str) -> set[str]:
     return {runtime.keyring.decrypt(blob, bound).decode("utf-8") for blob in sealed if blob}
 
 
+def _withdrawable(db: Session, runtime: Runtime, account_id: str, address: str) -> bool:
+    """Whether the mail queued to ``address`` is this account's alone to withdraw.
+
+    The outbox knows a recipient, not an account. The account's verified login is its
+    own mailbox; any other address it holds (one typed to add or change to, an old one, a
+    login never verified) anybody could have typed, and mail queued to it for another
+    account that holds it too (its login, its change or verification in progress: a
+    reset link, a recovery notice) must not go with this deletion.
+    """
+    address_hash = accounts.login_hash(runtime.keyring, address)
+    login = db.get(LoginIdentifier, account_id)
+    if login is not None and login.verified_at is not None and login.lookup_hash == address_hash:
+        return True
+    elsewhere = (
+        (LoginIdentifier, LoginIdentifier.lookup_hash == address_hash),
+        (EmailVerification, EmailVerification.address_hash == address_hash),
+        (
+            EmailChange,
+            or_(
+                EmailChange.new_address_hash == address_hash,
+                EmailChange.old_address_hash == address_hash,
+            ),
+        ),
+    )
+    return not any(
+        db.scalar(select(model.account_id).where(held, model.account_id != account_id).limit(1))
+        for model, held in elsewhere
+    )
+
+
 @dataclass(frozen=True)
 class Deleted:
     account_id: str
@@ -132,7 +164,8 @@ def delete_account(
         return None
     patient_id = patients.patient_id_of(db, account_id)
     for address in sorted(_addresses(db, runtime, account_id)):
-        outward.email.withdraw(db, to=address)
+        if _withdrawable(db, runtime, account_id, address):
+            outward.email.withdraw(db, to=address)
     # Queued (sealed) while the address is still known, after the withdrawal above.
     sent = notices.send(db, runtime, outward.email, account_id, Notice.ACCOUNT_DELETED)
     withdrawals.end_grants(db, account_id)

@@ -9,7 +9,11 @@ operator looking into a complaint finds it):
 - ``password_reset``: an unused link until it expires. A used one is the record of the
   account's last reset, which refuses recovery by date of birth for 7 days
   (``identity.recovery.RECENT_CHANGE``) and stops a recovery request whose wait it falls
-  in (the wait is at most 14 days): kept :data:`KEEP_USED_RESET`, longer than both.
+  in (the wait is at most 14 days): kept :data:`KEEP_USED_RESET`, longer than both, and
+  for as long as the account has an open recovery request. A waiting request can be
+  completed any time after its wait, and completing reads every reset since the request
+  began: purged earlier, a reset made during the wait (the owner taking the account back)
+  would no longer stop it.
 - ``email_change``: a pending change while its verification can still confirm it (it
   expires with it: ``CAREBRIDGE_EMAIL_VERIFICATION_HOURS``); a completed one while its
   7-day undo link works (``undo_until``; the old address it holds goes with it).
@@ -26,7 +30,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select
+from sqlalchemy import ColumnElement, and_, delete, exists, or_, select
 from sqlalchemy.orm import InstrumentedAttribute
 
 from carebridge.db import transaction
@@ -57,7 +61,13 @@ def _conditions(runtime: Runtime, now: datetime) -> list[tuple[Any, ColumnElemen
             PasswordReset,
             or_(
                 and_(PasswordReset.used_at.is_(None), PasswordReset.expires_at < before),
-                PasswordReset.used_at < now - KEEP_USED_RESET - GRACE,
+                and_(
+                    PasswordReset.used_at < now - KEEP_USED_RESET - GRACE,
+                    ~exists().where(
+                        RecoveryRequest.account_id == PasswordReset.account_id,
+                        RecoveryRequest.state.in_(recovery.OPEN),
+                    ),
+                ),
             ),
         ),
         (

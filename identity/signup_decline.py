@@ -24,7 +24,7 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
-from identity import deletion, email_verification, throttle
+from identity import deletion, email_verification, sessions, throttle
 from identity.interfaces import Outward
 from identity.models import LoginIdentifier, PasswordCredential
 
@@ -75,8 +75,15 @@ def decline(
     now = throttle.utcnow()
     # The count and the audit record commit; the errors are raised after.
     with transaction(runtime.sessions) as db:
+        # Whose link, read unlocked; then the account's session lock before anything is
+        # written (identity.sessions: a declined sign-up's account goes, sessions and
+        # all). Claiming the link first would hold its row while waiting for the lock
+        # that the same code, typed meanwhile in the sign-up's browser, holds while it
+        # waits to claim that row: a deadlock on PostgreSQL.
+        found = email_verification.by_token(db, runtime, token)
+        lock = sessions.lock_account_sessions(db, found.account_id) if found else None
         locked = store.attempt(db, [address], now) is None
-        row = None if locked else email_verification.by_token(db, runtime, token)
+        row = None if locked or lock is None else found
         works = (
             row is not None
             and email_verification.usable(row, now)

@@ -52,6 +52,9 @@ def deliver(runtime: Runtime, sender: Sender, message: outbox.Message) -> None:
     if message.kind == ONE_TIME_CODE:
         body = texts.one_time_code_sms(label, message.content["code"])
     elif message.kind == security_notices.SECURITY_NOTICE:
+        with runtime.sessions() as db:
+            if not security_notices.still_theirs(db, runtime, message):
+                raise outbox.Undeliverable("number_changed")
         body = texts.security_notice_sms(label, message.content["link"])
     else:
         raise outbox.Undeliverable("unknown_kind")

@@ -7,7 +7,10 @@ exactly when the owner must hear of it. The law still rules: nothing to a number
 sent STOP (checked when queued and again when sent), nor to one Twilio said cannot take
 SMS. Like a one-time code, it is a row of the channel-neutral outbox (channel ``sms``),
 its number and link sealed under the keyring in the caller's transaction: texted if and
-only if what it announces commits (by :func:`sms.codes.deliver`). The wording
+only if what it announces commits (by :func:`sms.codes.deliver`), and only while the
+number is still the patient's verified one (:func:`still_theirs`): changed, removed, or
+forgotten with the account since it was queued (a text waiting out a Twilio outage), the
+notice goes to nobody, never to whoever holds that number now. The wording
 (:func:`sms.texts.security_notice_sms`)
 is one generic sentence and the link: nothing naming a condition, a person or a care
 team.
@@ -19,7 +22,8 @@ from sqlalchemy.orm import Session
 
 from carebridge import outbox
 from carebridge.runtime import Runtime
-from sms import contacts
+from sms import contacts, phone
+from sms.models import ContactPoint
 
 CHANNEL = "sms"  # the outbox channel sms's worker handles (sms.codes.CHANNEL)
 SECURITY_NOTICE = "security_notice"
@@ -47,7 +51,21 @@ class OutboxSecurityNoticeTexter:
             db,
             channel=CHANNEL,
             kind=SECURITY_NOTICE,
-            payload={},
+            # The contact point's ID (no number, no person): what delivery checks against.
+            payload={"contact": contact.id},
             content={"to": contacts.number_of(keyring, contact), "link": link},
             keyring=keyring,
         )
+
+
+def still_theirs(db: Session, runtime: Runtime, message: outbox.Message) -> bool:
+    """Whether the notice's sealed number is still its contact point's verified number."""
+    contact_id = message.payload.get("contact")
+    if contact_id is None:  # queued before notices named their contact point
+        return True
+    contact = db.get(ContactPoint, contact_id)
+    return (
+        contact is not None
+        and contact.verified_at is not None
+        and contact.number_hash == phone.number_hash(runtime.keyring, message.content["to"])
+    )

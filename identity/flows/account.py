@@ -109,9 +109,13 @@ def regenerate_recovery_codes(
             )
             return Status.LOCKED, []
     with transaction(runtime.sessions) as db:
-        # It ends the other sessions: the session lock first (identity.sessions).
+        # It ends the other sessions: the session lock first (identity.sessions), then
+        # the session read under it: one ended since the request began (a reset, a sign
+        # out everywhere) gets no codes.
         lock = sessions.lock_account_sessions(db, session.account_id)
-        if lock is None or totp.confirmed(db, session.account_id) is None:
+        if lock is None or db.get(AuthSession, session.token_hash) is None:
+            return Status.GONE, []
+        if totp.confirmed(db, session.account_id) is None:
             return Status.WRONG, []
         reveal_to = session.handle if reveal else None
         codes = recovery.regenerate(db, runtime, session.account_id, reveal_to=reveal_to)
@@ -139,6 +143,11 @@ def remove_totp(
         return Status.REAUTH
     actor = f"account:{session.account_id}"
     with transaction(runtime.sessions) as db:
+        # The session read under the session lock: one ended since the request began (a
+        # reset, a sign out everywhere) removes nothing.
+        lock = sessions.lock_account_sessions(db, session.account_id)
+        if lock is None or db.get(AuthSession, session.token_hash) is None:
+            return Status.GONE
         totp.remove(db, session.account_id)
         recovery.remove_all(db, session.account_id)
         audit.append(
@@ -254,6 +263,8 @@ async def regenerate_submit(request: Request) -> Response:
     )
     if status is Status.REAUTH:
         return mfa.reauth_redirect("/account/security")
+    if status is Status.GONE:
+        return mfa.signin_redirect(request)
     if status is Status.LOCKED:
         security = await run_in_threadpool(security_status, _runtime(request), session.account_id)
         context = {"security": security, "errors": {"form": signin.TOO_MANY}}
@@ -276,6 +287,8 @@ async def remove_totp_submit(request: Request) -> Response:
     )
     if status is Status.REAUTH:
         return mfa.reauth_redirect("/account/security")
+    if status is Status.GONE:
+        return mfa.signin_redirect(request)
     if status is not Status.OK:
         raise Problem(403, "Two-step verification is required for every account here.")
     return RedirectResponse("/account/security?done=removed", status_code=303)
@@ -440,6 +453,8 @@ async def api_regenerate(request: Request) -> Response:
         raise authn.step_up_needed(request, authn.StepUp.REAUTH)
     if status is Status.LOCKED:
         raise Problem(429, signin.TOO_MANY)
+    if status is Status.GONE:
+        raise Problem(401, "Sign in first.", headers={"WWW-Authenticate": "Bearer"})
     if status is not Status.OK:
         raise Problem(409, "Set up an authenticator app first.")
     return JSONResponse(RecoveryCodes(recovery_codes=codes).model_dump())

@@ -66,7 +66,7 @@ from identity.flows.signin import (
     request_context,
 )
 from identity.interfaces import EmailSender, Outward
-from identity.models import AuthSession, EmailVerification, LoginIdentifier
+from identity.models import AuthSession, EmailVerification, LoginIdentifier, PasswordCredential
 
 templates = templates_for(Path(__file__).resolve().parents[1] / "templates")
 
@@ -183,6 +183,22 @@ def _check(
     return False, False, limits
 
 
+def _password_still_current(db: Session, row: EmailVerification) -> bool:
+    """Whether a sign-in's code still stands for the password checked before it was sent.
+
+    The session it starts records a password sign-in (what recovering a lost second
+    factor asks for): a reset or a change of the password since then ended every
+    session that password gave, and must end this one before it begins. A sign-up's
+    password is the row's own, set when the code is used.
+    """
+    if row.purpose != email_verification.SIGNIN:
+        return True
+    changed_at = db.scalar(
+        select(PasswordCredential.changed_at).where(PasswordCredential.account_id == row.account_id)
+    )
+    return changed_at is not None and changed_at <= row.created_at
+
+
 def verify_code(
     runtime: Runtime,
     pending_token: str,
@@ -202,6 +218,8 @@ def verify_code(
         row = email_verification.by_pending(db, runtime, pending_token)
         # The session lock before the code's checks write anything (identity.sessions).
         lock = sessions.lock_account_sessions(db, row.account_id) if row is not None else None
+        if row is not None and not _password_still_current(db, row):
+            row = None  # what the password gave ended with it: the code does nothing
         locked, ok, limits = _check(db, runtime, row, code, address=address, request_id=request_id)
         if ok and lock is not None and lock.status == accounts.ACTIVE:
             signed_in = signin.start_session(

@@ -148,3 +148,36 @@ def test_a_strangers_queued_email_survives_the_deletion(
     token = factories.session(runtime, pat.account_id, level=2, stepped_up=True)
     assert client.delete("/api/v1/account", headers=bearer(token)).status_code == 204
     assert [e["subject"] for e in emails_to(runtime, STRANGER)] == ["Not theirs"]
+
+
+def test_withdrawing_another_accounts_mail_by_deleting_an_account_that_typed_its_address_is_refused(
+    client: TestClient, runtime: Runtime
+) -> None:
+    # The victim's recovery notice waits in the outbox (the mail server is down, say).
+    patient(runtime, login=STRANGER)
+    with transaction(runtime.sessions) as db:
+        mail.OutboxEmailSender(runtime).send_email(
+            db, to=STRANGER, subject="Recovery started", text="..."
+        )
+    # The intruder asks to add the victim's address to their own account, then deletes it.
+    pat = patient(runtime)
+    now = utcnow()
+    with transaction(runtime.sessions) as db:
+        db.add(
+            EmailVerification(
+                id="ev_typed",
+                account_id=pat.account_id,
+                purpose="add",
+                token_hash="t" * 64,
+                code_hash="c" * 64,
+                address_hash=accounts.login_hash(runtime.keyring, STRANGER),
+                address_encrypted=runtime.keyring.encrypt(
+                    STRANGER.encode(), associated_data("login", pat.account_id)
+                ),
+                created_at=now,
+                expires_at=now + timedelta(hours=24),
+            )
+        )
+    token = factories.session(runtime, pat.account_id, level=2, stepped_up=True)
+    assert client.delete("/api/v1/account", headers=bearer(token)).status_code == 204
+    assert [e["subject"] for e in emails_to(runtime, STRANGER)] == ["Recovery started"]

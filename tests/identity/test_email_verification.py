@@ -645,3 +645,26 @@ def test_stolen_session_without_a_fresh_second_factor_cannot_add_an_address(
     bearer = {"Authorization": f"Bearer {reauth.json()['session_token']}"}
     added = client.post("/api/v1/account/email", json={"login": "new@example.org"}, headers=bearer)
     assert added.status_code == 202
+
+
+def test_signing_in_with_a_code_asked_for_before_the_password_changed_is_refused(
+    client: TestClient, runtime: Runtime
+) -> None:
+    # Whoever knew the old password got as far as the code; the password then changes
+    # (the owner's reset or change: both end every session the old one gave). The code
+    # would start a session recorded as a password sign-in (enough to start recovering
+    # a lost second factor) for a password that no longer works.
+    account_id = existing_account(runtime, verified=False)
+    intruder = client.post("/api/v1/signin", json={"login": LOGIN, "password": PASSWORD})
+    assert intruder.status_code == 202, intruder.text
+    code = code_in(last_email_to(runtime, LOGIN))
+    new_hash = password.hash_password(runtime.settings, "a brand new long passphrase")
+    with transaction(runtime.sessions) as db:
+        db.execute(
+            update(PasswordCredential)
+            .where(PasswordCredential.account_id == account_id)
+            .values(hash=new_hash, changed_at=datetime.now(UTC) + timedelta(seconds=1))
+        )
+    assert api_code(client, intruder.json()["pending_token"], code).status_code == 400
+    with runtime.sessions() as db:
+        assert db.scalar(select(func.count()).select_from(AuthSession)) == 0

@@ -81,6 +81,9 @@ def _left(runtime: Runtime) -> set[str]:
 
 def test_the_purge_keeps_what_the_rules_read_and_removes_the_rest(runtime: Runtime) -> None:
     account_id = factories.account(runtime)
+    # The recovery requests are another account's: an open one keeps its account's
+    # used resets (the next test).
+    recovering = factories.account(runtime)
     now = utcnow()
     with transaction(runtime.sessions) as db:
         db.add_all(
@@ -117,10 +120,10 @@ def test_the_purge_keeps_what_the_rules_read_and_removes_the_rest(runtime: Runti
                     undo_until=now - 3 * DAY,
                 ),
                 # Recovery requests: open ones stay however old; an ended one goes.
-                _recovery("rr_waiting", account_id, recovery.WAITING, wait_until=now - DAY),
-                _recovery("rr_started", account_id, recovery.STARTED),
-                _recovery("rr_cancel_now", account_id, recovery.CANCELLED, ended_at=now),
-                _recovery("rr_done_old", account_id, recovery.COMPLETED, ended_at=now - 3 * DAY),
+                _recovery("rr_waiting", recovering, recovery.WAITING, wait_until=now - DAY),
+                _recovery("rr_started", recovering, recovery.STARTED),
+                _recovery("rr_cancel_now", recovering, recovery.CANCELLED, ended_at=now),
+                _recovery("rr_done_old", recovering, recovery.COMPLETED, ended_at=now - 3 * DAY),
             ]
         )
     with runtime.sessions() as db:
@@ -149,6 +152,28 @@ def test_the_purge_keeps_what_the_rules_read_and_removes_the_rest(runtime: Runti
     with runtime.sessions() as db:
         assert reset.last_password_reset_at(db, account_id) == last_reset
     assert one_time_rows.purge(runtime, now) == dict.fromkeys(counts, 0)
+
+
+def test_the_purge_keeps_a_used_reset_while_its_account_has_an_open_recovery(
+    runtime: Runtime,
+) -> None:
+    # A waiting recovery may be completed long after its wait, and completing it reads
+    # every reset since it began: that reset must still be there, however old.
+    open_, ended = factories.account(runtime), factories.account(runtime)
+    now = utcnow()
+    with transaction(runtime.sessions) as db:
+        db.add_all(
+            [
+                _recovery("rr_waiting", open_, recovery.WAITING, wait_until=now - 50 * DAY),
+                _reset("prs_open", open_, now - 40 * DAY, used_at=now - 40 * DAY),
+                _recovery("rr_ended", ended, recovery.CANCELLED, ended_at=now - 3 * DAY),
+                _reset("prs_ended", ended, now - 40 * DAY, used_at=now - 40 * DAY),
+            ]
+        )
+
+    one_time_rows.purge(runtime, now)
+
+    assert _left(runtime) == {"rr_waiting", "prs_open"}
 
 
 def test_the_purge_works_through_a_backlog_in_batches(

@@ -21,7 +21,7 @@ from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
-from identity import accounts, sessions, throttle
+from identity import accounts, one_time_rows, sessions, throttle
 from identity.credentials import password
 from identity.models import (
     AuthSession,
@@ -603,6 +603,29 @@ def test_password_reset_early_in_a_long_wait_still_stops_the_recovery(  # noqa: 
     answer = client.post("/api/v1/password/reset", json={"token": reset, "password": new_password})
     assert answer.status_code == 204
     clock.advance(timedelta(days=13, hours=1))  # the wait is over, the reset 13 days old
+    again = _sign_in(client, runtime, new_password)
+    assert client.post("/api/v1/recovery/complete", headers=_bearer(again)).status_code == 409
+    assert _state(runtime, account_id) == ["cancelled"]
+    assert _factors(runtime, account_id)[0]
+
+
+def test_completing_a_recovery_once_the_purge_could_take_the_reset_that_stopped_it_is_refused(
+    client: TestClient, runtime: Runtime, mailbox: Mailbox, clock: Clock, tmp_path: Path
+) -> None:
+    # A waiting request stays open after its wait until someone completes it; the reset
+    # that stops it must outlive the purge's 30 days for used resets.
+    account_id, _ = _account(runtime, tmp_path)
+    intruder = _sign_in(client, runtime)
+    _api_to_waiting(client, runtime, mailbox, intruder)
+    clock.advance(timedelta(minutes=30))
+    assert client.post("/api/v1/password/forgot", json={"login": LOGIN}).status_code == 202
+    reset = reset_token(mailbox.last_to(runtime, LOGIN))
+    new_password = "a brand new long passphrase"
+    answer = client.post("/api/v1/password/reset", json={"token": reset, "password": new_password})
+    assert answer.status_code == 204
+    clock.advance(timedelta(days=40))
+    one_time_rows.purge(runtime, clock.now)
+    # Whoever has the mailbox (and so could reset) signs in with the new password.
     again = _sign_in(client, runtime, new_password)
     assert client.post("/api/v1/recovery/complete", headers=_bearer(again)).status_code == 409
     assert _state(runtime, account_id) == ["cancelled"]

@@ -18,10 +18,11 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from carebridge import mail
 from carebridge.runtime import Runtime
 from identity import sessions
 from identity.flows import account, mfa, reset, status
-from identity.models import AuthSession
+from identity.models import AuthSession, RecoveryCode, TotpCredential
 from tests.identity import account_changes, factories
 from tests.identity.reset_mail import Mailbox, reset_token
 
@@ -113,3 +114,32 @@ def test_mfa_step_racing_an_operators_disabling_does_not_survive(
     _raise_while(runtime, monkeypatch, patient, disable)
 
     assert _surviving(runtime, patient.account_id) == []
+
+
+def test_new_recovery_codes_for_a_session_signed_out_meanwhile_are_refused(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The request read its (stolen, stepped-up) session; the owner then signs out
+    # everywhere. The codes' transaction reads the session again under the lock; so does
+    # turning two-step verification off (where it is optional).
+    optional = runtime.settings.model_copy(update={"mfa_required": False})
+    monkeypatch.setattr(runtime, "settings", optional)
+    email = mail.OutboxEmailSender(runtime)
+    patient = account_changes.patient(runtime)
+    token = factories.session(runtime, patient.account_id, level=2, stepped_up=True)
+    with runtime.sessions() as db:
+        session = sessions.load(db, runtime, token)
+    assert session is not None
+    with runtime.sessions() as db:
+        before = [row.code_hash for row in db.scalars(select(RecoveryCode))]
+    account.sign_out_everywhere(runtime, patient.account_id, request_id=None)
+
+    state, codes = account.regenerate_recovery_codes(
+        runtime, session, request_id=None, email=email, reveal=False
+    )
+    removed = account.remove_totp(runtime, session, request_id=None, email=email)
+
+    assert (state, codes, removed) == (mfa.Status.GONE, [], mfa.Status.GONE)
+    with runtime.sessions() as db:
+        assert [row.code_hash for row in db.scalars(select(RecoveryCode))] == before
+        assert db.get(TotpCredential, patient.account_id) is not None

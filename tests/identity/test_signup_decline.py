@@ -5,7 +5,9 @@ cancels a sign-up nobody finished and tells nothing else."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -14,6 +16,8 @@ from starlette.testclient import TestClient
 from carebridge.audit import AuditRecord
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from identity import email_verification, signup_decline
+from identity.flows import email_verification as verify
 from identity.models import Account, EmailVerification, PasswordCredential
 from tests.identity import factories
 from tests.identity.test_email_verification import (
@@ -130,3 +134,46 @@ def test_declining_links_is_throttled_per_client_address(
     ]
     assert answers[0].status_code == 400
     assert answers[-1].status_code == 429
+
+
+def test_decline_racing_the_code_typed_in_the_signup_browser_does_not_deadlock(
+    client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The owner declines the link just as the code from the same e-mail is typed in the
+    # sign-up's browser. The code's check holds the account's session lock when it claims
+    # the link: the decline must not hold the link's row meanwhile, waiting for that lock.
+    started = api_signup(client)
+    email = last_email_to(runtime, LOGIN)
+    pending, code, token = started.json()["pending_token"], code_in(email), link_token_in(email)
+    outward = client.app.state.outward  # type: ignore[attr-defined]
+    declined: list[BaseException | None] = []
+
+    def decline_now() -> None:
+        try:
+            signup_decline.decline(runtime, outward, token, client_host="198.51.100.7")
+            declined.append(None)
+        except BaseException as error:  # noqa: BLE001  (the outcome is what is checked)
+            declined.append(error)
+
+    real_claim = email_verification.claim
+    racing: list[threading.Thread] = []
+
+    def decline_then_claim(*args: Any, **kwargs: Any) -> bool:
+        if not racing:
+            racing.append(threading.Thread(target=decline_now))
+            racing[0].start()
+            racing[0].join(timeout=1.5)  # as far as the code's transaction lets it go
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(email_verification, "claim", decline_then_claim)
+    signed_in = verify.verify_code(runtime, pending, code, client_host=None)
+    racing[0].join(timeout=30)
+    monkeypatch.undo()
+
+    assert not racing[0].is_alive()
+    # The code came first: signed in; the decline then finds the link used.
+    assert signed_in.account_id
+    assert len(declined) == 1
+    assert isinstance(declined[0], signup_decline.DeclineFailedError)
+    assert count(runtime, Account) == 1
+    assert verified_at(runtime) is not None

@@ -126,3 +126,22 @@ def test_twilio_gets_the_security_notice_once(
     assert request["data"]["To"] == NUMBER and LINK in request["data"]["Body"]
     assert request["data"]["StatusCallback"].endswith(f"/{message_id}/status")
     assert states(runtime) == [(outbox.DONE, None)]
+
+
+def test_a_security_notice_to_a_number_changed_since_it_was_queued_is_refused(
+    runtime: Runtime, people: People
+) -> None:
+    # Queued while Twilio was down; meanwhile the patient moved to a new number (the old
+    # one may be anybody's now), removed theirs, or deleted the account (which forgets it).
+    zeb, otto, pip = (people[name].patient_id for name in ("zeb", "otto", "pip"))
+    for patient_id, number in ((zeb, NUMBER), (otto, "+12025550144"), (pip, "+12025550145")):
+        verified_number(runtime, patient_id, number)
+        assert send_notice(runtime, patient_id) is not None
+    verified_number(runtime, zeb, "+12025550146")
+    contacts.remove(runtime, patient_id=otto, actor="test", request_id=None)
+    with transaction(runtime.sessions) as db:
+        contacts.forget_patient(db, pip)
+    out = StringIO()
+    drain(runtime, ConsoleSender(out=out))
+    assert out.getvalue() == ""
+    assert states(runtime) == [(outbox.DEAD, "number_changed")] * 3
