@@ -22,9 +22,8 @@ from identity.oidc import withdrawals
 def end_staff_access(
     db: Session, account_id: str, *, client_ids: Iterable[str], actor: str, request_id: str | None
 ) -> None:
-    # The session lock (identity.sessions), so no session is raised meanwhile. Not first in
-    # the caller's transaction (the membership went before): safe, as no session write
-    # touches care-team rows.
+    # The session lock (identity.sessions), so no session is raised meanwhile; the caller
+    # calls this before writing any row of its own (lock order: the account row first).
     lock = sessions.lock_account_sessions(db, account_id)
     if lock is not None:
         sessions.revoke_all(db, lock)

@@ -133,16 +133,19 @@ def offboard(
     existing = db.get(CareTeamStaff, (team_id, account_id))
     if existing is None:
         raise CareTeamError(f"account {account_id} is not staff of {team_id}")
+    clients = db.scalars(
+        select(CareTeamClient.client_id).where(CareTeamClient.care_team_id == team_id)
+    ).all()
+    # identity's session lock (the account row) first, before any row here is written:
+    # deleting the account takes that lock and then cascades to care_team_staff, so the
+    # other order could deadlock with it.
+    end_staff_access(db, account_id, client_ids=clients, actor=actor, request_id=request_id)
     db.delete(existing)
     db.execute(
         delete(BreakGlassGrant).where(
             BreakGlassGrant.care_team_id == team_id, BreakGlassGrant.account_id == account_id
         )
     )
-    clients = db.scalars(
-        select(CareTeamClient.client_id).where(CareTeamClient.care_team_id == team_id)
-    ).all()
-    end_staff_access(db, account_id, client_ids=clients, actor=actor, request_id=request_id)
     audit.append(
         db,
         actor=actor,
