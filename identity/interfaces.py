@@ -19,6 +19,7 @@ oidc.models, oidc.withdrawals), or it would make an import loop.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +53,7 @@ __all__ = [
     "EmailSender",  # needed from outside: queues a transactional e-mail (wired in)
     "OneTimeCodeSender",  # needed from outside: queues a one-time code by SMS (wired in)
     "Outward",  # what identity needs from outside, as the composition root wired it
+    "PatientFollowers",  # needed from outside: which other clients follow a patient
     "Person",  # the active account a user's token acts for, and its verified patient ID
     "SecurityNoticeTexter",  # needed from outside: texts a security notice (wired in)
     "SignedInPatient",  # the account signed in on a patient's page, and its patient ID
@@ -124,6 +126,18 @@ class AccountDeleted(Protocol):
         never the care record: the patient ID and its messages stay."""
 
 
+class PatientFollowers(Protocol):
+    """Which clients follow a patient besides the apps the patient authorized: the care
+    teams' clients (messaging knows the teams). identity tells them, by patient ID, of
+    what happened to the patient's account or roster link (identity.events)."""
+
+    def clients_following(
+        self, db: Session, patient_ids: Collection[str]
+    ) -> Mapping[str, Sequence[str]]:
+        """In ``db``'s transaction: patient ID -> the IDs of the clients following it
+        (a patient no client follows is absent)."""
+
+
 @dataclass(frozen=True)
 class Outward:
     """Everything identity needs from outside, as the composition root wired it."""
@@ -132,3 +146,4 @@ class Outward:
     email: EmailSender
     account_deleted: AccountDeleted
     security_texts: SecurityNoticeTexter
+    followers: PatientFollowers

@@ -6,7 +6,9 @@ No feature package uses it today, by design: identity and sms may not import mes
 carebridge.demo) builds messaging's routes, jobs and key rotation from its modules.
 
 What messaging offers outside itself is the operator's side of care teams: which OIDC
-clients act for a team and which accounts are its staff. Everything else (threads,
+clients act for a team and which accounts are its staff; and which teams' clients follow
+a patient (:func:`clients_following`), which the composition root hands identity as its
+``PatientFollowers``. Everything else (threads,
 messages, their keys and tables) is private to messaging.
 
 messaging itself asks identity through :mod:`identity.interfaces` and sms through
@@ -26,6 +28,7 @@ from messaging.care_teams import (
     remove_staff,
     set_retention,
 )
+from messaging.followers import clients_following
 
 __all__ = [
     # Value types and domain errors
@@ -34,6 +37,8 @@ __all__ = [
     # Operations (each audited, in a transaction of its own)
     "add_client",
     "add_staff",
+    # In the caller's transaction: patient ID -> the care teams' clients following it
+    "clients_following",
     "create",
     "list_teams",
     "remove_client",
