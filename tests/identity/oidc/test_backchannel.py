@@ -6,6 +6,7 @@ joserfc against the published JWKS. No other client gets one."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from starlette.testclient import TestClient
 
 from carebridge import outbox, wiring
 from carebridge.app import create_app
+from carebridge.cli import main
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
@@ -25,6 +27,7 @@ from carebridge.wiring import CareTeamFollowers
 from identity import deletion
 from identity.flows import account, status
 from identity.oidc import backchannel, clients
+from tests.identity import account_changes, factories
 from tests.identity.oidc import helpers
 from tests.identity.oidc.logout_receiver import LogoutReceiver, serve
 
@@ -221,3 +224,45 @@ def test_a_backchannel_logout_uri_to_a_private_address_is_refused(
             scopes=["openid"],
             backchannel_logout_uri=uri,
         )
+
+
+def test_changing_the_password_sends_a_logout_token(
+    runtime: Runtime, client: TestClient, receiver: LogoutReceiver, scene: Scene
+) -> None:
+    """Every app's grant ends with a password change, so their sessions end too."""
+    pat = account_changes.patient(runtime)
+    helpers.use_session(client, runtime, factories.session(runtime, pat.account_id, level=2))
+    sub = _connect(client, runtime, scene.portal)
+    token = factories.session(runtime, pat.account_id, level=2, stepped_up=True)
+    changed = client.post(
+        "/api/v1/account/password",
+        json={"new_password": "correct horse battery staple again"},
+        headers=account_changes.bearer(token),
+    )
+    assert changed.status_code == 200, changed.text
+    deliver(runtime)
+    assert receiver.refused == []
+    assert [claims["sub"] for claims in receiver.accepted["portal"]] == [sub]
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_the_cli_registers_and_shows_a_backchannel_logout_uri(
+    cli_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    create = ("clients", "create", "--name", "Portal", "--type", "confidential")
+    create += ("--redirect-uri", "https://portal.example/cb", "--scope", "openid")
+    code, out = _cli(capsys, *create, "--backchannel-logout-uri", "https://portal.example/bc")
+    assert code == 0, out
+    client_id = re.search(r"client_id:\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    code, out = _cli(capsys, "clients", "show", client_id)
+    assert "back-channel:   https://portal.example/bc" in out
+    code, out = _cli(capsys, *create, "--backchannel-logout-uri", "http://10.1.2.3/bc")
+    assert code != 0 and "--backchannel-logout-uri" in out
