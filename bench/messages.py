@@ -33,6 +33,8 @@ from pathlib import Path
 
 from http_shell import free_port, wait_until_up
 
+from carebridge.wiring import CareTeamFollowers
+
 # This file's name is the package's: without its directory on the path, "messaging" is
 # the package again.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
@@ -173,7 +175,7 @@ def setup(database_url: str, data_dir: str) -> tuple[list[str], str]:
         "Bench,Patient,1970-01-01,0000,02139,,BENCH-1,\n",
         encoding="utf-8",
     )
-    importer.import_roster(runtime, roster, source="bench")
+    importer.import_roster(runtime, roster, source="bench", followers=CareTeamFollowers())
     with runtime.sessions() as db:
         patient_id = db.execute(text("SELECT patient_id FROM roster_member")).scalar_one()
     team = care_teams.create(runtime, name="Bench clinic", retention_days=30, actor="bench")

@@ -26,6 +26,7 @@ from carebridge import migrate
 from carebridge.db import make_engine
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from carebridge.wiring import CareTeamFollowers
 from identity.models import RosterMember
 from identity.roster import importer
 
@@ -78,7 +79,7 @@ def child(url: str, data_dir: str, csv_path: str, queue: multiprocessing.Queue[f
     rt = Runtime.build(Settings(data_dir=Path(data_dir), database_url=url))
     rt.keyring  # noqa: B018  (key generation is not part of the import)
     started = time.perf_counter()
-    importer.import_roster(rt, Path(csv_path), source="bench")
+    importer.import_roster(rt, Path(csv_path), source="bench", followers=CareTeamFollowers())
     queue.put(time.perf_counter() - started)
     rt.close()
 

@@ -27,6 +27,7 @@ from carebridge import migrate
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from carebridge.wiring import CareTeamFollowers
 from identity.flows.verify import Result, VerifyDetails, verify
 from identity.models import Account, new_id
 from identity.roster import importer
@@ -61,7 +62,7 @@ def main() -> None:
             csv_path = Path(directory) / "roster.csv"
             generate(csv_path, args.rows)
             started = time.perf_counter()
-            importer.import_roster(rt, csv_path, source="bench")
+            importer.import_roster(rt, csv_path, source="bench", followers=CareTeamFollowers())
             print(f"roster: {args.rows} rows imported in {time.perf_counter() - started:.1f} s")
             targets = people(csv_path, 4 * args.attempts)
             accounts = [new_id("acc") for _ in targets]

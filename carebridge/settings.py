@@ -373,8 +373,10 @@ class Settings(BaseSettings):
     # Webhooks and the event feed (carebridge/events/)
     # Loopback receivers: only for tests and development (a webhook receiver on this
     # machine); otherwise loopback is refused like any private address. Refused in production.
+    # Back-channel logout tokens (identity.oidc.backchannel) go through the same client.
     webhook_allow_loopback: bool = False
-    # A receiver slower than this is a failed attempt (retried with the outbox's backoff).
+    # A receiver slower than this is a failed attempt (retried with the outbox's backoff);
+    # a client's back-channel logout endpoint too.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     # How long a rotated endpoint keeps signing with its previous secret too, so the app
     # can switch over without dropping a delivery.

@@ -4,16 +4,20 @@ identity declares what it needs from outside (identity.interfaces: sending a one
 code, sending an e-mail, forgetting a deleted account's data) and never imports sms;
 the outbox knows channels only by name. Here both are given their implementations:
 sms's code sender, sms's security-notice texter (a recovery's "this wasn't me" link
-by SMS), the outbox e-mail sender and sms's forgetting of a deleted
-account's contact point and preferences for identity (:func:`identity_outward`, on
+by SMS), the outbox e-mail sender, sms's forgetting of a deleted
+account's contact point and preferences, and messaging's care teams' clients following a
+patient (told of the account or roster link ending) for identity (:func:`identity_outward`, on
 ``app.state.outward``), and each channel's handler for the outbox worker
-(:func:`outbox_channels`: sms, the e-mail backend the settings chose, webhooks), and
-what the event feed and the webhook API ask identity (:func:`event_hooks`), and the care
-team names sms's notices may carry (:class:`MessagingTeamNames`, on ``app.state.team_names``
-for the voice callbacks, and given to the sms channel).
+(:func:`outbox_channels`: sms, the e-mail backend the settings chose, webhooks,
+back-channel logout tokens), and what the event feed and the webhook API ask identity
+(:func:`event_hooks`), and the care team names sms's notices may carry
+(:class:`MessagingTeamNames`, on ``app.state.team_names`` for the voice callbacks, and
+given to the sms channel).
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
 
 from sqlalchemy.orm import Session
 
@@ -23,7 +27,8 @@ from carebridge.events.delivery import WebhookHandler
 from carebridge.runtime import Runtime
 from carebridge.settings import EmailBackend
 from identity.interfaces import Outward, client_exists, in_standing, roster_patient_ids
-from messaging.interfaces import sync_roster, team_name_of_thread
+from identity.oidc.backchannel import LogoutTokenHandler
+from messaging.interfaces import clients_following, sync_roster, team_name_of_thread
 from sms import codes, contacts
 from sms.interfaces import SecurityNoticeTexter
 from sms.jobs import SmsChannel
@@ -62,6 +67,16 @@ class MessagingTeamNames:
         return team_name_of_thread(db, thread_id)
 
 
+class CareTeamFollowers:
+    """identity's ``PatientFollowers``: the care teams' clients that follow a patient
+    (messaging's answer), told of the patient's account and roster link ending."""
+
+    def clients_following(
+        self, db: Session, patient_ids: Collection[str]
+    ) -> Mapping[str, Sequence[str]]:
+        return clients_following(db, patient_ids)
+
+
 def identity_outward(runtime: Runtime) -> Outward:
     return Outward(
         one_time_codes=codes.OutboxCodeSender(runtime),
@@ -69,6 +84,7 @@ def identity_outward(runtime: Runtime) -> Outward:
         account_deleted=ForgetDeletedAccount(),
         security_texts=SecurityNoticeTexter(runtime),
         roster_imported=CareTeamsFollowRoster(runtime),
+        followers=CareTeamFollowers(),
     )
 
 
@@ -90,6 +106,9 @@ def outbox_channels(runtime: Runtime) -> outbox.Channels:
     # Webhooks to provider apps (carebridge.events), signed per Standard Webhooks.
     webhook = WebhookHandler(runtime)
     handlers[webhook.channel] = webhook
+    # OpenID Connect back-channel logout tokens (identity), through the same HTTP client.
+    logout = LogoutTokenHandler(runtime)
+    handlers[logout.channel] = logout
     return outbox.Channels(
         handlers=handlers,
         ledgers=(sms,),

@@ -38,7 +38,7 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.keyring import associated_data
 from carebridge.runtime import Runtime
-from identity import accounts, notices, patients, sessions, throttle
+from identity import accounts, events, notices, patients, sessions, throttle
 from identity.flows import mfa
 from identity.interfaces import Outward
 from identity.models import (
@@ -56,7 +56,7 @@ from identity.models import (
     UpstreamIdentity,
 )
 from identity.notices import Notice
-from identity.oidc import withdrawals
+from identity.oidc import backchannel, withdrawals
 from identity.oidc.models import (
     OidcAuthorizationCode,
     OidcConsent,
@@ -168,6 +168,9 @@ def delete_account(
             outward.email.withdraw(db, to=address)
     # Queued (sealed) while the address is still known, after the withdrawal above.
     sent = notices.send(db, runtime, outward.email, account_id, Notice.ACCOUNT_DELETED)
+    # Told while the grants still say who could read the patient.
+    events.account_deleted(db, outward.followers, account_id)
+    backchannel.queue(db, account_id)
     withdrawals.end_grants(db, account_id)
     outward.account_deleted.account_deleted(db, account_id=account_id, patient_id=patient_id)
     for model in _PER_ACCOUNT:

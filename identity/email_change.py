@@ -59,7 +59,7 @@ from identity.models import (
     PasswordReset,
     new_id,
 )
-from identity.oidc import withdrawals
+from identity.oidc import backchannel, withdrawals
 
 UNDO_DAYS = 7
 UNDO_FOR = timedelta(days=UNDO_DAYS)
@@ -608,6 +608,7 @@ def _undo(
             .execution_options(synchronize_session=False)
         )
     sessions.revoke_all(db, lock)
+    backchannel.queue(db, account_id)
     withdrawals.end_grants(db, account_id)
     forgot = _link(runtime, "/password/forgot")
     for address in dict.fromkeys((ticket.old_address, replaced)):

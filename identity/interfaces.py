@@ -19,6 +19,7 @@ oidc.models, oidc.withdrawals), or it would make an import loop.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -55,6 +56,7 @@ __all__ = [
     "EmailSender",  # needed from outside: queues a transactional e-mail (wired in)
     "OneTimeCodeSender",  # needed from outside: queues a one-time code by SMS (wired in)
     "Outward",  # what identity needs from outside, as the composition root wired it
+    "PatientFollowers",  # needed from outside: which other clients follow a patient
     "Person",  # the active account a user's token acts for, and its verified patient ID
     "RosterImported",  # needed from outside: told after a roster import (care teams)
     "SecurityNoticeTexter",  # needed from outside: texts a security notice (wired in)
@@ -140,6 +142,18 @@ class RosterImported(Protocol):
         """After the import's transaction; ``roster_patient_ids`` says who is on it now."""
 
 
+class PatientFollowers(Protocol):
+    """Which clients follow a patient besides the apps the patient authorized: the care
+    teams' clients (messaging knows the teams). identity tells them, by patient ID, of
+    what happened to the patient's account or roster link (identity.events)."""
+
+    def clients_following(
+        self, db: Session, patient_ids: Collection[str]
+    ) -> Mapping[str, Sequence[str]]:
+        """In ``db``'s transaction: patient ID -> the IDs of the clients following it
+        (a patient no client follows is absent)."""
+
+
 @dataclass(frozen=True)
 class Outward:
     """Everything identity needs from outside, as the composition root wired it."""
@@ -148,5 +162,6 @@ class Outward:
     email: EmailSender
     account_deleted: AccountDeleted
     security_texts: SecurityNoticeTexter
+    followers: PatientFollowers
     # None: nothing follows the roster (tests that need no care teams).
     roster_imported: RosterImported | None = None

@@ -65,7 +65,7 @@ from identity.models import (
     RosterMember,
     new_id,
 )
-from identity.oidc import withdrawals
+from identity.oidc import backchannel, withdrawals
 from identity.roster import staff
 from identity.roster.hashes import RosterHashes
 
@@ -946,6 +946,7 @@ def complete(
             totp.remove(db, account_id)
             recovery_codes.remove_all(db, account_id)
             sessions.revoke_all(db, lock, keep=session)
+            backchannel.queue(db, account_id)
             withdrawals.end_grants(db, account_id)
             _end(
                 db,

@@ -8,7 +8,9 @@ carebridge.demo) builds messaging's routes, jobs and key rotation from its modul
 What messaging offers outside itself is the operator's side of care teams: which OIDC
 clients act for a team and which accounts are its staff, its settings for patients who
 write first, and its care relationships (started, ended, and kept in step with a roster
-source after an import). Everything else (threads, messages, their keys and tables) is
+source after an import); and which teams' clients follow a patient
+(:func:`clients_following`), which the composition root hands identity as its
+``PatientFollowers``. Everything else (threads, messages, their keys and tables) is
 private to messaging.
 
 messaging itself asks identity through :mod:`identity.interfaces` and sms through
@@ -29,6 +31,7 @@ from messaging.care_teams import (
     set_retention,
     team_name_of_thread,
 )
+from messaging.followers import clients_following
 from messaging.relationships import (
     RelationshipError,
     RelationshipView,
@@ -61,6 +64,8 @@ __all__ = [
     "add_client",
     "add_staff",
     "add_topic",
+    # In the caller's transaction: patient ID -> the care teams' clients following it
+    "clients_following",
     "configure",  # patients_may_start, auto reply, escalate_after
     "create",
     "list_teams",

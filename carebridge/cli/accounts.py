@@ -145,10 +145,14 @@ def _set_active(args: argparse.Namespace, active: bool) -> None:
     try:
         require_current_schema(rt)
         if login is not None:
-            found = status.set_active(rt, login, active=active)
+            found = status.set_active(
+                rt, login, active=active, followers=wiring.CareTeamFollowers()
+            )
         else:
             assert account_id is not None  # noqa: S101  (one of the two is given)
-            found = status.set_active_by_id(rt, account_id, active=active)
+            found = status.set_active_by_id(
+                rt, account_id, active=active, followers=wiring.CareTeamFollowers()
+            )
     finally:
         rt.close()
     if not found:

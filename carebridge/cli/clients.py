@@ -39,6 +39,10 @@ def register(commands: Any) -> None:
     create.add_argument("--jwks", type=Path, help="public JWK Set file (private_key_jwt)")
     create.add_argument("--post-logout-redirect-uri", action="append", default=[])
     create.add_argument(
+        "--backchannel-logout-uri",
+        help="where OpenID Connect back-channel logout tokens are POSTed (https)",
+    )
+    create.add_argument(
         "--first-party",
         action="store_true",
         help="receives the opaque patient ID as sub (verified patients only); no consent page",
@@ -101,6 +105,7 @@ def create_client(args: argparse.Namespace) -> int:
                 sector=args.sector,
                 access_token_seconds=args.access_token_seconds,
                 refresh_token_seconds=args.refresh_token_seconds,
+                backchannel_logout_uri=args.backchannel_logout_uri,
             )
             _audit(db, "identity.oidc.client.create", created.client_id)
         return created
@@ -124,6 +129,7 @@ def _describe(row: OidcClient) -> list[str]:
         f"scopes:         {row.scopes}",
         f"redirect URIs:  {row.redirect_uris}",
         f"logout URIs:    {row.post_logout_redirect_uris or '-'}",
+        f"back-channel:   {row.backchannel_logout_uri or '-'}",
         f"access token:   {row.access_token_seconds or 'default'} s",
         f"refresh token:  {row.refresh_token_seconds or 'default'} s",
         f"created:        {row.created_at:%Y-%m-%d %H:%M:%S}",

@@ -13,6 +13,7 @@ from typing import Any, TextIO, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
+from carebridge import wiring
 from carebridge.cli.common import CommandError, add_parser, require_current_schema, runtime
 from carebridge.runtime import Runtime
 from carebridge.wiring import CareTeamsFollowRoster
@@ -125,14 +126,24 @@ def activation_code(args: argparse.Namespace) -> int:
 
 
 def unlink(args: argparse.Namespace) -> int:
-    account_id = _staff(lambda rt: staff.unlink(rt, args.patient_id, reason=args.reason))
+    account_id = _staff(
+        lambda rt: staff.unlink(
+            rt, args.patient_id, reason=args.reason, followers=wiring.CareTeamFollowers()
+        )
+    )
     print(f"patient {args.patient_id} unlinked from account {account_id}")
     return 0
 
 
 def reverify(args: argparse.Namespace) -> int:
     account_id = _staff(
-        lambda rt: staff.unlink(rt, args.patient_id, reason=args.reason, action="roster.reverify")
+        lambda rt: staff.unlink(
+            rt,
+            args.patient_id,
+            reason=args.reason,
+            action="roster.reverify",
+            followers=wiring.CareTeamFollowers(),
+        )
     )
     print(f"patient {args.patient_id} unlinked from account {account_id}; it must verify again")
     return 0
@@ -269,6 +280,7 @@ def import_file(args: argparse.Namespace) -> int:
             columns=args.columns,
             on_error=progress.error,
             on_progress=progress.rows,
+            followers=wiring.CareTeamFollowers(),
         )
         # The care teams fed by this source follow it (messaging, through the wiring).
         CareTeamsFollowRoster(rt).roster_imported(source=args.source)

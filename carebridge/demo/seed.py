@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from carebridge import wiring
 from carebridge.db import transaction
 from carebridge.demo.people import PEOPLE, SOURCE, roster_csv
 from carebridge.runtime import Runtime
@@ -93,7 +94,14 @@ def _roster(runtime: Runtime) -> list[DemoPatient]:
     with tempfile.TemporaryDirectory() as folder:
         csv_file = Path(folder) / "demo-roster.csv"
         csv_file.write_bytes(roster_csv())
-        importer.import_roster(runtime, csv_file, source=SOURCE, actor=ACTOR, name="demo roster")
+        importer.import_roster(
+            runtime,
+            csv_file,
+            source=SOURCE,
+            actor=ACTOR,
+            name="demo roster",
+            followers=wiring.CareTeamFollowers(),
+        )
     hashes = RosterHashes(runtime.keyring)
     keys = {hashes.member_key(SOURCE, person.member_id): person for person in PEOPLE}
     with runtime.sessions() as db:

@@ -12,9 +12,13 @@ This is the public API; the modules behind it are the package's own.
 from __future__ import annotations
 
 from carebridge.events.emit import (
+    ACCOUNT_DELETED,
+    ACCOUNT_DISABLED,
     CHANNEL,
+    GRANT_REVOKED,
     MESSAGE_CREATED,
     MESSAGE_READ,
+    PATIENT_ROSTER_LINK_ENDED,
     THREAD_CLOSED,
     THREAD_CREATED,
     Audience,
@@ -22,9 +26,13 @@ from carebridge.events.emit import (
 )
 
 __all__ = [
+    "ACCOUNT_DELETED",
+    "ACCOUNT_DISABLED",
     "CHANNEL",
+    "GRANT_REVOKED",
     "MESSAGE_CREATED",
     "MESSAGE_READ",
+    "PATIENT_ROSTER_LINK_ENDED",
     "THREAD_CLOSED",
     "THREAD_CREATED",
     "Audience",

@@ -60,7 +60,10 @@ class Hooks:
 @openapi.component
 class FeedEventOut(BaseModel):
     id: str = Field(description="The event's ID: the webhook-id of its webhook deliveries")
-    type: str = Field(description="message.created, message.read, thread.created, thread.closed")
+    type: str = Field(
+        description="message.created, message.read, thread.created, thread.closed,"
+        " grant.revoked, account.disabled, account.deleted, patient.roster_link_ended"
+    )
     timestamp: datetime
     data: dict[str, str] = Field(description="IDs only: thread, message, patient as you know it")
 

@@ -7,7 +7,8 @@ signature per secret in use (two during a rotation's overlap). A 2xx answer deli
 anything else (a redirect included: never followed), a timeout or a refused connection
 is retried with the outbox's backoff, then dead-lettered. An address that is not public
 (carebridge.events.address) is a dead letter at once, as is an event of a disabled
-endpoint (both replayable by an operator).
+endpoint (both replayable by an operator). The HTTP side is :mod:`.outbound`'s, shared
+with the back-channel logout tokens.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from carebridge.events import address
 from carebridge.events.emit import CHANNEL
 from carebridge.events.endpoints import signing_secrets
 from carebridge.events.models import Event, WebhookEndpoint
-from carebridge.outbox import Message, RetryLater, Undeliverable
+from carebridge.events.outbound import PublicPoster
+from carebridge.outbox import Message, Undeliverable
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
 
@@ -53,16 +55,8 @@ class WebhookHandler:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.runtime = runtime
-        self.resolver = resolver
-        settings = runtime.settings
-        self.allow_loopback = settings.webhook_allow_loopback and not settings.is_production
-        # No redirects, no proxies from the environment: the checked address is the peer.
-        self.client = httpx.Client(
-            timeout=settings.webhook_timeout_seconds,
-            follow_redirects=False,
-            trust_env=False,
-            transport=transport,
-            headers={"user-agent": USER_AGENT},
+        self.poster = PublicPoster(
+            runtime.settings, user_agent=USER_AGENT, resolver=resolver, transport=transport
         )
 
     def deliver(self, message: Message) -> None:
@@ -79,29 +73,10 @@ class WebhookHandler:
             body = body_of(event)
             event_id = event.id
         signatures = " ".join(Webhook(secret).sign(event_id, now, body) for secret in secrets)
-        try:
-            target = address.pin(url, self.resolver, allow_loopback=self.allow_loopback)
-        except address.RefusedAddressError:
-            raise Undeliverable("refused_address") from None
-        except OSError:
-            raise RetryLater("dns") from None
         headers = {
-            "host": target.host,
             "content-type": "application/json",
             "webhook-id": event_id,
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": signatures,
         }
-        try:
-            response = self.client.post(
-                target.url, content=body, headers=headers, extensions=target.extensions
-            )
-        except httpx.TimeoutException:
-            raise RetryLater("timeout") from None
-        except httpx.HTTPError:
-            raise RetryLater("connect") from None
-        if 200 <= response.status_code < 300:
-            return
-        if 300 <= response.status_code < 400:
-            raise RetryLater("redirect")
-        raise RetryLater(f"http_{response.status_code}")
+        self.poster.post(url, content=body, headers=headers)

@@ -25,6 +25,12 @@ MESSAGE_CREATED = "message.created"
 MESSAGE_READ = "message.read"
 THREAD_CREATED = "thread.created"
 THREAD_CLOSED = "thread.closed"
+# What an app must react to (identity.events): the patient revoked the app (told to that
+# app alone), the account was disabled or deleted, the patient's roster link ended.
+GRANT_REVOKED = "grant.revoked"
+ACCOUNT_DISABLED = "account.disabled"
+ACCOUNT_DELETED = "account.deleted"
+PATIENT_ROSTER_LINK_ENDED = "patient.roster_link_ended"
 
 _EVENTS = insert(Event)
 

@@ -35,7 +35,7 @@ from identity.flows.mfa import Status
 from identity.interfaces import EmailSender
 from identity.models import AuthSession, PatientLink
 from identity.notices import Notice
-from identity.oidc import consents, withdrawals
+from identity.oidc import backchannel, consents, withdrawals
 
 _HANDLE = re.compile(r"ses_[A-Za-z0-9_-]{22}")
 
@@ -200,6 +200,7 @@ def sign_out_everywhere(runtime: Runtime, account_id: str, *, request_id: str | 
         lock = sessions.lock_account_sessions(db, account_id)
         if lock is not None:
             sessions.revoke_everywhere(db, lock, actor=actor, request_id=request_id)
+            backchannel.queue(db, account_id)
             withdrawals.end_grants(db, account_id)
 
 

@@ -392,6 +392,7 @@ async def import_roster(request: Request) -> Response:
                 on_error=collect,
                 actor=actor,
                 name="upload",
+                followers=request.app.state.outward.followers,
             )
 
     try:
@@ -559,7 +560,12 @@ async def _unlink(request: Request, action: str) -> Response:
     try:
         account_id = await run_in_threadpool(
             lambda: staff.unlink(
-                _runtime(request), patient_id, reason=body.reason, action=action, actor=actor
+                _runtime(request),
+                patient_id,
+                reason=body.reason,
+                action=action,
+                actor=actor,
+                followers=request.app.state.outward.followers,
             )
         )
     except staff.StaffError as exc:

@@ -44,7 +44,7 @@ from identity.flows.mfa import SessionToken
 from identity.interfaces import EmailSender
 from identity.models import AuthSession, PasswordCredential
 from identity.notices import Notice
-from identity.oidc import withdrawals
+from identity.oidc import backchannel, withdrawals
 
 PATH = "/account/password"
 ENTER_NEW_PASSWORD = N_("Enter a new password.")
@@ -147,6 +147,7 @@ def change(
             replacing=current,
         )
         sessions.revoke_others(db, lock, started.session, request_id=request_id)
+        backchannel.queue(db, account_id)
         withdrawals.end_grants(db, account_id)
         notices.send(db, runtime, email, account_id, Notice.PASSWORD_CHANGED)
     return Changed(Result.OK, started.token, started.session.level)

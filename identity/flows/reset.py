@@ -77,7 +77,7 @@ from identity.flows.signin import (
 from identity.flows.signup import PasswordPolicyError
 from identity.interfaces import EmailSender, Outward
 from identity.models import Account, LoginIdentifier, PasswordCredential, PasswordReset, new_id
-from identity.oidc import withdrawals
+from identity.oidc import backchannel, withdrawals
 
 log = logging.getLogger(__name__)
 
@@ -486,6 +486,7 @@ def _apply(
     email_change.end_pending(db, account_id, now)
     # Whoever knew the old password (or held a session or an app's token) is out.
     sessions.revoke_all(db, lock)
+    backchannel.queue(db, account_id)
     withdrawals.end_grants(db, account_id)
     if login:
         emails.send(

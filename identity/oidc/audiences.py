@@ -9,6 +9,7 @@ clients), recorded in ``oidc_subject`` when its first token was issued.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -17,6 +18,9 @@ from sqlalchemy.orm import Session
 from identity import accounts
 from identity.models import Account, PatientLink
 from identity.oidc.models import OidcClient, OidcConsent, OidcSubject
+
+# IDs per IN list: a roster import may end many links at once.
+_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -54,3 +58,39 @@ def apps_of_patient(db: Session, patient_id: str, scope: str) -> list[AppOfPatie
 
 def client_exists(db: Session, client_id: str) -> bool:
     return db.get(OidcClient, client_id) is not None
+
+
+def apps_of_accounts(db: Session, account_ids: Collection[str]) -> dict[str, list[AppOfPatient]]:
+    """account ID -> the apps it gave a grant (any scope: each knows the person by its
+    ``sub``), the client not disabled; whatever the account's status, since an account
+    being disabled or deleted is what they are told of. An app never given a token (no
+    ``sub`` recorded) knows nothing of the person and is left out."""
+    found: dict[str, list[AppOfPatient]] = {}
+    ids = sorted(set(account_ids))
+    for start in range(0, len(ids), _CHUNK):
+        rows = db.execute(
+            select(OidcConsent.account_id, OidcConsent.client_id, OidcSubject.subject)
+            .join(OidcClient, OidcClient.client_id == OidcConsent.client_id)
+            .join(
+                OidcSubject,
+                (OidcSubject.client_id == OidcConsent.client_id)
+                & (OidcSubject.account_id == OidcConsent.account_id),
+            )
+            .where(
+                OidcConsent.account_id.in_(ids[start : start + _CHUNK]),
+                OidcClient.disabled_at.is_(None),
+            )
+            .order_by(OidcConsent.account_id, OidcConsent.client_id)
+        ).all()
+        for account_id, client_id, subject in rows:
+            found.setdefault(account_id, []).append(AppOfPatient(client_id, subject))
+    return found
+
+
+def subject_of(db: Session, account_id: str, client_id: str) -> str | None:
+    """The ``sub`` the client was given for the account, if it was ever given one."""
+    return db.scalar(
+        select(OidcSubject.subject).where(
+            OidcSubject.account_id == account_id, OidcSubject.client_id == client_id
+        )
+    )

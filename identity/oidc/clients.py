@@ -16,6 +16,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from carebridge.events.endpoints import EndpointError, check_url
 from carebridge.http import boundary
 from carebridge.settings import Settings
 from identity.models import new_id
@@ -187,6 +188,7 @@ def create(
     sector: str | None = None,
     access_token_seconds: int | None = None,
     refresh_token_seconds: int | None = None,
+    backchannel_logout_uri: str | None = None,
 ) -> Created:
     if not name.strip() or len(name) > 100:
         raise ClientError("--name: 1 to 100 characters")
@@ -195,6 +197,13 @@ def create(
     method = _auth_method(client_type, auth_method, jwks)
     for uri in [*redirect_uris, *(post_logout_redirect_uris or [])]:
         _check_redirect_uri(uri, settings)
+    if backchannel_logout_uri is not None:
+        # The webhooks' rules (https in production, no credentials or fragment, a public
+        # literal address): the same client delivers both (carebridge.events.outbound).
+        try:
+            backchannel_logout_uri = check_url(settings, backchannel_logout_uri)
+        except EndpointError as exc:
+            raise ClientError(f"--backchannel-logout-uri: {exc}") from None
     for scope in scopes:
         if not scope_rules.is_known(scope):
             raise ClientError(f"--scope {scope!r}: unknown scope")
@@ -222,6 +231,7 @@ def create(
             jwks=json.dumps(jwks) if jwks else None,
             redirect_uris=" ".join(redirect_uris),
             post_logout_redirect_uris=" ".join(post_logout_redirect_uris or []),
+            backchannel_logout_uri=backchannel_logout_uri,
             scopes=" ".join(dict.fromkeys(scopes)),
             first_party=first_party,
             # Without a shared host, the client is its own sector.

@@ -13,6 +13,7 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
+from identity import events as identity_events
 from identity.oidc import scopes as scope_rules
 from identity.oidc import withdrawals
 from identity.oidc.models import OidcClient, OidcConsent
@@ -84,6 +85,9 @@ def revoke(runtime: Runtime, account_id: str, client_id: str, *, request_id: str
             )
         )
         forgotten = bool(result.rowcount)  # type: ignore[attr-defined]
+        if forgotten:
+            # Told once, to that app alone: the grant it held is gone.
+            identity_events.grant_revoked(db, account_id=account_id, client_id=client_id[:100])
         ended = withdrawals.end_grants(db, account_id, client_id=client_id[:100])
         found = forgotten or ended > 0
         audit.append(

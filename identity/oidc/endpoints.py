@@ -142,6 +142,10 @@ async def openid_configuration(request: Request) -> Response:
         {
             "userinfo_endpoint": f"{issuer}{USERINFO_PATH}",
             "end_session_endpoint": f"{issuer}{END_SESSION_PATH}",
+            # Back-Channel Logout 1.0 (identity.oidc.backchannel): a logout ends every
+            # session of the person at once, so the tokens carry no sid.
+            "backchannel_logout_supported": True,
+            "backchannel_logout_session_supported": False,
             "subject_types_supported": ["pairwise", "public"],
             "id_token_signing_alg_values_supported": [runtime.keyring.active_signing_key.alg],
             "claims_supported": [

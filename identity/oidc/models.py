@@ -59,6 +59,8 @@ class OidcClient(Base):
     jwks: Mapped[str | None] = mapped_column(Text)  # public keys for private_key_jwt
     redirect_uris: Mapped[str] = mapped_column(Text, default="")
     post_logout_redirect_uris: Mapped[str] = mapped_column(Text, default="")
+    # OpenID Connect Back-Channel Logout: where logout tokens are POSTed (None: nowhere).
+    backchannel_logout_uri: Mapped[str | None] = mapped_column(Text)
     scopes: Mapped[str] = mapped_column(Text, default="")
     first_party: Mapped[bool] = mapped_column(Boolean, default=False)
     sector: Mapped[str] = mapped_column(String(300))

@@ -36,6 +36,8 @@ from carebridge.db import transaction
 from carebridge.keyring import associated_data
 from carebridge.runtime import Runtime, database_budget
 from carebridge.settings import Role
+from identity import events
+from identity.interfaces import PatientFollowers
 from identity.models import PatientLink, RosterImport, RosterMember, new_id
 from identity.roster.csv_format import (
     RejectedRow,
@@ -136,10 +138,13 @@ def import_roster(
     on_progress: Callable[[int], None] | None = None,
     actor: str = "operator",
     name: str | None = None,
+    followers: PatientFollowers,
 ) -> ImportResult:
     """Import ``path`` (a file, or an open binary stream: the admin API's upload) for
     ``source``; raises :class:`ImportRefusedError` when nothing was. ``name`` is what
-    messages call the file (default: its path); ``actor`` is who the audit log names."""
+    messages call the file (default: its path); ``actor`` is who the audit log names.
+    The clients following a member whose eligibility this import ended (``followers``,
+    and the apps of its linked account) are told: ``patient.roster_link_ended``."""
     check_source(source)
     result = ImportResult(new_id("ri"), source, "partial" if partial else "full")
     started = datetime.now(UTC)
@@ -159,6 +164,7 @@ def import_roster(
                 on_error=on_error,
                 on_progress=on_progress,
             )
+            events.roster_links_ended(db, followers, _ended(db, result, started))
     except (RosterFormatError, _RefusedError) as exc:
         _record_refusal(rt, result, started, actor)
         raise ImportRefusedError(str(exc), result) from None
@@ -243,6 +249,23 @@ def _run(
         action="roster.import",
         target=f"roster-source:{result.source}",
         outcome=Outcome.ALLOWED,
+    )
+
+
+def _ended(db: Session, result: ImportResult, started: datetime) -> list[str]:
+    """The patient IDs of the members this import made ineligible: terminated now (a
+    termination keeps its first moment, so one already terminated is not counted again),
+    or left out of a full import (retired now, by :meth:`_Writer.retire_absent`)."""
+    member = RosterMember
+    return list(
+        db.scalars(
+            select(member.patient_id).where(
+                member.source == result.source,
+                member.eligible.is_(False),
+                (member.terminated_at == started)
+                | ((member.updated_at == started) & (member.last_import_id != result.import_id)),
+            )
+        )
     )
 
 

@@ -23,6 +23,8 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.keyring import Keyring, associated_data
 from carebridge.runtime import Runtime
+from identity import events
+from identity.interfaces import PatientFollowers
 from identity.models import ActivationCode, PatientLink, RosterMember, StaffAction, new_id
 
 # Crockford's base32: no I, L, O or U. 12 characters = 60 bits.
@@ -176,6 +178,7 @@ def unlink(
     reason: str,
     action: str = "roster.unlink",
     actor: str = "operator",
+    followers: PatientFollowers,
 ) -> str:
     """Delete the patient's link to its account (the account keeps its sign-in); returns
     the account ID. ``roster.reverify`` also ends the patient's unused activation codes, so
@@ -187,6 +190,8 @@ def unlink(
         account_id = _linked_account(db, patient_id)
         if account_id is None:
             raise ConflictError(f"patient {patient_id} is not linked to an account")
+        # Told while the link still says which account's apps could read the patient.
+        events.roster_links_ended(db, followers, [patient_id])
         db.execute(delete(PatientLink).where(PatientLink.patient_id == patient_id))
         if action == "roster.reverify":
             _end_unused_codes(db, patient_id, datetime.now(UTC))

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
+from carebridge.wiring import CareTeamFollowers
 from identity.models import PatientLink, RosterMember
 from identity.roster import importer
 from identity.roster.hashes import RosterHashes
@@ -29,7 +30,7 @@ def import_roster(runtime: Runtime, tmp_path: Path) -> dict[str, str]:
     path = tmp_path / "roster.csv"
     lines = [HEADER, *(",".join([*row, ""]) for row in PEOPLE.values())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    importer.import_roster(runtime, path, source="acme")
+    importer.import_roster(runtime, path, source="acme", followers=CareTeamFollowers())
     hashes = RosterHashes(runtime.keyring)
     with runtime.sessions() as db:
         keys = {

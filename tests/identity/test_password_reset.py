@@ -24,6 +24,7 @@ from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
+from carebridge.wiring import CareTeamFollowers
 from identity import accounts, sessions, throttle
 from identity.credentials import password
 from identity.flows import reset, signin, status
@@ -446,7 +447,7 @@ def test_reset_link_of_a_disabled_account_is_refused_and_does_not_enable_it(
 ) -> None:
     account_id, _ = _account(runtime)
     token = _link_token(client, runtime, mailbox)
-    assert status.set_active_by_id(runtime, account_id, active=False)
+    assert status.set_active_by_id(runtime, account_id, active=False, followers=CareTeamFollowers())
     assert _reset_api(client, token) == 400
     assert _ask_api(client, LOGIN)[0] == 202
     assert len(mailbox.to(runtime, LOGIN)) == 1  # no new link for a disabled account
@@ -467,7 +468,7 @@ def test_account_disabled_while_the_new_password_is_hashed_keeps_its_password(
     real_hash = reset.password.hash_password
 
     def hash_while_disabled(*args: object, **kwargs: object) -> str:
-        status.set_active_by_id(runtime, account_id, active=False)
+        status.set_active_by_id(runtime, account_id, active=False, followers=CareTeamFollowers())
         return real_hash(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(reset.password, "hash_password", hash_while_disabled)

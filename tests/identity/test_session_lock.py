@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 from carebridge import mail
 from carebridge.runtime import Runtime
+from carebridge.wiring import CareTeamFollowers
 from identity import sessions
 from identity.flows import account, mfa, reset, status
 from identity.models import AuthSession, RecoveryCode, TotpCredential
@@ -109,7 +110,9 @@ def test_mfa_step_racing_an_operators_disabling_does_not_survive(
     patient = account_changes.patient(runtime)
 
     def disable() -> None:
-        status.set_active_by_id(runtime, patient.account_id, active=False)
+        status.set_active_by_id(
+            runtime, patient.account_id, active=False, followers=CareTeamFollowers()
+        )
 
     _raise_while(runtime, monkeypatch, patient, disable)
 

@@ -21,6 +21,7 @@ from carebridge.app import create_app
 from carebridge.audit import AuditRecord
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
+from carebridge.wiring import CareTeamFollowers
 from identity import sessions
 from identity.flows import verify
 from identity.models import PatientLink, RosterMember
@@ -45,7 +46,7 @@ REQUEST_ID = "verify-test-request"
 def load_roster(runtime: Runtime, tmp_path: Path, rows: list[list[str]] = ROSTER) -> None:
     path = tmp_path / "roster.csv"
     path.write_text("\n".join([HEADER, *(",".join(row) for row in rows)]) + "\n")
-    importer.import_roster(runtime, path, source="acme")
+    importer.import_roster(runtime, path, source="acme", followers=CareTeamFollowers())
 
 
 def patient_of(runtime: Runtime, member_id_row: list[str]) -> str:

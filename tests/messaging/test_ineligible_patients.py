@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from carebridge.audit import AuditRecord, Outcome
+from carebridge.wiring import CareTeamFollowers
 from identity.patients import Eligibility, eligibility
 from identity.roster import importer
 from messaging.models import Thread
@@ -22,7 +23,9 @@ def terminate(world: World, tmp_path: Path, name: str) -> None:
     """The roster source's next (partial) file marks the person terminated."""
     path = tmp_path / "terminations.csv"
     path.write_text(f"{HEADER}\n{','.join([*PEOPLE[name], 'terminated'])}\n", encoding="utf-8")
-    importer.import_roster(world.runtime, path, source="acme", partial=True)
+    importer.import_roster(
+        world.runtime, path, source="acme", partial=True, followers=CareTeamFollowers()
+    )
 
 
 def open_thread(client: TestClient, world: World, patient_id: str) -> httpx.Response:

@@ -24,6 +24,7 @@ from starlette.testclient import TestClient
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
+from carebridge.wiring import CareTeamFollowers
 from identity.flows import status
 from identity.oidc import authorize, clients, consents
 from identity.oidc.execution import Planned
@@ -142,8 +143,12 @@ def test_disabled_then_enabled_account_refresh_token_stays_dead(
     client: TestClient, runtime: Runtime, registered: helpers.Registered, someone: helpers.Person
 ) -> None:
     body = _tokens(client, registered)
-    assert status.set_active_by_id(runtime, someone.account_id, active=False)
-    assert status.set_active_by_id(runtime, someone.account_id, active=True)
+    assert status.set_active_by_id(
+        runtime, someone.account_id, active=False, followers=CareTeamFollowers()
+    )
+    assert status.set_active_by_id(
+        runtime, someone.account_id, active=True, followers=CareTeamFollowers()
+    )
     refreshed = _refresh(client, registered, body["refresh_token"])
     assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
     assert _introspect(client, registered, body["refresh_token"]) == {"active": False}
@@ -157,11 +162,15 @@ def test_disabled_account_access_token_inactive_at_introspection(
 ) -> None:
     access_token = _tokens(client, registered)["access_token"]
     _works_everywhere(client, registered, access_token)
-    assert status.set_active_by_id(runtime, someone.account_id, active=False)
+    assert status.set_active_by_id(
+        runtime, someone.account_id, active=False, followers=CareTeamFollowers()
+    )
     assert _introspect(client, registered, access_token) == {"active": False}
     _refused_everywhere(client, registered, access_token)
     # And for good: enabling the account gives it back nothing.
-    assert status.set_active_by_id(runtime, someone.account_id, active=True)
+    assert status.set_active_by_id(
+        runtime, someone.account_id, active=True, followers=CareTeamFollowers()
+    )
     _refused_everywhere(client, registered, access_token)
 
 
@@ -169,8 +178,12 @@ def test_code_issued_before_a_disable_is_refused_after_enable(
     client: TestClient, runtime: Runtime, registered: helpers.Registered, someone: helpers.Person
 ) -> None:
     code, verifier = _code(client, registered)
-    assert status.set_active_by_id(runtime, someone.account_id, active=False)
-    assert status.set_active_by_id(runtime, someone.account_id, active=True)
+    assert status.set_active_by_id(
+        runtime, someone.account_id, active=False, followers=CareTeamFollowers()
+    )
+    assert status.set_active_by_id(
+        runtime, someone.account_id, active=True, followers=CareTeamFollowers()
+    )
     response = helpers.exchange(client, registered, code, verifier)
     assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
 
@@ -198,11 +211,19 @@ def test_exchange_racing_a_disable_leaves_nothing_alive_after_enable(  # noqa: P
         if not isinstance(execution, Planned):
             # In a worker thread: the disable's writes, in the request's transaction,
             # before its claim.
-            status._set(execution.session(), someone.account_id, active=False, actor="test")
+            status._set(
+                execution.session(),
+                someone.account_id,
+                active=False,
+                followers=CareTeamFollowers(),
+                actor="test",
+            )
         else:
             # On the event loop the claim runs after Authlib answers: a disable
             # committed before then.
-            assert status.set_active_by_id(runtime, someone.account_id, active=False)
+            assert status.set_active_by_id(
+                runtime, someone.account_id, active=False, followers=CareTeamFollowers()
+            )
         save_token(grant, token)
 
     monkeypatch.setattr(AuthorizationCodeGrant, "save_token", raced)
@@ -210,7 +231,9 @@ def test_exchange_racing_a_disable_leaves_nothing_alive_after_enable(  # noqa: P
     monkeypatch.undo()
     assert response.status_code == 200, response.text
     body = response.json()
-    assert status.set_active_by_id(runtime, someone.account_id, active=True)
+    assert status.set_active_by_id(
+        runtime, someone.account_id, active=True, followers=CareTeamFollowers()
+    )
     refreshed = _refresh(client, registered, body["refresh_token"])
     assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
     _refused_everywhere(client, registered, body["access_token"])
