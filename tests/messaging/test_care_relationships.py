@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from carebridge.audit import AuditRecord
-from carebridge.wiring import CareTeamsFollowRoster
+from carebridge.wiring import CareTeamFollowers, CareTeamsFollowRoster
 from identity.roster import importer
 from messaging import relationships
 from messaging.interfaces import operator_end, operator_start, set_roster_source
@@ -187,7 +187,7 @@ def test_a_roster_source_feeds_a_team_and_rows_removed_end_it(world: World, tmp_
     path = tmp_path / "again.csv"
     kept = [",".join([*PEOPLE[name], ""]) for name in ("zeb", "pip")]
     path.write_text("\n".join([HEADER, *kept]) + "\n", encoding="utf-8")
-    importer.import_roster(world.runtime, path, source="acme")
+    importer.import_roster(world.runtime, path, source="acme", followers=CareTeamFollowers())
     CareTeamsFollowRoster(world.runtime).roster_imported(source="acme")
     (otto,) = _rows(world, "otto", world.team)
     assert otto.ended_at is not None and otto.ended_by == "roster:acme"
