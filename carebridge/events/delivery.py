@@ -93,9 +93,13 @@ class WebhookHandler:
             "webhook-signature": signatures,
         }
         try:
-            response = self.client.post(
-                target.url, content=body, headers=headers, extensions=target.extensions
+            # Streamed and closed unread: only the status counts, and a receiver's body
+            # (endless, or dripped within each read's timeout) must not hold the worker.
+            request = self.client.build_request(
+                "POST", target.url, content=body, headers=headers, extensions=target.extensions
             )
+            response = self.client.send(request, stream=True)
+            response.close()
         except httpx.TimeoutException:
             raise RetryLater("timeout") from None
         except httpx.HTTPError:
