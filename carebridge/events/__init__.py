@@ -19,6 +19,7 @@ from carebridge.events.emit import (
     THREAD_CREATED,
     Audience,
     emit,
+    forget,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "THREAD_CREATED",
     "Audience",
     "emit",
+    "forget",
 ]

@@ -8,14 +8,14 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from carebridge import audit
+from carebridge import audit, events
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
 from identity.oidc import scopes as scope_rules
 from identity.oidc import withdrawals
-from identity.oidc.models import OidcClient, OidcConsent
+from identity.oidc.models import OidcClient, OidcConsent, OidcSubject
 
 
 def remembered(
@@ -85,6 +85,14 @@ def revoke(runtime: Runtime, account_id: str, client_id: str, *, request_id: str
         )
         forgotten = bool(result.rowcount)  # type: ignore[attr-defined]
         ended = withdrawals.end_grants(db, account_id, client_id=client_id[:100])
+        # Nor what it was told and has not fetched yet: its events of this patient.
+        subject = db.scalar(
+            select(OidcSubject.subject).where(
+                OidcSubject.account_id == account_id, OidcSubject.client_id == client_id[:100]
+            )
+        )
+        if subject is not None:
+            events.forget(db, client_id=client_id[:100], patient=subject)
         found = forgotten or ended > 0
         audit.append(
             db,
