@@ -4,6 +4,8 @@ to an address that is not public, resolved or rebound."""
 
 from __future__ import annotations
 
+import ipaddress
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,7 +20,7 @@ from starlette.testclient import TestClient
 from carebridge import outbox
 from carebridge.app import create_app
 from carebridge.db import transaction
-from carebridge.events import endpoints, operations
+from carebridge.events import address, endpoints, operations
 from carebridge.events.delivery import WebhookHandler
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
@@ -366,3 +368,67 @@ def test_production_refuses_the_loopback_setting(tmp_path: Path) -> None:
     # Even if it ran: a loopback literal is refused at registration in production.
     with pytest.raises(endpoints.EndpointError):
         endpoints.check_url(production, "https://127.0.0.1/in")
+
+
+@pytest.mark.parametrize(
+    "resolved",
+    [
+        ["64:ff9b::a00:7"],  # NAT64's well-known prefix carrying 10.0.0.7
+        ["64:ff9b::a9fe:a9fe"],  # ... carrying the metadata service
+        ["64:ff9b:1::a00:7"],  # local-use NAT64
+        ["::a00:7"],  # IPv4-compatible (deprecated, still routed by some stacks)
+        ["::ffff:0:a00:7"],  # SIIT IPv4-translated
+        ["2002:a00:7::1"],  # 6to4 of 10.0.0.7
+        ["2001:0:4136:e378:8000:63bf:f5ff:fff8"],  # Teredo
+        ["fec0::1"],  # site-local (deprecated)
+        ["fe80::1%eth0"],  # link-local with a zone
+        ["ff02::1"],  # multicast
+    ],
+)
+def test_an_ipv6_form_of_a_private_address_is_refused(
+    runtime: Runtime, world: World, client: TestClient, receiver: Receiver, resolved: list[str]
+) -> None:
+    register(runtime, receiver, url=f"http://hooks.example:{receiver.port}/hooks")
+    start_thread(client, world)
+    deliver_all(runtime, WebhookHandler(runtime, resolver=Answers(resolved)))
+    assert receiver.requests == 0
+    assert {(r.state, r.last_error) for r in webhook_rows(runtime)} == {
+        (outbox.DEAD, "refused_address")
+    }
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://[64:ff9b::a00:7]/in",
+        "https://[::a00:7]/in",
+        "https://[fec0::1]/in",
+        "https://[fe80::1%25eth0]/in",
+        "https://[::ffff:169.254.169.254]/in",
+    ],
+)
+def test_registering_an_ipv6_literal_of_a_private_address_is_refused(
+    tmp_path: Path, url: str
+) -> None:
+    with pytest.raises(endpoints.EndpointError):
+        endpoints.check_url(Settings(data_dir=tmp_path), url)
+
+
+def test_a_public_address_through_nat64_is_still_allowed() -> None:
+    """On an IPv6-only network (DNS64) public IPv4 hosts answer in 64:ff9b::/96."""
+    assert address.is_allowed(ipaddress.ip_address("64:ff9b::5db8:d70e"), allow_loopback=False)
+    assert address.is_allowed(ipaddress.ip_address("2606:4700::1111"), allow_loopback=False)
+
+
+def test_a_receiver_dripping_an_endless_body_holding_the_worker_is_refused(
+    runtime: Runtime, world: World, client: TestClient, receiver: Receiver
+) -> None:
+    """Only the status counts: the body is never read, so a receiver cannot keep the
+    worker (each byte inside the read timeout) nor fill its memory."""
+    register(runtime, receiver)
+    receiver.failures = ["drip"]
+    start_thread(client, world)
+    started = time.monotonic()
+    deliver_all(runtime, WebhookHandler(runtime))
+    assert time.monotonic() - started < 5
+    assert {r.state for r in webhook_rows(runtime)} == {outbox.DONE}
