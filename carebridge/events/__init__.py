@@ -21,6 +21,7 @@ from carebridge.events.emit import (
     emit,
     forget,
 )
+from carebridge.events.endpoints import disable_client
 
 __all__ = [
     "CHANNEL",
@@ -29,6 +30,7 @@ __all__ = [
     "THREAD_CLOSED",
     "THREAD_CREATED",
     "Audience",
+    "disable_client",
     "emit",
     "forget",
 ]

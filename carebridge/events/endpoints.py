@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from carebridge import audit
@@ -185,6 +185,18 @@ def set_enabled(
         endpoint.enabled, endpoint.updated_at = enabled, now
         _audit(db, actor, "webhook.enable" if enabled else "webhook.disable", endpoint)
     return _info(endpoint, now)
+
+
+def disable_client(db: Session, client_id: str) -> int:
+    """Disable every endpoint of a client that was itself disabled (a compromised or
+    retired app): its receiver hears nothing more, queued deliveries become dead
+    letters. The client's disabling is the audited act. Returns how many."""
+    result = db.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.client_id == client_id, WebhookEndpoint.enabled.is_(True))
+        .values(enabled=False, updated_at=utcnow())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def rotate(

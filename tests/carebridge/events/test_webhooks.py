@@ -25,6 +25,8 @@ from carebridge.events.delivery import WebhookHandler
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
+from identity.oidc import clients
+from messaging import care_teams
 from tests.carebridge.events.receiver import Receiver, serve, types_of
 from tests.messaging.conftest import PROVIDER_APP, World, build_world, start_thread
 
@@ -432,3 +434,34 @@ def test_a_receiver_dripping_an_endless_body_holding_the_worker_is_refused(
     deliver_all(runtime, WebhookHandler(runtime))
     assert time.monotonic() - started < 5
     assert {r.state for r in webhook_rows(runtime)} == {outbox.DONE}
+
+
+def test_a_disabled_clients_receiver_hearing_on_is_refused(
+    runtime: Runtime, world: World, client: TestClient, receiver: Receiver
+) -> None:
+    """A client disabled (compromised, retired) with deliveries still queued: its
+    endpoints are disabled with it, so its receiver hears nothing more."""
+    with transaction(runtime.sessions) as db:
+        team_app = clients.create(
+            db,
+            runtime.settings,
+            name="Team desk",
+            client_type="confidential",
+            redirect_uris=["https://desk.example/cb"],
+            scopes=["messaging.read"],
+        ).client_id
+        created = endpoints.add(
+            db, runtime.keyring, runtime.settings, client_id=team_app, url=receiver.url, actor="t"
+        )
+    receiver.secret = created.secret
+    care_teams.add_client(runtime, world.team, team_app, actor="t")
+    start_thread(client, world)
+    with transaction(runtime.sessions) as db:
+        assert clients.disable(db, team_app)
+    deliver_all(runtime, WebhookHandler(runtime))
+    assert receiver.requests == 0
+    rows = webhook_rows(runtime)
+    assert len(rows) == 2
+    assert {(r.state, r.last_error) for r in rows} == {(outbox.DEAD, "endpoint_disabled")}
+    with runtime.sessions() as db:
+        assert [e.enabled for e in endpoints.list_endpoints(db, team_app)] == [False]
