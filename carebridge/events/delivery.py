@@ -86,6 +86,10 @@ class WebhookHandler:
         except OSError:
             raise RetryLater("dns") from None
         headers = {
+            # A connection per delivery: pooled connections are keyed by the pinned
+            # address, so another name on that address would reuse one whose TLS
+            # certificate was checked for the first name, never for its own.
+            "connection": "close",
             "host": target.host,
             "content-type": "application/json",
             "webhook-id": event_id,

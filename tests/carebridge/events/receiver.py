@@ -7,6 +7,7 @@ endless body."""
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -69,8 +70,13 @@ class Receiver:
         return 204, {}
 
 
-def serve(receiver: Receiver) -> Iterator[Receiver]:
+def serve(receiver: Receiver, tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    """Serve on loopback; with ``tls``, over TLS and HTTP/1.1 (connections kept open
+    unless the sender asks otherwise, as a real receiver's)."""
+
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1" if tls is not None else "HTTP/1.0"
+
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             body = self.rfile.read(length)
@@ -95,6 +101,8 @@ def serve(receiver: Receiver) -> Iterator[Receiver]:
 
     server = ThreadingHTTPServer(("127.0.0.1", receiver.port), Handler)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     receiver.port = int(server.server_address[1])
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -5,13 +5,18 @@ to an address that is not public, resolved or rebound."""
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy import select, update
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -465,3 +470,63 @@ def test_a_disabled_clients_receiver_hearing_on_is_refused(
     assert {(r.state, r.last_error) for r in rows} == {(outbox.DEAD, "endpoint_disabled")}
     with runtime.sessions() as db:
         assert [e.enabled for e in endpoints.list_endpoints(db, team_app)] == [False]
+
+
+def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` only, and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_a_pooled_tls_connection_skipping_the_next_names_certificate_is_refused(
+    runtime: Runtime, world: World, client: TestClient, tmp_path: Path
+) -> None:
+    """Two names pinned to one address share an origin (the address): a connection
+    kept open after a delivery to the first, whose certificate it checked, must not
+    carry the second's deliveries, whose certificate does not match."""
+    cert, key = _certificate(tmp_path, "a.example")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+    for receiver in serve(Receiver(), tls=server_tls):
+        first = register(runtime, receiver, url=f"https://a.example:{receiver.port}/hooks")
+        handler = WebhookHandler(
+            runtime,
+            resolver=Answers(["127.0.0.1"]),
+            transport=httpx.HTTPTransport(verify=trusting),
+        )
+        start_thread(client, world)
+        deliver_all(runtime, handler)
+        assert len(receiver.events) == 2  # a.example's certificate verified
+        with transaction(runtime.sessions) as db:
+            endpoints.set_enabled(db, first, enabled=False, actor="t")
+        register(runtime, receiver, url=f"https://b.example:{receiver.port}/hooks")
+        start_thread(client, world, patient="otto")
+        deliver_all(runtime, handler)
+        assert receiver.requests == 2  # nothing for b.example: its certificate is not there
+        assert {r.last_error for r in webhook_rows(runtime) if r.state == outbox.PENDING} == {
+            "connect"
+        }
