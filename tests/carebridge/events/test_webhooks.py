@@ -530,3 +530,39 @@ def test_a_pooled_tls_connection_skipping_the_next_names_certificate_is_refused(
         assert {r.last_error for r in webhook_rows(runtime) if r.state == outbox.PENDING} == {
             "connect"
         }
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433/in",  # 127.0.0.1 in decimal
+        "http://0x7f000001/in",  # ... in hex
+        "http://0177.0.0.1/in",  # ... in octal
+        "http://127.1/in",  # ... shortened
+        "http://0/in",  # 0.0.0.0
+        "http://LOCALHOST/in",
+        "http://[::ffff:7f00:1]/in",
+    ],
+)
+def test_an_ip_literal_in_decimal_octal_or_hex_form_is_refused(url: str) -> None:
+    """inet_aton's forms are not literals to ipaddress; the system resolver turns them
+    into the address, which is what is checked."""
+    with pytest.raises(address.RefusedAddressError):
+        address.pin(url, address.resolve, allow_loopback=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://@hooks.example/in",  # an empty user name
+        "https://hooks.example\\@10.0.0.1/in",
+        "https://hooks.ex\u0430mple.org/in",  # a Cyrillic a
+        "https://b\u00fccher.example/in",
+    ],
+)
+def test_registering_a_url_with_userinfo_or_a_non_ascii_host_is_refused(
+    tmp_path: Path, url: str
+) -> None:
+    with pytest.raises(endpoints.EndpointError):
+        endpoints.check_url(Settings(data_dir=tmp_path), url)
+    assert endpoints.check_url(Settings(data_dir=tmp_path), "https://xn--bcher-kva.example/in")
