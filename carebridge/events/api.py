@@ -314,7 +314,7 @@ async def add_endpoint(request: Request) -> Response:
     """Register a webhook endpoint for a client
 
     - 400: Not an https URL (http outside production), or a private address
-    - 422: No such client
+    - 422: No such client, or it is disabled
     """
     access = await _client(request, ADMIN_SCOPE, "webhook.add")
     body = await _body(request, NewEndpoint)
@@ -322,7 +322,7 @@ async def add_endpoint(request: Request) -> Response:
 
     def work(db: Session) -> endpoints.Created:
         if not hooks.client_exists(db, body.client_id):
-            raise Problem(422, "No such client.")
+            raise Problem(422, "No such client, or it is disabled.")
         return endpoints.add(
             db,
             runtime.keyring,
