@@ -181,3 +181,6 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     access.propagate = False
     # Alembic narrates every migration step at INFO; operators need only problems.
     logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
+    # httpx writes every request's full URL at INFO: a webhook receiver's query string
+    # may hold the app's own token, and the address it resolved to is not for the log.
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))

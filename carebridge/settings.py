@@ -385,6 +385,11 @@ class Settings(BaseSettings):
     event_retention_days: int = Field(default=14, ge=1, le=90)
     # The longest a feed request waits for a new event (long polling), in seconds.
     event_feed_max_wait_seconds: int = Field(default=25, ge=0, le=60)
+    # Feed requests waiting at once, per client and per process: each holds a task and
+    # polls the database, so more would starve the thread pool other requests share.
+    # Past either bound a request is answered 429 at once instead of waiting.
+    event_feed_max_waiting_per_client: int = Field(default=2, ge=1, le=100)
+    event_feed_max_waiting: int = Field(default=100, ge=1, le=10_000)
 
     @field_validator("attachment_types", mode="before")
     @classmethod

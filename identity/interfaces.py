@@ -66,7 +66,7 @@ __all__ = [
     "account_exists",  # is there an account with this ID?
     "apps_of_patient",  # the apps whose tokens may read the patient's data in a scope
     "check_client_token",  # an app's own token: raises WithdrawnError if withdrawn
-    "client_exists",  # is there an OIDC client with this ID?
+    "client_exists",  # is there an OIDC client with this ID, not disabled?
     "eligibility",  # is this patient ID on the roster, and eligible now?
     "end_staff_access",  # offboarding: the account's sessions and grants to the team's apps
     "in_standing",  # does a token still act (not withdrawn, its person's account active)?

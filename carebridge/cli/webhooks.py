@@ -60,7 +60,7 @@ def add_endpoint(args: argparse.Namespace) -> int:
         require_current_schema(rt)
         with transaction(rt.sessions) as db:
             if not client_exists(db, args.client_id):
-                raise CommandError(f"no client {args.client_id!r}")
+                raise CommandError(f"no client {args.client_id!r}, or it is disabled")
             try:
                 created = endpoints.add(
                     db, rt.keyring, rt.settings, client_id=args.client_id, url=args.url, actor=ACTOR
@@ -101,9 +101,12 @@ def _set(args: argparse.Namespace, *, enabled: bool) -> int:
         require_current_schema(rt)
         with transaction(rt.sessions) as db:
             try:
-                endpoints.set_enabled(db, args.endpoint_id, enabled=enabled, actor=ACTOR)
+                info = endpoints.set_enabled(db, args.endpoint_id, enabled=enabled, actor=ACTOR)
             except endpoints.EndpointError as exc:
                 raise CommandError(str(exc)) from None
+            # A disabled client's endpoints stay off (rolled back with this error).
+            if enabled and not client_exists(db, info.client_id):
+                raise CommandError(f"client {info.client_id!r} is disabled")
     finally:
         rt.close()
     print(f"{args.endpoint_id} {'enabled' if enabled else 'disabled'}")

@@ -23,7 +23,9 @@ from carebridge.events.emit import (
     THREAD_CREATED,
     Audience,
     emit,
+    forget,
 )
+from carebridge.events.endpoints import disable_client
 
 __all__ = [
     "ACCOUNT_DELETED",
@@ -36,5 +38,7 @@ __all__ = [
     "THREAD_CLOSED",
     "THREAD_CREATED",
     "Audience",
+    "disable_client",
     "emit",
+    "forget",
 ]

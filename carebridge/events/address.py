@@ -5,8 +5,10 @@ the delivery is refused; the connection then goes to the checked address itself,
 the name as Host and TLS server name (:class:`Pinned`), so no second resolution can
 swap in another address (DNS rebinding). Refused: private, loopback, link-local (the
 cloud metadata service, 169.254.169.254, among them), CGNAT, multicast, reserved and
-unspecified addresses, IPv6 unique-local (fd00:ec2::254) included, and IPv4 inside IPv6
-(mapped, 6to4, Teredo) judged as the IPv4 address it carries. Loopback is allowed only
+unspecified addresses, IPv6 unique-local (fd00:ec2::254) and site-local included, all of
+the reserved ``::/8`` (IPv4-compatible ``::10.0.0.1``, SIIT, local-use NAT64), and IPv4
+inside IPv6 (mapped, 6to4, Teredo, NAT64's well-known prefix ``64:ff9b::/96``) judged as
+the IPv4 address it carries. Loopback is allowed only
 with ``CAREBRIDGE_WEBHOOK_ALLOW_LOOPBACK`` (tests and development; refused in production).
 """
 
@@ -21,6 +23,9 @@ from urllib.parse import urlsplit, urlunsplit
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # host, port -> every address the name resolves to (injectable: the tests' resolvers).
 Resolver = Callable[[str, int], Sequence[str]]
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix
 
 
 class RefusedAddressError(Exception):
@@ -42,6 +47,10 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
         return address.sixtofour
     if address.teredo is not None:
         return address.teredo[1]
+    if address in _NAT64:
+        # On an IPv6-only network with DNS64 every IPv4 host answers in this prefix, so
+        # it is judged as the IPv4 address in its low 32 bits, not refused outright.
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
 
@@ -52,9 +61,16 @@ def is_allowed(address: IPAddress, *, allow_loopback: bool) -> bool:
             return is_allowed(embedded, allow_loopback=allow_loopback)
     if address.is_loopback:
         return allow_loopback
-    # is_global excludes private, link-local, CGNAT (100.64/10), reserved, unspecified,
-    # documentation and unique-local ranges; multicast is listed apart.
-    return address.is_global and not address.is_multicast
+    # is_global excludes private, link-local, CGNAT (100.64/10), unspecified,
+    # documentation and unique-local ranges. Before Python 3.13 it holds for the reserved
+    # ::/8 (IPv4-compatible, SIIT ::ffff:0:0:0/96, local-use NAT64 64:ff9b:1::/48, which
+    # translators route to IPv4 inside) and the deprecated site-local fec0::/10: both
+    # refused here; multicast is listed apart.
+    if address.is_reserved or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return False
+    return address.is_global
 
 
 @dataclass(frozen=True)

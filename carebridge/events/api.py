@@ -8,7 +8,8 @@ no feature.
 
 The feed long-polls: with nothing new it waits up to ``wait`` seconds (at most
 ``CAREBRIDGE_EVENT_FEED_MAX_WAIT_SECONDS``), looking again every half second with a
-short-lived session, so a waiting request holds no database connection.
+short-lived session, so a waiting request holds no database connection; how many may
+wait at once is bounded per client and per process (:mod:`.waiting`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from starlette.routing import BaseRoute, Route
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
-from carebridge.events import endpoints, feed, operations
+from carebridge.events import endpoints, feed, operations, waiting
 from carebridge.http import bearer, openapi
 from carebridge.http.bearer import AccessToken
 from carebridge.http.body import read_bounded
@@ -193,11 +194,26 @@ async def _body(request: Request, model: type[M]) -> M:
     return parse_json(await read_bounded(request, BODY_LIMIT, too_large), model)
 
 
+def _waiting(request: Request) -> waiting.Waiting:
+    # One count per application (per process), made on first use on the event loop.
+    state = request.app.state
+    found: waiting.Waiting | None = getattr(state, "event_feed_waiting", None)
+    if found is None:
+        settings = _runtime(request).settings
+        found = waiting.Waiting(
+            per_client=settings.event_feed_max_waiting_per_client,
+            total=settings.event_feed_max_waiting,
+        )
+        state.event_feed_waiting = found
+    return found
+
+
 def _wait(request: Request, limit: int) -> int:
     raw = request.query_params.get("wait")
     if raw is None:
         return 0
-    if not raw.isdigit() or len(raw) > 3:
+    # ASCII digits only: str.isdigit() holds for "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 3:
         raise Problem(
             400, "The request is not valid.", errors=[{"field": "wait", "message": "Seconds."}]
         )
@@ -211,7 +227,7 @@ def _wait(request: Request, limit: int) -> int:
     answers={200: openapi.Json(EventPage, "Events after the cursor (possibly none)")},
     security=openapi.access_token(FEED_SCOPE),
     query=FeedQuery,
-    problems=(400,),
+    problems=(400, 429),
 )
 async def list_events(request: Request) -> Response:
     """The client's events after a cursor, waiting for one if asked
@@ -222,6 +238,7 @@ async def list_events(request: Request) -> Response:
 
     - 400: A cursor this client was not given, or a bad `wait`
     - 403: Not a client-credentials token, or the scope is missing
+    - 429: The client already has as many requests waiting as allowed
     """
     access = await _client(request, FEED_SCOPE, "events.feed")
     runtime = _runtime(request)
@@ -239,11 +256,20 @@ async def list_events(request: Request) -> Response:
         with runtime.sessions() as db:
             return feed.read(db, runtime.keyring, access.client_id, after, utcnow())
 
-    deadline = time.monotonic() + wait
     batch = await run_in_threadpool(look)
-    while not batch.events and time.monotonic() < deadline:
-        await anyio.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0)))
-        batch = await run_in_threadpool(look)
+    if not batch.events and wait:
+        try:
+            with _waiting(request).slot(access.client_id):
+                deadline = time.monotonic() + wait
+                while not batch.events and time.monotonic() < deadline:
+                    await anyio.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0)))
+                    batch = await run_in_threadpool(look)
+        except waiting.TooManyWaitingError:
+            raise Problem(
+                429,
+                "Too many feed requests are waiting; wait for an answer before asking again.",
+                headers={"retry-after": str(max(wait, 1))},
+            ) from None
     page = EventPage(
         events=[
             FeedEventOut(id=e.id, type=e.type, timestamp=e.created_at, data=e.data)
@@ -291,7 +317,7 @@ async def add_endpoint(request: Request) -> Response:
     """Register a webhook endpoint for a client
 
     - 400: Not an https URL (http outside production), or a private address
-    - 422: No such client
+    - 422: No such client, or it is disabled
     """
     access = await _client(request, ADMIN_SCOPE, "webhook.add")
     body = await _body(request, NewEndpoint)
@@ -299,7 +325,7 @@ async def add_endpoint(request: Request) -> Response:
 
     def work(db: Session) -> endpoints.Created:
         if not hooks.client_exists(db, body.client_id):
-            raise Problem(422, "No such client.")
+            raise Problem(422, "No such client, or it is disabled.")
         return endpoints.add(
             db,
             runtime.keyring,

@@ -4,6 +4,8 @@ A feature says what happened and to whom (:class:`Audience`: a client, and the
 patient's ID as that client knows it); this writes one ``event`` row per client and one
 outbox row per enabled webhook endpoint of that client. Both commit or roll back with
 the change: no event for a change that did not happen, none lost to a crash.
+:func:`forget` takes back what a client was told of a patient, when the patient
+withdraws the client's grant.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from carebridge import outbox
@@ -82,3 +84,15 @@ def emit(
                     payload={"endpoint": endpoint_id, "event": str(row["id"])},
                 )
     return [str(row["id"]) for row in rows]
+
+
+def forget(db: Session, *, client_id: str, patient: str) -> int:
+    """Delete the events ``client_id`` has of ``patient`` (as it knows them): once the
+    patient revoked its grant, the feed shows none and the queued deliveries of them
+    end as dead letters (``event_purged``), not at the app. Returns how many."""
+    result = db.execute(
+        delete(Event).where(
+            Event.client_id == client_id, Event.data["patient"].as_string() == patient
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from carebridge import audit
@@ -81,8 +81,8 @@ def signing_secrets(keyring: Keyring, endpoint: WebhookEndpoint, now: datetime) 
 
 
 def check_url(settings: Settings, url: str) -> str:
-    """https only in production (http too in development and tests); a host name or a
-    public address, no credentials, no fragment. Where the name resolves is checked at
+    """https only in production (http too in development and tests); an ASCII host
+    name or a public address, no credentials, no fragment. Where the name resolves is checked at
     every delivery (carebridge.events.address), not here: DNS answers change."""
     url = url.strip()
     if len(url) > 2000:
@@ -91,8 +91,13 @@ def check_url(settings: Settings, url: str) -> str:
     allowed = ("https",) if settings.is_production else ("https", "http")
     if parts.scheme not in allowed:
         raise EndpointError("The URL must start with https://.")
-    if not parts.hostname or parts.username or parts.password or parts.fragment:
+    # "@" at all, not just a user name: "https://@host/" has an empty one.
+    if not parts.hostname or "@" in parts.netloc or parts.fragment:
         raise EndpointError("The URL needs a host, and no credentials or fragment.")
+    if not parts.hostname.isascii():
+        # Sent as Host and TLS server name, which are ASCII; and a look-alike letter
+        # (a Cyrillic letter for a Latin one) is not for an operator to spot in a listing.
+        raise EndpointError("Write the URL's host name in its ASCII form (xn--...).")
     try:
         literal = ipaddress.ip_address(parts.hostname)
     except ValueError:
@@ -185,6 +190,18 @@ def set_enabled(
         endpoint.enabled, endpoint.updated_at = enabled, now
         _audit(db, actor, "webhook.enable" if enabled else "webhook.disable", endpoint)
     return _info(endpoint, now)
+
+
+def disable_client(db: Session, client_id: str) -> int:
+    """Disable every endpoint of a client that was itself disabled (a compromised or
+    retired app): its receiver hears nothing more, queued deliveries become dead
+    letters. The client's disabling is the audited act. Returns how many."""
+    result = db.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.client_id == client_id, WebhookEndpoint.enabled.is_(True))
+        .values(enabled=False, updated_at=utcnow())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def rotate(

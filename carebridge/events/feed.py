@@ -56,7 +56,8 @@ def position(keyring: Keyring, client_id: str, cursor: str | None) -> int:
     if not cursor:
         return 0
     seq_text, _, mac = cursor.partition(".")
-    if not seq_text.isdigit() or len(seq_text) > 18:
+    # ASCII digits only: str.isdigit() holds for "²", which int() refuses.
+    if not (seq_text.isascii() and seq_text.isdigit()) or len(seq_text) > 18:
         raise BadCursorError
     seq = int(seq_text)
     if not hmac.compare_digest(mac.encode(), _mac(keyring, client_id, seq).encode()):

@@ -51,13 +51,22 @@ class PublicPoster:
             raise Undeliverable("refused_address") from None
         except OSError:
             raise RetryLater("dns") from None
+        headers = {
+            **headers,
+            # A connection per delivery: pooled connections are keyed by the pinned
+            # address, so another name on that address would reuse one whose TLS
+            # certificate was checked for the first name, never for its own.
+            "connection": "close",
+            "host": target.host,
+        }
         try:
-            response = self.client.post(
-                target.url,
-                content=content,
-                headers={**headers, "host": target.host},
-                extensions=target.extensions,
+            # Streamed and closed unread: only the status counts, and a receiver's body
+            # (endless, or dripped within each read's timeout) must not hold the worker.
+            request = self.client.build_request(
+                "POST", target.url, content=content, headers=headers, extensions=target.extensions
             )
+            response = self.client.send(request, stream=True)
+            response.close()
         except httpx.TimeoutException:
             raise RetryLater("timeout") from None
         except httpx.HTTPError:

@@ -57,7 +57,10 @@ def apps_of_patient(db: Session, patient_id: str, scope: str) -> list[AppOfPatie
 
 
 def client_exists(db: Session, client_id: str) -> bool:
-    return db.get(OidcClient, client_id) is not None
+    """A client that may be given webhook endpoints: registered and not disabled (a
+    disabled client's endpoints are disabled with it and must not come back)."""
+    row = db.get(OidcClient, client_id)
+    return row is not None and row.disabled_at is None
 
 
 def apps_of_accounts(db: Session, account_ids: Collection[str]) -> dict[str, list[AppOfPatient]]:

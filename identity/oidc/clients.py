@@ -16,6 +16,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from carebridge import events
 from carebridge.events.endpoints import EndpointError, check_url
 from carebridge.http import boundary
 from carebridge.settings import Settings
@@ -258,8 +259,9 @@ def rotate_secret(db: Session, client_id: str) -> str:
 
 
 def disable(db: Session, client_id: str) -> bool:
-    """Disable a client; False if it was already. Its refresh tokens are revoked and
-    every access token it holds is withdrawn, client-credentials ones included."""
+    """Disable a client; False if it was already. Its refresh tokens are revoked,
+    every access token it holds is withdrawn, client-credentials ones included, and
+    its webhook endpoints are disabled."""
     row = db.get(OidcClient, client_id)
     if row is None:
         raise ClientError(f"no client {client_id}")
@@ -267,6 +269,8 @@ def disable(db: Session, client_id: str) -> bool:
         return False
     row.disabled_at = datetime.now(UTC)
     withdrawals.end_client(db, client_id)
+    # Its webhooks too: the feed asks for a token, a receiver would hear on regardless.
+    events.disable_client(db, client_id)
     return True
 
 

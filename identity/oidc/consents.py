@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from carebridge import audit
+from carebridge import audit, events
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.runtime import Runtime
@@ -16,7 +16,7 @@ from carebridge.utc import utcnow
 from identity import events as identity_events
 from identity.oidc import scopes as scope_rules
 from identity.oidc import withdrawals
-from identity.oidc.models import OidcClient, OidcConsent
+from identity.oidc.models import OidcClient, OidcConsent, OidcSubject
 
 
 def remembered(
@@ -85,10 +85,19 @@ def revoke(runtime: Runtime, account_id: str, client_id: str, *, request_id: str
             )
         )
         forgotten = bool(result.rowcount)  # type: ignore[attr-defined]
-        if forgotten:
-            # Told once, to that app alone: the grant it held is gone.
-            identity_events.grant_revoked(db, account_id=account_id, client_id=client_id[:100])
         ended = withdrawals.end_grants(db, account_id, client_id=client_id[:100])
+        # Nor what it was told and has not fetched yet: its events of this patient...
+        subject = db.scalar(
+            select(OidcSubject.subject).where(
+                OidcSubject.account_id == account_id, OidcSubject.client_id == client_id[:100]
+            )
+        )
+        if subject is not None:
+            events.forget(db, client_id=client_id[:100], patient=subject)
+        if forgotten:
+            # ...but this one, after the forgetting: told once, to that app alone, that
+            # the grant it held is gone.
+            identity_events.grant_revoked(db, account_id=account_id, client_id=client_id[:100])
         found = forgotten or ended > 0
         audit.append(
             db,

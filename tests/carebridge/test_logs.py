@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
 
+import httpx
 import pytest
 
 from carebridge.logs import (
@@ -246,7 +247,7 @@ def test_each_record_is_one_json_line(lines: Lines) -> None:
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
-    names = ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic")
+    names = ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic", "httpx")
     saved = (root.handlers[:], root.level)
     saved_loggers = {
         name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
@@ -291,3 +292,14 @@ def test_console_format_is_scrubbed_too(capsys: pytest.CaptureFixture[str]) -> N
     assert "+15551234567" not in err
     assert "1980-01-31" not in err
     assert not err.startswith("{")
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_webhook_urls_secret_query_leaking_into_the_log_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """httpx's INFO line for each request carries the whole URL."""
+    configure_logging("INFO", "json")
+    with httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(204))) as client:
+        client.post("https://hooks.example/in?key=s3cret-from-the-app")
+    assert "s3cret-from-the-app" not in capsys.readouterr().err

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -195,3 +197,90 @@ def test_a_person_reading_emits_message_read_an_integration_reading_does_not(
     assert len(read_events) == 1
     assert read_events[0]["data"]["reader"] == "care_team"
     assert read_events[0]["data"]["message"] == reply.json()["id"]
+
+
+def test_an_event_reaching_an_app_after_the_patient_revoked_it_is_refused(
+    runtime: Runtime, world: World, client: TestClient
+) -> None:
+    """Events written while the app was authorized, still unread (or queued for its
+    webhooks) when the patient revokes it: they are taken back, not handed over."""
+    with transaction(runtime.sessions) as db:
+        app = clients.create(
+            db,
+            runtime.settings,
+            name="Diary",
+            client_type="confidential",
+            redirect_uris=["https://diary.example/cb"],
+            scopes=["openid", "messaging.read"],
+        ).client_id
+        subject = subjects.pairwise(
+            runtime.keyring, sector="diary.example", account_id=world.accounts["zeb"]
+        )
+        subjects.record(db, client_id=app, subject=subject, account_id=world.accounts["zeb"])
+        consents.remember(
+            db, account_id=world.accounts["zeb"], client_id=app, scope="openid messaging.read"
+        )
+    start_thread(client, world)
+    settle()
+    assert len(read(client, runtime, client_id=app)["events"]) == 2
+    assert consents.revoke(runtime, world.accounts["zeb"], app, request_id=None)
+    start_thread(client, world, subject="After the revocation")
+    settle()
+    assert read(client, runtime, client_id=app)["events"] == []
+    # The care team's client is told of both threads still.
+    assert len(read(client, runtime)["events"]) == 4
+
+
+@pytest.mark.parametrize("query", ["?after=%C2%B2.x", "?wait=%C2%B2", "?after=%D9%A1.x"])
+def test_a_cursor_or_wait_in_unicode_digits_is_refused_not_an_error(
+    runtime: Runtime, world: World, client: TestClient, query: str
+) -> None:
+    response = client.get(f"/api/v1/events{query}", headers=feed_token(runtime))
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_long_poll_exhaustion_by_one_client_is_refused(runtime: Runtime, world: World) -> None:
+    """A client opening many waiting requests gets 429 past its bound, at once, while
+    another client's request still waits; the slots come back after the answers."""
+    anyio.run(_exhaust, runtime)
+
+
+async def _exhaust(runtime: Runtime) -> None:
+    app = create_app(runtime)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as api:
+        cursor = (await api.get("/api/v1/events", headers=feed_token(runtime))).json()["cursor"]
+        other = (await api.get("/api/v1/events", headers=feed_token(runtime, OTHER_APP))).json()[
+            "cursor"
+        ]
+        limit = runtime.settings.event_feed_max_waiting_per_client
+
+        async def ask(client_id: str, after: str) -> tuple[int, float, str | None]:
+            started = time.monotonic()
+            response = await api.get(
+                f"/api/v1/events?after={after}&wait=2", headers=feed_token(runtime, client_id)
+            )
+            return (
+                response.status_code,
+                time.monotonic() - started,
+                response.headers.get("retry-after"),
+            )
+
+        answers: list[tuple[int, float, str | None]] = []
+
+        async def record(client_id: str, after: str) -> None:
+            answers.append(await ask(client_id, after))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(limit + 3):
+                group.start_soon(record, PROVIDER_APP, cursor)
+            group.start_soon(record, OTHER_APP, other)
+        refused = [a for a in answers if a[0] == 429]
+        waited = [a for a in answers if a[0] == 200]
+        assert len(refused) == 3
+        assert all(seconds < 1.5 and retry == "2" for _, seconds, retry in refused)
+        assert len(waited) == limit + 1  # the other client's among them
+        assert all(seconds >= 2 for _, seconds, _ in waited)
+        # Once answered, the client may wait again.
+        assert (await ask(PROVIDER_APP, cursor))[0] == 200

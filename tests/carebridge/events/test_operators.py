@@ -150,3 +150,26 @@ def test_the_admin_api_registers_an_endpoint_for_a_registered_client(
         "/api/v1/admin/webhooks/endpoints", headers=admin(runtime, "admin.roster")
     )
     assert wrong_scope.status_code == 403
+
+
+def test_an_endpoint_for_a_disabled_client_is_refused(
+    runtime: Runtime, client: TestClient, cli_env: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Disabling a client disables its endpoints; neither a new one (CLI, API) nor
+    enabling an old one brings its receiver back."""
+    client_id = registered_client(runtime)
+    assert main(["webhooks", "add", client_id, "https://hooks.provider.example/in"]) == 0
+    endpoint_id = re.search(r"whk_\S+", capsys.readouterr().out)
+    assert endpoint_id
+    with transaction(runtime.sessions) as db:
+        assert clients.disable(db, client_id)
+    assert main(["webhooks", "add", client_id, "https://hooks.provider.example/2"]) != 0
+    assert main(["webhooks", "enable", endpoint_id.group()]) != 0
+    added = client.post(
+        "/api/v1/admin/webhooks/endpoints",
+        json={"client_id": client_id, "url": "https://hooks.provider.example/3"},
+        headers=admin(runtime),
+    )
+    assert added.status_code == 422
+    with runtime.sessions() as db:
+        assert [e.enabled for e in endpoints.list_endpoints(db, client_id)] == [False]

@@ -4,12 +4,19 @@ to an address that is not public, resolved or rebound."""
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
+import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy import select, update
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -18,11 +25,13 @@ from starlette.testclient import TestClient
 from carebridge import outbox
 from carebridge.app import create_app
 from carebridge.db import transaction
-from carebridge.events import endpoints, operations
+from carebridge.events import address, endpoints, operations
 from carebridge.events.delivery import WebhookHandler
 from carebridge.runtime import Runtime
 from carebridge.settings import Settings
 from carebridge.utc import utcnow
+from identity.oidc import clients
+from messaging import care_teams
 from tests.carebridge.events.receiver import Receiver, serve, types_of
 from tests.messaging.conftest import PROVIDER_APP, World, build_world, start_thread
 
@@ -366,3 +375,194 @@ def test_production_refuses_the_loopback_setting(tmp_path: Path) -> None:
     # Even if it ran: a loopback literal is refused at registration in production.
     with pytest.raises(endpoints.EndpointError):
         endpoints.check_url(production, "https://127.0.0.1/in")
+
+
+@pytest.mark.parametrize(
+    "resolved",
+    [
+        ["64:ff9b::a00:7"],  # NAT64's well-known prefix carrying 10.0.0.7
+        ["64:ff9b::a9fe:a9fe"],  # ... carrying the metadata service
+        ["64:ff9b:1::a00:7"],  # local-use NAT64
+        ["::a00:7"],  # IPv4-compatible (deprecated, still routed by some stacks)
+        ["::ffff:0:a00:7"],  # SIIT IPv4-translated
+        ["2002:a00:7::1"],  # 6to4 of 10.0.0.7
+        ["2001:0:4136:e378:8000:63bf:f5ff:fff8"],  # Teredo
+        ["fec0::1"],  # site-local (deprecated)
+        ["fe80::1%eth0"],  # link-local with a zone
+        ["ff02::1"],  # multicast
+    ],
+)
+def test_an_ipv6_form_of_a_private_address_is_refused(
+    runtime: Runtime, world: World, client: TestClient, receiver: Receiver, resolved: list[str]
+) -> None:
+    register(runtime, receiver, url=f"http://hooks.example:{receiver.port}/hooks")
+    start_thread(client, world)
+    deliver_all(runtime, WebhookHandler(runtime, resolver=Answers(resolved)))
+    assert receiver.requests == 0
+    assert {(r.state, r.last_error) for r in webhook_rows(runtime)} == {
+        (outbox.DEAD, "refused_address")
+    }
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://[64:ff9b::a00:7]/in",
+        "https://[::a00:7]/in",
+        "https://[fec0::1]/in",
+        "https://[fe80::1%25eth0]/in",
+        "https://[::ffff:169.254.169.254]/in",
+    ],
+)
+def test_registering_an_ipv6_literal_of_a_private_address_is_refused(
+    tmp_path: Path, url: str
+) -> None:
+    with pytest.raises(endpoints.EndpointError):
+        endpoints.check_url(Settings(data_dir=tmp_path), url)
+
+
+def test_a_public_address_through_nat64_is_still_allowed() -> None:
+    """On an IPv6-only network (DNS64) public IPv4 hosts answer in 64:ff9b::/96."""
+    assert address.is_allowed(ipaddress.ip_address("64:ff9b::5db8:d70e"), allow_loopback=False)
+    assert address.is_allowed(ipaddress.ip_address("2606:4700::1111"), allow_loopback=False)
+
+
+def test_a_receiver_dripping_an_endless_body_holding_the_worker_is_refused(
+    runtime: Runtime, world: World, client: TestClient, receiver: Receiver
+) -> None:
+    """Only the status counts: the body is never read, so a receiver cannot keep the
+    worker (each byte inside the read timeout) nor fill its memory."""
+    register(runtime, receiver)
+    receiver.failures = ["drip"]
+    start_thread(client, world)
+    started = time.monotonic()
+    deliver_all(runtime, WebhookHandler(runtime))
+    assert time.monotonic() - started < 5
+    assert {r.state for r in webhook_rows(runtime)} == {outbox.DONE}
+
+
+def test_a_disabled_clients_receiver_hearing_on_is_refused(
+    runtime: Runtime, world: World, client: TestClient, receiver: Receiver
+) -> None:
+    """A client disabled (compromised, retired) with deliveries still queued: its
+    endpoints are disabled with it, so its receiver hears nothing more."""
+    with transaction(runtime.sessions) as db:
+        team_app = clients.create(
+            db,
+            runtime.settings,
+            name="Team desk",
+            client_type="confidential",
+            redirect_uris=["https://desk.example/cb"],
+            scopes=["messaging.read"],
+        ).client_id
+        created = endpoints.add(
+            db, runtime.keyring, runtime.settings, client_id=team_app, url=receiver.url, actor="t"
+        )
+    receiver.secret = created.secret
+    care_teams.add_client(runtime, world.team, team_app, actor="t")
+    start_thread(client, world)
+    with transaction(runtime.sessions) as db:
+        assert clients.disable(db, team_app)
+    deliver_all(runtime, WebhookHandler(runtime))
+    assert receiver.requests == 0
+    rows = webhook_rows(runtime)
+    assert len(rows) == 2
+    assert {(r.state, r.last_error) for r in rows} == {(outbox.DEAD, "endpoint_disabled")}
+    with runtime.sessions() as db:
+        assert [e.enabled for e in endpoints.list_endpoints(db, team_app)] == [False]
+
+
+def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` only, and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_a_pooled_tls_connection_skipping_the_next_names_certificate_is_refused(
+    runtime: Runtime, world: World, client: TestClient, tmp_path: Path
+) -> None:
+    """Two names pinned to one address share an origin (the address): a connection
+    kept open after a delivery to the first, whose certificate it checked, must not
+    carry the second's deliveries, whose certificate does not match."""
+    cert, key = _certificate(tmp_path, "a.example")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+    for receiver in serve(Receiver(), tls=server_tls):
+        first = register(runtime, receiver, url=f"https://a.example:{receiver.port}/hooks")
+        handler = WebhookHandler(
+            runtime,
+            resolver=Answers(["127.0.0.1"]),
+            transport=httpx.HTTPTransport(verify=trusting),
+        )
+        start_thread(client, world)
+        deliver_all(runtime, handler)
+        assert len(receiver.events) == 2  # a.example's certificate verified
+        with transaction(runtime.sessions) as db:
+            endpoints.set_enabled(db, first, enabled=False, actor="t")
+        register(runtime, receiver, url=f"https://b.example:{receiver.port}/hooks")
+        start_thread(client, world, patient="otto")
+        deliver_all(runtime, handler)
+        assert receiver.requests == 2  # nothing for b.example: its certificate is not there
+        assert {r.last_error for r in webhook_rows(runtime) if r.state == outbox.PENDING} == {
+            "connect"
+        }
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433/in",  # 127.0.0.1 in decimal
+        "http://0x7f000001/in",  # ... in hex
+        "http://0177.0.0.1/in",  # ... in octal
+        "http://127.1/in",  # ... shortened
+        "http://0/in",  # 0.0.0.0
+        "http://LOCALHOST/in",
+        "http://[::ffff:7f00:1]/in",
+    ],
+)
+def test_an_ip_literal_in_decimal_octal_or_hex_form_is_refused(url: str) -> None:
+    """inet_aton's forms are not literals to ipaddress; the system resolver turns them
+    into the address, which is what is checked."""
+    with pytest.raises(address.RefusedAddressError):
+        address.pin(url, address.resolve, allow_loopback=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://@hooks.example/in",  # an empty user name
+        "https://hooks.example\\@10.0.0.1/in",
+        "https://hooks.ex\u0430mple.org/in",  # a Cyrillic a
+        "https://b\u00fccher.example/in",
+    ],
+)
+def test_registering_a_url_with_userinfo_or_a_non_ascii_host_is_refused(
+    tmp_path: Path, url: str
+) -> None:
+    with pytest.raises(endpoints.EndpointError):
+        endpoints.check_url(Settings(data_dir=tmp_path), url)
+    assert endpoints.check_url(Settings(data_dir=tmp_path), "https://xn--bcher-kva.example/in")
