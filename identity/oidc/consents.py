@@ -92,7 +92,7 @@ def revoke(runtime: Runtime, account_id: str, client_id: str, *, request_id: str
                 OidcSubject.account_id == account_id, OidcSubject.client_id == client_id[:100]
             )
         )
-        if subject is not None:
+        if subject is not None and (forgotten or ended > 0):
             events.forget(db, client_id=client_id[:100], patient=subject)
         if forgotten:
             # ...but this one, after the forgetting: told once, to that app alone, that
