@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 from cachetools import TTLCache
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import ColumnElement, Table, bindparam, or_, select, true
 from sqlalchemy.orm import Session
 
 from carebridge import audit
@@ -291,6 +291,15 @@ def may_see(actor: Actor, thread: Any) -> bool:
 
 def may_see_pool(actor: Actor, pool_id: str | None) -> bool:
     return actor.pools is None or pool_id is None or pool_id in actor.pools
+
+
+def sees_pool_of(actor: Actor, pool_id: Any, thread_id: Any) -> ColumnElement[bool]:
+    """may_see's pool rule as a SQL condition on a thread's pool and ID columns: every
+    query that lists or counts a team's threads for staff applies it (a count of the
+    threads of a pool the staff member does not see tells them those threads exist)."""
+    if actor.pools is None:
+        return true()
+    return or_(pool_id.is_(None), pool_id.in_(actor.pools), thread_id.in_(actor.glass))
 
 
 # Every attempt, audited

@@ -936,12 +936,18 @@ async def offboard_staff(request: Request) -> Response:
     target = f"account:{account_id}" if len(account_id) <= 40 else "account:malformed"
     caller = await _caller(request, WRITE, "messaging.staff.offboard", target)
     request_id = _request_id(request)
+    runtime = _runtime(request)
 
     def work(db: Session, actor: Actor) -> None:
         team = _team_admin(actor)
         try:
             care_teams.offboard(
-                db, team, account_id, actor=actor.participant, request_id=request_id
+                db,
+                runtime.keyring,
+                team,
+                account_id,
+                actor=actor.participant,
+                request_id=request_id,
             )
         except care_teams.CareTeamError:
             raise RefusedError(404, N_("No such staff member of this care team.")) from None

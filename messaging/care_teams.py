@@ -12,9 +12,10 @@ from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.ids import new_id
+from carebridge.keyring import Keyring
 from carebridge.runtime import Runtime
 from identity.interfaces import account_exists, end_staff_access
-from messaging import roles
+from messaging import invites, roles
 from messaging.models import BreakGlassGrant, CareTeam, CareTeamClient, CareTeamStaff, Thread
 
 
@@ -123,13 +124,20 @@ def remove_staff(
     token they still hold is refused on its next request (no longer staff, and its grant
     withdrawn). Their break-the-glass grants go with the membership."""
     with transaction(runtime.sessions) as db:
-        offboard(db, team_id, account_id, actor=actor, request_id=request_id)
+        offboard(db, runtime.keyring, team_id, account_id, actor=actor, request_id=request_id)
 
 
 def offboard(
-    db: Session, team_id: str, account_id: str, *, actor: str, request_id: str | None
+    db: Session,
+    keyring: Keyring,
+    team_id: str,
+    account_id: str,
+    *,
+    actor: str,
+    request_id: str | None,
 ) -> None:
-    """remove_staff in the caller's transaction (a team admin's API request)."""
+    """remove_staff in the caller's transaction (a team admin's API request). Pending
+    invites the person sent, or that were sent to them, are withdrawn too."""
     existing = db.get(CareTeamStaff, (team_id, account_id))
     if existing is None:
         raise CareTeamError(f"account {account_id} is not staff of {team_id}")
@@ -146,6 +154,7 @@ def offboard(
             BreakGlassGrant.care_team_id == team_id, BreakGlassGrant.account_id == account_id
         )
     )
+    invites.withdraw_on_offboarding(db, keyring, team_id, account_id, actor=actor)
     audit.append(
         db,
         actor=actor,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from carebridge import audit
@@ -27,6 +27,7 @@ from carebridge.audit import Outcome
 from carebridge.db import transaction
 from carebridge.i18n import gettext
 from carebridge.ids import new_id
+from carebridge.keyring import Keyring
 from carebridge.mail import OutboxEmailSender
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
@@ -223,3 +224,38 @@ def record_refusal(
             target=f"invite:{refusal.value}",
             request_id=request_id,
         )
+
+
+def withdraw_on_offboarding(
+    db: Session, keyring: Keyring, team_id: str, account_id: str, *, actor: str
+) -> int:
+    """Offboarding ``account_id`` from the team: the links it sent that are still pending
+    (an admin leaving must not be able to come back through an invite to an address of
+    theirs) and those sent to its verified address (it would rejoin by accepting) expire
+    now, each audited. In the offboarding's transaction; returns how many."""
+    sent_to: list[ColumnElement[bool]] = []
+    address = verified_email_of(db, keyring, account_id)
+    if address is not None:
+        sent_to.append(StaffInvite.email_hash == keyring.lookup_hash(_EMAIL, _normal(address)))
+    now = utcnow()
+    pending = db.scalars(
+        select(StaffInvite)
+        .where(
+            StaffInvite.care_team_id == team_id,
+            StaffInvite.used_at.is_(None),
+            StaffInvite.expires_at > now,
+            or_(StaffInvite.invited_by == f"account:{account_id}", *sent_to),
+        )
+        .with_for_update()
+    ).all()
+    for row in pending:
+        row.expires_at = now
+        audit.append(
+            db,
+            actor=actor,
+            action="messaging.staff.invite_withdraw",
+            outcome=Outcome.ALLOWED,
+            target=f"invite:{row.id}",
+        )
+    db.flush()
+    return len(pending)

@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from carebridge.utc import utcnow
-from messaging.access import Actor
+from messaging.access import Actor, sees_pool_of
 from messaging.models import CareTeam, Message, Thread, ThreadReadState
 
 PATIENT = "patient"
@@ -125,7 +125,11 @@ def unread_by_team(db: Session, actor: Actor) -> list[TeamUnread]:
     team's line (zeros included); a patient one line per team they have threads with."""
     mine = READ_STATES.alias("mine")
     owner = (
-        _THREADS.c.care_team_id == actor.care_team_id
+        and_(
+            _THREADS.c.care_team_id == actor.care_team_id,
+            # Staff count only the threads they may see (messaging.access.may_see).
+            sees_pool_of(actor, _THREADS.c.pool_id, _THREADS.c.id),
+        )
         if actor.for_care_team
         else _THREADS.c.patient_id == actor.id
     )

@@ -52,6 +52,7 @@ from messaging.access import (
     may_see,
     may_see_pool,
     not_found,
+    sees_pool_of,
 )
 from messaging.crypto import ThreadCipher
 from messaging.models import (
@@ -438,16 +439,10 @@ def list_threads(
         .where(Thread.data_key_wrapped.is_not(None))
     )
     if actor.for_care_team:
-        query = query.where(Thread.care_team_id == actor.care_team_id)
-        if actor.pools is not None:
-            # may_see's rule, as a condition: the team-wide pool, the role's, the glass.
-            query = query.where(
-                or_(
-                    Thread.pool_id.is_(None),
-                    Thread.pool_id.in_(actor.pools),
-                    Thread.id.in_(actor.glass),
-                )
-            )
+        query = query.where(
+            Thread.care_team_id == actor.care_team_id,
+            sees_pool_of(actor, Thread.pool_id, Thread.id),
+        )
     else:
         query = query.where(Thread.patient_id == actor.id)
     if cursor:

@@ -12,7 +12,13 @@ from carebridge.audit import AuditRecord
 from carebridge.db import transaction
 from carebridge.utc import utcnow
 from messaging.escalation import escalate_due
-from messaging.interfaces import add_topic, configure, operator_start
+from messaging.interfaces import (
+    add_topic,
+    configure,
+    operator_end,
+    operator_start,
+    retire_topic,
+)
 from messaging.models import Message, Thread
 from tests.identity import factories
 
@@ -118,6 +124,24 @@ def test_a_patient_writing_with_a_topic_of_another_team_is_refused(
 ) -> None:
     other_topic = add_topic(world.runtime, world.other_team, "Billing", actor="t")
     assert _write(client, world, world.team, other_topic)["status"] == 422
+    assert _threads(world) == 0
+
+
+def test_a_patient_starting_a_thread_after_the_relationship_ended_is_refused(
+    client: TestClient, world: World, topic: str
+) -> None:
+    operator_end(world.runtime, world.team, world.patients["zeb"], reason="moved", actor="t")
+    assert _write(client, world, world.team, topic)["status"] == 404
+    assert _threads(world) == 0
+    teams = client.get("/api/v1/messaging/care-teams", headers=world.patient("zeb"))
+    assert teams.json() == {"care_teams": []}
+
+
+def test_a_patient_writing_with_a_retired_topic_is_refused(
+    client: TestClient, world: World, topic: str
+) -> None:
+    retire_topic(world.runtime, world.team, topic, actor="t")
+    assert _write(client, world, world.team, topic)["status"] == 422
     assert _threads(world) == 0
 
 

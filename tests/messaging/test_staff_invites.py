@@ -141,3 +141,85 @@ def test_invites_beyond_the_hourly_cap_are_refused(client: TestClient, world: Wo
         assert sent.status_code == 201
     over = client.post(INVITES, json={"email": "late@x.example", "role": "nurse"}, headers=admin)
     assert over.status_code == 429
+
+
+def _link_of_latest_mail(world: World, address: str) -> str:
+    found = re.search(
+        r"/staff/enrol\?token=([A-Za-z0-9_-]+)", emails_to(world.runtime, address)[-1]["text"]
+    )
+    assert found is not None
+    return found.group(1)
+
+
+def test_rejoining_through_an_invite_sent_by_an_offboarded_admin_is_refused(
+    client: TestClient, world: World
+) -> None:
+    # A team admin about to leave invites an address of theirs: once offboarded, the
+    # link they sent is withdrawn with them; another admin's invite stays good.
+    leaving = factories.account(world.runtime)
+    care_teams.add_staff(world.runtime, world.team, leaving, actor="t", role="team admin")
+    with transaction(world.runtime.sessions) as db:
+        subjects.record(db, client_id=PROVIDER_APP, subject="leaving-sub", account_id=leaving)
+    headers = world.headers(
+        mint(world.runtime, sub="leaving-sub", client_id=PROVIDER_APP, scope=BOTH, auth_time=0)
+    )
+    sent = client.post(INVITES, json={"email": INVITED, "role": "nurse"}, headers=headers)
+    assert sent.status_code == 201, sent.text
+    token = _link_of_latest_mail(world, INVITED)
+    kept = client.post(
+        INVITES,
+        json={"email": "other.nurse@clinic.example", "role": "nurse"},
+        headers=_admin(world),
+    )
+    assert kept.status_code == 201, kept.text
+    care_teams.remove_staff(world.runtime, world.team, leaving, actor="operator")
+    person = patient(world.runtime, login=INVITED)
+    factories.sign_in(client, world.runtime, person.account_id, level=2)
+    link = f"/staff/enrol?token={token}"
+    assert client.get(link).status_code == 410
+    csrf = factories.csrf(client.get("/account").text)
+    refused = client.post("/staff/enrol", data={"csrf_token": csrf, "token": token})
+    assert refused.status_code == 410
+    assert _nurses(world) == 0
+    with world.runtime.sessions() as db:
+        pending = db.scalars(select(StaffInvite.id).where(StaffInvite.expires_at > utcnow())).all()
+        withdrawn = db.scalars(
+            select(AuditRecord.target).where(
+                AuditRecord.action == "messaging.staff.invite_withdraw"
+            )
+        ).all()
+    assert pending == [kept.json()["id"]]
+    assert withdrawn == [f"invite:{sent.json()['id']}"]
+
+
+def test_rejoining_through_an_invite_to_an_offboarded_staff_members_address_is_refused(
+    client: TestClient, world: World
+) -> None:
+    # A member invited to another role who is offboarded before accepting: the pending
+    # link would make them staff again.
+    person = patient(world.runtime, login=INVITED)
+    care_teams.add_staff(world.runtime, world.team, person.account_id, actor="t", role="nurse")
+    token = _invite(client, world)
+    care_teams.remove_staff(world.runtime, world.team, person.account_id, actor="operator")
+    factories.sign_in(client, world.runtime, person.account_id, level=2)
+    link = f"/staff/enrol?token={token}"
+    assert client.get(link).status_code == 410
+    csrf = factories.csrf(client.get("/account").text)
+    refused = client.post("/staff/enrol", data={"csrf_token": csrf, "token": token})
+    assert refused.status_code == 410
+    assert _nurses(world) == 0
+
+
+def test_an_invite_for_a_role_of_another_team_is_refused(client: TestClient, world: World) -> None:
+    roles.add_role(
+        world.runtime,
+        world.other_team,
+        "chief",
+        sees_all_pools=True,
+        is_team_admin=True,
+        actor="t",
+    )
+    refused = client.post(INVITES, json={"email": INVITED, "role": "chief"}, headers=_admin(world))
+    assert refused.status_code == 422
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert emails_to(world.runtime, INVITED) == []

@@ -4,13 +4,17 @@ audited, the team admins told by e-mail with no PHI). Both databases."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import timedelta
+
+from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from carebridge.audit import AuditRecord
 from carebridge.db import transaction
+from carebridge.utc import utcnow
 from identity.oidc import subjects
-from messaging import care_teams, roles
+from messaging import care_teams, retention, roles
+from messaging.models import BreakGlassGrant, Thread
 from tests.identity.account_changes import emails_to, patient
 from tests.messaging.conftest import OTHER_APP, PROVIDER_APP, World
 from tests.tokens import mint
@@ -78,6 +82,28 @@ def test_staff_opening_a_thread_outside_their_pools_is_refused_like_a_missing_on
     thread = client.get(f"{THREADS}/{secret}", headers=world.app()).json()
     assert thread["thread"]["status"] == "open"
     assert len(thread["messages"]) == 1
+
+
+def test_staff_learning_of_other_pools_threads_from_unread_counts_is_refused(
+    client: TestClient, world: World
+) -> None:
+    _, clinical = _front_desk_with_a_billing_pool(world)
+    team_wide = _open(client, world, None, "Welcome")
+    secret = _open(client, world, clinical, "Your biopsy")
+    for thread_id in (team_wide, secret, secret):
+        replied = client.post(
+            f"{THREADS}/{thread_id}/messages", json={"body": "Thanks"}, headers=world.patient("zeb")
+        )
+        assert replied.status_code == 201, replied.text
+    # The team's app sees every pool: three unread messages in two threads.
+    everything = client.get("/api/v1/messaging/unread", headers=world.app()).json()
+    assert (everything["unread_messages"], everything["unread_threads"]) == (3, 2)
+    # The front desk counts only what it may open: the team-wide thread's one message.
+    seen = client.get("/api/v1/messaging/unread", headers=world.staff())
+    assert seen.status_code == 200, seen.text
+    assert (seen.json()["unread_messages"], seen.json()["unread_threads"]) == (1, 1)
+    (line,) = seen.json()["care_teams"]
+    assert (line["unread_messages"], line["unread_threads"]) == (1, 1)
 
 
 def test_staff_routing_a_new_thread_to_a_pool_they_do_not_see_is_refused(
@@ -173,3 +199,50 @@ def test_break_glass_on_another_teams_thread_is_refused(client: TestClient, worl
         f"{THREADS}/{mine}/break-glass", json=reason, headers=world.patient("zeb")
     )
     assert by_patient.status_code == 403
+
+
+def test_break_glass_on_a_shredded_thread_is_refused(client: TestClient, world: World) -> None:
+    _, clinical = _front_desk_with_a_billing_pool(world)
+    secret = _open(client, world, clinical, "Your biopsy")
+    with transaction(world.runtime.sessions) as db:
+        thread = db.get(Thread, secret)
+        assert thread is not None
+        retention.shred(db, thread, actor="t", moment=utcnow())
+    reason = {"reason": "Patient called in distress, urgent"}
+    refused = client.post(f"{THREADS}/{secret}/break-glass", json=reason, headers=world.staff())
+    assert refused.status_code == 404
+    with world.runtime.sessions() as db:
+        assert db.scalars(select(BreakGlassGrant)).all() == []
+
+
+def test_a_break_glass_grant_past_its_hours_opens_nothing(client: TestClient, world: World) -> None:
+    _, clinical = _front_desk_with_a_billing_pool(world)
+    secret = _open(client, world, clinical, "Your biopsy")
+    reason = {"reason": "Patient called in distress, urgent"}
+    broken = client.post(f"{THREADS}/{secret}/break-glass", json=reason, headers=world.staff())
+    assert broken.status_code == 200, broken.text
+    assert client.get(f"{THREADS}/{secret}", headers=world.staff()).status_code == 200
+    with transaction(world.runtime.sessions) as db:
+        db.execute(update(BreakGlassGrant).values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert client.get(f"{THREADS}/{secret}", headers=world.staff()).status_code == 404
+    listed = client.get(THREADS, headers=world.staff()).json()["threads"]
+    assert secret not in {t["id"] for t in listed}
+
+
+def test_staff_downloading_an_attachment_outside_their_pools_is_refused(
+    client: TestClient, world: World
+) -> None:
+    _, clinical = _front_desk_with_a_billing_pool(world)
+    secret = _open(client, world, clinical, "Your biopsy")
+    uploaded = client.post(
+        f"{THREADS}/{secret}/attachments?filename=result.pdf",
+        content=b"%PDF-1.4\n%%EOF\n",
+        headers={**world.app(), "Content-Type": "application/octet-stream"},
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    (attachment,) = uploaded.json()["attachments"]
+    url = f"{THREADS}/{secret}/attachments/{attachment['id']}"
+    assert client.get(url, headers=world.app()).status_code == 200
+    refused = client.get(url, headers=world.staff())
+    assert refused.status_code == 404
+    assert b"%PDF" not in refused.content
