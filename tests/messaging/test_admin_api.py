@@ -8,8 +8,11 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from carebridge.audit import AuditRecord
+from carebridge.db import transaction
+from identity.oidc import clients
 from messaging import roles
 from tests.identity.account_changes import emails_to
+from tests.identity.oidc import helpers
 from tests.tokens import mint
 
 from .conftest import OTHER_APP, PROVIDER_APP, World, start_thread
@@ -202,3 +205,14 @@ def test_a_team_admin_of_team_a_cannot_manage_team_b_through_it(
             assert response.status_code == 403, response.text
     assert "mole" not in [r.name for r in roles.list_roles(world.runtime, world.other_team)]
     assert emails_to(world.runtime, "a@b.example") == []
+
+
+def test_a_disabled_operator_clients_token_is_refused(client: TestClient, world: World) -> None:
+    operator = helpers.register(world.runtime, scopes=SCOPE)
+    ops = _operator(world, client_id=operator.client_id)
+    assert client.get(BASE, headers=ops).status_code == 200
+    with transaction(world.runtime.sessions) as db:
+        clients.disable(db, operator.client_id)
+    refused = client.get(BASE, headers=ops)
+    assert refused.status_code == 401
+    assert "invalid_token" in refused.headers["www-authenticate"]
