@@ -154,6 +154,11 @@ class ThreadOut(BaseModel):
     escalated_at: datetime | None = Field(
         description="When a patient-started thread was escalated, unanswered too long"
     )
+    overdue: bool = Field(
+        default=False,
+        description="In a care team's list: escalated and still unanswered (open); such"
+        " threads are listed first. Always false for a patient and when reading one thread",
+    )
 
 
 @openapi.component

@@ -20,11 +20,9 @@ from sqlalchemy.orm import Session
 
 from carebridge.i18n import N_, gettext
 from carebridge.ids import new_id
-from carebridge.mail import OutboxEmailSender
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
-from identity.interfaces import verified_email_of
-from messaging import crypto, roles
+from messaging import admin_notices, crypto
 from messaging.access import THREAD_ID, Actor, RefusedError, not_found
 from messaging.models import BreakGlassGrant, Thread
 
@@ -86,18 +84,18 @@ def break_glass(
 
 def _tell_admins(db: Session, runtime: Runtime, team_id: str) -> None:
     """One notice per team admin with a verified address, in the grant's transaction."""
-    sender = OutboxEmailSender(runtime)
-    service = runtime.settings.email_sender_name
-    subject = gettext("Emergency access was used in your care team")
     text = gettext(
         "A staff member of your care team used emergency access (break the glass) on a"
         " conversation outside their pools.\n\nSee the emergency access report for who,"
         " when and why.\n\n{service}\n"
-    ).format(service=service)
-    for account_id in roles.team_admins(db, team_id):
-        address = verified_email_of(db, runtime.keyring, account_id)
-        if address is not None:
-            sender.send_email(db, to=address, subject=subject, text=text)
+    ).format(service=runtime.settings.email_sender_name)
+    admin_notices.email_team_admins(
+        db,
+        runtime,
+        team_id,
+        subject=gettext("Emergency access was used in your care team"),
+        text=text,
+    )
 
 
 def report(

@@ -2,40 +2,31 @@
 
 A thread a patient started, on a team with ``escalate_after_seconds``, that has no
 message from staff or the team's app (the automatic first reply does not count) that
-long after it was opened is marked ``escalated_at``, audited, once. Then the hook runs:
-today it tells nobody (no e-mail, no text); the team admin role of a later wave will be
-notified through it (:data:`ESCALATION_HOOKS`).
+long after it was opened is marked ``escalated_at``, audited, once. In the same
+transaction the team's admins are e-mailed one notice per batch (messaging.admin_notices):
+that a conversation in the team's queue waited longer than the team's limit, nothing
+more (no patient, subject or topic: a topic label can reveal a condition). The care
+team's thread list shows such threads first while they wait (messaging.waiting).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import Exists, exists, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from carebridge import audit
 from carebridge.audit import Outcome
 from carebridge.db import transaction
+from carebridge.i18n import ngettext
 from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
-from messaging.models import CareTeam, Message, Thread
-from messaging.threads import AUTO_REPLY_AUTHOR
+from messaging import admin_notices
+from messaging.models import CareTeam, Thread
+from messaging.waiting import answered
 
-# Called in the escalation's transaction with (db, thread ID, care team ID): the place
-# for "notify the team admin" once that role exists. IDs only, never content.
-EscalationHook = Callable[[Session, str, str], None]
-ESCALATION_HOOKS: list[EscalationHook] = []
 BATCH = 500
-
-
-def _answered() -> Exists:
-    return exists().where(
-        Message.thread_id == Thread.id,
-        Message.author_kind.in_(("staff", "app")),
-        Message.author_id != AUTO_REPLY_AUTHOR,
-    )
 
 
 def escalate_due(runtime: Runtime, *, now: datetime | None = None) -> list[str]:
@@ -72,7 +63,7 @@ def _escalate_batch(
                 Thread.status == "open",
                 Thread.data_key_wrapped.is_not(None),
                 Thread.created_at <= cutoff,
-                ~_answered(),
+                ~answered(),
             )
             .order_by(Thread.created_at, Thread.id)
             .limit(BATCH)
@@ -88,6 +79,23 @@ def _escalate_batch(
                 outcome=Outcome.ALLOWED,
                 target=f"thread:{thread.id}",
             )
-            for hook in ESCALATION_HOOKS:
-                hook(db, thread.id, team_id)
+        if due:
+            _tell_admins(db, runtime, team_id, len(due))
         return [thread.id for thread in due]
+
+
+def _tell_admins(db: Session, runtime: Runtime, team_id: str, count: int) -> None:
+    text = ngettext(
+        "A conversation in your care team's queue has waited longer than the team's limit"
+        " for an answer.\n\nOpen your team's messages to answer it.\n\n{service}\n",
+        "{count} conversations in your care team's queue have waited longer than the"
+        " team's limit for an answer.\n\nOpen your team's messages to answer them.\n\n"
+        "{service}\n",
+        count,
+    ).format(count=count, service=runtime.settings.email_sender_name)
+    subject = ngettext(
+        "A conversation waits for your care team's answer",
+        "Conversations wait for your care team's answer",
+        count,
+    )
+    admin_notices.email_team_admins(db, runtime, team_id, subject=subject, text=text)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from messaging import api, pages, staff_pages
+from messaging import admin_api, api, pages, staff_pages
 
 
 def routes() -> list[BaseRoute]:
-    return [*api.routes(), *pages.routes(), *staff_pages.routes()]
+    return [*api.routes(), *admin_api.routes(), *pages.routes(), *staff_pages.routes()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
@@ -23,6 +23,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
+    literal,
     literal_column,
     null,
     or_,
@@ -64,14 +65,15 @@ from messaging.models import (
     Thread,
 )
 from messaging.roles import pool_of_team
+
+# The author of a team's automatic first reply (author_kind "app"): no person, no client.
+from messaging.waiting import AUTO_REPLY_AUTHOR, overdue
 from sms.interfaces import new_message_notice
 
 T = TypeVar("T")
 MAX_SUBJECT = 200
 PAGE_DEFAULT = 25
 PAGE_MAX = 100
-# The author of a team's automatic first reply (author_kind "app"): no person, no client.
-AUTO_REPLY_AUTHOR = "carebridge:auto-reply"
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class ThreadView:
     started_by: str = "team"
     topic_id: str | None = None
     escalated_at: datetime | None = None
+    # For a care team: escalated and still waiting for the team's answer (listed first).
+    overdue: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,16 +156,18 @@ def page_size(value: str | None) -> int:
 # Cursors: opaque to clients, checked like any input.
 
 
-def _thread_cursor(thread: Thread) -> str:
-    raw = f"{thread.last_message_at.isoformat()}|{thread.id}"
+def _thread_cursor(thread: Thread, overdue: int) -> str:
+    raw = f"{overdue}|{thread.last_message_at.isoformat()}|{thread.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _parse_thread_cursor(cursor: str) -> tuple[datetime, str]:
+def _parse_thread_cursor(cursor: str) -> tuple[int, datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        moment, thread_id = raw.split("|", 1)
-        return datetime.fromisoformat(moment), thread_id
+        flag, moment, thread_id = raw.split("|", 2)
+        if flag not in ("0", "1"):
+            raise ValueError(flag)
+        return int(flag), datetime.fromisoformat(moment), thread_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise RefusedError(400, N_("The cursor is not valid.")) from None
 
@@ -424,14 +430,18 @@ def list_threads(
     db: Session, keyring: Keyring, actor: Actor, *, cursor: str | None, limit: int
 ) -> Page[ThreadView]:
     """The actor's live threads, most recent activity first, with the unread counts of
-    the actor's side and how far the other side has read."""
+    the actor's side and how far the other side has read. A care team's overdue threads
+    (escalated, still unanswered: messaging.waiting) come first; a patient's have no
+    such order (0 for every thread)."""
     mine, theirs = _READ_STATES.alias("mine"), _READ_STATES.alias("theirs")
+    flag = overdue() if actor.for_care_team else literal(0)
     query = (
         select(
             Thread,
             CareTeam.name,
             reads.unread_of(actor.side, mine.c.last_read_seq),
             func.coalesce(theirs.c.last_read_seq, 0),
+            flag,
         )
         .join(CareTeam, CareTeam.id == Thread.care_team_id)
         .outerjoin(mine, reads.position_of(mine, "side"))
@@ -446,21 +456,31 @@ def list_threads(
     else:
         query = query.where(Thread.patient_id == actor.id)
     if cursor:
-        moment, thread_id = _parse_thread_cursor(cursor)
+        after_flag, moment, thread_id = _parse_thread_cursor(cursor)
         query = query.where(
             or_(
-                Thread.last_message_at < moment,
-                and_(Thread.last_message_at == moment, Thread.id < thread_id),
+                flag < after_flag,
+                and_(
+                    flag == after_flag,
+                    or_(
+                        Thread.last_message_at < moment,
+                        and_(Thread.last_message_at == moment, Thread.id < thread_id),
+                    ),
+                ),
             )
         )
-    query = query.order_by(Thread.last_message_at.desc(), Thread.id.desc()).limit(limit + 1)
-    rows = db.execute(query, reads.sides(actor)).all()
+    query = query.order_by(flag.desc(), Thread.last_message_at.desc(), Thread.id.desc())
+    rows = db.execute(query.limit(limit + 1), reads.sides(actor)).all()
     views = [
-        _view(keyring, thread, name, unread=unread, other_read=other_read, actor=actor)
-        for thread, name, unread, other_read in rows[:limit]
+        replace(
+            _view(keyring, thread, name, unread=unread, other_read=other_read, actor=actor),
+            overdue=bool(late),
+        )
+        for thread, name, unread, other_read, late in rows[:limit]
     ]
     more = len(rows) > limit
-    return Page(views, _thread_cursor(rows[limit - 1][0]) if more else None)
+    last = rows[limit - 1] if more else None
+    return Page(views, _thread_cursor(last[0], last[4]) if last is not None else None)
 
 
 def _message_view(

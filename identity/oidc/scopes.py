@@ -19,7 +19,14 @@ FHIR_USER = "fhirUser"
 USER_SCOPES = frozenset({OPENID, OFFLINE_ACCESS, "profile", "email", LAUNCH_PATIENT, FHIR_USER})
 # Scopes of operator back ends: client credentials only, never on behalf of a patient.
 CLIENT_ONLY_SCOPES = frozenset(
-    {"admin.roster", "admin.accounts", "admin.recovery", "admin.webhooks", "events.read"}
+    {
+        "admin.roster",
+        "admin.accounts",
+        "admin.recovery",
+        "admin.webhooks",
+        "admin.care_teams",
+        "events.read",
+    }
 )
 API_SCOPES = frozenset({"messaging.read", "messaging.write"})
 FIXED = USER_SCOPES | CLIENT_ONLY_SCOPES | API_SCOPES

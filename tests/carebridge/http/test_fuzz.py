@@ -226,6 +226,10 @@ def _populate(runtime: Runtime, client: TestClient, config: seed.DemoConfig, dat
         client_id=webhooks.client_id,
         scope="admin.webhooks events.read",
     )
+    teams = helpers.register(runtime, scopes="admin.care_teams")
+    teams_token = mint(
+        runtime, sub=teams.client_id, client_id=teams.client_id, scope="admin.care_teams"
+    )
     signing_key = ECKey.generate_key("P-256", private=True)
     jwks = {"keys": [{**signing_key.as_dict(private=False), "kid": "k1"}]}
     extra_clients = {
@@ -279,6 +283,7 @@ def _populate(runtime: Runtime, client: TestClient, config: seed.DemoConfig, dat
         "admin.accounts": eraser_token,
         "admin.recovery": recoverer_token,
         "admin.webhooks": webhooks_token,
+        "admin.care_teams": teams_token,
         "events.read": webhooks_token,
     }
     return World(

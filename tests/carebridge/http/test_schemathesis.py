@@ -34,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from messaging import care_teams
 from tests import live_server
 from tests.identity import factories
 from tests.messaging.conftest import PROVIDER_APP, World, build_world
@@ -51,6 +52,7 @@ MAX_EXAMPLES = 25
 # A fixed seed, not derandomize: derandomize seeds by the test function's source, so a
 # reformatted line would change every case.
 SEED = 18
+ADMIN_SCOPES = "admin.roster admin.webhooks admin.care_teams"
 
 
 class Live:
@@ -62,7 +64,8 @@ class Live:
 
     def known(self) -> dict[str, str]:
         """Path parameters that name things that exist: a thread (started here), a patient
-        without an account yet, an account, the roster's source."""
+        without an account yet, an account, the roster's source, a care team of its own
+        (the admin API changes it at random: not the team the threads are with)."""
         response = httpx.post(
             f"{self.url}/api/v1/messaging/threads",
             json={"patient_id": self.world.patients["zeb"], "subject": "Hello", "body": "Hi"},
@@ -74,6 +77,9 @@ class Live:
             "patient_id": self.world.patients["pip"],
             "account_id": self.world.accounts["otto"],
             "source": "acme",
+            "team_id": care_teams.create(
+                self.world.runtime, name="Fuzzed team", retention_days=30, actor="t"
+            ),
         }
 
     def headers(self, path: str) -> dict[str, str]:
@@ -87,7 +93,7 @@ class Live:
                 scope="messaging.read messaging.write",
             )
         elif path.startswith("/api/v1/admin/"):
-            token = mint(runtime, sub="ops", client_id="ops", scope="admin.roster admin.webhooks")
+            token = mint(runtime, sub="ops", client_id="ops", scope=ADMIN_SCOPES)
         else:
             # A fresh session each time: the run signs out and ends sessions too.
             token = factories.session(runtime, self.patient, level=2)
