@@ -43,7 +43,9 @@ from carebridge.utc import utcnow
 FEED_SCOPE = "events.read"
 ADMIN_SCOPE = "admin.webhooks"
 POLL_SECONDS = 0.5
-BODY_LIMIT = 8 * 1024
+# Room for the longest valid body fully escaped: 2,100 characters of client ID and URL as
+# JSON \uXXXX escapes are 12.6 KB, so a body the models accept is never refused as too large.
+BODY_LIMIT = 16 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
