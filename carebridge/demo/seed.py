@@ -173,7 +173,8 @@ def _care_team(runtime: Runtime, client_id: str, clinician: str) -> str:
         else care_teams.create(runtime, name=TEAM_NAME, retention_days=None, actor=ACTOR)
     )
     care_teams.add_client(runtime, team_id, client_id, actor=ACTOR)
-    care_teams.add_staff(runtime, team_id, clinician, actor=ACTOR)
+    # Team admin: the demo's one staff member sees every pool and can invite colleagues.
+    care_teams.add_staff(runtime, team_id, clinician, actor=ACTOR, role="team admin")
     return team_id
 
 
