@@ -47,6 +47,7 @@ from messaging.team_settings import (
     add_topic,
     configure,
     retire_topic,
+    route_topic,
     set_roster_source,
     settings_of,
 )
@@ -59,7 +60,7 @@ __all__ = [
     "RelationshipView",  # one care relationship (history included)
     "RosterSync",  # what a roster sync started and ended, per team
     "TeamInfo",  # a team, its retention, its clients and how many staff
-    "TopicView",  # a topic a team offers (id, label)
+    "TopicView",  # a topic a team offers (id, label, the pool it routes to)
     # Operations (each audited, in a transaction of its own)
     "add_client",
     "add_staff",
@@ -75,6 +76,7 @@ __all__ = [
     "remove_client",
     "remove_staff",
     "retire_topic",
+    "route_topic",  # the pool a topic's patient-started threads go to
     "set_retention",
     "set_roster_source",
     "settings_of",

@@ -169,8 +169,8 @@ class StaffInvite(Base):
 
 
 class CareTeamTopic(Base):
-    """What a patient may write to a team about; a row with an ID, so a later wave can
-    route a topic to a pool of staff roles."""
+    """What a patient may write to a team about; a thread a patient starts on it goes to
+    the topic's pool of staff roles (messaging.roles)."""
 
     __tablename__ = "care_team_topic"
 
@@ -183,6 +183,12 @@ class CareTeamTopic(Base):
     # Retired topics stay (threads name them) but are offered no more.
     retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The pool a patient's thread on this topic is routed to (only the staff who work it,
+    # and roles that see every pool, see the thread); NULL: the team-wide pool. A removed
+    # pool's topics fall back to it, as its threads do.
+    pool_id: Mapped[str | None] = mapped_column(
+        ForeignKey("care_team_pool.id", ondelete="SET NULL"), index=True
+    )
 
 
 class CareRelationship(Base):

@@ -18,6 +18,7 @@ from carebridge.runtime import Runtime
 from carebridge.utc import utcnow
 from messaging.care_teams import CareTeamError
 from messaging.models import CareTeam, CareTeamTopic
+from messaging.roles import pool_of_team
 
 MAX_LABEL = 100
 MAX_AUTO_REPLY = 2000
@@ -30,6 +31,8 @@ ESCALATE_MAX = timedelta(days=30)
 class TopicView:
     id: str
     label: str
+    # The pool its patients' threads are routed to; None: the team-wide pool.
+    pool_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ def topics_of(db: Session, team_id: str) -> list[TopicView]:
         .where(CareTeamTopic.care_team_id == team_id, CareTeamTopic.retired_at.is_(None))
         .order_by(CareTeamTopic.created_at, CareTeamTopic.id)
     )
-    return [TopicView(topic.id, topic.label) for topic in db.scalars(query)]
+    return [TopicView(topic.id, topic.label, topic.pool_id) for topic in db.scalars(query)]
 
 
 def settings_of(runtime: Runtime, team_id: str) -> PatientThreads:
@@ -112,14 +115,31 @@ def set_roster_source(runtime: Runtime, team_id: str, source: str | None, *, act
         _audit(db, actor, "messaging.care_team.roster_source", f"care_team:{team_id}")
 
 
-def add_topic(runtime: Runtime, team_id: str, label: str, *, actor: str) -> str:
+def _check_pool(db: Session, team_id: str, pool_id: str | None) -> None:
+    if pool_id is not None and not pool_of_team(db, team_id, pool_id):
+        raise CareTeamError(f"no pool {pool_id} in {team_id}")
+
+
+def add_topic(
+    runtime: Runtime, team_id: str, label: str, *, actor: str, pool_id: str | None = None
+) -> str:
+    """A topic whose patient-started threads go to ``pool_id`` (None: the team-wide pool)."""
     label = " ".join(label.split())
     if not 1 <= len(label) <= MAX_LABEL:
         raise CareTeamError(f"the label must be 1 to {MAX_LABEL} characters")
     topic_id = new_id("top")
     with transaction(runtime.sessions) as db:
         _team(db, team_id)
-        db.add(CareTeamTopic(id=topic_id, care_team_id=team_id, label=label, created_at=utcnow()))
+        _check_pool(db, team_id, pool_id)
+        db.add(
+            CareTeamTopic(
+                id=topic_id,
+                care_team_id=team_id,
+                label=label,
+                pool_id=pool_id,
+                created_at=utcnow(),
+            )
+        )
         db.flush()
         _audit(db, actor, "messaging.care_team.add_topic", f"topic:{topic_id}")
     return topic_id
@@ -133,3 +153,17 @@ def retire_topic(runtime: Runtime, team_id: str, topic_id: str, *, actor: str) -
             raise CareTeamError(f"no topic {topic_id} offered by {team_id}")
         topic.retired_at = utcnow()
         _audit(db, actor, "messaging.care_team.retire_topic", f"topic:{topic_id}")
+
+
+def route_topic(
+    runtime: Runtime, team_id: str, topic_id: str, pool_id: str | None, *, actor: str
+) -> None:
+    """Route the topic's future patient-started threads to ``pool_id`` (None: team-wide);
+    threads already started keep the pool they were routed to."""
+    with transaction(runtime.sessions) as db:
+        topic = db.get(CareTeamTopic, topic_id)
+        if topic is None or topic.care_team_id != team_id:
+            raise CareTeamError(f"no topic {topic_id} in {team_id}")
+        _check_pool(db, team_id, pool_id)
+        topic.pool_id = pool_id
+        _audit(db, actor, "messaging.care_team.route_topic", f"topic:{topic_id}")

@@ -809,6 +809,8 @@ def start_by_patient(
         care_team_id=team.id,
         started_by="patient",
         topic_id=topic.id,
+        # The topic decides who on the team sees it (messaging.access.may_see).
+        pool_id=topic.pool_id,
         subject_encrypted=cipher.seal_text(thread_id, crypto.SUBJECT, subject),
         status="open",
         data_key_wrapped=wrapped.wrapped,

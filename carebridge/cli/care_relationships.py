@@ -21,6 +21,7 @@ from messaging.interfaces import (
     operator_history,
     operator_start,
     retire_topic,
+    route_topic,
     set_roster_source,
     settings_of,
 )
@@ -68,7 +69,17 @@ def register(teams_sub: Any) -> None:
     topic = add_parser(teams_sub, "add-topic", "Offer patients a topic; prints its ID.")
     topic.add_argument("team")
     topic.add_argument("label")
+    topic.add_argument(
+        "--pool", help="route its patients' threads to this pool ID (default: team-wide)"
+    )
     topic.set_defaults(handler=add_team_topic)
+    route = add_parser(
+        teams_sub, "route-topic", "Route a topic's new patient threads to a pool (or team-wide)."
+    )
+    route.add_argument("team")
+    route.add_argument("topic")
+    route.add_argument("--pool", help="the pool ID (omit: the team-wide pool every role sees)")
+    route.set_defaults(handler=route_team_topic)
     retire = add_parser(teams_sub, "retire-topic", "Offer a topic no more (threads keep it).")
     retire.add_argument("team")
     retire.add_argument("topic")
@@ -121,7 +132,7 @@ def show_team(args: argparse.Namespace) -> int:
     print(f"escalate after: {found.escalate_after or 'never'}")
     print(f"roster source: {found.roster_source or '(none)'}")
     for topic in found.topics:
-        print(f"topic {topic.id}  {topic.label}")
+        print(f"topic {topic.id}  {topic.label}  (pool: {topic.pool_id or 'team-wide'})")
     return 0
 
 
@@ -142,7 +153,13 @@ def configure_team(args: argparse.Namespace) -> int:
 
 
 def add_team_topic(args: argparse.Namespace) -> int:
-    print(_run(lambda rt: add_topic(rt, args.team, args.label, actor=OPERATOR)))
+    print(_run(lambda rt: add_topic(rt, args.team, args.label, actor=OPERATOR, pool_id=args.pool)))
+    return 0
+
+
+def route_team_topic(args: argparse.Namespace) -> int:
+    _run(lambda rt: route_topic(rt, args.team, args.topic, args.pool, actor=OPERATOR))
+    print(f"topic {args.topic} routes to {args.pool or 'the team-wide pool'}")
     return 0
 
 

@@ -70,6 +70,9 @@ def prepare(runtime: Runtime) -> None:
 def _demo_environment(args: argparse.Namespace) -> None:
     # The uvicorn workers build their settings from the environment: say it there.
     os.environ["CAREBRIDGE_DEMO"] = "true"
+    # The demo provider app's webhook receiver is this server (usually on loopback);
+    # demo mode is refused in production, and so is this setting.
+    os.environ.setdefault("CAREBRIDGE_WEBHOOK_ALLOW_LOOPBACK", "true")
     if "CAREBRIDGE_ISSUER" not in os.environ:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
         os.environ["CAREBRIDGE_ISSUER"] = f"http://{host}:{args.port}"

@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from carebridge.demo import provider_webhooks
 from carebridge.demo.seed import PROVIDER_PATH, DemoConfig, load_config
 from carebridge.http import cookies
 from carebridge.http.forms import read_form
@@ -46,6 +47,9 @@ templates = templates_for(Path(__file__).with_name("templates"))
 COOKIE = cookies.DEMO_PROVIDER.base  # no prefix: named alike over http and https
 SCOPE = "openid messaging.read messaging.write"
 LOGIN_SECONDS = 600
+# The demo team's roles (a new team's defaults, messaging.roles): the app knows its
+# team's roles as any app is told them, by configuration.
+STAFF_ROLES = ("clinician", "nurse", "front desk", "team admin")
 
 
 class SignInError(Exception):
@@ -205,11 +209,18 @@ async def home(request: Request) -> Response:
         # The API's refusal (a 403 for someone who is not staff) is the page's answer.
         status = answer.status_code if 400 <= answer.status_code < 500 else 502
         return _page(request, "error.html", status, message=_problem_text(answer))
+    threads = answer.json()["threads"]
+    started_by = {thread["id"]: thread["started_by"] for thread in threads}
     return _page(
         request,
         "threads.html",
-        threads=answer.json()["threads"],
+        threads=threads,
         patients=config.patients,
+        events=provider_webhooks.recent(request.app.state.runtime),
+        started_by=started_by,
+        webhooks=config.webhook_secret is not None,
+        invited=request.query_params.get("invited") == "1",
+        roles=STAFF_ROLES,
     )
 
 
@@ -334,6 +345,23 @@ async def reply(request: Request) -> Response:
     return RedirectResponse(f"{PROVIDER_PATH}/threads/{thread_id}", 303)
 
 
+async def invite(request: Request) -> Response:
+    """A team admin invites a staff member (the API refuses anyone else's token)."""
+    form = await read_form(request)
+    body = {"email": form.get("email", ""), "role": form.get("role", "")}
+    answer = await _api(request, "POST", "/api/v1/messaging/staff/invites", body)
+    if answer is None or answer.status_code == 401:
+        return RedirectResponse(f"{PROVIDER_PATH}/", 303)
+    if answer.status_code != 201:
+        return _page(request, "error.html", answer.status_code, message=_problem_text(answer))
+    return RedirectResponse(f"{PROVIDER_PATH}/?invited=1", 303)
+
+
+async def webhook(request: Request) -> Response:
+    config = load_config(request.app.state.runtime)
+    return await provider_webhooks.receive(request, config.webhook_secret if config else None)
+
+
 async def logout(request: Request) -> Response:
     await read_form(request)  # CSRF: another site cannot sign the clinician out
     config = _config(request)
@@ -362,4 +390,6 @@ def routes() -> list[BaseRoute]:
         Route(f"{base}/threads", start_thread, methods=["POST"]),
         Route(f"{base}/threads/{{thread_id}}", thread, methods=["GET"]),
         Route(f"{base}/threads/{{thread_id}}/messages", reply, methods=["POST"]),
+        Route(f"{base}{provider_webhooks.RECEIVER}", webhook, methods=["POST"]),
+        Route(f"{base}/staff/invites", invite, methods=["POST"]),
     ]

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import select
 
 from carebridge import wiring
 from carebridge.db import transaction
+from carebridge.demo import provider_webhooks
 from carebridge.demo.people import PEOPLE, SOURCE, roster_csv
 from carebridge.runtime import Runtime
 from carebridge.settings import ConfigError
@@ -58,6 +59,9 @@ class DemoConfig:
     care_team_id: str
     clinician_login: str
     patients: list[DemoPatient]
+    # The signing secret of the app's webhook endpoint (provider_webhooks); None: the
+    # demo runs without webhooks (a loopback issuer and loopback receivers not allowed).
+    webhook_secret: str | None = None
 
     @property
     def redirect_uri(self) -> str:
@@ -66,6 +70,10 @@ class DemoConfig:
     @property
     def app_url(self) -> str:
         return f"{self.issuer}{PROVIDER_PATH}/"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.issuer}{PROVIDER_PATH}{provider_webhooks.RECEIVER}"
 
 
 def config_path(runtime: Runtime) -> Path:
@@ -173,7 +181,8 @@ def _care_team(runtime: Runtime, client_id: str, clinician: str) -> str:
         else care_teams.create(runtime, name=TEAM_NAME, retention_days=None, actor=ACTOR)
     )
     care_teams.add_client(runtime, team_id, client_id, actor=ACTOR)
-    care_teams.add_staff(runtime, team_id, clinician, actor=ACTOR)
+    # Team admin: the demo's one staff member sees every pool and can invite colleagues.
+    care_teams.add_staff(runtime, team_id, clinician, actor=ACTOR, role="team admin")
     return team_id
 
 
@@ -193,6 +202,10 @@ def seed(runtime: Runtime) -> DemoConfig:
         clinician_login=CLINICIAN_LOGIN,
         patients=patients,
     )
+    same_client = previous is not None and previous.client_id == client_id
+    known = previous.webhook_secret if previous is not None and same_client else None
+    hook_secret = provider_webhooks.register(runtime, client_id, config.webhook_url, known)
+    config = replace(config, webhook_secret=hook_secret)
     _save_config(runtime, config)
     return config
 
@@ -216,6 +229,14 @@ def instructions(config: DemoConfig) -> str:
         "  3. As the patient, add a mobile number under Notifications (its code prints",
         "     below) and turn texts on. The worker runs in this process: the SMS for a",
         "     new message (a generic text and a secure link, nothing else) prints below.",
+        *(
+            [
+                "  4. The provider app hears of new threads by webhook: its page lists the",
+                "     events the worker delivered (verified with the standardwebhooks library).",
+            ]
+            if config.webhook_secret
+            else []
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -65,14 +65,17 @@ def live_app(tmp_path: Path, database_url: str) -> Iterator[LiveApp]:
 
 @pytest.fixture
 def demo_app(tmp_path: Path, database_url: str, smtp_server: SmtpServer) -> Iterator[LiveApp]:
-    """The app in demo mode (``serve --demo``): seeded, with the demo provider app, its
-    e-mails sent by the SMTP backend to ``smtp_server`` (the ``mailbox`` reads them)."""
+    """The app in demo mode (``serve --demo``): seeded, with the demo provider app and its
+    webhook endpoint, its e-mails sent by the SMTP backend to ``smtp_server`` (the
+    ``mailbox`` reads them)."""
     sock = free_socket()
     settings = Settings(
         issuer=f"http://127.0.0.1:{sock.getsockname()[1]}",
         data_dir=tmp_path / "data",
         database_url=database_url,
         demo=True,
+        # As `serve --demo` sets it: the demo provider app's webhook receiver is on loopback.
+        webhook_allow_loopback=True,
         **smtp_server.settings(),
     )
     seeding = Runtime.build(settings)

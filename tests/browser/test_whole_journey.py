@@ -12,6 +12,11 @@
    message text, the phone number, the DOB or the SSN digits.
 6. A second patient who tries the first one's thread URL or link gets the same generic
    page as a missing thread or an unknown link.
+7. The patient writes first, on a topic the team routes to its billing pool; the worker
+   delivers the webhook and the demo provider app lists the new patient thread.
+8. The clinician, the demo team's admin, invites a staff member from the app; they sign up (the
+   code and the invitation from the SMTP server), enrol MFA, accept at /staff/enrol, see
+   the billing thread in the app; offboarded, their app token and session stop working.
 
 Screenshots of the main steps go to docs/screenshots/journey-*.png for getting-started.md
 (under `make screenshots`; `make test` leaves the tree clean).
@@ -34,6 +39,9 @@ from sqlalchemy import select
 from carebridge import audit, wiring, worker
 from carebridge.demo import seed
 from carebridge.demo.seed import DemoConfig, DemoPatient
+from identity import accounts
+from messaging import care_teams, roles
+from messaging.interfaces import add_topic, configure
 from sms import links as sms_links
 from tests.browser.harness import check_accessibility, screenshot
 from tests.identity.reset_mail import Mailbox, code_in
@@ -42,6 +50,10 @@ from tests.tokens import mint
 
 PATIENT_EMAIL = "journey.patient@example.org"
 SECOND_EMAIL = "second.patient@example.org"
+STAFF_EMAIL = "new.front.desk@example.org"
+PATIENT_SUBJECT = "A question about my bill"
+PATIENT_BODY = "I was charged twice for the visit in March."
+ENROL_LINK = re.compile(r"https?://\S+/staff/enrol\?token=[A-Za-z0-9_-]+")
 PASSWORD = "plum kettle orbit lantern"
 PHONE = "+1 202 555 0142"
 PHONE_DIGITS = "2025550142"
@@ -98,7 +110,7 @@ def enrol_totp(page: Page) -> tuple[pyotp.TOTP, int, list[str]]:
 
 
 def sign_up(
-    page: Page, app: LiveApp, mailbox: Mailbox, email: str
+    page: Page, app: LiveApp, mailbox: Mailbox, email: str, mail_number: int = 1
 ) -> tuple[pyotp.TOTP, int, list[str]]:
     page.goto(f"{app.url}/signup")
     page.get_by_label("Email address").fill(email)
@@ -106,7 +118,8 @@ def sign_up(
     page.get_by_role("button", name="Create account").click()
     wait_for_path(page, "/email/verify")
     # The code as the person reads it: from the mail the SMTP server received.
-    page.get_by_label("Code from the email").fill(code_in(mailbox.wait_for(app.runtime, email, 1)))
+    code = code_in(mailbox.wait_for(app.runtime, email, mail_number))
+    page.get_by_label("Code from the email").fill(code)
     page.get_by_role("button", name="Continue").click()
     return enrol_totp(page)
 
@@ -308,6 +321,83 @@ def test_the_whole_journey(
     assert main_text(intruder) == unknown_text
     assert used.status == unknown.status
     assert BODY not in intruder.content()
+
+    patient_thread = patient_writes_first(reader, clinician, app)
+    staff_member_joins_and_leaves(browser, clinician, app, mailbox, patient_thread)
+
+
+def patient_writes_first(reader: Page, clinician: Page, app: LiveApp) -> str:
+    """7. The team takes billing questions, routed to a billing pool worked by its front
+    desk; the patient writes; the demo app hears of it by webhook and the clinician, the
+    demo team's admin (a role that sees every pool), sees the thread."""
+    config = config_of(app)
+    team = config.care_team_id
+    configure(app.runtime, team, actor="operator", patients_may_start=True)
+    pool = roles.add_pool(app.runtime, team, "billing", roles=["front desk"], actor="operator")
+    add_topic(app.runtime, team, "Billing question", actor="operator", pool_id=pool)
+    reader.goto(f"{app.url}/messages/new")
+    reader.get_by_label("Care team and topic").select_option(label="Billing question")
+    reader.get_by_label("Subject").fill(PATIENT_SUBJECT)
+    reader.get_by_label("Your message").fill(PATIENT_BODY)
+    reader.get_by_role("button", name="Send").click()
+    reader.wait_for_url(re.compile(r"/messages/th_"))
+    thread_id = path_of(reader).rsplit("/", 1)[1]
+    expect(reader.get_by_text(PATIENT_BODY)).to_be_visible()
+    # The worker delivers the webhook to the demo app's receiver over HTTP.
+    run_outbox(app)
+    clinician.goto(config.app_url)
+    events = clinician.get_by_role("list").filter(has=clinician.locator(f"a[href$='{thread_id}']"))
+    expect(events.get_by_text("New patient thread")).to_be_visible()
+    expect(clinician.get_by_role("link", name=PATIENT_SUBJECT)).to_be_visible()
+    check_accessibility(clinician)
+    shot(clinician, "7-provider-webhook")
+    return thread_id
+
+
+def staff_member_joins_and_leaves(
+    browser: Browser, clinician: Page, app: LiveApp, mailbox: Mailbox, thread_id: str
+) -> None:
+    """8. Invited by a team admin, enrolled, routed to by topic, offboarded."""
+    config = config_of(app)
+    team = config.care_team_id
+    clinician.get_by_label("Their e-mail address").fill(STAFF_EMAIL)
+    clinician.get_by_label("Role").select_option("front desk")
+    clinician.get_by_role("button", name="Send the invitation").click()
+    expect(clinician.get_by_role("status")).to_contain_text("invitation is on its way")
+    invitation = mailbox.wait_for(app.runtime, STAFF_EMAIL, 1)
+    link = ENROL_LINK.search(invitation.text).group(0)  # type: ignore[union-attr]
+    for secret in (PATIENT_SUBJECT, PATIENT_BODY, BODY):
+        assert secret not in invitation.text
+
+    staff = browser.new_context(viewport={"width": 1024, "height": 768}).new_page()
+    sign_up(staff, app, mailbox, STAFF_EMAIL, mail_number=2)
+    staff.goto(link)
+    expect(staff.get_by_text("as front desk")).to_be_visible()
+    check_accessibility(staff)
+    shot(staff, "8-staff-enrol")
+    staff.get_by_role("button", name="Accept the invitation").click()
+    expect(staff.get_by_text("You are now a staff member of Demo Care Team")).to_be_visible()
+    staff.goto(config.app_url)
+    staff.get_by_role("link", name="Sign in with carebridge").click()
+    expect(staff.get_by_role("heading", level=1)).to_contain_text("Allow")
+    staff.get_by_role("button", name="Allow", exact=True).click()
+    wait_for_path(staff, "/demo/provider/")
+    # Routed by topic to the billing pool their role works.
+    expect(staff.get_by_role("link", name=PATIENT_SUBJECT)).to_be_visible()
+    staff.get_by_role("link", name=PATIENT_SUBJECT).click()
+    expect(staff.get_by_text(PATIENT_BODY)).to_be_visible()
+    assert path_of(staff).endswith(thread_id)
+
+    # Offboarded (`carebridge staff offboard`): the app's token and the session end now.
+    with app.runtime.sessions() as db:
+        member = accounts.find_by_login(db, app.runtime.keyring, STAFF_EMAIL)
+    assert member is not None
+    care_teams.remove_staff(app.runtime, team, member.account_id, actor="operator")
+    staff.goto(config.app_url)
+    expect(staff.get_by_role("link", name="Sign in with carebridge")).to_be_visible()
+    assert PATIENT_SUBJECT not in staff.content()
+    staff.goto(link)
+    wait_for_path(staff, "/signin")
 
 
 def care_team_api(app: LiveApp) -> httpx2.Client:

@@ -74,3 +74,26 @@ def test_relationship_commands_keep_the_history(
         ("roster", True),
         ("roster", True),
     ]
+
+
+def test_routing_topics_to_a_pool_from_the_command_line(
+    capsys: pytest.CaptureFixture[str], cli_env: Path, world: World
+) -> None:
+    teams = ("messaging", "care-teams")
+    status, out, _ = run(capsys, "staff", "add-pool", world.team, "billing", "--role", "front desk")
+    pool = out.strip()
+    assert status == 0 and pool.startswith("pool_")
+    status, out, _ = run(
+        capsys, *teams, "add-topic", world.team, "Billing question", "--pool", pool
+    )
+    topic = out.strip()
+    assert status == 0
+    status, out, _ = run(capsys, *teams, "show", world.team)
+    assert f"topic {topic}  Billing question  (pool: {pool})" in out
+    assert run(capsys, *teams, "route-topic", world.team, topic)[0] == 0
+    assert "(pool: team-wide)" in run(capsys, *teams, "show", world.team)[1]
+    other = run(capsys, "staff", "add-pool", world.other_team, "other")[1].strip()
+    status, _, err = run(capsys, *teams, "route-topic", world.team, topic, "--pool", other)
+    assert status == 1 and "no pool" in err
+    status, _, err = run(capsys, *teams, "add-topic", world.team, "X", "--pool", other)
+    assert status == 1 and "no pool" in err

@@ -16,13 +16,17 @@ def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
 
     def record(app: str, **kwargs: Any) -> None:
-        calls.append({"app": app, "demo": os.environ.get("CAREBRIDGE_DEMO"), **kwargs})
+        loopback = os.environ.get("CAREBRIDGE_WEBHOOK_ALLOW_LOOPBACK")
+        calls.append(
+            {"app": app, "demo": os.environ.get("CAREBRIDGE_DEMO"), "loopback": loopback, **kwargs}
+        )
 
     monkeypatch.setattr("carebridge.cli.serve.uvicorn.run", record)
     monkeypatch.setattr("carebridge.cli.serve.configure_logging", lambda *args: None)
     # serve --demo tells its uvicorn workers through the environment; undo it afterwards.
     monkeypatch.delenv("CAREBRIDGE_DEMO", raising=False)
     monkeypatch.delenv("CAREBRIDGE_ISSUER", raising=False)
+    monkeypatch.delenv("CAREBRIDGE_WEBHOOK_ALLOW_LOOPBACK", raising=False)
     return calls
 
 
@@ -38,6 +42,9 @@ def test_serve_demo_seeds_and_prints_how_to_walk_through(
     assert "http://127.0.0.1:8123/demo/provider/" in out
     assert "1980-01-01" in out and "synthetic data only" in out
     assert [call["demo"] for call in uvicorn_calls] == ["true"]
+    # The demo provider app's webhook receiver is this server, on loopback.
+    assert [call["loopback"] for call in uvicorn_calls] == ["true"]
+    assert "hears of new threads by webhook" in out
     assert (tmp_path / "data" / "demo-provider-app.json").exists()
 
 
