@@ -172,8 +172,8 @@ def set_notifications(page: Page, app: LiveApp, capfd: pytest.CaptureFixture[str
     # Quiet hours that do not hold now, so the notification goes at once.
     now = datetime.now(UTC)
     page.get_by_label("Your time zone").select_option("UTC")
-    page.get_by_label("From").fill((now + timedelta(hours=2)).strftime("%H:%M"))
-    page.get_by_label("Until").fill((now + timedelta(hours=3)).strftime("%H:%M"))
+    page.get_by_label("From", exact=True).fill((now + timedelta(hours=2)).strftime("%H:%M"))
+    page.get_by_label("Until", exact=True).fill((now + timedelta(hours=3)).strftime("%H:%M"))
     page.get_by_role("button", name="Save").click()
     expect(page.get_by_role("status")).to_be_visible()
     expect(page.get_by_label("Text messages")).to_be_checked()
