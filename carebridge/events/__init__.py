@@ -18,7 +18,12 @@ from carebridge.events.emit import (
     THREAD_CLOSED,
     THREAD_CREATED,
     Audience,
+    Recipient,
     emit,
+    emit_to,
+    event_rows,
+    recipients,
+    recipients_statement,
 )
 
 __all__ = [
@@ -28,5 +33,10 @@ __all__ = [
     "THREAD_CLOSED",
     "THREAD_CREATED",
     "Audience",
+    "Recipient",
     "emit",
+    "emit_to",
+    "event_rows",
+    "recipients",
+    "recipients_statement",
 ]
