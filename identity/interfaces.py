@@ -29,7 +29,12 @@ from sqlalchemy.orm import Session
 from identity.accounts import exists as account_exists
 from identity.accounts import verified_login_of as verified_email_of
 from identity.authn import is_signed_in, require_second_factor
-from identity.oidc.audiences import AppOfPatient, apps_of_patient, client_exists
+from identity.oidc.audiences import (
+    AppOfPatient,
+    apps_of_patient,
+    apps_of_patient_query,
+    client_exists,
+)
 from identity.oidc.holders import Person, WithdrawnError, check_client_token, in_standing
 from identity.oidc.holders import person as person_of_token
 from identity.patients import (
@@ -65,6 +70,7 @@ __all__ = [
     # Questions answered in the caller's transaction (its Session), with values
     "account_exists",  # is there an account with this ID?
     "apps_of_patient",  # the apps whose tokens may read the patient's data in a scope
+    "apps_of_patient_query",  # the same as a query, to fold into a statement (events)
     "check_client_token",  # an app's own token: raises WithdrawnError if withdrawn
     "client_exists",  # is there an OIDC client with this ID, not disabled?
     "eligibility",  # is this patient ID on the roster, and eligible now?

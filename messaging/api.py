@@ -8,7 +8,7 @@ the keyring's published keys, issuer, audience, lifetime, scope), resolves who i
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
@@ -38,7 +38,6 @@ from messaging.access import (
     thread_target,
 )
 from messaging.threads import AttachmentView, MessageView, ThreadView
-from sms.interfaces import notice_status_of_thread
 
 READ = "messaging.read"
 WRITE = "messaging.write"
@@ -577,23 +576,11 @@ async def get_thread(request: Request) -> Response:
         caller,
         action="messaging.thread.read",
         target=target,
-        work=lambda db, actor: _with_notice(
-            db,
-            threads.get_thread(db, runtime.keyring, actor, thread_id, cursor=cursor, limit=limit),
+        work=lambda db, actor: threads.get_thread(
+            db, runtime.keyring, actor, thread_id, cursor=cursor, limit=limit
         ),
     )
     return _detail(view, page)
-
-
-def _with_notice(
-    db: Session, found: tuple[ThreadView, threads.Page[MessageView]]
-) -> tuple[ThreadView, threads.Page[MessageView]]:
-    """A care team's view gets the patient's notice status (sms keeps it; messaging asks)."""
-    view, page = found
-    if view.patient_id is None:  # the patient's own view: their notices are theirs
-        return found
-    status = notice_status_of_thread(db, view.id)
-    return replace(view, patient_notice=status.value if status else None), page
 
 
 @openapi.operation(

@@ -8,11 +8,13 @@ thread, no others. IDs only: never a subject, a body or a file name.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import String, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from carebridge import events
-from identity.interfaces import apps_of_patient
+from identity.interfaces import apps_of_patient, apps_of_patient_query
 from messaging.models import CareTeamClient, Message, Thread
 
 READ_SCOPE = "messaging.read"
@@ -32,23 +34,34 @@ def audiences(db: Session, *, patient_id: str, care_team_id: str) -> list[events
     return found
 
 
-def _thread_audiences(db: Session, thread_id: str) -> list[events.Audience]:
-    # The thread's patient and its team's clients in one statement (the post's hot path).
-    rows = db.execute(
-        select(Thread.patient_id, CareTeamClient.client_id)
-        .outerjoin(CareTeamClient, CareTeamClient.care_team_id == Thread.care_team_id)
-        .where(Thread.id == thread_id)
-        .order_by(CareTeamClient.client_id)
-    ).all()
-    if not rows:
-        return []
-    patient_id = rows[0][0]
-    found = [events.Audience(client_id=client, patient=patient_id) for _, client in rows if client]
-    found += [
-        events.Audience(client_id=app.client_id, patient=app.subject)
-        for app in apps_of_patient(db, patient_id, READ_SCOPE)
-    ]
-    return found
+# Who hears of a message in a thread (by its ID): the team's clients, then the patient's
+# apps (identity's question, folded in), with their webhook endpoints. Built once: the
+# post's hot path runs it past SQLAlchemy's machinery (carebridge.db.DirectStatement).
+_MESSAGE_RECIPIENTS = events.recipients_statement(
+    select(CareTeamClient.client_id, Thread.patient_id)
+    .join(Thread, Thread.care_team_id == CareTeamClient.care_team_id)
+    .where(Thread.id == bindparam("thread_id", type_=String())),
+    apps_of_patient_query(
+        select(Thread.patient_id)
+        .where(Thread.id == bindparam("thread_id", type_=String()))
+        .scalar_subquery(),
+        READ_SCOPE,
+    ),
+)
+
+
+def message_recipients(db: Session, thread_id: str) -> list[events.Recipient]:
+    """Who hears of a message in the thread, with their webhook endpoints, in one
+    statement (none for a thread that does not exist)."""
+    return events.recipients(db, _MESSAGE_RECIPIENTS, {"thread_id": thread_id})
+
+
+def message_created_rows(
+    recipients: list[events.Recipient], thread_id: str, message_id: str, author_kind: str
+) -> list[tuple[Table, dict[str, Any]]]:
+    """A post's event rows, for the post to write with its message (one statement)."""
+    data = {"thread": thread_id, "message": message_id, "author": author_kind}
+    return events.event_rows(events.MESSAGE_CREATED, recipients, data)
 
 
 def thread_created(db: Session, thread: Thread, message_id: str) -> None:
@@ -60,7 +73,7 @@ def thread_created(db: Session, thread: Thread, message_id: str) -> None:
 
 def message_created(db: Session, thread_id: str, message_id: str, author_kind: str) -> None:
     data = {"thread": thread_id, "message": message_id, "author": author_kind}
-    events.emit(db, events.MESSAGE_CREATED, _thread_audiences(db, thread_id), data)
+    events.emit_to(db, events.MESSAGE_CREATED, message_recipients(db, thread_id), data)
 
 
 def thread_closed(db: Session, thread: Thread) -> None:

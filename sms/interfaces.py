@@ -34,6 +34,8 @@ __all__ = [
     "TeamNames",  # what sms needs from outside: a thread's care team name (wired by the root)
     "classify",
     "new_message_notice",
+    "notice_of_thread_columns",  # the same, as columns to fold into a statement
+    "notice_status_of",  # the status those columns say
     "notice_status_of_thread",
 ]
 
@@ -115,6 +117,12 @@ def new_message_notice(
 # "this wasn't me" link) to the patient's verified number, whatever its notification
 # preferences, never to one that opted out (sms.security_notices).
 SecurityNoticeTexter = OutboxSecurityNoticeTexter
+
+
+# The same question folded into a caller's statement: (state, reason) subqueries for a
+# thread's ID column, and the status they say (messaging's page of a thread).
+notice_of_thread_columns = notice_status.latest_of_thread
+notice_status_of = notice_status.status_of
 
 
 def notice_status_of_thread(db: Session, thread_id: str) -> NoticeStatus | None:

@@ -10,9 +10,10 @@ reads "not sent", like a failure, without saying why.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.orm import Session, aliased
 
 from sms.dispatcher import NEW_MESSAGE, UNREACHABLE
 from sms.models import Notification
@@ -30,13 +31,42 @@ _SENT = frozenset({"sent", "delivered"})
 
 
 def _status(notification: Notification) -> NoticeStatus:
-    if notification.state in _WAITING:
+    # A notice always has a state, so never None.
+    return status_of(notification.state, notification.reason) or NoticeStatus.NOT_SENT
+
+
+def status_of(state: str | None, reason: str | None) -> NoticeStatus | None:
+    """The status of a notice in that state, for that reason (None: no notice)."""
+    if state is None:
+        return None
+    if state in _WAITING:
         return NoticeStatus.WAITING
-    if notification.state in _SENT:
+    if state in _SENT:
         return NoticeStatus.SENT
-    if notification.state == "suppressed" and notification.reason in UNREACHABLE:
+    if state == "suppressed" and reason in UNREACHABLE:
         return NoticeStatus.UNREACHABLE
     return NoticeStatus.NOT_SENT
+
+
+def latest_of_thread(thread_id: ColumnElement[str]) -> tuple[Any, Any]:
+    """:func:`of_thread`'s question as two correlated subqueries, the latest notice's
+    state and reason (a merged one's: those of the notice it went into), for a caller
+    folding them into its own statement (messaging's page of a thread, one round trip);
+    :func:`status_of` reads them."""
+    latest, covering = aliased(Notification), aliased(Notification)
+    query = (
+        select(latest.state)
+        .outerjoin(covering, (latest.state == "merged") & (covering.id == latest.merged_into))
+        .where(latest.thread_id == thread_id, latest.kind == NEW_MESSAGE)
+        .order_by(latest.created_at.desc())
+        .limit(1)
+    )
+    state = func.coalesce(covering.state, latest.state)
+    reason = case((covering.id.is_(None), latest.reason), else_=covering.reason)
+    return (
+        query.with_only_columns(state).scalar_subquery(),
+        query.with_only_columns(reason).scalar_subquery(),
+    )
 
 
 def of_thread(db: Session, thread_id: str) -> NoticeStatus | None:

@@ -3,11 +3,12 @@ when a claim succeeds (:func:`insert_gated`): one round trip on a hot path."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import CTE, Connection, Dialect, Table, bindparam, insert, select
+from sqlalchemy import CTE, JSON, Connection, Dialect, Table, bindparam, cast, insert, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 from sqlalchemy.types import String
@@ -100,9 +101,11 @@ def _check(rows: Rows, *, gated: bool) -> None:
 
 
 def _params(rows: Rows) -> dict[str, Any]:
+    """The values to bind (PostgreSQL's direct statements): JSON as its text (the driver
+    is given no SQLAlchemy type processing; :func:`_bound` casts it back)."""
     return {
-        f"p{n}_{column}": value
-        for n, (_, values) in enumerate(rows)
+        f"p{n}_{column}": json.dumps(value) if isinstance(table.c[column].type, JSON) else value
+        for n, (table, values) in enumerate(rows)
         for column, value in values.items()
         if not isinstance(value, FromGate)
     }
@@ -113,8 +116,11 @@ def _bound(n: int, column: str, table: Table) -> Any:
     parameter in a SELECT list as text, which asyncpg then refuses to send a datetime
     as; the PostgreSQL dialects cast a typed one (``::TIMESTAMP WITH TIME ZONE``).
     Strings are bound as plain ``VARCHAR``: a cast to ``varchar(n)`` would cut a value
-    silently; text assigned to the column fails when too long, as a plain insert does."""
+    silently; text assigned to the column fails when too long, as a plain insert does.
+    JSON goes as text cast to the column's type (an event's data, an outbox payload)."""
     column_type = table.c[column].type
+    if isinstance(column_type, JSON):
+        return cast(bindparam(f"p{n}_{column}", type_=String()), column_type)
     return bindparam(
         f"p{n}_{column}", type_=String() if isinstance(column_type, String) else column_type
     )

@@ -22,8 +22,13 @@ from carebridge.events.emit import (
     THREAD_CLOSED,
     THREAD_CREATED,
     Audience,
+    Recipient,
     emit,
+    emit_to,
+    event_rows,
     forget,
+    recipients,
+    recipients_statement,
 )
 from carebridge.events.endpoints import disable_client
 
@@ -38,7 +43,12 @@ __all__ = [
     "THREAD_CLOSED",
     "THREAD_CREATED",
     "Audience",
+    "Recipient",
     "disable_client",
     "emit",
+    "emit_to",
+    "event_rows",
     "forget",
+    "recipients",
+    "recipients_statement",
 ]

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Select, Table, delete, literal_column, select, union_all
 from sqlalchemy.orm import Session
 
 from carebridge import outbox
+from carebridge.db import DirectStatement, insert_together
 from carebridge.events.models import Event, WebhookEndpoint
 from carebridge.ids import new_id
 from carebridge.utc import utcnow
@@ -34,7 +36,7 @@ ACCOUNT_DISABLED = "account.disabled"
 ACCOUNT_DELETED = "account.deleted"
 PATIENT_ROSTER_LINK_ENDED = "patient.roster_link_ended"
 
-_EVENTS = insert(Event)
+_EVENTS = cast(Table, Event.__table__)
 
 
 @dataclass(frozen=True)
@@ -46,44 +48,130 @@ class Audience:
     patient: str
 
 
+_NAMES = ("client_id", "patient")
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """An audience and its enabled webhook endpoints, each of which gets a delivery."""
+
+    audience: Audience
+    endpoints: tuple[str, ...]
+
+
+def recipients_statement(*audiences: Select[tuple[str, str]]) -> DirectStatement:
+    """Who hears of an event, as one statement for a hot path (a message's post, which
+    would otherwise ask who, then the endpoints of each): the caller's queries of
+    (client ID, patient as that client knows them), first query first when a client is
+    in several, each joined to its enabled endpoints. Built once by the caller (its
+    values as bind parameters), run by :func:`recipients`."""
+    ranked = union_all(
+        *(
+            select(
+                *(
+                    column.label(name)
+                    for column, name in zip(query.subquery().c, _NAMES, strict=True)
+                )
+            ).add_columns(literal_column(str(rank)).label("rank"))
+            for rank, query in enumerate(audiences)
+        )
+    ).subquery()
+    client_id, patient, rank = ranked.c
+    return DirectStatement(
+        select(client_id, patient, WebhookEndpoint.id)
+        .select_from(ranked)
+        .outerjoin(
+            WebhookEndpoint,
+            (WebhookEndpoint.client_id == client_id) & WebhookEndpoint.enabled.is_(True),
+        )
+        .order_by(rank, client_id, WebhookEndpoint.id)
+    )
+
+
+def recipients(db: Session, statement: DirectStatement, params: dict[str, Any]) -> list[Recipient]:
+    """Run a :func:`recipients_statement` with its values."""
+    found = statement.rows(db, params)
+    return _grouped((str(row[0]), str(row[1]), row[2]) for row in found)
+
+
+def _grouped(found: Iterable[tuple[str, str, str | None]]) -> list[Recipient]:
+    """One recipient per client: the first patient it was named with, its endpoints."""
+    patients: dict[str, str] = {}
+    endpoints: dict[str, list[str]] = {}
+    for client_id, patient, endpoint_id in found:
+        if patients.setdefault(client_id, patient) != patient:
+            continue  # the client is in an earlier query too: that one's patient
+        listed = endpoints.setdefault(client_id, [])
+        if endpoint_id is not None and endpoint_id not in listed:
+            listed.append(endpoint_id)
+    return [
+        Recipient(Audience(client_id, patient), tuple(endpoints[client_id]))
+        for client_id, patient in patients.items()
+    ]
+
+
+def event_rows(
+    event_type: str, recipients: Iterable[Recipient], data: Mapping[str, str]
+) -> list[tuple[Table, dict[str, Any]]]:
+    """The rows of an event (IDs only in ``data``): one ``event`` row per recipient, one
+    outbox row per endpoint of it, for the caller to write with its own rows
+    (carebridge.db.insert_together or insert_gated) in the change's transaction."""
+    now = utcnow()
+    rows: list[tuple[Table, dict[str, Any]]] = []
+    for recipient in recipients:
+        event_id = new_id("evt")
+        rows.append(
+            (
+                _EVENTS,
+                {
+                    "id": event_id,
+                    "client_id": recipient.audience.client_id,
+                    "type": event_type,
+                    "data": {**data, "patient": recipient.audience.patient},
+                    "created_at": now,
+                },
+            )
+        )
+        rows += [
+            outbox.row(
+                channel=CHANNEL,
+                kind=event_type,
+                payload={"endpoint": endpoint_id, "event": event_id},
+            )
+            for endpoint_id in recipient.endpoints
+        ]
+    return rows
+
+
 def emit(
     db: Session, event_type: str, audiences: Iterable[Audience], data: Mapping[str, str]
 ) -> list[str]:
     """Record ``event_type`` for each audience (IDs only in ``data``); returns the event IDs."""
-    now = utcnow()
-    seen: set[str] = set()
-    rows: list[dict[str, object]] = []
+    unique: dict[str, Audience] = {}
     for audience in audiences:
-        if audience.client_id in seen:
-            continue
-        seen.add(audience.client_id)
-        rows.append(
-            {
-                "id": new_id("evt"),
-                "client_id": audience.client_id,
-                "type": event_type,
-                "data": {**data, "patient": audience.patient},
-                "created_at": now,
-            }
-        )
-    if not rows:
+        unique.setdefault(audience.client_id, audience)  # a client hears once
+    if not unique:
         return []
-    db.execute(_EVENTS, rows)
-    endpoints = db.execute(
-        select(WebhookEndpoint.id, WebhookEndpoint.client_id).where(
-            WebhookEndpoint.client_id.in_(seen), WebhookEndpoint.enabled.is_(True)
-        )
+    enabled = db.execute(
+        select(WebhookEndpoint.client_id, WebhookEndpoint.id)
+        .where(WebhookEndpoint.client_id.in_(unique), WebhookEndpoint.enabled.is_(True))
+        .order_by(WebhookEndpoint.id)
     ).all()
-    for endpoint_id, client_id in endpoints:
-        for row in rows:
-            if row["client_id"] == client_id:
-                outbox.enqueue(
-                    db,
-                    channel=CHANNEL,
-                    kind=event_type,
-                    payload={"endpoint": endpoint_id, "event": str(row["id"])},
-                )
-    return [str(row["id"]) for row in rows]
+    found = [
+        Recipient(audience, tuple(endpoint for client, endpoint in enabled if client == client_id))
+        for client_id, audience in unique.items()
+    ]
+    return emit_to(db, event_type, found, data)
+
+
+def emit_to(
+    db: Session, event_type: str, recipients: Iterable[Recipient], data: Mapping[str, str]
+) -> list[str]:
+    """:func:`emit` to recipients already found (:func:`recipients`): one statement on
+    PostgreSQL for the events and their deliveries."""
+    rows = event_rows(event_type, recipients, data)
+    insert_together(db, rows)
+    return [str(values["id"]) for table, values in rows if table is _EVENTS]
 
 
 def forget(db: Session, *, client_id: str, patient: str) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, literal, select
 from sqlalchemy.orm import Session
 
 from identity import accounts
@@ -31,9 +31,15 @@ class AppOfPatient:
     subject: str
 
 
-def apps_of_patient(db: Session, patient_id: str, scope: str) -> list[AppOfPatient]:
-    rows = db.execute(
-        select(OidcConsent.client_id, OidcConsent.scope, OidcSubject.subject)
+def apps_of_patient_query(patient: str | ColumnElement[str], scope: str) -> Select[tuple[str, str]]:
+    """The same question as a query of (client ID, subject) rows, for a caller folding it
+    into a statement of its own (messaging's events: one round trip on a message's post).
+    ``patient`` may be a value or a column expression (the patient of a thread)."""
+    # The scope matched as a whole word of the space-separated grant, in SQL, so the
+    # query is the whole answer; `contains` escapes LIKE's wildcards in the scope.
+    grant = literal(" ").concat(OidcConsent.scope).concat(" ")
+    return (
+        select(OidcConsent.client_id, OidcSubject.subject)
         .join(PatientLink, PatientLink.account_id == OidcConsent.account_id)
         .join(Account, Account.id == OidcConsent.account_id)
         .join(OidcClient, OidcClient.client_id == OidcConsent.client_id)
@@ -43,16 +49,19 @@ def apps_of_patient(db: Session, patient_id: str, scope: str) -> list[AppOfPatie
             & (OidcSubject.account_id == OidcConsent.account_id),
         )
         .where(
-            PatientLink.patient_id == patient_id,
+            PatientLink.patient_id == patient,
             Account.status == accounts.ACTIVE,
             OidcClient.disabled_at.is_(None),
+            grant.contains(f" {scope} ", autoescape=True),
         )
-        .order_by(OidcConsent.client_id)
-    ).all()
+    )
+
+
+def apps_of_patient(db: Session, patient_id: str, scope: str) -> list[AppOfPatient]:
+    query = apps_of_patient_query(patient_id, scope).order_by(OidcConsent.client_id)
     return [
         AppOfPatient(client_id=client_id, subject=subject)
-        for client_id, granted, subject in rows
-        if scope in granted.split()
+        for client_id, subject in db.execute(query).all()
     ]
 
 

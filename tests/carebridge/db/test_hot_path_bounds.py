@@ -29,17 +29,18 @@ BOUNDS: dict[str, tuple[int, int]] = {
     # loop, in autocommit; SQLite: BEGIN, the lookup, the claim, the insert).
     "token refresh": (4, 2),
     "code exchange": (4, 2),
-    # The caller's credentials, then everything in one statement under a key in hand;
-    # then its event for provider apps (carebridge.events, issue 20): the thread's team
-    # clients, the patient's authorized apps (identity's own question), their webhook
-    # endpoints, the event rows.
-    "message post": (12, 6),
+    # The caller's credentials; who hears of it (carebridge.events, issue 20: the thread's
+    # team clients, the patient's authorized apps, their webhook endpoints, in one
+    # statement); then everything, its event rows included, in one statement under a key
+    # in hand.
+    "message post": (9, 3),
     # The caller's credentials, then the thread, its page and the audit record in one.
     "message page": (5, 2),
     # Argon2 dominates it (tens of ms); one of these re-reads the password's changed_at
     # after the check, so a sign-in in flight cannot outlast a reset (identity.accounts.
-    # password_unchanged).
-    "password sign-in": (11, 7),
+    # password_unchanged), and one takes the account's session lock before the session is
+    # written, so a sign-in cannot outlast "end every session" (identity.sessions).
+    "password sign-in": (12, 8),
 }
 
 

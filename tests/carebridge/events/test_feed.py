@@ -285,3 +285,55 @@ async def _exhaust(runtime: Runtime) -> None:
         assert all(seconds >= 2 for _, seconds, _ in waited)
         # Once answered, the client may wait again.
         assert (await ask(PROVIDER_APP, cursor))[0] == 200
+
+
+def test_a_revoked_app_hearing_of_later_replies_is_refused(
+    runtime: Runtime, world: World, client: TestClient
+) -> None:
+    # A post asks who hears of it in one statement (messaging.events.message_recipients,
+    # identity's apps_of_patient_query folded in), before its claim: the same answer as
+    # identity's question, asked again by every post, so a revocation holds at once.
+    zeb = world.accounts["zeb"]
+    with transaction(runtime.sessions) as db:
+        made = {
+            name: clients.create(
+                db,
+                runtime.settings,
+                name=name,
+                client_type="confidential",
+                redirect_uris=[f"https://{name.lower()}.example/cb"],
+                scopes=["openid", "messaging.read"],
+            ).client_id
+            for name in ("Diary", "Lookalike")
+        }
+        subject = subjects.pairwise(runtime.keyring, sector="diary.example", account_id=zeb)
+        for client_id in made.values():
+            subjects.record(db, client_id=client_id, subject=subject, account_id=zeb)
+        consents.remember(
+            db, account_id=zeb, client_id=made["Diary"], scope="openid messaging.read"
+        )
+        # A grant whose scope only starts like messaging.read holds no messaging.read.
+        consents.remember(
+            db, account_id=zeb, client_id=made["Lookalike"], scope="openid messaging.read_x"
+        )
+    thread_id = start_thread(client, world)
+    path = f"/api/v1/messaging/threads/{thread_id}/messages"
+    reply = client.post(path, json={"body": "Any news?"}, headers=world.app())
+    assert reply.status_code == 201, reply.text
+    settle()
+    heard = read(client, runtime, client_id=made["Diary"])["events"]
+    assert [e["type"] for e in heard] == ["thread.created", "message.created", "message.created"]
+    assert heard[-1]["data"]["message"] == reply.json()["id"]
+    assert heard[-1]["data"]["patient"] == subject
+    team = read(client, runtime)["events"]
+    assert team[-1]["data"] == {**heard[-1]["data"], "patient": world.patients["zeb"]}
+    assert read(client, runtime, client_id=made["Lookalike"])["events"] == []
+    assert consents.revoke(runtime, zeb, made["Diary"], request_id=None)
+    again = client.post(path, json={"body": "Still there?"}, headers=world.app())
+    assert again.status_code == 201, again.text
+    settle()
+    with runtime.sessions() as db:
+        after = feed.read(db, runtime.keyring, made["Diary"], 0, utcnow())
+    # What it had heard is taken back too: only that its grant is gone.
+    assert [event.type for event in after.events] == ["grant.revoked"]
+    assert read(client, runtime)["events"][-1]["data"]["message"] == again.json()["id"]
